@@ -1,0 +1,40 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module map: see docs/architecture.md. The runtime side (AnvilCore, AnvilKernels)
+// never imports the builder side (AnvilIR, AnvilOps, AnvilONNX).
+let package = Package(
+    name: "Anvil",
+    products: [
+        .executable(name: "anvil", targets: ["anvil"]),
+        .library(name: "AnvilCore", targets: ["AnvilCore"]),
+        .library(name: "AnvilKernels", targets: ["AnvilKernels"]),
+        .library(name: "AnvilONNX", targets: ["AnvilONNX"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CProtobufC",
+            pkgConfig: "libprotobuf-c",
+            providers: [.apt(["libprotobuf-c-dev"])]
+        ),
+        .target(name: "CONNX", dependencies: ["CProtobufC"]),
+        .target(name: "AnvilCore"),
+        .target(name: "AnvilKernels", dependencies: ["AnvilCore"]),
+        .target(name: "AnvilIR", dependencies: ["AnvilCore"]),
+        .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
+        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "CONNX"]),
+        .executableTarget(
+            name: "anvil",
+            dependencies: [
+                "AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels"]),
+        .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,267 @@
+import AnvilCore
+
+/// Reference kernels for data movement. Each computes, for every output element,
+/// the flat index of the input element it copies, so one code path serves all
+/// element types.
+public enum Movement {
+    public static func transpose(_ x: Tensor, perm: [Int]) throws -> Tensor {
+        guard perm.count == x.rank, Set(perm) == Set(0..<x.rank) else {
+            throw AnvilError.invalidTensor(name: "Transpose", reason: "perm \(perm) is not a permutation of \(x.rank) axes")
+        }
+        let outShape = perm.map { x.shape[$0] }
+        let inStrides = ShapeMath.strides(x.shape)
+        let strides = perm.map { inStrides[$0] }
+        var idx = [Int](repeating: 0, count: x.count)
+        var i = 0
+        Indexing.forEachIndex(outShape) { o in
+            var s = 0
+            for d in 0..<o.count { s += o[d] * strides[d] }
+            idx[i] = s
+            i += 1
+        }
+        return try x.gathered(idx, shape: outShape)
+    }
+
+    public static func concat(_ inputs: [Tensor], axis: Int) throws -> Tensor {
+        guard let first = inputs.first else { throw AnvilError.invalidTensor(name: "Concat", reason: "no inputs") }
+        for t in inputs where t.rank != first.rank || t.dataType != first.dataType ||
+            (0..<t.rank).contains(where: { $0 != axis && t.shape[$0] != first.shape[$0] }) {
+            throw AnvilError.invalidTensor(name: "Concat", reason: "input \(t.dataType)\(t.shape) does not match \(first.dataType)\(first.shape) outside axis \(axis)")
+        }
+        let outer = first.shape[..<axis].reduce(1, *)
+        var outShape = first.shape
+        outShape[axis] = inputs.reduce(0) { $0 + $1.shape[axis] }
+        var idx: [Int] = []
+        idx.reserveCapacity(outShape.reduce(1, *))
+        var offsets: [Int] = []
+        var total = 0
+        for t in inputs { offsets.append(total); total += t.count }
+        for o in 0..<outer {
+            for (k, t) in inputs.enumerated() {
+                let block = t.shape[axis...].reduce(1, *)
+                let start = offsets[k] + o * block
+                idx.append(contentsOf: start..<(start + block))
+            }
+        }
+        let all = try Tensor(shape: [total], storage: Tensor.concatenatedStorage(inputs, type: first.dataType))
+        return try all.gathered(idx, shape: outShape)
+    }
+
+    /// Slices with per-axis start, end and step (already clamped by the caller).
+    public static func slice(_ x: Tensor, starts: [Int], steps: [Int], counts: [Int]) throws -> Tensor {
+        let strides = ShapeMath.strides(x.shape)
+        var idx: [Int] = []
+        idx.reserveCapacity(counts.reduce(1, *))
+        Indexing.forEachIndex(counts) { o in
+            var s = 0
+            for d in 0..<o.count { s += (starts[d] + o[d] * steps[d]) * strides[d] }
+            idx.append(s)
+        }
+        return try x.gathered(idx, shape: counts)
+    }
+
+    /// Gather along an axis; negative indices count from the end.
+    public static func gather(_ x: Tensor, indices: Tensor, axis: Int) throws -> Tensor {
+        let n = x.shape[axis]
+        let ind = try normalizedIndices(indices.int64s, bound: n, op: "Gather")
+        let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
+        var idx: [Int] = []
+        idx.reserveCapacity(outer * ind.count * inner)
+        for o in 0..<outer { for k in ind { let base = (o * n + k) * inner; idx.append(contentsOf: base..<(base + inner)) } }
+        let shape = Array(x.shape[..<axis]) + indices.shape + Array(x.shape[(axis + 1)...])
+        return try x.gathered(idx, shape: shape)
+    }
+
+    static func normalizedIndices(_ v: [Int64], bound: Int, op: String) throws -> [Int] {
+        try v.map { i in
+            let k = i < 0 ? Int(i) + bound : Int(i)
+            guard k >= 0, k < bound else { throw AnvilError.invalidTensor(name: op, reason: "index \(i) is out of range for a dimension of size \(bound)") }
+            return k
+        }
+    }
+
+    public static func gatherElements(_ x: Tensor, indices: Tensor, axis: Int) throws -> Tensor {
+        let ind = try normalizedIndices(indices.int64s, bound: x.shape[axis], op: "GatherElements")
+        let xs = ShapeMath.strides(x.shape)
+        var idx: [Int] = []
+        var i = 0
+        Indexing.forEachIndex(indices.shape) { o in
+            var s = 0
+            for d in 0..<o.count { s += (d == axis ? ind[i] : o[d]) * xs[d] }
+            idx.append(s)
+            i += 1
+        }
+        return try x.gathered(idx, shape: indices.shape)
+    }
+
+    public static func scatterElements(_ x: Tensor, indices: Tensor, updates: Tensor, axis: Int, reduction: String) throws -> Tensor {
+        let ind = try normalizedIndices(indices.int64s, bound: x.shape[axis], op: "ScatterElements")
+        let xs = ShapeMath.strides(x.shape)
+        var targets: [Int] = []
+        var i = 0
+        Indexing.forEachIndex(indices.shape) { o in
+            var s = 0
+            for d in 0..<o.count { s += (d == axis ? ind[i] : o[d]) * xs[d] }
+            targets.append(s)
+            i += 1
+        }
+        return try scatter(x, targets: targets, updates: updates, reduction: reduction, blockSize: 1)
+    }
+
+    /// Writes `updates` (blocks of `blockSize`) at flat positions `targets` of `x`.
+    static func scatter(_ x: Tensor, targets: [Int], updates: Tensor, reduction: String, blockSize: Int) throws -> Tensor {
+        let u = try updates.cast(to: x.dataType)
+        if reduction == "none" {
+            var source = Array(0..<x.count)
+            for (k, t) in targets.enumerated() { for j in 0..<blockSize { source[t + j] = x.count + k * blockSize + j } }
+            return try x.reshaped([x.count]).appending(u.reshaped([u.count])).gathered(source, shape: x.shape)
+        }
+        if x.dataType.isInteger {
+            var out = x.int64s
+            let uv = u.int64s
+            for (k, t) in targets.enumerated() { for j in 0..<blockSize { out[t + j] = combine(out[t + j], uv[k * blockSize + j], reduction) } }
+            return try Tensor(x.dataType, shape: x.shape, int64s: out)
+        }
+        var out = x.doubles
+        let uv = u.doubles
+        for (k, t) in targets.enumerated() { for j in 0..<blockSize { out[t + j] = combine(out[t + j], uv[k * blockSize + j], reduction) } }
+        return try Tensor(x.dataType, shape: x.shape, doubles: out)
+    }
+
+    static func combine<T: Comparable & Numeric>(_ a: T, _ b: T, _ reduction: String) -> T {
+        switch reduction {
+        case "add": a + b
+        case "mul": a * b
+        case "max": max(a, b)
+        case "min": min(a, b)
+        default: b
+        }
+    }
+
+    /// Flat offsets of the slices addressed by the last dimension of `indices` (GatherND / ScatterND).
+    static func ndOffsets(_ x: Tensor, indices: Tensor, batchDims: Int, op: String) throws -> (offsets: [Int], blockShape: [Int]) {
+        let q = indices.rank, k = indices.shape[q - 1]
+        guard batchDims + k <= x.rank else { throw AnvilError.invalidTensor(name: op, reason: "index depth \(k) with \(batchDims) batch dims exceeds data rank \(x.rank)") }
+        let blockShape = Array(x.shape[(batchDims + k)...])
+        let xs = ShapeMath.strides(x.shape)
+        let v = indices.int64s
+        let batchCount = indices.shape[..<batchDims].reduce(1, *)
+        let perBatch = indices.shape[batchDims..<(q - 1)].reduce(1, *)
+        let batchStride = batchDims > 0 ? xs[batchDims - 1] : 0
+        var offsets: [Int] = []
+        for b in 0..<batchCount {
+            for j in 0..<perBatch {
+                var off = b * batchStride
+                for d in 0..<k {
+                    var i = Int(v[(b * perBatch + j) * k + d])
+                    let bound = x.shape[batchDims + d]
+                    if i < 0 { i += bound }
+                    guard i >= 0, i < bound else { throw AnvilError.invalidTensor(name: op, reason: "index \(v[(b * perBatch + j) * k + d]) is out of range for size \(bound)") }
+                    off += i * xs[batchDims + d]
+                }
+                offsets.append(off)
+            }
+        }
+        return (offsets, blockShape)
+    }
+
+    public static func gatherND(_ x: Tensor, indices: Tensor, batchDims: Int) throws -> Tensor {
+        let (offsets, blockShape) = try ndOffsets(x, indices: indices, batchDims: batchDims, op: "GatherND")
+        let block = blockShape.reduce(1, *)
+        var idx: [Int] = []
+        for o in offsets { idx.append(contentsOf: o..<(o + block)) }
+        return try x.gathered(idx, shape: Array(indices.shape.dropLast()) + blockShape)
+    }
+
+    public static func scatterND(_ x: Tensor, indices: Tensor, updates: Tensor, reduction: String) throws -> Tensor {
+        let (offsets, blockShape) = try ndOffsets(x, indices: indices, batchDims: 0, op: "ScatterND")
+        return try scatter(x, targets: offsets, updates: updates, reduction: reduction, blockSize: blockShape.reduce(1, *))
+    }
+
+    public static func tile(_ x: Tensor, repeats: [Int]) throws -> Tensor {
+        guard repeats.count == x.rank, repeats.allSatisfy({ $0 >= 0 }) else {
+            throw AnvilError.invalidTensor(name: "Tile", reason: "repeats \(repeats) do not fit rank \(x.rank)")
+        }
+        let outShape = zip(x.shape, repeats).map { $0 * $1 }
+        let xs = ShapeMath.strides(x.shape)
+        var idx: [Int] = []
+        Indexing.forEachIndex(outShape) { o in
+            var s = 0
+            for d in 0..<o.count { s += (o[d] % x.shape[d]) * xs[d] }
+            idx.append(s)
+        }
+        return try x.gathered(idx, shape: outShape)
+    }
+
+    /// Pad with mode "constant", "reflect", "edge" or "wrap"; pads are begins then ends per axis.
+    public static func pad(_ x: Tensor, pads: [Int], mode: String, value: Tensor?) throws -> Tensor {
+        let r = x.rank
+        let outShape = (0..<r).map { x.shape[$0] + pads[$0] + pads[$0 + r] }
+        guard outShape.allSatisfy({ $0 >= 0 }) else { throw AnvilError.invalidTensor(name: "Pad", reason: "pads \(pads) remove more than the shape \(x.shape)") }
+        let xs = ShapeMath.strides(x.shape)
+        var idx: [Int] = []
+        Indexing.forEachIndex(outShape) { o in
+            var s = 0
+            for d in 0..<r {
+                var i = o[d] - pads[d]
+                let n = x.shape[d]
+                if i < 0 || i >= n {
+                    switch mode {
+                    case "edge": i = min(max(i, 0), n - 1)
+                    case "reflect":
+                        if n == 1 { i = 0 } else {
+                            let period = 2 * (n - 1)
+                            i = ((i % period) + period) % period
+                            if i >= n { i = period - i }
+                        }
+                    case "wrap": i = ((i % n) + n) % n
+                    default: s = -1
+                    }
+                }
+                if s < 0 { break }
+                s += i * xs[d]
+            }
+            idx.append(s)
+        }
+        let fill = try (value?.cast(to: x.dataType).reshaped([1]) ?? Tensor.zeros(x.dataType, shape: [1]))
+        let source = try x.reshaped([x.count]).appending(fill.count > 0 ? Tensor(shape: [1], storage: fill.gathered([0], shape: [1]).storage) : Tensor.zeros(x.dataType, shape: [1]))
+        return try source.gathered(idx.map { $0 < 0 ? x.count : $0 }, shape: outShape)
+    }
+
+    public static func depthToSpace(_ x: Tensor, blockSize b: Int, crd: Bool) throws -> Tensor {
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        guard b > 0, c % (b * b) == 0 else { throw AnvilError.invalidTensor(name: "DepthToSpace", reason: "channels \(c) not divisible by blocksize² \(b * b)") }
+        let t = crd ? try x.reshaped([n, c / (b * b), b, b, h, w]) : try x.reshaped([n, b, b, c / (b * b), h, w])
+        let perm = crd ? [0, 1, 4, 2, 5, 3] : [0, 3, 4, 1, 5, 2]
+        return try transpose(t, perm: perm).reshaped([n, c / (b * b), h * b, w * b])
+    }
+
+    public static func spaceToDepth(_ x: Tensor, blockSize b: Int, crd: Bool = false) throws -> Tensor {
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        guard b > 0, h % b == 0, w % b == 0 else { throw AnvilError.invalidTensor(name: "SpaceToDepth", reason: "spatial \(h)×\(w) not divisible by blocksize \(b)") }
+        let t = try x.reshaped([n, c, h / b, b, w / b, b])
+        return try transpose(t, perm: crd ? [0, 1, 3, 5, 2, 4] : [0, 3, 5, 1, 2, 4]).reshaped([n, c * b * b, h / b, w / b])
+    }
+
+    public static func trilu(_ x: Tensor, k: Int, upper: Bool) throws -> Tensor {
+        let rows = x.shape[x.rank - 2], cols = x.shape[x.rank - 1]
+        var idx: [Int] = []
+        for i in 0..<x.count {
+            let c = i % cols, r = (i / cols) % rows
+            let keep = upper ? c - r >= k : c - r <= k
+            idx.append(keep ? i : x.count)
+        }
+        return try x.reshaped([x.count]).appending(Tensor.zeros(x.dataType, shape: [1])).gathered(idx, shape: x.shape)
+    }
+
+    public static func nonZero(_ x: Tensor) throws -> Tensor {
+        let nz = x.bools.enumerated().filter { $0.element }.map(\.offset)
+        let strides = ShapeMath.strides(x.shape)
+        var out = [Int64](repeating: 0, count: x.rank * nz.count)
+        for (j, flat) in nz.enumerated() {
+            var rem = flat
+            for d in 0..<x.rank { out[d * nz.count + j] = Int64(rem / strides[d]); rem %= strides[d] }
+        }
+        return try Tensor(int64s: out, shape: [x.rank, nz.count])
+    }
+}

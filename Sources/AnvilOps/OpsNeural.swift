@@ -1,0 +1,216 @@
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+
+/// Typed attributes of Conv, ConvTranspose and the pools, with ONNX defaults.
+struct WindowAttributes {
+    var kernelShape: [Int]?
+    var strides: [Int]?
+    var dilations: [Int]?
+    var pads: [Int]?
+    var autoPad: AutoPad
+    var group: Int
+    var ceilMode: Bool
+
+    init(_ ctx: EvalContext) throws {
+        let a = ctx.attributes
+        kernelShape = try a.ints("kernel_shape")
+        strides = try a.ints("strides")
+        dilations = try a.ints("dilations")
+        pads = try a.ints("pads")
+        let pad = try a.string("auto_pad", "NOTSET")
+        guard let p = AutoPad(rawValue: pad) else { throw ctx.fail("auto_pad '\(pad)' is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID") }
+        autoPad = p
+        group = try a.int("group", 1)
+        ceilMode = try a.int("ceil_mode", 0) != 0
+    }
+
+    func geometry(_ ctx: EvalContext, input: [Int], kernel: [Int]) throws -> WindowGeometry {
+        do {
+            return try WindowGeometry(input: input, kernel: kernel, strides: strides, dilations: dilations, pads: pads, autoPad: autoPad, ceilMode: ceilMode)
+        } catch AnvilError.invalidTensor(_, let reason) {
+            throw ctx.fail(reason)
+        }
+    }
+}
+
+func requireRank(_ ctx: EvalContext, _ t: Tensor, atLeast r: Int, _ what: String) throws {
+    guard t.rank >= r else { throw ctx.fail("\(what) must have rank ≥ \(r), got shape \(t.shape)") }
+}
+
+/// Rethrows kernel errors with the node's name attached.
+func named<T>(_ ctx: EvalContext, _ body: () throws -> T) throws -> T {
+    do { return try body() } catch AnvilError.invalidTensor(_, let reason) { throw ctx.fail(reason) }
+}
+
+func registerNeural(_ b: inout RegistryBuilder) {
+    b.add1("Conv") { ctx in
+        let x = try ctx.input(0), w = try ctx.input(1)
+        try requireRank(ctx, x, atLeast: 3, "input X")
+        guard w.rank == x.rank else { throw ctx.fail("weight W has shape \(w.shape), expected rank \(x.rank) like X \(x.shape)") }
+        let attrs = try WindowAttributes(ctx)
+        let kernel = attrs.kernelShape ?? Array(w.shape[2...])
+        guard kernel == Array(w.shape[2...]) else { throw ctx.fail("kernel_shape \(kernel) disagrees with weight shape \(w.shape)") }
+        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel)
+        if let bias = ctx.optionalInput(2), bias.count != w.shape[0] { throw ctx.fail("bias has \(bias.count) elements for \(w.shape[0]) output channels") }
+        return try named(ctx) { try Linear.conv(x, w, ctx.optionalInput(2), geometry: g, group: attrs.group) }
+    }
+    b.add1("ConvTranspose") { ctx in
+        let x = try ctx.input(0), w = try ctx.input(1)
+        try requireRank(ctx, x, atLeast: 3, "input X")
+        guard w.rank == x.rank else { throw ctx.fail("weight W has shape \(w.shape), expected rank \(x.rank)") }
+        let a = ctx.attributes
+        let attrs = try WindowAttributes(ctx)
+        let nd = x.rank - 2
+        let kernel = attrs.kernelShape ?? Array(w.shape[2...])
+        let strides = attrs.strides ?? Array(repeating: 1, count: nd)
+        let dilations = attrs.dilations ?? Array(repeating: 1, count: nd)
+        let outputPadding = try a.ints("output_padding") ?? Array(repeating: 0, count: nd)
+        var pads = attrs.pads ?? Array(repeating: 0, count: 2 * nd)
+        let input = Array(x.shape[2...])
+        guard strides.count == nd, dilations.count == nd, outputPadding.count == nd, pads.count == 2 * nd, kernel.count == nd else {
+            throw ctx.fail("strides, dilations, pads or output_padding do not match \(nd) spatial dimensions")
+        }
+        var output = [Int](repeating: 0, count: nd)
+        if let shape = try a.ints("output_shape") {
+            let target = Array(shape.suffix(nd))
+            for i in 0..<nd {
+                let full = strides[i] * (input[i] - 1) + outputPadding[i] + (kernel[i] - 1) * dilations[i] + 1
+                let total = full - target[i]
+                if attrs.autoPad == .sameUpper || attrs.autoPad == .notSet && attrs.pads == nil {
+                    pads[i] = total / 2; pads[i + nd] = total - total / 2
+                } else {
+                    pads[i] = total - total / 2; pads[i + nd] = total / 2
+                }
+                output[i] = target[i]
+            }
+        } else {
+            for i in 0..<nd {
+                let full = strides[i] * (input[i] - 1) + outputPadding[i] + (kernel[i] - 1) * dilations[i] + 1
+                if attrs.autoPad == .sameUpper || attrs.autoPad == .sameLower {
+                    output[i] = input[i] * strides[i]
+                    let total = max(0, full - output[i])
+                    pads[i] = attrs.autoPad == .sameUpper ? total / 2 : total - total / 2
+                    pads[i + nd] = total - pads[i]
+                } else {
+                    if attrs.autoPad == .valid { pads[i] = 0; pads[i + nd] = 0 }
+                    output[i] = full - pads[i] - pads[i + nd]
+                }
+            }
+        }
+        guard output.allSatisfy({ $0 >= 0 }) else { throw ctx.fail("computed output size \(output) is negative") }
+        return try named(ctx) {
+            try Linear.convTranspose(x, w, ctx.optionalInput(2), strides: strides, dilations: dilations,
+                                     padsBegin: Array(pads[0..<nd]), outputSpatial: output, group: attrs.group)
+        }
+    }
+    b.add1("MatMul") { ctx in try named(ctx) { try Linear.matmul(ctx.input(0), ctx.input(1)) } }
+    b.add1("Gemm") { ctx in
+        let a = ctx.attributes
+        var c = ctx.optionalInput(2)
+        if ctx.opset < 7, let t = c, try a.int("broadcast", 0) == 0, t.rank == 2 { c = t }
+        return try named(ctx) {
+            try Linear.gemm(ctx.input(0), ctx.input(1), c, alpha: a.float("alpha", 1), beta: a.float("beta", 1),
+                            transA: a.int("transA", 0) != 0, transB: a.int("transB", 0) != 0)
+        }
+    }
+    b.add("BatchNormalization") { ctx in
+        let x = try ctx.input(0)
+        let epsilon = try ctx.attributes.float("epsilon", 1e-5)
+        let training = try ctx.opset >= 14 && ctx.attributes.int("training_mode", 0) != 0
+        guard training else {
+            return [try named(ctx) {
+                try Normalization.batchNorm(x, scale: ctx.input(1), bias: ctx.input(2), mean: ctx.input(3), variance: ctx.input(4), epsilon: epsilon)
+            }]
+        }
+        // Training mode normalizes with the batch statistics and updates the running ones.
+        try requireRank(ctx, x, atLeast: 2, "input X")
+        let axes = [0] + Array(2..<x.rank)
+        let mean = try Reduce.reduce(x, axes: axes, keepDims: false, kind: .mean)
+        let centered = try Elementwise.arithmetic(x, mean.reshaped([x.shape[1]] + Array(repeating: 1, count: x.rank - 2)), op: "BatchNormalization", float: -, integer: &-)
+        let variance = try Reduce.reduce(centered, axes: axes, keepDims: false, kind: .sumSquare).mapFloating { $0 / Double(x.count / max(x.shape[1], 1)) }
+        let momentum = try Double(ctx.attributes.float("momentum", 0.9))
+        func blend(_ running: Tensor, _ current: Tensor) throws -> Tensor {
+            try Elementwise.arithmetic(running, current, op: "BatchNormalization", float: { $0 * momentum + $1 * (1 - momentum) }, integer: { a, _ in a })
+        }
+        let y = try named(ctx) {
+            try Normalization.batchNorm(x, scale: ctx.input(1), bias: ctx.input(2), mean: mean, variance: variance, epsilon: epsilon)
+        }
+        return [y, try blend(ctx.input(3), mean), try blend(ctx.input(4), variance)]
+    }
+    b.add1("InstanceNormalization") { ctx in
+        try named(ctx) { try Normalization.instanceNorm(ctx.input(0), scale: ctx.input(1), bias: ctx.input(2), epsilon: ctx.attributes.float("epsilon", 1e-5)) }
+    }
+    b.add("LayerNormalization", since: 17) { ctx in
+        let x = try ctx.input(0)
+        let axis = try ctx.axis(ctx.attributes.int("axis", -1), rank: x.rank)
+        let outs = try named(ctx) {
+            try Normalization.layerNorm(x, scale: ctx.input(1), bias: ctx.optionalInput(2), axis: axis, epsilon: ctx.attributes.float("epsilon", 1e-5))
+        }
+        return Array(outs.prefix(max(1, ctx.node.outputs.count)))
+    }
+    b.add1("RMSNormalization", since: 23) { ctx in
+        let x = try ctx.input(0)
+        let axis = try ctx.axis(ctx.attributes.int("axis", -1), rank: x.rank)
+        return try named(ctx) { try Normalization.rmsNorm(x, scale: ctx.input(1), axis: axis, epsilon: ctx.attributes.float("epsilon", 1e-5)) }
+    }
+    b.add1("GroupNormalization", since: 18) { ctx in
+        guard let groups = try ctx.attributes.int("num_groups") else { throw ctx.fail("attribute num_groups is required") }
+        return try named(ctx) {
+            try Normalization.groupNorm(ctx.input(0), scale: ctx.input(1), bias: ctx.input(2), groups: groups,
+                                        epsilon: ctx.attributes.float("epsilon", 1e-5), perGroupAffine: ctx.opset < 21)
+        }
+    }
+    b.add1("LRN") { ctx in
+        guard let size = try ctx.attributes.int("size"), size > 0 else { throw ctx.fail("attribute size is required and must be positive") }
+        let a = ctx.attributes
+        return try Normalization.lrn(ctx.input(0), size: size, alpha: a.float("alpha", 1e-4), beta: a.float("beta", 0.75), bias: a.float("bias", 1))
+    }
+    for (name, kind) in [("Softmax", "softmax"), ("LogSoftmax", "log"), ("Hardmax", "hardmax")] {
+        b.add1(name) { ctx in
+            let x = try ctx.input(0)
+            let coerced = ctx.opset < 13
+            let axis = try ctx.axis(ctx.attributes.int("axis", coerced ? 1 : -1), rank: x.rank)
+            return try Normalization.softmax(x, axis: axis, coerced2D: coerced, kind: kind)
+        }
+    }
+    b.add("MaxPool") { ctx in
+        let x = try ctx.input(0)
+        try requireRank(ctx, x, atLeast: 3, "input X")
+        let attrs = try WindowAttributes(ctx)
+        guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
+        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel)
+        let columnMajor = try ctx.attributes.int("storage_order", 0) == 1
+        let (y, indices) = try named(ctx) { try Pooling.maxPool(x, geometry: g, columnMajorIndices: columnMajor) }
+        return ctx.node.outputs.count > 1 ? [y, indices] : [y]
+    }
+    b.add1("AveragePool") { ctx in
+        let x = try ctx.input(0)
+        try requireRank(ctx, x, atLeast: 3, "input X")
+        let attrs = try WindowAttributes(ctx)
+        guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
+        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel)
+        return try Pooling.averagePool(x, geometry: g, countIncludePad: ctx.attributes.int("count_include_pad", 0) != 0)
+    }
+    b.add1("LpPool") { ctx in
+        let x = try ctx.input(0)
+        try requireRank(ctx, x, atLeast: 3, "input X")
+        let attrs = try WindowAttributes(ctx)
+        guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
+        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel)
+        return try Pooling.lpPool(x, geometry: g, p: Double(ctx.attributes.int("p", 2)))
+    }
+    b.add1("GlobalAveragePool") { ctx in try named(ctx) { try Pooling.global(ctx.input(0), kind: "avg") } }
+    b.add1("GlobalMaxPool") { ctx in try named(ctx) { try Pooling.global(ctx.input(0), kind: "max") } }
+    b.add1("GlobalLpPool") { ctx in try named(ctx) { try Pooling.global(ctx.input(0), kind: "lp", p: Double(ctx.attributes.int("p", 2))) } }
+    b.add("Dropout") { ctx in
+        let x = try ctx.input(0)
+        if ctx.opset >= 12, let training = ctx.optionalInput(2), training.bools.first == true,
+           let ratio = ctx.optionalInput(1), ratio.double(at: 0) != 0 {
+            throw ctx.fail("training_mode=true with a nonzero ratio is random; Anvil runs inference graphs")
+        }
+        var outs = [x]
+        if ctx.node.outputs.count > 1 { outs.append(try Tensor(bools: Array(repeating: true, count: x.count), shape: x.shape)) }
+        return outs
+    }
+}

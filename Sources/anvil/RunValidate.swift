@@ -1,0 +1,125 @@
+import AnvilCore
+import AnvilIR
+import AnvilONNX
+import AnvilOps
+import ArgumentParser
+import Foundation
+
+/// Loads a model and refuses it up front when it holds ops Anvil lacks.
+func loadRunnable(_ path: String) throws -> ReferenceExecutor {
+    let model = try ONNXImporter.load(path: path)
+    let executor = ReferenceExecutor(model: model)
+    let missing = executor.unsupportedNodes()
+    if !missing.isEmpty {
+        throw AnvilError.invalidModel(file: path, field: "graph", reason: "\(missing.count) nodes use unsupported ops: \(missing.prefix(20).joined(separator: ", "))\(missing.count > 20 ? ", ..." : "")")
+    }
+    return executor
+}
+
+/// Matches tensors from files to the model's runtime inputs: by the name stored
+/// in the file when it names an input, else by position.
+func bindInputs(_ loaded: [(name: String, tensor: Tensor)], graph: Graph, origin: String) throws -> [String: Tensor] {
+    let declared = graph.runtimeInputs.map(\.name)
+    var bound: [String: Tensor] = [:]
+    for (i, item) in loaded.enumerated() {
+        if declared.contains(item.name) {
+            bound[item.name] = item.tensor
+        } else if i < declared.count {
+            bound[declared[i]] = item.tensor
+        } else {
+            throw AnvilError.invalidTensor(name: item.name.isEmpty ? "input_\(i)" : item.name, reason: "\(origin) has more inputs than the model's \(declared.count)")
+        }
+    }
+    return bound
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a model once on inputs from files and write its outputs.")
+
+    @Argument(help: "The ONNX model file.") var model: String
+    @Option(name: .long, help: "An input as name=FILE (.pb TensorProto or .npy); repeat for each input.") var input: [String] = []
+    @Option(name: .long, help: "Folder for the outputs (created if missing).") var outputDir: String
+    @Option(help: "Output file format: pb or npy.") var outputFormat: String = "pb"
+
+    func run() throws {
+        try Anvil.guarded {
+            guard outputFormat == "pb" || outputFormat == "npy" else { throw AnvilError.invalidArgument("--output-format must be pb or npy, not '\(outputFormat)'") }
+            let executor = try loadRunnable(model)
+            var inputs: [String: Tensor] = [:]
+            var files: [String: String] = [:]
+            for spec in input {
+                guard let eq = spec.firstIndex(of: "="), eq != spec.startIndex else {
+                    throw AnvilError.invalidArgument("--input '\(spec)' is not of the form name=FILE")
+                }
+                let name = String(spec[..<eq]), file = String(spec[spec.index(after: eq)...])
+                guard inputs[name] == nil else { throw AnvilError.invalidArgument("--input '\(name)' is given twice") }
+                inputs[name] = try TensorFiles.read(file).tensor
+                files[name] = file
+            }
+            let outputs: [(name: String, value: Tensor)]
+            do {
+                outputs = try executor.run(inputs)
+            } catch AnvilError.invalidTensor(let name, let reason) where files[name] != nil {
+                throw AnvilError.invalidTensor(name: name, reason: "\(reason) (read from \(files[name]!))")
+            }
+            try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+            var written: [(path: String, bytes: [UInt8])] = []
+            for (i, out) in outputs.enumerated() {
+                let safe = out.name.map { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." ? $0 : "_" }
+                let path = "\(outputDir)/\(safe.isEmpty ? "output_\(i)" : String(safe)).\(outputFormat)"
+                written.append((path, try TensorFiles.encode(out.value, name: out.name, forPath: path)))
+            }
+            try TensorFiles.writeAll(written)
+            for (out, file) in zip(outputs, written) { print("\(out.name): \(out.value.dataType)\(out.value.shape) -> \(file.path)") }
+        }
+    }
+}
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a model on reference inputs and compare with reference outputs.",
+        discussion: "An element fails only where its absolute error exceeds --atol and its relative error exceeds --rtol. Exit status 0 only if every output of every data set passes.")
+
+    @Argument(help: "The ONNX model file.") var model: String
+    @Option(help: "Folder with input_N.pb/output_N.pb, or with test_data_set_N folders.") var reference: String
+    @Option(help: "Absolute tolerance.") var atol: Double = 1e-5
+    @Option(help: "Relative tolerance.") var rtol: Double = 1e-3
+
+    func run() throws {
+        var allPassed = true
+        try Anvil.guarded {
+            guard atol >= 0, rtol >= 0 else { throw AnvilError.invalidArgument("--atol and --rtol must be non-negative") }
+            let executor = try loadRunnable(model)
+            let graph = executor.model.graph
+            for folder in try TestDataSet.folders(under: reference) {
+                let data = try TestDataSet.load(folder)
+                guard !data.outputs.isEmpty else { throw AnvilError.io(path: folder, reason: "holds no output_N.pb reference outputs") }
+                let inputs = try bindInputs(data.inputs, graph: graph, origin: folder)
+                let start = Date()
+                let actual = try executor.run(inputs)
+                let ms = Date().timeIntervalSince(start) * 1000
+                print("\(folder) (\(String(format: "%.1f", ms)) ms)")
+                for (i, expected) in data.outputs.enumerated() {
+                    let match = actual.first { $0.name == expected.name } ?? (i < actual.count ? actual[i] : nil)
+                    guard let match else {
+                        print("  output \(i) '\(expected.name)': FAIL (the model has no such output)")
+                        allPassed = false
+                        continue
+                    }
+                    let c = Comparison.compare(actual: match.value, expected: expected.tensor, atol: atol, rtol: rtol)
+                    let verdict = c.passed ? "PASS" : "FAIL"
+                    if let why = c.structuralError {
+                        print("  \(match.name): \(verdict) (\(why))")
+                    } else {
+                        print("  \(match.name): max abs error \(fmt(c.maxAbsoluteError)), max rel error \(fmt(c.maxRelativeError)), \(c.mismatches)/\(c.count) outside tolerance: \(verdict)")
+                    }
+                    allPassed = allPassed && c.passed
+                }
+            }
+            print(allPassed ? "PASSED (atol \(atol), rtol \(rtol))" : "FAILED (atol \(atol), rtol \(rtol))")
+        }
+        if !allPassed { throw ExitCode(1) }
+    }
+
+    func fmt(_ v: Double) -> String { String(format: "%.3g", v) }
+}

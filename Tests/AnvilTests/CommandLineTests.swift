@@ -1,0 +1,80 @@
+import Foundation
+import XCTest
+
+/// End-to-end tests of the `anvil` command line: whole invocations, exit status and output.
+final class CommandLineTests: XCTestCase {
+    func testValidatePassesOnEveryFixture() throws {
+        for name in ["cnn", "transformer", "dynamic_batch", "if_branch"] {
+            let r = try TestSupport.run(["validate", TestSupport.fixture("\(name)/model.onnx"), "--reference", TestSupport.fixture(name)])
+            XCTAssertEqual(r.status, 0, "\(name): \(r.stdout)\(r.stderr)")
+            XCTAssertTrue(r.stdout.contains("PASSED"), r.stdout)
+            XCTAssertFalse(r.stdout.contains("FAIL"), r.stdout)
+        }
+    }
+
+    func testValidateFailsWhenOutputsDisagree() throws {
+        // Tolerances of zero against ORT's float outputs: some elements differ in the last bits.
+        let r = try TestSupport.run(["validate", TestSupport.fixture("transformer/model.onnx"), "--reference", TestSupport.fixture("transformer"),
+                                     "--atol", "0", "--rtol", "0"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stdout.contains("FAIL"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("max abs error"), r.stdout)
+    }
+
+    func testInspectListsUnsupportedOps() throws {
+        let r = try TestSupport.run(["inspect", TestSupport.fixture("invalid/unknown_op.onnx")])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("fancy1: FancyOp"), r.stdout)
+        let json = try TestSupport.run(["inspect", TestSupport.fixture("cnn/model.onnx"), "--format", "json"])
+        XCTAssertEqual(json.status, 0)
+        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        XCTAssertEqual((object?["inputs"] as? [[String: Any]])?.first?["name"] as? String, "image")
+        XCTAssertEqual(object?["opsets"] as? [String: Int], ["ai.onnx": 17])
+        XCTAssertGreaterThan(object?["parameterCount"] as? Int ?? 0, 1000)
+    }
+
+    func testRunWritesOutputsInBothFormats() throws {
+        let out = try TestSupport.temporaryFolder()
+        for format in ["pb", "npy"] {
+            let r = try TestSupport.run(["run", TestSupport.fixture("invalid/valid_add.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))",
+                                         "--output-dir", out, "--output-format", format])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(out)/y.\(format)"))
+        }
+    }
+
+    /// Each bad input gets a clear error naming what is wrong, exit status 1, and no output files.
+    func testBadInputsFailCleanly() throws {
+        let model = TestSupport.fixture("invalid/valid_add.onnx")
+        let cases: [(args: [String], mentions: [String])] = [
+            (["run", TestSupport.fixture("invalid/not_onnx.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["not_onnx.onnx", "not a valid ONNX"]),
+            (["run", TestSupport.fixture("invalid/unknown_op.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["fancy1 (FancyOp)"]),
+            (["run", TestSupport.fixture("invalid/shape_mismatch.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["node 'add1'", "cannot be broadcast"]),
+            (["run", model, "--input", "x=\(TestSupport.fixture("invalid/x_wrong_shape.npy"))"], ["tensor 'x'", "dimension 0 must be 2", "x_wrong_shape.npy"]),
+            (["run", model, "--input", "x=\(TestSupport.fixture("invalid/x_wrong_type.npy"))"], ["tensor 'x'", "expected element type float, got int64"]),
+            (["run", model, "--input", "x=\(TestSupport.fixture("invalid/x_truncated.npy"))"], ["x_truncated.npy", "needs 24 bytes"]),
+            (["run", model], ["tensor 'x'", "missing"]),
+            (["run", model, "--input", "x=/nonexistent/file.npy"], ["/nonexistent/file.npy", "no such file"]),
+            (["run", model, "--input", "nonsense"], ["name=FILE"]),
+            (["run", model, "--input", "z=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["'z'", "no input of this name"]),
+            (["run", "/nonexistent/model.onnx"], ["/nonexistent/model.onnx", "no such file"]),
+            (["run", TestSupport.fixture("invalid/absurd_dims.onnx")], ["absurd_dims.onnx", "dims"]),
+        ]
+        for c in cases {
+            let out = try TestSupport.temporaryFolder()
+            let r = try TestSupport.run(c.args + ["--output-dir", "\(out)/results"])
+            XCTAssertEqual(r.status, 1, "\(c.args): \(r.stdout) \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("error: "), "\(c.args): \(r.stderr)")
+            for m in c.mentions { XCTAssertTrue(r.stderr.contains(m), "\(c.args) should mention '\(m)': \(r.stderr)") }
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: "\(out)/results")) ?? []
+            XCTAssertEqual(left, [], "\(c.args) left files behind: \(left)")
+        }
+    }
+
+    func testValidateRefusesReferenceFoldersWithoutData() throws {
+        let empty = try TestSupport.temporaryFolder()
+        let r = try TestSupport.run(["validate", TestSupport.fixture("cnn/model.onnx"), "--reference", empty])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("test_data_set_N"), r.stderr)
+    }
+}

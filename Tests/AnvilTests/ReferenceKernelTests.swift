@@ -1,0 +1,93 @@
+import AnvilCore
+import AnvilKernels
+import XCTest
+
+/// The fast-ish reference kernels (im2col + sgemm) against direct loops written
+/// straight from the ONNX definitions, over many random shapes.
+final class ReferenceKernelTests: XCTestCase {
+    func randomTensor(_ shape: [Int], _ rng: inout SeededGenerator) throws -> Tensor {
+        try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: shape)
+    }
+
+    /// Direct convolution, one output element at a time (2-D).
+    func directConv(_ x: Tensor, _ w: Tensor, _ b: Tensor?, strides: [Int], dilations: [Int], pads: [Int], group: Int) -> [Float] {
+        let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (m, kh, kw) = (w.shape[0], w.shape[2], w.shape[3])
+        let oh = (h + pads[0] + pads[2] - ((kh - 1) * dilations[0] + 1)) / strides[0] + 1
+        let ow = (wd + pads[1] + pads[3] - ((kw - 1) * dilations[1] + 1)) / strides[1] + 1
+        let xs = x.floats, ws = w.floats, bs = b?.floats
+        let cg = c / group, mg = m / group
+        var out: [Float] = []
+        for bn in 0..<n { for oc in 0..<m { for oy in 0..<oh { for ox in 0..<ow {
+            var acc: Double = Double(bs?[oc] ?? 0)
+            let g = oc / mg
+            for ic in 0..<cg { for ky in 0..<kh { for kx in 0..<kw {
+                let iy = oy * strides[0] - pads[0] + ky * dilations[0], ix = ox * strides[1] - pads[1] + kx * dilations[1]
+                guard iy >= 0, iy < h, ix >= 0, ix < wd else { continue }
+                acc += Double(xs[((bn * c + g * cg + ic) * h + iy) * wd + ix]) * Double(ws[((oc * cg + ic) * kh + ky) * kw + kx])
+            } } }
+            out.append(Float(acc))
+        } } } }
+        _ = mg
+        return out
+    }
+
+    func testConvMatchesDirectLoopsOnRandomShapes() throws {
+        var rng = SeededGenerator(seed: 7)
+        for _ in 0..<60 {
+            let group = [1, 1, 2, 4].randomElement(using: &rng)!
+            let c = group * Int.random(in: 1...3, using: &rng), m = group * Int.random(in: 1...3, using: &rng)
+            let kh = Int.random(in: 1...3, using: &rng), kw = Int.random(in: 1...3, using: &rng)
+            let strides = [Int.random(in: 1...2, using: &rng), Int.random(in: 1...2, using: &rng)]
+            let dilations = [Int.random(in: 1...2, using: &rng), Int.random(in: 1...2, using: &rng)]
+            let pads = (0..<4).map { _ in Int.random(in: 0...2, using: &rng) }
+            let h = Int.random(in: (kh - 1) * dilations[0] + 1...9, using: &rng), w = Int.random(in: (kw - 1) * dilations[1] + 1...9, using: &rng)
+            let x = try randomTensor([Int.random(in: 1...2, using: &rng), c, h, w], &rng)
+            let weight = try randomTensor([m, c / group, kh, kw], &rng)
+            let bias = Bool.random(using: &rng) ? try randomTensor([m], &rng) : nil
+            let g = try WindowGeometry(input: [h, w], kernel: [kh, kw], strides: strides, dilations: dilations, pads: pads, autoPad: .notSet)
+            let y = try Linear.conv(x, weight, bias, geometry: g, group: group)
+            let expected = directConv(x, weight, bias, strides: strides, dilations: dilations, pads: pads, group: group)
+            XCTAssertEqual(y.count, expected.count)
+            for (a, e) in zip(y.floats, expected) { XCTAssertEqual(a, e, accuracy: 1e-4) }
+        }
+    }
+
+    func testMatMulMatchesDirectLoopsWithBroadcastBatches() throws {
+        var rng = SeededGenerator(seed: 11)
+        for _ in 0..<40 {
+            let m = Int.random(in: 1...9, using: &rng), k = Int.random(in: 1...9, using: &rng), n = Int.random(in: 1...70, using: &rng)
+            let batchA = Bool.random(using: &rng) ? [3] : [1], batchB = [3]
+            let a = try randomTensor(batchA + [m, k], &rng), b = try randomTensor(batchB + [k, n], &rng)
+            let y = try Linear.matmul(a, b)
+            XCTAssertEqual(y.shape, [3, m, n])
+            let av = a.floats, bv = b.floats, yv = y.floats
+            for t in 0..<3 { for i in 0..<m { for j in 0..<n {
+                var acc = 0.0
+                let ta = batchA[0] == 1 ? 0 : t
+                for p in 0..<k { acc += Double(av[(ta * m + i) * k + p]) * Double(bv[(t * k + p) * n + j]) }
+                XCTAssertEqual(yv[(t * m + i) * n + j], Float(acc), accuracy: 1e-4)
+            } } }
+        }
+    }
+
+    func testBroadcastingFollowsNumPy() throws {
+        let a = try Tensor(floats: [1, 2, 3], shape: [3, 1])
+        let b = try Tensor(floats: [10, 20], shape: [2])
+        let y = try Elementwise.arithmetic(a, b, op: "Add", float: +, integer: &+)
+        XCTAssertEqual(y.shape, [3, 2])
+        XCTAssertEqual(y.floats, [11, 21, 12, 22, 13, 23])
+        XCTAssertThrowsError(try Elementwise.arithmetic(a, try Tensor(floats: [1, 2], shape: [2, 1]), op: "Add", float: +, integer: &+))
+    }
+
+    func testWindowGeometryAutoPadAndCeilMode() throws {
+        let same = try WindowGeometry(input: [7], kernel: [3], strides: [2], dilations: nil, pads: nil, autoPad: .sameUpper)
+        XCTAssertEqual(same.output, [4])
+        XCTAssertEqual(same.padsBegin + same.padsEnd, [1, 1])
+        let lower = try WindowGeometry(input: [6], kernel: [4], strides: [1], dilations: nil, pads: nil, autoPad: .sameLower)
+        XCTAssertEqual(lower.padsBegin + lower.padsEnd, [2, 1])
+        let ceil = try WindowGeometry(input: [6], kernel: [3], strides: [2], dilations: nil, pads: [0, 0], autoPad: .notSet, ceilMode: true)
+        XCTAssertEqual(ceil.output, [3])
+        XCTAssertThrowsError(try WindowGeometry(input: [6], kernel: [3], strides: [0], dilations: nil, pads: nil, autoPad: .notSet))
+    }
+}
