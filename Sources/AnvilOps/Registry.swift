@@ -141,6 +141,7 @@ public enum OpRegistry {
         registerShapeOps(&b)
         registerControlFlow(&b)
         registerMisc(&b)
+        registerResize(&b)
         return b.table
     }()
 
