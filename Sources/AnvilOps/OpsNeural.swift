@@ -214,3 +214,25 @@ func registerNeural(_ b: inout RegistryBuilder) {
         return outs
     }
 }
+
+func registerAttention(_ b: inout RegistryBuilder) {
+    b.add("Attention", since: 23) { ctx in
+        let a = ctx.attributes
+        var p = AttentionKernel.Parameters()
+        p.scale = try a.float("scale").map { Double($0) }
+        p.isCausal = try a.int("is_causal", 0) != 0
+        p.qHeads = try a.int("q_num_heads")
+        p.kvHeads = try a.int("kv_num_heads")
+        p.softcap = Double(try a.float("softcap", 0))
+        p.qkOutputMode = try a.int("qk_matmul_output_mode", 0)
+        p.leftWindow = try a.int("left_window_size", -1)
+        p.rightWindow = try a.int("right_window_size", -1)
+        guard (0...3).contains(p.qkOutputMode) else { throw ctx.fail("qk_matmul_output_mode \(p.qkOutputMode) is not 0, 1, 2 or 3") }
+        let outs = try named(ctx) {
+            try AttentionKernel.run(q: ctx.input(0), k: ctx.input(1), v: ctx.input(2), mask: ctx.optionalInput(3),
+                                    pastKey: ctx.optionalInput(4), pastValue: ctx.optionalInput(5),
+                                    nonpadKVLength: ctx.optionalInput(6), p)
+        }
+        return Array(outs.prefix(ctx.node.outputs.count))
+    }
+}

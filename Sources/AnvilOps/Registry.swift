@@ -142,6 +142,7 @@ public enum OpRegistry {
         registerControlFlow(&b)
         registerMisc(&b)
         registerResize(&b)
+        registerAttention(&b)
         return b.table
     }()
 
