@@ -143,6 +143,7 @@ public enum OpRegistry {
         registerMisc(&b)
         registerResize(&b)
         registerAttention(&b)
+        registerRecurrent(&b)
         return b.table
     }()
 
