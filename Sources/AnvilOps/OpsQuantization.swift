@@ -37,7 +37,7 @@ func quantRange(_ t: DataType) -> (Double, Double)? {
     }
 }
 
-func registerMisc(_ b: inout RegistryBuilder) {
+func registerQuantization(_ b: inout RegistryBuilder) {
     b.add1("QuantizeLinear", since: 10) { ctx in
         let x = try ctx.input(0), scale = try ctx.input(1)
         let zp = ctx.optionalInput(2)
@@ -75,10 +75,74 @@ func registerMisc(_ b: inout RegistryBuilder) {
     }
     b.add1("MatMulInteger", since: 10) { ctx in
         let a = try ctx.input(0), bm = try ctx.input(1)
-        let az = ctx.optionalInput(2)?.int64s.first ?? 0, bz = ctx.optionalInput(3)?.int64s.first ?? 0
-        let ad = try Tensor(.double, shape: a.shape, doubles: a.int64s.map { Double($0 - az) })
-        let bd = try Tensor(.double, shape: bm.shape, doubles: bm.int64s.map { Double($0 - bz) })
-        let p = try named(ctx) { try Linear.matmul(ad, bd) }
-        return try Tensor(.int32, shape: p.shape, int64s: p.doubles.map { Int64($0) })
+        let av = try subtractZeroPoint(ctx, a, ctx.optionalInput(2), axis: a.rank - 2, perRow: true)
+        let bv = try subtractZeroPoint(ctx, bm, ctx.optionalInput(3), axis: bm.rank - 1, perRow: false)
+        let r = try named(ctx) { try Linear.matmulInteger(av, aShape: a.shape, bv, bShape: bm.shape) }
+        return try Tensor(.int32, shape: r.shape, int64s: r.values)
     }
+    b.add1("ConvInteger", since: 10) { ctx in
+        let x = try ctx.input(0), w = try ctx.input(1)
+        let attrs = try WindowAttributes(ctx)
+        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
+        let xv = try subtractZeroPoint(ctx, x, ctx.optionalInput(2), axis: 1, perRow: false)
+        let wv = try subtractZeroPoint(ctx, w, ctx.optionalInput(3), axis: 0, perRow: false)
+        let y = try named(ctx) { try Linear.convInteger(xv, xShape: x.shape, wv, wShape: w.shape, geometry: g, group: attrs.group) }
+        return try Tensor(.int32, shape: [x.shape[0], w.shape[0]] + g.output, int64s: y)
+    }
+    b.add1("QLinearConv", since: 10) { ctx in
+        let x = try ctx.input(0), w = try ctx.input(3), yZero = ctx.optionalInput(7)
+        let attrs = try WindowAttributes(ctx)
+        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
+        let xv = try subtractZeroPoint(ctx, x, ctx.input(2), axis: 1, perRow: false)
+        let wv = try subtractZeroPoint(ctx, w, ctx.input(5), axis: 0, perRow: false)
+        var acc = try named(ctx) { try Linear.convInteger(xv, xShape: x.shape, wv, wShape: w.shape, geometry: g, group: attrs.group) }
+        let cout = w.shape[0], outSize = g.output.reduce(1, *)
+        if let bias = ctx.optionalInput(8) {
+            let bv = bias.int64s
+            guard bv.count == cout else { throw ctx.fail("bias has \(bv.count) values for \(cout) output channels") }
+            for i in 0..<acc.count { acc[i] += bv[(i / outSize) % cout] }
+        }
+        let xs = try ctx.input(1).double(at: 0)
+        let ws = try ctx.input(4).doubles
+        guard ws.count == 1 || ws.count == cout else { throw ctx.fail("w_scale has \(ws.count) values for \(cout) output channels") }
+        let ys = try ctx.input(6).double(at: 0)
+        let real = acc.indices.map { Double(acc[$0]) * xs * ws[ws.count == 1 ? 0 : ($0 / outSize) % cout] }
+        return try requantize(ctx, real, shape: [x.shape[0], cout] + g.output, scale: ys, zeroPoint: yZero, like: x.dataType)
+    }
+    b.add1("QLinearMatMul", since: 10) { ctx in
+        let a = try ctx.input(0), bm = try ctx.input(3)
+        let av = try subtractZeroPoint(ctx, a, ctx.input(2), axis: a.rank - 2, perRow: true)
+        let bv = try subtractZeroPoint(ctx, bm, ctx.input(5), axis: bm.rank - 1, perRow: false)
+        let r = try named(ctx) { try Linear.matmulInteger(av, aShape: a.shape, bv, bShape: bm.shape) }
+        let aScale = try ctx.input(1).doubles, bScale = try ctx.input(4).doubles
+        let n = r.shape.last ?? 1, m = r.shape.count >= 2 ? r.shape[r.shape.count - 2] : 1
+        let real = r.values.indices.map { i -> Double in
+            let row = (i / n) % m, col = i % n
+            return Double(r.values[i]) * aScale[aScale.count == 1 ? 0 : row] * bScale[bScale.count == 1 ? 0 : col]
+        }
+        return try requantize(ctx, real, shape: r.shape, scale: ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: a.dataType)
+    }
+}
+
+/// The integer values of `t` minus its zero point, which is a scalar or one value
+/// per entry of `axis` (rows of A when `perRow`, else columns / output channels).
+func subtractZeroPoint(_ ctx: EvalContext, _ t: Tensor, _ zeroPoint: Tensor?, axis: Int, perRow: Bool) throws -> [Int64] {
+    let v = t.int64s
+    guard let zeroPoint, zeroPoint.count > 0 else { return v }
+    let z = zeroPoint.int64s
+    if z.count == 1 { return v.map { $0 - z[0] } }
+    guard axis >= 0, axis < t.rank, z.count == t.shape[axis] else {
+        throw ctx.fail("zero point has \(z.count) values, which fits no axis of \(t.shape)")
+    }
+    let inner = t.shape[(axis + 1)...].reduce(1, *)
+    return v.indices.map { v[$0] - z[($0 / inner) % t.shape[axis]] }
+}
+
+/// Rounds real values to the quantized type of the zero point (or `like`), saturating.
+func requantize(_ ctx: EvalContext, _ real: [Double], shape: [Int], scale: Double, zeroPoint: Tensor?, like: DataType) throws -> Tensor {
+    let type = zeroPoint?.dataType ?? like
+    guard let (lo, hi) = quantRange(type) else { throw ctx.fail("cannot quantize to \(type)") }
+    let z = Double(zeroPoint?.int64s.first ?? 0)
+    let q = real.map { Int64(min(max(($0 / scale).rounded(.toNearestOrEven) + z, lo), hi)) }
+    return try Tensor(type, shape: shape, int64s: q)
 }

@@ -41,10 +41,13 @@ func registerReductions(_ b: inout RegistryBuilder) {
                                          selectLast: ctx.attributes.int("select_last_index", 0) != 0, max: isMax)
         }
     }
-    b.add1("CumSum") { ctx in
-        let x = try ctx.input(0)
-        let axis = try ctx.axis(Int(ctx.input(1).int64s.first ?? 0), rank: x.rank)
-        return try Reduce.cumSum(x, axis: axis, exclusive: ctx.attributes.int("exclusive", 0) != 0, reverse: ctx.attributes.int("reverse", 0) != 0)
+    for (name, product) in [("CumSum", false), ("CumProd", true)] {
+        b.add1(name) { ctx in
+            let x = try ctx.input(0)
+            let axis = try ctx.axis(Int(ctx.input(1).int64s.first ?? 0), rank: x.rank)
+            return try Reduce.cumulative(x, axis: axis, exclusive: ctx.attributes.int("exclusive", 0) != 0,
+                                         reverse: ctx.attributes.int("reverse", 0) != 0, product: product)
+        }
     }
     b.add("TopK") { ctx in
         let x = try ctx.input(0)

@@ -140,10 +140,11 @@ public enum OpRegistry {
         registerReductions(&b)
         registerShapeOps(&b)
         registerControlFlow(&b)
-        registerMisc(&b)
+        registerQuantization(&b)
         registerResize(&b)
         registerAttention(&b)
         registerRecurrent(&b)
+        registerExtra(&b)
         return b.table
     }()
 

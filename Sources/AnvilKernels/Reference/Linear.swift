@@ -250,3 +250,40 @@ public enum Linear {
         return try Tensor(x.dataType, shape: [batch, cout] + outputSpatial, floats: out)
     }
 }
+
+extension Linear {
+    /// Exact integer convolution (ConvInteger, QLinearConv): zero points already
+    /// subtracted, accumulation in Int64. `w` is [cout, cin/group, k...].
+    public static func convInteger(_ x: [Int64], xShape: [Int], _ w: [Int64], wShape: [Int], geometry g: WindowGeometry, group: Int) throws -> [Int64] {
+        let batch = xShape[0], cin = xShape[1], cout = wShape[0]
+        guard group > 0, cin % group == 0, cout % group == 0, wShape[1] * group == cin else {
+            throw AnvilError.invalidTensor(name: "Conv", reason: "weight \(wShape) does not fit input channels \(cin) with group \(group)")
+        }
+        let spatial = Array(xShape[2...])
+        let cinG = cin / group, coutG = cout / group
+        let kSize = g.kernel.reduce(1, *), outSize = g.output.reduce(1, *), inSize = spatial.reduce(1, *)
+        let table = im2colTable(spatialIn: spatial, g: g)
+        var out = [Int64](repeating: 0, count: batch * cout * outSize)
+        for nb in 0..<batch { for gi in 0..<group { for oc in 0..<coutG {
+            let co = gi * coutG + oc
+            for c in 0..<cinG { for k in 0..<kSize {
+                let weight = w[(co * cinG + c) * kSize + k]
+                if weight == 0 { continue }
+                let xBase = (nb * cin + gi * cinG + c) * inSize
+                for o in 0..<outSize {
+                    let s = table[k * outSize + o]
+                    if s >= 0 { out[(nb * cout + co) * outSize + o] += weight * x[xBase + s] }
+                }
+            } }
+        } } }
+        return out
+    }
+
+    /// Exact integer matmul with numpy broadcasting of batch dimensions.
+    public static func matmulInteger(_ a: [Int64], aShape: [Int], _ b: [Int64], bShape: [Int]) throws -> (values: [Int64], shape: [Int]) {
+        let ta = try Tensor(int64s: a, shape: aShape), tb = try Tensor(int64s: b, shape: bShape)
+        // Values fit Double exactly for 8- and 16-bit inputs; matmul accumulates in Double.
+        let r = try matmul(ta.cast(to: .double), tb.cast(to: .double))
+        return (r.doubles.map { Int64($0) }, r.shape)
+    }
+}

@@ -102,8 +102,8 @@ public enum Reduce {
         return try Tensor(int64s: out, shape: shape)
     }
 
-    /// CumSum along an axis, optionally exclusive and/or reversed.
-    public static func cumSum(_ x: Tensor, axis: Int, exclusive: Bool, reverse: Bool) throws -> Tensor {
+    /// CumSum (or CumProd with `product`) along an axis, optionally exclusive and/or reversed.
+    public static func cumulative(_ x: Tensor, axis: Int, exclusive: Bool, reverse: Bool, product: Bool = false) throws -> Tensor {
         let outer = x.shape[..<axis].reduce(1, *), n = x.shape[axis], inner = x.shape[(axis + 1)...].reduce(1, *)
         let integer = x.dataType.isInteger
         let vd = integer ? [] : x.doubles
@@ -112,15 +112,19 @@ public enum Reduce {
         var oi = [Int64](repeating: 0, count: integer ? x.count : 0)
         for o in 0..<outer {
             for i in 0..<inner {
-                var sd = 0.0
-                var si: Int64 = 0
+                var sd: Double = product ? 1 : 0
+                var si: Int64 = product ? 1 : 0
                 for step in 0..<n {
                     let k = reverse ? n - 1 - step : step
                     let at = (o * n + k) * inner + i
                     if integer {
-                        if exclusive { oi[at] = si; si &+= vi[at] } else { si &+= vi[at]; oi[at] = si }
+                        if exclusive { oi[at] = si }
+                        si = product ? si &* vi[at] : si &+ vi[at]
+                        if !exclusive { oi[at] = si }
                     } else {
-                        if exclusive { od[at] = sd; sd += vd[at] } else { sd += vd[at]; od[at] = sd }
+                        if exclusive { od[at] = sd }
+                        sd = product ? sd * vd[at] : sd + vd[at]
+                        if !exclusive { od[at] = sd }
                     }
                 }
             }
