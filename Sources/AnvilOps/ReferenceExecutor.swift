@@ -6,6 +6,8 @@ import AnvilIR
 /// every input against the graph's declarations and never guesses.
 public struct ReferenceExecutor {
     public let model: Model
+    /// Called with every value a node of the main graph or a subgraph produces (for tests and debugging).
+    public var observe: ((_ name: String, _ value: Tensor) -> Void)?
 
     public init(model: Model) { self.model = model }
 
@@ -109,7 +111,10 @@ public struct ReferenceExecutor {
             guard results.count >= wanted || results.count >= node.outputs.count else {
                 throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "produced \(results.count) outputs, the node names \(node.outputs.count)")
             }
-            for (name, value) in zip(node.outputs, results) where !name.isEmpty { env[name] = value }
+            for (name, value) in zip(node.outputs, results) where !name.isEmpty {
+                env[name] = value
+                observe?(name, value)
+            }
             for input in Set(node.inputs) where lastUse[input] == i && !keep.contains(input) && initial[input] == nil {
                 env[input] = nil
             }

@@ -127,6 +127,8 @@ public struct OpDefinition: Sendable {
     /// Earliest opset version this definition implements.
     public let sinceVersion: Int
     public let evaluate: @Sendable (EvalContext) throws -> [Tensor]
+    /// Shape and type inference; nil leaves the outputs unknown.
+    public var infer: InferenceRule?
 }
 
 /// The op registry, keyed by domain and op type. Each op's evaluation lives in
@@ -145,6 +147,7 @@ public enum OpRegistry {
         registerAttention(&b)
         registerRecurrent(&b)
         registerExtra(&b)
+        registerInferenceRules(&b)
         return b.table
     }()
 
@@ -171,6 +174,15 @@ struct RegistryBuilder {
 
     mutating func add(_ op: String, domain: String = "", since: Int = 1, _ eval: @escaping @Sendable (EvalContext) throws -> [Tensor]) {
         table[OpRegistry.key(domain, op)] = OpDefinition(opType: op, domain: domain, sinceVersion: since, evaluate: eval)
+    }
+
+    /// Attaches one inference rule to several ops (a family shares its rule).
+    mutating func infer(_ ops: [String], domain: String = "", _ rule: @escaping InferenceRule) {
+        for op in ops {
+            let key = OpRegistry.key(domain, op)
+            precondition(table[key] != nil, "inference rule for unregistered op \(op)")
+            table[key]?.infer = rule
+        }
     }
 
     /// Registers an op with one output.

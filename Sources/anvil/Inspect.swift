@@ -21,6 +21,8 @@ struct ModelReport: Encodable {
     let parameterCount: Int
     let parameterBytes: Int
     let unsupported: [Unsupported]
+    /// Why shape inference failed, if it did.
+    let inferenceError: String?
 
     init(model: Model, file: String) {
         self.file = file
@@ -31,7 +33,19 @@ struct ModelReport: Encodable {
             Value(name: v.name, type: v.type.elementType?.description ?? "?", shape: v.type.dims?.map(\.description) ?? ["*"])
         }
         inputs = model.graph.runtimeInputs.map(value)
-        outputs = model.graph.outputs.map(value)
+        // Outputs show what inference adds to their declarations.
+        var inference = ShapeInference(model: model)
+        var inferred: [String: ValueFacts] = [:]
+        do {
+            inferred = try inference.run()
+            inferenceError = nil
+        } catch {
+            inferenceError = "\(error)"
+        }
+        outputs = model.graph.outputs.map { o in
+            let t = inferred[o.name].flatMap { merge($0.type, o.type) } ?? o.type
+            return value(ValueInfo(name: o.name, type: t))
+        }
         var histogram: [String: Int] = [:]
         var count = 0
         var missing: [Unsupported] = []
@@ -58,6 +72,7 @@ struct ModelReport: Encodable {
         s += "Outputs:\n" + outputs.map { "  \($0.name): \($0.type)[\($0.shape.joined(separator: ","))]\n" }.joined()
         s += "Nodes: \(nodeCount)\n" + ops.map { "  \($0.op.padding(toLength: 28, withPad: " ", startingAt: 0)) \($0.count)\n" }.joined()
         s += "Parameters: \(parameterCount) (\(Self.bytes(parameterBytes)))\n"
+        if let inferenceError { s += "Shape inference failed: \(inferenceError)\n" }
         if unsupported.isEmpty {
             s += "Unsupported ops: none\n"
         } else {

@@ -1,0 +1,527 @@
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+
+// Shape and type inference rules. A rule is written once per family of ops
+// (elementwise, broadcasting, reductions, windows ...) and attached to every op
+// of the family; ops whose shape depends on data (NonZero, NMS, Unique) get fresh
+// symbolic dimensions.
+
+/// Numpy broadcasting over symbolic dims; throws when two known sizes conflict.
+func broadcastDims(_ all: [[Dim]], _ ctx: InferContext) throws -> [Dim] {
+    let rank = all.map(\.count).max() ?? 0
+    var out = [Dim](repeating: .known(1), count: rank)
+    for dims in all {
+        let offset = rank - dims.count
+        for (i, d) in dims.enumerated() {
+            let o = out[offset + i]
+            switch (o, d) {
+            case (.known(1), _): out[offset + i] = d
+            case (_, .known(1)): break
+            case (.known(let a), .known(let b)) where a != b:
+                throw ctx.fail("shapes \(all.map { "[\($0.map(\.description).joined(separator: ","))]" }.joined(separator: " and ")) cannot be broadcast together")
+            case (.known, _): break
+            case (_, .known): out[offset + i] = d
+            case (.symbol(let a), .symbol(let b)) where a == b: break
+            default: out[offset + i] = .unknown
+            }
+        }
+    }
+    return out
+}
+
+/// Product of dims: known when all are, a symbol when it is the only non-1 factor.
+func product(_ dims: [Dim]) -> Dim {
+    var known = 1
+    var others: [Dim] = []
+    for d in dims {
+        if let v = d.value { known *= v } else { others.append(d) }
+    }
+    if others.isEmpty { return .known(known) }
+    if others.count == 1, known == 1 { return others[0] }
+    if known == 0 { return .known(0) }
+    return .unknown
+}
+
+func facts(_ type: DataType?, _ dims: [Dim]?) -> ValueFacts { ValueFacts(type: TensorType(type, dims)) }
+
+/// The dimension Reshape's -1 stands for: the input's dims with the other output
+/// dims divided out. Equal dims (symbolic or known) cancel; what remains must be
+/// all known, or one symbol with nothing left to divide.
+func inferredDimension(input: [Dim], others: [Dim]) -> Dim {
+    var remaining = input
+    var unmatched: [Dim] = []
+    for d in others {
+        if let k = remaining.firstIndex(of: d) { remaining.remove(at: k) } else { unmatched.append(d) }
+    }
+    let remainingKnown = remaining.allSatisfy { $0.value != nil }, unmatchedKnown = unmatched.allSatisfy { $0.value != nil }
+    if remainingKnown && unmatchedKnown {
+        let numerator = remaining.reduce(1) { $0 * $1.value! }, denominator = unmatched.reduce(1) { $0 * $1.value! }
+        return denominator > 0 && numerator % denominator == 0 ? .known(numerator / denominator) : .unknown
+    }
+    if unmatched.isEmpty, remaining.filter({ $0 != .known(1) }).count == 1, let symbol = remaining.first(where: { $0.value == nil }) {
+        return symbol
+    }
+    return .unknown
+}
+
+/// Same type and shape as input 0.
+let sameAsInput: InferenceRule = { ctx in [ctx.input(0).type].map { ValueFacts(type: $0) } }
+
+/// Arithmetic on shape vectors: Add/Sub/Mul/Div of known dims stay exact.
+func propagateArithmetic(_ ctx: InferContext, _ out: TensorType) -> [Dim]? {
+    guard let a = ctx.input(0).dims, let b = ctx.input(1).dims, a.count == b.count || a.count == 1 || b.count == 1 else { return nil }
+    let n = max(a.count, b.count)
+    return (0..<n).map { i -> Dim in
+        let x = a[a.count == 1 ? 0 : i], y = b[b.count == 1 ? 0 : i]
+        guard let u = x.value, let v = y.value else {
+            if ctx.node.opType == "Mul", y == .known(1) { return x }
+            if ctx.node.opType == "Mul", x == .known(1) { return y }
+            if ["Add", "Sub"].contains(ctx.node.opType), y == .known(0) { return x }
+            if ctx.node.opType == "Div", y == .known(1) { return x }
+            return .unknown
+        }
+        switch ctx.node.opType {
+        case "Add": return .known(u + v)
+        case "Sub": return .known(u - v)
+        case "Mul": return .known(u * v)
+        default: return v != 0 ? .known(u / v) : .unknown
+        }
+    }
+}
+
+func registerInferenceRules(_ b: inout RegistryBuilder) {
+    b.infer(["Abs", "Neg", "Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "Floor", "Ceil", "Round", "Sign",
+             "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Softsign", "Softplus", "Mish",
+             "LeakyRelu", "Elu", "Celu", "Selu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Gelu", "Shrink", "Swish",
+             "Identity", "Softmax", "LogSoftmax", "Hardmax", "LRN", "BatchNormalization", "InstanceNormalization",
+             "GroupNormalization", "RMSNormalization", "LpNormalization", "CumSum", "CumProd", "Clip", "Trilu", "ReverseSequence",
+             "BitwiseNot", "RotaryEmbedding"]) { ctx in
+        var out = [ValueFacts(type: ctx.type(0))]
+        if ctx.node.opType == "BatchNormalization" { out += [facts(ctx.type(0).elementType, ctx.dims(3)), facts(ctx.type(0).elementType, ctx.dims(4))] }
+        return out
+    }
+    b.infer(["Dropout"]) { ctx in [ValueFacts(type: ctx.type(0)), facts(.bool, ctx.dims(0))] }
+    b.infer(["LayerNormalization"]) { ctx in
+        let t = ctx.type(0)
+        guard let d = t.dims else { return [ValueFacts(type: t)] }
+        let axis = try ctx.axis(ctx.attributes.int("axis", -1), rank: d.count)
+        let stats = Array(d[..<axis]) + Array(repeating: .known(1), count: d.count - axis)
+        return [ValueFacts(type: t), facts(.float, stats), facts(.float, stats)]
+    }
+    b.infer(["Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+             "Max", "Min", "Sum", "Mean", "SwiGLU"]) { ctx in
+        let present = ctx.inputs.compactMap { $0 }
+        let element = ctx.type(0).elementType
+        let all = present.map(\.type.dims)
+        guard all.allSatisfy({ $0 != nil }) else { return [facts(element, nil)] }
+        let type = TensorType(element, try broadcastDims(all.map { $0! }, ctx))
+        var out = ValueFacts(type: type)
+        if ["Add", "Sub", "Mul", "Div"].contains(ctx.node.opType), (type.dims?.count ?? 2) <= 1 { out.dims = propagateArithmetic(ctx, type) }
+        return [out]
+    }
+    b.infer(["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor"]) { ctx in
+        guard let a = ctx.dims(0), let c = ctx.dims(1) else { return [facts(.bool, nil)] }
+        return [facts(.bool, try broadcastDims([a, c], ctx))]
+    }
+    b.infer(["Not", "IsNaN", "IsInf"]) { ctx in [facts(.bool, ctx.dims(0))] }
+    b.infer(["Where"]) { ctx in
+        let all = [ctx.dims(0), ctx.dims(1), ctx.dims(2)]
+        guard all.allSatisfy({ $0 != nil }) else { return [facts(ctx.type(1).elementType, nil)] }
+        return [facts(ctx.type(1).elementType, try broadcastDims(all.map { $0! }, ctx))]
+    }
+    b.infer(["Cast"]) { ctx in
+        let to = try ctx.attributes.int("to").flatMap { DataType(rawValue: Int32(clamping: $0)) }
+        return [ValueFacts(type: TensorType(to, ctx.dims(0)), constant: nil, dims: ctx.input(0).dims.flatMap { _ in to?.isInteger == true ? ctx.input(0).dims : nil })]
+    }
+    b.infer(["CastLike"]) { ctx in [facts(ctx.type(1).elementType, ctx.dims(0))] }
+    b.infer(["MatMul", "MatMulInteger", "QLinearMatMul"]) { ctx in
+        let q = ctx.node.opType == "QLinearMatMul"
+        let (ia, ib) = q ? (0, 3) : (0, 1)
+        let element: DataType? = switch ctx.node.opType {
+        case "MatMulInteger": .int32
+        case "QLinearMatMul": ctx.type(7).elementType ?? ctx.type(0).elementType
+        default: ctx.type(0).elementType
+        }
+        guard var a = ctx.dims(ia), var c = ctx.dims(ib), !a.isEmpty, !c.isEmpty else { return [facts(element, nil)] }
+        let aVector = a.count == 1, bVector = c.count == 1
+        if aVector { a.insert(.known(1), at: 0) }
+        if bVector { c.append(.known(1)) }
+        if let k1 = a.last!.value, let k2 = c[c.count - 2].value, k1 != k2 { throw ctx.fail("inner dimensions differ: \(k1) and \(k2)") }
+        var out = try broadcastDims([Array(a.dropLast(2)), Array(c.dropLast(2))], ctx) + [a[a.count - 2], c.last!]
+        if aVector { out.remove(at: out.count - 2) }
+        if bVector { out.removeLast() }
+        return [facts(element, out)]
+    }
+    b.infer(["Gemm"]) { ctx in
+        guard let a = ctx.dims(0), let c = ctx.dims(1), a.count == 2, c.count == 2 else { return [facts(ctx.type(0).elementType, nil)] }
+        let transA = try ctx.attributes.int("transA", 0) != 0, transB = try ctx.attributes.int("transB", 0) != 0
+        return [facts(ctx.type(0).elementType, [transA ? a[1] : a[0], transB ? c[0] : c[1]])]
+    }
+    b.infer(["Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"]) { ctx in
+        let op = ctx.node.opType
+        let weightIndex = op == "QLinearConv" ? 3 : 1
+        let element: DataType? = op == "ConvInteger" ? .int32 : (op == "QLinearConv" ? ctx.type(7).elementType ?? ctx.type(0).elementType : ctx.type(0).elementType)
+        guard let x = ctx.dims(0), x.count >= 3 else { return [facts(element, nil)] }
+        let isConv = op.contains("Conv")
+        let w = isConv ? ctx.dims(weightIndex) : nil
+        let kernel = try ctx.attributes.ints("kernel_shape") ?? w.flatMap { w in w.count == x.count ? w.dropFirst(2).compactMap(\.value) : nil }
+        let channels: Dim = isConv ? (w?.first ?? .unknown) : x[1]
+        var spatial: [Dim] = Array(repeating: .unknown, count: x.count - 2)
+        if let kernel, kernel.count == x.count - 2 {
+            let pad = try ctx.attributes.string("auto_pad", "NOTSET")
+            let inputs = x.dropFirst(2).map { $0.value }
+            if inputs.allSatisfy({ $0 != nil }), let autoPad = AutoPad(rawValue: pad) {
+                let g = try WindowGeometry(input: inputs.map { $0! }, kernel: kernel, strides: ctx.attributes.ints("strides"),
+                                           dilations: ctx.attributes.ints("dilations"), pads: ctx.attributes.ints("pads"),
+                                           autoPad: autoPad, ceilMode: ctx.attributes.int("ceil_mode", 0) != 0)
+                spatial = g.output.map { .known($0) }
+            }
+        }
+        let out = [x[0], channels] + spatial
+        return op == "MaxPool" ? [facts(element, out), facts(.int64, out)] : [facts(element, out)]
+    }
+    b.infer(["ConvTranspose"]) { ctx in
+        guard let x = ctx.dims(0), let w = ctx.dims(1), x.count >= 3, w.count == x.count else { return [facts(ctx.type(0).elementType, nil)] }
+        let group = try ctx.attributes.int("group", 1)
+        let channels: Dim = w[1].value.map { .known($0 * group) } ?? .unknown
+        let nd = x.count - 2
+        var spatial = [Dim](repeating: .unknown, count: nd)
+        if let shape = try ctx.attributes.ints("output_shape") {
+            spatial = shape.suffix(nd).map { .known($0) }
+        } else if let kernel = try ctx.attributes.ints("kernel_shape") ?? (w.dropFirst(2).allSatisfy({ $0.value != nil }) ? w.dropFirst(2).map { $0.value! } : nil) {
+            let strides = try ctx.attributes.ints("strides") ?? Array(repeating: 1, count: nd)
+            let dilations = try ctx.attributes.ints("dilations") ?? Array(repeating: 1, count: nd)
+            let outputPadding = try ctx.attributes.ints("output_padding") ?? Array(repeating: 0, count: nd)
+            let pads = try ctx.attributes.ints("pads") ?? Array(repeating: 0, count: 2 * nd)
+            let autoPad = try ctx.attributes.string("auto_pad", "NOTSET")
+            for i in 0..<nd {
+                guard let n = x[i + 2].value, strides.count == nd, pads.count == 2 * nd, dilations.count == nd, outputPadding.count == nd else { continue }
+                if autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER" {
+                    spatial[i] = .known(n * strides[i])
+                } else {
+                    let full = strides[i] * (n - 1) + outputPadding[i] + (kernel[i] - 1) * dilations[i] + 1
+                    spatial[i] = .known(autoPad == "VALID" ? full : full - pads[i] - pads[i + nd])
+                }
+            }
+        }
+        return [facts(ctx.type(0).elementType, [x[0], channels] + spatial)]
+    }
+    b.infer(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"]) { ctx in
+        guard let x = ctx.dims(0), x.count >= 2 else { return [facts(ctx.type(0).elementType, nil)] }
+        return [facts(ctx.type(0).elementType, Array(x[0..<2]) + Array(repeating: .known(1), count: x.count - 2))]
+    }
+    b.infer(["Flatten"]) { ctx in
+        guard let x = ctx.dims(0) else { return [facts(ctx.type(0).elementType, [.unknown, .unknown])] }
+        let a = try ctx.attributes.int("axis", 1)
+        let axis = a < 0 ? a + x.count : a
+        guard axis >= 0, axis <= x.count else { throw ctx.fail("axis \(a) is out of range for rank \(x.count)") }
+        return [facts(ctx.type(0).elementType, [product(Array(x[..<axis])), product(Array(x[axis...]))])]
+    }
+    b.infer(["Reshape"]) { ctx in
+        let element = ctx.type(0).elementType
+        let requested: [Dim]? = ctx.opset < 5 ? try ctx.attributes.ints("shape").map { $0.map { .known($0) } } : ctx.input(1).dims
+        guard let requested else {
+            if let n = ctx.dims(1)?.first?.value ?? ctx.type(1).concreteShape?.first { return [facts(element, Array(repeating: .unknown, count: n))] }
+            return [facts(element, nil)]
+        }
+        let allowZero = try ctx.attributes.int("allowzero", 0) != 0
+        let input = ctx.dims(0)
+        var out = requested
+        var inferAt: Int?
+        for (i, d) in requested.enumerated() {
+            if d == .known(0) && !allowZero { out[i] = input.flatMap { i < $0.count ? $0[i] : nil } ?? .unknown }
+            if d == .known(-1) { inferAt = i; out[i] = .unknown }
+        }
+        if let at = inferAt, let input {
+            out[at] = inferredDimension(input: input, others: out.enumerated().filter { $0.offset != at }.map(\.element))
+        }
+        return [facts(element, out)]
+    }
+    b.infer(["Transpose"]) { ctx in
+        guard let x = ctx.dims(0) else { return [facts(ctx.type(0).elementType, nil)] }
+        let perm = try ctx.attributes.ints("perm") ?? Array((0..<x.count).reversed())
+        guard perm.count == x.count, Set(perm) == Set(0..<x.count) else { throw ctx.fail("perm \(perm) is not a permutation of \(x.count) axes") }
+        return [facts(ctx.type(0).elementType, perm.map { x[$0] })]
+    }
+    b.infer(["Squeeze"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0) else { return [facts(element, nil)] }
+        let raw = ctx.opset < 13 ? try ctx.attributes.ints("axes") : (ctx.has(1) ? ctx.ints(1) : nil)
+        if ctx.opset >= 13 && ctx.has(1) && raw == nil { return [facts(element, nil)] }
+        if let raw {
+            let axes = try Set(raw.map { try ctx.axis($0, rank: x.count) })
+            for a in axes { if let v = x[a].value, v != 1 { throw ctx.fail("cannot squeeze axis \(a) of size \(v)") } }
+            var out = ValueFacts(type: TensorType(element, x.indices.filter { !axes.contains($0) }.map { x[$0] }))
+            if x.count == 1, let d = ctx.input(0).dims { out.dims = d }
+            return [out]
+        }
+        guard x.allSatisfy({ $0.value != nil }) else { return [facts(element, nil)] }
+        return [facts(element, x.filter { $0 != .known(1) })]
+    }
+    b.infer(["Unsqueeze"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0), let raw = ctx.opset < 13 ? try ctx.attributes.ints("axes") : ctx.ints(1) else { return [facts(element, nil)] }
+        let rank = x.count + raw.count
+        let axes = try Set(raw.map { try ctx.axis($0, rank: rank) })
+        var it = x.makeIterator()
+        let dims = (0..<rank).map { axes.contains($0) ? .known(1) : (it.next() ?? .unknown) }
+        var out = ValueFacts(type: TensorType(element, dims))
+        if rank <= 1 { out.dims = ctx.input(0).dims }
+        return [out]
+    }
+    b.infer(["Concat"]) { ctx in
+        let present = ctx.inputs.compactMap { $0 }
+        let element = present.first?.type.elementType
+        guard let rank = present.compactMap({ $0.type.dims?.count }).first else { return [facts(element, nil)] }
+        let axis = try ctx.axis(ctx.attributes.int("axis", 0), rank: rank)
+        var out = [Dim](repeating: .unknown, count: rank)
+        for d in 0..<rank where d != axis {
+            out[d] = present.compactMap { $0.type.dims?[d] }.first { $0.value != nil } ?? present.compactMap { $0.type.dims?[d] }.first ?? .unknown
+        }
+        let sizes = present.map { $0.type.dims?[axis] }
+        out[axis] = sizes.allSatisfy({ $0?.value != nil }) ? .known(sizes.reduce(0) { $0 + $1!.value! }) : .unknown
+        var result = ValueFacts(type: TensorType(element, out))
+        if rank == 1, present.allSatisfy({ $0.dims != nil }) { result.dims = present.flatMap { $0.dims! } }
+        return [result]
+    }
+    b.infer(["Split"]) { ctx in
+        let element = ctx.type(0).elementType
+        let count = ctx.node.outputs.count
+        guard let x = ctx.dims(0) else { return Array(repeating: facts(element, nil), count: count) }
+        let axis = try ctx.axis(ctx.attributes.int("axis", 0), rank: x.count)
+        var sizes = ctx.opset < 13 ? try ctx.attributes.ints("split") : (ctx.has(1) ? ctx.ints(1) : nil)
+        let sizesGivenAtRunTime = ctx.opset >= 13 && ctx.has(1) && sizes == nil
+        if sizes == nil, !sizesGivenAtRunTime, let n = x[axis].value {
+            let chunk = (n + count - 1) / max(count, 1)
+            sizes = (0..<count).map { max(0, min(chunk, n - $0 * chunk)) }
+        }
+        return (0..<count).map { i in
+            var d = x
+            d[axis] = sizes.map { i < $0.count ? .known($0[i]) : .unknown } ?? .unknown
+            return facts(element, d)
+        }
+    }
+    b.infer(["Slice"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0) else { return [facts(element, nil)] }
+        let starts: [Int]?, ends: [Int]?, axesRaw: [Int]?, steps: [Int]?
+        if ctx.opset < 10 {
+            starts = try ctx.attributes.ints("starts"); ends = try ctx.attributes.ints("ends"); axesRaw = try ctx.attributes.ints("axes"); steps = nil
+        } else {
+            starts = ctx.ints(1); ends = ctx.ints(2)
+            axesRaw = ctx.has(3) ? ctx.ints(3) : nil
+            steps = ctx.has(4) ? ctx.ints(4) : nil
+            if (ctx.has(3) && axesRaw == nil) || (ctx.has(4) && steps == nil) { return [facts(element, Array(repeating: .unknown, count: x.count))] }
+        }
+        guard let starts, let ends, starts.count == ends.count else { return [facts(element, Array(repeating: .unknown, count: x.count))] }
+        let axes = try (axesRaw ?? Array(0..<starts.count)).map { try ctx.axis($0, rank: x.count) }
+        var out = x
+        for (k, a) in axes.enumerated() {
+            let step = steps.map { k < $0.count ? $0[k] : 1 } ?? 1
+            guard step != 0 else { throw ctx.fail("slice step is 0") }
+            guard let n = x[a].value else {
+                out[a] = (starts[k] == 0 && ends[k] >= Int(Int32.max) && step == 1) ? x[a] : .unknown
+                continue
+            }
+            var s = starts[k] < 0 ? starts[k] + n : starts[k], e = ends[k] < 0 ? ends[k] + n : ends[k]
+            if step > 0 { s = min(max(s, 0), n); e = min(max(e, 0), n); out[a] = .known(max(0, (e - s + step - 1) / step)) }
+            else { s = min(max(s, -1), n - 1); e = min(max(e, -1), n - 1); out[a] = .known(max(0, (s - e - step - 1) / -step)) }
+        }
+        var result = ValueFacts(type: TensorType(element, out))
+        if x.count == 1, let values = ctx.input(0).dims, axes == [0], let step = steps?.first ?? 1 as Int?, step == 1, let n = x[0].value {
+            let s = min(max(starts[0] < 0 ? starts[0] + n : starts[0], 0), n), e = min(max(ends[0] < 0 ? ends[0] + n : ends[0], 0), n)
+            if s <= e, e <= values.count { result.dims = Array(values[s..<e]) }
+        }
+        return [result]
+    }
+    b.infer(["Gather"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0), let idx = ctx.dims(1) else { return [facts(element, nil)] }
+        let axis = try ctx.axis(ctx.attributes.int("axis", 0), rank: x.count)
+        var out = ValueFacts(type: TensorType(element, Array(x[..<axis]) + idx + Array(x[(axis + 1)...])))
+        if x.count == 1, let values = ctx.input(0).dims, let picks = ctx.ints(1) {
+            let chosen = picks.map { $0 < 0 ? $0 + values.count : $0 }
+            if chosen.allSatisfy({ $0 >= 0 && $0 < values.count }) { out.dims = chosen.map { values[$0] } }
+        }
+        return [out]
+    }
+    b.infer(["GatherElements"]) { ctx in [facts(ctx.type(0).elementType, ctx.dims(1))] }
+    b.infer(["ScatterElements", "Scatter", "ScatterND"]) { ctx in [ValueFacts(type: ctx.type(0))] }
+    b.infer(["GatherND"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0), let idx = ctx.dims(1), let k = idx.last?.value else { return [facts(element, nil)] }
+        let batch = try ctx.attributes.int("batch_dims", 0)
+        guard batch + k <= x.count else { throw ctx.fail("index depth \(k) with \(batch) batch dims exceeds data rank \(x.count)") }
+        return [facts(element, Array(idx.dropLast()) + Array(x[(batch + k)...]))]
+    }
+    b.infer(["Shape"]) { ctx in
+        guard let x = ctx.dims(0) else { return [facts(.int64, [.unknown])] }
+        let r = x.count
+        func clampAxis(_ a: Int) -> Int { min(max(a < 0 ? a + r : a, 0), r) }
+        let start = clampAxis(try ctx.attributes.int("start", 0)), end = clampAxis(try ctx.attributes.int("end", r))
+        let dims = start < end ? Array(x[start..<end]) : []
+        var out = ValueFacts(type: TensorType(.int64, shape: [dims.count]))
+        out.dims = dims
+        if dims.allSatisfy({ $0.value != nil }) { out.constant = try? Tensor(int64s: dims.map { Int64($0.value!) }, shape: [dims.count]) }
+        return [out]
+    }
+    b.infer(["Size"]) { ctx in
+        var out = facts(.int64, [])
+        if let x = ctx.dims(0) { out.dims = [product(x)] }
+        return [out]
+    }
+    b.infer(["ConstantOfShape"]) { ctx in
+        let element = try ctx.attributes.tensor("value")?.dataType ?? .float
+        if let d = ctx.input(0).dims { return [facts(element, d)] }
+        if let n = ctx.type(0).concreteShape?.first { return [facts(element, Array(repeating: .unknown, count: n))] }
+        return [facts(element, nil)]
+    }
+    b.infer(["Expand"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0), let target = ctx.input(1).dims else { return [facts(element, nil)] }
+        return [facts(element, try broadcastDims([x, target], ctx))]
+    }
+    b.infer(["Tile"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0) else { return [facts(element, nil)] }
+        guard let repeats = ctx.ints(1), repeats.count == x.count else { return [facts(element, Array(repeating: .unknown, count: x.count))] }
+        return [facts(element, zip(x, repeats).map { d, r in r == 1 ? d : (d.value.map { .known($0 * r) } ?? .unknown) })]
+    }
+    b.infer(["Pad"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0) else { return [facts(element, nil)] }
+        var pads = ctx.opset < 11 ? try ctx.attributes.ints("pads") ?? ctx.attributes.ints("paddings") : ctx.ints(1)
+        if ctx.opset >= 18, ctx.has(3), let p = pads {
+            guard let axes = ctx.ints(3) else { return [facts(element, Array(repeating: .unknown, count: x.count))] }
+            var full = [Int](repeating: 0, count: 2 * x.count)
+            for (k, a) in axes.enumerated() { let n = try ctx.axis(a, rank: x.count); full[n] = p[k]; full[n + x.count] = p[k + axes.count] }
+            pads = full
+        }
+        guard let pads, pads.count == 2 * x.count else { return [facts(element, Array(repeating: .unknown, count: x.count))] }
+        return [facts(element, x.indices.map { i in
+            let extra = pads[i] + pads[i + x.count]
+            return extra == 0 ? x[i] : (x[i].value.map { .known($0 + extra) } ?? .unknown)
+        })]
+    }
+    let reductions: [(String, Int)] = [("ReduceSum", 13), ("ReduceMean", 18), ("ReduceMax", 18), ("ReduceMin", 18), ("ReduceProd", 18),
+                                       ("ReduceL1", 18), ("ReduceL2", 18), ("ReduceLogSum", 18), ("ReduceLogSumExp", 18), ("ReduceSumSquare", 18)]
+    for (name, inputSince) in reductions {
+        b.infer([name]) { ctx in
+            let element = ctx.type(0).elementType
+            guard let x = ctx.dims(0) else { return [facts(element, nil)] }
+            let keep = try ctx.attributes.int("keepdims", 1) != 0
+            let raw: [Int]?
+            if ctx.opset < inputSince { raw = try ctx.attributes.ints("axes") ?? [] } else { raw = ctx.has(1) ? ctx.ints(1) : [] }
+            guard let raw else { return [facts(element, keep ? Array(repeating: .unknown, count: x.count) : nil)] }
+            let noop = try ctx.attributes.int("noop_with_empty_axes", 0) != 0
+            if raw.isEmpty && noop { return [facts(element, x)] }
+            let axes = raw.isEmpty ? Set(0..<x.count) : try Set(raw.map { try ctx.axis($0, rank: x.count) })
+            return [facts(element, x.indices.compactMap { axes.contains($0) ? (keep ? .known(1) : nil) : x[$0] })]
+        }
+    }
+    b.infer(["ArgMax", "ArgMin"]) { ctx in
+        guard let x = ctx.dims(0) else { return [facts(.int64, nil)] }
+        let axis = try ctx.axis(ctx.attributes.int("axis", 0), rank: x.count)
+        var out = x
+        if try ctx.attributes.int("keepdims", 1) != 0 { out[axis] = .known(1) } else { out.remove(at: axis) }
+        return [facts(.int64, out)]
+    }
+    b.infer(["TopK"]) { ctx in
+        guard let x = ctx.dims(0) else { return [facts(ctx.type(0).elementType, nil), facts(.int64, nil)] }
+        let axis = try ctx.axis(ctx.attributes.int("axis", -1), rank: x.count)
+        var out = x
+        out[axis] = ctx.opset < 10 ? (try ctx.attributes.int("k")).map { .known($0) } ?? .unknown : (ctx.ints(1)?.first).map { .known($0) } ?? .unknown
+        return [facts(ctx.type(0).elementType, out), facts(.int64, out)]
+    }
+    b.infer(["DepthToSpace", "SpaceToDepth"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0), x.count == 4, let bs = try ctx.attributes.int("blocksize") else { return [facts(element, nil)] }
+        func scaled(_ d: Dim, _ f: (Int) -> Int) -> Dim { d.value.map { .known(f($0)) } ?? .unknown }
+        if ctx.node.opType == "DepthToSpace" {
+            return [facts(element, [x[0], scaled(x[1]) { $0 / (bs * bs) }, scaled(x[2]) { $0 * bs }, scaled(x[3]) { $0 * bs }])]
+        }
+        return [facts(element, [x[0], scaled(x[1]) { $0 * bs * bs }, scaled(x[2]) { $0 / bs }, scaled(x[3]) { $0 / bs }])]
+    }
+    b.infer(["Range"]) { ctx in [facts(ctx.type(0).elementType, [ctx.freshSymbol()])] }
+    b.infer(["NonZero"]) { ctx in [facts(.int64, [ctx.dims(0).map { .known($0.count) } ?? .unknown, ctx.freshSymbol()])] }
+    b.infer(["NonMaxSuppression"]) { ctx in [facts(.int64, [ctx.freshSymbol(), .known(3)])] }
+    b.infer(["Compress"]) { ctx in
+        guard let x = ctx.dims(0) else { return [facts(ctx.type(0).elementType, nil)] }
+        guard let a = try ctx.attributes.int("axis") else { return [facts(ctx.type(0).elementType, [ctx.freshSymbol()])] }
+        var out = x
+        out[try ctx.axis(a, rank: x.count)] = ctx.freshSymbol()
+        return [facts(ctx.type(0).elementType, out)]
+    }
+    b.infer(["OneHot"]) { ctx in
+        let element = ctx.type(2).elementType
+        guard let idx = ctx.dims(0) else { return [facts(element, nil)] }
+        let axis = try ctx.axis(ctx.attributes.int("axis", -1), rank: idx.count + 1)
+        var out = idx
+        out.insert((ctx.input(1).constant.map { .known(Int(Tensor.int64(fromDouble: $0.double(at: 0)))) }) ?? .unknown, at: axis)
+        return [facts(element, out)]
+    }
+    b.infer(["EyeLike"]) { ctx in
+        let element = try ctx.attributes.int("dtype").flatMap { DataType(rawValue: Int32($0)) } ?? ctx.type(0).elementType
+        return [facts(element, ctx.dims(0))]
+    }
+    b.infer(["QuantizeLinear"]) { ctx in
+        let requested = try ctx.attributes.int("output_dtype").flatMap { DataType(rawValue: Int32(clamping: $0)) }
+        let element = ctx.type(2).elementType ?? requested ?? .uint8
+        return [facts(element, ctx.dims(0))]
+    }
+    b.infer(["DequantizeLinear"]) { ctx in [facts(ctx.type(1).elementType, ctx.dims(0))] }
+    b.infer(["DynamicQuantizeLinear"]) { ctx in [facts(.uint8, ctx.dims(0)), facts(.float, []), facts(.uint8, [])] }
+    b.infer(["Resize", "Upsample"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0) else { return [facts(element, nil)] }
+        let scalesIndex = ctx.node.opType == "Upsample" || ctx.opset < 11 ? 1 : 2
+        let axes = try (ctx.attributes.ints("axes") ?? Array(0..<x.count)).map { try ctx.axis($0, rank: x.count) }
+        var out = x
+        if ctx.node.opType == "Resize", ctx.opset >= 11, let sizes = ctx.ints(3), sizes.count == axes.count {
+            if try ctx.attributes.string("keep_aspect_ratio_policy", "stretch") != "stretch" { return [facts(element, Array(repeating: .unknown, count: x.count))] }
+            for (k, a) in axes.enumerated() { out[a] = .known(sizes[k]) }
+            return [facts(element, out)]
+        }
+        let scales = ctx.node.opType == "Upsample" && ctx.opset < 9 ? try ctx.attributes.floats("scales")?.map { Double($0) }
+            : ctx.input(scalesIndex).constant?.doubles
+        guard let scales, !scales.isEmpty, scales.count == axes.count else { return [facts(element, Array(repeating: .unknown, count: x.count))] }
+        for (k, a) in axes.enumerated() { out[a] = scales[k] == 1 ? x[a] : (x[a].value.map { .known(Int((Double($0) * scales[k]).rounded(.down))) } ?? .unknown) }
+        return [facts(element, out)]
+    }
+    b.infer(["Einsum"]) { ctx in [facts(ctx.type(0).elementType, nil)] }
+    b.infer(["Attention"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let q = ctx.dims(0), let k = ctx.dims(1), let v = ctx.dims(2), q.count == k.count, k.count == v.count, q.count == 3 || q.count == 4 else {
+            return Array(repeating: facts(element, nil), count: 4)
+        }
+        let past = ctx.dims(4)
+        func total(_ s: Dim) -> Dim {
+            guard let past, past.count == 4 else { return s }
+            if let a = past[2].value, let b = s.value { return .known(a + b) }
+            return past[2] == .known(0) ? s : .unknown
+        }
+        if q.count == 4 {
+            let skv = total(k[2])
+            return [facts(element, [q[0], q[1], q[2], v[3]]), facts(element, [k[0], k[1], skv, k[3]]),
+                    facts(element, [v[0], v[1], skv, v[3]]), facts(element, [q[0], q[1], q[2], skv])]
+        }
+        let qHeads = try ctx.attributes.int("q_num_heads"), kvHeads = try ctx.attributes.int("kv_num_heads")
+        let hidden: Dim = (v[2].value).flatMap { hv in kvHeads.flatMap { kv in qHeads.map { .known(hv / kv * $0) } } } ?? .unknown
+        let skv = total(k[1])
+        let kvh: Dim = kvHeads.map { .known($0) } ?? .unknown
+        func size(_ d: Dim) -> Dim { d.value.flatMap { x in kvHeads.map { .known(x / $0) } } ?? .unknown }
+        return [facts(element, [q[0], q[1], hidden]), facts(element, [k[0], kvh, skv, size(k[2])]),
+                facts(element, [v[0], kvh, skv, size(v[2])]), facts(element, [q[0], qHeads.map { .known($0) } ?? .unknown, q[1], skv])]
+    }
+    b.infer(["RNN", "GRU", "LSTM"]) { ctx in
+        let element = ctx.type(0).elementType
+        guard let x = ctx.dims(0), x.count == 3, let hidden = try ctx.attributes.int("hidden_size") else { return Array(repeating: facts(element, nil), count: 3) }
+        let dirs: Dim = .known(try ctx.attributes.string("direction", "forward") == "bidirectional" ? 2 : 1)
+        let batchMajor = try ctx.attributes.int("layout", 0) == 1
+        let (seq, batch) = batchMajor ? (x[1], x[0]) : (x[0], x[1])
+        let y: [Dim] = batchMajor ? [batch, seq, dirs, .known(hidden)] : [seq, dirs, batch, .known(hidden)]
+        let state: [Dim] = batchMajor ? [batch, dirs, .known(hidden)] : [dirs, batch, .known(hidden)]
+        return [facts(element, y), facts(element, state), facts(element, state)]
+    }
+}
