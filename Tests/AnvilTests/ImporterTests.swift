@@ -97,6 +97,33 @@ final class ImporterTests: XCTestCase {
         }
     }
 
+    /// Protobuf bytes of a model whose graph nests `levels` If subgraphs.
+    static func nestedModel(levels: Int) -> [UInt8] {
+        func varint(_ value: Int) -> [UInt8] {
+            var v = UInt64(value), out: [UInt8] = []
+            repeat { out.append(UInt8(v & 0x7F) | (v > 0x7F ? 0x80 : 0)); v >>= 7 } while v > 0
+            return out
+        }
+        func field(_ number: Int, _ payload: [UInt8]) -> [UInt8] { varint(number << 3 | 2) + varint(payload.count) + payload }
+        var graph = field(2, Array("g".utf8))
+        for _ in 0..<levels {
+            let attribute = field(1, Array("then_branch".utf8)) + field(6, graph)
+            graph = field(1, field(4, Array("If".utf8)) + field(5, attribute))
+        }
+        return varint(1 << 3) + varint(8) + field(8, varint(2 << 3) + varint(17)) + field(7, graph)
+    }
+
+    /// A file built to exhaust a recursive decoder is refused before decoding.
+    func testDeeplyNestedMessagesAreRefusedWithoutCrashing() {
+        XCTAssertThrowsError(try ONNXImporter.decodeModel(Self.nestedModel(levels: 5_000), file: "deep.onnx", folder: nil)) { error in
+            XCTAssertTrue("\(error)".contains("nested more than"), "\(error)")
+        }
+        // Within the decoder's limit but past the subgraph limit: a clear error too.
+        XCTAssertThrowsError(try ONNXImporter.decodeModel(Self.nestedModel(levels: 80), file: "deep.onnx", folder: nil)) { error in
+            XCTAssertTrue("\(error)".contains("subgraphs are nested more than 64 deep"), "\(error)")
+        }
+    }
+
     func testTensorProtoAndNumPyRoundTrip() throws {
         let folder = try TestSupport.temporaryFolder()
         let tensors: [Tensor] = [
