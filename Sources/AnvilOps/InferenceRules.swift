@@ -30,6 +30,14 @@ func broadcastDims(_ all: [[Dim]], _ ctx: InferContext) throws -> [Dim] {
     return out
 }
 
+/// Throws when inputs bound to one ONNX type variable have different known element types.
+func requireSameElementType(_ ctx: InferContext, _ indices: [Int]) throws {
+    let types = indices.compactMap { ctx.has($0) ? ctx.type($0).elementType : nil }
+    if let first = types.first, let other = types.first(where: { $0 != first }) {
+        throw ctx.fail("inputs must have the same element type, got \(first) and \(other)")
+    }
+}
+
 /// Product of dims: known when all are, a symbol when it is the only non-1 factor.
 func product(_ dims: [Dim]) -> Dim {
     var known = 1
@@ -112,6 +120,7 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
     b.infer(["Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
              "Max", "Min", "Sum", "Mean", "SwiGLU"]) { ctx in
         let present = ctx.inputs.compactMap { $0 }
+        if ctx.node.opType != "Pow" { try requireSameElementType(ctx, Array(ctx.inputs.indices)) }
         let element = ctx.type(0).elementType
         let all = present.map(\.type.dims)
         guard all.allSatisfy({ $0 != nil }) else { return [facts(element, nil)] }
@@ -121,6 +130,7 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         return [out]
     }
     b.infer(["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor"]) { ctx in
+        try requireSameElementType(ctx, [0, 1])
         guard let a = ctx.dims(0), let c = ctx.dims(1) else { return [facts(.bool, nil)] }
         return [facts(.bool, try broadcastDims([a, c], ctx))]
     }

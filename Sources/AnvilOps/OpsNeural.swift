@@ -131,7 +131,8 @@ func registerNeural(_ b: inout RegistryBuilder) {
         let variance = try Reduce.reduce(centered, axes: axes, keepDims: false, kind: .sumSquare).mapFloating { $0 / Double(x.count / max(x.shape[1], 1)) }
         let momentum = try Double(ctx.attributes.float("momentum", 0.9))
         func blend(_ running: Tensor, _ current: Tensor) throws -> Tensor {
-            try Elementwise.arithmetic(running, current, op: "BatchNormalization", float: { $0 * momentum + $1 * (1 - momentum) }, integer: { a, _ in a })
+            try Elementwise.arithmetic(running, current.cast(to: running.dataType), op: "BatchNormalization",
+                                       float: { $0 * momentum + $1 * (1 - momentum) }, integer: { a, _ in a })
         }
         let y = try named(ctx) {
             try Normalization.batchNorm(x, scale: ctx.input(1), bias: ctx.input(2), mean: mean, variance: variance, epsilon: epsilon)

@@ -105,7 +105,7 @@ public struct ReferenceExecutor {
             do {
                 results = try def.evaluate(context)
             } catch AnvilError.invalidTensor(let name, let reason) {
-                throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: name.isEmpty ? reason : "\(name): \(reason)")
+                throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: name.isEmpty || name == node.opType ? reason : "\(name): \(reason)")
             }
             let wanted = node.outputs.filter { !$0.isEmpty }.count
             guard results.count >= wanted || results.count >= node.outputs.count else {

@@ -50,6 +50,7 @@ final class CommandLineTests: XCTestCase {
             (["run", TestSupport.fixture("invalid/not_onnx.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["not_onnx.onnx", "not a valid ONNX"]),
             (["run", TestSupport.fixture("invalid/unknown_op.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["fancy1 (FancyOp)"]),
             (["run", TestSupport.fixture("invalid/shape_mismatch.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["node 'add1'", "cannot be broadcast"]),
+            (["run", TestSupport.fixture("invalid/type_mismatch.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))"], ["node 'add1'", "same element type, got float and int64"]),
             (["run", model, "--input", "x=\(TestSupport.fixture("invalid/x_wrong_shape.npy"))"], ["tensor 'x'", "dimension 0 must be 2", "x_wrong_shape.npy"]),
             (["run", model, "--input", "x=\(TestSupport.fixture("invalid/x_wrong_type.npy"))"], ["tensor 'x'", "expected element type float, got int64"]),
             (["run", model, "--input", "x=\(TestSupport.fixture("invalid/x_truncated.npy"))"], ["x_truncated.npy", "needs 24 bytes"]),

@@ -28,6 +28,7 @@ public enum Elementwise {
     /// (uint64 through its bit pattern; `unsigned` handles division and comparison of uint64).
     public static func arithmetic(_ a: Tensor, _ b: Tensor, op: String, float: (Double, Double) -> Double,
                                   integer: (Int64, Int64) -> Int64, unsigned: ((UInt64, UInt64) -> UInt64)? = nil) throws -> Tensor {
+        try requireSameType(a, b, op: op)
         let shape = try broadcastShape([a.shape, b.shape], op: op)
         let x = try Indexing.broadcast(a, to: shape), y = try Indexing.broadcast(b, to: shape)
         let type = a.dataType
@@ -53,6 +54,7 @@ public enum Elementwise {
 
     /// Comparison with broadcasting, producing bool.
     public static func compare(_ a: Tensor, _ b: Tensor, op: String, float: (Double, Double) -> Bool, integer: (Int64, Int64) -> Bool) throws -> Tensor {
+        try requireSameType(a, b, op: op)
         let shape = try broadcastShape([a.shape, b.shape], op: op)
         let x = try Indexing.broadcast(a, to: shape), y = try Indexing.broadcast(b, to: shape)
         if case .string(let p) = x.storage, case .string(let q) = y.storage {
@@ -77,8 +79,16 @@ public enum Elementwise {
         return try Tensor(bools: zip(x, y).map(f), shape: shape)
     }
 
+    /// ONNX binds both operands of these ops to one type variable T.
+    static func requireSameType(_ a: Tensor, _ b: Tensor, op: String) throws {
+        guard a.dataType == b.dataType else {
+            throw AnvilError.invalidTensor(name: op, reason: "inputs must have the same element type, got \(a.dataType) and \(b.dataType)")
+        }
+    }
+
     /// Where(condition, x, y) with three-way broadcasting.
     public static func select(_ c: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
+        try requireSameType(x, y, op: "Where")
         let shape = try broadcastShape([c.shape, x.shape, y.shape], op: "Where")
         let cond = try Indexing.broadcast(c, to: shape).bools
         let xs = Indexing.broadcastSource(x.shape, to: shape)
