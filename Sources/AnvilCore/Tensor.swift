@@ -16,6 +16,26 @@ public enum TensorStorage: Sendable, Equatable {
     case bool([Bool])
     case string([String])
 
+    /// The element type this storage holds.
+    public var dataType: DataType {
+        switch self {
+        case .float: .float
+        case .double: .double
+        case .float16: .float16
+        case .bfloat16: .bfloat16
+        case .int8: .int8
+        case .int16: .int16
+        case .int32: .int32
+        case .int64: .int64
+        case .uint8: .uint8
+        case .uint16: .uint16
+        case .uint32: .uint32
+        case .uint64: .uint64
+        case .bool: .bool
+        case .string: .string
+        }
+    }
+
     var count: Int {
         switch self {
         case .float(let a): a.count
@@ -54,29 +74,13 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
 
     /// Wraps storage whose case must match `dataType` and whose count must match `shape`.
     public init(shape: [Int], storage: TensorStorage) throws {
-        let type: DataType = switch storage {
-        case .float: .float
-        case .double: .double
-        case .float16: .float16
-        case .bfloat16: .bfloat16
-        case .int8: .int8
-        case .int16: .int16
-        case .int32: .int32
-        case .int64: .int64
-        case .uint8: .uint8
-        case .uint16: .uint16
-        case .uint32: .uint32
-        case .uint64: .uint64
-        case .bool: .bool
-        case .string: .string
-        }
         guard let n = ShapeMath.elementCount(shape) else {
             throw AnvilError.invalidTensor(name: "", reason: "shape \(shape) is invalid or has too many elements")
         }
         guard n == storage.count else {
             throw AnvilError.invalidTensor(name: "", reason: "shape \(shape) needs \(n) elements, data has \(storage.count)")
         }
-        self.dataType = type
+        self.dataType = storage.dataType
         self.shape = shape
         self.storage = storage
     }
@@ -142,22 +146,7 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
     init(unchecked shape: [Int], _ storage: TensorStorage) {
         self.shape = shape
         self.storage = storage
-        self.dataType = switch storage {
-        case .float: .float
-        case .double: .double
-        case .float16: .float16
-        case .bfloat16: .bfloat16
-        case .int8: .int8
-        case .int16: .int16
-        case .int32: .int32
-        case .int64: .int64
-        case .uint8: .uint8
-        case .uint16: .uint16
-        case .uint32: .uint32
-        case .uint64: .uint64
-        case .bool: .bool
-        case .string: .string
-        }
+        self.dataType = storage.dataType
     }
 
     /// The same elements viewed with another shape of equal element count.

@@ -38,12 +38,7 @@ public enum ONNXImporter {
         guard !bytes.isEmpty else {
             throw AnvilError.invalidModel(file: file, field: "ModelProto", reason: "the file is empty")
         }
-        let depth = withUnsafePointer(to: onnx__model_proto__descriptor) {
-            WireScan.messageDepth(bytes, root: $0, limit: WireScan.maxMessageDepth)
-        }
-        guard depth <= WireScan.maxMessageDepth else {
-            throw AnvilError.invalidModel(file: file, field: "ModelProto", reason: "messages are nested more than \(WireScan.maxMessageDepth) deep (subgraphs inside subgraphs); refusing a file built to exhaust the decoder")
-        }
+        try WireScan.refuseDeepNesting(bytes, root: onnx__model_proto__descriptor, file: file, message: "ModelProto")
         let proto = bytes.withUnsafeBufferPointer { buf in
             onnx__model_proto__unpack(nil, buf.count, buf.baseAddress)
         }
@@ -57,12 +52,7 @@ public enum ONNXImporter {
 
     /// Decodes a serialized TensorProto (an ONNX test-data `.pb` file).
     public static func decodeTensor(_ bytes: [UInt8], file: String, limits: DecodeLimits = DecodeLimits()) throws -> (name: String, tensor: Tensor) {
-        let depth = withUnsafePointer(to: onnx__tensor_proto__descriptor) {
-            WireScan.messageDepth(bytes, root: $0, limit: WireScan.maxMessageDepth)
-        }
-        guard depth <= WireScan.maxMessageDepth else {
-            throw AnvilError.invalidModel(file: file, field: "TensorProto", reason: "messages are nested more than \(WireScan.maxMessageDepth) deep")
-        }
+        try WireScan.refuseDeepNesting(bytes, root: onnx__tensor_proto__descriptor, file: file, message: "TensorProto")
         let proto = bytes.withUnsafeBufferPointer { buf in
             onnx__tensor_proto__unpack(nil, buf.count, buf.baseAddress)
         }

@@ -10,6 +10,14 @@ enum WireScan {
     /// four levels per subgraph; real models stay far below this).
     static let maxMessageDepth = 400
 
+    /// Throws when `bytes`, read as the message `root` describes, nest deeper than allowed.
+    static func refuseDeepNesting(_ bytes: [UInt8], root: ProtobufCMessageDescriptor, file: String, message: String) throws {
+        let depth = withUnsafePointer(to: root) { messageDepth(bytes, root: $0, limit: maxMessageDepth) }
+        guard depth <= maxMessageDepth else {
+            throw AnvilError.invalidModel(file: file, field: message, reason: "messages are nested more than \(maxMessageDepth) deep (subgraphs inside subgraphs); refusing a file built to exhaust the decoder")
+        }
+    }
+
     /// The deepest nesting of messages in `bytes` read as `root`, stopping early once
     /// it exceeds `limit`. Malformed input ends the scan; the decoder reports it.
     static func messageDepth(_ bytes: [UInt8], root: UnsafePointer<ProtobufCMessageDescriptor>, limit: Int) -> Int {

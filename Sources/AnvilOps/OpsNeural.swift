@@ -43,6 +43,15 @@ func named<T>(_ ctx: EvalContext, _ body: () throws -> T) throws -> T {
     do { return try body() } catch AnvilError.invalidTensor(_, let reason) { throw ctx.fail(reason) }
 }
 
+/// Input X and the window geometry of a pool, from its attributes.
+func poolWindow(_ ctx: EvalContext) throws -> (Tensor, WindowGeometry) {
+    let x = try ctx.input(0)
+    try requireRank(ctx, x, atLeast: 3, "input X")
+    let attrs = try WindowAttributes(ctx)
+    guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
+    return (x, try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel))
+}
+
 func registerNeural(_ b: inout RegistryBuilder) {
     b.add1("Conv") { ctx in
         let x = try ctx.input(0), w = try ctx.input(1)
@@ -176,29 +185,17 @@ func registerNeural(_ b: inout RegistryBuilder) {
         }
     }
     b.add("MaxPool") { ctx in
-        let x = try ctx.input(0)
-        try requireRank(ctx, x, atLeast: 3, "input X")
-        let attrs = try WindowAttributes(ctx)
-        guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
-        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel)
+        let (x, g) = try poolWindow(ctx)
         let columnMajor = try ctx.attributes.int("storage_order", 0) == 1
         let (y, indices) = try named(ctx) { try Pooling.maxPool(x, geometry: g, columnMajorIndices: columnMajor) }
         return ctx.node.outputs.count > 1 ? [y, indices] : [y]
     }
     b.add1("AveragePool") { ctx in
-        let x = try ctx.input(0)
-        try requireRank(ctx, x, atLeast: 3, "input X")
-        let attrs = try WindowAttributes(ctx)
-        guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
-        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel)
+        let (x, g) = try poolWindow(ctx)
         return try Pooling.averagePool(x, geometry: g, countIncludePad: ctx.attributes.int("count_include_pad", 0) != 0)
     }
     b.add1("LpPool") { ctx in
-        let x = try ctx.input(0)
-        try requireRank(ctx, x, atLeast: 3, "input X")
-        let attrs = try WindowAttributes(ctx)
-        guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
-        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel)
+        let (x, g) = try poolWindow(ctx)
         return try Pooling.lpPool(x, geometry: g, p: Double(ctx.attributes.int("p", 2)))
     }
     b.add1("GlobalAveragePool") { ctx in try named(ctx) { try Pooling.global(ctx.input(0), kind: "avg") } }

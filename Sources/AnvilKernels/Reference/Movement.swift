@@ -80,31 +80,28 @@ public enum Movement {
         }
     }
 
-    public static func gatherElements(_ x: Tensor, indices: Tensor, axis: Int) throws -> Tensor {
-        let ind = try normalizedIndices(indices.int64s, bound: x.shape[axis], op: "GatherElements")
+    /// For each element of `indices`, the flat position in `x` it addresses along `axis`.
+    static func elementPositions(_ x: Tensor, indices: Tensor, axis: Int, op: String) throws -> [Int] {
+        let ind = try normalizedIndices(indices.int64s, bound: x.shape[axis], op: op)
         let xs = ShapeMath.strides(x.shape)
-        var idx: [Int] = []
+        var positions: [Int] = []
+        positions.reserveCapacity(ind.count)
         var i = 0
         Indexing.forEachIndex(indices.shape) { o in
             var s = 0
             for d in 0..<o.count { s += (d == axis ? ind[i] : o[d]) * xs[d] }
-            idx.append(s)
+            positions.append(s)
             i += 1
         }
-        return try x.gathered(idx, shape: indices.shape)
+        return positions
+    }
+
+    public static func gatherElements(_ x: Tensor, indices: Tensor, axis: Int) throws -> Tensor {
+        try x.gathered(elementPositions(x, indices: indices, axis: axis, op: "GatherElements"), shape: indices.shape)
     }
 
     public static func scatterElements(_ x: Tensor, indices: Tensor, updates: Tensor, axis: Int, reduction: String) throws -> Tensor {
-        let ind = try normalizedIndices(indices.int64s, bound: x.shape[axis], op: "ScatterElements")
-        let xs = ShapeMath.strides(x.shape)
-        var targets: [Int] = []
-        var i = 0
-        Indexing.forEachIndex(indices.shape) { o in
-            var s = 0
-            for d in 0..<o.count { s += (d == axis ? ind[i] : o[d]) * xs[d] }
-            targets.append(s)
-            i += 1
-        }
+        let targets = try elementPositions(x, indices: indices, axis: axis, op: "ScatterElements")
         return try scatter(x, targets: targets, updates: updates, reduction: reduction, blockSize: 1)
     }
 
