@@ -1,6 +1,6 @@
 /// Element storage of a tensor, one case per Swift element representation.
 /// float16 values are held as `Float16`; bfloat16 as their 16-bit patterns.
-public enum TensorStorage: Sendable, Equatable {
+public enum TensorStorage: Sendable, Hashable {
     case float([Float])
     case double([Double])
     case float16([Float16])
@@ -57,7 +57,7 @@ public enum TensorStorage: Sendable, Equatable {
 }
 
 /// A dense, row-major tensor value.
-public struct Tensor: Sendable, Equatable, CustomStringConvertible {
+public struct Tensor: Sendable, Hashable, CustomStringConvertible {
     /// Element type.
     public let dataType: DataType
     /// Dimensions (empty for a scalar).

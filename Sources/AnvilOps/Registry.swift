@@ -50,6 +50,8 @@ public struct EvalContext {
 public struct AttributeReader {
     public let node: Node
 
+    public init(node: Node) { self.node = node }
+
     func wrongKind(_ name: String, _ expected: String, _ found: Attribute) -> AnvilError {
         .invalidNode(node: node.name, op: node.opType, reason: "attribute '\(name)' must be \(expected), found \(found.kindName)")
     }

@@ -102,6 +102,7 @@ public struct ShapeInference {
                 }
                 facts[name] = out
                 graph.valueTypes[name] = out.type
+                if let i = graph.outputs.firstIndex(where: { $0.name == name }) { graph.outputs[i].type = out.type }
             }
         }
         return facts

@@ -1,0 +1,154 @@
+import AnvilCore
+import AnvilIR
+import Foundation
+
+/// Protobuf wire-format writer: just what ONNX messages need.
+struct ProtoWriter {
+    var bytes: [UInt8] = []
+
+    mutating func varint(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 { bytes.append(UInt8(v & 0x7F) | 0x80); v >>= 7 }
+        bytes.append(UInt8(v))
+    }
+    mutating func key(_ field: Int, _ wireType: UInt64) { varint(UInt64(field) << 3 | wireType) }
+    mutating func int(_ field: Int, _ value: Int64) { key(field, 0); varint(UInt64(bitPattern: value)) }
+    mutating func float(_ field: Int, _ value: Float) {
+        key(field, 5)
+        withUnsafeBytes(of: value.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+    mutating func data(_ field: Int, _ payload: [UInt8]) { key(field, 2); varint(UInt64(payload.count)); bytes += payload }
+    mutating func string(_ field: Int, _ s: String) { data(field, Array(s.utf8)) }
+    mutating func message(_ field: Int, _ build: (inout ProtoWriter) throws -> Void) rethrows {
+        var inner = ProtoWriter()
+        try build(&inner)
+        data(field, inner.bytes)
+    }
+    mutating func packedInt64s(_ field: Int, _ values: [Int64]) {
+        var inner = ProtoWriter()
+        for v in values { inner.varint(UInt64(bitPattern: v)) }
+        data(field, inner.bytes)
+    }
+    mutating func packedFloats(_ field: Int, _ values: [Float]) {
+        var inner = ProtoWriter()
+        for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { inner.bytes.append(contentsOf: $0) } }
+        data(field, inner.bytes)
+    }
+}
+
+/// Writes IR back as an ONNX ModelProto. Field numbers follow proto/onnx.proto.
+public enum ONNXExporter {
+    /// Serializes a model.
+    public static func encode(_ model: Model) throws -> [UInt8] {
+        var w = ProtoWriter()
+        w.int(1, Int64(max(model.irVersion, 3)))
+        for opset in model.opsets {
+            w.message(8) { o in
+                o.string(1, opset.domain)
+                o.int(2, Int64(opset.version))
+            }
+        }
+        w.string(2, model.producerName.isEmpty ? "anvil" : model.producerName)
+        if !model.producerVersion.isEmpty { w.string(3, model.producerVersion) }
+        if !model.domain.isEmpty { w.string(4, model.domain) }
+        if model.modelVersion != 0 { w.int(5, Int64(model.modelVersion)) }
+        if !model.docString.isEmpty { w.string(6, model.docString) }
+        try w.message(7) { try graph(model.graph, into: &$0) }
+        for (k, v) in model.metadata {
+            w.message(14) { e in e.string(1, k); e.string(2, v) }
+        }
+        return w.bytes
+    }
+
+    /// Writes a model file atomically: a temporary file renamed into place, never
+    /// over the input, nothing left behind on failure.
+    public static func write(_ model: Model, to path: String, refusing input: String? = nil) throws {
+        if let input {
+            let a = URL(fileURLWithPath: input).standardizedFileURL.resolvingSymlinksInPath().path
+            let b = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
+            guard a != b else { throw AnvilError.io(path: path, reason: "is the input model; choose another output file") }
+        }
+        let bytes = try encode(model)
+        try TensorFiles.writeAll([(path, bytes)])
+    }
+
+    static func graph(_ g: Graph, into w: inout ProtoWriter) throws {
+        for node in g.nodes { try w.message(1) { try self.node(node, into: &$0) } }
+        w.string(2, g.name)
+        for name in g.initializerOrder {
+            guard let t = g.initializers[name] else { continue }
+            try w.message(5) { try tensor(t, name: name, into: &$0) }
+        }
+        for input in g.inputs { w.message(11) { valueInfo(input, into: &$0) } }
+        for output in g.outputs { w.message(12) { valueInfo(output, into: &$0) } }
+        let declared = Set(g.inputs.map(\.name) + g.outputs.map(\.name) + g.initializerOrder)
+        for name in g.valueTypes.keys.sorted() where !declared.contains(name) {
+            w.message(13) { valueInfo(ValueInfo(name: name, type: g.valueTypes[name]!), into: &$0) }
+        }
+    }
+
+    static func node(_ n: Node, into w: inout ProtoWriter) throws {
+        for input in n.inputs { w.string(1, input) }
+        for output in n.outputs { w.string(2, output) }
+        w.string(3, n.name)
+        w.string(4, n.opType)
+        if !n.domain.isEmpty { w.string(7, n.domain) }
+        for key in n.attributes.keys.sorted() {
+            try w.message(5) { try attribute(key, n.attributes[key]!, into: &$0) }
+        }
+        if n.fusedFrom != [n.name] {
+            // Provenance travels in the node's doc string, readable in Netron.
+            w.string(6, "fused from: " + n.fusedFrom.joined(separator: " + "))
+        }
+    }
+
+    static func attribute(_ name: String, _ a: Attribute, into w: inout ProtoWriter) throws {
+        w.string(1, name)
+        switch a {
+        case .float(let v): w.int(20, 1); w.float(2, v)
+        case .int(let v): w.int(20, 2); w.int(3, v)
+        case .string(let v): w.int(20, 3); w.string(4, v)
+        case .tensor(let t): w.int(20, 4); try w.message(5) { try tensor(t, name: "", into: &$0) }
+        case .graph(let g): w.int(20, 5); try w.message(6) { try graph(g, into: &$0) }
+        case .floats(let v): w.int(20, 6); w.packedFloats(7, v)
+        case .ints(let v): w.int(20, 7); w.packedInt64s(8, v)
+        case .strings(let v): w.int(20, 8); for s in v { w.string(9, s) }
+        case .tensors(let v): w.int(20, 9); for t in v { try w.message(10) { try tensor(t, name: "", into: &$0) } }
+        case .graphs(let v): w.int(20, 10); for g in v { try w.message(11) { try graph(g, into: &$0) } }
+        }
+    }
+
+    static func tensor(_ t: Tensor, name: String, into w: inout ProtoWriter) throws {
+        w.packedInt64s(1, t.shape.map { Int64($0) })
+        w.int(2, Int64(t.dataType.rawValue))
+        if !name.isEmpty { w.string(8, name) }
+        if t.dataType == .string {
+            for s in t.strings { w.string(6, s) }
+        } else {
+            w.data(9, try t.littleEndianBytes())
+        }
+    }
+
+    static func valueInfo(_ v: ValueInfo, into w: inout ProtoWriter) {
+        w.string(1, v.name)
+        guard v.type.elementType != nil || v.type.dims != nil else { return }
+        w.message(2) { type in
+            type.message(1) { tensorType in
+                if let e = v.type.elementType { tensorType.int(1, Int64(e.rawValue)) }
+                if let dims = v.type.dims {
+                    tensorType.message(2) { shape in
+                        for d in dims {
+                            shape.message(1) { dim in
+                                switch d {
+                                case .known(let n): dim.int(1, Int64(n))
+                                case .symbol(let s): dim.string(2, s)
+                                case .unknown: break
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

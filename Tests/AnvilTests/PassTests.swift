@@ -1,0 +1,122 @@
+import AnvilCore
+import AnvilIR
+import AnvilONNX
+import AnvilOps
+import AnvilPasses
+import XCTest
+
+final class PassTests: XCTestCase {
+    func f(_ dims: [Int]) -> TensorType { TensorType(.float, shape: dims) }
+
+    /// x → Identity → Cast(float) → Reshape(same) → Add 0 → Transpose → Transpose⁻¹ → Dropout → Relu → y
+    func noOpChain() throws -> Model {
+        let g = Graph(name: "noops", inputs: [ValueInfo(name: "x", type: f([2, 3]))], outputs: [ValueInfo(name: "y", type: f([2, 3]))],
+                      nodes: [
+                        Node(name: "id", opType: "Identity", inputs: ["x"], outputs: ["a"]),
+                        Node(name: "cast", opType: "Cast", inputs: ["a"], outputs: ["b"], attributes: ["to": .int(1)]),
+                        Node(name: "reshape", opType: "Reshape", inputs: ["b", "shape"], outputs: ["c"]),
+                        Node(name: "add0", opType: "Add", inputs: ["c", "zero"], outputs: ["d"]),
+                        Node(name: "t1", opType: "Transpose", inputs: ["d"], outputs: ["e"], attributes: ["perm": .ints([1, 0])]),
+                        Node(name: "t2", opType: "Transpose", inputs: ["e"], outputs: ["g"], attributes: ["perm": .ints([1, 0])]),
+                        Node(name: "drop", opType: "Dropout", inputs: ["g"], outputs: ["h"]),
+                        Node(name: "relu", opType: "Relu", inputs: ["h"], outputs: ["y"]),
+                      ],
+                      initializers: [("shape", try Tensor(int64s: [2, 3], shape: [2])), ("zero", try Tensor(floats: [0], shape: [1]))])
+        return Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+    }
+
+    func testNoOpsAreEliminated() throws {
+        let (text, context) = try PassTesting.optimized(noOpChain(), [EliminateNoOps(), EliminateDeadCode()])
+        try PassTesting.assertGolden(text, "no-op-chain")
+        XCTAssertEqual(try noOpChainOptimizedNodeCount(), 1)
+        XCTAssertEqual(context.statistics["eliminate-no-ops"]?["Transpose pair cancelled"], 1)
+        try PassTesting.assertPreservesOutputs(noOpChain, [EliminateNoOps(), EliminateDeadCode()])
+    }
+
+    func noOpChainOptimizedNodeCount() throws -> Int {
+        let m = try noOpChain()
+        _ = try PassTesting.optimized(m, [EliminateNoOps(), EliminateDeadCode()])
+        return m.graph.nodes.count
+    }
+
+    /// When the no-op's output is a graph output, its input's producer takes the name.
+    func testNoOpFeedingAGraphOutputKeepsTheOutputName() throws {
+        let g = Graph(name: "g", inputs: [ValueInfo(name: "x", type: f([4]))], outputs: [ValueInfo(name: "y", type: f([4]))],
+                      nodes: [Node(name: "relu", opType: "Relu", inputs: ["x"], outputs: ["r"]),
+                              Node(name: "id", opType: "Identity", inputs: ["r"], outputs: ["y"])])
+        let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        _ = try PassTesting.optimized(m, [EliminateNoOps()])
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["Relu"])
+        XCTAssertEqual(m.graph.nodes[0].outputs, ["y"])
+        // An Identity from a graph input to a graph output must stay.
+        let h = Graph(name: "h", inputs: [ValueInfo(name: "x", type: f([4]))], outputs: [ValueInfo(name: "y", type: f([4]))],
+                      nodes: [Node(name: "id", opType: "Identity", inputs: ["x"], outputs: ["y"])])
+        let n = Model(graph: h, opsets: [OpsetImport(domain: "", version: 17)])
+        _ = try PassTesting.optimized(n, [EliminateNoOps()])
+        XCTAssertEqual(n.graph.nodes.count, 1)
+    }
+
+    func testConstantsFoldIncludingShapeChains() throws {
+        // Reshape(x, Concat(Gather(Shape(x), 0), [-1])) becomes Reshape(x, [2, -1]).
+        let g = Graph(name: "shapes", inputs: [ValueInfo(name: "x", type: f([2, 3, 4]))], outputs: [ValueInfo(name: "y", type: .unknown)],
+                      nodes: [
+                        Node(name: "shape", opType: "Shape", inputs: ["x"], outputs: ["s"]),
+                        Node(name: "gather", opType: "Gather", inputs: ["s", "zero"], outputs: ["n"]),
+                        Node(name: "unsq", opType: "Unsqueeze", inputs: ["n", "axes"], outputs: ["n1"]),
+                        Node(name: "concat", opType: "Concat", inputs: ["n1", "minus1"], outputs: ["target"], attributes: ["axis": .int(0)]),
+                        Node(name: "reshape", opType: "Reshape", inputs: ["x", "target"], outputs: ["y"]),
+                      ],
+                      initializers: [("zero", .scalar(Int64(0))), ("axes", try Tensor(int64s: [0], shape: [1])), ("minus1", try Tensor(int64s: [-1], shape: [1]))])
+        let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let (text, _) = try PassTesting.optimized(model, [FoldConstants(), EliminateDeadCode()])
+        try PassTesting.assertGolden(text, "shape-chain")
+        XCTAssertEqual(model.graph.nodes.map(\.opType), ["Reshape"])
+        XCTAssertEqual(model.graph.initializers[model.graph.nodes[0].inputs[1]]?.int64s, [2, -1])
+    }
+
+    func testCommonSubexpressionsAndDuplicateConstantsMerge() throws {
+        let g = Graph(name: "cse", inputs: [ValueInfo(name: "x", type: f([3]))], outputs: [ValueInfo(name: "y", type: f([3]))],
+                      nodes: [
+                        Node(name: "m1", opType: "Mul", inputs: ["x", "c1"], outputs: ["a"]),
+                        Node(name: "m2", opType: "Mul", inputs: ["x", "c2"], outputs: ["b"]),
+                        Node(name: "add", opType: "Add", inputs: ["a", "b"], outputs: ["y"]),
+                      ],
+                      initializers: [("c1", try Tensor(floats: [1, 2, 3], shape: [3])), ("c2", try Tensor(floats: [1, 2, 3], shape: [3]))])
+        let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let (_, context) = try PassTesting.optimized(model, [DeduplicateConstants(), EliminateCommonSubexpressions(), EliminateDeadCode()])
+        XCTAssertEqual(model.graph.nodes.map(\.name), ["m1", "add"])
+        XCTAssertEqual(model.graph.nodes[1].inputs, ["a", "a"])
+        XCTAssertEqual(model.graph.initializerOrder, ["c1"])
+        XCTAssertEqual(context.statistics["eliminate-common-subexpressions"]?["nodes merged"], 1)
+    }
+
+    /// The whole pipeline keeps outputs (reference executor, random inputs) on real models,
+    /// and a second run changes nothing.
+    func testPipelineOnFixturesPreservesOutputsAndIsIdempotent() throws {
+        for name in ["cnn", "transformer", "dynamic_batch", "if_branch"] {
+            let load = { try ONNXImporter.load(path: TestSupport.fixture("\(name)/model.onnx")) }
+            try PassTesting.assertPreservesOutputs(load, Pipelines.standard)
+            let model = try load()
+            let (once, _) = try PassTesting.optimized(model, Pipelines.standard)
+            let (twice, context) = try PassTesting.optimized(model, Pipelines.standard)
+            XCTAssertEqual(once, twice, "\(name): second run changed the graph")
+            XCTAssertTrue(context.statistics.filter { $0.key != "normalize" }.isEmpty, "\(name): second run did \(context.statistics)")
+        }
+    }
+
+    func testPipelineOptionsAreChecked() {
+        var options = PipelineOptions()
+        options.skip = ["no-such-pass"]
+        XCTAssertThrowsError(try PipelineRunner(options: options)) { XCTAssertTrue("\($0)".contains("unknown pass 'no-such-pass'"), "\($0)") }
+    }
+
+    func testExportedModelsReimportIdentically() throws {
+        for name in ["cnn", "transformer", "dynamic_batch", "if_branch"] {
+            let model = try ONNXImporter.load(path: TestSupport.fixture("\(name)/model.onnx"))
+            let bytes = try ONNXExporter.encode(model)
+            let again = try ONNXImporter.decodeModel(bytes, file: "\(name)-export.onnx", folder: nil)
+            XCTAssertEqual(Printer.print(again.graph), Printer.print(model.graph), name)
+            XCTAssertEqual(again.opsets, model.opsets)
+        }
+    }
+}
