@@ -149,7 +149,9 @@ public enum OpRegistry {
         registerAttention(&b)
         registerRecurrent(&b)
         registerExtra(&b)
+        registerAnvilOps(&b)
         registerInferenceRules(&b)
+        registerAnvilInference(&b)
         return b.table
     }()
 

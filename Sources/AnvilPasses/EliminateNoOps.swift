@@ -13,7 +13,7 @@ public struct EliminateNoOps: Pass {
     public init() {}
     public func run(_ context: PassContext) throws -> Bool { try RewriteDriver(Self.rules).run(context) }
 
-    static var rules: [RewriteRule] { [
+    static let rules: [RewriteRule] = [
     RewriteRule("identity", roots: ["Identity", "Concat", "Sum", "Max", "Min", "Mean"]) { node, ctx in
         guard node.domain.isEmpty, node.inputs.count == 1, node.outputs.count == 1 else { return nil }
         return ctx.bypass(node, output: node.outputs[0], input: node.inputs[0], statistic: "\(node.opType) removed")
@@ -80,7 +80,7 @@ public struct EliminateNoOps: Pass {
         }
         return nil
     },
-    ] }
+    ]
 }
 
 /// Both types fully known (or symbolically equal) and identical.

@@ -71,13 +71,13 @@ public struct Patch {
 
 /// A local rewrite: looks at one node (the root of a pattern) and returns a patch,
 /// or nil for "no match". Matching never mutates the graph.
-public struct RewriteRule {
+public struct RewriteRule: Sendable {
     public let name: String
     /// Op types the root may have (empty: any).
     public let roots: Set<String>
-    public let match: (Node, RewriteContext) throws -> Patch?
+    public let match: @Sendable (Node, RewriteContext) throws -> Patch?
 
-    public init(_ name: String, roots: Set<String>, match: @escaping (Node, RewriteContext) throws -> Patch?) {
+    public init(_ name: String, roots: Set<String>, match: @escaping @Sendable (Node, RewriteContext) throws -> Patch?) {
         self.name = name
         self.roots = roots
         self.match = match

@@ -10,6 +10,7 @@ public enum Pipelines {
             EliminateNoOps(),
             EliminateCommonSubexpressions(),
             DeduplicateConstants(),
+            FoldBatchNormAndScales(),
             EliminateDeadCode(),
         ]
     }

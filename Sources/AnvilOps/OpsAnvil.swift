@@ -1,0 +1,74 @@
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+
+/// Anvil's own ops (domain `ai.anvil`, version 1), produced by the optimizer's
+/// fusions; documented in docs/passes.md.
+///
+/// - FusedConv(X, W, B?, Sum?), FusedGemm(A, B, C?, Sum?), FusedMatMul(A, B, Bias?, Sum?):
+///   the standard op, plus bias, plus the residual `Sum`, then `activation`
+///   (with `activation_alpha`, `activation_beta`), as oneDNN post-ops compute it.
+/// - Gelu, LayerNormalization, RMSNormalization, Attention: the standard op's
+///   semantics for models whose opset predates it; SiLU: x · sigmoid(x).
+public let anvilDomain = "ai.anvil"
+
+/// The activation of a fused node, nil when it has none.
+func fusedActivation(_ ctx: EvalContext) throws -> Activation? {
+    guard let name = try ctx.attributes.string("activation"), !name.isEmpty else { return nil }
+    guard let a = Activation(name: name, alpha: try ctx.attributes.float("activation_alpha"), beta: try ctx.attributes.float("activation_beta")) else {
+        throw ctx.fail("unknown fused activation '\(name)'")
+    }
+    return a
+}
+
+/// Adds the residual input (if any) and applies the activation (if any).
+func finishFused(_ ctx: EvalContext, _ y: Tensor, sumInput: Int) throws -> Tensor {
+    var out = y
+    if let sum = ctx.optionalInput(sumInput) {
+        guard sum.shape == out.shape else { throw ctx.fail("residual input \(sum.shape) does not match the output \(out.shape)") }
+        out = try Elementwise.arithmetic(out, sum, op: ctx.node.opType, float: +, integer: &+)
+    }
+    if let activation = try fusedActivation(ctx) { out = try activation.apply(out) }
+    return out
+}
+
+/// The registry definition of a standard op, for ai.anvil ops with the same semantics.
+func standard(_ op: String) -> OpDefinition { OpRegistry.all[OpRegistry.key("", op)]! }
+
+func registerAnvilOps(_ b: inout RegistryBuilder) {
+    b.add1("FusedConv", domain: anvilDomain) { ctx in
+        let conv = try standard("Conv").evaluate(EvalContext(node: ctx.node, opset: 22, inputs: Array(ctx.inputs.prefix(3)), runSubgraph: ctx.runSubgraph))[0]
+        return try finishFused(ctx, conv, sumInput: 3)
+    }
+    b.add1("FusedGemm", domain: anvilDomain) { ctx in
+        let y = try standard("Gemm").evaluate(EvalContext(node: ctx.node, opset: 13, inputs: Array(ctx.inputs.prefix(3)), runSubgraph: ctx.runSubgraph))[0]
+        return try finishFused(ctx, y, sumInput: 3)
+    }
+    b.add1("FusedMatMul", domain: anvilDomain) { ctx in
+        var y = try named(ctx) { try Linear.matmul(ctx.input(0), ctx.input(1)) }
+        if let bias = ctx.optionalInput(2) {
+            guard bias.rank == 1, bias.count == y.shape.last else { throw ctx.fail("bias \(bias.shape) does not match the last dimension of \(y.shape)") }
+            y = try Elementwise.arithmetic(y, bias, op: "FusedMatMul", float: +, integer: &+)
+        }
+        return try finishFused(ctx, y, sumInput: 3)
+    }
+    b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
+    for (op, opset) in [("Gelu", 20), ("LayerNormalization", 17), ("RMSNormalization", 23), ("Attention", 23)] {
+        b.add(op, domain: anvilDomain) { ctx in
+            try standard(op).evaluate(EvalContext(node: ctx.node, opset: opset, inputs: ctx.inputs, runSubgraph: ctx.runSubgraph))
+        }
+    }
+}
+
+func registerAnvilInference(_ b: inout RegistryBuilder) {
+    for (op, standardOp) in [("FusedConv", "Conv"), ("FusedGemm", "Gemm"), ("FusedMatMul", "MatMul"), ("SiLU", "Relu"),
+                             ("Gelu", "Gelu"), ("LayerNormalization", "LayerNormalization"), ("RMSNormalization", "RMSNormalization"),
+                             ("Attention", "Attention")] {
+        let rule = b.table[OpRegistry.key("", standardOp)]?.infer
+        b.infer([op], domain: anvilDomain) { ctx in
+            guard let rule else { return [.unknown] }
+            let opset = ["LayerNormalization": 17, "RMSNormalization": 23, "Attention": 23, "Gelu": 20][op] ?? 17
+            return try rule(InferContext(node: ctx.node, opset: opset, inputs: Array(ctx.inputs.prefix(op == "FusedMatMul" ? 2 : ctx.inputs.count)), freshSymbol: ctx.freshSymbol))
+        }
+    }
+}
