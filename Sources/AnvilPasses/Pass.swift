@@ -19,6 +19,8 @@ public final class PassContext {
     public var graph: Graph { model.graph }
     /// Largest tensor constant folding may create, in elements.
     public var foldLimit = 1 << 24
+    /// Only rewrite into standard ONNX ops (no ai.anvil fused ops).
+    public var standardOnly = false
     /// Counts per pass: what each did ("nodes removed" → 12).
     public var statistics: [String: [String: Int]] = [:]
     /// Passes in the order they ran (a pass may appear more than once).
@@ -35,6 +37,20 @@ public final class PassContext {
 
     /// The opset version of a domain in this model.
     public func opset(_ domain: String = "") -> Int { model.opsetVersion(domain: domain) ?? 0 }
+
+    /// Where a recognized function goes: the standard op when the model's opset has
+    /// it, else Anvil's op of the same semantics (nil when only standard ops are allowed).
+    public func domainFor(_ op: String, standardSince: Int) -> String? {
+        if opset() >= standardSince { return "" }
+        if standardOnly { return nil }
+        useAnvilDomain()
+        return anvilDomain
+    }
+
+    /// Records that the model now uses ai.anvil ops (adds the opset import).
+    public func useAnvilDomain() {
+        if model.opsetVersion(domain: anvilDomain) == nil { model.opsets.append(OpsetImport(domain: anvilDomain, version: 1)) }
+    }
 
     /// Facts from a fresh shape inference over the current graph.
     public func inferFacts() throws -> [String: ValueFacts] {

@@ -11,6 +11,9 @@ public enum Pipelines {
             EliminateCommonSubexpressions(),
             DeduplicateConstants(),
             FoldBatchNormAndScales(),
+            FuseMatMulBias(),
+            FuseResidualAdd(),
+            FuseActivation(),
             EliminateDeadCode(),
         ]
     }
@@ -31,6 +34,8 @@ public struct PipelineOptions {
     public var stopAfter: String?
     /// Verify the graph after every pass (on in debug builds and with ANVIL_VERIFY=1).
     public var verify = Verifier.enabledByDefault
+    /// Keep the graph in standard ONNX ops (no ai.anvil fused ops).
+    public var standardOnly = false
     /// Repetitions of the whole pipeline before giving up on a fixpoint.
     public var maxRounds = 8
     /// Where --print-ir-after output goes.
@@ -57,6 +62,7 @@ public struct PipelineRunner {
     @discardableResult
     public func run(_ model: Model) throws -> PassContext {
         let context = PassContext(model: model)
+        context.standardOnly = options.standardOnly
         // Initializers listed as graph inputs (IR < 4 style) are weights here, as in the executor.
         let before = model.graph.inputs.count
         model.graph.inputs.removeAll { model.graph.initializers[$0.name] != nil }

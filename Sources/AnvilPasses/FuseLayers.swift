@@ -1,0 +1,148 @@
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+import AnvilOps
+
+/// Layers that take fused bias, residual and activation, and their fused form.
+let fusable: [String: String] = ["Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"]
+
+/// The fused op a node is or becomes, with its inputs padded to (X, W, B, Sum).
+func asFused(_ node: Node) -> (op: String, inputs: [String])? {
+    if node.domain == anvilDomain, fusable.values.contains(node.opType) {
+        return (node.opType, node.inputs + Array(repeating: "", count: max(0, 4 - node.inputs.count)))
+    }
+    guard node.domain.isEmpty, let op = fusable[node.opType] else { return nil }
+    return (op, node.inputs + Array(repeating: "", count: max(0, 4 - node.inputs.count)))
+}
+
+/// A fused node replacing `layer` (taking `root`'s outputs), trailing empty inputs trimmed.
+func fusedNode(_ layer: Node, op: String, inputs: [String], root: Node, extra: [String: Attribute] = [:]) -> Node {
+    var trimmed = inputs
+    while trimmed.last == "" { trimmed.removeLast() }
+    var attributes = layer.attributes
+    for (k, v) in extra { attributes[k] = v }
+    return Node(name: layer.name, opType: op, domain: anvilDomain, inputs: trimmed, outputs: root.outputs, attributes: attributes,
+                fusedFrom: layer.fusedFrom + root.fusedFrom)
+}
+
+/// The producer of `value` if it is a fusable layer read only by `root`.
+func fusableProducer(_ value: String, of root: Node, _ ctx: RewriteContext) -> Node? {
+    guard let p = ctx.producer(value), asFused(p) != nil, ctx.uses.soleConsumer(value) === root else { return nil }
+    return p
+}
+
+/// MatMul + Add of a constant bias along the last axis → Gemm (2-D input) or FusedMatMul.
+public struct FuseMatMulBias: Pass {
+    public let name = "fuse-matmul-bias"
+    public let summary = "MatMul followed by a constant bias Add becomes Gemm (2-D) or one MatMul-with-bias"
+    public init() {}
+    public func run(_ context: PassContext) throws -> Bool { try RewriteDriver([Self.rule]).run(context) }
+
+    static let rule = RewriteRule("matmul + bias", roots: ["Add"]) { node, ctx in
+        guard node.domain.isEmpty, node.inputs.count == 2 else { return nil }
+        for side in [0, 1] {
+            guard let mm = ctx.producer(node.inputs[side]), mm.opType == "MatMul", mm.domain.isEmpty,
+                  ctx.uses.soleConsumer(mm.outputs[0]) === node,
+                  let w = ctx.constant(mm.inputs[1]), w.rank == 2, let bias = ctx.constant(node.inputs[1 - side]),
+                  bias.dataType == w.dataType, bias.count == w.shape[1], bias.shape.dropLast().allSatisfy({ $0 == 1 }),
+                  sameType(ctx.type(mm.outputs[0]), ctx.type(node.outputs[0])), let aRank = ctx.type(mm.inputs[0]).rank else { continue }
+            let biasName = ctx.graph.freshName("\(node.name)_bias")
+            let flat = try bias.reshaped([bias.count])
+            if aRank == 2 {
+                let gemm = Node(name: mm.name, opType: "Gemm", inputs: [mm.inputs[0], mm.inputs[1], biasName], outputs: node.outputs,
+                                fusedFrom: mm.fusedFrom + node.fusedFrom)
+                return Patch(statistic: "MatMul + Add → Gemm", remove: [mm, node], add: [gemm], initializers: [(biasName, flat)])
+            }
+            guard !ctx.pass.standardOnly else { return nil }
+            ctx.pass.useAnvilDomain()
+            let fused = fusedNode(mm, op: "FusedMatMul", inputs: [mm.inputs[0], mm.inputs[1], biasName], root: node)
+            return Patch(statistic: "MatMul + Add → FusedMatMul", remove: [mm, node], add: [fused], initializers: [(biasName, flat)])
+        }
+        return nil
+    }
+}
+
+/// Conv / Gemm / MatMul + Add of a same-shaped tensor (a residual connection) → one
+/// fused layer whose output adds the residual, as oneDNN's sum post-op does.
+public struct FuseResidualAdd: Pass {
+    public let name = "fuse-residual-add"
+    public let summary = "a layer followed by the Add of a same-shaped tensor becomes one layer with a residual input"
+    public init() {}
+    public func run(_ context: PassContext) throws -> Bool {
+        guard !context.standardOnly else { return false }
+        return try RewriteDriver([Self.rule]).run(context)
+    }
+
+    static let rule = RewriteRule("layer + residual", roots: ["Add", "Sum"]) { node, ctx in
+        guard node.domain.isEmpty, node.inputs.count == 2, node.inputs[0] != node.inputs[1] else { return nil }
+        for side in [0, 1] {
+            guard let layer = fusableProducer(node.inputs[side], of: node, ctx), let (op, inputs) = asFused(layer),
+                  inputs[3].isEmpty, layer.attributes["activation"] == nil, ctx.constant(node.inputs[1 - side]) == nil,
+                  sameType(ctx.type(node.inputs[1 - side]), ctx.type(node.outputs[0])),
+                  sameType(ctx.type(layer.outputs[0]), ctx.type(node.outputs[0])) else { continue }
+            ctx.pass.useAnvilDomain()
+            var fusedInputs = inputs
+            fusedInputs[3] = node.inputs[1 - side]
+            return Patch(statistic: "\(layer.opType) + residual Add fused", remove: [layer, node],
+                         add: [fusedNode(layer, op: op, inputs: fusedInputs, root: node)])
+        }
+        return nil
+    }
+}
+
+/// Conv / Gemm / MatMul (with fused bias and residual) + activation → one fused layer.
+public struct FuseActivation: Pass {
+    public let name = "fuse-activation"
+    public let summary = "a layer followed by an activation becomes one layer with the activation fused"
+    public init() {}
+    public func run(_ context: PassContext) throws -> Bool {
+        guard !context.standardOnly else { return false }
+        return try RewriteDriver([Self.rule]).run(context)
+    }
+
+    static let activations: Set<String> = ["Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Mish", "Gelu", "SiLU", "Swish"]
+
+    static let rule = RewriteRule("layer + activation", roots: activations) { node, ctx in
+        guard let layer = fusableProducer(node.inputs[0], of: node, ctx), let (op, inputs) = asFused(layer),
+              layer.attributes["activation"] == nil, let activation = activation(of: node, ctx) else { return nil }
+        ctx.pass.useAnvilDomain()
+        let (name, alpha, beta) = activation.attributes
+        var extra: [String: Attribute] = ["activation": .string(name)]
+        if let alpha { extra["activation_alpha"] = .float(alpha) }
+        if let beta { extra["activation_beta"] = .float(beta) }
+        return Patch(statistic: "\(layer.opType) + \(node.opType) fused", remove: [layer, node],
+                     add: [fusedNode(layer, op: op, inputs: inputs, root: node, extra: extra)])
+    }
+
+    /// The activation a node computes, nil when it is not one a layer can absorb.
+    static func activation(of node: Node, _ ctx: RewriteContext) -> Activation? {
+        let a = AttributeReader(node: node)
+        let isAnvil = node.domain == anvilDomain
+        guard node.domain.isEmpty || isAnvil, node.outputs.count == 1 else { return nil }
+        switch node.opType {
+        case "Relu": return .relu
+        case "Sigmoid": return .sigmoid
+        case "Tanh": return .tanh
+        case "HardSwish": return .hardSwish
+        case "Mish": return .mish
+        case "SiLU": return isAnvil ? .silu : nil
+        case "Swish": return (try? a.float("alpha", 1)) == 1 ? .silu : nil
+        case "LeakyRelu": return .leakyRelu(alpha: (try? a.float("alpha", 0.01)) ?? 0.01)
+        case "Elu": return .elu(alpha: (try? a.float("alpha", 1)) ?? 1)
+        case "HardSigmoid": return .hardSigmoid(alpha: (try? a.float("alpha", 0.2)) ?? 0.2, beta: (try? a.float("beta", 0.5)) ?? 0.5)
+        case "Gelu": return (try? a.string("approximate", "none")) == "tanh" ? .geluTanh : .gelu
+        case "Clip":
+            if ctx.pass.opset() < 11 {
+                return .clip(min: (try? a.float("min", -.greatestFiniteMagnitude)) ?? -.greatestFiniteMagnitude,
+                             max: (try? a.float("max", .greatestFiniteMagnitude)) ?? .greatestFiniteMagnitude)
+            }
+            func bound(_ i: Int, _ d: Float) -> Float? {
+                guard i < node.inputs.count, !node.inputs[i].isEmpty else { return d }
+                return ctx.constant(node.inputs[i]).map { Float($0.double(at: 0)) }
+            }
+            guard let lo = bound(1, -.greatestFiniteMagnitude), let hi = bound(2, .greatestFiniteMagnitude) else { return nil }
+            return .clip(min: lo, max: hi)
+        default: return nil
+        }
+    }
+}

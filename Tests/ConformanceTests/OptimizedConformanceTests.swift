@@ -1,0 +1,56 @@
+import AnvilCore
+import AnvilIR
+import AnvilONNX
+import AnvilOps
+import AnvilPasses
+import Foundation
+import XCTest
+
+/// Every conformance case of the manifest, and the light models, still pass after
+/// the full optimization pipeline; a second pipeline run changes nothing.
+final class OptimizedConformanceTests: XCTestCase {
+    func optimizingRunner(notIdempotent: @escaping (String) -> Void) -> ConformanceRunner {
+        var runner = ConformanceRunner()
+        runner.execute = { model, inputs in
+            var options = PipelineOptions()
+            options.verify = true
+            let runner = try PipelineRunner(options: options)
+            try runner.run(model)
+            let once = Printer.print(model.graph)
+            let second = try runner.run(model)
+            if Printer.print(model.graph) != once || !second.statistics.filter({ $0.key != "normalize" }).isEmpty {
+                notIdempotent("\(model.graph.name): \(second.statistics)")
+            }
+            return try ReferenceExecutor(model: model).run(inputs)
+        }
+        return runner
+    }
+
+    func testManifestCasesPassAfterOptimization() throws {
+        let root = ConformanceRunner.root
+        let manifest = try String(contentsOfFile: "\(root)/Tests/ConformanceTests/manifest.txt", encoding: .utf8)
+            .split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
+        var notIdempotent: [String] = []
+        let runner = optimizingRunner { notIdempotent.append($0) }
+        var failures: [String] = []
+        for name in manifest {
+            let folder = "\(root)/conformance-data/node/\(name)"
+            let meta = ConformanceRunner.meta(folder)
+            let status = runner.run(folder: folder, rtol: max(meta.rtol ?? 1e-3, 1e-3), atol: max(meta.atol ?? 1e-5, 1e-5))
+            if status != .passed { failures.append("\(name): \(status)") }
+        }
+        XCTAssertEqual(failures, [], "\(failures.count) cases fail after optimization")
+        XCTAssertEqual(notIdempotent, [], "pipeline not idempotent")
+        print("optimized conformance: \(manifest.count - failures.count) of \(manifest.count) pass")
+    }
+
+    func testLightModelsPassAfterOptimization() throws {
+        var notIdempotent: [String] = []
+        let runner = optimizingRunner { notIdempotent.append($0) }
+        for name in LightModelTests.models {
+            let status = runner.run(folder: "\(ConformanceRunner.root)/conformance-data/light/\(name)", rtol: 1e-3, atol: 1e-4)
+            XCTAssertEqual(status, .passed, name)
+        }
+        XCTAssertEqual(notIdempotent, [])
+    }
+}
