@@ -11,6 +11,7 @@ public enum Pipelines {
             EliminateCommonSubexpressions(),
             DeduplicateConstants(),
             FoldBatchNormAndScales(),
+            RecognizeActivations(),
             FuseMatMulBias(),
             FuseResidualAdd(),
             FuseActivation(),

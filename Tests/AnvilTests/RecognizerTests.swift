@@ -1,0 +1,110 @@
+import AnvilCore
+import AnvilIR
+import AnvilOps
+import AnvilPasses
+import XCTest
+
+/// Small graph builder for pattern tests.
+struct GraphBuilder {
+    var nodes: [Node] = []
+    var initializers: [(String, Tensor)] = []
+    var counter = 0
+
+    mutating func const(_ values: [Float], _ shape: [Int] = []) -> String {
+        counter += 1
+        let name = "c\(counter)"
+        initializers.append((name, try! Tensor(floats: values, shape: shape)))
+        return name
+    }
+
+    mutating func op(_ type: String, _ inputs: [String], _ attributes: [String: Attribute] = [:]) -> String {
+        counter += 1
+        let out = "v\(counter)"
+        nodes.append(Node(name: "\(type.lowercased())\(counter)", opType: type, inputs: inputs, outputs: [out], attributes: attributes))
+        return out
+    }
+
+    func model(input shape: [Int], output: String, opset: Int = 17) -> Model {
+        let nodes = self.nodes
+        nodes.last!.outputs = ["y"]
+        for n in nodes { n.inputs = n.inputs.map { $0 == output ? "y" : $0 } }
+        let g = Graph(name: "g", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                      outputs: [ValueInfo(name: "y", type: .unknown)], nodes: nodes, initializers: initializers)
+        return Model(graph: g, opsets: [OpsetImport(domain: "", version: opset)])
+    }
+}
+
+final class RecognizerTests: XCTestCase {
+    func check(_ build: @escaping () -> Model, passes: [any Pass] = [RecognizeActivations(), EliminateDeadCode()],
+               expect ops: [String], golden: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
+        let m = build()
+        let (text, _) = try PassTesting.optimized(m, passes)
+        XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ops, file: file, line: line)
+        if let golden { try PassTesting.assertGolden(text, golden, file: file, line: line) }
+        try PassTesting.assertPreservesOutputs(build, passes, file: file, line: line)
+    }
+
+    func testGeluErfInEveryOrder() throws {
+        // PyTorch: ((x * 0.5) * (erf(x / √2) + 1))
+        try check({
+            var b = GraphBuilder()
+            let half = b.op("Mul", ["x", b.const([0.5])])
+            let erf = b.op("Erf", [b.op("Div", ["x", b.const([1.4142135])])])
+            let y = b.op("Mul", [half, b.op("Add", [erf, b.const([1])])])
+            return b.model(input: [2, 8], output: y)
+        }, expect: ["ai.anvil.Gelu"], golden: "gelu-erf")
+        // x * (1 + erf(x * (1/√2))) * 0.5, opset 20: the standard op.
+        try check({
+            var b = GraphBuilder()
+            let erf = b.op("Erf", [b.op("Mul", ["x", b.const([0.70710677])])])
+            let y = b.op("Mul", [b.op("Mul", ["x", b.op("Add", [b.const([1]), erf])]), b.const([0.5])])
+            return b.model(input: [3, 4], output: y, opset: 20)
+        }, expect: ["Gelu"])
+    }
+
+    func testGeluTanhWithPowAndWithProducts() throws {
+        for cubeWithPow in [true, false] {
+            try check({
+                var b = GraphBuilder()
+                let cube = cubeWithPow ? b.op("Pow", ["x", b.const([3])]) : b.op("Mul", ["x", b.op("Mul", ["x", "x"])])
+                let inner = b.op("Add", ["x", b.op("Mul", [cube, b.const([0.044715])])])
+                let t = b.op("Tanh", [b.op("Mul", [inner, b.const([0.7978846])])])
+                let y = b.op("Mul", [b.op("Mul", ["x", b.const([0.5])]), b.op("Add", [t, b.const([1])])])
+                return b.model(input: [2, 5], output: y)
+            }, expect: ["ai.anvil.Gelu"])
+        }
+    }
+
+    func testHardSwishForms() throws {
+        try check({
+            var b = GraphBuilder()
+            let clip = b.op("Clip", [b.op("Add", ["x", b.const([3])]), b.const([0]), b.const([6])])
+            let y = b.op("Div", [b.op("Mul", ["x", clip]), b.const([6])])
+            return b.model(input: [4, 4], output: y)
+        }, expect: ["HardSwish"], golden: "hardswish")
+        try check({
+            var b = GraphBuilder()
+            let y = b.op("Mul", ["x", b.op("HardSigmoid", ["x"], ["alpha": .float(1.0 / 6), "beta": .float(0.5)])])
+            return b.model(input: [4, 4], output: y)
+        }, expect: ["HardSwish"])
+    }
+
+    func testSiLU() throws {
+        try check({
+            var b = GraphBuilder()
+            let y = b.op("Mul", [b.op("Sigmoid", ["x"]), "x"])
+            return b.model(input: [2, 3], output: y)
+        }, expect: ["ai.anvil.SiLU"])
+    }
+
+    /// A pattern whose interior value is read elsewhere must not be rewritten.
+    func testSharedInteriorValuesBlockRecognition() throws {
+        var b = GraphBuilder()
+        let s = b.op("Sigmoid", ["x"])
+        let silu = b.op("Mul", ["x", s])
+        let y = b.op("Add", [silu, s])
+        let m = b.model(input: [2], output: y)
+        _ = try PassTesting.optimized(m, [RecognizeActivations()])
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["Sigmoid", "Mul", "Add"])
+    }
+}
