@@ -12,6 +12,7 @@ public enum Pipelines {
             DeduplicateConstants(),
             FoldBatchNormAndScales(),
             RecognizeActivations(),
+            RecognizeNormalizations(),
             FuseMatMulBias(),
             FuseResidualAdd(),
             FuseActivation(),

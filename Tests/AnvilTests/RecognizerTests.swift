@@ -108,3 +108,64 @@ final class RecognizerTests: XCTestCase {
         XCTAssertEqual(m.graph.nodes.map(\.opType), ["Sigmoid", "Mul", "Add"])
     }
 }
+
+final class NormalizationRecognizerTests: XCTestCase {
+    /// x − mean, squared mean, ε, √, divide, then γ and β: PyTorch's LayerNorm before opset 17.
+    func layerNorm(reciprocal: Bool, opset: Int) -> Model {
+        var b = GraphBuilder()
+        let axes: [String: Attribute] = opset < 18 ? ["axes": .ints([-1])] : [:]
+        var meanInputs = ["x"]
+        if opset >= 18 {
+            b.initializers.append(("axes", try! Tensor(int64s: [-1], shape: [1])))
+            meanInputs.append("axes")
+        }
+        let mean = b.op("ReduceMean", meanInputs, axes)
+        let d = b.op("Sub", ["x", mean])
+        let sq = b.op("Pow", [d, b.const([2])])
+        let variance = b.op("ReduceMean", opset >= 18 ? [sq, "axes"] : [sq], axes)
+        let s = b.op("Sqrt", [b.op("Add", [variance, b.const([1e-5])])])
+        let n = reciprocal ? b.op("Mul", [d, b.op("Reciprocal", [s])]) : b.op("Div", [d, s])
+        let scaled = b.op("Mul", [n, b.const([1, 2, 3, 4, 5, 6, 7, 8], [8])])
+        let y = b.op("Add", [scaled, b.const([0.5, -0.5, 0, 1, 0, 0, 2, 0], [8])])
+        return b.model(input: [2, 3, 8], output: y, opset: opset)
+    }
+
+    func testLayerNormalizationIsRecognizedWithScaleAndBias() throws {
+        for (reciprocal, opset, op) in [(false, 13, "ai.anvil.LayerNormalization"), (true, 18, "LayerNormalization")] {
+            let passes: [any Pass] = [RecognizeNormalizations(), EliminateDeadCode()]
+            let m = layerNorm(reciprocal: reciprocal, opset: opset)
+            let (text, _) = try PassTesting.optimized(m, passes)
+            XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), [op])
+            if opset == 13 { try PassTesting.assertGolden(text, "layernorm") }
+            try PassTesting.assertPreservesOutputs({ self.layerNorm(reciprocal: reciprocal, opset: opset) }, passes)
+        }
+    }
+
+    func testRMSNormalizationIsRecognized() throws {
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let sq = b.op("Mul", ["x", "x"])
+            let variance = b.op("ReduceMean", [sq], ["axes": .ints([2])])
+            let s = b.op("Sqrt", [b.op("Add", [b.const([1e-6]), variance])])
+            let y = b.op("Mul", [b.op("Div", ["x", s]), b.const([0.5, 1, 2, 4], [4])])
+            return b.model(input: [1, 2, 4], output: y)
+        }
+        let passes: [any Pass] = [RecognizeNormalizations(), EliminateDeadCode()]
+        let m = build()
+        _ = try PassTesting.optimized(m, passes)
+        XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ["ai.anvil.RMSNormalization"])
+        try PassTesting.assertPreservesOutputs(build, passes)
+    }
+
+    /// Reductions over a middle axis are not a LayerNormalization.
+    func testNonTrailingAxesAreLeftAlone() throws {
+        var b = GraphBuilder()
+        let mean = b.op("ReduceMean", ["x"], ["axes": .ints([1])])
+        let d = b.op("Sub", ["x", mean])
+        let variance = b.op("ReduceMean", [b.op("Pow", [d, b.const([2])])], ["axes": .ints([1])])
+        let y = b.op("Div", [d, b.op("Sqrt", [b.op("Add", [variance, b.const([1e-5])])])])
+        let m = b.model(input: [2, 3, 4], output: y)
+        _ = try PassTesting.optimized(m, [RecognizeNormalizations()])
+        XCTAssertEqual(m.graph.nodes.count, 7)
+    }
+}
