@@ -25,6 +25,8 @@ public struct FoldBatchNormAndScales: Pass {
                   let axis = channelAxis(layer, rank: outType.count), let w = ctx.constant(layer.inputs[1]), w.dataType.isFloatingPoint
             else { continue }
             guard let (scale, shift) = try scaleShift(node, side: side, channels: channels, axis: axis, rank: outType.count, ctx) else { return nil }
+            // MatMul has no bias: folding a pure shift would rebuild the same MatMul + Add.
+            if layer.opType == "MatMul", scale.allSatisfy({ $0 == 1 }) { return nil }
             return try fold(layer, into: node, scale: scale, shift: shift, weight: w, channels: channels, ctx)
         }
         return nil

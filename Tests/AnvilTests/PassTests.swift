@@ -120,3 +120,41 @@ final class PassTests: XCTestCase {
         }
     }
 }
+
+final class FoldScaleTests: XCTestCase {
+    func matmulChain(_ tail: String) -> Model {
+        var b = GraphBuilder()
+        let mm = b.op("MatMul", ["x", b.const((0..<12).map { Float($0) / 10 }, [4, 3])])
+        let y = b.op(tail, [mm, b.const([2, -1, 0.5], [3])])
+        return b.model(input: [2, 4], output: y)
+    }
+
+    /// A shift after a MatMul has nowhere to go: the pass must leave it (it used to loop).
+    func testShiftAfterMatMulIsLeftForBiasFusion() throws {
+        let m = matmulChain("Add")
+        let (_, context) = try PassTesting.optimized(m, [FoldBatchNormAndScales()])
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["MatMul", "Add"])
+        XCTAssertNil(context.statistics["fold-batchnorm-and-scales"])
+    }
+
+    func testScaleAfterMatMulFoldsIntoWeights() throws {
+        let m = matmulChain("Mul")
+        _ = try PassTesting.optimized(m, [FoldBatchNormAndScales(), EliminateDeadCode()])
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["MatMul"])
+        try PassTesting.assertPreservesOutputs({ self.matmulChain("Mul") }, [FoldBatchNormAndScales(), EliminateDeadCode()])
+    }
+
+    func testBatchNormFoldsIntoConvWithGolden() throws {
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let conv = b.op("Conv", ["x", b.const((0..<24).map { Float($0 % 5) - 2 }, [2, 3, 2, 2]), b.const([0.1, -0.2], [2])])
+            let y = b.op("BatchNormalization", [conv, b.const([1.5, 0.5], [2]), b.const([0.1, 0.2], [2]), b.const([0.3, -0.3], [2]), b.const([2, 0.5], [2])])
+            return b.model(input: [1, 3, 4, 4], output: y)
+        }
+        let m = build()
+        let (text, _) = try PassTesting.optimized(m, [FoldBatchNormAndScales(), EliminateDeadCode()])
+        try PassTesting.assertGolden(text, "batchnorm-into-conv")
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["Conv"])
+        try PassTesting.assertPreservesOutputs(build, [FoldBatchNormAndScales(), EliminateDeadCode()])
+    }
+}
