@@ -13,6 +13,7 @@ public enum Pipelines {
             FoldBatchNormAndScales(),
             RecognizeActivations(),
             RecognizeNormalizations(),
+            RecognizeAttention(),
             FuseMatMulBias(),
             FuseResidualAdd(),
             FuseActivation(),

@@ -1,5 +1,6 @@
 import AnvilCore
 import AnvilIR
+import AnvilONNX
 import AnvilOps
 import AnvilPasses
 import XCTest
@@ -167,5 +168,40 @@ final class NormalizationRecognizerTests: XCTestCase {
         let m = b.model(input: [2, 3, 4], output: y)
         _ = try PassTesting.optimized(m, [RecognizeNormalizations()])
         XCTAssertEqual(m.graph.nodes.count, 7)
+    }
+}
+
+final class AttentionRecognizerTests: XCTestCase {
+    func testTransformerFixtureAttentionBecomesOneNode() throws {
+        let load = { try ONNXImporter.load(path: TestSupport.fixture("transformer/model.onnx")) }
+        let m = try load()
+        _ = try PassTesting.optimized(m, Pipelines.standard)
+        let ops = m.graph.nodes.map(\.qualifiedOpType)
+        XCTAssertEqual(ops.filter { $0 == "ai.anvil.Attention" }.count, 1, "\(ops)")
+        XCTAssertFalse(ops.contains("Softmax"), "\(ops)")
+        try PassTesting.assertPreservesOutputs(load, Pipelines.standard)
+    }
+
+    /// 4-D Q, K, V with Kᵀ as Transpose(0,1,3,2) and the scale as a Div of the scores.
+    func fourDimensional() -> Model {
+        var b = GraphBuilder()
+        let kT = b.op("Transpose", ["k"], ["perm": .ints([0, 1, 3, 2])])
+        let scores = b.op("Div", [b.op("MatMul", ["x", kT]), b.const([4])])
+        let probabilities = b.op("Softmax", [b.op("Add", [scores, "mask"])], ["axis": .int(-1)])
+        let y = b.op("MatMul", [probabilities, "v"])
+        let m = b.model(input: [1, 2, 5, 8], output: y, opset: 17)
+        m.graph.inputs += [ValueInfo(name: "k", type: TensorType(.float, shape: [1, 2, 6, 8])),
+                           ValueInfo(name: "v", type: TensorType(.float, shape: [1, 2, 6, 4])),
+                           ValueInfo(name: "mask", type: TensorType(.float, shape: [1, 1, 5, 6]))]
+        return m
+    }
+
+    func testFourDimensionalAttention() throws {
+        let passes: [any Pass] = [RecognizeAttention(), EliminateDeadCode()]
+        let m = fourDimensional()
+        let (text, _) = try PassTesting.optimized(m, passes)
+        XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ["ai.anvil.Attention"])
+        try PassTesting.assertGolden(text, "attention-4d")
+        try PassTesting.assertPreservesOutputs(fourDimensional, passes)
     }
 }

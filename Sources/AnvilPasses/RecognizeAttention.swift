@@ -1,0 +1,131 @@
+import AnvilCore
+import AnvilIR
+import AnvilOps
+
+/// Recognizes scaled dot-product attention and replaces it by one Attention node
+/// (ONNX opset 23 semantics; Anvil's op of the same semantics for older models):
+///
+///     softmax(scale · Q·Kᵀ + mask) · V
+///
+/// with the scale applied to the scores (Mul or Div) or split between Q and K, an
+/// optional additive mask, and an optional NaN guard on the probabilities (a
+/// fully masked row gives zeros, as Attention defines). When Q, K and V come
+/// from [B, S, H·D] tensors through Reshape + Transpose and the result goes back
+/// the same way, the 3-D form absorbs those head reshapes too.
+public struct RecognizeAttention: Pass {
+    public let name = "recognize-attention"
+    public let summary = "recognize scaled dot-product attention with its head reshapes and transposes"
+    public init() {}
+    public func run(_ context: PassContext) throws -> Bool { try RewriteDriver([Self.rule]).run(context) }
+
+    static let rule = RewriteRule("attention", roots: ["MatMul"]) { root, ctx in
+        guard root.domain.isEmpty, root.inputs.count == 2 else { return nil }
+        var matched: [Node] = [root]
+        // Probabilities: Softmax over the last axis, possibly behind Where(IsNaN(p), 0, p).
+        var probabilities = root.inputs[0]
+        if let guardNode = ctx.interior(probabilities, "Where", readBy: root), let isNaN = ctx.producer(guardNode.inputs[0]),
+           isNaN.opType == "IsNaN", isNaN.inputs[0] == guardNode.inputs[2], ctx.isConstant(guardNode.inputs[1], 0),
+           ctx.uses.soleConsumer(isNaN.outputs[0]) === guardNode, ctx.uses.useCount(guardNode.inputs[2]) == 2 {
+            matched += [guardNode, isNaN]
+            probabilities = guardNode.inputs[2]
+        }
+        guard let softmax = ctx.producer(probabilities), softmax.opType == "Softmax", softmax.domain.isEmpty,
+              matched.count > 1 || ctx.uses.soleConsumer(probabilities) === root,
+              let rank = ctx.type(softmax.inputs[0]).rank, rank == 4,
+              (try? AttributeReader(node: softmax).int("axis", ctx.pass.opset() < 13 ? 1 : -1)).map({ $0 == -1 || $0 == 3 }) == true
+        else { return nil }
+        matched.append(softmax)
+        // Logits: scores (+ mask).
+        var scores = softmax.inputs[0]
+        var mask: String?
+        if let add = ctx.interior(scores, "Add", readBy: softmax) {
+            for side in [0, 1] where ctx.producer(add.inputs[side])?.opType == "MatMul" || isScaledScores(add.inputs[side], ctx) {
+                scores = add.inputs[side]
+                mask = add.inputs[1 - side]
+                matched.append(add)
+                break
+            }
+            guard mask != nil else { return nil }
+        }
+        var scale = 1.0
+        var reader = matched.last!
+        if let m = ctx.interior(scores, "Mul", readBy: reader), let (value, other) = constantOperand(m, ctx) {
+            scale *= value; scores = other; matched.append(m); reader = m
+        } else if let d = ctx.interior(scores, "Div", readBy: reader), let c = ctx.scalar(d.inputs[1]), c != 0 {
+            scale /= c; scores = d.inputs[0]; matched.append(d); reader = d
+        }
+        guard let qk = ctx.interior(scores, "MatMul", readBy: reader) else { return nil }
+        matched.append(qk)
+        // Q (maybe scaled) and Kᵀ (maybe scaled).
+        var q = qk.inputs[0], kT = qk.inputs[1]
+        if let m = ctx.interior(q, "Mul", readBy: qk), let (value, other) = constantOperand(m, ctx) { scale *= value; q = other; matched.append(m) }
+        if let m = ctx.interior(kT, "Mul", readBy: qk), let (value, other) = constantOperand(m, ctx) { scale *= value; kT = other; matched.append(m) }
+        let v = root.inputs[1]
+        guard let qHeads = headSplit(q, perm: [0, 2, 1, 3], ctx), let vHeads = headSplit(v, perm: [0, 2, 1, 3], ctx),
+              let kTranspose = ctx.producer(kT), kTranspose.opType == "Transpose", ctx.uses.soleConsumer(kT) != nil else { return nil }
+        let kPerm = (try? AttributeReader(node: kTranspose).ints("perm")).flatMap { $0 }
+        // Kᵀ from [B, S, H, D] (perm 0,2,3,1) gives the 3-D form; from [B, H, S, D] (perm 0,1,3,2) the 4-D form.
+        let kHeads = kPerm == [0, 2, 3, 1] ? headReshape(kTranspose, ctx) : nil
+        let merge = headMerge(root, ctx)
+        var attributes: [String: Attribute] = ["scale": .float(Float(scale))]
+        let inputs: [String]
+        let outputs: [String]
+        if let qh = qHeads.split, let kh = kHeads, let vh = vHeads.split, let merge,
+           qh.heads == kh.heads, kh.heads == vh.heads {
+            attributes["q_num_heads"] = .int(Int64(qh.heads))
+            attributes["kv_num_heads"] = .int(Int64(kh.heads))
+            inputs = [qh.source, kh.source, vh.source] + (mask.map { [$0] } ?? [])
+            outputs = merge.output
+            matched += qh.nodes + [kTranspose] + kh.nodes + vh.nodes + merge.nodes
+        } else if kPerm == [0, 1, 3, 2] {
+            inputs = [q, kTranspose.inputs[0], v] + (mask.map { [$0] } ?? [])
+            outputs = root.outputs
+            matched.append(kTranspose)
+        } else {
+            return nil
+        }
+        guard let attention = recognized("Attention", standardSince: 23, name: root.name, inputs: inputs, outputs: outputs,
+                                         attributes: attributes, from: matched, ctx) else { return nil }
+        return Patch(statistic: "attention recognized", remove: matched, add: [attention])
+    }
+
+    static func isScaledScores(_ value: String, _ ctx: RewriteContext) -> Bool {
+        guard let p = ctx.producer(value), p.opType == "Mul" || p.opType == "Div" else { return false }
+        return p.inputs.contains { ctx.producer($0)?.opType == "MatMul" }
+    }
+
+    /// For Mul(x, c) with a scalar constant c: (c, x).
+    static func constantOperand(_ node: Node, _ ctx: RewriteContext) -> (Double, String)? {
+        for side in [0, 1] { if let c = ctx.scalar(node.inputs[side]) { return (c, node.inputs[1 - side]) } }
+        return nil
+    }
+
+    struct Split { var source: String; var heads: Int; var nodes: [Node] }
+
+    /// `value` = Transpose(perm)(Reshape(x, [B, S, H, D])) with x 3-D: the split, when found.
+    static func headSplit(_ value: String, perm: [Int], _ ctx: RewriteContext) -> (split: Split?, ok: Bool)? {
+        guard let t = ctx.producer(value), t.opType == "Transpose", (try? AttributeReader(node: t).ints("perm")).flatMap({ $0 }) == perm,
+              ctx.uses.soleConsumer(value) != nil else { return (nil, true) }
+        guard let split = headReshape(t, ctx) else { return (nil, true) }
+        return (Split(source: split.source, heads: split.heads, nodes: [t] + split.nodes), true)
+    }
+
+    /// The Reshape feeding a head transpose: from [B, S, H·D] to [B, S, H, D].
+    static func headReshape(_ transpose: Node, _ ctx: RewriteContext) -> Split? {
+        guard let r = ctx.interior(transpose.inputs[0], "Reshape", readBy: transpose),
+              let source = ctx.type(r.inputs[0]).concreteShape, source.count == 3,
+              let target = ctx.type(r.outputs[0]).concreteShape, target.count == 4,
+              target[0] == source[0], target[1] == source[1], target[2] * target[3] == source[2] else { return nil }
+        return Split(source: r.inputs[0], heads: target[2], nodes: [r])
+    }
+
+    /// The Transpose(0,2,1,3) + Reshape([B, S, H·D]) reading the attention output.
+    static func headMerge(_ root: Node, _ ctx: RewriteContext) -> (output: [String], nodes: [Node])? {
+        guard let t = ctx.uses.soleConsumer(root.outputs[0]), t.opType == "Transpose", t.domain.isEmpty,
+              (try? AttributeReader(node: t).ints("perm")).flatMap({ $0 }) == [0, 2, 1, 3],
+              let r = ctx.uses.soleConsumer(t.outputs[0]), r.opType == "Reshape", r.domain.isEmpty,
+              let shape = ctx.type(r.outputs[0]).concreteShape, shape.count == 3,
+              let heads = ctx.type(t.outputs[0]).concreteShape, heads.count == 4, shape[2] == heads[2] * heads[3] else { return nil }
+        return (r.outputs, [t, r])
+    }
+}
