@@ -1,5 +1,6 @@
 import AnvilCore
 import AnvilIR
+import AnvilOps
 import Foundation
 
 /// Protobuf wire-format writer: just what ONNX messages need.
@@ -41,7 +42,11 @@ public enum ONNXExporter {
     /// Serializes a model.
     public static func encode(_ model: Model) throws -> [UInt8] {
         var w = ProtoWriter()
-        w.int(1, Int64(max(model.irVersion, 3)))
+        var functions = FunctionExport(defaultOpset: model.opsetVersion(domain: "") ?? 1)
+        var graphWriter = ProtoWriter()
+        try graph(model.graph, into: &graphWriter, functions: &functions)
+        // Model-local functions need IR version 8.
+        w.int(1, Int64(max(model.irVersion, functions.functions.isEmpty ? 3 : 8)))
         for opset in model.opsets {
             w.message(8) { o in
                 o.string(1, opset.domain)
@@ -53,9 +58,22 @@ public enum ONNXExporter {
         if !model.domain.isEmpty { w.string(4, model.domain) }
         if model.modelVersion != 0 { w.int(5, Int64(model.modelVersion)) }
         if !model.docString.isEmpty { w.string(6, model.docString) }
-        try w.message(7) { try graph(model.graph, into: &$0) }
+        w.data(7, graphWriter.bytes)
         for (k, v) in model.metadata {
             w.message(14) { e in e.string(1, k); e.string(2, v) }
+        }
+        for f in functions.functions {
+            try w.message(25) { fw in
+                fw.string(1, f.name)
+                for i in f.inputs { fw.string(4, i) }
+                for o in f.outputs { fw.string(5, o) }
+                for a in f.attributes { fw.string(6, a) }
+                var unused = FunctionExport(defaultOpset: functions.defaultOpset)
+                for n in f.nodes { try fw.message(7) { try node(n, into: &$0, functions: &unused) } }
+                fw.string(8, FunctionExport.marker + f.anvilOp)
+                fw.message(9) { o in o.string(1, ""); o.int(2, Int64(functions.defaultOpset)) }
+                fw.string(10, anvilDomain)
+            }
         }
         return w.bytes
     }
@@ -72,8 +90,8 @@ public enum ONNXExporter {
         try TensorFiles.writeAll([(path, bytes)])
     }
 
-    static func graph(_ g: Graph, into w: inout ProtoWriter) throws {
-        for node in g.nodes { try w.message(1) { try self.node(node, into: &$0) } }
+    static func graph(_ g: Graph, into w: inout ProtoWriter, functions: inout FunctionExport) throws {
+        for node in g.nodes { try w.message(1) { try self.node(node, into: &$0, functions: &functions) } }
         w.string(2, g.name)
         for name in g.initializerOrder {
             guard let t = g.initializers[name] else { continue }
@@ -87,14 +105,15 @@ public enum ONNXExporter {
         }
     }
 
-    static func node(_ n: Node, into w: inout ProtoWriter) throws {
+    static func node(_ n: Node, into w: inout ProtoWriter, functions: inout FunctionExport) throws {
         for input in n.inputs { w.string(1, input) }
         for output in n.outputs { w.string(2, output) }
         w.string(3, n.name)
-        w.string(4, n.opType)
+        // Anvil's ops call a model-local function with a standard-op body.
+        w.string(4, n.domain == anvilDomain ? try functions.function(for: n) : n.opType)
         if !n.domain.isEmpty { w.string(7, n.domain) }
         for key in n.attributes.keys.sorted() {
-            try w.message(5) { try attribute(key, n.attributes[key]!, into: &$0) }
+            try w.message(5) { try attribute(key, n.attributes[key]!, into: &$0, functions: &functions) }
         }
         if n.fusedFrom != [n.name] {
             // Provenance travels in the node's doc string, readable in Netron.
@@ -102,19 +121,19 @@ public enum ONNXExporter {
         }
     }
 
-    static func attribute(_ name: String, _ a: Attribute, into w: inout ProtoWriter) throws {
+    static func attribute(_ name: String, _ a: Attribute, into w: inout ProtoWriter, functions: inout FunctionExport) throws {
         w.string(1, name)
         switch a {
         case .float(let v): w.int(20, 1); w.float(2, v)
         case .int(let v): w.int(20, 2); w.int(3, v)
         case .string(let v): w.int(20, 3); w.string(4, v)
         case .tensor(let t): w.int(20, 4); try w.message(5) { try tensor(t, name: "", into: &$0) }
-        case .graph(let g): w.int(20, 5); try w.message(6) { try graph(g, into: &$0) }
+        case .graph(let g): w.int(20, 5); try w.message(6) { try graph(g, into: &$0, functions: &functions) }
         case .floats(let v): w.int(20, 6); w.packedFloats(7, v)
         case .ints(let v): w.int(20, 7); w.packedInt64s(8, v)
         case .strings(let v): w.int(20, 8); for s in v { w.string(9, s) }
         case .tensors(let v): w.int(20, 9); for t in v { try w.message(10) { try tensor(t, name: "", into: &$0) } }
-        case .graphs(let v): w.int(20, 10); for g in v { try w.message(11) { try graph(g, into: &$0) } }
+        case .graphs(let v): w.int(20, 10); for g in v { try w.message(11) { try graph(g, into: &$0, functions: &functions) } }
         }
     }
 

@@ -1,5 +1,6 @@
 import AnvilCore
 import AnvilIR
+import AnvilOps
 
 /// A model-local function (ModelProto.functions), as PyTorch's newer exporter writes them.
 struct LocalFunction {
@@ -11,6 +12,8 @@ struct LocalFunction {
     let attributeDefaults: [String: Attribute]
     /// Per function node: attribute name → name of the function attribute it refers to.
     let refAttributes: [[String: String]]
+    /// The function's doc string (Anvil marks the bodies of its own ops there).
+    var docString: String = ""
 }
 
 /// Replaces calls of model-local functions by the function bodies, so the rest of
@@ -38,6 +41,12 @@ struct FunctionInliner {
                 }
             }
             guard let f = functions["\(node.domain)::\(node.opType)"] else {
+                result.append(node)
+                continue
+            }
+            // A body Anvil exported for one of its own ops: call the op itself again.
+            if f.domain == anvilDomain, f.docString.hasPrefix(FunctionExport.marker) {
+                node.opType = String(f.docString.dropFirst(FunctionExport.marker.count))
                 result.append(node)
                 continue
             }

@@ -402,7 +402,7 @@ struct ImportContext {
         }
         return LocalFunction(name: name, domain: string(f.domain), inputs: strings(f.input, f.n_input),
                              outputs: strings(f.output, f.n_output), nodes: nodes, attributeDefaults: defaults,
-                             refAttributes: refAttributes(f))
+                             refAttributes: refAttributes(f), docString: string(f.doc_string))
     }
 
     /// For each node of the function, which of its attributes refer to function attributes.

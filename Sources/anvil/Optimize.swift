@@ -31,6 +31,7 @@ struct Optimize: ParsableCommand {
     @Option(help: "Comma-separated passes to skip.") var skip: String?
     @Option(help: "Print the IR after this pass, or 'all' (repeatable).") var printIrAfter: [String] = []
     @Option(help: "Stop after the first run of this pass.") var stopAfter: String?
+    @Flag(help: "Keep only standard ONNX ops: skip fusions into Anvil's ai.anvil ops.") var standardOnly = false
 
     func run() throws {
         try Anvil.guarded {
@@ -42,6 +43,7 @@ struct Optimize: ParsableCommand {
             options.skip = list(skip) ?? []
             options.printIRAfter = Set(printIrAfter)
             options.stopAfter = stopAfter
+            options.standardOnly = standardOnly
             let start = Date()
             let context = try PipelineRunner(options: options).run(m)
             let seconds = Date().timeIntervalSince(start)

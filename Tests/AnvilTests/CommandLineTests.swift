@@ -1,4 +1,5 @@
 import Foundation
+import AnvilONNX
 import XCTest
 
 /// End-to-end tests of the `anvil` command line: whole invocations, exit status and output.
@@ -77,5 +78,55 @@ final class CommandLineTests: XCTestCase {
         let r = try TestSupport.run(["validate", TestSupport.fixture("cnn/model.onnx"), "--reference", empty])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("test_data_set_N"), r.stderr)
+    }
+}
+
+/// `anvil optimize` end to end: the written model passes onnx.checker, runs in
+/// ONNX Runtime with the reference outputs, and reads back into Anvil with its
+/// fused ops intact.
+final class OptimizeCommandTests: XCTestCase {
+    func testOptimizedModelsRunInONNXRuntimeAndAnvil() throws {
+        for name in ["cnn", "transformer", "dynamic_batch", "if_branch"] {
+            let out = try TestSupport.temporaryFolder() + "/optimized.onnx"
+            let r = try TestSupport.run(["optimize", TestSupport.fixture("\(name)/model.onnx"), "-o", out])
+            XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
+            XCTAssertTrue(r.stdout.contains("nodes"), r.stdout)
+            let check = Process()
+            check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            check.arguments = ["python3", "\(TestSupport.root)/tools/check-onnx-export", out, TestSupport.fixture(name)]
+            try check.run()
+            check.waitUntilExit()
+            XCTAssertEqual(check.terminationStatus, 0, "\(name): onnx.checker or ONNX Runtime refused the optimized model")
+            let validate = try TestSupport.run(["validate", out, "--reference", TestSupport.fixture(name)])
+            XCTAssertEqual(validate.status, 0, "\(name): \(validate.stdout)")
+        }
+        let out = try TestSupport.temporaryFolder() + "/cnn.onnx"
+        _ = try TestSupport.run(["optimize", TestSupport.fixture("cnn/model.onnx"), "-o", out])
+        let reimported = try ONNXImporter.load(path: out)
+        XCTAssertTrue(reimported.graph.nodes.contains { $0.qualifiedOpType == "ai.anvil.FusedConv" }, "fused ops must survive the round trip")
+    }
+
+    func testStandardOnlyKeepsEveryNodeInTheONNXDomain() throws {
+        let out = try TestSupport.temporaryFolder() + "/std.onnx"
+        let r = try TestSupport.run(["optimize", TestSupport.fixture("transformer/model.onnx"), "-o", out, "--standard-only"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let model = try ONNXImporter.load(path: out)
+        XCTAssertTrue(model.graph.nodes.allSatisfy { $0.domain.isEmpty }, "\(model.graph.nodes.map(\.qualifiedOpType))")
+        XCTAssertNil(model.opsetVersion(domain: "ai.anvil"))
+    }
+
+    func testOptimizeRefusesToOverwriteItsInputAndBadPassNames() throws {
+        let folder = try TestSupport.temporaryFolder()
+        let copy = folder + "/model.onnx"
+        try FileManager.default.copyItem(atPath: TestSupport.fixture("cnn/model.onnx"), toPath: copy)
+        let before = try Data(contentsOf: URL(fileURLWithPath: copy))
+        let r = try TestSupport.run(["optimize", copy, "-o", folder + "/./model.onnx"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("is the input model"), r.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: copy)), before)
+        let bad = try TestSupport.run(["optimize", copy, "-o", folder + "/out.onnx", "--skip", "no-such-pass"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("unknown pass 'no-such-pass'"), bad.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/out.onnx"))
     }
 }
