@@ -52,8 +52,10 @@ public final class PassContext {
         if model.opsetVersion(domain: anvilDomain) == nil { model.opsets.append(OpsetImport(domain: anvilDomain, version: 1)) }
     }
 
-    /// Facts from a fresh shape inference over the current graph.
+    /// Facts from a fresh shape inference over the current graph. Intermediate types
+    /// are recomputed from scratch: a pass may have changed them (pruned channels).
     public func inferFacts() throws -> [String: ValueFacts] {
+        model.graph.valueTypes = [:]
         var inference = ShapeInference(model: model)
         return try inference.run()
     }
@@ -67,6 +69,8 @@ public struct Patch {
     public var add: [Node] = []
     /// Reads of the first value are redirected to the second.
     public var replace: [(String, String)] = []
+    /// Nodes replaced in place by new ones (keeping their positions in the graph).
+    public var substitute: [(Node, Node)] = []
     /// Values renamed (producer and reads): lets a node take over a graph output's name.
     public var rename: [(String, String)] = []
     /// Initializers to add.
@@ -166,7 +170,7 @@ public struct RewriteDriver {
                 let ctx = RewriteContext(pass: context, graph: graph, uses: uses, facts: facts)
                 guard let patch = try rule.match(node, ctx) else { continue }
                 apply(patch, at: node, in: graph)
-                for n in patch.remove { removed.insert(ObjectIdentifier(n)) }
+                for n in patch.remove + patch.substitute.map(\.0) { removed.insert(ObjectIdentifier(n)) }
                 context.count(patch.statistic)
                 applied = true
                 uses = UseIndex(graph)
@@ -178,6 +182,9 @@ public struct RewriteDriver {
 
     func apply(_ patch: Patch, at root: Node, in graph: Graph) {
         for (name, t) in patch.initializers { graph.setInitializer(name, t) }
+        for (old, new) in patch.substitute {
+            if let i = graph.nodes.firstIndex(where: { $0 === old }) { graph.nodes[i] = new }
+        }
         let position = graph.nodes.firstIndex { $0 === root } ?? graph.nodes.count
         let removeIDs = Set(patch.remove.map(ObjectIdentifier.init))
         let before = graph.nodes[..<position].filter { !removeIDs.contains(ObjectIdentifier($0)) }

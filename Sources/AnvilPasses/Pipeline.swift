@@ -17,6 +17,8 @@ public enum Pipelines {
             FuseMatMulBias(),
             FuseResidualAdd(),
             FuseActivation(),
+            EliminateZeroBranches(),
+            PruneZeroChannels(),
             EliminateDeadCode(),
         ]
     }

@@ -45,7 +45,10 @@ public struct RecognizeAttention: Pass {
                 matched.append(add)
                 break
             }
-            guard mask != nil else { return nil }
+            // An additive mask must broadcast to the scores without enlarging them.
+            guard let m = mask, let maskDims = ctx.type(m).dims, (1...4).contains(maskDims.count),
+                  let scoreDims = ctx.type(scores).dims, maskDims.count <= scoreDims.count,
+                  zip(maskDims.reversed(), scoreDims.reversed()).allSatisfy({ $0 == .known(1) || $0 == $1 }) else { return nil }
         }
         var scale = 1.0
         var reader = matched.last!

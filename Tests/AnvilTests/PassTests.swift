@@ -158,3 +158,56 @@ final class FoldScaleTests: XCTestCase {
         try PassTesting.assertPreservesOutputs(build, [FoldBatchNormAndScales(), EliminateDeadCode()])
     }
 }
+
+final class PruningTests: XCTestCase {
+    /// conv1 (4 channels, channels 1 and 3 all zero) → Relu → conv2 → y.
+    func zeroChannelModel() -> Model {
+        var b = GraphBuilder()
+        var w1 = (0..<108).map { (i: Int) -> Float in Float((i * 7) % 11) / 10 - 0.5 }
+        for c in [1, 3] { for i in 0..<27 { w1[c * 27 + i] = 0 } }
+        let conv1 = b.op("Conv", ["x", b.const(w1, [4, 3, 3, 3]), b.const([0.1, 0, -0.2, 0], [4])], ["pads": .ints([1, 1, 1, 1])])
+        let relu = b.op("Relu", [conv1])
+        let w2 = (0..<72).map { (i: Int) -> Float in Float((i * 5) % 13) / 10 - 0.6 }
+        let y = b.op("Conv", [relu, b.const(w2, [2, 4, 3, 3])], ["pads": .ints([1, 1, 1, 1])])
+        return b.model(input: [1, 3, 6, 6], output: y)
+    }
+
+    func testZeroChannelsArePrunedExactly() throws {
+        let passes: [any Pass] = [FuseActivation(), PruneZeroChannels(), EliminateDeadCode()]
+        let m = zeroChannelModel()
+        let (_, context) = try PassTesting.optimized(m, passes)
+        XCTAssertEqual(context.statistics["prune-zero-channels"]?["channels removed"], 2)
+        let weights = m.graph.nodes.map { m.graph.initializers[$0.inputs[1]]!.shape }
+        XCTAssertEqual(weights, [[2, 3, 3, 3], [2, 2, 3, 3]])
+        // Numerically identical, not merely close.
+        let original = zeroChannelModel()
+        let feed = try PassTesting.randomInputs(original.graph, seed: 5)
+        let before = try ReferenceExecutor(model: original).run(feed)[0].value
+        let after = try ReferenceExecutor(model: m).run(feed)[0].value
+        XCTAssertEqual(before, after)
+    }
+
+    /// A channel that is zero before a Sigmoid is 0.5 after it: not prunable.
+    func testChannelsThatActivationsMakeNonZeroStay() throws {
+        let m = zeroChannelModel()
+        m.graph.nodes[1].opType = "Sigmoid"
+        _ = try PassTesting.optimized(m, [FuseActivation(), PruneZeroChannels()])
+        XCTAssertEqual(m.graph.initializers[m.graph.nodes[0].inputs[1]]?.shape, [4, 3, 3, 3])
+    }
+
+    func testBranchesTimesZeroBecomeDead() throws {
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let branch = b.op("Exp", [b.op("Relu", ["x"])])
+            let zeroed = b.op("Mul", [branch, b.const([0, 0, 0], [3])])
+            let y = b.op("Add", ["x", zeroed])
+            return b.model(input: [2, 3], output: y)
+        }
+        let passes: [any Pass] = [EliminateZeroBranches(), EliminateNoOps(), EliminateDeadCode()]
+        let m = build()
+        _ = try PassTesting.optimized(m, passes)
+        // The Relu and Exp branch is gone; x + 0 stays because x is a graph input and y a graph output.
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["Add"])
+        try PassTesting.assertPreservesOutputs(build, passes)
+    }
+}
