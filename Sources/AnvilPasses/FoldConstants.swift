@@ -27,7 +27,11 @@ public struct FoldConstants: Pass {
             // Inference may already know every output's value (shape arithmetic).
             var values: [Tensor]? = node.outputs.allSatisfy({ $0.isEmpty || facts[$0]?.constant != nil })
                 ? node.outputs.map { $0.isEmpty ? nil : facts[$0]?.constant }.compactMap { $0 } : nil
-            if values == nil, node.inputs.allSatisfy({ $0.isEmpty || constants[$0] != nil }) {
+            // Known-size outputs over the limit are not worth evaluating.
+            let tooLarge = node.outputs.contains { name in
+                facts[name]?.type.concreteShape.flatMap(ShapeMath.elementCount).map { $0 > context.foldLimit } ?? false
+            }
+            if values == nil, !tooLarge, node.inputs.allSatisfy({ $0.isEmpty || constants[$0] != nil }) {
                 let inputs = node.inputs.map { $0.isEmpty ? nil : constants[$0] }
                 if inputs.compactMap({ $0?.count }).reduce(0, +) <= context.foldLimit {
                     values = try? def.evaluate(EvalContext(node: node, opset: context.opset(node.domain), inputs: inputs) { _, _ in [] })

@@ -17,8 +17,10 @@ public protocol Pass {
 public final class PassContext {
     public let model: Model
     public var graph: Graph { model.graph }
-    /// Largest tensor constant folding may create, in elements.
-    public var foldLimit = 1 << 24
+    /// Largest tensor constant folding may create, in elements (2^28: one GiB of floats).
+    public var foldLimit = 1 << 28
+    /// Seconds spent in each pass.
+    public var seconds: [String: Double] = [:]
     /// Only rewrite into standard ONNX ops (no ai.anvil fused ops).
     public var standardOnly = false
     /// Counts per pass: what each did ("nodes removed" → 12).

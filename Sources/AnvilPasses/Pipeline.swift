@@ -1,5 +1,6 @@
 import AnvilCore
 import AnvilIR
+import Dispatch
 
 /// The optimization pipelines, as data: nothing but the ordered list of passes.
 public enum Pipelines {
@@ -77,7 +78,9 @@ public struct PipelineRunner {
             for pass in passes {
                 context.current = pass.name
                 context.history.append(pass.name)
+                let start = DispatchTime.now().uptimeNanoseconds
                 let didChange = try pass.run(context)
+                context.seconds[pass.name, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 changed = changed || didChange
                 if options.verify {
                     do {

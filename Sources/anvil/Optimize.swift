@@ -65,6 +65,8 @@ struct Optimize: ParsableCommand {
         for (pass, counts) in context.statistics.sorted(by: { $0.key < $1.key }) {
             s += "  \(pass): " + counts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ") + "\n"
         }
+        let slowest = context.seconds.sorted { $0.value > $1.value }.prefix(3).map { "\($0.key) \(String(format: "%.2f", $0.value)) s" }
+        s += "Time: " + slowest.joined(separator: ", ") + "\n"
         return s
     }
 }

@@ -82,6 +82,7 @@ struct Validate: ParsableCommand {
 
     @Argument(help: "The ONNX model file.") var model: String
     @Option(help: "Folder with input_N.pb/output_N.pb, or with test_data_set_N folders.") var reference: String
+    @Option(help: "Compare with this ONNX model (run by the reference executor on the same inputs) instead of the reference outputs.") var against: String?
     @Option(help: "Absolute tolerance.") var atol: Double = 1e-5
     @Option(help: "Relative tolerance.") var rtol: Double = 1e-3
 
@@ -90,11 +91,15 @@ struct Validate: ParsableCommand {
         try Anvil.guarded {
             guard atol >= 0, rtol >= 0 else { throw AnvilError.invalidArgument("--atol and --rtol must be non-negative") }
             let executor = try loadRunnable(model)
+            let baseline = try against.map(loadRunnable)
             let graph = executor.model.graph
             for folder in try TestDataSet.folders(under: reference) {
-                let data = try TestDataSet.load(folder)
-                guard !data.outputs.isEmpty else { throw AnvilError.io(path: folder, reason: "holds no output_N.pb reference outputs") }
+                var data = try TestDataSet.load(folder)
                 let inputs = try bindInputs(data.inputs, graph: graph, origin: folder)
+                if let baseline {
+                    data.outputs = try baseline.run(inputs).map { ($0.name, $0.value) }
+                }
+                guard !data.outputs.isEmpty else { throw AnvilError.io(path: folder, reason: "holds no output_N.pb reference outputs") }
                 let start = Date()
                 let actual = try executor.run(inputs)
                 let ms = Date().timeIntervalSince(start) * 1000
