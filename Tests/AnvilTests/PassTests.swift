@@ -83,7 +83,8 @@ final class PassTests: XCTestCase {
                       ],
                       initializers: [("c1", try Tensor(floats: [1, 2, 3], shape: [3])), ("c2", try Tensor(floats: [1, 2, 3], shape: [3]))])
         let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
-        let (_, context) = try PassTesting.optimized(model, [DeduplicateConstants(), EliminateCommonSubexpressions(), EliminateDeadCode()])
+        let (text, context) = try PassTesting.optimized(model, [DeduplicateConstants(), EliminateCommonSubexpressions(), EliminateDeadCode()])
+        try PassTesting.assertGolden(text, "cse-dedup")
         XCTAssertEqual(model.graph.nodes.map(\.name), ["m1", "add"])
         XCTAssertEqual(model.graph.nodes[1].inputs, ["a", "a"])
         XCTAssertEqual(model.graph.initializerOrder, ["c1"])
@@ -209,5 +210,80 @@ final class PruningTests: XCTestCase {
         // The Relu and Exp branch is gone; x + 0 stays because x is a graph input and y a graph output.
         XCTAssertEqual(m.graph.nodes.map(\.opType), ["Add"])
         try PassTesting.assertPreservesOutputs(build, passes)
+    }
+}
+
+final class FusionTests: XCTestCase {
+    func testConvResidualActivationFuseIntoOneNode() throws {
+        let passes: [any Pass] = [FuseResidualAdd(), FuseActivation(), EliminateDeadCode()]
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let conv = b.op("Conv", ["x", b.const((0..<36).map { (i: Int) -> Float in Float(i % 7) / 7 - 0.4 }, [2, 2, 3, 3]), b.const([0.1, -0.1], [2])],
+                            ["pads": .ints([1, 1, 1, 1])])
+            let y = b.op("Relu", [b.op("Add", [conv, "x"])])
+            return b.model(input: [1, 2, 4, 4], output: y)
+        }
+        let m = build()
+        let (text, _) = try PassTesting.optimized(m, passes)
+        try PassTesting.assertGolden(text, "conv-residual-relu")
+        XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ["ai.anvil.FusedConv"])
+        try PassTesting.assertPreservesOutputs(build, passes)
+    }
+
+    func testMatMulBiasGeluFuse() throws {
+        let passes: [any Pass] = [FuseMatMulBias(), FuseActivation(), EliminateDeadCode()]
+        for rank in [2, 3] {
+            let build = { () -> Model in
+                var b = GraphBuilder()
+                let mm = b.op("MatMul", ["x", b.const((0..<12).map { (i: Int) -> Float in Float(i) / 12 - 0.5 }, [4, 3])])
+                let y = b.op("Gelu", [b.op("Add", [b.const([0.5, -1, 2], [3]), mm])])
+                return b.model(input: rank == 2 ? [2, 4] : [2, 5, 4], output: y, opset: 20)
+            }
+            let m = build()
+            let (text, _) = try PassTesting.optimized(m, passes)
+            XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), [rank == 2 ? "ai.anvil.FusedGemm" : "ai.anvil.FusedMatMul"])
+            if rank == 3 { try PassTesting.assertGolden(text, "matmul-bias-gelu") }
+            try PassTesting.assertPreservesOutputs(build, passes)
+        }
+    }
+
+    /// A layer whose output is read twice cannot absorb what follows.
+    func testSharedLayerOutputsAreNotFused() throws {
+        var b = GraphBuilder()
+        let conv = b.op("Conv", ["x", b.const(Array(repeating: 0.5, count: 4), [1, 1, 2, 2])])
+        let relu = b.op("Relu", [conv])
+        let y = b.op("Add", [relu, conv])
+        let m = b.model(input: [1, 1, 3, 3], output: y)
+        _ = try PassTesting.optimized(m, [FuseActivation(), FuseResidualAdd()])
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["Conv", "Relu", "Add"])
+    }
+
+    /// Unusual but valid graphs go through the whole pipeline without harm.
+    func testUnusualGraphsSurviveThePipeline() throws {
+        let empty = Model(graph: Graph(name: "empty"), opsets: [OpsetImport(domain: "", version: 17)])
+        _ = try PassTesting.optimized(empty, Pipelines.standard)
+        XCTAssertTrue(empty.graph.nodes.isEmpty)
+
+        let passthrough = Graph(name: "pass", inputs: [ValueInfo(name: "x", type: TensorType(.float, [.unknown]))],
+                                outputs: [ValueInfo(name: "x", type: TensorType(.float, [.unknown])), ValueInfo(name: "c", type: .unknown)],
+                                initializers: [("c", try Tensor(floats: [1], shape: [1]))])
+        let m = Model(graph: passthrough, opsets: [OpsetImport(domain: "", version: 17)])
+        _ = try PassTesting.optimized(m, Pipelines.standard)
+        XCTAssertEqual(m.graph.outputs.map(\.name), ["x", "c"])
+        XCTAssertNotNil(m.graph.initializers["c"])
+
+        // The transformer fixture with every input dimension unknown.
+        let load = { () throws -> Model in
+            let model = try ONNXImporter.load(path: TestSupport.fixture("transformer/model.onnx"))
+            for i in model.graph.inputs.indices { model.graph.inputs[i].type.dims = model.graph.inputs[i].type.dims?.map { _ in .unknown } }
+            model.graph.valueTypes = [:]
+            return model
+        }
+        let unknownDims = try load()
+        _ = try PassTesting.optimized(unknownDims, Pipelines.standard)
+        let feed = try PassTesting.randomInputs(try ONNXImporter.load(path: TestSupport.fixture("transformer/model.onnx")).graph, seed: 3)
+        let expected = try ReferenceExecutor(model: try load()).run(feed)[0].value
+        let actual = try ReferenceExecutor(model: unknownDims).run(feed)[0].value
+        XCTAssertTrue(Comparison.compare(actual: actual, expected: expected, atol: 1e-5, rtol: 1e-5).passed)
     }
 }
