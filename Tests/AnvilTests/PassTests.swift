@@ -176,7 +176,8 @@ final class PruningTests: XCTestCase {
     func testZeroChannelsArePrunedExactly() throws {
         let passes: [any Pass] = [FuseActivation(), PruneZeroChannels(), EliminateDeadCode()]
         let m = zeroChannelModel()
-        let (_, context) = try PassTesting.optimized(m, passes)
+        let (text, context) = try PassTesting.optimized(m, passes)
+        try PassTesting.assertGolden(text, "prune-zero-channels")
         XCTAssertEqual(context.statistics["prune-zero-channels"]?["channels removed"], 2)
         let weights = m.graph.nodes.map { m.graph.initializers[$0.inputs[1]]!.shape }
         XCTAssertEqual(weights, [[2, 3, 3, 3], [2, 2, 3, 3]])
@@ -206,7 +207,8 @@ final class PruningTests: XCTestCase {
         }
         let passes: [any Pass] = [EliminateZeroBranches(), EliminateNoOps(), EliminateDeadCode()]
         let m = build()
-        _ = try PassTesting.optimized(m, passes)
+        let (text, _) = try PassTesting.optimized(m, passes)
+        try PassTesting.assertGolden(text, "zero-branch")
         // The Relu and Exp branch is gone; x + 0 stays because x is a graph input and y a graph output.
         XCTAssertEqual(m.graph.nodes.map(\.opType), ["Add"])
         try PassTesting.assertPreservesOutputs(build, passes)

@@ -95,7 +95,7 @@ final class RecognizerTests: XCTestCase {
             var b = GraphBuilder()
             let y = b.op("Mul", [b.op("Sigmoid", ["x"]), "x"])
             return b.model(input: [2, 3], output: y)
-        }, expect: ["ai.anvil.SiLU"])
+        }, expect: ["ai.anvil.SiLU"], golden: "silu")
     }
 
     /// A pattern whose interior value is read elsewhere must not be rewritten.
@@ -153,7 +153,8 @@ final class NormalizationRecognizerTests: XCTestCase {
         }
         let passes: [any Pass] = [RecognizeNormalizations(), EliminateDeadCode()]
         let m = build()
-        _ = try PassTesting.optimized(m, passes)
+        let (text, _) = try PassTesting.optimized(m, passes)
+        try PassTesting.assertGolden(text, "rmsnorm")
         XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ["ai.anvil.RMSNormalization"])
         try PassTesting.assertPreservesOutputs(build, passes)
     }
