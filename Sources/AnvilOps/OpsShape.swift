@@ -53,7 +53,7 @@ func registerShapeOps(_ b: inout RegistryBuilder) {
     }
     b.add1("Squeeze") { ctx in
         let x = try ctx.input(0)
-        let raw = ctx.opset < 13 ? try ctx.attributes.ints("axes") : try ctx.optionalInput(1).map { $0.int64s.map { Int($0) } }
+        let raw = ctx.opset < 13 ? try ctx.attributes.ints("axes") : ctx.optionalInput(1).map { $0.int64s.map { Int($0) } }
         let axes = try Set((raw ?? x.shape.indices.filter { x.shape[$0] == 1 }).map { try ctx.axis($0, rank: x.rank) })
         for a in axes where x.shape[a] != 1 { throw ctx.fail("cannot squeeze axis \(a) of size \(x.shape[a])") }
         return try x.reshaped(x.shape.indices.filter { !axes.contains($0) }.map { x.shape[$0] })
@@ -78,7 +78,7 @@ func registerShapeOps(_ b: inout RegistryBuilder) {
     b.add("Split") { ctx in
         let x = try ctx.input(0)
         let axis = try ctx.axis(ctx.attributes.int("axis", 0), rank: x.rank)
-        var sizes = ctx.opset < 13 ? try ctx.attributes.ints("split") : try ctx.optionalInput(1).map { $0.int64s.map { Int($0) } }
+        var sizes = ctx.opset < 13 ? try ctx.attributes.ints("split") : ctx.optionalInput(1).map { $0.int64s.map { Int($0) } }
         if sizes == nil {
             let n = ctx.opset >= 18 ? try ctx.attributes.int("num_outputs") ?? ctx.node.outputs.count : ctx.node.outputs.count
             guard n > 0 else { throw ctx.fail("cannot split into \(n) outputs") }

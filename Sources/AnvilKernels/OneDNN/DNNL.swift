@@ -1,0 +1,150 @@
+import AnvilCore
+import COneDNN
+
+/// Turns a oneDNN status into a Swift error naming the call that failed.
+@inline(__always)
+func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String) throws {
+    guard status == dnnl_success else {
+        let reason: String = switch status {
+        case dnnl_out_of_memory: "out of memory"
+        case dnnl_invalid_arguments: "invalid arguments"
+        case dnnl_unimplemented: "no implementation for these shapes on this CPU"
+        default: "oneDNN status \(status.rawValue)"
+        }
+        throw AnvilError.invalidTensor(name: "oneDNN", reason: "\(what()): \(reason)")
+    }
+}
+
+/// A oneDNN CPU engine. Each Anvil engine owns one; there is no global instance.
+public final class DNNLEngine: @unchecked Sendable {
+    let handle: dnnl_engine_t
+
+    public init() throws {
+        var e: dnnl_engine_t?
+        try check(dnnl_engine_create(&e, dnnl_cpu, 0), "creating the CPU engine")
+        handle = e!
+    }
+
+    deinit { dnnl_engine_destroy(handle) }
+}
+
+/// A oneDNN stream: the queue one execution context runs its primitives on.
+public final class DNNLStream {
+    let handle: dnnl_stream_t
+    public let engine: DNNLEngine
+
+    public init(engine: DNNLEngine) throws {
+        var s: dnnl_stream_t?
+        try check(dnnl_stream_create(&s, engine.handle, dnnl_stream_default_flags.rawValue), "creating a stream")
+        handle = s!
+        self.engine = engine
+    }
+
+    deinit { dnnl_stream_destroy(handle) }
+
+    func wait() throws { try check(dnnl_stream_wait(handle), "waiting for the stream") }
+}
+
+/// A oneDNN memory object over caller-provided storage (the handle is rebound per run).
+final class DNNLMemory {
+    let handle: dnnl_memory_t
+    var descriptor: dnnl_memory_desc_t
+
+    init(_ descriptor: dnnl_memory_desc_t, engine: DNNLEngine, data: UnsafeMutableRawPointer? = nil) throws {
+        var md = descriptor
+        var m: dnnl_memory_t?
+        // DNNL_MEMORY_NONE: the data handle is set before each execution.
+        try check(dnnl_memory_create(&m, &md, engine.handle, data ?? UnsafeMutableRawPointer(bitPattern: 0)), "creating a memory object")
+        handle = m!
+        self.descriptor = md
+    }
+
+    func bind(_ data: UnsafeMutableRawPointer) throws {
+        try check(dnnl_memory_set_data_handle(handle, data), "binding memory")
+    }
+
+    deinit { dnnl_memory_destroy(handle) }
+}
+
+/// A primitive with its descriptor; both freed together.
+final class DNNLPrimitive {
+    let descriptor: dnnl_primitive_desc_t
+    let handle: dnnl_primitive_t
+
+    init(descriptor: dnnl_primitive_desc_t) throws {
+        var p: dnnl_primitive_t?
+        let status = dnnl_primitive_create(&p, descriptor)
+        guard status == dnnl_success, let p else {
+            dnnl_primitive_desc_destroy(descriptor)
+            try check(status, "creating a primitive")
+            throw AnvilError.invalidTensor(name: "oneDNN", reason: "creating a primitive failed")
+        }
+        self.descriptor = descriptor
+        handle = p
+    }
+
+    deinit {
+        dnnl_primitive_destroy(handle)
+        dnnl_primitive_desc_destroy(descriptor)
+    }
+
+    /// The implementation oneDNN chose (for tactic reports).
+    var implementation: String { String(cString: anvil_dnnl_impl_name(descriptor)) }
+
+    func query(_ what: dnnl_query_t) -> dnnl_memory_desc_t {
+        dnnl_primitive_desc_query_md(descriptor, what, 0).pointee
+    }
+
+    func execute(_ stream: DNNLStream, _ args: [(Int32, DNNLMemory)]) throws {
+        var list = args.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.handle) }
+        try check(dnnl_primitive_execute(handle, stream.handle, Int32(list.count), &list), "executing a primitive")
+    }
+}
+
+/// A dense memory descriptor in a given layout.
+func memoryDescriptor(_ dims: [Int], _ tag: dnnl_format_tag_t, _ type: dnnl_data_type_t = dnnl_f32) throws -> dnnl_memory_desc_t {
+    var md = dnnl_memory_desc_t()
+    let d = dims.map { Int64($0) }
+    try check(anvil_dnnl_md(&md, Int32(d.count), d, type, tag), "describing memory \(dims)")
+    return md
+}
+
+/// Post-ops expressing a fused residual sum and activation.
+final class DNNLAttributes {
+    let handle: dnnl_primitive_attr_t
+
+    init(sum: Bool, activation: Activation?) throws {
+        var attr: dnnl_primitive_attr_t?
+        try check(dnnl_primitive_attr_create(&attr), "creating primitive attributes")
+        handle = attr!
+        var ops: dnnl_post_ops_t?
+        try check(dnnl_post_ops_create(&ops), "creating post-ops")
+        defer { dnnl_post_ops_destroy(ops) }
+        if sum { try check(dnnl_post_ops_append_sum(ops, 1), "appending the residual sum") }
+        for (alg, alpha, beta) in try Self.eltwise(activation) {
+            try check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, beta), "appending the activation")
+        }
+        try check(dnnl_primitive_attr_set_post_ops(handle, ops), "setting post-ops")
+    }
+
+    deinit { dnnl_primitive_attr_destroy(handle) }
+
+    /// The eltwise post-ops computing an activation.
+    static func eltwise(_ a: Activation?) throws -> [(dnnl_alg_kind_t, Float, Float)] {
+        guard let a else { return [] }
+        switch a {
+        case .relu: return [(dnnl_eltwise_relu, 0, 0)]
+        case .leakyRelu(let alpha): return [(dnnl_eltwise_relu, alpha, 0)]
+        case .clip(let lo, let hi): return [(dnnl_eltwise_clip, lo, hi)]
+        case .sigmoid: return [(dnnl_eltwise_logistic, 0, 0)]
+        case .tanh: return [(dnnl_eltwise_tanh, 0, 0)]
+        case .hardSigmoid(let alpha, let beta): return [(dnnl_eltwise_linear, alpha, beta), (dnnl_eltwise_clip, 0, 1)]
+        case .hardSwish: return [(dnnl_eltwise_hardswish, 0, 0)]
+        case .elu(let alpha): return [(dnnl_eltwise_elu, alpha, 0)]
+        case .mish: return [(dnnl_eltwise_mish, 0, 0)]
+        case .gelu: return [(dnnl_eltwise_gelu_erf, 0, 0)]
+        case .geluTanh: return [(dnnl_eltwise_gelu_tanh, 0, 0)]
+        case .silu: return [(dnnl_eltwise_swish, 1, 0)]
+        }
+    }
+}

@@ -1,0 +1,37 @@
+#include "anvil_dnnl.h"
+#include <string.h>
+
+static void copy_dims(dnnl_dims_t out, int n, const int64_t *in, int64_t minus) {
+    memset(out, 0, sizeof(dnnl_dims_t));
+    for (int i = 0; i < n && i < DNNL_MAX_NDIMS; i++) out[i] = in[i] - minus;
+}
+
+dnnl_status_t anvil_dnnl_md(dnnl_memory_desc_t *md, int ndims, const int64_t *dims, dnnl_data_type_t type, dnnl_format_tag_t tag) {
+    if (ndims < 0 || ndims > DNNL_MAX_NDIMS) return dnnl_invalid_arguments;
+    dnnl_dims_t d;
+    copy_dims(d, ndims, dims, 0);
+    return dnnl_memory_desc_init_by_tag(md, ndims, d, type, tag);
+}
+
+dnnl_status_t anvil_dnnl_conv_desc(dnnl_convolution_desc_t *desc, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *weights,
+                                   const dnnl_memory_desc_t *bias, const dnnl_memory_desc_t *dst, int spatial,
+                                   const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end) {
+    if (spatial < 1 || spatial > 3) return dnnl_invalid_arguments;
+    dnnl_dims_t s, d, pl, pr;
+    copy_dims(s, spatial, strides, 0);
+    copy_dims(d, spatial, dilations, 1); /* oneDNN counts the gaps */
+    copy_dims(pl, spatial, pad_begin, 0);
+    copy_dims(pr, spatial, pad_end, 0);
+    return dnnl_dilated_convolution_forward_desc_init(desc, dnnl_forward_inference, dnnl_convolution_direct,
+                                                      src, weights, bias, dst, s, d, pl, pr);
+}
+
+size_t anvil_dnnl_md_size(const dnnl_memory_desc_t *md) { return dnnl_memory_desc_get_size(md); }
+
+int anvil_dnnl_md_equal(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b) { return dnnl_memory_desc_equal(a, b); }
+
+const char *anvil_dnnl_impl_name(const_dnnl_primitive_desc_t pd) {
+    const char *name = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) != dnnl_success) return "unknown";
+    return name;
+}
