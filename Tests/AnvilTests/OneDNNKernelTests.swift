@@ -76,3 +76,33 @@ extension OneDNNKernelTests {
         }
     }
 }
+
+extension OneDNNKernelTests {
+    func testMatMulMatchesReferenceOnRandomShapes() throws {
+        let engine = try DNNLEngine()
+        let stream = try DNNLStream(engine: engine)
+        var rng = SeededGenerator(seed: 99)
+        let activations: [Activation?] = [nil, .relu, .gelu, .geluTanh, .silu, .tanh, .sigmoid, .hardSigmoid(alpha: 0.2, beta: 0.5)]
+        for trial in 0..<60 {
+            let batch = [[], [2], [2, 3]][trial % 3]
+            let m = Int.random(in: 1...40, using: &rng), k = Int.random(in: 1...70, using: &rng), n = Int.random(in: 1...50, using: &rng)
+            let transposed = trial % 4 == 1
+            let alpha: Float = trial % 5 == 2 ? 0.5 : 1
+            let a = try random(batch + [m, k], &rng)
+            let w = try random(transposed ? [n, k] : [k, n], &rng)
+            let bias = trial % 2 == 0 ? try random([n], &rng) : nil
+            let residual = trial % 3 == 0 ? try random(batch + [m, n], &rng) : nil
+            let activation = activations[trial % activations.count]
+            let kernel = try DNNLMatMul(engine: engine, m: a.count / k, weights: w, transposedWeights: transposed, alpha: alpha,
+                                        bias: bias, activation: activation, residual: residual != nil)
+            let actual = try kernel.run(stream: stream, a, residual: residual)
+            let wk = transposed ? try Movement.transpose(w, perm: [1, 0]) : w
+            var expected = try Linear.matmul(a, alpha == 1 ? wk : wk.mapFloating { $0 * Double(alpha) })
+            if let bias { expected = try Elementwise.arithmetic(expected, bias, op: "Add", float: +, integer: &+) }
+            if let residual { expected = try Elementwise.arithmetic(expected, residual, op: "Add", float: +, integer: &+) }
+            if let activation { expected = try activation.apply(expected) }
+            let c = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(c.passed, "trial \(trial) a\(a.shape) w\(w.shape) t\(transposed) [\(kernel.implementation)]: \(c)")
+        }
+    }
+}
