@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "AnvilEngine", dependencies: ["AnvilCore"]),
         .target(name: "AnvilIR", dependencies: ["AnvilCore"]),
         .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
-        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "CONNX"]),
+        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels", "CONNX"]),
         .target(name: "AnvilPasses", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels"]),
         .executableTarget(
             name: "anvil",

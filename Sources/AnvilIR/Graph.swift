@@ -1,50 +1,5 @@
 import AnvilCore
 
-/// An attribute value of a node, one case per ONNX attribute kind Anvil supports.
-public enum Attribute: CustomStringConvertible {
-    case float(Float)
-    case int(Int64)
-    case string(String)
-    case tensor(Tensor)
-    case graph(Graph)
-    case floats([Float])
-    case ints([Int64])
-    case strings([String])
-    case tensors([Tensor])
-    case graphs([Graph])
-
-    /// The ONNX kind name, as used in error messages.
-    public var kindName: String {
-        switch self {
-        case .float: "float"
-        case .int: "int"
-        case .string: "string"
-        case .tensor: "tensor"
-        case .graph: "graph"
-        case .floats: "floats"
-        case .ints: "ints"
-        case .strings: "strings"
-        case .tensors: "tensors"
-        case .graphs: "graphs"
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .float(let v): String(v)
-        case .int(let v): String(v)
-        case .string(let v): "\"\(v)\""
-        case .tensor(let t): t.count <= 8 ? t.description : "\(t.dataType)\(t.shape)"
-        case .graph(let g): "graph(\(g.name))"
-        case .floats(let v): "[\(v.map { String($0) }.joined(separator: ","))]"
-        case .ints(let v): "[\(v.map { String($0) }.joined(separator: ","))]"
-        case .strings(let v): "[\(v.map { "\"\($0)\"" }.joined(separator: ","))]"
-        case .tensors(let v): "[\(v.count) tensors]"
-        case .graphs(let v): "[\(v.map { "graph(\($0.name))" }.joined(separator: ","))]"
-        }
-    }
-}
-
 /// One operator application. Inputs and outputs name values; an empty name is an
 /// omitted optional input or output.
 public final class Node {
@@ -83,8 +38,8 @@ public final class Node {
     public var subgraphs: [Graph] {
         attributes.keys.sorted().flatMap { key -> [Graph] in
             switch attributes[key]! {
-            case .graph(let g): [g]
-            case .graphs(let gs): gs
+            case .graph(let g): [g as? Graph].compactMap { $0 }
+            case .graphs(let gs): gs.compactMap { $0 as? Graph }
             default: []
             }
         }
@@ -103,7 +58,7 @@ public struct ValueInfo: Equatable {
 
 /// A computation graph in SSA form: every value is defined once, by a graph input,
 /// an initializer, or a node output; nodes are kept in topological order.
-public final class Graph {
+public final class Graph: Subgraph {
     public var name: String
     public var inputs: [ValueInfo]
     public var outputs: [ValueInfo]
@@ -131,6 +86,11 @@ public final class Graph {
         if initializers[name] == nil { initializerOrder.append(name) }
         initializers[name] = tensor
     }
+
+    /// Number of inputs a caller binds when running this graph as a subgraph.
+    public var inputCount: Int { inputs.count }
+    /// Declared output types (for Loop's empty scan outputs).
+    public var outputTypes: [TensorType] { outputs.map(\.type) }
 
     /// Graph inputs that are not initializers: the values a caller must feed.
     public var runtimeInputs: [ValueInfo] {

@@ -38,8 +38,8 @@ public enum Printer {
 
     private static func subgraphs(_ a: Attribute) -> [Graph] {
         switch a {
-        case .graph(let g): [g]
-        case .graphs(let gs): gs
+        case .graph(let g): [g as? Graph].compactMap { $0 }
+        case .graphs(let gs): gs.compactMap { $0 as? Graph }
         default: []
         }
     }

@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilKernels
 import AnvilIR
 import AnvilOps
 import Foundation
@@ -128,13 +129,19 @@ public enum ONNXExporter {
         case .int(let v): w.int(20, 2); w.int(3, v)
         case .string(let v): w.int(20, 3); w.string(4, v)
         case .tensor(let t): w.int(20, 4); try w.message(5) { try tensor(t, name: "", into: &$0) }
-        case .graph(let g): w.int(20, 5); try w.message(6) { try graph(g, into: &$0, functions: &functions) }
+        case .graph(let g): w.int(20, 5); try w.message(6) { try graph(irGraph(g), into: &$0, functions: &functions) }
         case .floats(let v): w.int(20, 6); w.packedFloats(7, v)
         case .ints(let v): w.int(20, 7); w.packedInt64s(8, v)
         case .strings(let v): w.int(20, 8); for s in v { w.string(9, s) }
         case .tensors(let v): w.int(20, 9); for t in v { try w.message(10) { try tensor(t, name: "", into: &$0) } }
-        case .graphs(let v): w.int(20, 10); for g in v { try w.message(11) { try graph(g, into: &$0, functions: &functions) } }
+        case .graphs(let v): w.int(20, 10); for g in v { try w.message(11) { try graph(irGraph(g), into: &$0, functions: &functions) } }
         }
+    }
+
+    /// The IR graph behind a subgraph attribute (the only kind the builder side holds).
+    static func irGraph(_ g: any Subgraph) throws -> Graph {
+        guard let graph = g as? Graph else { throw AnvilError.invalidGraph(graph: g.name, reason: "is not an IR graph") }
+        return graph
     }
 
     static func tensor(_ t: Tensor, name: String, into w: inout ProtoWriter) throws {

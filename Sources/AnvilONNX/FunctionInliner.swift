@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilKernels
 import AnvilIR
 import AnvilOps
 
@@ -35,8 +36,8 @@ struct FunctionInliner {
         for node in graph.nodes {
             for (key, value) in node.attributes {
                 switch value {
-                case .graph(let g): node.attributes[key] = .graph(try inline(g, depth: depth))
-                case .graphs(let gs): node.attributes[key] = .graphs(try gs.map { try inline($0, depth: depth) })
+                case .graph(let g): node.attributes[key] = .graph(try inline(ONNXExporter.irGraph(g), depth: depth))
+                case .graphs(let gs): node.attributes[key] = .graphs(try gs.map { try inline(ONNXExporter.irGraph($0), depth: depth) })
                 default: break
                 }
             }

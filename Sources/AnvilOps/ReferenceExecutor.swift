@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilKernels
 import AnvilIR
 
 /// Runs an IR graph with the reference kernels, node by node, including If, Loop
@@ -92,7 +93,10 @@ public struct ReferenceExecutor {
                 args.append(v)
             }
             let scope = env
-            let context = EvalContext(node: node, opset: opset, inputs: args) { sub, subInputs in
+            let context = EvalContext(node: node, opset: opset, inputs: args) { body, subInputs in
+                guard let sub = body as? Graph else {
+                    throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "subgraph '\(body.name)' is not an IR graph")
+                }
                 guard subInputs.count == sub.inputs.count else {
                     throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "subgraph '\(sub.name)' takes \(sub.inputs.count) inputs, given \(subInputs.count)")
                 }

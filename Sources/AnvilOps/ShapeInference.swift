@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilKernels
 import AnvilIR
 
 /// What inference knows about one value: its type, its value when constant, and
@@ -116,7 +117,7 @@ public struct ShapeInference {
             let elseFacts = try branchOutputs(node, "else_branch", scope: scope)
             return zip(thenFacts, elseFacts).map { ValueFacts(type: unify($0.type, $1.type)) }
         case "Loop", "Scan":
-            if let body = try? AttributeReader(node: node).graph("body") {
+            if let body = (try? AttributeReader(node: node).graph("body")) as? Graph {
                 var given: [ValueFacts] = []
                 if node.opType == "Loop" {
                     given = [ValueFacts(type: TensorType(.int64, shape: [])), ValueFacts(type: TensorType(.bool, shape: []))]
@@ -152,7 +153,7 @@ public struct ShapeInference {
     }
 
     mutating func branchOutputs(_ node: Node, _ name: String, scope: [String: ValueFacts]) throws -> [ValueFacts] {
-        let g = try AttributeReader(node: node).graph(name)
+        guard let g = try AttributeReader(node: node).graph(name) as? Graph else { return [] }
         let facts = try infer(g, outer: scope)
         return g.outputs.map { facts[$0.name] ?? ValueFacts(type: $0.type) }
     }

@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilKernels
 import AnvilIR
 import AnvilOps
 

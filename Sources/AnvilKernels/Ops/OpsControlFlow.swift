@@ -1,6 +1,4 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
 /// Stacks equally shaped tensors along a new axis 0 (Loop scan outputs).
 func stack(_ parts: [Tensor], ctx: EvalContext) throws -> Tensor {
@@ -11,7 +9,7 @@ func stack(_ parts: [Tensor], ctx: EvalContext) throws -> Tensor {
     return try Tensor(shape: [parts.count] + first.shape, storage: Tensor.concatenatedStorage(parts, type: first.dataType))
 }
 
-func registerControlFlow(_ b: inout RegistryBuilder) {
+func registerControlFlow(_ b: inout KernelTableBuilder) {
     b.add("If") { ctx in
         let cond = try ctx.input(0)
         guard cond.count == 1 else { throw ctx.fail("condition must hold one element, has \(cond.count)") }
@@ -24,15 +22,15 @@ func registerControlFlow(_ b: inout RegistryBuilder) {
         var cond = ctx.optionalInput(1).map { $0.bools.first ?? false } ?? true
         var carried = (2..<max(2, ctx.inputs.count)).compactMap { ctx.inputs[$0] }
         guard carried.count == ctx.inputs.count - 2 || ctx.inputs.count < 2 else { throw ctx.fail("a loop-carried input is missing") }
-        let scanCount = body.outputs.count - 1 - carried.count
-        guard scanCount >= 0 else { throw ctx.fail("body has \(body.outputs.count) outputs for \(carried.count) loop-carried values") }
+        let scanCount = body.outputTypes.count - 1 - carried.count
+        guard scanCount >= 0 else { throw ctx.fail("body has \(body.outputTypes.count) outputs for \(carried.count) loop-carried values") }
         var scans = [[Tensor]](repeating: [], count: scanCount)
         var i: Int64 = 0
         let limit: Int64 = 1 << 24
         while cond && (maxTrips.map { i < $0 } ?? true) {
             guard i < limit else { throw ctx.fail("loop ran more than \(limit) iterations") }
             let outs = try ctx.runSubgraph(body, [.scalar(i), try Tensor(bools: [cond], shape: [])] + carried)
-            guard outs.count == body.outputs.count else { throw ctx.fail("body produced \(outs.count) outputs, declared \(body.outputs.count)") }
+            guard outs.count == body.outputTypes.count else { throw ctx.fail("body produced \(outs.count) outputs, declared \(body.outputTypes.count)") }
             cond = outs[0].bools.first ?? false
             carried = Array(outs[1..<(1 + carried.count)])
             for k in 0..<scanCount { scans[k].append(outs[1 + carried.count + k]) }
@@ -41,7 +39,7 @@ func registerControlFlow(_ b: inout RegistryBuilder) {
         var results = carried
         for k in 0..<scanCount {
             if scans[k].isEmpty {
-                let declared = body.outputs[1 + carried.count + k].type
+                let declared = body.outputTypes[1 + carried.count + k]
                 let type = declared.elementType ?? .float
                 let inner = declared.concreteShape ?? []
                 results.append(try Tensor.zeros(type, shape: [0] + inner))
@@ -62,7 +60,7 @@ func registerControlFlow(_ b: inout RegistryBuilder) {
         let scanInputs = Array(inputs[n...])
         let inAxes = try ctx.attributes.ints("scan_input_axes") ?? Array(repeating: 0, count: m)
         let inDirs = try ctx.attributes.ints("scan_input_directions") ?? Array(repeating: 0, count: m)
-        let scanOutCount = body.outputs.count - n
+        let scanOutCount = body.outputTypes.count - n
         let outAxes = try ctx.attributes.ints("scan_output_axes") ?? Array(repeating: 0, count: scanOutCount)
         let outDirs = try ctx.attributes.ints("scan_output_directions") ?? Array(repeating: 0, count: scanOutCount)
         guard inAxes.count == m, inDirs.count == m, outAxes.count == scanOutCount, outDirs.count == scanOutCount else {

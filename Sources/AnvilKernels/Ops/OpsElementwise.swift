@@ -1,10 +1,8 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 import Foundation
 
 /// Elementwise math, activations, comparisons, logic and casts.
-func registerElementwise(_ b: inout RegistryBuilder) {
+func registerElementwise(_ b: inout KernelTableBuilder) {
     // Unary ops without attributes: (float function, integer function if the op accepts ints).
     let unary: [(String, @Sendable (Double) -> Double, (@Sendable (Int64) -> Int64)?)] = [
         ("Abs", { Swift.abs($0) }, { $0 == .min ? $0 : Swift.abs($0) }),

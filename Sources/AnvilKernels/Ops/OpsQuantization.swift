@@ -1,6 +1,4 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
 /// Broadcasts a per-tensor, per-axis or blocked quantization parameter to the input's shape.
 func quantParameter(_ ctx: EvalContext, _ p: Tensor, like x: Tensor, axis: Int, blockSize: Int) throws -> [Double] {
@@ -37,7 +35,7 @@ func quantRange(_ t: DataType) -> (Double, Double)? {
     }
 }
 
-func registerQuantization(_ b: inout RegistryBuilder) {
+func registerQuantization(_ b: inout KernelTableBuilder) {
     b.add1("QuantizeLinear", since: 10) { ctx in
         let x = try ctx.input(0), scale = try ctx.input(1)
         let zp = ctx.optionalInput(2)

@@ -1,6 +1,4 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
 /// The axes of a reduction: from the attribute before `inputSince`, else from input 1.
 /// Returns nil when the reduction is a no-op (empty axes with noop_with_empty_axes).
@@ -17,7 +15,7 @@ func reductionAxes(_ ctx: EvalContext, rank: Int, inputSince: Int) throws -> [In
     return try raw.map { try ctx.axis($0, rank: rank, name: "axes entry") }
 }
 
-func registerReductions(_ b: inout RegistryBuilder) {
+func registerReductions(_ b: inout KernelTableBuilder) {
     let kinds: [(String, Reduce.Kind, Int)] = [
         ("ReduceSum", .sum, 13), ("ReduceMean", .mean, 18), ("ReduceMax", .max, 18), ("ReduceMin", .min, 18),
         ("ReduceProd", .prod, 18), ("ReduceL1", .l1, 18), ("ReduceL2", .l2, 18), ("ReduceLogSum", .logSum, 18),

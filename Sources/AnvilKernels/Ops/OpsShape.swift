@@ -1,6 +1,4 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
 /// The ints of an input tensor (shape, axes, pads ... given as inputs).
 func intsInput(_ ctx: EvalContext, _ i: Int) throws -> [Int] {
@@ -32,7 +30,7 @@ func reshapeTarget(_ ctx: EvalContext, input: [Int], requested: [Int], allowZero
     return out
 }
 
-func registerShapeOps(_ b: inout RegistryBuilder) {
+func registerShapeOps(_ b: inout KernelTableBuilder) {
     b.add1("Identity") { ctx in try ctx.input(0) }
     b.add1("Reshape") { ctx in
         let x = try ctx.input(0)
@@ -80,7 +78,7 @@ func registerShapeOps(_ b: inout RegistryBuilder) {
         let axis = try ctx.axis(ctx.attributes.int("axis", 0), rank: x.rank)
         var sizes = ctx.opset < 13 ? try ctx.attributes.ints("split") : ctx.optionalInput(1).map { $0.int64s.map { Int($0) } }
         if sizes == nil {
-            let n = ctx.opset >= 18 ? try ctx.attributes.int("num_outputs") ?? ctx.node.outputs.count : ctx.node.outputs.count
+            let n = ctx.opset >= 18 ? try ctx.attributes.int("num_outputs") ?? ctx.outputCount : ctx.outputCount
             guard n > 0 else { throw ctx.fail("cannot split into \(n) outputs") }
             let chunk = (x.shape[axis] + n - 1) / n
             sizes = (0..<n).map { max(0, min(chunk, x.shape[axis] - $0 * chunk)) }

@@ -1,10 +1,8 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 import Foundation
 
 /// Detection, losses, windows and the smaller ops of newer opsets.
-func registerExtra(_ b: inout RegistryBuilder) {
+func registerExtra(_ b: inout KernelTableBuilder) {
     b.add1("NonMaxSuppression", since: 10) { ctx in
         let maxPerClass = ctx.optionalInput(2).map { Int(clamping: $0.int64s.first ?? 0) } ?? 0
         let iou = ctx.optionalInput(3).map { $0.count > 0 ? $0.double(at: 0) : 0 } ?? 0
@@ -106,7 +104,7 @@ func registerExtra(_ b: inout RegistryBuilder) {
             throw ctx.fail("attribute 'to' must name a non-string type")
         }
         guard type.byteSize == x.dataType.byteSize else { throw ctx.fail("\(x.dataType) and \(type) differ in width") }
-        return try x.littleEndianBytes().withUnsafeBytes { try Tensor.fromLittleEndian(type, shape: x.shape, bytes: $0, name: ctx.node.name) }
+        return try x.littleEndianBytes().withUnsafeBytes { try Tensor.fromLittleEndian(type, shape: x.shape, bytes: $0, name: ctx.name) }
     }
     b.add("NegativeLogLikelihoodLoss", since: 12) { ctx in
         [try negativeLogLikelihood(ctx, logProbabilities: ctx.input(0), target: ctx.input(1), weight: ctx.optionalInput(2))]
@@ -116,7 +114,7 @@ func registerExtra(_ b: inout RegistryBuilder) {
         guard scores.rank >= 2 else { throw ctx.fail("scores must have rank ≥ 2, got \(scores.shape)") }
         let logProbabilities = try Normalization.softmax(scores, axis: 1, coerced2D: false, kind: "log")
         let loss = try negativeLogLikelihood(ctx, logProbabilities: logProbabilities, target: ctx.input(1), weight: ctx.optionalInput(2))
-        return ctx.node.outputs.count > 1 ? [loss, logProbabilities] : [loss]
+        return ctx.outputCount > 1 ? [loss, logProbabilities] : [loss]
     }
     b.add("Unique", since: 11) { ctx in try unique(ctx) }
     b.add1("RotaryEmbedding", since: 23) { ctx in try rotaryEmbedding(ctx) }

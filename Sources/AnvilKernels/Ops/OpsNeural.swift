@@ -1,6 +1,4 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
 /// Typed attributes of Conv, ConvTranspose and the pools, with ONNX defaults.
 struct WindowAttributes {
@@ -52,7 +50,7 @@ func poolWindow(_ ctx: EvalContext) throws -> (Tensor, WindowGeometry) {
     return (x, try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: kernel))
 }
 
-func registerNeural(_ b: inout RegistryBuilder) {
+func registerNeural(_ b: inout KernelTableBuilder) {
     b.add1("Conv") { ctx in
         let x = try ctx.input(0), w = try ctx.input(1)
         try requireRank(ctx, x, atLeast: 3, "input X")
@@ -157,7 +155,7 @@ func registerNeural(_ b: inout RegistryBuilder) {
         let outs = try named(ctx) {
             try Normalization.layerNorm(x, scale: ctx.input(1), bias: ctx.optionalInput(2), axis: axis, epsilon: ctx.attributes.float("epsilon", 1e-5))
         }
-        return Array(outs.prefix(max(1, ctx.node.outputs.count)))
+        return Array(outs.prefix(max(1, ctx.outputCount)))
     }
     b.add1("RMSNormalization", since: 23) { ctx in
         let x = try ctx.input(0)
@@ -188,7 +186,7 @@ func registerNeural(_ b: inout RegistryBuilder) {
         let (x, g) = try poolWindow(ctx)
         let columnMajor = try ctx.attributes.int("storage_order", 0) == 1
         let (y, indices) = try named(ctx) { try Pooling.maxPool(x, geometry: g, columnMajorIndices: columnMajor) }
-        return ctx.node.outputs.count > 1 ? [y, indices] : [y]
+        return ctx.outputCount > 1 ? [y, indices] : [y]
     }
     b.add1("AveragePool") { ctx in
         let (x, g) = try poolWindow(ctx)
@@ -208,12 +206,12 @@ func registerNeural(_ b: inout RegistryBuilder) {
             throw ctx.fail("training_mode=true with a nonzero ratio is random; Anvil runs inference graphs")
         }
         var outs = [x]
-        if ctx.node.outputs.count > 1 { outs.append(try Tensor(bools: Array(repeating: true, count: x.count), shape: x.shape)) }
+        if ctx.outputCount > 1 { outs.append(try Tensor(bools: Array(repeating: true, count: x.count), shape: x.shape)) }
         return outs
     }
 }
 
-func registerAttention(_ b: inout RegistryBuilder) {
+func registerAttention(_ b: inout KernelTableBuilder) {
     b.add("Attention", since: 23) { ctx in
         let a = ctx.attributes
         var p = AttentionKernel.Parameters()
@@ -231,6 +229,6 @@ func registerAttention(_ b: inout RegistryBuilder) {
                                     pastKey: ctx.optionalInput(4), pastValue: ctx.optionalInput(5),
                                     nonpadKVLength: ctx.optionalInput(6), p)
         }
-        return Array(outs.prefix(ctx.node.outputs.count))
+        return Array(outs.prefix(ctx.outputCount))
     }
 }

@@ -1,6 +1,4 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
 /// Reads Resize's typed attributes with the defaults of the node's opset.
 func resizeParameters(_ ctx: EvalContext) throws -> Resampling.Parameters {
@@ -9,7 +7,7 @@ func resizeParameters(_ ctx: EvalContext) throws -> Resampling.Parameters {
     let mode = try a.string("mode", "nearest")
     guard let m = Resampling.Mode(rawValue: mode) else { throw ctx.fail("mode '\(mode)' is not nearest, linear or cubic") }
     p.mode = m
-    if ctx.opset < 11 || ctx.node.opType == "Upsample" {
+    if ctx.opset < 11 || ctx.opType == "Upsample" {
         // Opset 10 Resize and Upsample: asymmetric coordinates, nearest rounds down.
         p.coordinates = .asymmetric
         p.nearest = .floor
@@ -28,7 +26,7 @@ func resizeParameters(_ ctx: EvalContext) throws -> Resampling.Parameters {
     return p
 }
 
-func registerResize(_ b: inout RegistryBuilder) {
+func registerResize(_ b: inout KernelTableBuilder) {
     b.add1("Resize", since: 10) { ctx in
         let x = try ctx.input(0)
         let p = try resizeParameters(ctx)

@@ -1,6 +1,4 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
 /// Anvil's own ops (domain `ai.anvil`, version 1), produced by the optimizer's
 /// fusions; documented in docs/passes.md.
@@ -26,22 +24,22 @@ func finishFused(_ ctx: EvalContext, _ y: Tensor, sumInput: Int) throws -> Tenso
     var out = y
     if let sum = ctx.optionalInput(sumInput) {
         guard sum.shape == out.shape else { throw ctx.fail("residual input \(sum.shape) does not match the output \(out.shape)") }
-        out = try Elementwise.arithmetic(out, sum, op: ctx.node.opType, float: +, integer: &+)
+        out = try Elementwise.arithmetic(out, sum, op: ctx.opType, float: +, integer: &+)
     }
     if let activation = try fusedActivation(ctx) { out = try activation.apply(out) }
     return out
 }
 
-/// The registry definition of a standard op, for ai.anvil ops with the same semantics.
-func standard(_ op: String) -> OpDefinition { OpRegistry.all[OpRegistry.key("", op)]! }
+/// The definition of a standard op, for ai.anvil ops with the same semantics.
+func standard(_ op: String) -> KernelDefinition { KernelRegistry.all[KernelRegistry.key("", op)]! }
 
-func registerAnvilOps(_ b: inout RegistryBuilder) {
+func registerAnvilOps(_ b: inout KernelTableBuilder) {
     b.add1("FusedConv", domain: anvilDomain) { ctx in
-        let conv = try standard("Conv").evaluate(EvalContext(node: ctx.node, opset: 22, inputs: Array(ctx.inputs.prefix(3)), runSubgraph: ctx.runSubgraph))[0]
+        let conv = try standard("Conv").evaluate(ctx.with(opset: 22, inputs: Array(ctx.inputs.prefix(3))))[0]
         return try finishFused(ctx, conv, sumInput: 3)
     }
     b.add1("FusedGemm", domain: anvilDomain) { ctx in
-        let y = try standard("Gemm").evaluate(EvalContext(node: ctx.node, opset: 13, inputs: Array(ctx.inputs.prefix(3)), runSubgraph: ctx.runSubgraph))[0]
+        let y = try standard("Gemm").evaluate(ctx.with(opset: 13, inputs: Array(ctx.inputs.prefix(3))))[0]
         return try finishFused(ctx, y, sumInput: 3)
     }
     b.add1("FusedMatMul", domain: anvilDomain) { ctx in
@@ -55,20 +53,8 @@ func registerAnvilOps(_ b: inout RegistryBuilder) {
     b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
     for (op, opset) in [("Gelu", 20), ("LayerNormalization", 17), ("RMSNormalization", 23), ("Attention", 23)] {
         b.add(op, domain: anvilDomain) { ctx in
-            try standard(op).evaluate(EvalContext(node: ctx.node, opset: opset, inputs: ctx.inputs, runSubgraph: ctx.runSubgraph))
+            try standard(op).evaluate(ctx.with(opset: opset, inputs: ctx.inputs))
         }
     }
 }
 
-func registerAnvilInference(_ b: inout RegistryBuilder) {
-    for (op, standardOp) in [("FusedConv", "Conv"), ("FusedGemm", "Gemm"), ("FusedMatMul", "MatMul"), ("SiLU", "Relu"),
-                             ("Gelu", "Gelu"), ("LayerNormalization", "LayerNormalization"), ("RMSNormalization", "RMSNormalization"),
-                             ("Attention", "Attention")] {
-        let rule = b.table[OpRegistry.key("", standardOp)]?.infer
-        b.infer([op], domain: anvilDomain) { ctx in
-            guard let rule else { return [.unknown] }
-            let opset = ["LayerNormalization": 17, "RMSNormalization": 23, "Attention": 23, "Gelu": 20][op] ?? 17
-            return try rule(InferContext(node: ctx.node, opset: opset, inputs: Array(ctx.inputs.prefix(op == "FusedMatMul" ? 2 : ctx.inputs.count)), freshSymbol: ctx.freshSymbol))
-        }
-    }
-}

@@ -1,8 +1,6 @@
 import AnvilCore
-import AnvilIR
-import AnvilKernels
 
-func registerRecurrent(_ b: inout RegistryBuilder) {
+func registerRecurrent(_ b: inout KernelTableBuilder) {
     let cells: [(String, Recurrent.Cell, [String])] = [
         ("RNN", .rnn, ["Tanh"]), ("GRU", .gru, ["Sigmoid", "Tanh"]), ("LSTM", .lstm, ["Sigmoid", "Tanh", "Tanh"]),
     ]
@@ -28,7 +26,7 @@ func registerRecurrent(_ b: inout RegistryBuilder) {
                                   initialH: ctx.optionalInput(5), initialC: cell == .lstm ? ctx.optionalInput(6) : nil,
                                   peepholes: cell == .lstm ? ctx.optionalInput(7) : nil, p)
             }
-            return Array(outs.prefix(ctx.node.outputs.count))
+            return Array(outs.prefix(ctx.outputCount))
         }
     }
     b.add1("Einsum", since: 12) { ctx in
