@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "AnvilCore", targets: ["AnvilCore"]),
         .library(name: "AnvilKernels", targets: ["AnvilKernels"]),
         .library(name: "AnvilONNX", targets: ["AnvilONNX"]),
+        .library(name: "AnvilRuntime", targets: ["AnvilRuntime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -27,20 +28,22 @@ let package = Package(
         .target(name: "AnvilCore"),
         .target(name: "AnvilKernels", dependencies: ["AnvilCore", "COneDNN"]),
         .target(name: "AnvilEngine", dependencies: ["AnvilCore"]),
+        .target(name: "AnvilRuntime", dependencies: ["AnvilCore", "AnvilKernels", "AnvilEngine"]),
         .target(name: "AnvilIR", dependencies: ["AnvilCore"]),
         .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
         .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels", "CONNX"]),
         .target(name: "AnvilPasses", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels"]),
+        .target(name: "AnvilBuilder", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilPasses", "AnvilEngine", "AnvilRuntime"]),
         .executableTarget(
             name: "anvil",
             dependencies: [
-                "AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses",
+                "AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder", "AnvilRuntime", "AnvilEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels", "AnvilPasses", "AnvilEngine"],
                     exclude: ["Golden"]),
-        .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses"],
+        .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder", "AnvilRuntime", "AnvilEngine"],
                     exclude: ["manifest.txt"]),
     ],
     swiftLanguageModes: [.v6]

@@ -38,35 +38,7 @@ public struct ReferenceExecutor {
     /// Checks names, element types, ranks and known dimensions; binds symbolic
     /// dimensions consistently across inputs.
     func checkInputs(_ inputs: [String: Tensor], graph: Graph) throws {
-        let declared = graph.runtimeInputs
-        for name in inputs.keys where !graph.inputs.contains(where: { $0.name == name }) {
-            throw AnvilError.invalidTensor(name: name, reason: "the model has no input of this name (inputs: \(declared.map(\.name).joined(separator: ", ")))")
-        }
-        var symbols: [String: Int] = [:]
-        for info in declared {
-            guard let t = inputs[info.name] else {
-                throw AnvilError.invalidTensor(name: info.name, reason: "required model input is missing (expected \(info.type))")
-            }
-            if let e = info.type.elementType, e != t.dataType {
-                throw AnvilError.invalidTensor(name: info.name, reason: "expected element type \(e), got \(t.dataType)")
-            }
-            guard let dims = info.type.dims else { continue }
-            guard dims.count == t.rank else {
-                throw AnvilError.invalidTensor(name: info.name, reason: "expected shape \(info.type), got \(t.shape) (rank \(t.rank) instead of \(dims.count))")
-            }
-            for (i, d) in dims.enumerated() {
-                switch d {
-                case .known(let v) where v != t.shape[i]:
-                    throw AnvilError.invalidTensor(name: info.name, reason: "dimension \(i) must be \(v), got \(t.shape[i]) (shape \(t.shape), expected \(info.type))")
-                case .symbol(let s):
-                    if let bound = symbols[s], bound != t.shape[i] {
-                        throw AnvilError.invalidTensor(name: info.name, reason: "dimension \(i) ('\(s)') is \(t.shape[i]) but another input bound '\(s)' to \(bound)")
-                    }
-                    symbols[s] = t.shape[i]
-                default: break
-                }
-            }
-        }
+        try InputCheck.check(inputs, declared: graph.runtimeInputs.map { ($0.name, $0.type) }, allNames: Set(graph.inputs.map(\.name)))
     }
 
     /// Executes one graph with `env` holding its inputs, initializers and outer-scope values.

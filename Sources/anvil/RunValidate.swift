@@ -18,8 +18,7 @@ func loadRunnable(_ path: String) throws -> ReferenceExecutor {
 
 /// Matches tensors from files to the model's runtime inputs: by the name stored
 /// in the file when it names an input, else by position.
-func bindInputs(_ loaded: [(name: String, tensor: Tensor)], graph: Graph, origin: String) throws -> [String: Tensor] {
-    let declared = graph.runtimeInputs.map(\.name)
+func bindInputs(_ loaded: [(name: String, tensor: Tensor)], declared: [String], origin: String) throws -> [String: Tensor] {
     var bound: [String: Tensor] = [:]
     for (i, item) in loaded.enumerated() {
         if declared.contains(item.name) {
@@ -36,7 +35,7 @@ func bindInputs(_ loaded: [(name: String, tensor: Tensor)], graph: Graph, origin
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a model once on inputs from files and write its outputs.")
 
-    @Argument(help: "The ONNX model file.") var model: String
+    @Argument(help: "The ONNX model or engine file.") var model: String
     @Option(name: .long, help: "An input as name=FILE (.pb TensorProto or .npy); repeat for each input.") var input: [String] = []
     @Option(name: .long, help: "Folder for the outputs (created if missing).") var outputDir: String
     @Option(help: "Output file format: pb or npy.") var outputFormat: String = "pb"
@@ -44,7 +43,7 @@ struct Run: ParsableCommand {
     func run() throws {
         try Anvil.guarded {
             guard outputFormat == "pb" || outputFormat == "npy" else { throw AnvilError.invalidArgument("--output-format must be pb or npy, not '\(outputFormat)'") }
-            let executor = try loadRunnable(model)
+            let runner = try Runner.load(model)
             var inputs: [String: Tensor] = [:]
             var files: [String: String] = [:]
             for spec in input {
@@ -58,7 +57,7 @@ struct Run: ParsableCommand {
             }
             let outputs: [(name: String, value: Tensor)]
             do {
-                outputs = try executor.run(inputs)
+                outputs = try runner.run(inputs)
             } catch AnvilError.invalidTensor(let name, let reason) where files[name] != nil {
                 throw AnvilError.invalidTensor(name: name, reason: "\(reason) (read from \(files[name]!))")
             }
@@ -80,7 +79,7 @@ struct Validate: ParsableCommand {
         abstract: "Run a model on reference inputs and compare with reference outputs.",
         discussion: "An element fails only where its absolute error exceeds --atol and its relative error exceeds --rtol. Exit status 0 only if every output of every data set passes.")
 
-    @Argument(help: "The ONNX model file.") var model: String
+    @Argument(help: "The ONNX model or engine file.") var model: String
     @Option(help: "Folder with input_N.pb/output_N.pb, or with test_data_set_N folders.") var reference: String
     @Option(help: "Compare with this ONNX model (run by the reference executor on the same inputs) instead of the reference outputs.") var against: String?
     @Option(help: "Absolute tolerance.") var atol: Double = 1e-5
@@ -90,18 +89,17 @@ struct Validate: ParsableCommand {
         var allPassed = true
         try Anvil.guarded {
             guard atol >= 0, rtol >= 0 else { throw AnvilError.invalidArgument("--atol and --rtol must be non-negative") }
-            let executor = try loadRunnable(model)
-            let baseline = try against.map(loadRunnable)
-            let graph = executor.model.graph
+            let runner = try Runner.load(model)
+            let baseline = try against.map(Runner.load)
             for folder in try TestDataSet.folders(under: reference) {
                 var data = try TestDataSet.load(folder)
-                let inputs = try bindInputs(data.inputs, graph: graph, origin: folder)
+                let inputs = try bindInputs(data.inputs, declared: runner.inputNames, origin: folder)
                 if let baseline {
                     data.outputs = try baseline.run(inputs).map { ($0.name, $0.value) }
                 }
                 guard !data.outputs.isEmpty else { throw AnvilError.io(path: folder, reason: "holds no output_N.pb reference outputs") }
                 let start = Date()
-                let actual = try executor.run(inputs)
+                let actual = try runner.run(inputs)
                 let ms = Date().timeIntervalSince(start) * 1000
                 print("\(folder) (\(String(format: "%.1f", ms)) ms)")
                 for (i, expected) in data.outputs.enumerated() {

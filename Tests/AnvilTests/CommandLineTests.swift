@@ -130,3 +130,33 @@ final class OptimizeCommandTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/out.onnx"))
     }
 }
+
+final class BuildCommandTests: XCTestCase {
+    func testBuildThenRunAndValidateTheEngine() throws {
+        let folder = try TestSupport.temporaryFolder()
+        for name in ["cnn", "if_branch", "dynamic_batch"] {
+            let engine = folder + "/\(name).anvil"
+            let build = try TestSupport.run(["build", TestSupport.fixture("\(name)/model.onnx"), "-o", engine])
+            XCTAssertEqual(build.status, 0, build.stderr)
+            XCTAssertTrue(build.stdout.contains("layers"), build.stdout)
+            let validate = try TestSupport.run(["validate", engine, "--reference", TestSupport.fixture(name)])
+            XCTAssertEqual(validate.status, 0, "\(name): \(validate.stdout)\(validate.stderr)")
+        }
+    }
+
+    func testBuildRefusesUnsupportedOpsAndCorruptEngines() throws {
+        let folder = try TestSupport.temporaryFolder()
+        let unsupported = try TestSupport.run(["build", TestSupport.fixture("invalid/unknown_op.onnx"), "-o", folder + "/x.anvil"])
+        XCTAssertEqual(unsupported.status, 1)
+        XCTAssertTrue(unsupported.stderr.contains("fancy1 (FancyOp)"), unsupported.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/x.anvil"))
+        // A truncated engine is refused by run with a clear message.
+        let engine = folder + "/cnn.anvil"
+        _ = try TestSupport.run(["build", TestSupport.fixture("cnn/model.onnx"), "-o", engine])
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: engine))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: folder + "/half.anvil"))
+        let run = try TestSupport.run(["validate", folder + "/half.anvil", "--reference", TestSupport.fixture("cnn")])
+        XCTAssertEqual(run.status, 1)
+        XCTAssertTrue(run.stderr.contains("half.anvil") && run.stderr.contains("truncated"), run.stderr)
+    }
+}

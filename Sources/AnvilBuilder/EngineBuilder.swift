@@ -1,0 +1,62 @@
+import AnvilCore
+import AnvilEngine
+import AnvilIR
+import AnvilOps
+import AnvilPasses
+import AnvilRuntime
+import Foundation
+
+/// Turns an ONNX model into an engine: optimizes the graph, converts it into the
+/// runtime's layer graph and serializes it. This first version gives every layer
+/// the reference tactic; oneDNN tactics, the memory plan and prepacked weights
+/// follow (issue 4).
+public struct EngineBuilder {
+    public var pipeline = PipelineOptions()
+    /// Skip the optimizer (for debugging).
+    public var optimize = true
+    public init() {}
+
+    public struct Result {
+        public let file: EngineFile
+        public let graph: EngineGraph
+        public let statistics: PassContext?
+    }
+
+    public func build(_ model: Model, name: String) throws -> Result {
+        let missing = ReferenceExecutor(model: model).unsupportedNodes()
+        guard missing.isEmpty else {
+            throw AnvilError.invalidModel(file: name, field: "graph", reason: "cannot build: \(missing.count) nodes use unsupported ops: \(missing.joined(separator: ", "))")
+        }
+        let context = optimize ? try PipelineRunner(options: pipeline).run(model) : nil
+        let graph = try Self.convert(model.graph, model: model)
+        let meta = """
+            {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
+            """
+        let file = try Engine.file(for: graph, producer: "anvil 0.1", requiredFeatures: [], metadata: Array(meta.utf8))
+        return Result(file: file, graph: graph, statistics: context)
+    }
+
+    /// IR graph → engine graph, recursively for subgraphs.
+    static func convert(_ g: Graph, model: Model) throws -> EngineGraph {
+        let layers = try g.nodes.map { node -> Layer in
+            var attributes = node.attributes
+            for (key, value) in node.attributes {
+                switch value {
+                case .graph(let s): attributes[key] = .graph(try convert(irGraph(s), model: model))
+                case .graphs(let ss): attributes[key] = .graphs(try ss.map { try convert(irGraph($0), model: model) })
+                default: break
+                }
+            }
+            return Layer(name: node.name, opType: node.opType, domain: node.domain, opset: model.opsetVersion(domain: node.domain) ?? 1,
+                         inputs: node.inputs, outputs: node.outputs, attributes: attributes, fusedFrom: node.fusedFrom, tactic: "reference")
+        }
+        return EngineGraph(name: g.name, inputs: g.inputs.filter { g.initializers[$0.name] == nil }.map { ($0.name, $0.type) },
+                           outputs: g.outputs.map { ($0.name, $0.type) },
+                           constants: g.initializerOrder.compactMap { n in g.initializers[n].map { (n, $0) } }, layers: layers)
+    }
+
+    static func irGraph(_ s: any Subgraph) throws -> Graph {
+        guard let g = s as? Graph else { throw AnvilError.invalidGraph(graph: s.name, reason: "is not an IR graph") }
+        return g
+    }
+}

@@ -1,0 +1,65 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilEngine
+import AnvilIR
+import AnvilONNX
+import AnvilRuntime
+import Foundation
+import XCTest
+
+/// Every conformance case of the manifest, and the light models, through
+/// build → write engine bytes → read → run.
+final class EngineConformanceTests: XCTestCase {
+    var roundTripRunner: ConformanceRunner {
+        var runner = ConformanceRunner()
+        runner.execute = { model, inputs in
+            let built = try EngineBuilder().build(model, name: model.graph.name)
+            let bytes = try built.file.encoded()
+            let file = try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "\(model.graph.name).anvil") }
+            let engine = try Engine(file: file, name: "\(model.graph.name).anvil")
+            return try ExecutionContext(engine: engine).run(inputs)
+        }
+        return runner
+    }
+
+    func testManifestCasesPassThroughEngines() throws {
+        let root = ConformanceRunner.root
+        let manifest = try String(contentsOfFile: "\(root)/Tests/ConformanceTests/manifest.txt", encoding: .utf8)
+            .split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
+        let runner = roundTripRunner
+        var failures: [String] = []
+        for name in manifest {
+            let folder = "\(root)/conformance-data/node/\(name)"
+            let meta = ConformanceRunner.meta(folder)
+            let status = runner.run(folder: folder, rtol: max(meta.rtol ?? 1e-3, 1e-3), atol: max(meta.atol ?? 1e-5, 1e-5))
+            if status != .passed { failures.append("\(name): \(status)") }
+        }
+        XCTAssertEqual(failures, [], "\(failures.count) cases fail through engines")
+        print("engine conformance: \(manifest.count - failures.count) of \(manifest.count) pass")
+    }
+
+    func testLightModelsPassThroughEngines() throws {
+        let runner = roundTripRunner
+        for name in LightModelTests.models {
+            XCTAssertEqual(runner.run(folder: "\(ConformanceRunner.root)/conformance-data/light/\(name)", rtol: 1e-3, atol: 1e-4), .passed, name)
+        }
+    }
+
+    /// The layer-graph decoder never crashes, even on bytes the checksum would have caught.
+    func testCorruptLayerGraphsAreRefusedWithoutCrashing() throws {
+        let model = try ONNXImporter.load(path: "\(ConformanceRunner.root)/fixtures/if_branch/model.onnx")
+        let built = try EngineBuilder().build(model, name: "if_branch")
+        let graph = try XCTUnwrap(built.file.section("GRAPH"))
+        var rng = SystemRandomNumberGenerator()
+        for length in stride(from: 0, to: graph.count, by: 3) {
+            let file = EngineFile(producer: "test", requiredFeatures: [], sections: [("GRAPH", Array(graph[..<length]))])
+            XCTAssertThrowsError(try Engine(file: file, name: "truncated.anvil"))
+        }
+        for _ in 0..<3000 {
+            var corrupt = graph
+            for _ in 0..<Int.random(in: 1...4, using: &rng) { corrupt[Int.random(in: 0..<corrupt.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            let file = EngineFile(producer: "test", requiredFeatures: [], sections: [("GRAPH", corrupt)])
+            _ = try? Engine(file: file, name: "corrupt.anvil")
+        }
+    }
+}
