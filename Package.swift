@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
         .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels", "CONNX"]),
         .target(name: "AnvilPasses", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels"]),
-        .target(name: "AnvilBuilder", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilPasses", "AnvilEngine", "AnvilRuntime"]),
+        .target(name: "AnvilBuilder", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilPasses", "AnvilEngine", "AnvilRuntime", "AnvilKernels"]),
         .executableTarget(
             name: "anvil",
             dependencies: [

@@ -1,14 +1,16 @@
 import AnvilCore
 import AnvilEngine
 import AnvilIR
+import AnvilKernels
 import AnvilOps
 import AnvilPasses
 import AnvilRuntime
 import Foundation
 
 /// Turns an ONNX model into an engine: optimizes the graph, converts it into the
-/// runtime's layer graph and serializes it. This first version gives every layer
-/// the reference tactic; oneDNN tactics, the memory plan and prepacked weights
+/// runtime's layer graph and serializes it. Convolutions and matrix products with
+/// constant float weights get the oneDNN tactic, everything else the reference
+/// kernels; tactic timing, the memory plan and prepacked weights in the file
 /// follow (issue 4).
 public struct EngineBuilder {
     public var pipeline = PipelineOptions()
@@ -37,18 +39,20 @@ public struct EngineBuilder {
     }
 
     /// IR graph → engine graph, recursively for subgraphs.
-    static func convert(_ g: Graph, model: Model) throws -> EngineGraph {
+    static func convert(_ g: Graph, model: Model, topLevel: Bool = true) throws -> EngineGraph {
         let layers = try g.nodes.map { node -> Layer in
             var attributes = node.attributes
             for (key, value) in node.attributes {
                 switch value {
-                case .graph(let s): attributes[key] = .graph(try convert(irGraph(s), model: model))
-                case .graphs(let ss): attributes[key] = .graphs(try ss.map { try convert(irGraph($0), model: model) })
+                case .graph(let s): attributes[key] = .graph(try convert(irGraph(s), model: model, topLevel: false))
+                case .graphs(let ss): attributes[key] = .graphs(try ss.map { try convert(irGraph($0), model: model, topLevel: false) })
                 default: break
                 }
             }
             return Layer(name: node.name, opType: node.opType, domain: node.domain, opset: model.opsetVersion(domain: node.domain) ?? 1,
-                         inputs: node.inputs, outputs: node.outputs, attributes: attributes, fusedFrom: node.fusedFrom, tactic: "reference")
+                         inputs: node.inputs, outputs: node.outputs, attributes: attributes, fusedFrom: node.fusedFrom,
+                         tactic: topLevel && FastLayer.supports(opType: node.opType, domain: node.domain, weights: node.inputs.count > 1 ? g.initializers[node.inputs[1]] : nil,
+                                                                attributes: node.attributes) ? "onednn" : "reference")
         }
         return EngineGraph(name: g.name, inputs: g.inputs.filter { g.initializers[$0.name] == nil }.map { ($0.name, $0.type) },
                            outputs: g.outputs.map { ($0.name, $0.type) },

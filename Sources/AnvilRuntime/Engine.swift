@@ -9,6 +9,8 @@ public final class Engine: @unchecked Sendable {
     public let graph: EngineGraph
     public let producer: String
     public let requiredFeatures: CPUFeatures
+    /// The oneDNN engine the fast layers run on, shared by all contexts.
+    let dnnl: DNNLEngine
 
     /// Reads an engine file (memory-mapped) and validates it.
     public convenience init(path: String) throws {
@@ -22,6 +24,7 @@ public final class Engine: @unchecked Sendable {
         graph = try EngineCodec.decode(section, file: name)
         producer = file.producer
         requiredFeatures = file.requiredFeatures
+        dnnl = try DNNLEngine()
         // Every layer's op must be known to this runtime before anything runs.
         var missing: [String] = []
         Self.visit(graph) { layer in
@@ -61,6 +64,10 @@ public final class Engine: @unchecked Sendable {
 /// Per-thread execution state of an engine. Create one per thread.
 public final class ExecutionContext {
     public let engine: Engine
+    /// This context's oneDNN stream, created on first use.
+    private var stream: DNNLStream?
+    /// Fast kernels by layer (top-level graph), prepared for the last input shapes seen.
+    private var fastLayers: [String: FastLayer] = [:]
 
     public init(engine: Engine) { self.engine = engine }
 
@@ -72,6 +79,22 @@ public final class ExecutionContext {
         for c in g.constants { env[c.name] = c.value }
         for (k, v) in inputs { env[k] = v }
         return zip(g.outputs.map(\.name), try execute(g, env: env)).map { ($0, $1) }
+    }
+
+    func currentStream() throws -> DNNLStream {
+        if let stream { return stream }
+        let s = try DNNLStream(engine: engine.dnnl)
+        stream = s
+        return s
+    }
+
+    /// The layer's oneDNN kernel for these input shapes: reused, or created on first sight.
+    func fastLayer(_ layer: Layer, _ context: EvalContext) throws -> FastLayer? {
+        let shapes = context.inputs.map { $0?.shape }
+        if let existing = fastLayers[layer.name], existing.inputShapes == shapes { return existing }
+        guard let created = try FastLayer.make(context, engine: engine.dnnl) else { return nil }
+        fastLayers[layer.name] = created
+        return created
     }
 
     func execute(_ g: EngineGraph, env initial: [String: Tensor]) throws -> [Tensor] {
@@ -100,7 +123,11 @@ public final class ExecutionContext {
             }
             let results: [Tensor]
             do {
-                results = try def.evaluate(context)
+                if layer.tactic == "onednn", g === engine.graph, let fast = try fastLayer(layer, context) {
+                    results = [try fast.run(context, stream: try currentStream())]
+                } else {
+                    results = try def.evaluate(context)
+                }
             } catch AnvilError.invalidTensor(let name, let reason) {
                 throw AnvilError.invalidNode(node: layer.name, op: layer.opType, reason: name.isEmpty || name == layer.opType ? reason : "\(name): \(reason)")
             }
