@@ -1,6 +1,7 @@
 import AnvilCore
 import AnvilEngine
 import AnvilKernels
+import Dispatch
 import Foundation
 
 /// A loaded engine: its layer graph, ready to create execution contexts. An
@@ -68,6 +69,10 @@ public final class ExecutionContext {
     private var stream: DNNLStream?
     /// Fast kernels by layer (top-level graph), prepared for the last input shapes seen.
     private var fastLayers: [String: FastLayer] = [:]
+    /// When true, each run records every top-level layer's time.
+    public var profiling = false
+    /// Per-layer times (milliseconds) of the runs made while profiling, in layer order.
+    public private(set) var profile: [(layer: String, tactic: String, milliseconds: [Double])] = []
 
     public init(engine: Engine) { self.engine = engine }
 
@@ -122,6 +127,15 @@ public final class ExecutionContext {
                 return try self.execute(sub, env: subEnv)
             }
             let results: [Tensor]
+            let started = profiling && g === engine.graph ? DispatchTime.now().uptimeNanoseconds : 0
+            defer {
+                if started > 0 {
+                    let ms = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
+                    let tactic = layer.tactic == "onednn" ? (fastLayers[layer.name]?.implementation ?? "reference") : "reference"
+                    if let i = profile.firstIndex(where: { $0.layer == layer.name }) { profile[i].milliseconds.append(ms) }
+                    else { profile.append((layer.name, "\(layer.opType): \(tactic)", [ms])) }
+                }
+            }
             do {
                 if layer.tactic == "onednn", g === engine.graph, let fast = try fastLayer(layer, context) {
                     results = [try fast.run(context, stream: try currentStream())]
