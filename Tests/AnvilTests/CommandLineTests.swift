@@ -160,3 +160,23 @@ final class BuildCommandTests: XCTestCase {
         XCTAssertTrue(run.stderr.contains("half.anvil") && run.stderr.contains("truncated"), run.stderr)
     }
 }
+
+final class BenchCommandTests: XCTestCase {
+    func testBenchPrintsASummaryAndExportsTimes() throws {
+        let folder = try TestSupport.temporaryFolder()
+        let times = folder + "/times.json"
+        let r = try TestSupport.run(["bench", TestSupport.fixture("cnn/model.onnx"), "--duration", "0.2", "--iterations", "5",
+                                     "--warmUp", "10", "--exportTimes", times, "--dumpProfile"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for part in ["Throughput:", "median =", "percentile(99%)", "Load + first inference", "=== Profile"] {
+            XCTAssertTrue(r.stdout.contains(part), "missing '\(part)': \(r.stdout)")
+        }
+        let records = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: times))) as? [[String: Double]]
+        XCTAssertGreaterThanOrEqual(records?.count ?? 0, 5)
+        XCTAssertNotNil(records?.first?["computeMs"])
+        XCTAssertNotNil(records?.first?["startComputeMs"])
+        let bad = try TestSupport.run(["bench", TestSupport.fixture("cnn/model.onnx"), "--percentile", "abc"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("--percentile"), bad.stderr)
+    }
+}
