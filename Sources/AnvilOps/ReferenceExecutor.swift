@@ -48,7 +48,7 @@ public struct ReferenceExecutor {
         var lastUse: [String: Int] = [:]
         for (i, node) in graph.nodes.enumerated() {
             for input in node.inputs where !input.isEmpty { lastUse[input] = i }
-            for sub in node.subgraphs { for name in Self.freeVariables(sub) { lastUse[name] = i } }
+            for sub in node.subgraphs { for name in UseIndex.outerReferences(sub) { lastUse[name] = i } }
         }
         let keep = Set(graph.outputs.map(\.name))
         for (i, node) in graph.nodes.enumerated() {
@@ -101,18 +101,5 @@ public struct ReferenceExecutor {
             }
             return v
         }
-    }
-
-    /// Names a subgraph reads from enclosing scopes.
-    static func freeVariables(_ graph: Graph) -> Set<String> {
-        var defined = Set(graph.inputs.map(\.name)).union(graph.initializers.keys)
-        var free = Set<String>()
-        for node in graph.nodes {
-            for input in node.inputs where !input.isEmpty && !defined.contains(input) { free.insert(input) }
-            for sub in node.subgraphs { free.formUnion(freeVariables(sub).subtracting(defined)) }
-            defined.formUnion(node.outputs)
-        }
-        for out in graph.outputs where !defined.contains(out.name) { free.insert(out.name) }
-        return free
     }
 }

@@ -48,6 +48,22 @@ struct ConformanceRunner {
         return m
     }
 
+    /// The cases the manifest expects to pass.
+    static func manifest() throws -> [String] {
+        try String(contentsOfFile: "\(root)/Tests/ConformanceTests/manifest.txt", encoding: .utf8)
+            .split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") && !$0.isEmpty }
+    }
+
+    /// Runs every manifest case with its tolerances; returns the failures.
+    func runManifest() throws -> [String] {
+        try Self.manifest().compactMap { name in
+            let folder = "\(Self.root)/conformance-data/node/\(name)"
+            let meta = Self.meta(folder)
+            let status = run(folder: folder, rtol: max(meta.rtol ?? 1e-3, 1e-3), atol: max(meta.atol ?? 1e-5, 1e-5))
+            return status == .passed ? nil : "\(name): \(status)"
+        }
+    }
+
     /// Runs one case folder with the given tolerances.
     func run(folder: String, rtol: Double, atol: Double) -> CaseStatus {
         let model: Model

@@ -23,19 +23,11 @@ final class EngineConformanceTests: XCTestCase {
     }
 
     func testManifestCasesPassThroughEngines() throws {
-        let root = ConformanceRunner.root
-        let manifest = try String(contentsOfFile: "\(root)/Tests/ConformanceTests/manifest.txt", encoding: .utf8)
-            .split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
         let runner = roundTripRunner
-        var failures: [String] = []
-        for name in manifest {
-            let folder = "\(root)/conformance-data/node/\(name)"
-            let meta = ConformanceRunner.meta(folder)
-            let status = runner.run(folder: folder, rtol: max(meta.rtol ?? 1e-3, 1e-3), atol: max(meta.atol ?? 1e-5, 1e-5))
-            if status != .passed { failures.append("\(name): \(status)") }
-        }
+        let failures = try runner.runManifest()
+        let total = try ConformanceRunner.manifest().count
         XCTAssertEqual(failures, [], "\(failures.count) cases fail through engines")
-        print("engine conformance: \(manifest.count - failures.count) of \(manifest.count) pass")
+        print("engine conformance: \(total - failures.count) of \(total) pass")
     }
 
     func testLightModelsPassThroughEngines() throws {

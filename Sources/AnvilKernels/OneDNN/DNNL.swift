@@ -148,3 +148,29 @@ final class DNNLAttributes {
         }
     }
 }
+
+/// Reorders row-major `values` described by `user` into a new 64-byte-aligned
+/// buffer in the layout `packed` (a primitive's preferred weight layout). The
+/// caller owns the buffer.
+func prepack(_ values: [Float], from user: dnnl_memory_desc_t, to packed: dnnl_memory_desc_t, engine: DNNLEngine) throws -> UnsafeMutableRawPointer {
+    var target = packed
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(anvil_dnnl_md_size(&target), 64), alignment: 64)
+    do {
+        var copy = values
+        try copy.withUnsafeMutableBytes { raw in
+            let from = try DNNLMemory(user, engine: engine, data: raw.baseAddress)
+            let to = try DNNLMemory(packed, engine: engine, data: buffer)
+            var reorderPD: dnnl_primitive_desc_t?
+            var a = user, b = packed
+            try check(dnnl_reorder_primitive_desc_create(&reorderPD, &a, engine.handle, &b, engine.handle, nil), "preparing the weight reorder")
+            let reorder = try DNNLPrimitive(descriptor: reorderPD!)
+            let stream = try DNNLStream(engine: engine)
+            try reorder.execute(stream, [(DNNL_ARG_FROM, from), (DNNL_ARG_TO, to)])
+            try stream.wait()
+        }
+    } catch {
+        buffer.deallocate()
+        throw error
+    }
+    return buffer
+}

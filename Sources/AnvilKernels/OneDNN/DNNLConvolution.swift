@@ -21,7 +21,6 @@ public final class DNNLConvolution {
     let residual: Bool
     let engine: DNNLEngine
     let packedWeights: UnsafeMutableRawPointer
-    let packedBytes: Int
     let bias: [Float]?
     let weightDescriptor: dnnl_memory_desc_t
 
@@ -60,21 +59,7 @@ public final class DNNLConvolution {
         self.bias = bias?.floats ?? Array(repeating: 0, count: cout)
         // Prepack: reorder the weights into the primitive's layout once.
         weightDescriptor = primitive.query(dnnl_query_weights_md)
-        var packed = weightDescriptor
-        packedBytes = anvil_dnnl_md_size(&packed)
-        packedWeights = UnsafeMutableRawPointer.allocate(byteCount: max(packedBytes, 64), alignment: 64)
-        var values = weights.floats
-        try values.withUnsafeMutableBytes { raw in
-            let from = try DNNLMemory(userWeights, engine: engine, data: raw.baseAddress)
-            let to = try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights)
-            var reorderPD: dnnl_primitive_desc_t?
-            var fromDesc = userWeights, toDesc = weightDescriptor
-            try check(dnnl_reorder_primitive_desc_create(&reorderPD, &fromDesc, engine.handle, &toDesc, engine.handle, nil), "preparing the weight reorder")
-            let reorder = try DNNLPrimitive(descriptor: reorderPD!)
-            let stream = try DNNLStream(engine: engine)
-            try reorder.execute(stream, [(DNNL_ARG_FROM, from), (DNNL_ARG_TO, to)])
-            try stream.wait()
-        }
+        packedWeights = try prepack(weights.floats, from: userWeights, to: weightDescriptor, engine: engine)
     }
 
     deinit { packedWeights.deallocate() }

@@ -41,22 +41,8 @@ public final class DNNLMatMul {
         self.bias = bias?.floats ?? Array(repeating: 0, count: n)
         // Prepack W (K×N; "ba" reads an N×K matrix as its transpose).
         weightDescriptor = primitive.query(dnnl_query_weights_md)
-        var packed = weightDescriptor
-        packedWeights = UnsafeMutableRawPointer.allocate(byteCount: max(anvil_dnnl_md_size(&packed), 64), alignment: 64)
-        var values = weights.floats
-        if alpha != 1 { values = values.map { $0 * alpha } }
-        let user = try memoryDescriptor([k, n], transposedWeights ? dnnl_ba : dnnl_ab)
-        try values.withUnsafeMutableBytes { raw in
-            let from = try DNNLMemory(user, engine: engine, data: raw.baseAddress)
-            let to = try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights)
-            var reorderPD: dnnl_primitive_desc_t?
-            var a = user, b = weightDescriptor
-            try check(dnnl_reorder_primitive_desc_create(&reorderPD, &a, engine.handle, &b, engine.handle, nil), "preparing the weight reorder")
-            let reorder = try DNNLPrimitive(descriptor: reorderPD!)
-            let stream = try DNNLStream(engine: engine)
-            try reorder.execute(stream, [(DNNL_ARG_FROM, from), (DNNL_ARG_TO, to)])
-            try stream.wait()
-        }
+        let values = alpha == 1 ? weights.floats : weights.floats.map { $0 * alpha }
+        packedWeights = try prepack(values, from: try memoryDescriptor([k, n], transposedWeights ? dnnl_ba : dnnl_ab), to: weightDescriptor, engine: engine)
     }
 
     deinit { packedWeights.deallocate() }
