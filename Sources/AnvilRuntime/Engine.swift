@@ -12,6 +12,8 @@ public final class Engine: @unchecked Sendable {
     public let requiredFeatures: CPUFeatures
     /// The oneDNN engine the fast layers run on, shared by all contexts.
     let dnnl: DNNLEngine
+    /// Tactic decisions, made once and shared by all contexts.
+    let tactics = TacticChoices()
 
     /// Reads an engine file (memory-mapped) and validates it.
     public convenience init(path: String) throws {
@@ -97,7 +99,7 @@ public final class ExecutionContext {
     func fastLayer(_ layer: Layer, _ context: EvalContext) throws -> FastLayer? {
         let shapes = context.inputs.map { $0?.shape }
         if let existing = fastLayers[layer.name], existing.inputShapes == shapes { return existing }
-        guard let created = try FastLayer.make(context, engine: engine.dnnl) else { return nil }
+        guard let created = try FastLayer.make(context, engine: engine.dnnl, tactics: engine.tactics) else { return nil }
         fastLayers[layer.name] = created
         return created
     }

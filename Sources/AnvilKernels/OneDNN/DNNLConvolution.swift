@@ -17,6 +17,8 @@ public final class DNNLConvolution {
     /// The oneDNN implementation chosen ("brg:avx512_core", "jit:avx512_core" …).
     public let implementation: String
     public let outputShape: [Int]
+    /// The input shape the primitive was made for.
+    let inputShapeForLayout: [Int]
     let primitive: DNNLPrimitive
     let residual: Bool
     let engine: DNNLEngine
@@ -34,6 +36,7 @@ public final class DNNLConvolution {
         }
         let cout = weights.shape[0]
         outputShape = [inputShape[0], cout] + g.output
+        inputShapeForLayout = inputShape
         let plain: [dnnl_format_tag_t] = [dnnl_ncw, dnnl_nchw, dnnl_ncdhw]
         let tag = layout == .plain ? plain[spatial - 1] : dnnl_format_tag_any
         let src = try memoryDescriptor(inputShape, tag)
@@ -80,6 +83,20 @@ public final class DNNLConvolution {
         let src = try DNNLMemory(primitive.query(dnnl_query_src_md), engine: engine, data: UnsafeMutableRawPointer(mutating: input))
         let weights = try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights)
         let dst = try DNNLMemory(primitive.query(dnnl_query_dst_md), engine: engine, data: UnsafeMutableRawPointer(output))
+        var biasValues = bias ?? []
+        try biasValues.withUnsafeMutableBytes { b in
+            let biasMemory = try DNNLMemory(try memoryDescriptor([outputShape[1]], dnnl_x), engine: engine, data: b.baseAddress)
+            try primitive.execute(stream, [(DNNL_ARG_SRC, src), (DNNL_ARG_WEIGHTS, weights), (DNNL_ARG_BIAS, biasMemory), (DNNL_ARG_DST, dst)])
+            try stream.wait()
+        }
+    }
+
+    /// Runs on buffers already in the primitive's layouts; with a residual, `output`
+    /// must already hold it (the sum post-op accumulates into the destination).
+    func runInPlace(stream: DNNLStream, input: UnsafeMutableRawPointer, output: UnsafeMutableRawPointer) throws {
+        let src = try DNNLMemory(primitive.query(dnnl_query_src_md), engine: engine, data: input)
+        let weights = try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights)
+        let dst = try DNNLMemory(primitive.query(dnnl_query_dst_md), engine: engine, data: output)
         var biasValues = bias ?? []
         try biasValues.withUnsafeMutableBytes { b in
             let biasMemory = try DNNLMemory(try memoryDescriptor([outputShape[1]], dnnl_x), engine: engine, data: b.baseAddress)
