@@ -7,7 +7,7 @@ import AnvilCore
 public enum Verifier {
     /// Whether `verify` runs after import and every transformation. On in debug
     /// builds; tests and `ANVIL_VERIFY=1` turn it on in release builds.
-    nonisolated(unsafe) public static var enabledByDefault: Bool = {
+    public static let enabledByDefault: Bool = {
         #if DEBUG
         return true
         #else

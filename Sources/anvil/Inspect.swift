@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilRuntime
 import AnvilIR
 import AnvilONNX
 import AnvilOps
@@ -88,15 +89,29 @@ struct ModelReport: Encodable {
 }
 
 struct Inspect: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Describe an ONNX model: inputs, outputs, ops, parameters, unsupported ops.")
+    static let configuration = CommandConfiguration(
+        abstract: "Describe an ONNX model (inputs, outputs, ops, parameters, unsupported ops) or an engine (layers, tactics, fused-from names, weights).")
 
-    @Argument(help: "The ONNX model file.") var model: String
+    @Argument(help: "The ONNX model or engine file.") var model: String
     @Option(help: "Output format: text or json.") var format: OutputFormat = .text
 
     enum OutputFormat: String, ExpressibleByArgument { case text, json }
 
     func run() throws {
         try Anvil.guarded {
+            if isEngineFile(model) {
+                let engine = try Engine(path: model)
+                let size = (try? FileManager.default.attributesOfItem(atPath: model)[.size] as? Int) ?? 0
+                let report = EngineReport(engine: engine, file: model, bytes: size)
+                switch format {
+                case .text: print(report.text, terminator: "")
+                case .json:
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                    print(String(decoding: try encoder.encode(report), as: UTF8.self))
+                }
+                return
+            }
             let m = try ONNXImporter.load(path: model)
             let report = ModelReport(model: m, file: model)
             switch format {

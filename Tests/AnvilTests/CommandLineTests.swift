@@ -180,3 +180,19 @@ final class BenchCommandTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("--percentile"), bad.stderr)
     }
 }
+
+extension BuildCommandTests {
+    func testInspectShowsEngineLayersTacticsAndProvenance() throws {
+        let engine = try TestSupport.temporaryFolder() + "/cnn.anvil"
+        _ = try TestSupport.run(["build", TestSupport.fixture("cnn/model.onnx"), "-o", engine])
+        let text = try TestSupport.run(["inspect", engine])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("ai.anvil.FusedConv [onednn]"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("fused from: /block/block.3/Conv + /block/block.4/BatchNormalization + /Add + /relu/Relu"), text.stdout)
+        let json = try TestSupport.run(["inspect", engine, "--format", "json"])
+        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        let layers = object?["layers"] as? [[String: Any]]
+        XCTAssertEqual(layers?.count, 7)
+        XCTAssertEqual(layers?.first?["tactic"] as? String, "onednn")
+    }
+}
