@@ -97,30 +97,28 @@ struct Inspect: ParsableCommand {
 
     enum OutputFormat: String, ExpressibleByArgument { case text, json }
 
+    /// Prints a report in the requested format.
+    func show<Report: Encodable>(text: String, json report: Report) throws {
+        switch format {
+        case .text: print(text, terminator: "")
+        case .json:
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        }
+    }
+
     func run() throws {
         try Anvil.guarded {
             if isEngineFile(model) {
                 let engine = try Engine(path: model)
                 let size = (try? FileManager.default.attributesOfItem(atPath: model)[.size] as? Int) ?? 0
                 let report = EngineReport(engine: engine, file: model, bytes: size)
-                switch format {
-                case .text: print(report.text, terminator: "")
-                case .json:
-                    let encoder = JSONEncoder()
-                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                    print(String(decoding: try encoder.encode(report), as: UTF8.self))
-                }
+                try show(text: report.text, json: report)
                 return
             }
-            let m = try ONNXImporter.load(path: model)
-            let report = ModelReport(model: m, file: model)
-            switch format {
-            case .text: print(report.text, terminator: "")
-            case .json:
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(report), as: UTF8.self))
-            }
+            let report = ModelReport(model: try ONNXImporter.load(path: model), file: model)
+            try show(text: report.text, json: report)
         }
     }
 }
