@@ -30,6 +30,10 @@ public struct EngineBuilder {
             throw AnvilError.invalidModel(file: name, field: "graph", reason: "cannot build: \(missing.count) nodes use unsupported ops: \(missing.joined(separator: ", "))")
         }
         let context = optimize ? try PipelineRunner(options: pipeline).run(model) : nil
+        // Record every value's type for the runtime's memory and kernel plan.
+        model.graph.valueTypes = [:]
+        var inference = ShapeInference(model: model)
+        try inference.run()
         let graph = try Self.convert(model.graph, model: model)
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
@@ -56,7 +60,8 @@ public struct EngineBuilder {
         }
         return EngineGraph(name: g.name, inputs: g.inputs.filter { g.initializers[$0.name] == nil }.map { ($0.name, $0.type) },
                            outputs: g.outputs.map { ($0.name, $0.type) },
-                           constants: g.initializerOrder.compactMap { n in g.initializers[n].map { (n, $0) } }, layers: layers)
+                           constants: g.initializerOrder.compactMap { n in g.initializers[n].map { (n, $0) } }, layers: layers,
+                           valueTypes: topLevel ? g.valueTypes.filter { g.initializers[$0.key] == nil } : [:])
     }
 
     static func irGraph(_ s: any Subgraph) throws -> Graph {

@@ -63,3 +63,55 @@ extension Tensor {
         return out
     }
 }
+
+extension Tensor {
+    /// The elements in host byte order, as stored (not defined for strings).
+    public func withHostBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        switch storage {
+        case .float(let a): return try a.withUnsafeBytes(body)
+        case .double(let a): return try a.withUnsafeBytes(body)
+        case .float16(let a): return try a.withUnsafeBytes(body)
+        case .bfloat16(let a): return try a.withUnsafeBytes(body)
+        case .int8(let a): return try a.withUnsafeBytes(body)
+        case .int16(let a): return try a.withUnsafeBytes(body)
+        case .int32(let a): return try a.withUnsafeBytes(body)
+        case .int64(let a): return try a.withUnsafeBytes(body)
+        case .uint8(let a): return try a.withUnsafeBytes(body)
+        case .uint16(let a): return try a.withUnsafeBytes(body)
+        case .uint32(let a): return try a.withUnsafeBytes(body)
+        case .uint64(let a): return try a.withUnsafeBytes(body)
+        case .bool(let a): return try a.withUnsafeBytes(body)
+        case .string: throw AnvilError.invalidTensor(name: "", reason: "string tensors have no raw byte form")
+        }
+    }
+
+    /// A tensor copied from `bytes` in host byte order (count × element size bytes).
+    public static func fromHostBytes(_ type: DataType, shape: [Int], bytes: UnsafeRawPointer) throws -> Tensor {
+        guard let n = ShapeMath.elementCount(shape), type != .string else {
+            throw AnvilError.invalidTensor(name: "", reason: "cannot copy \(type) \(shape) from memory")
+        }
+        func load<T>(_: T.Type) -> [T] {
+            [T](unsafeUninitializedCapacity: n) { buffer, initialized in
+                if n > 0 { UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: bytes, byteCount: n * MemoryLayout<T>.stride) }
+                initialized = n
+            }
+        }
+        let storage: TensorStorage = switch type {
+        case .float: .float(load(Float.self))
+        case .double: .double(load(Double.self))
+        case .float16: .float16(load(Float16.self))
+        case .bfloat16: .bfloat16(load(UInt16.self))
+        case .int8: .int8(load(Int8.self))
+        case .int16: .int16(load(Int16.self))
+        case .int32: .int32(load(Int32.self))
+        case .int64: .int64(load(Int64.self))
+        case .uint8: .uint8(load(UInt8.self))
+        case .uint16: .uint16(load(UInt16.self))
+        case .uint32: .uint32(load(UInt32.self))
+        case .uint64: .uint64(load(UInt64.self))
+        case .bool: .bool(load(UInt8.self).map { $0 != 0 })
+        case .string: .string([])
+        }
+        return try Tensor(shape: shape, storage: storage)
+    }
+}

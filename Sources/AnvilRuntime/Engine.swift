@@ -14,17 +14,23 @@ public final class Engine: @unchecked Sendable {
     let dnnl: DNNLEngine
     /// Tactic decisions, made once and shared by all contexts.
     let tactics = TacticChoices()
+    /// oneDNN kernels with their prepacked weights, shared by all contexts.
+    let kernels = SharedKernels()
 
     /// Reads an engine file (memory-mapped) and validates it.
     public convenience init(path: String) throws {
         try self.init(file: EngineFile.load(path: path), name: path)
     }
 
+    /// Constants by name (for plans).
+    let constants: [String: Tensor]
+
     public init(file: EngineFile, name: String) throws {
         guard let section = file.section("GRAPH") else {
             throw AnvilError.invalidModel(file: name, field: "engine", reason: "has no GRAPH section")
         }
         graph = try EngineCodec.decode(section, file: name)
+        constants = Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         producer = file.producer
         requiredFeatures = file.requiredFeatures
         dnnl = try DNNLEngine()
@@ -65,27 +71,118 @@ public final class Engine: @unchecked Sendable {
 }
 
 /// Per-thread execution state of an engine. Create one per thread.
+///
+/// The first run with a new set of input shapes plans the graph for them (memory
+/// arena, layouts, oneDNN primitives; `ExecutionPlan`) from the shapes recorded at
+/// build time, or, when the engine has dynamic dimensions, from the shapes the
+/// interpreter observes on that first run. Later runs with those shapes reuse the
+/// plan. Graphs the planner cannot take (control flow, strings, shapes that change
+/// with the data) run on the interpreter.
 public final class ExecutionContext {
     public let engine: Engine
     /// This context's oneDNN stream, created on first use.
     private var stream: DNNLStream?
-    /// Fast kernels by layer (top-level graph), prepared for the last input shapes seen.
+    /// Fast kernels by layer (top-level graph) for the interpreter.
     private var fastLayers: [String: FastLayer] = [:]
+    /// Plans by input shapes; `nil` entries mark shapes that run on the interpreter.
+    private var plans: [[[Int]]: ExecutionPlan?] = [:]
+    /// Why the last plan attempt failed, if it did.
+    public private(set) var planFailure: String?
+    /// Plan the graph (default) or always interpret it (for comparisons).
+    public var usePlan = true
     /// When true, each run records every top-level layer's time.
     public var profiling = false
     /// Per-layer times (milliseconds) of the runs made while profiling, in layer order.
     public private(set) var profile: [(layer: String, tactic: String, milliseconds: [Double])] = []
+    /// Types the interpreter observed on its last top-level run (for planning dynamic shapes).
+    private var observed: [String: (DataType, [Int])]?
 
     public init(engine: Engine) { self.engine = engine }
+
+    /// The plan used for the last run's shapes, if any (arena size, steps).
+    public private(set) var lastPlan: ExecutionPlan?
 
     /// Runs the engine on named inputs; returns the outputs in declaration order.
     public func run(_ inputs: [String: Tensor]) throws -> [(name: String, value: Tensor)] {
         let g = engine.graph
         try InputCheck.check(inputs, declared: g.inputs, allNames: Set(g.inputs.map(\.name)))
+        let names = g.outputs.map(\.name)
+        guard usePlan else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
+        let shapes = g.inputs.map { inputs[$0.name]?.shape ?? [] }
+        if let entry = plans[shapes] {
+            guard let plan = entry else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
+            do {
+                lastPlan = plan
+                return zip(names, try plan.run(inputs, stream: try currentStream(), profile: profiling ? record : nil)).map { ($0, $1) }
+            } catch let mismatch as PlanMismatch {
+                // A shape that depends on the data: these shapes run on the interpreter from now on.
+                planFailure = mismatch.description
+                plans[shapes] = .some(nil)
+                lastPlan = nil
+                return zip(names, try interpret(inputs)).map { ($0, $1) }
+            }
+        }
+        // First sight of these shapes: plan from the build-time shapes, or observe them.
+        if let types = staticTypes(inputs), let plan = makePlan(inputs, types: types) {
+            plans[shapes] = .some(plan)
+            return try run(inputs)
+        }
+        observed = [:]
+        let results = try interpret(inputs)
+        let types = observed ?? [:]
+        observed = nil
+        plans[shapes] = .some(makePlan(inputs, types: types))
+        return zip(names, results).map { ($0, $1) }
+    }
+
+    /// The build-time value types when every one is concrete and the inputs have the declared shapes.
+    private func staticTypes(_ inputs: [String: Tensor]) -> [String: (DataType, [Int])]? {
+        let g = engine.graph
+        guard !g.valueTypes.isEmpty else { return nil }
+        var types: [String: (DataType, [Int])] = [:]
+        for (name, t) in g.valueTypes {
+            guard let e = t.elementType, let shape = t.concreteShape else { return nil }
+            types[name] = (e, shape)
+        }
+        for input in g.inputs {
+            guard let t = inputs[input.name], let declared = types[input.name] ?? input.type.elementType.flatMap({ e in input.type.concreteShape.map { (e, $0) } }),
+                  declared.0 == t.dataType, declared.1 == t.shape else { return nil }
+            types[input.name] = declared
+        }
+        return types
+    }
+
+    private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])]) -> ExecutionPlan? {
+        let g = engine.graph
+        do {
+            let layers = g.layers.map {
+                PlanLayer(name: $0.name, opType: $0.opType, domain: $0.domain, opset: $0.opset, inputs: $0.inputs, outputs: $0.outputs,
+                          attributes: $0.attributes, tactic: $0.tactic)
+            }
+            let plan = try ExecutionPlan(layers: layers, constants: engine.constants,
+                                         inputs: g.inputs.map { ($0.name, inputs[$0.name]!.dataType, inputs[$0.name]!.shape) },
+                                         outputs: g.outputs.map(\.name), types: types, engine: engine.dnnl, shared: engine.kernels)
+            planFailure = nil
+            return plan
+        } catch {
+            planFailure = "\(error)"
+            return nil
+        }
+    }
+
+    private func record(_ layer: String, _ implementation: String, _ ms: Double) {
+        if let i = profile.firstIndex(where: { $0.layer == layer && $0.tactic == implementation }) { profile[i].milliseconds.append(ms) }
+        else { profile.append((layer, implementation, [ms])) }
+    }
+
+    /// Runs the graph layer by layer on the interpreter.
+    func interpret(_ inputs: [String: Tensor]) throws -> [Tensor] {
+        let g = engine.graph
+        lastPlan = nil
         var env: [String: Tensor] = [:]
         for c in g.constants { env[c.name] = c.value }
         for (k, v) in inputs { env[k] = v }
-        return zip(g.outputs.map(\.name), try execute(g, env: env)).map { ($0, $1) }
+        return try execute(g, env: env)
     }
 
     func currentStream() throws -> DNNLStream {
@@ -147,7 +244,10 @@ public final class ExecutionContext {
             } catch AnvilError.invalidTensor(let name, let reason) {
                 throw AnvilError.invalidNode(node: layer.name, op: layer.opType, reason: name.isEmpty || name == layer.opType ? reason : "\(name): \(reason)")
             }
-            for (name, value) in zip(layer.outputs, results) where !name.isEmpty { env[name] = value }
+            for (name, value) in zip(layer.outputs, results) where !name.isEmpty {
+                env[name] = value
+                if g === engine.graph, observed != nil { observed?[name] = (value.dataType, value.shape) }
+            }
         }
         return try g.outputs.map { out in
             guard let v = env[out.name] else { throw AnvilError.invalidGraph(graph: g.name, reason: "output '\(out.name)' was not produced") }

@@ -59,6 +59,8 @@ enum EngineCodec {
                 int(l.attributes.count)
                 for key in l.attributes.keys.sorted() { string(key); try attribute(l.attributes[key]!) }
             }
+            int(g.valueTypes.count)
+            for key in g.valueTypes.keys.sorted() { string(key); type(g.valueTypes[key]!) }
         }
     }
 
@@ -165,7 +167,9 @@ enum EngineCodec {
                 layers.append(Layer(name: lname, opType: op, domain: domain, opset: opset, inputs: ins, outputs: outs,
                                     attributes: attributes, fusedFrom: fused, tactic: tactic))
             }
-            return EngineGraph(name: name, inputs: inputs, outputs: outputs, constants: constants, layers: layers)
+            var valueTypes: [String: TensorType] = [:]
+            for _ in 0..<(try count(minimum: 24)) { valueTypes[try string()] = try type() }
+            return EngineGraph(name: name, inputs: inputs, outputs: outputs, constants: constants, layers: layers, valueTypes: valueTypes)
         }
     }
 

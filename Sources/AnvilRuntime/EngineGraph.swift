@@ -40,9 +40,14 @@ public final class EngineGraph: Subgraph {
     /// Constants in a stable order.
     public var constants: [(name: String, value: Tensor)]
     public var layers: [Layer]
+    /// The type and shape of every value as inferred at build time for the declared
+    /// input shapes; the runtime plans memory and kernels from these when they are
+    /// concrete and the inputs match.
+    public var valueTypes: [String: TensorType]
 
     public init(name: String, inputs: [(name: String, type: TensorType)], outputs: [(name: String, type: TensorType)],
-                constants: [(name: String, value: Tensor)], layers: [Layer]) {
+                constants: [(name: String, value: Tensor)], layers: [Layer], valueTypes: [String: TensorType] = [:]) {
+        self.valueTypes = valueTypes
         self.name = name
         self.inputs = inputs
         self.outputs = outputs

@@ -35,3 +35,36 @@ const char *anvil_dnnl_impl_name(const_dnnl_primitive_desc_t pd) {
     if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) != dnnl_success) return "unknown";
     return name;
 }
+
+dnnl_status_t anvil_dnnl_md_strided(dnnl_memory_desc_t *md, int ndims, const int64_t *dims, dnnl_data_type_t type, const int64_t *strides) {
+    if (ndims < 0 || ndims > DNNL_MAX_NDIMS) return dnnl_invalid_arguments;
+    dnnl_dims_t d, s;
+    copy_dims(d, ndims, dims, 0);
+    copy_dims(s, ndims, strides, 0);
+    return dnnl_memory_desc_init_by_strides(md, ndims, d, type, s);
+}
+
+dnnl_status_t anvil_dnnl_pool_desc(dnnl_pooling_v2_desc_t *desc, dnnl_alg_kind_t alg, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *dst,
+                                   int spatial, const int64_t *strides, const int64_t *kernel, const int64_t *dilations,
+                                   const int64_t *pad_begin, const int64_t *pad_end) {
+    if (spatial < 1 || spatial > 3) return dnnl_invalid_arguments;
+    dnnl_dims_t s, k, d, pl, pr;
+    copy_dims(s, spatial, strides, 0);
+    copy_dims(k, spatial, kernel, 0);
+    copy_dims(d, spatial, dilations, 1);
+    copy_dims(pl, spatial, pad_begin, 0);
+    copy_dims(pr, spatial, pad_end, 0);
+    return dnnl_pooling_v2_forward_desc_init(desc, dnnl_forward_inference, alg, src, dst, s, k, d, pl, pr);
+}
+
+size_t anvil_dnnl_scratchpad_size(const_dnnl_primitive_desc_t pd) {
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    return md ? dnnl_memory_desc_get_size(md) : 0;
+}
+
+dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_query_t what, int index) {
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, what, index);
+    dnnl_memory_desc_t zero;
+    memset(&zero, 0, sizeof zero);
+    return md ? *md : zero;
+}

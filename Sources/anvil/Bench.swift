@@ -51,6 +51,7 @@ struct Bench: ParsableCommand {
                     : try Tensor(element, shape: shape, int64s: (0..<n).map { _ in Int64.random(in: 0...1, using: &rng) })
             }
             _ = try context.run(inputs)
+            if let reason = context.planFailure { print("Note: runs on the layer interpreter (\(reason))") }
             let firstInference = Date().timeIntervalSince(loadStart)
             let warmEnd = Date().addingTimeInterval(warmUp / 1000)
             while Date() < warmEnd { _ = try context.run(inputs) }

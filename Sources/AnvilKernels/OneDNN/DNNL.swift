@@ -66,10 +66,13 @@ final class DNNLMemory {
     deinit { dnnl_memory_destroy(handle) }
 }
 
-/// A primitive with its descriptor; both freed together.
+/// A primitive with its descriptor; both freed together. Primitives run in user
+/// scratchpad mode: the caller passes the scratch memory (`scratchpadBytes`).
 final class DNNLPrimitive {
     let descriptor: dnnl_primitive_desc_t
     let handle: dnnl_primitive_t
+    /// Bytes of scratch memory an execution needs.
+    let scratchpadBytes: Int
 
     init(descriptor: dnnl_primitive_desc_t) throws {
         var p: dnnl_primitive_t?
@@ -81,6 +84,17 @@ final class DNNLPrimitive {
         }
         self.descriptor = descriptor
         handle = p
+        scratchpadBytes = anvil_dnnl_scratchpad_size(descriptor)
+    }
+
+    /// Creates the primitive for an op descriptor (`operation`, a dnnl_*_desc_t) with `attributes`.
+    convenience init<Operation>(_ operation: Operation, attributes: DNNLAttributes, engine: DNNLEngine, what: String) throws {
+        var op = operation
+        var pd: dnnl_primitive_desc_t?
+        try withUnsafePointer(to: &op) { p in
+            try check(dnnl_primitive_desc_create(&pd, UnsafeRawPointer(p), attributes.handle, engine.handle, nil), "choosing a \(what) implementation")
+        }
+        try self.init(descriptor: pd!)
     }
 
     deinit {
@@ -91,13 +105,25 @@ final class DNNLPrimitive {
     /// The implementation oneDNN chose (for tactic reports).
     var implementation: String { String(cString: anvil_dnnl_impl_name(descriptor)) }
 
-    func query(_ what: dnnl_query_t) -> dnnl_memory_desc_t {
-        dnnl_primitive_desc_query_md(descriptor, what, 0).pointee
+    /// A memory descriptor the primitive uses (zero when it has none for `what`).
+    func query(_ what: dnnl_query_t, index: Int32 = 0) -> dnnl_memory_desc_t {
+        anvil_dnnl_query_md(descriptor, what, index)
     }
 
+    /// Executes once with `args`, allocating the scratchpad (paths outside a plan).
     func execute(_ stream: DNNLStream, _ args: [(Int32, DNNLMemory)]) throws {
         var list = args.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.handle) }
+        var scratch: UnsafeMutableRawPointer?
+        var scratchMemory: DNNLMemory?
+        if scratchpadBytes > 0 {
+            scratch = UnsafeMutableRawPointer.allocate(byteCount: scratchpadBytes, alignment: 64)
+            scratchMemory = try DNNLMemory(query(dnnl_query_scratchpad_md), engine: stream.engine, data: scratch)
+            list.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: scratchMemory!.handle))
+        }
+        defer { scratch?.deallocate() }
         try check(dnnl_primitive_execute(handle, stream.handle, Int32(list.count), &list), "executing a primitive")
+        try stream.wait()
+        withExtendedLifetime(scratchMemory) {}
     }
 }
 
@@ -109,17 +135,23 @@ func memoryDescriptor(_ dims: [Int], _ tag: dnnl_format_tag_t, _ type: dnnl_data
     return md
 }
 
-/// Post-ops expressing a fused residual sum and activation.
+/// Primitive attributes: user scratchpad mode, and post-ops expressing a fused
+/// output scale, binary addition (attention masks), residual sum and activation.
 final class DNNLAttributes {
     let handle: dnnl_primitive_attr_t
 
-    init(sum: Bool, activation: Activation?) throws {
+    init(sum: Bool = false, activation: Activation? = nil, scale: Float? = nil, add: dnnl_memory_desc_t? = nil) throws {
         var attr: dnnl_primitive_attr_t?
         try check(dnnl_primitive_attr_create(&attr), "creating primitive attributes")
         handle = attr!
+        try check(dnnl_primitive_attr_set_scratchpad_mode(handle, dnnl_scratchpad_mode_user), "setting the scratchpad mode")
+        if var scale {
+            try check(dnnl_primitive_attr_set_output_scales(handle, 1, 0, &scale), "setting the output scale")
+        }
         var ops: dnnl_post_ops_t?
         try check(dnnl_post_ops_create(&ops), "creating post-ops")
         defer { dnnl_post_ops_destroy(ops) }
+        if var add { try check(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &add), "appending a binary addition") }
         if sum { try check(dnnl_post_ops_append_sum(ops, 1), "appending the residual sum") }
         for (alg, alpha, beta) in try Self.eltwise(activation) {
             try check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, beta), "appending the activation")
@@ -160,17 +192,21 @@ func prepack(_ values: [Float], from user: dnnl_memory_desc_t, to packed: dnnl_m
         try copy.withUnsafeMutableBytes { raw in
             let from = try DNNLMemory(user, engine: engine, data: raw.baseAddress)
             let to = try DNNLMemory(packed, engine: engine, data: buffer)
-            var reorderPD: dnnl_primitive_desc_t?
-            var a = user, b = packed
-            try check(dnnl_reorder_primitive_desc_create(&reorderPD, &a, engine.handle, &b, engine.handle, nil), "preparing the weight reorder")
-            let reorder = try DNNLPrimitive(descriptor: reorderPD!)
-            let stream = try DNNLStream(engine: engine)
-            try reorder.execute(stream, [(DNNL_ARG_FROM, from), (DNNL_ARG_TO, to)])
-            try stream.wait()
+            let reorder = try reorderPrimitive(from: user, to: packed, engine: engine)
+            try reorder.execute(try DNNLStream(engine: engine), [(DNNL_ARG_FROM, from), (DNNL_ARG_TO, to)])
         }
     } catch {
         buffer.deallocate()
         throw error
     }
     return buffer
+}
+
+/// A reorder primitive between two layouts (user scratchpad mode).
+func reorderPrimitive(from: dnnl_memory_desc_t, to: dnnl_memory_desc_t, engine: DNNLEngine) throws -> DNNLPrimitive {
+    var pd: dnnl_primitive_desc_t?
+    var a = from, b = to
+    let attributes = try DNNLAttributes()
+    try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine.handle, &b, engine.handle, attributes.handle), "preparing a reorder")
+    return try DNNLPrimitive(descriptor: pd!)
 }

@@ -34,10 +34,7 @@ public final class DNNLReorder {
     let engine: DNNLEngine
 
     public init(engine: DNNLEngine, from: DNNLLayout, to: DNNLLayout) throws {
-        var pd: dnnl_primitive_desc_t?
-        var a = from.descriptor, b = to.descriptor
-        try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine.handle, &b, engine.handle, nil), "preparing a reorder")
-        primitive = try DNNLPrimitive(descriptor: pd!)
+        primitive = try reorderPrimitive(from: from.descriptor, to: to.descriptor, engine: engine)
         self.from = from
         self.to = to
         self.engine = engine
@@ -47,6 +44,5 @@ public final class DNNLReorder {
         let a = try DNNLMemory(from.descriptor, engine: engine, data: UnsafeMutableRawPointer(mutating: source))
         let b = try DNNLMemory(to.descriptor, engine: engine, data: destination)
         try primitive.execute(stream, [(DNNL_ARG_FROM, a), (DNNL_ARG_TO, b)])
-        try stream.wait()
     }
 }

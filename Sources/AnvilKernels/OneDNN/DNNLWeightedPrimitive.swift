@@ -11,7 +11,8 @@ final class DNNLWeightedPrimitive {
     let weightDescriptor: dnnl_memory_desc_t
     let packedWeights: UnsafeMutableRawPointer
     let biasDescriptor: dnnl_memory_desc_t
-    let bias: [Float]
+    /// The bias values, 64-byte aligned, at a fixed address for prebound memory objects.
+    let bias: UnsafeMutableBufferPointer<Float>
     /// Elements of the destination.
     let outputCount: Int
 
@@ -19,23 +20,27 @@ final class DNNLWeightedPrimitive {
     /// `weights` (row-major, described by `userWeights`) into its preferred layout.
     init<Operation>(_ operation: Operation, what: String, engine: DNNLEngine, activation: Activation?, residual: Bool,
                     weights: [Float], userWeights: dnnl_memory_desc_t, bias: [Float], biasDescriptor: dnnl_memory_desc_t, outputCount: Int) throws {
-        let attributes = try DNNLAttributes(sum: residual, activation: activation)
-        var op = operation
-        var pd: dnnl_primitive_desc_t?
-        try withUnsafePointer(to: &op) { p in
-            try check(dnnl_primitive_desc_create(&pd, UnsafeRawPointer(p), attributes.handle, engine.handle, nil), "choosing a \(what) implementation")
-        }
-        primitive = try DNNLPrimitive(descriptor: pd!)
+        primitive = try DNNLPrimitive(operation, attributes: try DNNLAttributes(sum: residual, activation: activation), engine: engine, what: what)
         self.engine = engine
         self.residual = residual
         weightDescriptor = primitive.query(dnnl_query_weights_md)
         packedWeights = try prepack(weights, from: userWeights, to: weightDescriptor, engine: engine)
-        self.bias = bias
+        self.bias = .allocate(capacity: max(bias.count, 1))
+        _ = self.bias.initialize(from: bias)
         self.biasDescriptor = biasDescriptor
         self.outputCount = outputCount
     }
 
-    deinit { packedWeights.deallocate() }
+    deinit {
+        packedWeights.deallocate()
+        bias.deallocate()
+    }
+
+    /// Memory objects for the weights and bias (the source and destination come from the caller).
+    func constantArguments() throws -> [(Int32, DNNLMemory)] {
+        [(DNNL_ARG_WEIGHTS, try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights)),
+         (DNNL_ARG_BIAS, try DNNLMemory(biasDescriptor, engine: engine, data: UnsafeMutableRawPointer(bias.baseAddress!)))]
+    }
 
     var implementation: String { primitive.implementation }
 
@@ -43,14 +48,8 @@ final class DNNLWeightedPrimitive {
     /// residual, `output` must already hold it (the sum post-op accumulates into it).
     func execute(stream: DNNLStream, input: UnsafeMutableRawPointer, output: UnsafeMutableRawPointer) throws {
         let src = try DNNLMemory(primitive.query(dnnl_query_src_md), engine: engine, data: input)
-        let weights = try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights)
         let dst = try DNNLMemory(primitive.query(dnnl_query_dst_md), engine: engine, data: output)
-        var biasValues = bias
-        try biasValues.withUnsafeMutableBytes { b in
-            let biasMemory = try DNNLMemory(biasDescriptor, engine: engine, data: b.baseAddress)
-            try primitive.execute(stream, [(DNNL_ARG_SRC, src), (DNNL_ARG_WEIGHTS, weights), (DNNL_ARG_BIAS, biasMemory), (DNNL_ARG_DST, dst)])
-            try stream.wait()
-        }
+        try primitive.execute(stream, [(DNNL_ARG_SRC, src), (DNNL_ARG_DST, dst)] + constantArguments())
     }
 
     /// Runs on plain buffers, copying the residual into the output first.

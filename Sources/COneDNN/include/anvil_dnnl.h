@@ -23,4 +23,18 @@ int anvil_dnnl_md_equal(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b
 /// The implementation name a primitive descriptor chose ("brg:avx512_core", "jit:avx2" ...).
 const char *anvil_dnnl_impl_name(const_dnnl_primitive_desc_t pd);
 
+/// A memory descriptor of `ndims` dims with explicit element strides (views of plain tensors).
+dnnl_status_t anvil_dnnl_md_strided(dnnl_memory_desc_t *md, int ndims, const int64_t *dims, dnnl_data_type_t type, const int64_t *strides);
+
+/// Forward-inference pooling descriptor; dilations use ONNX's convention (1 = dense).
+dnnl_status_t anvil_dnnl_pool_desc(dnnl_pooling_v2_desc_t *desc, dnnl_alg_kind_t alg, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *dst,
+                                   int spatial, const int64_t *strides, const int64_t *kernel, const int64_t *dilations,
+                                   const int64_t *pad_begin, const int64_t *pad_end);
+
+/// Bytes of scratchpad a primitive needs (user scratchpad mode).
+size_t anvil_dnnl_scratchpad_size(const_dnnl_primitive_desc_t pd);
+
+/// The memory descriptor a primitive descriptor reports for `what` (index 0).
+dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_query_t what, int index);
+
 #endif

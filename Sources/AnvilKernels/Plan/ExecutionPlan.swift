@@ -1,0 +1,799 @@
+import AnvilCore
+import COneDNN
+import Dispatch
+import Foundation
+
+/// Why a graph cannot be planned (it then runs on the interpreter).
+public struct PlanUnsupported: Error, CustomStringConvertible {
+    public let reason: String
+    public var description: String { reason }
+}
+
+/// Kernels shared by every execution context of an engine: a oneDNN convolution or
+/// matmul holds its prepacked weights, so contexts share one per layer and shape.
+public final class SharedKernels: @unchecked Sendable {
+    private let lock = NSLock()
+    private var kernels: [String: AnyObject] = [:]
+
+    public init() {}
+
+    func kernel<K: AnyObject>(_ key: String, make: () throws -> K) throws -> K {
+        lock.lock()
+        defer { lock.unlock() }
+        if let k = kernels[key] as? K { return k }
+        let k = try make()
+        kernels[key] = k
+        return k
+    }
+
+    /// Bytes of packed weights held (for reports).
+    public var count: Int { lock.lock(); defer { lock.unlock() }; return kernels.count }
+}
+
+/// A compiled run of a graph for one set of input shapes: every value placed in
+/// one activation arena by a liveness-based memory plan (in place where safe),
+/// layouts planned so consecutive oneDNN layers exchange blocked tensors with
+/// reorders only at boundaries, and every oneDNN primitive created with its
+/// memory bound once. A run then makes no allocations except in reference layers.
+public final class ExecutionPlan {
+    let engine: DNNLEngine
+    let shared: SharedKernels
+    var values: [String: PlanValue] = [:]
+    var steps: [PlanStep] = []
+    var graphInputs: [PlanValue] = []
+    var graphOutputs: [Either] = []
+    enum Either { case value(PlanValue), constant(Tensor) }
+
+    /// Arena buffers: size, live range in steps, assigned offset.
+    struct Buffer { var bytes: Int; var first: Int; var last: Int; var offset = 0; var names: [String] }
+    var buffers: [Buffer] = []
+    public private(set) var arenaBytes = 0
+    private(set) var arena: UnsafeMutableRawPointer
+    private(set) var scratchpad: UnsafeMutableRawPointer
+    public private(set) var scratchpadBytes = 0
+    private var owned: [UnsafeMutableRawPointer] = []
+
+    // Planning state.
+    private let constants: [String: Tensor]
+    private let types: [String: (DataType, [Int])]
+    private var lastUse: [String: Int] = [:]
+    private var plainCopies: [String: PlanValue] = [:]
+    private var layerIndex = 0
+
+    /// Plans `layers` for inputs of the given shapes. `types` gives every value's
+    /// element type and shape for these inputs (recorded at build time or observed).
+    public init(layers: [PlanLayer], constants: [String: Tensor], inputs: [(name: String, type: DataType, shape: [Int])],
+                outputs: [String], types: [String: (DataType, [Int])], engine: DNNLEngine, shared: SharedKernels) throws {
+        self.engine = engine
+        self.shared = shared
+        self.constants = constants
+        self.types = types
+        arena = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+        scratchpad = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+        for (i, l) in layers.enumerated() {
+            for name in l.inputs where !name.isEmpty { lastUse[name] = i }
+            for a in l.attributes.values {
+                switch a {
+                case .graph, .graphs: throw PlanUnsupported(reason: "layer '\(l.name)' has subgraphs")
+                default: break
+                }
+            }
+        }
+        for name in outputs { lastUse[name] = Int.max }
+        for input in inputs {
+            guard input.type != .string else { throw PlanUnsupported(reason: "input '\(input.name)' holds strings") }
+            let v = newValue(input.name, input.type, input.shape)
+            buffers[v.buffer].first = -1
+            graphInputs.append(v)
+        }
+        for (i, layer) in layers.enumerated() {
+            layerIndex = i
+            if try !compileFast(layer) { try compileReference(layer) }
+        }
+        for name in outputs {
+            if let t = constants[name] { graphOutputs.append(.constant(t)); continue }
+            guard let v = values[name] else { throw PlanUnsupported(reason: "output '\(name)' is not produced") }
+            let p = try plain(v)
+            graphOutputs.append(.value(p))
+            if p.buffer >= 0 { buffers[p.buffer].last = Int.max }
+        }
+        try assignMemory()
+        for step in steps { try step.bind(self) }
+    }
+
+    deinit {
+        arena.deallocate()
+        scratchpad.deallocate()
+        for p in owned { p.deallocate() }
+    }
+
+    // MARK: Running
+
+    /// Runs on inputs already checked against the declared types; `profile` receives
+    /// each step's layer, implementation and milliseconds.
+    public func run(_ inputs: [String: Tensor], stream: DNNLStream,
+                    profile: ((_ layer: String, _ implementation: String, _ milliseconds: Double) -> Void)? = nil) throws -> [Tensor] {
+        for v in graphInputs {
+            guard let t = inputs[v.name], t.shape == v.shape, t.dataType == v.dataType else {
+                throw PlanMismatch(layer: "(inputs)", value: v.name, planned: v.shape, actual: inputs[v.name]?.shape ?? [])
+            }
+            try store(t, into: v)
+        }
+        for step in steps {
+            let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+            if !(step is PrimitiveStep) { try stream.wait() }
+            try step.run(self, stream: stream)
+            if let profile {
+                try stream.wait()
+                profile(step.layer, step.implementation, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
+            }
+        }
+        try stream.wait()
+        return try graphOutputs.map { output in
+            switch output {
+            case .constant(let t): return t
+            case .value(let v): return try tensor(v)
+            }
+        }
+    }
+
+    func address(_ v: PlanValue) -> UnsafeMutableRawPointer {
+        if let c = v.constant { return c }
+        return arena + buffers[v.buffer].offset + v.offset
+    }
+
+    /// A plain value's contents as a tensor (a copy).
+    func tensor(_ v: PlanValue) throws -> Tensor {
+        try Tensor.fromHostBytes(v.dataType, shape: v.shape, bytes: address(v))
+    }
+
+    /// Copies a tensor into a plain value's storage.
+    func store(_ t: Tensor, into v: PlanValue) throws {
+        let target = address(v)
+        try t.withHostBytes { raw in
+            guard raw.count == v.byteCount else {
+                throw AnvilError.invalidTensor(name: v.name, reason: "has \(raw.count) bytes, planned \(v.byteCount)")
+            }
+            if let base = raw.baseAddress { target.copyMemory(from: base, byteCount: raw.count) }
+        }
+    }
+
+    /// The steps as (layer, implementation) pairs, for reports.
+    public var stepSummary: [(layer: String, implementation: String)] { steps.map { ($0.layer, $0.implementation) } }
+
+    // MARK: Values and buffers
+
+    private func newValue(_ name: String, _ type: DataType, _ shape: [Int], layout: dnnl_memory_desc_t? = nil) -> PlanValue {
+        let v = PlanValue(name: name, dataType: type, shape: shape, layout: layout.flatMap { Self.isPlain($0, shape) ? nil : $0 }, buffer: buffers.count)
+        buffers.append(Buffer(bytes: v.byteCount, first: steps.count, last: steps.count, names: [name]))
+        values[name] = v
+        return v
+    }
+
+    /// A view of `source`'s storage (a reshape, a split part, an in-place result).
+    private func alias(_ name: String, of source: PlanValue, type: DataType, shape: [Int], layout: dnnl_memory_desc_t? = nil, byteOffset: Int = 0) -> PlanValue {
+        let v = PlanValue(name: name, dataType: type, shape: shape, layout: layout.flatMap { Self.isPlain($0, shape) ? nil : $0 },
+                          buffer: source.buffer, offset: source.offset + byteOffset)
+        v.constant = source.constant
+        if v.buffer >= 0 { buffers[v.buffer].names.append(name) }
+        values[name] = v
+        return v
+    }
+
+    static func isPlain(_ d: dnnl_memory_desc_t, _ shape: [Int]) -> Bool {
+        guard var p = try? plainDescriptor(shape, .float) else { return false }
+        var a = d
+        // Compare layouts only: the element type of `d` decides.
+        p.data_type = a.data_type
+        return anvil_dnnl_md_equal(&a, &p) != 0
+    }
+
+    /// Whether nothing reads `v`'s storage after the current layer, so a layer may overwrite it.
+    private func dies(_ v: PlanValue) -> Bool {
+        guard v.buffer >= 0, buffers[v.buffer].first >= 0 else { return false }
+        return buffers[v.buffer].names.allSatisfy { (lastUse[$0] ?? -1) <= layerIndex }
+    }
+
+    /// A constant as a plan value (plain, storage owned by the plan).
+    private func constantValue(_ name: String, _ t: Tensor) throws -> PlanValue {
+        let v = PlanValue(name: name, dataType: t.dataType, shape: t.shape, layout: nil, buffer: -1)
+        let bytes = max(v.byteCount, 64)
+        let p = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        owned.append(p)
+        try t.withHostBytes { raw in if let b = raw.baseAddress { p.copyMemory(from: b, byteCount: raw.count) } }
+        v.constant = p
+        return v
+    }
+
+    /// Plan-owned float scratch memory (freed with the plan).
+    func ownedFloats(_ count: Int) -> UnsafeMutablePointer<Float> {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 16) * 4, alignment: 64)
+        owned.append(p)
+        return p.assumingMemoryBound(to: Float.self)
+    }
+
+    /// `v` in plain layout: itself, or a reordered copy (made once per value).
+    func plain(_ v: PlanValue) throws -> PlanValue {
+        if v.isPlain { return v }
+        if let p = plainCopies[v.name] { return p }
+        let p = try reordered(v, to: plainDescriptor(v.shape, v.dataType), name: v.name + "#plain")
+        plainCopies[v.name] = p
+        return p
+    }
+
+    /// `v` in layout `d`: itself or a reordered copy.
+    private func inLayout(_ v: PlanValue, _ d: dnnl_memory_desc_t) throws -> PlanValue {
+        if try v.stored(as: d) { return v }
+        if Self.isPlain(d, v.shape) { return try plain(v) }
+        return try reordered(v, to: d, name: v.name + "#\(steps.count)")
+    }
+
+    private func reordered(_ v: PlanValue, to d: dnnl_memory_desc_t, name: String) throws -> PlanValue {
+        let out = newValue(name, v.dataType, v.shape, layout: d)
+        buffers[out.buffer].names.append(v.name)  // lives as long as its source is used
+        let primitive = try reorderPrimitive(from: v.descriptor(), to: d, engine: engine)
+        steps.append(PrimitiveStep(layer: "reorder " + v.name, primitive: primitive,
+                                   arguments: [(DNNL_ARG_FROM, v, try v.descriptor()), (DNNL_ARG_TO, out, d)], implementation: "reorder"))
+        return out
+    }
+
+    private func type(of name: String) throws -> (DataType, [Int]) {
+        guard let t = types[name] else { throw PlanUnsupported(reason: "the shape of '\(name)' is not known") }
+        return t
+    }
+
+    // MARK: Memory plan
+
+    /// Places buffers in the arena: largest first, each at the lowest 64-byte-aligned
+    /// offset free during its whole live range.
+    private func assignMemory() throws {
+        for (i, step) in steps.enumerated() {
+            for v in step.reads where v.buffer >= 0 { buffers[v.buffer].last = max(buffers[v.buffer].last, i) }
+            for v in step.writes where v.buffer >= 0 {
+                buffers[v.buffer].first = min(buffers[v.buffer].first, i)
+                buffers[v.buffer].last = max(buffers[v.buffer].last, i)
+            }
+        }
+        let order = buffers.indices.sorted { (buffers[$0].bytes, $1) > (buffers[$1].bytes, $0) }
+        var placed: [Int] = []
+        var total = 0
+        for b in order {
+            let size = (buffers[b].bytes + 63) / 64 * 64
+            let overlapping = placed.filter { buffers[$0].first <= buffers[b].last && buffers[b].first <= buffers[$0].last }
+                .map { (buffers[$0].offset, (buffers[$0].bytes + 63) / 64 * 64) }.sorted { $0.0 < $1.0 }
+            var offset = 0
+            for (start, length) in overlapping {
+                if offset + size <= start { break }
+                offset = max(offset, start + length)
+            }
+            buffers[b].offset = offset
+            placed.append(b)
+            total = max(total, offset + size)
+        }
+        arenaBytes = total
+        arena.deallocate()
+        arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
+        scratchpadBytes = steps.compactMap { ($0 as? PrimitiveStep)?.primitive.scratchpadBytes }.max() ?? 0
+        scratchpad.deallocate()
+        scratchpad = UnsafeMutableRawPointer.allocate(byteCount: max(scratchpadBytes, 64), alignment: 64)
+    }
+
+    /// The memory plan: every arena buffer with its offset, size, live steps and values.
+    public var memoryPlan: [(offset: Int, bytes: Int, firstStep: Int, lastStep: Int, values: [String])] {
+        buffers.map { ($0.offset, $0.bytes, $0.first, $0.last, $0.names) }.sorted { ($0.offset, $0.firstStep) < ($1.offset, $1.firstStep) }
+    }
+
+    /// Steps with what they read and write, for reports and debugging.
+    public var stepDetails: [(layer: String, implementation: String, reads: [String], writes: [String])] {
+        steps.map { ($0.layer, $0.implementation, $0.reads.map(\.name), $0.writes.map(\.name)) }
+    }
+
+    /// Bytes the values would take without reuse (for reports).
+    public var unplannedBytes: Int { buffers.reduce(0) { $0 + $1.bytes } }
+
+    // MARK: Reference layers
+
+    private func compileReference(_ layer: PlanLayer) throws {
+        guard let definition = KernelRegistry.lookup(domain: layer.domain, opType: layer.opType, opset: layer.opset) else {
+            throw AnvilError.unsupportedOp(node: layer.name, op: layer.opType, domain: layer.domain, version: layer.opset)
+        }
+        let inputs: [ReferenceStep.Either] = try layer.inputs.map { name in
+            if name.isEmpty { return .absent }
+            if let t = constants[name] { return .constant(t) }
+            guard let v = values[name] else { throw PlanUnsupported(reason: "'\(name)' has no value before layer '\(layer.name)'") }
+            return .value(try plain(v))
+        }
+        var outputs: [PlanValue] = []
+        for name in layer.outputs where !name.isEmpty {
+            let (t, shape) = try type(of: name)
+            guard t != .string else { throw PlanUnsupported(reason: "'\(name)' holds strings") }
+            outputs.append(newValue(name, t, shape))
+        }
+        steps.append(ReferenceStep(layer, definition: definition, inputs: inputs, outputs: outputs))
+    }
+
+    // MARK: Fast layers
+
+    /// Appends oneDNN or view steps for the layer; false when it needs the reference kernel.
+    private func compileFast(_ layer: PlanLayer) throws -> Bool {
+        let outputs = layer.outputs.filter { !$0.isEmpty }
+        guard !outputs.isEmpty else { return false }
+        // Every non-constant input must have been planned already.
+        for name in layer.inputs where !name.isEmpty && constants[name] == nil && values[name] == nil {
+            throw PlanUnsupported(reason: "'\(name)' has no value before layer '\(layer.name)'")
+        }
+        do {
+            return try FastCompiler(plan: self, layer: layer).compile()
+        } catch let e as AnvilError {
+            // A layer oneDNN refuses (unimplemented shapes) falls back to its reference kernel.
+            if case .invalidTensor(let name, _) = e, name == "oneDNN" { return false }
+            throw e
+        }
+    }
+
+    /// The compiler of one fast layer; it sees the plan's planning state.
+    struct FastCompiler {
+        let plan: ExecutionPlan
+        let layer: PlanLayer
+
+        var op: String { layer.domain == "ai.anvil" ? "anvil." + layer.opType : layer.opType }
+        var attributes: AttributeReader { AttributeReader(attributes: layer.attributes, name: layer.name, opType: layer.opType) }
+        var context: EvalContext {
+            EvalContext(name: layer.name, opType: layer.opType, domain: layer.domain, outputCount: layer.outputs.count,
+                        attributes: layer.attributes, opset: layer.opset, inputs: []) { _, _ in [] }
+        }
+
+        func constant(_ i: Int) -> Tensor? {
+            i < layer.inputs.count ? plan.constants[layer.inputs[i]] : nil
+        }
+        func value(_ i: Int) -> PlanValue? {
+            i < layer.inputs.count && !layer.inputs[i].isEmpty ? plan.values[layer.inputs[i]] : nil
+        }
+        func present(_ i: Int) -> Bool { i < layer.inputs.count && !layer.inputs[i].isEmpty }
+        func outputType(_ i: Int = 0) throws -> (DataType, [Int]) { try plan.type(of: layer.outputs[i]) }
+
+        func compile() throws -> Bool {
+            guard layer.outputs.count == 1 || (layer.outputs.dropFirst().allSatisfy(\.isEmpty) && op != "Split") || op == "Split" else { return false }
+            switch op {
+            case "Conv", "anvil.FusedConv": return try convolution()
+            case "MatMul", "anvil.FusedMatMul", "Gemm", "anvil.FusedGemm": return try matmul()
+            case "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool": return try pooling()
+            case "Add", "Sub", "Mul", "Div", "Max", "Min": return try binary()
+            case "Softmax": return try softmax()
+            case "LayerNormalization": return try layerNormalization()
+            case "Concat": return try concat()
+            case "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout": return try view()
+            case "Split": return try split()
+            case "anvil.Attention", "Attention": return try attention()
+            case "Transpose": return try transpose()
+            case "Resize": return try resize()
+            default: return try eltwise()
+            }
+        }
+
+        /// The destination of a layer with a residual sum: the residual's own storage
+        /// when nothing reads it later, else a fresh buffer it is copied into.
+        func residualDestination(_ r: PlanValue, layout: dnnl_memory_desc_t, notSharing input: PlanValue) throws -> (PlanValue, [(PlanValue, PlanValue)]) {
+            let name = layer.outputs[0]
+            let (t, shape) = try outputType()
+            let residual = try plan.inLayout(r, layout)
+            if plan.dies(residual), residual.buffer != input.buffer, residual.constant == nil {
+                return (plan.alias(name, of: residual, type: t, shape: shape, layout: layout), [])
+            }
+            return (plan.newValue(name, t, shape, layout: layout), [(residual, plan.values[name]!)])
+        }
+
+        func convolution() throws -> Bool {
+            guard layer.tactic != "reference", let x = value(0), x.dataType == .float, let w = constant(1), w.dataType == .float,
+                  w.rank == x.shape.count, (3...5).contains(w.rank), !present(2) || constant(2) != nil else { return false }
+            let residualValue = present(3) ? value(3) : nil
+            if present(3) && residualValue == nil { return false }
+            let attrs = try WindowAttributes(context)
+            let g = try attrs.geometry(context, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
+            guard g.output.allSatisfy({ $0 > 0 }), x.shape[1] == w.shape[1] * attrs.group else { return false }
+            let activation = try fusedActivation(context)
+            let conv = try plan.shared.kernel("conv|\(layer.name)|\(x.shape)") {
+                try DNNLConvolution(engine: plan.engine, inputShape: x.shape, weights: w, bias: constant(2), geometry: g, group: attrs.group,
+                                    activation: activation, residual: residualValue != nil, layout: .blocked)
+            }
+            let primitive = conv.kernel.primitive
+            let src = try plan.inLayout(x, primitive.query(dnnl_query_src_md))
+            let dstLayout = primitive.query(dnnl_query_dst_md)
+            let (out, copies) = try residualValue.map { try residualDestination($0, layout: dstLayout, notSharing: src) }
+                ?? (plan.newValue(layer.outputs[0], .float, conv.outputShape, layout: dstLayout), [])
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)), (DNNL_ARG_DST, out, dstLayout)],
+                                            fixed: try conv.kernel.constantArguments(), copies: copies))
+            return true
+        }
+
+        func matmul() throws -> Bool {
+            guard layer.tactic != "reference", let x = value(0), x.dataType == .float, let w = constant(1), w.dataType == .float, w.rank == 2 else { return false }
+            let residualValue = present(3) ? value(3) : nil
+            if present(3) && residualValue == nil { return false }
+            let gemm = layer.opType.hasSuffix("Gemm")
+            let a = attributes
+            let transB = gemm ? try a.int("transB", 0) != 0 : false
+            let k = transB ? w.shape[1] : w.shape[0], n = transB ? w.shape[0] : w.shape[1]
+            var bias: Tensor?
+            if present(2) {
+                guard let c = constant(2), c.dataType == .float, c.count == n, c.shape.dropLast().allSatisfy({ $0 == 1 }) else { return false }
+                if gemm { guard try a.float("beta", 1) == 1 else { return false } }
+                bias = try c.reshaped([n])
+            }
+            if gemm { guard x.shape.count == 2, try a.int("transA", 0) == 0 else { return false } }
+            guard x.shape.count >= 2, x.shape.last == k, k > 0 else { return false }
+            let (_, shape) = try outputType()
+            let m = x.count / k
+            guard m > 0, shape.reduce(1, *) == m * n else { return false }
+            let alpha = gemm ? try a.float("alpha", 1) : 1
+            let activation = try fusedActivation(context)
+            let mm = try plan.shared.kernel("matmul|\(layer.name)|\(m)") {
+                try DNNLMatMul(engine: plan.engine, m: m, weights: w, transposedWeights: transB, alpha: alpha, bias: bias,
+                               activation: activation, residual: residualValue != nil)
+            }
+            let primitive = mm.kernel.primitive
+            let src = try plan.plain(x)
+            let (out, copies) = try residualValue.map { try residualDestination(plan.plain($0), layout: plainDescriptor(shape), notSharing: src) }
+                ?? (plan.newValue(layer.outputs[0], .float, shape), [])
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)),
+                                                        (DNNL_ARG_DST, out, primitive.query(dnnl_query_dst_md))],
+                                            fixed: try mm.kernel.constantArguments(), copies: copies))
+            return true
+        }
+
+        func pooling() throws -> Bool {
+            guard let x = value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return false }
+            let spatial = Array(x.shape[2...])
+            let (_, outShape) = try outputType()
+            var alg = dnnl_pooling_max
+            var kernel = spatial, strides = spatial.map { _ in 1 }, dilations = strides
+            var padsBegin = spatial.map { _ in 0 }, padsEnd = padsBegin
+            if op == "GlobalAveragePool", let layout = try SwiftKernels.channelLayout(x.layout, shape: x.shape) {
+                // A Swift kernel: oneDNN's average sums in an order that depends on the thread count.
+                let out = plan.newValue(layer.outputs[0], .float, outShape)
+                let n = x.shape[0], c = x.shape[1], count = spatial.reduce(1, *)
+                plan.steps.append(SwiftStep(layer: layer.name, reads: [x], writes: [out]) { p in
+                    SwiftKernels.globalAveragePool(p.address(x).assumingMemoryBound(to: Float.self), layout: layout, n: n, c: c, spatial: count,
+                                                   into: p.address(out).assumingMemoryBound(to: Float.self))
+                })
+                return true
+            }
+            if op.hasPrefix("Global") {
+                alg = op == "GlobalMaxPool" ? dnnl_pooling_max : dnnl_pooling_avg_exclude_padding
+            } else {
+                let attrs = try WindowAttributes(context)
+                guard let k = attrs.kernelShape else { return false }
+                let g = try attrs.geometry(context, input: spatial, kernel: k)
+                kernel = k; strides = g.strides; dilations = g.dilations; padsBegin = g.padsBegin
+                // oneDNN wants the right padding that reproduces the output size exactly.
+                padsEnd = attrs.ceilMode ? zip(zip(g.output, spatial), zip(g.strides, zip(k, zip(g.dilations, g.padsBegin)))).map { o, p in
+                    let (out, input) = o, (s, (kk, (d, pb))) = p
+                    return max(0, (out - 1) * s + (kk - 1) * d + 1 - input - pb)
+                } : g.padsEnd
+                if op == "AveragePool" {
+                    let include = try attributes.int("count_include_pad", 0) != 0
+                    if include && attrs.ceilMode { return false }
+                    alg = include ? dnnl_pooling_avg_include_padding : dnnl_pooling_avg_exclude_padding
+                }
+                guard Array(x.shape[0..<2]) + g.output == outShape else { return false }
+            }
+            var src = try x.descriptor()
+            var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
+            var desc = dnnl_pooling_v2_desc_t()
+            try check(anvil_dnnl_pool_desc(&desc, alg, &src, &dst, Int32(spatial.count), strides.map { Int64($0) }, kernel.map { Int64($0) },
+                                           dilations.map { Int64($0) }, padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the pooling")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "pooling")
+            let dstLayout = primitive.query(dnnl_query_dst_md)
+            let out = plan.newValue(layer.outputs[0], .float, outShape, layout: dstLayout)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_SRC, x, src), (DNNL_ARG_DST, out, dstLayout)]))
+            return true
+        }
+
+        /// The eltwise algorithm of a unary layer, nil when oneDNN has none.
+        func eltwiseAlgorithm() throws -> (dnnl_alg_kind_t, Float, Float)? {
+            let a = attributes
+            switch op {
+            case "Relu": return (dnnl_eltwise_relu, 0, 0)
+            case "LeakyRelu": return (dnnl_eltwise_relu, try a.float("alpha", 0.01), 0)
+            case "Sigmoid": return (dnnl_eltwise_logistic, 0, 0)
+            case "Tanh": return (dnnl_eltwise_tanh, 0, 0)
+            case "Elu": return (dnnl_eltwise_elu, try a.float("alpha", 1), 0)
+            case "HardSwish": return (dnnl_eltwise_hardswish, 0, 0)
+            case "Mish": return (dnnl_eltwise_mish, 0, 0)
+            case "Exp": return (dnnl_eltwise_exp, 0, 0)
+            case "Log": return (dnnl_eltwise_log, 0, 0)
+            case "Sqrt": return (dnnl_eltwise_sqrt, 0, 0)
+            case "Abs": return (dnnl_eltwise_abs, 0, 0)
+            case "Neg": return (dnnl_eltwise_linear, -1, 0)
+            case "Gelu", "anvil.Gelu":
+                return try a.string("approximate", "none") == "tanh" ? (dnnl_eltwise_gelu_tanh, 0, 0) : (dnnl_eltwise_gelu_erf, 0, 0)
+            case "anvil.SiLU": return (dnnl_eltwise_swish, 1, 0)
+            case "Clip":
+                var lo = -Float.greatestFiniteMagnitude, hi = Float.greatestFiniteMagnitude
+                if layer.opset < 11 {
+                    lo = try a.float("min", lo); hi = try a.float("max", hi)
+                } else {
+                    if present(1) { guard let t = constant(1), t.dataType == .float, t.count == 1 else { return nil }; lo = t.floats[0] }
+                    if present(2) { guard let t = constant(2), t.dataType == .float, t.count == 1 else { return nil }; hi = t.floats[0] }
+                }
+                guard lo <= hi else { return nil }
+                return (dnnl_eltwise_clip_v2, lo, hi)
+            default: return nil
+            }
+        }
+
+        func eltwise() throws -> Bool {
+            guard let (alg, alpha, beta) = try eltwiseAlgorithm(), let x = value(0), x.dataType == .float else { return false }
+            var data = try x.descriptor()
+            var desc = dnnl_eltwise_desc_t()
+            try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &data, alpha, beta), "describing the eltwise op")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "eltwise")
+            let (t, shape) = try outputType()
+            guard shape == x.shape, t == .float else { return false }
+            let out = plan.dies(x) && x.constant == nil ? plan.alias(layer.outputs[0], of: x, type: t, shape: shape, layout: x.layout)
+                                                        : plan.newValue(layer.outputs[0], t, shape, layout: x.layout)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_SRC, x, data), (DNNL_ARG_DST, out, data)]))
+            return true
+        }
+
+        /// A plan value for input `i` (a constant copied into plan storage), nil when absent.
+        func operand(_ i: Int) throws -> PlanValue? {
+            if let v = value(i) { return v }
+            if let t = constant(i) { return try plan.constantValue(layer.inputs[i], t) }
+            return nil
+        }
+
+        func binary() throws -> Bool {
+            guard layer.inputs.count == 2, var a = try operand(0), var b = try operand(1), a.dataType == .float, b.dataType == .float else { return false }
+            let (t, shape) = try outputType()
+            let commutative = ["Add", "Mul", "Max", "Min"].contains(op)
+            if commutative, a.shape != shape || (a.constant != nil && b.constant == nil && b.shape == shape) { swap(&a, &b) }
+            guard a.shape == shape, a.constant == nil, b.shape.count <= shape.count else { return false }
+            let algorithms: [String: dnnl_alg_kind_t] = ["Add": dnnl_binary_add, "Sub": dnnl_binary_sub, "Mul": dnnl_binary_mul,
+                                                         "Div": dnnl_binary_div, "Max": dnnl_binary_max, "Min": dnnl_binary_min]
+            var src0 = try a.descriptor()
+            if b.shape == a.shape {
+                b = try plan.inLayout(b, src0)
+            } else {
+                b = try plan.plain(b)
+            }
+            var src1 = b.shape == a.shape ? try b.descriptor() : try plainDescriptor(Array(repeating: 1, count: shape.count - b.shape.count) + b.shape)
+            if src1.ndims != src0.ndims { return false }
+            var dst = src0
+            var desc = dnnl_binary_desc_t()
+            try check(dnnl_binary_desc_init(&desc, algorithms[op]!, &src0, &src1, &dst), "describing the binary op")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "binary")
+            let inPlace = plan.dies(a) && a.buffer != b.buffer
+            let out = inPlace ? plan.alias(layer.outputs[0], of: a, type: t, shape: shape, layout: a.layout)
+                              : plan.newValue(layer.outputs[0], t, shape, layout: a.layout)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_SRC_0, a, src0), (DNNL_ARG_SRC_1, b, src1), (DNNL_ARG_DST, out, dst)]))
+            return true
+        }
+
+        func softmax() throws -> Bool {
+            guard let v = value(0), v.dataType == .float, !v.shape.isEmpty else { return false }
+            let rank = v.shape.count
+            guard let axis = ShapeMath.normalizeAxis(try attributes.int("axis", layer.opset >= 13 ? -1 : 1), rank: rank),
+                  layer.opset >= 13 || axis == rank - 1 else { return false }
+            let x = try plan.plain(v)
+            if axis != rank - 1 {
+                // oneDNN's softmax over an outer axis is its slow reference; a Swift kernel does it.
+                let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *), n = x.shape[axis]
+                let scratch = plan.ownedFloats(2 * inner)
+                let out = plan.dies(x) ? plan.alias(layer.outputs[0], of: x, type: .float, shape: x.shape) : plan.newValue(layer.outputs[0], .float, x.shape)
+                plan.steps.append(SwiftStep(layer: layer.name, reads: [x], writes: [out]) { p in
+                    SwiftKernels.softmax(p.address(x).assumingMemoryBound(to: Float.self), outer: outer, axis: n, inner: inner,
+                                         into: p.address(out).assumingMemoryBound(to: Float.self), scratch: scratch)
+                })
+                return true
+            }
+            var data = try x.descriptor()
+            var desc = dnnl_softmax_v2_desc_t()
+            try check(dnnl_softmax_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_softmax_accurate, &data, &data, Int32(axis)), "describing the softmax")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "softmax")
+            let out = plan.dies(x) ? plan.alias(layer.outputs[0], of: x, type: .float, shape: x.shape) : plan.newValue(layer.outputs[0], .float, x.shape)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, data), (DNNL_ARG_DST, out, data)]))
+            return true
+        }
+
+        func layerNormalization() throws -> Bool {
+            guard let v = value(0), v.dataType == .float, let scale = constant(1), scale.dataType == .float,
+                  let axis = ShapeMath.normalizeAxis(try attributes.int("axis", -1), rank: v.shape.count) else { return false }
+            let inner = v.shape[axis...].reduce(1, *), outer = v.shape[..<axis].reduce(1, *)
+            guard inner > 0, outer > 0, scale.count == inner else { return false }
+            let bias = constant(2)
+            if present(2) { guard let bias, bias.dataType == .float, bias.count == inner else { return false } }
+            let x = try plan.plain(v)
+            var data = try plainDescriptor([outer, inner])
+            var desc = dnnl_layer_normalization_desc_t()
+            let flags = dnnl_use_scale.rawValue | (bias == nil ? 0 : dnnl_use_shift.rawValue)
+            try check(dnnl_layer_normalization_forward_desc_init(&desc, dnnl_forward_inference, &data, nil, try attributes.float("epsilon", 1e-5), flags),
+                      "describing the layer normalization")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "layer normalization")
+            let scaleValue = try plan.constantValue(layer.inputs[1], scale.reshaped([inner]))
+            var arguments: [(arg: Int32, value: PlanValue, descriptor: dnnl_memory_desc_t)] = [
+                (DNNL_ARG_SRC, x, data), (DNNL_ARG_SCALE, scaleValue, try plainDescriptor([inner]))]
+            if let bias { arguments.append((DNNL_ARG_SHIFT, try plan.constantValue(layer.inputs[2], bias.reshaped([inner])), try plainDescriptor([inner]))) }
+            let out = plan.dies(x) ? plan.alias(layer.outputs[0], of: x, type: .float, shape: x.shape) : plan.newValue(layer.outputs[0], .float, x.shape)
+            arguments.append((DNNL_ARG_DST, out, data))
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive, arguments: arguments))
+            return true
+        }
+
+        func concat() throws -> Bool {
+            let (t, shape) = try outputType()
+            guard t == .float, let axis = ShapeMath.normalizeAxis(try attributes.int("axis", 0), rank: shape.count) else { return false }
+            var parts: [PlanValue] = []
+            for i in layer.inputs.indices {
+                guard let p = try operand(i), p.dataType == .float, p.shape.count == shape.count else { return false }
+                if p.shape[axis] > 0 { parts.append(p) }
+            }
+            guard !parts.isEmpty else { return false }
+            var sources = try parts.map { try $0.descriptor() }
+            var dst = try memoryDescriptor(shape, dnnl_format_tag_any)
+            var pd: dnnl_primitive_desc_t?
+            let attributes = try DNNLAttributes()
+            try check(dnnl_concat_primitive_desc_create(&pd, &dst, Int32(sources.count), Int32(axis), &sources, attributes.handle, plan.engine.handle),
+                      "describing the concat")
+            let primitive = try DNNLPrimitive(descriptor: pd!)
+            let dstLayout = primitive.query(dnnl_query_dst_md)
+            let out = plan.newValue(layer.outputs[0], t, shape, layout: dstLayout)
+            var arguments = zip(parts, sources).enumerated().map { (DNNL_ARG_MULTIPLE_SRC + Int32($0.offset), $0.element.0, $0.element.1) }
+            arguments.append((DNNL_ARG_DST, out, dstLayout))
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive, arguments: arguments.map { (arg: $0.0, value: $0.1, descriptor: $0.2) }))
+            return true
+        }
+
+        /// Reshape-like layers on a plain tensor are views: no step at all.
+        func view() throws -> Bool {
+            guard let v = value(0) else { return false }
+            switch op {
+            case "Reshape": guard present(1), constant(1) != nil else { return false }
+            case "Squeeze", "Unsqueeze": if present(1) && constant(1) == nil { return false }
+            case "Dropout": if present(2) { guard let m = constant(2), m.count == 1, m.doubles[0] == 0 else { return false } }
+            default: break
+            }
+            let (t, shape) = try outputType()
+            guard t == v.dataType, shape.reduce(1, *) == v.count else { return false }
+            let x = try plan.plain(v)
+            _ = plan.alias(layer.outputs[0], of: x, type: t, shape: shape)
+            return true
+        }
+
+        /// A transpose is a reorder from a strided view of the input to the plain output.
+        func transpose() throws -> Bool {
+            guard let v = value(0), dnnlType(v.dataType) != nil, !v.shape.isEmpty else { return false }
+            let rank = v.shape.count
+            let perm = try attributes.ints("perm") ?? Array((0..<rank).reversed())
+            guard perm.sorted() == Array(0..<rank) else { return false }
+            let x = try plan.plain(v)
+            let strides = ShapeMath.strides(v.shape)
+            let outShape = perm.map { v.shape[$0] }
+            guard try outputType().1 == outShape else { return false }
+            let view = try stridedDescriptor(outShape, strides: perm.map { strides[$0] }, v.dataType)
+            let out = plan.newValue(layer.outputs[0], v.dataType, outShape)
+            let primitive = try reorderPrimitive(from: view, to: out.descriptor(), engine: plan.engine)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_FROM, x, view), (DNNL_ARG_TO, out, try out.descriptor())]))
+            return true
+        }
+
+        /// Nearest-neighbour upsampling by whole factors, where ONNX's coordinate
+        /// modes all pick source index ⌊o / factor⌋ as oneDNN's resampling does.
+        func resize() throws -> Bool {
+            guard layer.opset >= 11, let x = value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return false }
+            let a = attributes
+            guard try a.string("mode", "nearest") == "nearest", try a.int("antialias", 0) == 0 else { return false }
+            let transform = try a.string("coordinate_transformation_mode", "half_pixel"), rounding = try a.string("nearest_mode", "round_prefer_floor")
+            let fits = (transform == "asymmetric" && rounding == "floor")
+                || (["half_pixel", "pytorch_half_pixel"].contains(transform) && rounding.hasPrefix("round"))
+            let (_, outShape) = try outputType()
+            guard fits, outShape.count == x.shape.count, Array(outShape[0..<2]) == Array(x.shape[0..<2]),
+                  zip(outShape[2...], x.shape[2...]).allSatisfy({ $1 > 0 && $0 % $1 == 0 && $0 >= $1 }) else { return false }
+            var src = try x.descriptor()
+            var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
+            var desc = dnnl_resampling_desc_t()
+            try check(dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference, dnnl_resampling_nearest, nil, &src, &dst), "describing the resize")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "resize")
+            let dstLayout = primitive.query(dnnl_query_dst_md)
+            let out = plan.newValue(layer.outputs[0], .float, outShape, layout: dstLayout)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, src), (DNNL_ARG_DST, out, dstLayout)]))
+            return true
+        }
+
+        /// A split whose parts are contiguous (every dimension before the axis is 1) is a set of views.
+        func split() throws -> Bool {
+            guard let v = value(0), let axis = ShapeMath.normalizeAxis(try attributes.int("axis", 0), rank: v.shape.count),
+                  v.shape[..<axis].allSatisfy({ $0 == 1 }), !layer.outputs.contains(where: \.isEmpty) else { return false }
+            let x = try plan.plain(v)
+            let inner = v.shape[(axis + 1)...].reduce(1, *) * v.dataType.byteSize
+            var offset = 0
+            var parts: [(String, [Int])] = []
+            for name in layer.outputs {
+                let (t, shape) = try plan.type(of: name)
+                guard t == v.dataType, shape.count == v.shape.count else { return false }
+                parts.append((name, shape))
+            }
+            guard parts.reduce(0, { $0 + $1.1[axis] }) == v.shape[axis] else { return false }
+            for (name, shape) in parts {
+                _ = plan.alias(name, of: x, type: v.dataType, shape: shape, byteOffset: offset)
+                offset += shape[axis] * inner
+            }
+            return true
+        }
+
+        /// Scaled dot-product attention on [batch, sequence, heads × size] inputs as
+        /// two batched oneDNN matmuls over strided views and a softmax between them.
+        func attention() throws -> Bool {
+            guard layer.inputs.count <= 4, let q0 = value(0), let k0 = value(1), let v0 = value(2),
+                  [q0, k0, v0].allSatisfy({ $0.dataType == .float && $0.shape.count == 3 }) else { return false }
+            let a = attributes
+            guard let heads = try a.int("q_num_heads"), heads > 0, try a.int("kv_num_heads") == heads, try a.int("is_causal", 0) == 0,
+                  try a.float("softcap", 0) == 0 else { return false }
+            let batch = q0.shape[0], s = q0.shape[1], hidden = q0.shape[2], sk = k0.shape[1]
+            guard hidden % heads == 0, k0.shape == [batch, sk, hidden], v0.shape[0] == batch, v0.shape[1] == sk, v0.shape[2] % heads == 0 else { return false }
+            let d = hidden / heads, dv = v0.shape[2] / heads
+            let (t, outShape) = try outputType()
+            guard t == .float, outShape == [batch, s, heads * dv] else { return false }
+            let scale = try a.float("scale") ?? 1 / Float(d).squareRoot()
+            var mask: PlanValue?
+            if present(3) {
+                guard let m = try operand(3), m.dataType == .float, m.shape.count <= 4 else { return false }
+                let m4 = Array(repeating: 1, count: 4 - m.shape.count) + m.shape
+                guard m4[0] == 1 || m4[0] == batch, m4[1] == 1 || m4[1] == heads, m4[2] == 1 || m4[2] == s, m4[3] == sk else { return false }
+                mask = try plan.plain(m)
+            }
+            let q = try plan.plain(q0), k = try plan.plain(k0), v = try plan.plain(v0)
+            let qView = try stridedDescriptor([batch, heads, s, d], strides: [s * hidden, d, hidden, 1])
+            let kView = try stridedDescriptor([batch, heads, d, sk], strides: [sk * hidden, d, 1, hidden])
+            let vView = try stridedDescriptor([batch, heads, sk, dv], strides: [sk * heads * dv, dv, heads * dv, 1])
+            let yView = try stridedDescriptor([batch, heads, s, dv], strides: [s * heads * dv, dv, heads * dv, 1])
+            let scoresDesc = try plainDescriptor([batch, heads, s, sk])
+            let maskDesc = try mask.map { try plainDescriptor(Array(repeating: 1, count: 4 - $0.shape.count) + $0.shape) }
+            // Scores = scale · Q·Kᵀ (+ mask), in a temporary of this layer.
+            let scores = plan.newValue(layer.name + "#scores", .float, [batch, heads, s, sk])
+            var qd = qView, kd = kView, sd = scoresDesc
+            var desc1 = dnnl_matmul_desc_t()
+            try check(dnnl_matmul_desc_init(&desc1, &qd, &kd, nil, &sd), "describing Q·Kᵀ")
+            let scoresPrimitive: DNNLPrimitive
+            var separateMask = false
+            do {
+                scoresPrimitive = try DNNLPrimitive(desc1, attributes: DNNLAttributes(scale: scale, add: maskDesc), engine: plan.engine, what: "attention scores")
+            } catch {
+                guard maskDesc != nil else { throw error }
+                scoresPrimitive = try DNNLPrimitive(desc1, attributes: DNNLAttributes(scale: scale), engine: plan.engine, what: "attention scores")
+                separateMask = true
+            }
+            var scoreArgs: [(arg: Int32, value: PlanValue, descriptor: dnnl_memory_desc_t)] = [(DNNL_ARG_SRC, q, qView), (DNNL_ARG_WEIGHTS, k, kView), (DNNL_ARG_DST, scores, scoresDesc)]
+            if let mask, let maskDesc, !separateMask { scoreArgs.append((DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE | DNNL_ARG_SRC_1, mask, maskDesc)) }
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: scoresPrimitive, arguments: scoreArgs))
+            if let mask, let maskDesc, separateMask {
+                var s0 = scoresDesc, s1 = maskDesc, dd = scoresDesc
+                var bd = dnnl_binary_desc_t()
+                try check(dnnl_binary_desc_init(&bd, dnnl_binary_add, &s0, &s1, &dd), "describing the attention mask")
+                let add = try DNNLPrimitive(bd, attributes: DNNLAttributes(), engine: plan.engine, what: "attention mask")
+                plan.steps.append(PrimitiveStep(layer: layer.name, primitive: add,
+                                                arguments: [(DNNL_ARG_SRC_0, scores, scoresDesc), (DNNL_ARG_SRC_1, mask, maskDesc), (DNNL_ARG_DST, scores, scoresDesc)]))
+            }
+            var smd = scoresDesc
+            var sdesc = dnnl_softmax_v2_desc_t()
+            try check(dnnl_softmax_v2_forward_desc_init(&sdesc, dnnl_forward_inference, dnnl_softmax_accurate, &smd, &smd, 3), "describing the attention softmax")
+            let soft = try DNNLPrimitive(sdesc, attributes: DNNLAttributes(), engine: plan.engine, what: "attention softmax")
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: soft, arguments: [(DNNL_ARG_SRC, scores, scoresDesc), (DNNL_ARG_DST, scores, scoresDesc)]))
+            // Y = P·V, written through a view straight into [batch, sequence, heads × size].
+            let out = plan.newValue(layer.outputs[0], .float, outShape)
+            var pd = scoresDesc, vd = vView, yd = yView
+            var desc2 = dnnl_matmul_desc_t()
+            try check(dnnl_matmul_desc_init(&desc2, &pd, &vd, nil, &yd), "describing P·V")
+            let context = try DNNLPrimitive(desc2, attributes: DNNLAttributes(), engine: plan.engine, what: "attention context")
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: context,
+                                            arguments: [(DNNL_ARG_SRC, scores, scoresDesc), (DNNL_ARG_WEIGHTS, v, vView), (DNNL_ARG_DST, out, yView)]))
+            return true
+        }
+    }
+}

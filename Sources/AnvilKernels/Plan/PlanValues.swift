@@ -1,0 +1,111 @@
+import AnvilCore
+import COneDNN
+
+/// One layer as the planner sees it: an op bound to named values. The runtime
+/// builds these from its engine layers.
+public struct PlanLayer {
+    public var name: String
+    public var opType: String
+    public var domain: String
+    public var opset: Int
+    public var inputs: [String]
+    public var outputs: [String]
+    public var attributes: [String: Attribute]
+    /// The tactic recorded at build time ("onednn", "reference" …).
+    public var tactic: String
+
+    public init(name: String, opType: String, domain: String, opset: Int, inputs: [String], outputs: [String],
+                attributes: [String: Attribute], tactic: String) {
+        self.name = name
+        self.opType = opType
+        self.domain = domain
+        self.opset = opset
+        self.inputs = inputs
+        self.outputs = outputs
+        self.attributes = attributes
+        self.tactic = tactic
+    }
+}
+
+/// A tensor during a planned run: its type and shape, the layout it is stored in,
+/// and where: in the context's arena (a buffer, shared by aliases and in-place
+/// layers) or in a constant owned by the plan.
+final class PlanValue {
+    let name: String
+    let dataType: DataType
+    let shape: [Int]
+    /// oneDNN layout; nil for plain row-major.
+    let layout: dnnl_memory_desc_t?
+    /// Arena buffer index, or -1 for a constant.
+    var buffer: Int
+    /// Byte offset inside the buffer (views of a larger tensor).
+    var offset: Int
+    /// Storage of a constant.
+    var constant: UnsafeMutableRawPointer?
+
+    init(name: String, dataType: DataType, shape: [Int], layout: dnnl_memory_desc_t?, buffer: Int, offset: Int = 0) {
+        self.name = name
+        self.dataType = dataType
+        self.shape = shape
+        self.layout = layout
+        self.buffer = buffer
+        self.offset = offset
+    }
+
+    var count: Int { shape.reduce(1, *) }
+    var isPlain: Bool { layout == nil }
+
+    /// Bytes it occupies (blocked layouts pad channels).
+    var byteCount: Int {
+        if var l = layout { return anvil_dnnl_md_size(&l) }
+        return count * dataType.byteSize
+    }
+
+    /// Its memory descriptor: the layout, or the plain row-major descriptor.
+    func descriptor() throws -> dnnl_memory_desc_t {
+        if let layout { return layout }
+        return try plainDescriptor(shape, dataType)
+    }
+
+    /// Whether a tensor in layout `d` can be used as this value without a reorder.
+    func stored(as d: dnnl_memory_desc_t) throws -> Bool {
+        var a = try descriptor(), b = d
+        return anvil_dnnl_md_equal(&a, &b) != 0
+    }
+}
+
+/// The oneDNN element type of an Anvil one, if oneDNN has it.
+func dnnlType(_ t: DataType) -> dnnl_data_type_t? {
+    switch t {
+    case .float: dnnl_f32
+    case .float16: dnnl_f16
+    case .bfloat16: dnnl_bf16
+    case .int32: dnnl_s32
+    case .int8: dnnl_s8
+    case .uint8: dnnl_u8
+    default: nil
+    }
+}
+
+/// Row-major descriptor of a shape (a scalar is described as [1]).
+func plainDescriptor(_ shape: [Int], _ type: DataType = .float) throws -> dnnl_memory_desc_t {
+    guard let t = dnnlType(type) else { throw AnvilError.invalidTensor(name: "oneDNN", reason: "\(type) has no oneDNN type") }
+    let dims = shape.isEmpty ? [1] : shape
+    var md = dnnl_memory_desc_t()
+    let strides = ShapeMath.strides(dims).map { Int64($0) }
+    try check(anvil_dnnl_md_strided(&md, Int32(dims.count), dims.map { Int64($0) }, t, strides), "describing memory \(dims)")
+    return md
+}
+
+/// A descriptor viewing plain memory with explicit strides.
+func stridedDescriptor(_ dims: [Int], strides: [Int], _ type: DataType = .float) throws -> dnnl_memory_desc_t {
+    var md = dnnl_memory_desc_t()
+    try check(anvil_dnnl_md_strided(&md, Int32(dims.count), dims.map { Int64($0) }, dnnlType(type) ?? dnnl_f32, strides.map { Int64($0) }),
+              "describing a view \(dims)")
+    return md
+}
+
+/// A `[N, C, …]`-shaped layout whose channels are blocked (nChw16c and the like).
+func isBlocked(_ d: dnnl_memory_desc_t) -> Bool {
+    d.format_kind == dnnl_blocked && d.format_desc.blocking.inner_nblks > 0
+}

@@ -1,0 +1,140 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilEngine
+import AnvilIR
+import AnvilOps
+import AnvilRuntime
+import XCTest
+
+/// The planned executor (arena, layouts, oneDNN and Swift steps) against the
+/// reference executor on many random shapes: each case puts a layer after
+/// convolutions, so it meets the blocked and channels-last layouts oneDNN picks.
+final class PlanTests: XCTestCase {
+    func f(_ dims: [Int]) -> TensorType { TensorType(.float, shape: dims) }
+
+    func random(_ shape: [Int], _ rng: inout SeededGenerator) throws -> Tensor {
+        try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: shape)
+    }
+
+    /// x → conv 3×3 → a → conv 1×1 → b → the layer under test → y.
+    func model(trial: Int, _ rng: inout SeededGenerator) throws -> (Model, op: String) {
+        let n = trial % 4 == 0 ? 2 : 1
+        let c = Int.random(in: 1...40, using: &rng), h = Int.random(in: 5...14, using: &rng), w = Int.random(in: 5...14, using: &rng)
+        var initializers: [(String, Tensor)] = [("w1", try random([c, 3, 3, 3], &rng)), ("b1", try random([c], &rng)),
+                                               ("w2", try random([c, c, 1, 1], &rng))]
+        var nodes = [Node(name: "conv1", opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                     Node(name: "conv2", opType: "Conv", inputs: ["a", "w2"], outputs: ["b"])]
+        let op: String
+        func add(_ opType: String, _ inputs: [String], _ attributes: [String: Attribute] = [:], outputs: [String] = ["y"]) {
+            nodes.append(Node(name: "test", opType: opType, inputs: inputs, outputs: outputs, attributes: attributes))
+        }
+        var outputs = ["y"]
+        switch trial % 16 {
+        case 0: op = "GlobalAveragePool"; add(op, ["b"])
+        case 1:
+            op = "MaxPool"
+            let k = Int64.random(in: 2...3, using: &rng), s = Int64.random(in: 1...2, using: &rng)
+            let pads: [Int64] = [0, k - 1, k - 1, 0]
+            let ceil: Int64 = trial % 3 == 1 ? 1 : 0
+            add(op, ["b"], ["kernel_shape": .ints([k, k]), "strides": .ints([s, 2]), "pads": .ints(pads), "ceil_mode": .int(ceil)])
+        case 2:
+            op = "AveragePool"
+            add(op, ["b"], ["kernel_shape": .ints([3, 2]), "strides": .ints([2, 1]), "pads": .ints([1, 0, 1, 1]),
+                            "count_include_pad": .int(Int64(trial % 3 == 0 ? 1 : 0))])
+        case 3: op = "Add"; add(op, ["a", "b"])
+        case 4: op = "Mul"; initializers.append(("s", try random([1, c, 1, 1], &rng))); add(op, ["b", "s"])
+        case 5: op = "Softmax"; add(op, ["b"], ["axis": .int(1)])
+        case 6: op = "Softmax"; add(op, ["b"], ["axis": .int(-1)])
+        case 7: op = "Concat"; add(op, ["a", "b", "a"], ["axis": .int(1)])
+        case 8:
+            op = n == 1 && c > 1 ? "Split" : "Transpose"
+            if op == "Split" {
+                initializers.append(("parts", try Tensor(int64s: [Int64(c / 2), Int64(c - c / 2)], shape: [2])))
+                add(op, ["b", "parts"], ["axis": .int(1)], outputs: ["y", "y2"])
+                outputs = ["y", "y2"]
+            } else {
+                add(op, ["b"], ["perm": .ints([0, 2, 3, 1])])
+            }
+        case 9:
+            op = "Resize"
+            initializers.append(("scales", try Tensor(floats: [1, 1, 2, 3], shape: [4])))
+            add(op, ["b", "", "scales"], ["mode": .string("nearest"), "coordinate_transformation_mode": .string("asymmetric"), "nearest_mode": .string("floor")])
+        case 10: op = "Transpose"; add(op, ["b"], ["perm": .ints([0, 2, 3, 1])])
+        case 11: op = ["Sigmoid", "HardSwish", "Tanh", "Elu"][trial / 16 % 4]; add(op, ["b"])
+        case 12: op = "LeakyRelu"; add(op, ["b"], ["alpha": .float(0.2)])
+        case 13:
+            op = "LayerNormalization"
+            initializers += [("gamma", try random([w], &rng)), ("beta", try random([w], &rng))]
+            add(op, ["b", "gamma", "beta"], ["axis": .int(-1), "epsilon": .float(1e-5)])
+        case 14:
+            // Conv + residual Add + Relu: fused into one convolution with a sum post-op.
+            op = "FusedConv"
+            initializers.append(("w3", try random([c, c, 3, 3], &rng)))
+            nodes.append(Node(name: "conv3", opType: "Conv", inputs: ["b", "w3"], outputs: ["r"], attributes: ["pads": .ints([1, 1, 1, 1])]))
+            nodes.append(Node(name: "res", opType: "Add", inputs: ["r", "a"], outputs: ["s"]))
+            add("Relu", ["s"])
+        default: op = "Sub"; initializers.append(("k", try random([w], &rng))); add(op, ["b", "k"])
+        }
+        let g = Graph(name: "plan\(trial)", inputs: [ValueInfo(name: "x", type: f([n, 3, h, w]))],
+                      outputs: outputs.map { ValueInfo(name: $0, type: TensorType(.float, nil)) }, nodes: nodes, initializers: initializers)
+        return (Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)]), op)
+    }
+
+    func testPlannedLayersMatchTheReferenceOnRandomShapes() throws {
+        var rng = SeededGenerator(seed: 4242)
+        var implementations: [String: Set<String>] = [:]
+        for trial in 0..<96 {
+            let (m, op) = try model(trial: trial, &rng)
+            let x = try random(m.graph.inputs[0].type.concreteShape!, &rng)
+            let expected = try ReferenceExecutor(model: m).run(["x": x])
+            // Unoptimized, so the layer under test is not fused away (the fused case excepted).
+            var builder = EngineBuilder()
+            builder.optimize = op == "FusedConv"
+            let built = try builder.build(m, name: "plan\(trial)")
+            let engine = try Engine(file: try built.file.encoded().withUnsafeBytes { try EngineFile.decode($0, file: "t.anvil") }, name: "t.anvil")
+            let context = ExecutionContext(engine: engine)
+            for run in 0..<2 {
+                let actual = try context.run(["x": x])
+                let plan = try XCTUnwrap(context.lastPlan, "trial \(trial) \(op): not planned (\(context.planFailure ?? ""))")
+                for (e, a) in zip(expected, actual) {
+                    let c = Comparison.compare(actual: a.value, expected: e.value, atol: 1e-4, rtol: 1e-3)
+                    XCTAssertTrue(c.passed, "trial \(trial) \(op) run \(run) x\(x.shape): \(c)\n\(plan.stepDetails)")
+                }
+                let layerOps = Dictionary(built.graph.layers.map { ($0.name, $0.opType) }, uniquingKeysWith: { a, _ in a })
+                let tested = plan.stepSummary.filter { step in layerOps[step.layer].map { $0.hasSuffix(op) } ?? false }
+                if op != "Split" {
+                    XCTAssertFalse(tested.isEmpty, "trial \(trial): no \(op) step")
+                    XCTAssertFalse(tested.contains { $0.implementation == "reference" }, "trial \(trial): \(op) fell back to the reference kernel")
+                }
+                implementations[op, default: []].formUnion(tested.map { $0.implementation })
+            }
+        }
+        print("planned implementations: \(implementations.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.sorted())" })")
+    }
+
+    /// Attention on [batch, sequence, hidden] inputs with an additive mask, against the reference.
+    func testPlannedAttentionMatchesTheReference() throws {
+        var rng = SeededGenerator(seed: 99)
+        for trial in 0..<12 {
+            let heads = [1, 2, 4, 3][trial % 4], size = Int.random(in: 2...16, using: &rng)
+            let batch = trial % 3 == 0 ? 2 : 1, s = Int.random(in: 1...20, using: &rng), sk = trial % 2 == 0 ? s : Int.random(in: 1...20, using: &rng)
+            let maskShape = [[1, 1, 1, sk], [batch, 1, s, sk], [sk]][trial % 3]
+            let g = Graph(name: "attention", inputs: [ValueInfo(name: "q", type: f([batch, s, heads * size])), ValueInfo(name: "k", type: f([batch, sk, heads * size])),
+                                                      ValueInfo(name: "v", type: f([batch, sk, heads * size])), ValueInfo(name: "mask", type: f(maskShape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "attention", opType: "Attention", inputs: ["q", "k", "v", "mask"], outputs: ["y"],
+                                       attributes: ["q_num_heads": .int(Int64(heads)), "kv_num_heads": .int(Int64(heads))])])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 23)])
+            var inputs: [String: Tensor] = [:]
+            for input in g.inputs { inputs[input.name] = try random(input.type.concreteShape!, &rng) }
+            let expected = try ReferenceExecutor(model: m).run(inputs)[0].value
+            let engine = try Engine(file: try EngineBuilder().build(m, name: "attention").file, name: "attention")
+            let context = ExecutionContext(engine: engine)
+            let actual = try context.run(inputs)[0].value
+            let plan = try XCTUnwrap(context.lastPlan)
+            XCTAssertFalse(plan.stepSummary.contains { $0.implementation == "reference" }, "\(plan.stepSummary)")
+            let c = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(c.passed, "trial \(trial) heads \(heads) size \(size) s \(s) sk \(sk) mask \(maskShape): \(c)")
+        }
+    }
+}
