@@ -14,6 +14,10 @@ extension Tensor {
         guard !overflow, expected == bytes.count else {
             throw AnvilError.invalidTensor(name: name, reason: "dims \(shape) of \(type) need \(n * type.byteSize) bytes, the data has \(bytes.count)")
         }
+        #if _endian(little)
+        // Host order is little-endian: one copy.
+        if n > 0, let base = bytes.baseAddress { return try fromHostBytes(type, shape: shape, bytes: base) }
+        #endif
         func load<T: FixedWidthInteger>(_: T.Type) -> [T] {
             (0..<n).map { T(littleEndian: bytes.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) }
         }

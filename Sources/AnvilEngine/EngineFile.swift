@@ -1,4 +1,5 @@
 import AnvilCore
+import Dispatch
 import Foundation
 
 /// The container of an Anvil engine file (format version 1; docs/engine-format.md):
@@ -20,7 +21,11 @@ public struct EngineFile {
     /// CPU features the engine's kernels need.
     public var requiredFeatures: CPUFeatures
     /// Sections by four-to-eight character tag ("META", "LAYERS", "WEIGHTS" …), in file order.
+    /// Empty for a memory-mapped file, whose sections are read in place (`withSection`).
     public var sections: [(tag: String, bytes: [UInt8])]
+    /// The mapped file and where its sections lie, for files read by `load`.
+    private var mapped: Data?
+    private var mappedSections: [(tag: String, range: Range<Int>)] = []
 
     public init(producer: String, requiredFeatures: CPUFeatures, sections: [(tag: String, bytes: [UInt8])]) {
         self.producer = producer
@@ -28,8 +33,23 @@ public struct EngineFile {
         self.sections = sections
     }
 
-    /// The payload of a section.
-    public func section(_ tag: String) -> [UInt8]? { sections.first { $0.tag == tag }?.bytes }
+    /// The payload of a section (a copy for mapped files).
+    public func section(_ tag: String) -> [UInt8]? {
+        if let mapped, let r = mappedSections.first(where: { $0.tag == tag })?.range { return [UInt8](mapped[r]) }
+        return sections.first { $0.tag == tag }?.bytes
+    }
+
+    /// Calls `body` with a section's payload in place (no copy for mapped files); nil when absent.
+    public func withSection<R>(_ tag: String, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R? {
+        if let mapped, let r = mappedSections.first(where: { $0.tag == tag })?.range {
+            return try mapped.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[r])) }
+        }
+        guard let bytes = sections.first(where: { $0.tag == tag })?.bytes else { return nil }
+        return try bytes.withUnsafeBytes(body)
+    }
+
+    /// Tags of the sections, in file order.
+    public var sectionTags: [String] { mapped != nil ? mappedSections.map(\.tag) : sections.map(\.tag) }
 
     /// Serializes the file: equal contents give byte-identical output.
     public func encoded() throws -> [UInt8] {
@@ -66,6 +86,15 @@ public struct EngineFile {
 
     /// Reads and validates an engine held in memory (`file` names it in errors).
     public static func decode(_ bytes: UnsafeRawBufferPointer, file: String, hostFeatures: CPUFeatures = .host) throws -> EngineFile {
+        let (header, table) = try validate(bytes, file: file, hostFeatures: hostFeatures)
+        var result = header
+        result.sections = table.map { ($0.tag, Array(bytes[$0.range])) }
+        return result
+    }
+
+    /// Checks the header, checksum, version, CPU features and section table; returns
+    /// the header fields and where each section lies.
+    static func validate(_ bytes: UnsafeRawBufferPointer, file: String, hostFeatures: CPUFeatures) throws -> (EngineFile, [(tag: String, range: Range<Int>)]) {
         func fail(_ reason: String) -> AnvilError { .invalidModel(file: file, field: "engine", reason: reason) }
         guard bytes.count >= headerSize, Array(bytes[0..<8]) == magic else {
             // ONNX files start with ModelProto field 1 (ir_version), tag byte 0x08.
@@ -90,7 +119,7 @@ public struct EngineFile {
         let count = Int(read(bytes, 12) as UInt32)
         guard count <= maxSections, headerSize + count * sectionEntrySize <= bytes.count else { throw fail("section table of \(count) entries does not fit") }
         let producerBytes = bytes[32..<48].prefix { $0 != 0 }
-        var sections: [(String, [UInt8])] = []
+        var sections: [(tag: String, range: Range<Int>)] = []
         for i in 0..<count {
             let entry = headerSize + i * sectionEntrySize
             let tag = String(decoding: bytes[entry..<(entry + 8)].prefix { $0 != 0 }, as: UTF8.self)
@@ -99,9 +128,9 @@ public struct EngineFile {
                   length <= UInt64(bytes.count), offset <= UInt64(bytes.count) - length else {
                 throw fail("section \(i) ('\(tag)') lies outside the file")
             }
-            sections.append((tag, Array(bytes[Int(offset)..<Int(offset + length)])))
+            sections.append((tag, Int(offset)..<Int(offset + length)))
         }
-        return EngineFile(producer: String(decoding: producerBytes, as: UTF8.self), requiredFeatures: required, sections: sections)
+        return (EngineFile(producer: String(decoding: producerBytes, as: UTF8.self), requiredFeatures: required, sections: []), sections)
     }
 
     /// Reads an engine file through a memory map.
@@ -111,7 +140,10 @@ public struct EngineFile {
         do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
             throw AnvilError.io(path: path, reason: "cannot be read (\(error.localizedDescription))")
         }
-        return try data.withUnsafeBytes { try decode($0, file: path, hostFeatures: hostFeatures) }
+        var (file, table) = try data.withUnsafeBytes { try validate($0, file: path, hostFeatures: hostFeatures) }
+        file.mapped = data
+        file.mappedSections = table
+        return file
     }
 
     static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
@@ -124,10 +156,44 @@ public struct EngineFile {
         T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
     }
 
-    /// FNV-1a 64-bit over the whole file, the checksum field (bytes 24..<32) read as zero.
+    /// The file checksum: FNV-1a-style over little-endian 64-bit words in four lanes
+    /// per 4 MiB chunk (chunks hashed in parallel), the chunk hashes then combined in
+    /// order; the checksum field (bytes 24..<32) reads as zero. Every change of one
+    /// word changes its lane's value, since each step is a bijection.
     static func fileChecksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        let chunk = 1 << 22
+        let chunks = max(1, (bytes.count + chunk - 1) / chunk)
+        let hashes = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: chunks)
+        defer { hashes.deallocate() }
+        nonisolated(unsafe) let out = hashes
+        nonisolated(unsafe) let input = bytes
+        DispatchQueue.concurrentPerform(iterations: chunks) { i in
+            let start = i * chunk
+            out[i] = chunkHash(input, start, min(input.count, start + chunk))
+        }
         var h: UInt64 = 0xCBF2_9CE4_8422_2325
-        for (i, b) in bytes.enumerated() { h = (h ^ UInt64((24..<32).contains(i) ? 0 : b)) &* 0x100_0000_01B3 }
+        for x in hashes { h = (h ^ x) &* 0x100_0000_01B3 }
+        return (h ^ UInt64(bytes.count)) &* 0x100_0000_01B3
+    }
+
+    static func chunkHash(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> UInt64 {
+        let prime: UInt64 = 0x100_0000_01B3
+        var lanes: (UInt64, UInt64, UInt64, UInt64) = (0xCBF2_9CE4_8422_2325, 0x84222325CBF29CE4, 0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F)
+        func word(_ at: Int) -> UInt64 { at == 24 ? 0 : UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+        var p = start
+        while p + 32 <= end {
+            lanes.0 = (lanes.0 ^ word(p)) &* prime
+            lanes.1 = (lanes.1 ^ word(p + 8)) &* prime
+            lanes.2 = (lanes.2 ^ word(p + 16)) &* prime
+            lanes.3 = (lanes.3 ^ word(p + 24)) &* prime
+            p += 32
+        }
+        var h = lanes.0
+        for x in [lanes.1, lanes.2, lanes.3] { h = (h ^ x) &* prime }
+        while p < end {
+            h = (h ^ UInt64((24..<32).contains(p) ? 0 : bytes[p])) &* prime
+            p += 1
+        }
         return h
     }
 }

@@ -26,10 +26,10 @@ public final class Engine: @unchecked Sendable {
     let constants: [String: Tensor]
 
     public init(file: EngineFile, name: String) throws {
-        guard let section = file.section("GRAPH") else {
+        guard let decoded = try file.withSection("GRAPH", { try EngineCodec.decode($0, file: name) }) else {
             throw AnvilError.invalidModel(file: name, field: "engine", reason: "has no GRAPH section")
         }
-        graph = try EngineCodec.decode(section, file: name)
+        graph = decoded
         constants = Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         producer = file.producer
         requiredFeatures = file.requiredFeatures

@@ -65,7 +65,7 @@ enum EngineCodec {
     }
 
     struct Reader {
-        let bytes: [UInt8]
+        let bytes: UnsafeRawBufferPointer
         var position = 0
         let file: String
 
@@ -90,10 +90,10 @@ enum EngineCodec {
             guard n >= 0, n <= (bytes.count - position) / max(minimum, 1) else { throw fail("count \(n) at byte \(position) is impossible") }
             return n
         }
-        mutating func raw(_ n: Int) throws -> ArraySlice<UInt8> {
+        mutating func raw(_ n: Int) throws -> UnsafeRawBufferPointer {
             guard n >= 0, n <= bytes.count - position else { throw fail("length \(n) at byte \(position) exceeds the section") }
             defer { position += n }
-            return bytes[position..<(position + n)]
+            return UnsafeRawBufferPointer(rebasing: bytes[position..<(position + n)])
         }
         mutating func string() throws -> String { String(decoding: try raw(try count()), as: UTF8.self) }
         mutating func strings() throws -> [String] { try (0..<count(minimum: 8)).map { _ in try string() } }
@@ -130,9 +130,9 @@ enum EngineCodec {
                 guard values.count == n else { throw fail("string tensor \(shape) has \(values.count) values") }
                 return try Tensor(shape: shape, storage: .string(values))
             }
-            let data = Array(try raw(try count()))
+            let data = try raw(try count())
             do {
-                return try data.withUnsafeBytes { try Tensor.fromLittleEndian(type, shape: shape, bytes: $0, name: "constant") }
+                return try Tensor.fromLittleEndian(type, shape: shape, bytes: data, name: "constant")
             } catch AnvilError.invalidTensor(_, let reason) {
                 throw fail(reason)
             }
@@ -180,6 +180,10 @@ enum EngineCodec {
     }
 
     static func decode(_ bytes: [UInt8], file: String) throws -> EngineGraph {
+        try bytes.withUnsafeBytes { try decode($0, file: file) }
+    }
+
+    static func decode(_ bytes: UnsafeRawBufferPointer, file: String) throws -> EngineGraph {
         var r = Reader(bytes: bytes, file: file)
         let g = try r.graph()
         guard r.position == bytes.count else { throw r.fail("\(bytes.count - r.position) bytes after the graph") }

@@ -188,9 +188,9 @@ func prepack(_ values: [Float], from user: dnnl_memory_desc_t, to packed: dnnl_m
     var target = packed
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(anvil_dnnl_md_size(&target), 64), alignment: 64)
     do {
-        var copy = values
-        try copy.withUnsafeMutableBytes { raw in
-            let from = try DNNLMemory(user, engine: engine, data: raw.baseAddress)
+        // The reorder only reads the source: no copy of the weights.
+        try values.withUnsafeBytes { raw in
+            let from = try DNNLMemory(user, engine: engine, data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
             let to = try DNNLMemory(packed, engine: engine, data: buffer)
             let reorder = try reorderPrimitive(from: user, to: packed, engine: engine)
             try reorder.execute(try DNNLStream(engine: engine), [(DNNL_ARG_FROM, from), (DNNL_ARG_TO, to)])

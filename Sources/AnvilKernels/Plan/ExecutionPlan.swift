@@ -17,13 +17,18 @@ public final class SharedKernels: @unchecked Sendable {
 
     public init() {}
 
+    /// The kernel for `key`, made on first request. Making runs outside the lock so
+    /// several kernels can be made at once; if two threads race, the first kept wins.
     func kernel<K: AnyObject>(_ key: String, make: () throws -> K) throws -> K {
+        lock.lock()
+        if let k = kernels[key] as? K { lock.unlock(); return k }
+        lock.unlock()
+        let made = try make()
         lock.lock()
         defer { lock.unlock() }
         if let k = kernels[key] as? K { return k }
-        let k = try make()
-        kernels[key] = k
-        return k
+        kernels[key] = made
+        return made
     }
 
     /// Bytes of packed weights held (for reports).
@@ -86,6 +91,7 @@ public final class ExecutionPlan {
             buffers[v.buffer].first = -1
             graphInputs.append(v)
         }
+        prepareKernels(layers, inputs: inputs)
         for (i, layer) in layers.enumerated() {
             layerIndex = i
             if try !compileFast(layer) { try compileReference(layer) }
@@ -291,6 +297,23 @@ public final class ExecutionPlan {
     /// Bytes the values would take without reuse (for reports).
     public var unplannedBytes: Int { buffers.reduce(0) { $0 + $1.bytes } }
 
+    /// Makes the weighted kernels (JIT code generation and weight prepacking, the bulk
+    /// of planning) on all cores before the sequential planning pass picks them up.
+    private func prepareKernels(_ layers: [PlanLayer], inputs: [(name: String, type: DataType, shape: [Int])]) {
+        var known = types
+        for i in inputs { known[i.name] = (i.type, i.shape) }
+        let jobs = layers.compactMap { layer -> (() throws -> Void)? in
+            guard layer.tactic != "reference", let first = layer.inputs.first, let (t, shape) = known[first], t == .float else { return nil }
+            let compiler = FastCompiler(plan: self, layer: layer)
+            if let (key, make) = try? compiler.convolutionKernel(inputShape: shape) { return { _ = try self.shared.kernel(key, make: make) } }
+            if let (key, make) = try? compiler.matmulKernel(inputShape: shape) { return { _ = try self.shared.kernel(key, make: make) } }
+            return nil
+        }
+        // Failures surface again, with their message, when the layer is planned.
+        nonisolated(unsafe) let work = jobs
+        DispatchQueue.concurrentPerform(iterations: work.count) { i in _ = try? work[i]() }
+    }
+
     // MARK: Reference layers
 
     private func compileReference(_ layer: PlanLayer) throws {
@@ -383,19 +406,26 @@ public final class ExecutionPlan {
             return (plan.newValue(name, t, shape, layout: layout), [(residual, plan.values[name]!)])
         }
 
+        /// The convolution kernel's sharing key and maker for an input shape; nil when oneDNN does not apply.
+        func convolutionKernel(inputShape: [Int]) throws -> (String, () throws -> DNNLConvolution)? {
+            guard op == "Conv" || op == "anvil.FusedConv", layer.tactic != "reference", let w = constant(1), w.dataType == .float,
+                  w.rank == inputShape.count, (3...5).contains(w.rank), !present(2) || constant(2) != nil else { return nil }
+            let attrs = try WindowAttributes(context)
+            let g = try attrs.geometry(context, input: Array(inputShape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
+            guard g.output.allSatisfy({ $0 > 0 }), inputShape[1] == w.shape[1] * attrs.group else { return nil }
+            let activation = try fusedActivation(context)
+            let bias = constant(2), residual = present(3), engine = plan.engine
+            return ("conv|\(layer.name)|\(inputShape)", {
+                try DNNLConvolution(engine: engine, inputShape: inputShape, weights: w, bias: bias, geometry: g, group: attrs.group,
+                                    activation: activation, residual: residual, layout: .blocked)
+            })
+        }
+
         func convolution() throws -> Bool {
-            guard layer.tactic != "reference", let x = value(0), x.dataType == .float, let w = constant(1), w.dataType == .float,
-                  w.rank == x.shape.count, (3...5).contains(w.rank), !present(2) || constant(2) != nil else { return false }
+            guard let x = value(0), x.dataType == .float, let (key, make) = try convolutionKernel(inputShape: x.shape) else { return false }
             let residualValue = present(3) ? value(3) : nil
             if present(3) && residualValue == nil { return false }
-            let attrs = try WindowAttributes(context)
-            let g = try attrs.geometry(context, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
-            guard g.output.allSatisfy({ $0 > 0 }), x.shape[1] == w.shape[1] * attrs.group else { return false }
-            let activation = try fusedActivation(context)
-            let conv = try plan.shared.kernel("conv|\(layer.name)|\(x.shape)") {
-                try DNNLConvolution(engine: plan.engine, inputShape: x.shape, weights: w, bias: constant(2), geometry: g, group: attrs.group,
-                                    activation: activation, residual: residualValue != nil, layout: .blocked)
-            }
+            let conv = try plan.shared.kernel(key, make: make)
             let primitive = conv.kernel.primitive
             let src = try plan.inLayout(x, primitive.query(dnnl_query_src_md))
             let dstLayout = primitive.query(dnnl_query_dst_md)
@@ -407,31 +437,40 @@ public final class ExecutionPlan {
             return true
         }
 
-        func matmul() throws -> Bool {
-            guard layer.tactic != "reference", let x = value(0), x.dataType == .float, let w = constant(1), w.dataType == .float, w.rank == 2 else { return false }
-            let residualValue = present(3) ? value(3) : nil
-            if present(3) && residualValue == nil { return false }
+        /// The matmul kernel's sharing key and maker for an input shape; nil when oneDNN does not apply.
+        func matmulKernel(inputShape: [Int]) throws -> (String, () throws -> DNNLMatMul)? {
+            guard ["MatMul", "anvil.FusedMatMul", "Gemm", "anvil.FusedGemm"].contains(op), layer.tactic != "reference",
+                  let w = constant(1), w.dataType == .float, w.rank == 2 else { return nil }
             let gemm = layer.opType.hasSuffix("Gemm")
             let a = attributes
             let transB = gemm ? try a.int("transB", 0) != 0 : false
             let k = transB ? w.shape[1] : w.shape[0], n = transB ? w.shape[0] : w.shape[1]
             var bias: Tensor?
             if present(2) {
-                guard let c = constant(2), c.dataType == .float, c.count == n, c.shape.dropLast().allSatisfy({ $0 == 1 }) else { return false }
-                if gemm { guard try a.float("beta", 1) == 1 else { return false } }
+                guard let c = constant(2), c.dataType == .float, c.count == n, c.shape.dropLast().allSatisfy({ $0 == 1 }) else { return nil }
+                if gemm { guard try a.float("beta", 1) == 1 else { return nil } }
                 bias = try c.reshaped([n])
             }
-            if gemm { guard x.shape.count == 2, try a.int("transA", 0) == 0 else { return false } }
-            guard x.shape.count >= 2, x.shape.last == k, k > 0 else { return false }
-            let (_, shape) = try outputType()
-            let m = x.count / k
-            guard m > 0, shape.reduce(1, *) == m * n else { return false }
+            if gemm { guard inputShape.count == 2, try a.int("transA", 0) == 0 else { return nil } }
+            guard inputShape.count >= 2, inputShape.last == k, k > 0 else { return nil }
+            let m = inputShape.reduce(1, *) / k
+            guard m > 0 else { return nil }
             let alpha = gemm ? try a.float("alpha", 1) : 1
             let activation = try fusedActivation(context)
-            let mm = try plan.shared.kernel("matmul|\(layer.name)|\(m)") {
-                try DNNLMatMul(engine: plan.engine, m: m, weights: w, transposedWeights: transB, alpha: alpha, bias: bias,
-                               activation: activation, residual: residualValue != nil)
-            }
+            let residual = present(3), engine = plan.engine
+            return ("matmul|\(layer.name)|\(m)", {
+                try DNNLMatMul(engine: engine, m: m, weights: w, transposedWeights: transB, alpha: alpha, bias: bias,
+                               activation: activation, residual: residual)
+            })
+        }
+
+        func matmul() throws -> Bool {
+            guard let x = value(0), x.dataType == .float, let (key, make) = try matmulKernel(inputShape: x.shape) else { return false }
+            let residualValue = present(3) ? value(3) : nil
+            if present(3) && residualValue == nil { return false }
+            let (_, shape) = try outputType()
+            let mm = try plan.shared.kernel(key, make: make)
+            guard shape.reduce(1, *) == mm.m * mm.n else { return false }
             let primitive = mm.kernel.primitive
             let src = try plan.plain(x)
             let (out, copies) = try residualValue.map { try residualDestination(plan.plain($0), layout: plainDescriptor(shape), notSharing: src) }
