@@ -24,7 +24,7 @@ let package = Package(
         .target(name: "CONNX", dependencies: ["CProtobufC"]),
         // oneDNN (Debian libdnnl-dev, which ships no pkg-config file): headers under
         // /usr/include/oneapi/dnnl, library libdnnl.
-        .target(name: "COneDNN", linkerSettings: [.linkedLibrary("dnnl")]),
+        .target(name: "COneDNN", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("dl")]),
         .target(name: "AnvilCore"),
         .target(name: "AnvilKernels", dependencies: ["AnvilCore", "COneDNN"]),
         .target(name: "AnvilEngine", dependencies: ["AnvilCore"]),

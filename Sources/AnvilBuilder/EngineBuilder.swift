@@ -16,6 +16,8 @@ public struct EngineBuilder {
     public var pipeline = PipelineOptions()
     /// Skip the optimizer (for debugging).
     public var optimize = true
+    /// Input shapes to build for (trtexec's --shapes or --min/opt/maxShapes).
+    public var profile = ShapeProfile()
     public init() {}
 
     public struct Result {
@@ -29,16 +31,28 @@ public struct EngineBuilder {
         guard missing.isEmpty else {
             throw AnvilError.invalidModel(file: name, field: "graph", reason: "cannot build: \(missing.count) nodes use unsupported ops: \(missing.joined(separator: ", "))")
         }
+        try profile.check(against: model.graph.runtimeInputs.map { ($0.name, $0.type) })
+        // Fixed shapes become part of the graph, so the optimizer folds what depends on them.
+        for (i, input) in model.graph.inputs.enumerated() where profile.isFixed(input.name) {
+            guard let e = input.type.elementType else { continue }
+            model.graph.inputs[i].type = TensorType(e, shape: profile.opt[input.name]!)
+        }
         let context = optimize ? try PipelineRunner(options: pipeline).run(model) : nil
-        // Record every value's type for the runtime's memory and kernel plan.
+        // Record every value's type, for the optimal shapes, for the runtime's plan.
+        let declared = model.graph.inputs
+        for (i, input) in model.graph.inputs.enumerated() {
+            if let opt = profile.opt[input.name], let e = input.type.elementType { model.graph.inputs[i].type = TensorType(e, shape: opt) }
+        }
         model.graph.valueTypes = [:]
         var inference = ShapeInference(model: model)
         try inference.run()
+        for input in model.graph.inputs where model.graph.initializers[input.name] == nil { model.graph.valueTypes[input.name] = input.type }
+        model.graph.inputs = declared
         let graph = try Self.convert(model.graph, model: model)
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
-        let file = try Engine.file(for: graph, producer: "anvil 0.1", requiredFeatures: [], metadata: Array(meta.utf8))
+        let file = try Engine.file(for: graph, producer: "anvil 0.1", requiredFeatures: [], metadata: Array(meta.utf8), profile: profile)
         return Result(file: file, graph: graph, statistics: context)
     }
 

@@ -24,12 +24,15 @@ public final class Engine: @unchecked Sendable {
 
     /// Constants by name (for plans).
     let constants: [String: Tensor]
+    /// The input shapes the engine was built for (empty: any shape).
+    public let profile: ShapeProfile
 
     public init(file: EngineFile, name: String) throws {
         guard let decoded = try file.withSection("GRAPH", { try EngineCodec.decode($0, file: name) }) else {
             throw AnvilError.invalidModel(file: name, field: "engine", reason: "has no GRAPH section")
         }
         graph = decoded
+        profile = try file.withSection("PROFILE") { try ShapeProfile.decode($0, file: name) } ?? ShapeProfile()
         constants = Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         producer = file.producer
         requiredFeatures = file.requiredFeatures
@@ -47,9 +50,10 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Serializes an engine graph into an engine file.
-    public static func file(for graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, metadata: [UInt8]) throws -> EngineFile {
+    public static func file(for graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, metadata: [UInt8],
+                            profile: ShapeProfile = ShapeProfile()) throws -> EngineFile {
         EngineFile(producer: producer, requiredFeatures: requiredFeatures,
-                   sections: [("META", metadata), ("GRAPH", try EngineCodec.encode(graph))])
+                   sections: [("META", metadata), ("GRAPH", try EngineCodec.encode(graph))] + (profile.isEmpty ? [] : [("PROFILE", profile.encoded())]))
     }
 
     static func visit(_ g: EngineGraph, _ body: (Layer) -> Void) {
@@ -63,6 +67,27 @@ public final class Engine: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Inputs of the build-time (optimal) shapes, zero-filled; dynamic dimensions
+    /// without a profile become 1.
+    public func sampleInputs() throws -> [String: Tensor] {
+        var inputs: [String: Tensor] = [:]
+        for (name, type) in graph.inputs {
+            let shape = profile.opt[name] ?? graph.valueTypes[name]?.concreteShape ?? (type.dims ?? []).map { $0.value ?? 1 }
+            inputs[name] = try Tensor.zeros(type.elementType ?? .float, shape: shape)
+        }
+        return inputs
+    }
+
+    /// Plans the engine for its build-time shapes on this CPU (running it once on
+    /// zeros), for reports; nil with the reason when the graph runs on the interpreter.
+    public func planForReport() throws -> (plan: ExecutionPlan?, failure: String?) {
+        let context = ExecutionContext(engine: self)
+        let inputs = try sampleInputs()
+        _ = try context.run(inputs)
+        _ = try context.run(inputs)
+        return (context.lastPlan, context.planFailure)
     }
 
     /// The engine's runtime inputs and outputs.
@@ -106,6 +131,7 @@ public final class ExecutionContext {
     public func run(_ inputs: [String: Tensor]) throws -> [(name: String, value: Tensor)] {
         let g = engine.graph
         try InputCheck.check(inputs, declared: g.inputs, allNames: Set(g.inputs.map(\.name)))
+        for (name, t) in inputs { try engine.profile.admit(name, t.shape) }
         let names = g.outputs.map(\.name)
         guard usePlan else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
         let shapes = g.inputs.map { inputs[$0.name]?.shape ?? [] }

@@ -1,5 +1,6 @@
 #include "anvil_dnnl.h"
 #include <string.h>
+#include <dlfcn.h>
 
 static void copy_dims(dnnl_dims_t out, int n, const int64_t *in, int64_t minus) {
     memset(out, 0, sizeof(dnnl_dims_t));
@@ -67,4 +68,12 @@ dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_quer
     dnnl_memory_desc_t zero;
     memset(&zero, 0, sizeof zero);
     return md ? *md : zero;
+}
+
+int anvil_set_threads(int n) {
+    /* libdnnl links OpenMP (libgomp on Debian); look the setter up where it is loaded. */
+    void (*set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    if (!set || n < 1) return 0;
+    set(n);
+    return 1;
 }

@@ -7,7 +7,7 @@ struct Anvil: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "anvil",
         abstract: "Anvil: an ONNX optimizing compiler and runtime for CPUs.",
-        subcommands: [Inspect.self, Run.self, Validate.self, Optimize.self, Build.self, Bench.self]
+        subcommands: [Inspect.self, Run.self, Validate.self, Optimize.self, Build.self, Bench.self, Exec.self]
     )
 
     /// Runs a command body, turning Anvil errors into a clear message and exit status 1.

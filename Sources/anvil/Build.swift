@@ -2,36 +2,108 @@ import AnvilBuilder
 import AnvilCore
 import AnvilEngine
 import AnvilIR
+import AnvilKernels
 import AnvilONNX
 import AnvilRuntime
 import ArgumentParser
 import Foundation
 
+/// What building an engine needs, shared by `anvil build` and `anvil exec`.
+struct BuildSettings {
+    var model: String
+    var output: String?
+    var optimize = true
+    var profile = ShapeProfile()
+    var verbose = false
+    var exportLayerInfo: String?
+
+    /// Builds (and writes, when `output` is set) the engine; prints progress and a summary.
+    func build() throws -> Engine {
+        let start = Date()
+        func step(_ what: String) { if verbose { print(String(format: "[%6.2f s] ", Date().timeIntervalSince(start)) + what) } }
+        step("importing \(model)")
+        let m = try ONNXImporter.load(path: model)
+        var builder = EngineBuilder()
+        builder.optimize = optimize
+        builder.profile = profile
+        step(optimize ? "optimizing, inferring shapes and converting to layers" : "inferring shapes and converting to layers")
+        let result = try builder.build(m, name: model)
+        if verbose, let stats = result.statistics {
+            for (pass, counts) in stats.statistics.sorted(by: { $0.key < $1.key }) where !counts.isEmpty {
+                step("  \(pass): " + counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            }
+        }
+        let bytes = try result.file.encoded()
+        if let output {
+            let a = URL(fileURLWithPath: model).standardizedFileURL.resolvingSymlinksInPath().path
+            let b = URL(fileURLWithPath: output).standardizedFileURL.resolvingSymlinksInPath().path
+            guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
+        }
+        let engine = try bytes.withUnsafeBytes { try Engine(file: EngineFile.decode($0, file: output ?? model), name: output ?? model) }
+        step("planning the engine on this CPU (kernels, layouts, memory)")
+        let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count)
+        if let output {
+            step("writing \(output)")
+            try TensorFiles.writeAll([(output, bytes)])
+        }
+        if let exportLayerInfo {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try TensorFiles.writeAll([(exportLayerInfo, Array(try encoder.encode(report)))])
+        }
+        let fused = result.graph.layers.filter { $0.fusedFrom.count > 1 }.count
+        let fast = report.layers.filter { !$0.tacticName.contains("reference") && $0.tacticName != "interpreter" }.count
+        print("Built \(output ?? "an engine in memory"): \(result.graph.layers.count) layers (\(fused) fused, \(fast) on fast kernels), "
+              + "\(ModelReport.bytes(bytes.count)), activation arena \(ModelReport.bytes(report.memoryPlan.arenaBytes)), "
+              + "in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+        return engine
+    }
+}
+
 struct Build: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Optimize an ONNX model and write an engine file.",
-        discussion: "This version gives every layer the reference kernels; oneDNN tactics, the memory plan and prepacked weights come next.")
+        discussion: """
+            Shapes use trtexec's form: --shapes=input:1x3x224x224 fixes an input's shape (the fastest engine);
+            --minShapes/--optShapes/--maxShapes give a range, and inputs outside it are refused at run time.
+            Without either, dynamic dimensions stay dynamic and the engine plans each new shape on first sight.
+            """)
 
     @Argument(help: "The ONNX model.") var model: String
     @Option(name: .shortAndLong, help: "The engine file to write (never the input).") var output: String
     @Flag(help: "Build without running the optimizer.") var noOptimize = false
+    @Option(help: "Fixed input shapes: name:AxBxC[,name:…].") var shapes: [String] = []
+    @Option(name: .customLong("minShapes"), help: "Smallest input shapes of the profile.") var minShapes: [String] = []
+    @Option(name: .customLong("optShapes"), help: "Input shapes to plan for.") var optShapes: [String] = []
+    @Option(name: .customLong("maxShapes"), help: "Largest input shapes of the profile.") var maxShapes: [String] = []
+    @Option(help: "Threads for oneDNN while planning the engine.") var threads: Int?
+    @Flag(help: "Print each build step and the optimizer's statistics.") var verbose = false
+    @Option(name: .customLong("exportLayerInfo"), help: "Write the layer information (anvil inspect's JSON) to this file.") var exportLayerInfo: String?
 
     func run() throws {
         try Anvil.guarded {
-            let start = Date()
-            let m = try ONNXImporter.load(path: model)
-            var builder = EngineBuilder()
-            builder.optimize = !noOptimize
-            let result = try builder.build(m, name: model)
-            let bytes = try result.file.encoded()
-            let a = URL(fileURLWithPath: model).standardizedFileURL.resolvingSymlinksInPath().path
-            let b = URL(fileURLWithPath: output).standardizedFileURL.resolvingSymlinksInPath().path
-            guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
-            try TensorFiles.writeAll([(output, bytes)])
-            let fused = result.graph.layers.filter { $0.fusedFrom.count > 1 }.count
-            print("Built \(output): \(result.graph.layers.count) layers (\(fused) fused), \(bytes.count) bytes, in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+            try setThreads(threads)
+            var settings = BuildSettings(model: model, output: output)
+            settings.optimize = !noOptimize
+            settings.profile = try profileFrom(shapes: shapes, min: minShapes, opt: optShapes, max: maxShapes)
+            settings.verbose = verbose
+            settings.exportLayerInfo = exportLayerInfo
+            _ = try settings.build()
         }
     }
+}
+
+/// Parses trtexec-style shape options into a profile.
+func profileFrom(shapes: [String], min: [String], opt: [String], max: [String]) throws -> ShapeProfile {
+    try ShapeProfile.from(shapes: ShapeProfile.parse(shapes, flag: "--shapes"), min: ShapeProfile.parse(min, flag: "--minShapes"),
+                          opt: ShapeProfile.parse(opt, flag: "--optShapes"), max: ShapeProfile.parse(max, flag: "--maxShapes"))
+}
+
+/// Applies --threads.
+func setThreads(_ threads: Int?) throws {
+    guard let threads else { return }
+    guard threads >= 1 else { throw AnvilError.invalidArgument("--threads must be at least 1, got \(threads)") }
+    guard DNNLThreads.set(threads) else { throw AnvilError.invalidArgument("--threads: this oneDNN build's thread count cannot be set") }
 }
 
 /// True when the file starts with the engine magic.

@@ -113,7 +113,7 @@ struct Inspect: ParsableCommand {
             if isEngineFile(model) {
                 let engine = try Engine(path: model)
                 let size = (try? FileManager.default.attributesOfItem(atPath: model)[.size] as? Int) ?? 0
-                let report = EngineReport(engine: engine, file: model, bytes: size)
+                let report = try EngineReport(engine: engine, file: model, bytes: size)
                 try show(text: report.text, json: report)
                 return
             }

@@ -1,59 +1,143 @@
 import AnvilCore
 import AnvilEngine
+import AnvilKernels
 import AnvilRuntime
 import Foundation
 
-/// What `anvil inspect` reports about an engine file.
+/// What `anvil inspect` reports about an engine file. The JSON follows TensorRT's
+/// engine-inspector layer information ("Layers" with "Name", "LayerType", "Inputs"
+/// and "Outputs" carrying "Dimensions" and "Format/Datatype", "TacticName",
+/// "Metadata"; "Bindings"), with Anvil's engine facts and memory plan beside it
+/// (docs/engine-format.md, "Inspecting an engine").
 struct EngineReport: Encodable {
-    struct Value: Encodable { let name: String; let type: String; let shape: [String] }
+    struct Tensor: Encodable {
+        let name: String
+        let dimensions: [String]
+        let format: String
+        enum CodingKeys: String, CodingKey { case name = "Name", dimensions = "Dimensions", format = "Format/Datatype" }
+    }
+    struct Weights: Encodable {
+        let type: String, count: Int, bytes: Int
+        enum CodingKeys: String, CodingKey { case type = "Type", count = "Count", bytes = "Bytes" }
+    }
     struct LayerInfo: Encodable {
         let name: String
-        let type: String
+        let layerType: String
+        let inputs: [Tensor]
+        let outputs: [Tensor]
+        /// The build-time tactic class ("onednn", "reference").
         let tactic: String
-        let inputs: [String]
-        let outputs: [String]
+        /// The kernels planned on this CPU, one per step ("brgconv:avx512_core", "swift", "view").
+        let tacticName: String
+        let precision: String
+        let weights: Weights?
+        let metadata: String
         let fusedFrom: [String]
-        let weightBytes: Int
+        enum CodingKeys: String, CodingKey {
+            case name = "Name", layerType = "LayerType", inputs = "Inputs", outputs = "Outputs", tactic = "Tactic", tacticName = "TacticName"
+            case precision = "Precision", weights = "Weights", metadata = "Metadata", fusedFrom = "FusedFrom"
+        }
+    }
+    struct Buffer: Encodable {
+        let offset: Int, bytes: Int, firstStep: Int, lastStep: Int, values: [String]
+        enum CodingKeys: String, CodingKey { case offset = "Offset", bytes = "Bytes", firstStep = "FirstStep", lastStep = "LastStep", values = "Values" }
+    }
+    struct MemoryPlan: Encodable {
+        let planned: Bool
+        let reason: String?
+        let arenaBytes: Int
+        let scratchpadBytes: Int
+        let bytesWithoutReuse: Int
+        let buffers: [Buffer]
+        enum CodingKeys: String, CodingKey {
+            case planned = "Planned", reason = "Reason", arenaBytes = "ArenaBytes", scratchpadBytes = "ScratchpadBytes"
+            case bytesWithoutReuse = "BytesWithoutReuse", buffers = "Buffers"
+        }
     }
     let file: String
     let producer: String
     let requiredCPUFeatures: String
     let bytes: Int
-    let inputs: [Value]
-    let outputs: [Value]
+    let inputs: [Tensor]
+    let outputs: [Tensor]
+    let bindings: [String]
+    let profile: [String: [String: [Int]]]
     let layers: [LayerInfo]
     let constantBytes: Int
+    let memoryPlan: MemoryPlan
+    enum CodingKeys: String, CodingKey {
+        case file = "File", producer = "Producer", requiredCPUFeatures = "RequiredCPUFeatures", bytes = "Bytes", inputs = "Inputs", outputs = "Outputs"
+        case bindings = "Bindings", profile = "Profile", layers = "Layers", constantBytes = "ConstantBytes", memoryPlan = "MemoryPlan"
+    }
 
-    init(engine: Engine, file: String, bytes: Int) {
+    init(engine: Engine, file: String, bytes: Int) throws {
         self.file = file
         producer = engine.producer
         requiredCPUFeatures = engine.requiredFeatures.description.isEmpty ? "none" : engine.requiredFeatures.description
         self.bytes = bytes
-        func value(_ v: (name: String, type: TensorType)) -> Value {
-            Value(name: v.name, type: v.type.elementType?.description ?? "?", shape: v.type.dims?.map(\.description) ?? ["*"])
+        let (plan, failure) = try engine.planForReport()
+        let types = engine.graph.valueTypes
+        func tensor(_ name: String, declared: TensorType? = nil) -> Tensor {
+            let dims = plan?.shape(of: name).map { $0.map(String.init) } ?? (declared ?? types[name])?.dims?.map(\.description) ?? ["?"]
+            let type = (declared ?? types[name])?.elementType
+            return Tensor(name: name, dimensions: dims,
+                          format: plan?.format(of: name) ?? "Row major linear \(type.map { $0 == .float ? "FP32" : $0.description.uppercased() } ?? "?")")
         }
-        inputs = engine.inputs.map(value)
-        outputs = engine.outputs.map(value)
-        let constants = Dictionary(engine.graph.constants.map { ($0.name, $0.value.count * max($0.value.dataType.byteSize, 1)) }, uniquingKeysWith: { a, _ in a })
+        inputs = engine.inputs.map { tensor($0.name, declared: $0.type) }
+        outputs = engine.outputs.map { tensor($0.name, declared: $0.type) }
+        bindings = engine.inputs.map(\.name) + engine.outputs.map(\.name)
+        profile = Dictionary(uniqueKeysWithValues: engine.profile.names.map {
+            ($0, ["min": engine.profile.min[$0]!, "opt": engine.profile.opt[$0]!, "max": engine.profile.max[$0]!])
+        })
+        let constants = Dictionary(engine.graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+        var stepsByLayer: [String: [String]] = [:]
+        for step in plan?.stepSummary ?? [] { stepsByLayer[step.layer, default: []].append(step.implementation) }
         layers = engine.graph.layers.map { l in
-            LayerInfo(name: l.name, type: l.domain.isEmpty ? l.opType : "\(l.domain).\(l.opType)", tactic: l.tactic,
-                      inputs: l.inputs, outputs: l.outputs, fusedFrom: l.fusedFrom,
-                      weightBytes: l.inputs.compactMap { constants[$0] }.reduce(0, +))
+            let weights = l.inputs.compactMap { constants[$0] }
+            let weightBytes = weights.reduce(0) { $0 + $1.count * max($1.dataType.byteSize, 1) }
+            let tacticName = plan == nil ? "interpreter" : (stepsByLayer[l.name]?.joined(separator: " + ") ?? "view (no copy)")
+            return LayerInfo(name: l.name, layerType: l.domain.isEmpty ? l.opType : "\(l.domain).\(l.opType)",
+                             inputs: l.inputs.filter { !$0.isEmpty && constants[$0] == nil }.map { tensor($0) },
+                             outputs: l.outputs.filter { !$0.isEmpty }.map { tensor($0) },
+                             tactic: l.tactic, tacticName: tacticName, precision: "FP32",
+                             weights: weights.isEmpty ? nil : Weights(type: weights[0].dataType.description, count: weights.reduce(0) { $0 + $1.count }, bytes: weightBytes),
+                             metadata: l.fusedFrom.joined(separator: " + "), fusedFrom: l.fusedFrom)
         }
-        constantBytes = constants.values.reduce(0, +)
+        constantBytes = constants.values.reduce(0) { $0 + $1.count * max($1.dataType.byteSize, 1) }
+        memoryPlan = MemoryPlan(planned: plan != nil, reason: failure, arenaBytes: plan?.arenaBytes ?? 0, scratchpadBytes: plan?.scratchpadBytes ?? 0,
+                                bytesWithoutReuse: plan?.unplannedBytes ?? 0,
+                                buffers: (plan?.memoryPlan ?? []).map { Buffer(offset: $0.offset, bytes: $0.bytes, firstStep: $0.firstStep,
+                                                                              lastStep: $0.lastStep == Int.max ? -1 : $0.lastStep, values: $0.values) })
     }
 
     var text: String {
+        func shape(_ t: Tensor) -> String { "[\(t.dimensions.joined(separator: ","))]" }
         var s = "Engine: \(file) (\(ModelReport.bytes(bytes)))\n"
         s += "  producer: \(producer), requires CPU features: \(requiredCPUFeatures)\n"
-        s += "Inputs:\n" + inputs.map { "  \($0.name): \($0.type)[\($0.shape.joined(separator: ","))]\n" }.joined()
-        s += "Outputs:\n" + outputs.map { "  \($0.name): \($0.type)[\($0.shape.joined(separator: ","))]\n" }.joined()
+        s += "Inputs:\n" + inputs.map { "  \($0.name): \(shape($0)) \($0.format)\n" }.joined()
+        for (name, p) in profile.sorted(by: { $0.key < $1.key }) {
+            s += "  profile \(name): min \(p["min"]!), opt \(p["opt"]!), max \(p["max"]!)\n"
+        }
+        s += "Outputs:\n" + outputs.map { "  \($0.name): \(shape($0)) \($0.format)\n" }.joined()
         s += "Layers: \(layers.count) (\(layers.filter { $0.fusedFrom.count > 1 }.count) fused), weights \(ModelReport.bytes(constantBytes))\n"
         for l in layers {
-            s += "  \(l.name): \(l.type) [\(l.tactic)]"
-            if l.weightBytes > 0 { s += ", weights \(ModelReport.bytes(l.weightBytes))" }
+            s += "  \(l.name): \(l.layerType) [\(l.tactic): \(l.tacticName)] \(l.precision)"
+            if let w = l.weights { s += ", weights \(ModelReport.bytes(w.bytes))" }
+            s += "\n      " + l.inputs.map { shape($0) }.joined(separator: ", ") + " -> " + l.outputs.map { "\(shape($0)) \($0.format)" }.joined(separator: ", ")
             if l.fusedFrom.count > 1 || l.fusedFrom != [l.name] { s += "\n      fused from: \(l.fusedFrom.joined(separator: " + "))" }
             s += "\n"
+        }
+        let m = memoryPlan
+        if m.planned {
+            s += "Memory plan: arena \(ModelReport.bytes(m.arenaBytes)) for \(ModelReport.bytes(m.bytesWithoutReuse)) of activations "
+                + "(\(m.buffers.count) buffers reused by liveness), scratchpad \(ModelReport.bytes(m.scratchpadBytes))\n"
+            for b in m.buffers.sorted(by: { $0.bytes > $1.bytes }).prefix(12) {
+                s += "  offset \(b.offset): \(ModelReport.bytes(b.bytes)), steps \(b.firstStep)...\(b.lastStep < 0 ? "end" : String(b.lastStep)): \(b.values.prefix(3).joined(separator: ", "))"
+                    + (b.values.count > 3 ? " …" : "") + "\n"
+            }
+            if m.buffers.count > 12 { s += "  … \(m.buffers.count - 12) smaller buffers (--format json lists all)\n" }
+        } else {
+            s += "Memory plan: none, the engine runs on the layer interpreter (\(m.reason ?? "unknown reason"))\n"
         }
         return s
     }

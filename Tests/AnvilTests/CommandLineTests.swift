@@ -187,12 +187,88 @@ extension BuildCommandTests {
         _ = try TestSupport.run(["build", TestSupport.fixture("cnn/model.onnx"), "-o", engine])
         let text = try TestSupport.run(["inspect", engine])
         XCTAssertEqual(text.status, 0, text.stderr)
-        XCTAssertTrue(text.stdout.contains("ai.anvil.FusedConv [onednn]"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("ai.anvil.FusedConv [onednn: "), text.stdout)
         XCTAssertTrue(text.stdout.contains("fused from: /block/block.3/Conv + /block/block.4/BatchNormalization + /Add + /relu/Relu"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("Memory plan: arena"), text.stdout)
         let json = try TestSupport.run(["inspect", engine, "--format", "json"])
         let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
-        let layers = object?["layers"] as? [[String: Any]]
-        XCTAssertEqual(layers?.count, 7)
-        XCTAssertEqual(layers?.first?["tactic"] as? String, "onednn")
+        // TensorRT engine-inspector shape: Layers with Name, LayerType, Inputs/Outputs (Dimensions, Format/Datatype), TacticName.
+        let layers = try XCTUnwrap(object?["Layers"] as? [[String: Any]])
+        XCTAssertEqual(layers.count, 7)
+        XCTAssertEqual(layers.first?["Tactic"] as? String, "onednn")
+        XCTAssertEqual(layers.first?["LayerType"] as? String, "ai.anvil.FusedConv")
+        XCTAssertNotNil(layers.first?["TacticName"] as? String)
+        let output = try XCTUnwrap((layers.first?["Outputs"] as? [[String: Any]])?.first)
+        XCTAssertEqual(output["Dimensions"] as? [String], ["1", "16", "32", "32"])
+        XCTAssertNotNil(output["Format/Datatype"] as? String)
+        XCTAssertEqual(object?["Bindings"] as? [String], ["image", "logits"])
+        let plan = try XCTUnwrap(object?["MemoryPlan"] as? [String: Any])
+        XCTAssertEqual(plan["Planned"] as? Bool, true)
+        XCTAssertGreaterThan(plan["ArenaBytes"] as? Int ?? 0, 0)
+        XCTAssertLessThanOrEqual(plan["ArenaBytes"] as? Int ?? 0, plan["BytesWithoutReuse"] as? Int ?? 0)
+    }
+
+    /// --minShapes/--optShapes/--maxShapes profiles: inputs inside run, outside are refused; --shapes must fit the model.
+    func testShapeProfilesAreRecordedAndEnforced() throws {
+        let folder = try TestSupport.temporaryFolder()
+        let engine = folder + "/dyn.anvil"
+        let model = TestSupport.fixture("dynamic_batch/model.onnx")
+        let build = try TestSupport.run(["build", model, "-o", engine, "--minShapes", "image:1x1x28x28", "--optShapes", "image:4x1x28x28",
+                                         "--maxShapes", "image:8x1x28x28", "--exportLayerInfo", folder + "/layers.json"])
+        XCTAssertEqual(build.status, 0, build.stderr)
+        let layers = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/layers.json"))) as? [String: Any]
+        XCTAssertNotNil(layers?["Layers"])
+        let inspect = try TestSupport.run(["inspect", engine])
+        XCTAssertTrue(inspect.stdout.contains("profile image: min [1, 1, 28, 28], opt [4, 1, 28, 28], max [8, 1, 28, 28]"), inspect.stdout)
+        for (batch, status) in [(2, Int32(0)), (8, 0), (9, 1)] {
+            let r = try TestSupport.run(["bench", engine, "--shapes", "image:\(batch)x1x28x28", "--duration", "0", "--iterations", "3", "--warmUp", "0"])
+            XCTAssertEqual(r.status, status, "batch \(batch): \(r.stdout)\(r.stderr)")
+            if status != 0 { XCTAssertTrue(r.stderr.contains("outside the engine's profile"), r.stderr) }
+            if status == 0 { XCTAssertFalse(r.stdout.contains("layer interpreter"), r.stdout) }
+        }
+        for bad in [["--shapes", "image:2x3x28x28"], ["--shapes", "nosuch:1x1"], ["--minShapes", "image:4x1x28x28", "--optShapes", "image:2x1x28x28", "--maxShapes", "image:8x1x28x28"],
+                    ["--shapes", "image:1xAx28x28"], ["--minShapes", "image:1x1x28x28"]] {
+            let r = try TestSupport.run(["build", model, "-o", folder + "/bad.anvil"] + bad)
+            XCTAssertEqual(r.status, 1, "\(bad)")
+            XCTAssertTrue(r.stderr.hasPrefix("error:"), r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/bad.anvil"))
+        }
+        // A fixed shape builds a static engine that plans at load.
+        let fixed = try TestSupport.run(["build", model, "-o", folder + "/fixed.anvil", "--shapes", "image:3x1x28x28"])
+        XCTAssertEqual(fixed.status, 0, fixed.stderr)
+        let wrong = try TestSupport.run(["bench", folder + "/fixed.anvil", "--shapes", "image:2x1x28x28", "--duration", "0", "--iterations", "1"])
+        XCTAssertEqual(wrong.status, 1)
+    }
+
+    /// trtexec command lines work where they make sense on a CPU; GPU-only flags are refused by name.
+    func testExecAcceptsTrtexecSpellings() throws {
+        let folder = try TestSupport.temporaryFolder()
+        let engine = folder + "/cnn.anvil", profile = folder + "/profile.json", times = folder + "/times.json"
+        let build = try TestSupport.run(["exec", "--onnx=" + TestSupport.fixture("cnn/model.onnx"), "--saveEngine=" + engine,
+                                         "--shapes=image:1x3x32x32", "--skipInference"])
+        XCTAssertEqual(build.status, 0, build.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: engine))
+        let run = try TestSupport.run(["exec", "--loadEngine=" + engine, "--iterations=5", "--warmUp=10", "--duration=0", "--avgRuns=2",
+                                       "--percentile=50,99", "--dumpProfile", "--separateProfileRun", "--exportProfile=" + profile, "--exportTimes=" + times])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stdout.contains("percentile(99%)"), run.stdout)
+        XCTAssertTrue(run.stdout.contains("Average on 2 runs"), run.stdout)
+        // trtexec's profile JSON: a count record, then per-layer name/timeMs/averageMs/medianMs/percentage.
+        let records = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: profile))) as? [[String: Any]])
+        XCTAssertEqual(records.first?["count"] as? Int, 5)
+        for key in ["name", "timeMs", "averageMs", "medianMs", "percentage"] { XCTAssertNotNil(records.dropFirst().first?[key], key) }
+        let shares = records.dropFirst().compactMap { $0["percentage"] as? Double }.reduce(0, +)
+        XCTAssertEqual(shares, 100, accuracy: 0.01)
+        for (flags, message) in [(["--loadEngine=" + engine, "--useCudaGraph"], "--useCudaGraph is a GPU-only"),
+                                 (["--loadEngine=" + engine, "--device=0"], "--device is a GPU-only"),
+                                 (["--onnx=" + TestSupport.fixture("cnn/model.onnx"), "--fp16"], "--fp16"),
+                                 (["--loadEngine=" + engine, "--bogus"], "unknown flag --bogus"),
+                                 (["--loadEngine=" + engine, "--iterations=many"], "--iterations=many is not a number"),
+                                 (["--iterations=3"], "--onnx"),
+                                 (["--loadEngine=" + engine, "--onnx=x.onnx"], "not both")] {
+            let r = try TestSupport.run(["exec"] + flags)
+            XCTAssertEqual(r.status, 1, "\(flags)")
+            XCTAssertTrue(r.stderr.contains(message), "\(flags): \(r.stderr)")
+        }
     }
 }

@@ -15,6 +15,13 @@ func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String) throws {
     }
 }
 
+/// Threads oneDNN runs its kernels on.
+public enum DNNLThreads {
+    /// Sets the thread count for the process; false when oneDNN's threading cannot be set.
+    @discardableResult
+    public static func set(_ n: Int) -> Bool { anvil_set_threads(Int32(clamping: n)) != 0 }
+}
+
 /// A oneDNN CPU engine. Each Anvil engine owns one; there is no global instance.
 public final class DNNLEngine: @unchecked Sendable {
     let handle: dnnl_engine_t

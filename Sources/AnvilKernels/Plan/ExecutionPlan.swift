@@ -294,6 +294,21 @@ public final class ExecutionPlan {
         steps.map { ($0.layer, $0.implementation, $0.reads.map(\.name), $0.writes.map(\.name)) }
     }
 
+    /// How a value is stored, in TensorRT's "Format/Datatype" wording; nil for constants and unknown names.
+    public func format(of name: String) -> String? {
+        guard let v = values[name] else { return nil }
+        let type = v.dataType == .float ? "FP32" : v.dataType.description.uppercased()
+        guard let layout = v.layout else { return "Row major linear \(type)" }
+        switch try? SwiftKernels.channelLayout(layout, shape: v.shape) {
+        case .blocked(let n)?: return "Channel major \(type) format where channel % \(n) == 0"
+        case .channelsLast?: return "Channel major \(type) format"
+        default: return "oneDNN blocked \(type)"
+        }
+    }
+
+    /// The shape a value has in this plan.
+    public func shape(of name: String) -> [Int]? { values[name]?.shape }
+
     /// Bytes the values would take without reuse (for reports).
     public var unplannedBytes: Int { buffers.reduce(0) { $0 + $1.bytes } }
 

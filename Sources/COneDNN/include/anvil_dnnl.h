@@ -37,4 +37,7 @@ size_t anvil_dnnl_scratchpad_size(const_dnnl_primitive_desc_t pd);
 /// The memory descriptor a primitive descriptor reports for `what` (index 0).
 dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_query_t what, int index);
 
+/// Sets the number of threads oneDNN's OpenMP runtime uses; 0 when it cannot (no OpenMP).
+int anvil_set_threads(int n);
+
 #endif
