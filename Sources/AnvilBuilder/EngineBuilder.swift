@@ -18,6 +18,12 @@ public struct EngineBuilder {
     public var optimize = true
     /// Input shapes to build for (trtexec's --shapes or --min/opt/maxShapes).
     public var profile = ShapeProfile()
+    /// Time convolution layouts on this CPU and keep the fastest (needs static shapes).
+    public var timeTactics = true
+    /// Timings to reuse and extend (--timingCacheFile).
+    public var timingCache = TimingCache()
+    /// Reports tactic-timing progress: layers done, layers in all.
+    public var progress: ((Int, Int) -> Void)?
     public init() {}
 
     public struct Result {
@@ -49,11 +55,29 @@ public struct EngineBuilder {
         for input in model.graph.inputs where model.graph.initializers[input.name] == nil { model.graph.valueTypes[input.name] = input.type }
         model.graph.inputs = declared
         let graph = try Self.convert(model.graph, model: model)
+        if timeTactics { try chooseTactics(graph) }
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
         let file = try Engine.file(for: graph, producer: "anvil 0.1", requiredFeatures: [], metadata: Array(meta.utf8), profile: profile)
         return Result(file: file, graph: graph, statistics: context)
+    }
+
+    /// Times each convolution's layouts for the build-time shapes and records the choice in its tactic.
+    func chooseTactics(_ graph: EngineGraph) throws {
+        var types: [String: (DataType, [Int])] = [:]
+        for (name, t) in graph.valueTypes {
+            if let e = t.elementType, let shape = t.concreteShape { types[name] = (e, shape) }
+        }
+        let layers = graph.layers.map {
+            PlanLayer(name: $0.name, opType: $0.opType, domain: $0.domain, opset: $0.opset, inputs: $0.inputs, outputs: $0.outputs,
+                      attributes: $0.attributes, tactic: $0.tactic)
+        }
+        let constants = Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+        let machine = "\(CPUFeatures.host)|\(ProcessInfo.processInfo.activeProcessorCount)cpu"
+        let chosen = TacticSelector.chooseConvolutionLayouts(layers: layers, constants: constants, types: types, engine: try DNNLEngine(),
+                                                             cache: timingCache, machine: machine, progress: progress)
+        for i in graph.layers.indices { if let t = chosen[graph.layers[i].name] { graph.layers[i].tactic = t } }
     }
 
     /// IR graph → engine graph, recursively for subgraphs.

@@ -67,7 +67,7 @@ public enum ONNXImporter {
     }
 
     /// Reads a whole file, refusing files larger than `limit`.
-    static func readFile(_ path: String, limit: Int, what: String) throws -> [UInt8] {
+    public static func readFile(_ path: String, limit: Int, what: String) throws -> [UInt8] {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw AnvilError.io(path: path, reason: "no such file")

@@ -256,13 +256,13 @@ public final class ExecutionContext {
             defer {
                 if started > 0 {
                     let ms = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
-                    let tactic = layer.tactic == "onednn" ? (fastLayers[layer.name]?.implementation ?? "reference") : "reference"
+                    let tactic = layer.tactic.hasPrefix("onednn") ? (fastLayers[layer.name]?.implementation ?? "reference") : "reference"
                     if let i = profile.firstIndex(where: { $0.layer == layer.name }) { profile[i].milliseconds.append(ms) }
                     else { profile.append((layer.name, "\(layer.opType): \(tactic)", [ms])) }
                 }
             }
             do {
-                if layer.tactic == "onednn", g === engine.graph, let fast = try fastLayer(layer, context) {
+                if layer.tactic.hasPrefix("onednn"), g === engine.graph, let fast = try fastLayer(layer, context) {
                     results = [try fast.run(context, stream: try currentStream())]
                 } else {
                     results = try def.evaluate(context)

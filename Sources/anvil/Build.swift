@@ -16,6 +16,7 @@ struct BuildSettings {
     var profile = ShapeProfile()
     var verbose = false
     var exportLayerInfo: String?
+    var timingCacheFile: String?
 
     /// Builds (and writes, when `output` is set) the engine; prints progress and a summary.
     func build() throws -> Engine {
@@ -26,8 +27,17 @@ struct BuildSettings {
         var builder = EngineBuilder()
         builder.optimize = optimize
         builder.profile = profile
+        if let timingCacheFile, FileManager.default.fileExists(atPath: timingCacheFile) {
+            let bytes = try ONNXImporter.readFile(timingCacheFile, limit: 1 << 28, what: "timing cache")
+            builder.timingCache = try TimingCache(contentsOf: bytes, file: timingCacheFile)
+            step("read \(builder.timingCache.entries.count) timings from \(timingCacheFile)")
+        }
+        let bar = ProgressBar(label: "Timing tactics")
+        builder.progress = { done, total in bar.update(done, total) }
         step(optimize ? "optimizing, inferring shapes and converting to layers" : "inferring shapes and converting to layers")
         let result = try builder.build(m, name: model)
+        bar.finish()
+        step("tactics: \(builder.timingCache.measured) measured, \(builder.timingCache.hits) from the timing cache")
         if verbose, let stats = result.statistics {
             for (pass, counts) in stats.statistics.sorted(by: { $0.key < $1.key }) where !counts.isEmpty {
                 step("  \(pass): " + counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
@@ -46,6 +56,7 @@ struct BuildSettings {
             step("writing \(output)")
             try TensorFiles.writeAll([(output, bytes)])
         }
+        if let timingCacheFile { try TensorFiles.writeAll([(timingCacheFile, builder.timingCache.encoded())]) }
         if let exportLayerInfo {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -79,6 +90,8 @@ struct Build: ParsableCommand {
     @Option(help: "Threads for oneDNN while planning the engine.") var threads: Int?
     @Flag(help: "Print each build step and the optimizer's statistics.") var verbose = false
     @Option(name: .customLong("exportLayerInfo"), help: "Write the layer information (anvil inspect's JSON) to this file.") var exportLayerInfo: String?
+    @Option(name: .customLong("timingCacheFile"), help: "Read tactic timings from this file if it exists and write them back: rebuilds are fast and give identical engines.")
+    var timingCacheFile: String?
 
     func run() throws {
         try Anvil.guarded {
@@ -88,6 +101,7 @@ struct Build: ParsableCommand {
             settings.profile = try profileFrom(shapes: shapes, min: minShapes, opt: optShapes, max: maxShapes)
             settings.verbose = verbose
             settings.exportLayerInfo = exportLayerInfo
+            settings.timingCacheFile = timingCacheFile
             _ = try settings.build()
         }
     }
@@ -126,5 +140,27 @@ struct Runner {
         }
         let executor = try loadRunnable(path)
         return Runner(inputNames: executor.model.graph.runtimeInputs.map(\.name)) { try executor.run($0) }
+    }
+}
+
+/// A progress bar on standard error, drawn only when it is a terminal.
+final class ProgressBar {
+    let label: String
+    let enabled = isatty(2) != 0
+    private var drawn = false
+
+    init(label: String) { self.label = label }
+
+    func update(_ done: Int, _ total: Int) {
+        guard enabled, total > 0 else { return }
+        let width = 30, filled = width * done / total
+        let bar = String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled)
+        FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(done)/\(total)".utf8))
+        drawn = true
+    }
+
+    func finish() {
+        if drawn { FileHandle.standardError.write(Data("\n".utf8)) }
+        drawn = false
     }
 }

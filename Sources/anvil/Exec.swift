@@ -10,7 +10,7 @@ struct Exec: ParsableCommand {
         abstract: "Accept a trtexec command line: --onnx=, --saveEngine=, --loadEngine=, --shapes=, --iterations= ….",
         discussion: """
             Value flags: --onnx --saveEngine --loadEngine --shapes --minShapes --optShapes --maxShapes --iterations --warmUp
-            --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N.
+            --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile.
             Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch.
             GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and reduced precisions are refused.
             """)
@@ -19,7 +19,7 @@ struct Exec: ParsableCommand {
 
     static let valueFlags: Set<String> = ["onnx", "saveEngine", "loadEngine", "shapes", "minShapes", "optShapes", "maxShapes", "iterations",
                                           "warmUp", "duration", "avgRuns", "percentile", "exportTimes", "exportProfile", "exportLayerInfo",
-                                          "loadInputs", "threads"]
+                                          "loadInputs", "threads", "timingCacheFile"]
     static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32"]
     static let gpuOnly: Set<String> = ["device", "useCudaGraph", "useSpinWait", "streams", "noDataTransfers", "useDLACore", "allowGPUFallback",
                                        "memPoolSize", "workspace", "useManagedMemory", "persistentCacheRatio", "maxAuxStreams", "dumpRefit",
@@ -42,7 +42,6 @@ struct Exec: ParsableCommand {
             if unsupportedPrecision.contains(name) {
                 throw AnvilError.invalidArgument("--\(name): reduced precision is not supported by this Anvil yet (engines are FP32)")
             }
-            if name == "timingCacheFile" { throw AnvilError.invalidArgument("--timingCacheFile: tactic timing caches are not supported by this Anvil yet") }
             switch (valueFlags.contains(name), switches.contains(name), value) {
             case (true, _, .some), (_, true, .none): return (name, value)
             case (true, false, .none): throw AnvilError.invalidArgument("--\(name) needs a value: --\(name)=…")
@@ -80,6 +79,7 @@ struct Exec: ParsableCommand {
                 build.profile = try profileFrom(shapes: values("shapes"), min: values("minShapes"), opt: values("optShapes"), max: values("maxShapes"))
                 build.verbose = has("verbose")
                 build.exportLayerInfo = try one("exportLayerInfo")
+                build.timingCacheFile = try one("timingCacheFile")
                 engine = try build.build()
             case (nil, let path?):
                 guard try one("saveEngine") == nil else { throw AnvilError.invalidArgument("--saveEngine needs --onnx (the engine is already built)") }

@@ -2,12 +2,14 @@ import AnvilCore
 import COneDNN
 
 /// How a kernel's activations are laid out in memory.
-public enum ActivationLayout: Sendable {
+public enum ActivationLayout: String, Sendable, CaseIterable {
     /// Row-major NC… as ONNX defines tensors.
     case plain
     /// Whatever layout oneDNN's fastest implementation prefers (nChw16c on AVX-512);
     /// the caller reorders at layout boundaries (`DNNLReorder`).
     case blocked
+    /// Channels innermost (NHWC), which oneDNN's brgemm kernels also run fast.
+    case channelsLast = "nhwc"
 }
 
 /// A oneDNN convolution (1-D, 2-D or 3-D, grouped, dilated) with bias, residual
@@ -33,7 +35,12 @@ public final class DNNLConvolution {
         outputShape = [inputShape[0], cout] + g.output
         inputShapeForLayout = inputShape
         let plain: [dnnl_format_tag_t] = [dnnl_ncw, dnnl_nchw, dnnl_ncdhw]
-        let tag = layout == .plain ? plain[spatial - 1] : dnnl_format_tag_any
+        let last: [dnnl_format_tag_t] = [dnnl_nwc, dnnl_nhwc, dnnl_ndhwc]
+        let tag = switch layout {
+        case .plain: plain[spatial - 1]
+        case .channelsLast: last[spatial - 1]
+        case .blocked: dnnl_format_tag_any
+        }
         let src = try memoryDescriptor(inputShape, tag)
         let dst = try memoryDescriptor(outputShape, tag)
         // Grouped weights are [g, cout/g, cin/g, k…]: the same bytes as ONNX's [cout, cin/g, k…].

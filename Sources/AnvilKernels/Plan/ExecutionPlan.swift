@@ -430,9 +430,11 @@ public final class ExecutionPlan {
             guard g.output.allSatisfy({ $0 > 0 }), inputShape[1] == w.shape[1] * attrs.group else { return nil }
             let activation = try fusedActivation(context)
             let bias = constant(2), residual = present(3), engine = plan.engine
-            return ("conv|\(layer.name)|\(inputShape)", {
+            // The layout chosen at build time ("onednn:plain" …); blocked as oneDNN prefers by default.
+            let layout = layer.tactic.split(separator: ":").dropFirst().first.flatMap { ActivationLayout(rawValue: String($0)) } ?? .blocked
+            return ("conv|\(layer.name)|\(inputShape)|\(layout.rawValue)", {
                 try DNNLConvolution(engine: engine, inputShape: inputShape, weights: w, bias: bias, geometry: g, group: attrs.group,
-                                    activation: activation, residual: residual, layout: .blocked)
+                                    activation: activation, residual: residual, layout: layout)
             })
         }
 
