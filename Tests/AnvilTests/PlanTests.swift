@@ -19,7 +19,7 @@ final class PlanTests: XCTestCase {
     /// x → conv 3×3 → a → conv 1×1 → b → the layer under test → y.
     func model(trial: Int, _ rng: inout SeededGenerator) throws -> (Model, op: String) {
         let n = trial % 4 == 0 ? 2 : 1
-        let c = Int.random(in: 1...40, using: &rng), h = Int.random(in: 5...14, using: &rng), w = Int.random(in: 5...14, using: &rng)
+        let c = trial % 17 == 16 ? [16, 32, 64, 24][trial / 17 % 4] : Int.random(in: 1...40, using: &rng), h = Int.random(in: 5...14, using: &rng), w = Int.random(in: 5...14, using: &rng)
         var initializers: [(String, Tensor)] = [("w1", try random([c, 3, 3, 3], &rng)), ("b1", try random([c], &rng)),
                                                ("w2", try random([c, c, 1, 1], &rng))]
         var nodes = [Node(name: "conv1", opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
@@ -29,7 +29,7 @@ final class PlanTests: XCTestCase {
             nodes.append(Node(name: "test", opType: opType, inputs: inputs, outputs: outputs, attributes: attributes))
         }
         var outputs = ["y"]
-        switch trial % 16 {
+        switch trial % 17 {
         case 0: op = "GlobalAveragePool"; add(op, ["b"])
         case 1:
             op = "MaxPool"
@@ -73,7 +73,16 @@ final class PlanTests: XCTestCase {
             nodes.append(Node(name: "conv3", opType: "Conv", inputs: ["b", "w3"], outputs: ["r"], attributes: ["pads": .ints([1, 1, 1, 1])]))
             nodes.append(Node(name: "res", opType: "Add", inputs: ["r", "a"], outputs: ["s"]))
             add("Relu", ["s"])
-        default: op = "Sub"; initializers.append(("k", try random([w], &rng))); add(op, ["b", "k"])
+        case 15: op = "Sub"; initializers.append(("k", try random([w], &rng))); add(op, ["b", "k"])
+        default:
+            // YOLO's C2f block: split a convolution's channels in halves, convolve one half,
+            // concatenate all three: no copies when the layouts allow.
+            op = "Concat"
+            initializers += [("halves", try Tensor(int64s: [Int64(c / 2), Int64(c / 2)], shape: [2])), ("w4", try random([c / 2, c / 2, 3, 3], &rng))]
+            nodes.append(Node(name: "split", opType: "Split", inputs: ["b", "halves"], outputs: ["h0", "h1"], attributes: ["axis": .int(1)]))
+            nodes.append(Node(name: "conv4", opType: "Conv", inputs: ["h1", "w4"], outputs: ["h2"], attributes: ["pads": .ints([1, 1, 1, 1])]))
+            nodes.append(Node(name: "relu4", opType: "Relu", inputs: ["h2"], outputs: ["h3"]))
+            add(op, ["h0", "h1", "h3"], ["axis": .int(1)])
         }
         let g = Graph(name: "plan\(trial)", inputs: [ValueInfo(name: "x", type: f([n, 3, h, w]))],
                       outputs: outputs.map { ValueInfo(name: $0, type: TensorType(.float, nil)) }, nodes: nodes, initializers: initializers)
@@ -83,7 +92,8 @@ final class PlanTests: XCTestCase {
     func testPlannedLayersMatchTheReferenceOnRandomShapes() throws {
         var rng = SeededGenerator(seed: 4242)
         var implementations: [String: Set<String>] = [:]
-        for trial in 0..<96 {
+        var concatenatedInPlace = 0
+        for trial in 0..<102 {
             let (m, op) = try model(trial: trial, &rng)
             let x = try random(m.graph.inputs[0].type.concreteShape!, &rng)
             let expected = try ReferenceExecutor(model: m).run(["x": x])
@@ -102,14 +112,17 @@ final class PlanTests: XCTestCase {
                 }
                 let layerOps = Dictionary(built.graph.layers.map { ($0.name, $0.opType) }, uniquingKeysWith: { a, _ in a })
                 let tested = plan.stepSummary.filter { step in layerOps[step.layer].map { $0.hasSuffix(op) } ?? false }
-                if op != "Split" {
+                if op != "Split" && !(op == "Concat" && trial % 17 == 16) {
                     XCTAssertFalse(tested.isEmpty, "trial \(trial): no \(op) step")
                     XCTAssertFalse(tested.contains { $0.implementation == "reference" }, "trial \(trial): \(op) fell back to the reference kernel")
                 }
                 implementations[op, default: []].formUnion(tested.map { $0.implementation })
+                if trial % 17 == 16, run == 1, !plan.stepSummary.contains(where: { $0.layer == "test" }) { concatenatedInPlace += 1 }
             }
         }
-        print("planned implementations: \(implementations.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.sorted())" })")
+        // The C2f-like cases of batch 1 concatenate in place (no concat step) unless the layouts forbid it.
+        XCTAssertGreaterThan(concatenatedInPlace, 0)
+        print("concatenated in place: \(concatenatedInPlace) of 6; planned implementations: \(implementations.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.sorted())" })")
     }
 
     /// Attention on [batch, sequence, hidden] inputs with an additive mask, against the reference.

@@ -50,7 +50,11 @@ public final class ExecutionPlan {
     enum Either { case value(PlanValue), constant(Tensor) }
 
     /// Arena buffers: size, live range in steps, assigned offset.
-    struct Buffer { var bytes: Int; var first: Int; var last: Int; var offset = 0; var names: [String] }
+    struct Buffer {
+        var bytes: Int; var first: Int; var last: Int; var offset = 0; var names: [String]
+        /// Set when the buffer lives inside another (a concat's part): that buffer and the byte offset.
+        var parent: (buffer: Int, offset: Int)?
+    }
     var buffers: [Buffer] = []
     public private(set) var arenaBytes = 0
     private(set) var arena: UnsafeMutableRawPointer
@@ -248,19 +252,95 @@ public final class ExecutionPlan {
         return t
     }
 
+    // MARK: Channel views and in-place concatenation
+
+    /// Where channels [c0, c0 + count) of a batch-1 tensor lie contiguously: the
+    /// byte offset and the layout of that part; nil when they are not contiguous.
+    func channelRange(_ v: PlanValue, from c0: Int, count: Int) throws -> (Int, dnnl_memory_desc_t)? {
+        guard v.shape.count >= 2, v.shape[0] == 1, count > 0, c0 + count <= v.shape[1] else { return nil }
+        let spatial = v.shape[2...].reduce(1, *), size = v.dataType.byteSize
+        let partShape = [1, count] + v.shape[2...]
+        guard let layout = v.layout else { return (c0 * spatial * size, try plainDescriptor(partShape, v.dataType)) }
+        guard case .blocked(let b)? = try SwiftKernels.channelLayout(layout, shape: v.shape), c0 % b == 0,
+              count % b == 0 || c0 + count == v.shape[1] else { return nil }
+        let tags: [dnnl_format_tag_t] = b == 16 ? [dnnl_aBc16b, dnnl_aBcd16b, dnnl_aBcde16b] : [dnnl_aBc8b, dnnl_aBcd8b, dnnl_aBcde8b]
+        return ((c0 / b) * spatial * b * size, try memoryDescriptor(partShape, tags[v.shape.count - 3]))
+    }
+
+    /// Concatenation along channels with no copy: the parts' buffers are placed
+    /// inside the result's, each where its channels go. Applies when every part is
+    /// a batch-1 tensor in the same plain or channel-blocked layout, at block
+    /// boundaries, in a buffer of its own (or views of one, in order) that no other
+    /// part shares and that is not a graph input or a constant.
+    func concatenateInPlace(_ parts: [PlanValue], name: String, shape: [Int]) throws -> Bool {
+        guard shape[0] == 1, let first = parts.first else { return false }
+        let layoutClass: SwiftKernels.ChannelLayout? = try first.layout.map { try SwiftKernels.channelLayout($0, shape: first.shape) } ?? .plain
+        switch layoutClass {
+        case .plain?, .blocked?: break
+        default: return false
+        }
+        // The result's layout, and where each part's channels start in it.
+        let out: dnnl_memory_desc_t
+        switch layoutClass! {
+        case .blocked(let b):
+            let tags: [dnnl_format_tag_t] = b == 16 ? [dnnl_aBc16b, dnnl_aBcd16b, dnnl_aBcde16b] : [dnnl_aBc8b, dnnl_aBcd8b, dnnl_aBcde8b]
+            guard (3...5).contains(shape.count) else { return false }
+            out = try memoryDescriptor(shape, tags[shape.count - 3])
+        default: out = try plainDescriptor(shape)
+        }
+        let result = PlanValue(name: name, dataType: .float, shape: shape, layout: Self.isPlain(out, shape) ? nil : out, buffer: -1)
+        var placements: [Int: Int] = [:]  // root buffer → byte offset inside the result
+        var start = 0
+        for p in parts {
+            defer { start += p.shape[1] }
+            guard p.buffer >= 0, p.constant == nil, buffers[p.buffer].parent == nil, buffers[p.buffer].first >= 0,
+                  try SwiftKernels.channelLayout(p.layout, shape: p.shape) == layoutClass,
+                  let (slot, _) = try channelRange(result, from: start, count: p.shape[1]) else { return false }
+            // The part's own position inside its buffer (a split view) fixes where the buffer goes.
+            let place = slot - p.offset
+            if let existing = placements[p.buffer] { guard existing == place else { return false } } else { placements[p.buffer] = place }
+        }
+        // Whole buffers must fit and not overlap one another.
+        let spans = placements.map { (start: $0.value, end: $0.value + buffers[$0.key].bytes) }.sorted { $0.start < $1.start }
+        guard spans.allSatisfy({ $0.start >= 0 && $0.end <= result.byteCount }), zip(spans, spans.dropFirst()).allSatisfy({ $0.end <= $1.start }) else {
+            return false
+        }
+        let v = newValue(name, .float, shape, layout: out)
+        for (b, offset) in placements {
+            buffers[b].parent = (v.buffer, offset)
+            buffers[b].names.append(name)  // nothing overwrites a part while the result is read
+        }
+        return true
+    }
+
     // MARK: Memory plan
 
     /// Places buffers in the arena: largest first, each at the lowest 64-byte-aligned
     /// offset free during its whole live range.
     private func assignMemory() throws {
+        // A buffer placed inside another lives as long as it; only roots are placed.
+        func root(_ b: Int) -> (Int, Int) {
+            var b = b, delta = 0
+            while let p = buffers[b].parent { delta += p.offset; b = p.buffer }
+            return (b, delta)
+        }
         for (i, step) in steps.enumerated() {
-            for v in step.reads where v.buffer >= 0 { buffers[v.buffer].last = max(buffers[v.buffer].last, i) }
+            for v in step.reads where v.buffer >= 0 {
+                let r = root(v.buffer).0
+                buffers[r].last = max(buffers[r].last, i)
+            }
             for v in step.writes where v.buffer >= 0 {
-                buffers[v.buffer].first = min(buffers[v.buffer].first, i)
-                buffers[v.buffer].last = max(buffers[v.buffer].last, i)
+                let r = root(v.buffer).0
+                buffers[r].first = min(buffers[r].first, i)
+                buffers[r].last = max(buffers[r].last, i)
             }
         }
-        let order = buffers.indices.sorted { (buffers[$0].bytes, $1) > (buffers[$1].bytes, $0) }
+        for b in buffers.indices where buffers[b].parent != nil {
+            let r = root(b).0
+            buffers[r].first = min(buffers[r].first, buffers[b].first)
+            buffers[r].last = max(buffers[r].last, buffers[b].last)
+        }
+        let order = buffers.indices.filter { buffers[$0].parent == nil }.sorted { (buffers[$0].bytes, $1) > (buffers[$1].bytes, $0) }
         var placed: [Int] = []
         var total = 0
         for b in order {
@@ -275,6 +355,12 @@ public final class ExecutionPlan {
             buffers[b].offset = offset
             placed.append(b)
             total = max(total, offset + size)
+        }
+        for b in buffers.indices where buffers[b].parent != nil {
+            let (r, delta) = root(b)
+            buffers[b].offset = buffers[r].offset + delta
+            buffers[b].first = buffers[r].first
+            buffers[b].last = buffers[r].last
         }
         arenaBytes = total
         arena.deallocate()
@@ -690,6 +776,7 @@ public final class ExecutionPlan {
                 if p.shape[axis] > 0 { parts.append(p) }
             }
             guard !parts.isEmpty else { return false }
+            if axis == 1, try plan.concatenateInPlace(parts, name: layer.outputs[0], shape: shape) { return true }
             var sources = try parts.map { try $0.descriptor() }
             var dst = try memoryDescriptor(shape, dnnl_format_tag_any)
             var pd: dnnl_primitive_desc_t?
@@ -762,13 +849,12 @@ public final class ExecutionPlan {
             return true
         }
 
-        /// A split whose parts are contiguous (every dimension before the axis is 1) is a set of views.
+        /// A split whose parts are contiguous is a set of views: every dimension before
+        /// the axis is 1 in plain layout, or a channel split at block boundaries of a
+        /// batch-1 blocked tensor.
         func split() throws -> Bool {
             guard let v = value(0), let axis = ShapeMath.normalizeAxis(try attributes.int("axis", 0), rank: v.shape.count),
-                  v.shape[..<axis].allSatisfy({ $0 == 1 }), !layer.outputs.contains(where: \.isEmpty) else { return false }
-            let x = try plan.plain(v)
-            let inner = v.shape[(axis + 1)...].reduce(1, *) * v.dataType.byteSize
-            var offset = 0
+                  !layer.outputs.contains(where: \.isEmpty) else { return false }
             var parts: [(String, [Int])] = []
             for name in layer.outputs {
                 let (t, shape) = try plan.type(of: name)
@@ -776,6 +862,19 @@ public final class ExecutionPlan {
                 parts.append((name, shape))
             }
             guard parts.reduce(0, { $0 + $1.1[axis] }) == v.shape[axis] else { return false }
+            if !v.isPlain, axis == 1 {
+                var start = 0
+                let offsets = parts.map { p -> Int in defer { start += p.1[1] }; return start }
+                if let views = try zip(parts, offsets).map({ try plan.channelRange(v, from: $1, count: $0.1[1]) }) as [(Int, dnnl_memory_desc_t)?]?,
+                   views.allSatisfy({ $0 != nil }) {
+                    for ((name, shape), view) in zip(parts, views) { _ = plan.alias(name, of: v, type: v.dataType, shape: shape, layout: view!.1, byteOffset: view!.0) }
+                    return true
+                }
+            }
+            guard v.shape[..<axis].allSatisfy({ $0 == 1 }) else { return false }
+            let x = try plan.plain(v)
+            let inner = v.shape[(axis + 1)...].reduce(1, *) * v.dataType.byteSize
+            var offset = 0
             for (name, shape) in parts {
                 _ = plan.alias(name, of: x, type: v.dataType, shape: shape, byteOffset: offset)
                 offset += shape[axis] * inner
