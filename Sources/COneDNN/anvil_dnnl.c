@@ -27,6 +27,19 @@ dnnl_status_t anvil_dnnl_conv_desc(dnnl_convolution_desc_t *desc, const dnnl_mem
                                                       src, weights, bias, dst, s, d, pl, pr);
 }
 
+dnnl_status_t anvil_dnnl_deconv_desc(dnnl_deconvolution_desc_t *desc, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *weights,
+                                     const dnnl_memory_desc_t *bias, const dnnl_memory_desc_t *dst, int spatial,
+                                     const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end) {
+    if (spatial < 1 || spatial > 3) return dnnl_invalid_arguments;
+    dnnl_dims_t s, d, pl, pr;
+    copy_dims(s, spatial, strides, 0);
+    copy_dims(d, spatial, dilations, 1);
+    copy_dims(pl, spatial, pad_begin, 0);
+    copy_dims(pr, spatial, pad_end, 0);
+    return dnnl_dilated_deconvolution_forward_desc_init(desc, dnnl_forward_inference, dnnl_deconvolution_direct,
+                                                        src, weights, bias, dst, s, d, pl, pr);
+}
+
 size_t anvil_dnnl_md_size(const dnnl_memory_desc_t *md) { return dnnl_memory_desc_get_size(md); }
 
 int anvil_dnnl_md_equal(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b) { return dnnl_memory_desc_equal(a, b); }

@@ -151,3 +151,54 @@ final class PlanTests: XCTestCase {
         }
     }
 }
+
+extension PlanTests {
+    /// ConvTranspose, standalone BatchNormalization and MatMul of two runtime tensors on oneDNN.
+    func testTransposedConvolutionBatchNormAndBatchedMatMul() throws {
+        var rng = SeededGenerator(seed: 31)
+        for trial in 0..<36 {
+            let c = Int.random(in: 1...20, using: &rng), h = Int.random(in: 3...9, using: &rng), w = Int.random(in: 3...9, using: &rng)
+            var initializers: [(String, Tensor)] = [("w1", try random([c, 3, 3, 3], &rng))]
+            var nodes = [Node(name: "conv1", opType: "Conv", inputs: ["x", "w1"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])])]
+            var inputs = [ValueInfo(name: "x", type: f([1, 3, h, w]))]
+            let op: String
+            switch trial % 3 {
+            case 0:
+                op = "ConvTranspose"
+                let group = c % 2 == 0 && trial % 2 == 0 ? 2 : 1, cout = group * Int.random(in: 1...6, using: &rng)
+                let k = Int64.random(in: 1...3, using: &rng), s = Int64.random(in: 1...2, using: &rng), p = Int64.random(in: 0...(k - 1), using: &rng)
+                let outputPadding = s > 1 && p > 0 ? Int64.random(in: 0...1, using: &rng) : 0
+                initializers += [("wt", try random([c, cout / group, Int(k), Int(k)], &rng)), ("bt", try random([cout], &rng))]
+                nodes.append(Node(name: "test", opType: op, inputs: ["a", "wt", "bt"], outputs: ["y"],
+                                  attributes: ["strides": .ints([s, s]), "pads": .ints([p, p, p, p]), "group": .int(Int64(group)),
+                                               "output_padding": .ints([outputPadding, outputPadding])]))
+            case 1:
+                op = "BatchNormalization"
+                let variance = try Tensor(floats: (0..<c).map { _ in Float.random(in: 0.1...2, using: &rng) }, shape: [c])
+                initializers += [("scale", try random([c], &rng)), ("shift", try random([c], &rng)), ("mean", try random([c], &rng)), ("var", variance)]
+                nodes.append(Node(name: "test", opType: op, inputs: ["a", "scale", "shift", "mean", "var"], outputs: ["y"], attributes: ["epsilon": .float(1e-3)]))
+            default:
+                op = "MatMul"
+                let b = Int.random(in: 1...3, using: &rng), m = Int.random(in: 1...9, using: &rng), k = Int.random(in: 1...9, using: &rng), n = Int.random(in: 1...9, using: &rng)
+                inputs = [ValueInfo(name: "x", type: f([b, m, k])), ValueInfo(name: "z", type: f(trial % 2 == 0 ? [1, k, n] : [b, k, n]))]
+                nodes = [Node(name: "test", opType: op, inputs: ["x", "z"], outputs: ["y"])]
+                initializers = []
+            }
+            let g = Graph(name: "t\(trial)", inputs: inputs, outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))], nodes: nodes, initializers: initializers)
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            var feeds: [String: Tensor] = [:]
+            for input in inputs { feeds[input.name] = try random(input.type.concreteShape!, &rng) }
+            let expected = try ReferenceExecutor(model: m).run(feeds)[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "t").file, name: "t"))
+            let actual = try context.run(feeds)[0].value
+            let plan = try XCTUnwrap(context.lastPlan)
+            let step = plan.stepSummary.first { $0.layer == "test" }
+            XCTAssertNotNil(step, "trial \(trial) \(op): no step")
+            XCTAssertNotEqual(step?.implementation, "reference", "trial \(trial) \(op) fell back to the reference kernel")
+            let comparison = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(comparison.passed, "trial \(trial) \(op): \(comparison)")
+        }
+    }
+}

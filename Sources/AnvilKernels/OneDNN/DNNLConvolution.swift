@@ -81,3 +81,39 @@ public final class DNNLConvolution {
         try kernel.run(stream: stream, x, residual: residual, outputShape: outputShape, what: "Conv")
     }
 }
+
+/// A oneDNN deconvolution (ONNX ConvTranspose, 1-D to 3-D, grouped, dilated) with
+/// its bias; weights prepacked at creation. Output sizes and padding are given
+/// explicitly (the planner takes them from the build-time shapes).
+final class DNNLDeconvolution {
+    let outputShape: [Int]
+    let kernel: DNNLWeightedPrimitive
+
+    /// `weights` is ONNX's [Cin, Cout/group, k…]; `padsEnd` may not be negative.
+    init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, outputShape: [Int], strides: [Int], dilations: [Int],
+         padsBegin: [Int], padsEnd: [Int], group: Int) throws {
+        let spatial = inputShape.count - 2
+        guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0, weights.shape[0] == inputShape[1],
+              inputShape[1] % group == 0, outputShape[1] == weights.shape[1] * group, padsEnd.allSatisfy({ $0 >= 0 }) else {
+            throw AnvilError.invalidTensor(name: "oneDNN", reason: "ConvTranspose weights \(weights.shape) do not fit input \(inputShape)")
+        }
+        self.outputShape = outputShape
+        let cout = outputShape[1], cin = inputShape[1]
+        var src = try memoryDescriptor(inputShape, dnnl_format_tag_any)
+        var dst = try memoryDescriptor(outputShape, dnnl_format_tag_any)
+        // ONNX's [Cin, Cout/g, k…] is oneDNN's "iohw" (grouped: [g, Cout/g, Cin/g, k…] read as "giohw").
+        let kernelDims = Array(weights.shape[2...])
+        let weightDims = group > 1 ? [group, cout / group, cin / group] + kernelDims : [cout, cin] + kernelDims
+        let userTags: [dnnl_format_tag_t] = group > 1 ? [dnnl_acbd, dnnl_giohw, dnnl_giodhw] : [dnnl_bac, dnnl_iohw, dnnl_iodhw]
+        let userWeights = try memoryDescriptor(weightDims, userTags[spatial - 1])
+        var anyWeights = try memoryDescriptor(weightDims, dnnl_format_tag_any)
+        var biasDesc = try memoryDescriptor([cout], dnnl_x)
+        var desc = dnnl_deconvolution_desc_t()
+        try check(anvil_dnnl_deconv_desc(&desc, &src, &anyWeights, &biasDesc, &dst, Int32(spatial), strides.map { Int64($0) }, dilations.map { Int64($0) },
+                                         padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the deconvolution")
+        kernel = try DNNLWeightedPrimitive(desc, what: "deconvolution", engine: engine, activation: nil, residual: false,
+                                           weights: weights.floats, userWeights: userWeights,
+                                           bias: bias?.floats ?? Array(repeating: 0, count: cout), biasDescriptor: biasDesc,
+                                           outputCount: outputShape.reduce(1, *))
+    }
+}

@@ -490,6 +490,8 @@ public final class ExecutionPlan {
             case "Split": return try split()
             case "anvil.Attention", "Attention": return try attention()
             case "Transpose": return try transpose()
+            case "ConvTranspose": return try convTranspose()
+            case "BatchNormalization": return try batchNormalization()
             case "Resize": return try resize()
             default: return try eltwise()
             }
@@ -568,6 +570,7 @@ public final class ExecutionPlan {
         }
 
         func matmul() throws -> Bool {
+            if op == "MatMul", constant(1) == nil || constant(1)!.rank != 2 { return try batchedMatmul() }
             guard let x = value(0), x.dataType == .float, let (key, make) = try matmulKernel(inputShape: x.shape) else { return false }
             let residualValue = present(3) ? value(3) : nil
             if present(3) && residualValue == nil { return false }
@@ -823,6 +826,100 @@ public final class ExecutionPlan {
             let primitive = try reorderPrimitive(from: view, to: out.descriptor(), engine: plan.engine)
             plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
                                             arguments: [(DNNL_ARG_FROM, x, view), (DNNL_ARG_TO, out, try out.descriptor())]))
+            return true
+        }
+
+        /// MatMul of two runtime tensors (or a constant of rank above 2), batch
+        /// dimensions broadcast as numpy does: one oneDNN matmul over plain layouts.
+        func batchedMatmul() throws -> Bool {
+            guard layer.inputs.count == 2, let a0 = try operand(0), let b0 = try operand(1), a0.dataType == .float, b0.dataType == .float,
+                  a0.shape.count >= 2, b0.shape.count >= 2, a0.constant == nil else { return false }
+            let (t, shape) = try outputType()
+            let rank = shape.count
+            guard t == .float, rank == max(a0.shape.count, b0.shape.count), rank <= 12 else { return false }
+            let ad: [Int] = Array(repeating: 1, count: rank - a0.shape.count) + a0.shape
+            let bd: [Int] = Array(repeating: 1, count: rank - b0.shape.count) + b0.shape
+            guard ad[rank - 1] == bd[rank - 2], shape[rank - 2] == ad[rank - 2], shape[rank - 1] == bd[rank - 1] else { return false }
+            for i in 0..<(rank - 2) {
+                let aFits = ad[i] == shape[i] || ad[i] == 1, bFits = bd[i] == shape[i] || bd[i] == 1
+                guard aFits, bFits else { return false }
+            }
+            guard shape.allSatisfy({ $0 > 0 }), ad[rank - 1] > 0 else { return false }
+            let a = try plan.plain(a0), b = try plan.plain(b0)
+            var am = try plainDescriptor(ad), bm = try plainDescriptor(bd), dm = try plainDescriptor(shape)
+            var desc = dnnl_matmul_desc_t()
+            try check(dnnl_matmul_desc_init(&desc, &am, &bm, nil, &dm), "describing the matmul")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "matmul")
+            let out = plan.newValue(layer.outputs[0], .float, shape)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_SRC, a, am), (DNNL_ARG_WEIGHTS, b, bm), (DNNL_ARG_DST, out, dm)]))
+            return true
+        }
+
+        /// ConvTranspose with explicit (or no) pads on oneDNN's deconvolution; the
+        /// output size comes from the build-time shapes, the end padding absorbs output_padding.
+        func convTranspose() throws -> Bool {
+            guard let x = value(0), x.dataType == .float, (3...5).contains(x.shape.count), let w = constant(1), w.dataType == .float,
+                  w.rank == x.shape.count, !present(2) || constant(2) != nil else { return false }
+            let a = attributes
+            let n = x.shape.count - 2
+            guard try a.string("auto_pad", "NOTSET") == "NOTSET" || (try a.string("auto_pad", "NOTSET")) == "VALID", !a.has("output_shape") else { return false }
+            let (_, outShape) = try outputType()
+            let group = try a.int("group", 1)
+            let kernel = try a.ints("kernel_shape") ?? Array(w.shape[2...])
+            let strides = try a.ints("strides") ?? Array(repeating: 1, count: n), dilations = try a.ints("dilations") ?? Array(repeating: 1, count: n)
+            let pads = try a.ints("pads") ?? Array(repeating: 0, count: 2 * n)
+            guard kernel.count == n, strides.count == n, dilations.count == n, pads.count == 2 * n, outShape.count == x.shape.count else { return false }
+            let padsBegin = Array(pads[..<n])
+            var padsEnd: [Int] = []
+            for i in 0..<n {
+                let span: Int = (kernel[i] - 1) * dilations[i] + 1
+                let full: Int = strides[i] * (x.shape[i + 2] - 1) + span
+                padsEnd.append(full - outShape[i + 2] - padsBegin[i])
+            }
+            guard padsEnd.allSatisfy({ $0 >= 0 }) else { return false }
+            let bias = constant(2), engine = plan.engine
+            let deconv = try plan.shared.kernel("deconv|\(layer.name)|\(x.shape)") {
+                try DNNLDeconvolution(engine: engine, inputShape: x.shape, weights: w, bias: bias, outputShape: outShape, strides: strides,
+                                      dilations: dilations, padsBegin: padsBegin, padsEnd: padsEnd, group: group)
+            }
+            let primitive = deconv.kernel.primitive
+            let src = try plan.inLayout(x, primitive.query(dnnl_query_src_md))
+            let dstLayout = primitive.query(dnnl_query_dst_md)
+            let out = plan.newValue(layer.outputs[0], .float, outShape, layout: dstLayout)
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
+                                            arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)), (DNNL_ARG_DST, out, dstLayout)],
+                                            fixed: try deconv.kernel.constantArguments()))
+            return true
+        }
+
+        /// Inference batch normalization with constant statistics, in any layout.
+        func batchNormalization() throws -> Bool {
+            guard let x = value(0), x.dataType == .float, x.shape.count >= 2, try attributes.int("training_mode", 0) == 0,
+                  try attributes.int("spatial", 1) == 1 else { return false }
+            let c = x.shape[1]
+            var stats: [Tensor] = []
+            for i in 1...4 {
+                guard let t = constant(i), t.dataType == .float, t.count == c else { return false }
+                stats.append(try t.reshaped([c]))
+            }
+            var data = try x.descriptor()
+            var desc = dnnl_batch_normalization_desc_t()
+            let flags = dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue
+            try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &data, try attributes.float("epsilon", 1e-5), flags),
+                      "describing the batch normalization")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: plan.engine, what: "batch normalization")
+            let vector = try plainDescriptor([c])
+            var arguments: [(arg: Int32, value: PlanValue, descriptor: dnnl_memory_desc_t)] = [(DNNL_ARG_SRC, x, data)]
+            for (arg, i) in [(DNNL_ARG_SCALE, 1), (DNNL_ARG_SHIFT, 2), (DNNL_ARG_MEAN, 3), (DNNL_ARG_VARIANCE, 4)] {
+                arguments.append((arg, try plan.constantValue(layer.inputs[i], stats[i - 1]), vector))
+            }
+            let (t, shape) = try outputType()
+            guard t == .float, shape == x.shape else { return false }
+            let out = plan.dies(x) ? plan.alias(layer.outputs[0], of: x, type: t, shape: shape, layout: x.layout)
+                                   : plan.newValue(layer.outputs[0], t, shape, layout: x.layout)
+            arguments.append((DNNL_ARG_DST, out, data))
+            plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive, arguments: arguments))
             return true
         }
 

@@ -14,6 +14,11 @@ dnnl_status_t anvil_dnnl_conv_desc(dnnl_convolution_desc_t *desc, const dnnl_mem
                                    const dnnl_memory_desc_t *bias, const dnnl_memory_desc_t *dst, int spatial,
                                    const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end);
 
+/// Forward-inference deconvolution (ONNX ConvTranspose) descriptor; dilations use ONNX's convention.
+dnnl_status_t anvil_dnnl_deconv_desc(dnnl_deconvolution_desc_t *desc, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *weights,
+                                     const dnnl_memory_desc_t *bias, const dnnl_memory_desc_t *dst, int spatial,
+                                     const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end);
+
 /// Size in bytes of the memory a descriptor describes.
 size_t anvil_dnnl_md_size(const dnnl_memory_desc_t *md);
 
