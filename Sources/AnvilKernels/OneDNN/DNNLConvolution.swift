@@ -10,6 +10,8 @@ public enum ActivationLayout: String, Sendable, CaseIterable {
     case blocked
     /// Channels innermost (NHWC), which oneDNN's brgemm kernels also run fast.
     case channelsLast = "nhwc"
+    /// Channels in blocks of 16 (nChw16c), where channel splits and concatenations are views.
+    case blocked16 = "nchw16c"
 }
 
 /// A oneDNN convolution (1-D, 2-D or 3-D, grouped, dilated) with bias, residual
@@ -36,9 +38,11 @@ public final class DNNLConvolution {
         inputShapeForLayout = inputShape
         let plain: [dnnl_format_tag_t] = [dnnl_ncw, dnnl_nchw, dnnl_ncdhw]
         let last: [dnnl_format_tag_t] = [dnnl_nwc, dnnl_nhwc, dnnl_ndhwc]
+        let blocked16: [dnnl_format_tag_t] = [dnnl_nCw16c, dnnl_nChw16c, dnnl_nCdhw16c]
         let tag = switch layout {
         case .plain: plain[spatial - 1]
         case .channelsLast: last[spatial - 1]
+        case .blocked16: blocked16[spatial - 1]
         case .blocked: dnnl_format_tag_any
         }
         let src = try memoryDescriptor(inputShape, tag)

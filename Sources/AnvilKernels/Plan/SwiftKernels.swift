@@ -87,29 +87,42 @@ enum SwiftKernels {
         }
     }
 
-    /// Softmax over the middle axis of a plain `[outer, axis, inner]` tensor (in place allowed).
+    /// Softmax over the middle axis of a plain `[outer, axis, inner]` tensor (in place
+    /// allowed), the inner positions split between two threads when there are many.
+    /// `scratch` holds 2 × inner floats.
     static func softmax(_ x: UnsafePointer<Float>, outer: Int, axis: Int, inner: Int, into y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
+        let parts = inner >= 4096 ? 2 : 1
+        let chunk = (inner + parts - 1) / parts
+        nonisolated(unsafe) let (src, dst, tmp) = (x, y, scratch)
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let lo = part * chunk, hi = min(inner, lo + chunk)
+            softmaxColumns(src, outer: outer, axis: axis, inner: inner, columns: lo..<hi, into: dst, maxima: tmp, sums: tmp + inner)
+        }
+    }
+
+    /// Softmax of the columns `columns` (positions along the inner dimension).
+    static func softmaxColumns(_ x: UnsafePointer<Float>, outer: Int, axis: Int, inner: Int, columns: Range<Int>,
+                               into y: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>) {
+        guard !columns.isEmpty else { return }
         for o in 0..<outer {
             let src = x + o * axis * inner, dst = y + o * axis * inner
-            // scratch[0..<inner]: running maximum, then the sum.
-            for i in 0..<inner { scratch[i] = src[i] }
+            for i in columns { maxima[i] = src[i] }
             for a in 1..<max(axis, 1) {
                 let row = src + a * inner
-                for i in 0..<inner { scratch[i] = max(scratch[i], row[i]) }
+                for i in columns { maxima[i] = max(maxima[i], row[i]) }
             }
-            let sums = scratch + inner
-            for i in 0..<inner { sums[i] = 0 }
+            for i in columns { sums[i] = 0 }
             for a in 0..<axis {
                 let row = src + a * inner, out = dst + a * inner
-                for i in 0..<inner {
-                    let e = Foundation.exp(row[i] - scratch[i])
+                for i in columns {
+                    let e = Foundation.exp(row[i] - maxima[i])
                     out[i] = e
                     sums[i] += e
                 }
             }
             for a in 0..<axis {
                 let out = dst + a * inner
-                for i in 0..<inner { out[i] /= sums[i] }
+                for i in columns { out[i] /= sums[i] }
             }
         }
     }

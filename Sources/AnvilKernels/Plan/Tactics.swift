@@ -65,6 +65,10 @@ public enum TacticSelector {
         let convolutions = layers.filter { ($0.opType == "Conv" && $0.domain.isEmpty) || ($0.opType == "FusedConv" && $0.domain == "ai.anvil") }
         var done = 0
         let stream = try? DNNLStream(engine: engine)
+        // Channel splits and concatenations are free (views) on plain and channel-blocked
+        // tensors, but need reorders of channels-last ones.
+        var consumers: [String: [String]] = [:]
+        for l in layers { for i in l.inputs { consumers[i, default: []].append(l.opType) } }
         for layer in layers {
             let input = layer.inputs.first ?? ""
             let inputLayout = layoutOf[input] ?? "plain"
@@ -79,11 +83,19 @@ public enum TacticSelector {
             var best: (cost: Double, layout: ActivationLayout, destination: String)?
             for layout in ActivationLayout.allCases {
                 let key = "conv|\(machine)|\(spec.key)|\(layout.rawValue)"
-                guard let e = try? cache.entry(key, measure: { try spec.time(layout, engine: engine, stream: stream) }) else { continue }
+                let limit = 3 * (best?.cost ?? .infinity)
+                guard let e = try? cache.entry(key, measure: { try spec.time(layout, engine: engine, stream: stream, limit: limit) }) else { continue }
                 var cost = e.seconds
                 if e.source != inputLayout, let r = try? cache.entry("reorder|\(machine)|\(shape)|\(inputLayout)|\(e.source)", measure: {
                     try timeReorder(shape, from: inputLayout, to: e.source, engine: engine, stream: stream)
                 }) {
+                    cost += r.seconds
+                }
+                if e.destination == "nhwc", let output = layer.outputs.first, let (_, outShape) = types[output],
+                   consumers[output, default: []].contains(where: { $0 == "Split" || $0 == "Concat" }),
+                   let r = try? cache.entry("reorder|\(machine)|\(outShape)|nhwc|plain", measure: {
+                       try timeReorder(outShape, from: "nhwc", to: "plain", engine: engine, stream: stream)
+                   }) {
                     cost += r.seconds
                 }
                 if best == nil || cost < best!.cost { best = (cost, layout, e.destination) }
@@ -120,9 +132,13 @@ public enum TacticSelector {
         }
     }
 
-    /// Best of five runs, after one warm-up.
-    static func bestTime(_ body: () throws -> Void) throws -> Double {
+    /// Best of five runs, after one warm-up; a candidate whose warm-up already takes
+    /// longer than `limit` (three times the best so far) is not timed further.
+    static func bestTime(limit: Double = .infinity, _ body: () throws -> Void) throws -> Double {
+        let start = DispatchTime.now().uptimeNanoseconds
         try body()
+        let warmUp = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        if warmUp > limit { return warmUp }
         var best = Double.infinity
         for _ in 0..<5 {
             let start = DispatchTime.now().uptimeNanoseconds
@@ -183,7 +199,7 @@ struct ConvolutionSpec {
             + "b\(bias != nil ? 1 : 0)a\(activation.map { "\($0)" } ?? "-")r\(residual ? 1 : 0)"
     }
 
-    func time(_ layout: ActivationLayout, engine: DNNLEngine, stream: DNNLStream) throws -> TimingCache.Entry {
+    func time(_ layout: ActivationLayout, engine: DNNLEngine, stream: DNNLStream, limit: Double = .infinity) throws -> TimingCache.Entry {
         let conv = try DNNLConvolution(engine: engine, inputShape: inputShape, weights: weights, bias: bias, geometry: geometry, group: group,
                                        activation: activation, residual: residual, layout: layout)
         let source = UnsafeMutableRawPointer.allocate(byteCount: max(conv.inputDescriptor.byteCount, 64), alignment: 64)
@@ -191,7 +207,7 @@ struct ConvolutionSpec {
         defer { source.deallocate(); target.deallocate() }
         source.initializeMemory(as: UInt8.self, repeating: 0, count: conv.inputDescriptor.byteCount)
         target.initializeMemory(as: UInt8.self, repeating: 0, count: conv.outputDescriptor.byteCount)
-        let seconds = try TacticSelector.bestTime { try conv.runInPlace(stream: stream, input: source, output: target) }
+        let seconds = try TacticSelector.bestTime(limit: limit) { try conv.runInPlace(stream: stream, input: source, output: target) }
         let outputShape = conv.outputShape
         return TimingCache.Entry(seconds: seconds, source: TacticSelector.layoutClass(conv.inputDescriptor.descriptor, shape: inputShape),
                                  destination: TacticSelector.layoutClass(conv.outputDescriptor.descriptor, shape: outputShape))
