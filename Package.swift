@@ -41,7 +41,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels", "AnvilPasses", "AnvilEngine"],
+        // Test support: counts the process's heap allocations (defines malloc and relatives).
+        .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
+        .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels", "AnvilPasses", "AnvilEngine",
+                                                       "CAllocationCounter"],
                     exclude: ["Golden"]),
         .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder", "AnvilRuntime", "AnvilEngine"],
                     exclude: ["manifest.txt"]),

@@ -161,6 +161,22 @@ public final class ExecutionContext {
         return zip(names, results).map { ($0, $1) }
     }
 
+    /// Runs on caller memory with the plan of the last run (call `run(_:)` once with
+    /// inputs of these shapes first): inputs and outputs in declaration order,
+    /// row-major, exactly their sizes in bytes. No heap allocation happens unless the
+    /// plan holds reference layers.
+    public func run(inputs: [UnsafeRawBufferPointer], outputs: [UnsafeMutableRawBufferPointer]) throws {
+        guard let plan = lastPlan else {
+            throw AnvilError.invalidArgument("no plan for these inputs yet: run the engine once with tensors of these shapes (\(planFailure ?? "not planned"))")
+        }
+        try plan.run(inputs: inputs, outputs: outputs, stream: try currentStream())
+    }
+
+    /// Executes only the oneDNN primitives of the last run's plan (a baseline for measurements).
+    public func executePrimitivesOnly() throws {
+        try lastPlan?.executePrimitivesOnly(stream: try currentStream())
+    }
+
     /// The build-time value types when every one is concrete and the inputs have the declared shapes.
     private func staticTypes(_ inputs: [String: Tensor]) -> [String: (DataType, [Int])]? {
         let g = engine.graph

@@ -64,3 +64,48 @@ final class EngineInputTests: XCTestCase {
         XCTAssertEqual(try context.run(good)[0].value, try ExecutionContext(engine: engine).run(good)[0].value)
     }
 }
+
+import CAllocationCounter
+
+/// After the first run, a planned inference on bound buffers makes no heap
+/// allocation of its own. oneDNN 2.6's primitive execution allocates its argument
+/// map on every call (inside libdnnl), so the count allowed is what executing the
+/// same primitives alone allocates, measured alongside.
+final class EngineAllocationTests: XCTestCase {
+    func testPlannedRunsOnBoundBuffersDoNotAllocate() throws {
+        for fixture in ["cnn", "dynamic_batch"] {
+            let model = try ONNXImporter.load(path: TestSupport.fixture("\(fixture)/model.onnx"))
+            let engine = try Engine(file: try EngineBuilder().build(model, name: fixture).file, name: fixture)
+            let context = ExecutionContext(engine: engine)
+            let inputs = try PassTesting.randomInputs(model.graph, seed: 9)
+            _ = try context.run(inputs)
+            let expected = try context.run(inputs)
+            let plan = try XCTUnwrap(context.lastPlan, fixture)
+            XCTAssertFalse(plan.stepSummary.contains { $0.implementation == "reference" }, "\(fixture): \(plan.stepSummary)")
+            let ins = try engine.inputs.map { input -> UnsafeRawBufferPointer in
+                try inputs[input.name]!.withHostBytes { raw in
+                    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: raw.count, alignment: 64)
+                    copy.copyMemory(from: raw)
+                    return UnsafeRawBufferPointer(copy)
+                }
+            }
+            let outs = expected.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0.value.count * $0.value.dataType.byteSize, alignment: 64) }
+            defer { ins.forEach { $0.deallocate() }; outs.forEach { $0.deallocate() } }
+            try context.run(inputs: ins, outputs: outs)  // warm
+            let runs = 50
+            anvil_allocations_start()
+            for _ in 0..<runs { try context.run(inputs: ins, outputs: outs) }
+            let planned = anvil_allocations_stop()
+            anvil_allocations_start()
+            for _ in 0..<runs { try context.executePrimitivesOnly() }
+            let oneDNN = anvil_allocations_stop()
+            print("\(fixture): \(planned / runs) allocations per run, \(oneDNN / runs) of them inside oneDNN's primitive calls")
+            // One allocation of Anvil's own per run would add `runs`; a tenth of that absorbs OpenMP's bookkeeping noise.
+            XCTAssertLessThanOrEqual(planned, oneDNN + runs / 10, "\(fixture): Anvil's own code allocates during planned runs")
+            for (bytes, e) in zip(outs, expected) {
+                XCTAssertEqual(try Tensor.fromHostBytes(e.value.dataType, shape: e.value.shape, bytes: bytes.baseAddress!), e.value)
+            }
+            XCTAssertThrowsError(try context.run(inputs: [], outputs: []))
+        }
+    }
+}

@@ -217,3 +217,4 @@ func reorderPrimitive(from: dnnl_memory_desc_t, to: dnnl_memory_desc_t, engine: 
     try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine.handle, &b, engine.handle, attributes.handle), "preparing a reorder")
     return try DNNLPrimitive(descriptor: pd!)
 }
+

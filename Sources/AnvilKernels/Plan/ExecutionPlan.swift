@@ -147,6 +147,47 @@ public final class ExecutionPlan {
         }
     }
 
+    /// Runs on caller memory: inputs and outputs in declaration order, row-major,
+    /// each exactly its planned size in bytes. Makes no heap allocation unless the
+    /// plan has reference steps (TensorRT's enqueue on bound buffers).
+    public func run(inputs: [UnsafeRawBufferPointer], outputs: [UnsafeMutableRawBufferPointer], stream: DNNLStream) throws {
+        guard inputs.count == graphInputs.count, outputs.count == graphOutputs.count else {
+            throw AnvilError.invalidArgument("the engine takes \(graphInputs.count) inputs and \(graphOutputs.count) outputs, got \(inputs.count) and \(outputs.count)")
+        }
+        for (v, buffer) in zip(graphInputs, inputs) {
+            guard buffer.count == v.byteCount else {
+                throw AnvilError.invalidTensor(name: v.name, reason: "has \(buffer.count) bytes, the plan needs \(v.byteCount) (\(v.dataType) \(v.shape))")
+            }
+            if let base = buffer.baseAddress { address(v).copyMemory(from: base, byteCount: buffer.count) }
+        }
+        for step in steps {
+            if !(step is PrimitiveStep) { try stream.wait() }
+            try step.run(self, stream: stream)
+        }
+        try stream.wait()
+        for (output, buffer) in zip(graphOutputs, outputs) {
+            switch output {
+            case .value(let v):
+                guard buffer.count == v.byteCount else {
+                    throw AnvilError.invalidTensor(name: v.name, reason: "output buffer has \(buffer.count) bytes, the result has \(v.byteCount)")
+                }
+                if let base = buffer.baseAddress { base.copyMemory(from: address(v), byteCount: buffer.count) }
+            case .constant(let t):
+                try t.withHostBytes { raw in
+                    guard raw.count == buffer.count else { throw AnvilError.invalidTensor(name: "output", reason: "output buffer has \(buffer.count) bytes, the result has \(raw.count)") }
+                    if let base = buffer.baseAddress, let from = raw.baseAddress { base.copyMemory(from: from, byteCount: raw.count) }
+                }
+            }
+        }
+    }
+
+    /// Executes only the plan's oneDNN primitives, once each, in order: the baseline
+    /// of what oneDNN itself costs in a run (its calls allocate their argument maps).
+    public func executePrimitivesOnly(stream: DNNLStream) throws {
+        for case let step as PrimitiveStep in steps { try step.execute(stream) }
+        try stream.wait()
+    }
+
     func address(_ v: PlanValue) -> UnsafeMutableRawPointer {
         if let c = v.constant { return c }
         return arena + buffers[v.buffer].offset + v.offset

@@ -65,6 +65,11 @@ final class PrimitiveStep: PlanStep {
         for (from, to) in copies {
             plan.address(to).copyMemory(from: plan.address(from), byteCount: from.byteCount)
         }
+        try execute(stream)
+    }
+
+    /// The oneDNN call alone.
+    func execute(_ stream: DNNLStream) throws {
         try check(dnnl_primitive_execute(primitive.handle, stream.handle, Int32(list.count), &list), "running layer '\(layer)'")
     }
 }
