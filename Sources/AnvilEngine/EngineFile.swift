@@ -1,6 +1,9 @@
 import AnvilCore
 import Dispatch
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The container of an Anvil engine file (format version 1; docs/engine-format.md):
 /// a fixed header, a section table, and 64-byte-aligned section payloads. The
@@ -133,17 +136,31 @@ public struct EngineFile {
         return (EngineFile(producer: String(decoding: producerBytes, as: UTF8.self), requiredFeatures: required, sections: []), sections)
     }
 
-    /// Reads an engine file through a memory map.
+    /// Reads an engine file through a memory map, populated up front (one bulk fault
+    /// instead of one per page while the checksum and the decoder walk the file).
     public static func load(path: String, hostFeatures: CPUFeatures = .host) throws -> EngineFile {
         guard FileManager.default.fileExists(atPath: path) else { throw AnvilError.io(path: path, reason: "no such file") }
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
-            throw AnvilError.io(path: path, reason: "cannot be read (\(error.localizedDescription))")
-        }
+        let data = try mapped(path)
         var (file, table) = try data.withUnsafeBytes { try validate($0, file: path, hostFeatures: hostFeatures) }
         file.mapped = data
         file.mappedSections = table
         return file
+    }
+
+    /// The file's bytes, memory-mapped (MAP_POPULATE) when possible, read otherwise.
+    static func mapped(_ path: String) throws -> Data {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw AnvilError.io(path: path, reason: "cannot be opened (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw AnvilError.io(path: path, reason: "cannot be read (\(String(cString: strerror(errno))))") }
+        let size = Int(info.st_size)
+        if size > 0, let p = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0), p != MAP_FAILED {
+            return Data(bytesNoCopy: p, count: size, deallocator: .custom { pointer, count in munmap(pointer, count) })
+        }
+        do { return try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw AnvilError.io(path: path, reason: "cannot be read (\(error.localizedDescription))")
+        }
     }
 
     static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }

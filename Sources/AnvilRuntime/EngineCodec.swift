@@ -1,4 +1,5 @@
 import AnvilCore
+import Dispatch
 
 /// Binary encoding of an EngineGraph for the engine file's GRAPH section.
 /// Little-endian, length-prefixed; the reader checks every length against the
@@ -120,6 +121,24 @@ enum EngineCodec {
             return TensorType(element, dims)
         }
         mutating func tensor() throws -> Tensor {
+            switch try tensorEntry() {
+            case .decoded(let t): return t
+            case .raw(let type, let shape, let data): return try decode(type, shape, data)
+            }
+        }
+
+        /// A constant as read: decoded (strings) or its raw bytes, decoded later.
+        enum TensorEntry { case decoded(Tensor), raw(DataType, [Int], UnsafeRawBufferPointer) }
+
+        func decode(_ type: DataType, _ shape: [Int], _ data: UnsafeRawBufferPointer) throws -> Tensor {
+            do {
+                return try Tensor.fromLittleEndian(type, shape: shape, bytes: data, name: "constant")
+            } catch AnvilError.invalidTensor(_, let reason) {
+                throw fail(reason)
+            }
+        }
+
+        mutating func tensorEntry() throws -> TensorEntry {
             let type = try dataType()
             let rank = try int()
             guard rank >= 0, rank <= 64 else { throw fail("rank \(rank) is impossible") }
@@ -128,14 +147,26 @@ enum EngineCodec {
             if type == .string {
                 let values = try strings()
                 guard values.count == n else { throw fail("string tensor \(shape) has \(values.count) values") }
-                return try Tensor(shape: shape, storage: .string(values))
+                return .decoded(try Tensor(shape: shape, storage: .string(values)))
             }
-            let data = try raw(try count())
-            do {
-                return try Tensor.fromLittleEndian(type, shape: shape, bytes: data, name: "constant")
-            } catch AnvilError.invalidTensor(_, let reason) {
-                throw fail(reason)
+            return .raw(type, shape, try raw(try count()))
+        }
+
+        /// Decodes a graph's constants on all cores (copying 100 MB of weights is most of an engine's load).
+        func decodeAll(_ entries: [(name: String, entry: TensorEntry)]) throws -> [(name: String, value: Tensor)] {
+            let results = UnsafeMutableBufferPointer<Result<Tensor, Error>?>.allocate(capacity: entries.count)
+            results.initialize(repeating: nil)
+            defer { results.deinitialize(); results.deallocate() }
+            nonisolated(unsafe) let out = results
+            nonisolated(unsafe) let work = entries
+            nonisolated(unsafe) let reader = self
+            DispatchQueue.concurrentPerform(iterations: entries.count) { i in
+                switch work[i].entry {
+                case .decoded(let t): out[i] = .success(t)
+                case .raw(let type, let shape, let data): out[i] = Result { try reader.decode(type, shape, data) }
+                }
             }
+            return try entries.indices.map { (entries[$0].name, try results[$0]!.get()) }
         }
         mutating func attribute(depth: Int) throws -> Attribute {
             switch try u8() {
@@ -157,7 +188,8 @@ enum EngineCodec {
             let name = try string()
             let inputs = try (0..<count(minimum: 16)).map { _ in (name: try string(), type: try type()) }
             let outputs = try (0..<count(minimum: 16)).map { _ in (name: try string(), type: try type()) }
-            let constants = try (0..<count(minimum: 24)).map { _ in (name: try string(), value: try tensor()) }
+            let entries = try (0..<count(minimum: 24)).map { _ in (name: try string(), entry: try tensorEntry()) }
+            let constants = try decodeAll(entries)
             var layers: [Layer] = []
             for _ in 0..<(try count(minimum: 64)) {
                 let lname = try string(), op = try string(), domain = try string(), opset = try int()
