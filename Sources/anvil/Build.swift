@@ -87,7 +87,7 @@ struct Build: ParsableCommand {
     @Option(name: .customLong("minShapes"), help: "Smallest input shapes of the profile.") var minShapes: [String] = []
     @Option(name: .customLong("optShapes"), help: "Input shapes to plan for.") var optShapes: [String] = []
     @Option(name: .customLong("maxShapes"), help: "Largest input shapes of the profile.") var maxShapes: [String] = []
-    @Option(help: "Threads for oneDNN while planning the engine.") var threads: Int?
+    @Option(help: "Threads for oneDNN while timing tactics and planning the engine.") var threads: Int?
     @Flag(help: "Print each build step and the optimizer's statistics.") var verbose = false
     @Option(name: .customLong("exportLayerInfo"), help: "Write the layer information (anvil inspect's JSON) to this file.") var exportLayerInfo: String?
     @Option(name: .customLong("timingCacheFile"), help: "Read tactic timings from this file if it exists and write them back: rebuilds are fast and give identical engines.")

@@ -75,7 +75,9 @@ struct EngineReport: Encodable {
         producer = engine.producer
         requiredCPUFeatures = engine.requiredFeatures.description.isEmpty ? "none" : engine.requiredFeatures.description
         self.bytes = bytes
-        let (plan, failure) = try engine.planForReport()
+        // Planning runs the engine once on zeros; a model that refuses zeros is reported, not fatal.
+        let (plan, failure): (ExecutionPlan?, String?)
+        do { (plan, failure) = try engine.planForReport() } catch { (plan, failure) = (nil, "running it on zero inputs failed: \(error)") }
         let types = engine.graph.valueTypes
         func tensor(_ name: String, declared: TensorType? = nil) -> Tensor {
             let dims = plan?.shape(of: name).map { $0.map(String.init) } ?? (declared ?? types[name])?.dims?.map(\.description) ?? ["?"]
