@@ -69,13 +69,9 @@ public struct EngineBuilder {
         for (name, t) in graph.valueTypes {
             if let e = t.elementType, let shape = t.concreteShape { types[name] = (e, shape) }
         }
-        let layers = graph.layers.map {
-            PlanLayer(name: $0.name, opType: $0.opType, domain: $0.domain, opset: $0.opset, inputs: $0.inputs, outputs: $0.outputs,
-                      attributes: $0.attributes, tactic: $0.tactic)
-        }
         let constants = Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         let machine = "\(CPUFeatures.host)|\(ProcessInfo.processInfo.activeProcessorCount)cpu"
-        let chosen = TacticSelector.chooseConvolutionLayouts(layers: layers, constants: constants, types: types, engine: try DNNLEngine(),
+        let chosen = TacticSelector.chooseConvolutionLayouts(layers: graph.layers, constants: constants, types: types, engine: try DNNLEngine(),
                                                              cache: timingCache, machine: machine, progress: progress)
         for i in graph.layers.indices { if let t = chosen[graph.layers[i].name] { graph.layers[i].tactic = t } }
     }

@@ -12,8 +12,6 @@ public final class Engine: @unchecked Sendable {
     public let requiredFeatures: CPUFeatures
     /// The oneDNN engine the fast layers run on, shared by all contexts.
     let dnnl: DNNLEngine
-    /// Tactic decisions, made once and shared by all contexts.
-    let tactics = TacticChoices()
     /// oneDNN kernels with their prepacked weights, shared by all contexts.
     let kernels = SharedKernels()
 
@@ -197,11 +195,7 @@ public final class ExecutionContext {
     private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])]) -> ExecutionPlan? {
         let g = engine.graph
         do {
-            let layers = g.layers.map {
-                PlanLayer(name: $0.name, opType: $0.opType, domain: $0.domain, opset: $0.opset, inputs: $0.inputs, outputs: $0.outputs,
-                          attributes: $0.attributes, tactic: $0.tactic)
-            }
-            let plan = try ExecutionPlan(layers: layers, constants: engine.constants,
+            let plan = try ExecutionPlan(layers: g.layers, constants: engine.constants,
                                          inputs: g.inputs.map { ($0.name, inputs[$0.name]!.dataType, inputs[$0.name]!.shape) },
                                          outputs: g.outputs.map(\.name), types: types, engine: engine.dnnl, shared: engine.kernels)
             planFailure = nil
@@ -238,7 +232,7 @@ public final class ExecutionContext {
     func fastLayer(_ layer: Layer, _ context: EvalContext) throws -> FastLayer? {
         let shapes = context.inputs.map { $0?.shape }
         if let existing = fastLayers[layer.name], existing.inputShapes == shapes { return existing }
-        guard let created = try FastLayer.make(context, engine: engine.dnnl, tactics: engine.tactics) else { return nil }
+        guard let created = try FastLayer.make(context, engine: engine.dnnl) else { return nil }
         fastLayers[layer.name] = created
         return created
     }

@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilKernels
 import Dispatch
 
 /// Binary encoding of an EngineGraph for the engine file's GRAPH section.

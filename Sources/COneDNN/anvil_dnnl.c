@@ -7,6 +7,15 @@ static void copy_dims(dnnl_dims_t out, int n, const int64_t *in, int64_t minus) 
     for (int i = 0; i < n && i < DNNL_MAX_NDIMS; i++) out[i] = in[i] - minus;
 }
 
+/* Strides, dilations (ONNX's 1 = dense becomes oneDNN's 0: it counts the gaps) and pads of a window. */
+static void window_dims(int spatial, const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end,
+                        dnnl_dims_t s, dnnl_dims_t d, dnnl_dims_t pl, dnnl_dims_t pr) {
+    copy_dims(s, spatial, strides, 0);
+    copy_dims(d, spatial, dilations, 1);
+    copy_dims(pl, spatial, pad_begin, 0);
+    copy_dims(pr, spatial, pad_end, 0);
+}
+
 dnnl_status_t anvil_dnnl_md(dnnl_memory_desc_t *md, int ndims, const int64_t *dims, dnnl_data_type_t type, dnnl_format_tag_t tag) {
     if (ndims < 0 || ndims > DNNL_MAX_NDIMS) return dnnl_invalid_arguments;
     dnnl_dims_t d;
@@ -19,10 +28,7 @@ dnnl_status_t anvil_dnnl_conv_desc(dnnl_convolution_desc_t *desc, const dnnl_mem
                                    const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end) {
     if (spatial < 1 || spatial > 3) return dnnl_invalid_arguments;
     dnnl_dims_t s, d, pl, pr;
-    copy_dims(s, spatial, strides, 0);
-    copy_dims(d, spatial, dilations, 1); /* oneDNN counts the gaps */
-    copy_dims(pl, spatial, pad_begin, 0);
-    copy_dims(pr, spatial, pad_end, 0);
+    window_dims(spatial, strides, dilations, pad_begin, pad_end, s, d, pl, pr);
     return dnnl_dilated_convolution_forward_desc_init(desc, dnnl_forward_inference, dnnl_convolution_direct,
                                                       src, weights, bias, dst, s, d, pl, pr);
 }
@@ -32,10 +38,7 @@ dnnl_status_t anvil_dnnl_deconv_desc(dnnl_deconvolution_desc_t *desc, const dnnl
                                      const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end) {
     if (spatial < 1 || spatial > 3) return dnnl_invalid_arguments;
     dnnl_dims_t s, d, pl, pr;
-    copy_dims(s, spatial, strides, 0);
-    copy_dims(d, spatial, dilations, 1);
-    copy_dims(pl, spatial, pad_begin, 0);
-    copy_dims(pr, spatial, pad_end, 0);
+    window_dims(spatial, strides, dilations, pad_begin, pad_end, s, d, pl, pr);
     return dnnl_dilated_deconvolution_forward_desc_init(desc, dnnl_forward_inference, dnnl_deconvolution_direct,
                                                         src, weights, bias, dst, s, d, pl, pr);
 }
@@ -63,11 +66,8 @@ dnnl_status_t anvil_dnnl_pool_desc(dnnl_pooling_v2_desc_t *desc, dnnl_alg_kind_t
                                    const int64_t *pad_begin, const int64_t *pad_end) {
     if (spatial < 1 || spatial > 3) return dnnl_invalid_arguments;
     dnnl_dims_t s, k, d, pl, pr;
-    copy_dims(s, spatial, strides, 0);
     copy_dims(k, spatial, kernel, 0);
-    copy_dims(d, spatial, dilations, 1);
-    copy_dims(pl, spatial, pad_begin, 0);
-    copy_dims(pr, spatial, pad_end, 0);
+    window_dims(spatial, strides, dilations, pad_begin, pad_end, s, d, pl, pr);
     return dnnl_pooling_v2_forward_desc_init(desc, dnnl_forward_inference, alg, src, dst, s, k, d, pl, pr);
 }
 

@@ -49,7 +49,7 @@ struct BuildSettings {
             let b = URL(fileURLWithPath: output).standardizedFileURL.resolvingSymlinksInPath().path
             guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
         }
-        let engine = try bytes.withUnsafeBytes { try Engine(file: EngineFile.decode($0, file: output ?? model), name: output ?? model) }
+        let engine = try Engine(file: result.file, name: output ?? model)
         step("planning the engine on this CPU (kernels, layouts, memory)")
         let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count)
         if let output {

@@ -137,9 +137,10 @@ final class PlanTests: XCTestCase {
 
     /// Plans an engine graph directly with every convolution in `layout` and runs it once.
     func forcedPlan(_ graph: EngineGraph, layout: String, x: Tensor) throws -> (plan: ExecutionPlan, outputs: [Tensor]) {
-        let layers = graph.layers.map {
-            PlanLayer(name: $0.name, opType: $0.opType, domain: $0.domain, opset: $0.opset, inputs: $0.inputs, outputs: $0.outputs,
-                      attributes: $0.attributes, tactic: $0.opType.hasSuffix("Conv") ? layout : $0.tactic)
+        let layers = graph.layers.map { l in
+            var forced = l
+            if l.opType.hasSuffix("Conv") { forced.tactic = layout }
+            return forced
         }
         var types: [String: (DataType, [Int])] = [:]
         for (name, t) in graph.valueTypes { types[name] = (t.elementType!, t.concreteShape!) }

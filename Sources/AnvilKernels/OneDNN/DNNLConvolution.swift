@@ -21,8 +21,6 @@ public final class DNNLConvolution {
     /// The oneDNN implementation chosen ("brg:avx512_core", "jit:avx512_core" …).
     public var implementation: String { kernel.implementation }
     public let outputShape: [Int]
-    /// The input shape the primitive was made for.
-    let inputShapeForLayout: [Int]
     let kernel: DNNLWeightedPrimitive
 
     /// Builds the primitive for one input shape.
@@ -35,7 +33,6 @@ public final class DNNLConvolution {
         }
         let cout = weights.shape[0]
         outputShape = [inputShape[0], cout] + g.output
-        inputShapeForLayout = inputShape
         let plain: [dnnl_format_tag_t] = [dnnl_ncw, dnnl_nchw, dnnl_ncdhw]
         let last: [dnnl_format_tag_t] = [dnnl_nwc, dnnl_nhwc, dnnl_ndhwc]
         let blocked16: [dnnl_format_tag_t] = [dnnl_nCw16c, dnnl_nChw16c, dnnl_nCdhw16c]

@@ -1,14 +1,12 @@
 import AnvilCore
-import Dispatch
-import Foundation
 
-/// A layer run by a oneDNN kernel, prepared for one set of input shapes. The
-/// runtime creates it the first time a context meets those shapes and reuses it.
+/// A layer run by a oneDNN kernel on plain tensors, prepared for one set of input
+/// shapes: the layer interpreter's fast path, for graphs the planner does not take
+/// (control flow, strings) and for the first run of new dynamic shapes. Planned
+/// runs (ExecutionPlan) use the layouts and tactics chosen at build time instead.
 public final class FastLayer {
     enum Kernel {
         case convolution(DNNLConvolution)
-        /// A convolution in oneDNN's blocked layout, with reorders at its boundary.
-        case blocked(BlockedConvolution)
         case matmul(DNNLMatMul, outputShape: [Int])
     }
     let kernel: Kernel
@@ -18,7 +16,6 @@ public final class FastLayer {
     public var implementation: String {
         switch kernel {
         case .convolution(let c): c.implementation
-        case .blocked(let b): b.convolution.implementation + " (blocked)"
         case .matmul(let m, _): m.implementation
         }
     }
@@ -42,9 +39,7 @@ public final class FastLayer {
     }
 
     /// Prepares the kernel for the inputs in `ctx`; nil when these inputs don't fit oneDNN.
-    /// Where several implementations apply, `tactics` decides once per layer and shape
-    /// for every context of an engine, so all contexts compute identical results.
-    public static func make(_ ctx: EvalContext, engine: DNNLEngine, tactics: TacticChoices) throws -> FastLayer? {
+    public static func make(_ ctx: EvalContext, engine: DNNLEngine) throws -> FastLayer? {
         guard let x = ctx.optionalInput(0), x.dataType == .float, let w = ctx.optionalInput(1), w.dataType == .float else { return nil }
         let activation = try fusedActivation(ctx)
         let hasSum = ctx.inputs.count > 3 && ctx.inputs[3] != nil
@@ -55,28 +50,9 @@ public final class FastLayer {
             let attrs = try WindowAttributes(ctx)
             let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
             guard g.output.allSatisfy({ $0 > 0 }), x.shape[1] == w.shape[1] * attrs.group else { return nil }
-            let plain = try DNNLConvolution(engine: engine, inputShape: x.shape, weights: w, bias: ctx.optionalInput(2), geometry: g,
-                                            group: attrs.group, activation: activation, residual: hasSum)
-            let blocked = try BlockedConvolution(DNNLConvolution(engine: engine, inputShape: x.shape, weights: w, bias: ctx.optionalInput(2),
-                                                                 geometry: g, group: attrs.group, activation: activation, residual: hasSum, layout: .blocked),
-                                                 engine: engine)
-            // Tactic: the faster of the two on these inputs, timed once per engine.
-            let candidates = [FastLayer(.convolution(plain), inputShapes: shapes), FastLayer(.blocked(blocked), inputShapes: shapes)]
-            let choice = try tactics.choose("\(ctx.name)|\(shapes)") {
-                let stream = try DNNLStream(engine: engine)
-                let times = try candidates.map { candidate -> UInt64 in
-                    _ = try candidate.run(ctx, stream: stream)
-                    var best = UInt64.max
-                    for _ in 0..<3 {
-                        let start = DispatchTime.now().uptimeNanoseconds
-                        _ = try candidate.run(ctx, stream: stream)
-                        best = min(best, DispatchTime.now().uptimeNanoseconds - start)
-                    }
-                    return best
-                }
-                return times[1] < times[0] ? 1 : 0
-            }
-            return candidates[choice]
+            let conv = try DNNLConvolution(engine: engine, inputShape: x.shape, weights: w, bias: ctx.optionalInput(2), geometry: g,
+                                           group: attrs.group, activation: activation, residual: hasSum)
+            return FastLayer(.convolution(conv), inputShapes: shapes)
         case "MatMul", "FusedMatMul":
             guard x.rank >= 2, x.shape.last == w.shape[0] else { return nil }
             if let bias = ctx.optionalInput(2), bias.rank != 1 || bias.count != w.shape[1] || bias.dataType != .float { return nil }
@@ -107,68 +83,8 @@ public final class FastLayer {
         let sum = ctx.inputs.count > 3 ? ctx.inputs[3] : nil
         switch kernel {
         case .convolution(let c): return try c.run(stream: stream, ctx.input(0), residual: sum)
-        case .blocked(let b): return try b.run(stream: stream, ctx.input(0), residual: sum)
         case .matmul(let m, let shape): return try m.run(stream: stream, ctx.input(0), residual: sum).reshaped(shape)
         }
     }
 }
 
-/// A blocked-layout convolution wrapped with reorders from and to the plain layout,
-/// with its blocked buffers allocated once.
-final class BlockedConvolution {
-    let convolution: DNNLConvolution
-    let toBlocked: DNNLReorder
-    let toPlain: DNNLReorder
-    let residualToBlocked: DNNLReorder
-    let input: UnsafeMutableRawPointer
-    let output: UnsafeMutableRawPointer
-
-    init(_ convolution: DNNLConvolution, engine: DNNLEngine) throws {
-        self.convolution = convolution
-        let inShape = try DNNLLayout.plain(Array(convolution.inputShapeForLayout))
-        let outShape = try DNNLLayout.plain(convolution.outputShape)
-        toBlocked = try DNNLReorder(engine: engine, from: inShape, to: convolution.inputDescriptor)
-        toPlain = try DNNLReorder(engine: engine, from: convolution.outputDescriptor, to: outShape)
-        residualToBlocked = try DNNLReorder(engine: engine, from: outShape, to: convolution.outputDescriptor)
-        input = UnsafeMutableRawPointer.allocate(byteCount: convolution.inputDescriptor.byteCount, alignment: 64)
-        output = UnsafeMutableRawPointer.allocate(byteCount: convolution.outputDescriptor.byteCount, alignment: 64)
-    }
-
-    deinit {
-        input.deallocate()
-        output.deallocate()
-    }
-
-    func run(stream: DNNLStream, _ x: Tensor, residual: Tensor?) throws -> Tensor {
-        let values = x.floats
-        try values.withUnsafeBytes { try toBlocked.run(stream: stream, from: $0.baseAddress!, to: input) }
-        if let residual {
-            // The sum post-op accumulates into the (blocked) destination.
-            let r = residual.floats
-            try r.withUnsafeBytes { try residualToBlocked.run(stream: stream, from: $0.baseAddress!, to: output) }
-        }
-        try convolution.runInPlace(stream: stream, input: input, output: output)
-        var out = [Float](repeating: 0, count: convolution.outputShape.reduce(1, *))
-        try out.withUnsafeMutableBytes { try toPlain.run(stream: stream, from: output, to: $0.baseAddress!) }
-        return try Tensor(floats: out, shape: convolution.outputShape)
-    }
-}
-
-/// Tactic decisions shared by all execution contexts of an engine: the first
-/// context to meet a layer and shape measures, every later one reuses the choice.
-public final class TacticChoices: @unchecked Sendable {
-    private let lock = NSLock()
-    private var choices: [String: Int] = [:]
-
-    public init() {}
-
-    /// The recorded choice for `key`, or the one `measure` makes (recorded for all).
-    public func choose(_ key: String, measure: () throws -> Int) throws -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        if let c = choices[key] { return c }
-        let c = try measure()
-        choices[key] = c
-        return c
-    }
-}

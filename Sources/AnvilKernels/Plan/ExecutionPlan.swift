@@ -31,7 +31,7 @@ public final class SharedKernels: @unchecked Sendable {
         return made
     }
 
-    /// Bytes of packed weights held (for reports).
+    /// Number of kernels held (for reports).
     public var count: Int { lock.lock(); defer { lock.unlock() }; return kernels.count }
 }
 
@@ -71,7 +71,7 @@ public final class ExecutionPlan {
 
     /// Plans `layers` for inputs of the given shapes. `types` gives every value's
     /// element type and shape for these inputs (recorded at build time or observed).
-    public init(layers: [PlanLayer], constants: [String: Tensor], inputs: [(name: String, type: DataType, shape: [Int])],
+    public init(layers: [Layer], constants: [String: Tensor], inputs: [(name: String, type: DataType, shape: [Int])],
                 outputs: [String], types: [String: (DataType, [Int])], engine: DNNLEngine, shared: SharedKernels) throws {
         self.engine = engine
         self.shared = shared
@@ -129,16 +129,7 @@ public final class ExecutionPlan {
             }
             try store(t, into: v)
         }
-        for step in steps {
-            let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
-            if !(step is PrimitiveStep) { try stream.wait() }
-            try step.run(self, stream: stream)
-            if let profile {
-                try stream.wait()
-                profile(step.layer, step.implementation, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
-            }
-        }
-        try stream.wait()
+        try runSteps(stream: stream, profile: profile)
         return try graphOutputs.map { output in
             switch output {
             case .constant(let t): return t
@@ -160,11 +151,7 @@ public final class ExecutionPlan {
             }
             if let base = buffer.baseAddress { address(v).copyMemory(from: base, byteCount: buffer.count) }
         }
-        for step in steps {
-            if !(step is PrimitiveStep) { try stream.wait() }
-            try step.run(self, stream: stream)
-        }
-        try stream.wait()
+        try runSteps(stream: stream, profile: nil)
         for (output, buffer) in zip(graphOutputs, outputs) {
             switch output {
             case .value(let v):
@@ -179,6 +166,20 @@ public final class ExecutionPlan {
                 }
             }
         }
+    }
+
+    /// Runs every step in order; Swift and reference steps wait for oneDNN's queue first.
+    private func runSteps(stream: DNNLStream, profile: ((_ layer: String, _ implementation: String, _ milliseconds: Double) -> Void)?) throws {
+        for step in steps {
+            let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+            if !(step is PrimitiveStep) { try stream.wait() }
+            try step.run(self, stream: stream)
+            if let profile {
+                try stream.wait()
+                profile(step.layer, step.implementation, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
+            }
+        }
+        try stream.wait()
     }
 
     /// Executes only the plan's oneDNN primitives, once each, in order: the baseline
@@ -441,7 +442,7 @@ public final class ExecutionPlan {
 
     /// Makes the weighted kernels (JIT code generation and weight prepacking, the bulk
     /// of planning) on all cores before the sequential planning pass picks them up.
-    private func prepareKernels(_ layers: [PlanLayer], inputs: [(name: String, type: DataType, shape: [Int])]) {
+    private func prepareKernels(_ layers: [Layer], inputs: [(name: String, type: DataType, shape: [Int])]) {
         var known = types
         for i in inputs { known[i.name] = (i.type, i.shape) }
         let jobs = layers.compactMap { layer -> (() throws -> Void)? in
@@ -458,7 +459,7 @@ public final class ExecutionPlan {
 
     // MARK: Reference layers
 
-    private func compileReference(_ layer: PlanLayer) throws {
+    private func compileReference(_ layer: Layer) throws {
         guard let definition = KernelRegistry.lookup(domain: layer.domain, opType: layer.opType, opset: layer.opset) else {
             throw AnvilError.unsupportedOp(node: layer.name, op: layer.opType, domain: layer.domain, version: layer.opset)
         }
@@ -480,7 +481,7 @@ public final class ExecutionPlan {
     // MARK: Fast layers
 
     /// Appends oneDNN or view steps for the layer; false when it needs the reference kernel.
-    private func compileFast(_ layer: PlanLayer) throws -> Bool {
+    private func compileFast(_ layer: Layer) throws -> Bool {
         let outputs = layer.outputs.filter { !$0.isEmpty }
         guard !outputs.isEmpty else { return false }
         // Every non-constant input must have been planned already.
@@ -499,7 +500,7 @@ public final class ExecutionPlan {
     /// The compiler of one fast layer; it sees the plan's planning state.
     struct FastCompiler {
         let plan: ExecutionPlan
-        let layer: PlanLayer
+        let layer: Layer
 
         var op: String { layer.domain == "ai.anvil" ? "anvil." + layer.opType : layer.opType }
         var attributes: AttributeReader { AttributeReader(attributes: layer.attributes, name: layer.name, opType: layer.opType) }
@@ -518,7 +519,8 @@ public final class ExecutionPlan {
         func outputType(_ i: Int = 0) throws -> (DataType, [Int]) { try plan.type(of: layer.outputs[i]) }
 
         func compile() throws -> Bool {
-            guard layer.outputs.count == 1 || (layer.outputs.dropFirst().allSatisfy(\.isEmpty) && op != "Split") || op == "Split" else { return false }
+            // Extra outputs (MaxPool's indices, Dropout's mask …) need the reference kernel; Split's are its parts.
+            guard op == "Split" || layer.outputs.dropFirst().allSatisfy(\.isEmpty) else { return false }
             switch op {
             case "Conv", "anvil.FusedConv": return try convolution()
             case "MatMul", "anvil.FusedMatMul", "Gemm", "anvil.FusedGemm": return try matmul()

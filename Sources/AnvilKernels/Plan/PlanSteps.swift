@@ -77,13 +77,13 @@ final class PrimitiveStep: PlanStep {
 /// A layer computed by its reference kernel: inputs are copied out of the arena
 /// into tensors, the outputs back in (checked against the planned shapes).
 final class ReferenceStep: PlanStep {
-    let plan: PlanLayer
+    let plan: Layer
     let definition: KernelDefinition
     /// Per input: a plan value, a constant tensor, or absent.
     let inputs: [Either]
     enum Either { case value(PlanValue), constant(Tensor), absent }
 
-    init(_ layer: PlanLayer, definition: KernelDefinition, inputs: [Either], outputs: [PlanValue]) {
+    init(_ layer: Layer, definition: KernelDefinition, inputs: [Either], outputs: [PlanValue]) {
         plan = layer
         self.definition = definition
         self.inputs = inputs

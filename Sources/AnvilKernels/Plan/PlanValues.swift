@@ -1,21 +1,25 @@
 import AnvilCore
 import COneDNN
 
-/// One layer as the planner sees it: an op bound to named values. The runtime
-/// builds these from its engine layers.
-public struct PlanLayer {
+/// One layer of an engine: an op with its attributes, bound to named tensors, and
+/// the kernel (tactic) chosen for it at build time.
+public struct Layer {
     public var name: String
     public var opType: String
     public var domain: String
+    /// The opset the op's semantics follow.
     public var opset: Int
     public var inputs: [String]
     public var outputs: [String]
+    /// Attributes; subgraph attributes hold `EngineGraph`s.
     public var attributes: [String: Attribute]
-    /// The tactic recorded at build time ("onednn", "reference" …).
+    /// Names of the original ONNX nodes this layer stands for.
+    public var fusedFrom: [String]
+    /// The chosen implementation ("reference" or a fast kernel).
     public var tactic: String
 
     public init(name: String, opType: String, domain: String, opset: Int, inputs: [String], outputs: [String],
-                attributes: [String: Attribute], tactic: String) {
+                attributes: [String: Attribute], fusedFrom: [String], tactic: String) {
         self.name = name
         self.opType = opType
         self.domain = domain
@@ -23,6 +27,7 @@ public struct PlanLayer {
         self.inputs = inputs
         self.outputs = outputs
         self.attributes = attributes
+        self.fusedFrom = fusedFrom
         self.tactic = tactic
     }
 }
