@@ -67,7 +67,10 @@ func registerQuantization(_ b: inout KernelTableBuilder) {
         let lo = min(0, xs.min() ?? 0), hi = max(0, xs.max() ?? 0)
         let scale: Float = (hi - lo) / 255
         let zp: Float = scale == 0 ? 0 : min(max((0 - lo / scale).rounded(.toNearestOrEven), 0), 255)
-        let q = xs.map { v -> Int64 in scale == 0 ? Int64(zp) : Int64(min(max((v / scale).rounded(.toNearestOrEven) + zp, 0), 255)) }
+        let q = xs.map { v -> Int64 in
+            let r = (v / scale).rounded(.toNearestOrEven) + zp
+            return scale == 0 || r.isNaN ? Int64(zp) : Int64(min(max(r, 0), 255))
+        }
         return [try Tensor(.uint8, shape: x.shape, int64s: q), try Tensor(.float, shape: [], floats: [scale]),
                 try Tensor(.uint8, shape: [], int64s: [Int64(zp)])]
     }
@@ -141,6 +144,10 @@ func requantize(_ ctx: EvalContext, _ real: [Double], shape: [Int], scale: Doubl
     let type = zeroPoint?.dataType ?? like
     guard let (lo, hi) = quantRange(type) else { throw ctx.fail("cannot quantize to \(type)") }
     let z = Double(zeroPoint?.int64s.first ?? 0)
-    let q = real.map { Int64(min(max(($0 / scale).rounded(.toNearestOrEven) + z, lo), hi)) }
+    // NaN (a NaN input, or 0 / 0 with a zero scale) has no integer: it becomes the zero point.
+    let q = real.map { x -> Int64 in
+        let r = (x / scale).rounded(.toNearestOrEven) + z
+        return r.isNaN ? Int64(z) : Int64(min(max(r, lo), hi))
+    }
     return try Tensor(type, shape: shape, int64s: q)
 }
