@@ -30,6 +30,10 @@ public struct EngineBuilder {
         public let file: EngineFile
         public let graph: EngineGraph
         public let statistics: PassContext?
+        /// The engine in memory, planned once on this CPU (its kernels made).
+        public let engine: Engine
+        /// Why the engine could not be planned for its build-time shapes, if so.
+        public let planFailure: String?
     }
 
     public func build(_ model: Model, name: String) throws -> Result {
@@ -59,8 +63,19 @@ public struct EngineBuilder {
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
-        let file = try Engine.file(for: graph, producer: "anvil 0.1", requiredFeatures: [], metadata: Array(meta.utf8), profile: profile)
-        return Result(file: file, graph: graph, statistics: context)
+        // Plan the engine once for its build-time shapes: that makes every kernel, whose
+        // prepacked weights and the memory plan go into the file.
+        let producer = "anvil 0.1"
+        let engine = try Engine(graph: graph, producer: producer, requiredFeatures: [], profile: profile, name: name)
+        var plan: ExecutionPlan?, failure: String?
+        do { (plan, failure) = try engine.planForReport() } catch { failure = "running it on zero inputs failed: \(error)" }
+        let weights = engine.storableWeights
+        // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks them.
+        let packedOnly = Set(weights.map(\.constant))
+        let isStatic = !graph.valueTypes.isEmpty && graph.valueTypes.values.allSatisfy { $0.concreteShape != nil }
+        let file = try Engine.file(for: graph, producer: producer, requiredFeatures: [], metadata: Array(meta.utf8), profile: profile,
+                                   weights: weights, packedOnly: packedOnly, memoryPlan: isStatic ? plan?.storedMemoryPlan : nil)
+        return Result(file: file, graph: graph, statistics: context, engine: engine, planFailure: failure)
     }
 
     /// Times each convolution's layouts for the build-time shapes and records the choice in its tactic.
@@ -69,7 +84,7 @@ public struct EngineBuilder {
         for (name, t) in graph.valueTypes {
             if let e = t.elementType, let shape = t.concreteShape { types[name] = (e, shape) }
         }
-        let constants = Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+        let constants = graph.constants
         let machine = "\(CPUFeatures.host)|\(ProcessInfo.processInfo.activeProcessorCount)cpu"
         let chosen = TacticSelector.chooseConvolutionLayouts(layers: graph.layers, constants: constants, types: types, engine: try DNNLEngine(),
                                                              cache: timingCache, machine: machine, progress: progress)
@@ -94,7 +109,7 @@ public struct EngineBuilder {
         }
         return EngineGraph(name: g.name, inputs: g.inputs.filter { g.initializers[$0.name] == nil }.map { ($0.name, $0.type) },
                            outputs: g.outputs.map { ($0.name, $0.type) },
-                           constants: g.initializerOrder.compactMap { n in g.initializers[n].map { (n, $0) } }, layers: layers,
+                           constants: ConstantStore(g.initializerOrder.compactMap { n in g.initializers[n].map { (n, $0) } }), layers: layers,
                            valueTypes: topLevel ? g.valueTypes.filter { g.initializers[$0.key] == nil } : [:])
     }
 

@@ -84,7 +84,8 @@ public enum ShapeMath {
         var s = 1
         for i in stride(from: shape.count - 1, through: 0, by: -1) {
             strides[i] = s
-            s *= shape[i]
+            // Wrapping: only a shape with a zero dimension can overflow here, and it has no elements to address.
+            s = s &* shape[i]
         }
         return strides
     }

@@ -26,9 +26,21 @@ public struct EngineFile {
     /// Sections by four-to-eight character tag ("META", "LAYERS", "WEIGHTS" …), in file order.
     /// Empty for a memory-mapped file, whose sections are read in place (`withSection`).
     public var sections: [(tag: String, bytes: [UInt8])]
-    /// The mapped file and where its sections lie, for files read by `load`.
-    private var mapped: Data?
+    /// The file's bytes and where its sections lie, for files read by `load` or `decode`.
+    private var mapped: FileBytes?
     private var mappedSections: [(tag: String, range: Range<Int>)] = []
+
+    /// The bytes of a file read by `load` (mapped) or `decode` (copied, 64-byte aligned):
+    /// section buffers stay valid while this object lives.
+    public final class FileBytes: @unchecked Sendable {
+        public let bytes: UnsafeRawBufferPointer
+        private let release: (UnsafeRawBufferPointer) -> Void
+        init(_ bytes: UnsafeRawBufferPointer, release: @escaping (UnsafeRawBufferPointer) -> Void) {
+            self.bytes = bytes
+            self.release = release
+        }
+        deinit { release(bytes) }
+    }
 
     public init(producer: String, requiredFeatures: CPUFeatures, sections: [(tag: String, bytes: [UInt8])]) {
         self.producer = producer
@@ -36,20 +48,30 @@ public struct EngineFile {
         self.sections = sections
     }
 
-    /// The payload of a section (a copy for mapped files).
+    /// The payload of a section (a copy for files read from bytes).
     public func section(_ tag: String) -> [UInt8]? {
-        if let mapped, let r = mappedSections.first(where: { $0.tag == tag })?.range { return [UInt8](mapped[r]) }
+        if let mapped, let r = mappedSections.first(where: { $0.tag == tag })?.range { return [UInt8](mapped.bytes[r]) }
         return sections.first { $0.tag == tag }?.bytes
     }
 
-    /// Calls `body` with a section's payload in place (no copy for mapped files); nil when absent.
+    /// Calls `body` with a section's payload in place (no copy for files read from bytes); nil when absent.
     public func withSection<R>(_ tag: String, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R? {
         if let mapped, let r = mappedSections.first(where: { $0.tag == tag })?.range {
-            return try mapped.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[r])) }
+            return try body(UnsafeRawBufferPointer(rebasing: mapped.bytes[r]))
         }
         guard let bytes = sections.first(where: { $0.tag == tag })?.bytes else { return nil }
         return try bytes.withUnsafeBytes(body)
     }
+
+    /// A section's payload that stays valid while `storage` lives (files read by
+    /// `load` or `decode`; nil for files being written, and for absent sections).
+    public func stableSection(_ tag: String) -> UnsafeRawBufferPointer? {
+        guard let mapped, let r = mappedSections.first(where: { $0.tag == tag })?.range else { return nil }
+        return UnsafeRawBufferPointer(rebasing: mapped.bytes[r])
+    }
+
+    /// What keeps `stableSection` buffers alive; nil for files being written.
+    public var storage: FileBytes? { mapped }
 
     /// Tags of the sections, in file order.
     public var sectionTags: [String] { mapped != nil ? mappedSections.map(\.tag) : sections.map(\.tag) }
@@ -87,11 +109,15 @@ public struct EngineFile {
         return out
     }
 
-    /// Reads and validates an engine held in memory (`file` names it in errors).
+    /// Reads and validates an engine held in memory (`file` names it in errors); the
+    /// bytes are copied into a 64-byte-aligned buffer its sections are read from in place.
     public static func decode(_ bytes: UnsafeRawBufferPointer, file: String, hostFeatures: CPUFeatures = .host) throws -> EngineFile {
-        let (header, table) = try validate(bytes, file: file, hostFeatures: hostFeatures)
-        var result = header
-        result.sections = table.map { ($0.tag, Array(bytes[$0.range])) }
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: alignment)
+        if bytes.count > 0 { copy.copyMemory(from: bytes) }
+        let owned = FileBytes(UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count])) { _ in copy.deallocate() }
+        var (result, table) = try validate(owned.bytes, file: file, hostFeatures: hostFeatures)
+        result.mapped = owned
+        result.mappedSections = table
         return result
     }
 
@@ -141,14 +167,14 @@ public struct EngineFile {
     public static func load(path: String, hostFeatures: CPUFeatures = .host) throws -> EngineFile {
         guard FileManager.default.fileExists(atPath: path) else { throw AnvilError.io(path: path, reason: "no such file") }
         let data = try mapped(path)
-        var (file, table) = try data.withUnsafeBytes { try validate($0, file: path, hostFeatures: hostFeatures) }
+        var (file, table) = try validate(data.bytes, file: path, hostFeatures: hostFeatures)
         file.mapped = data
         file.mappedSections = table
         return file
     }
 
     /// The file's bytes, memory-mapped (MAP_POPULATE) when possible, read otherwise.
-    static func mapped(_ path: String) throws -> Data {
+    static func mapped(_ path: String) throws -> FileBytes {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw AnvilError.io(path: path, reason: "cannot be opened (\(String(cString: strerror(errno))))") }
         defer { close(fd) }
@@ -156,11 +182,15 @@ public struct EngineFile {
         guard fstat(fd, &info) == 0 else { throw AnvilError.io(path: path, reason: "cannot be read (\(String(cString: strerror(errno))))") }
         let size = Int(info.st_size)
         if size > 0, let p = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0), p != MAP_FAILED {
-            return Data(bytesNoCopy: p, count: size, deallocator: .custom { pointer, count in munmap(pointer, count) })
+            return FileBytes(UnsafeRawBufferPointer(start: p, count: size)) { munmap(UnsafeMutableRawPointer(mutating: $0.baseAddress), $0.count) }
         }
-        do { return try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw AnvilError.io(path: path, reason: "cannot be read (\(error.localizedDescription))")
         }
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(data.count, 1), alignment: alignment)
+        data.copyBytes(to: copy)
+        return FileBytes(UnsafeRawBufferPointer(rebasing: copy[0..<data.count])) { _ in copy.deallocate() }
     }
 
     static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }

@@ -20,20 +20,40 @@ public final class Engine: @unchecked Sendable {
         try self.init(file: EngineFile.load(path: path), name: path)
     }
 
-    /// Constants by name (for plans).
-    let constants: [String: Tensor]
+    /// Constants by name (for plans), read from the file on first use.
+    var constants: ConstantStore { graph.constants }
     /// The input shapes the engine was built for (empty: any shape).
     public let profile: ShapeProfile
+    /// The memory plan for the build-time shapes, from the file (MEMPLAN section).
+    public let memoryPlan: StoredMemoryPlan?
+    /// The file's bytes, which constants and prepacked weights are read from in place.
+    private let storage: AnyObject?
 
-    public init(file: EngineFile, name: String) throws {
-        guard let decoded = try file.withSection("GRAPH", { try EngineCodec.decode($0, file: name) }) else {
+    /// Reads an engine file: sections in place, constants decoded on first use,
+    /// prepacked weights used by the kernels straight from the mapping.
+    public convenience init(file: EngineFile, name: String) throws {
+        // A file being written has no stable bytes yet: read its encoding.
+        let file = file.storage != nil ? file : try file.encoded().withUnsafeBytes { try EngineFile.decode($0, file: name) }
+        let packed = try file.stableSection("WEIGHTS").map { try WeightsSection.decode($0, file: name) } ?? []
+        guard let section = file.stableSection("GRAPH") else {
             throw AnvilError.invalidModel(file: name, field: "engine", reason: "has no GRAPH section")
         }
-        graph = decoded
-        profile = try file.withSection("PROFILE") { try ShapeProfile.decode($0, file: name) } ?? ShapeProfile()
-        constants = Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
-        producer = file.producer
-        requiredFeatures = file.requiredFeatures
+        let graph = try EngineCodec.decode(section, file: name, packed: packed, owner: file.storage)
+        try self.init(graph: graph, producer: file.producer, requiredFeatures: file.requiredFeatures,
+                      profile: try file.withSection("PROFILE") { try ShapeProfile.decode($0, file: name) } ?? ShapeProfile(),
+                      memoryPlan: try file.withSection("MEMPLAN") { try MemoryPlanSection.decode($0, file: name) },
+                      storage: file.storage, name: name)
+    }
+
+    /// An engine over a graph in memory (as the builder makes it).
+    public init(graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, profile: ShapeProfile,
+                memoryPlan: StoredMemoryPlan? = nil, storage: AnyObject? = nil, name: String) throws {
+        self.graph = graph
+        self.profile = profile
+        self.memoryPlan = memoryPlan
+        self.storage = storage
+        self.producer = producer
+        self.requiredFeatures = requiredFeatures
         dnnl = try DNNLEngine()
         // Every layer's op must be known to this runtime before anything runs.
         var missing: [String] = []
@@ -47,12 +67,24 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    /// Serializes an engine graph into an engine file.
+    /// Serializes an engine into an engine file: the graph, the profile, the memory
+    /// plan, and the prepacked weights its kernels made (`weights`); constants in
+    /// `packedOnly` are stored only prepacked.
     public static func file(for graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, metadata: [UInt8],
-                            profile: ShapeProfile = ShapeProfile()) throws -> EngineFile {
-        EngineFile(producer: producer, requiredFeatures: requiredFeatures,
-                   sections: [("META", metadata), ("GRAPH", try EngineCodec.encode(graph))] + (profile.isEmpty ? [] : [("PROFILE", profile.encoded())]))
+                            profile: ShapeProfile = ShapeProfile(), weights: [PackedWeights] = [], packedOnly: Set<String> = [],
+                            memoryPlan: StoredMemoryPlan? = nil) throws -> EngineFile {
+        var sections: [(tag: String, bytes: [UInt8])] = [("META", metadata), ("GRAPH", try EngineCodec.encode(graph, packedOnly: packedOnly))]
+        if !profile.isEmpty { sections.append(("PROFILE", profile.encoded())) }
+        if let memoryPlan { sections.append(("MEMPLAN", MemoryPlanSection.encode(memoryPlan))) }
+        if !weights.isEmpty { sections.append(("WEIGHTS", WeightsSection.encode(weights))) }
+        return EngineFile(producer: producer, requiredFeatures: requiredFeatures, sections: sections)
     }
+
+    /// The prepacked weights of the kernels made so far (by running the engine once), for writing it.
+    public var storableWeights: [PackedWeights] { kernels.storableWeights }
+
+    /// Kernels made so far with constant weights, and how many use the file's prepacked weights in place.
+    public var weightsInPlace: (inPlace: Int, kernels: Int) { kernels.weightsInPlace }
 
     static func visit(_ g: EngineGraph, _ body: (Layer) -> Void) {
         for l in g.layers {
@@ -147,7 +179,7 @@ public final class ExecutionContext {
             }
         }
         // First sight of these shapes: plan from the build-time shapes, or observe them.
-        if let types = staticTypes(inputs), let plan = makePlan(inputs, types: types) {
+        if let types = staticTypes(inputs), let plan = makePlan(inputs, types: types, memoryPlan: engine.memoryPlan) {
             plans[shapes] = .some(plan)
             return try run(inputs)
         }
@@ -192,12 +224,13 @@ public final class ExecutionContext {
         return types
     }
 
-    private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])]) -> ExecutionPlan? {
+    private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])], memoryPlan: StoredMemoryPlan? = nil) -> ExecutionPlan? {
         let g = engine.graph
         do {
             let plan = try ExecutionPlan(layers: g.layers, constants: engine.constants,
                                          inputs: g.inputs.map { ($0.name, inputs[$0.name]!.dataType, inputs[$0.name]!.shape) },
-                                         outputs: g.outputs.map(\.name), types: types, engine: engine.dnnl, shared: engine.kernels)
+                                         outputs: g.outputs.map(\.name), types: types, engine: engine.dnnl, shared: engine.kernels,
+                                         memoryPlan: memoryPlan)
             planFailure = nil
             return plan
         } catch {
@@ -216,7 +249,6 @@ public final class ExecutionContext {
         let g = engine.graph
         lastPlan = nil
         var env: [String: Tensor] = [:]
-        for c in g.constants { env[c.name] = c.value }
         for (k, v) in inputs { env[k] = v }
         return try execute(g, env: env)
     }
@@ -237,7 +269,13 @@ public final class ExecutionContext {
         return created
     }
 
-    func execute(_ g: EngineGraph, env initial: [String: Tensor]) throws -> [Tensor] {
+    /// Runs `g`; names not in `env` are looked up in its constants, then in the enclosing graphs' (`outer`, innermost last).
+    func execute(_ g: EngineGraph, env initial: [String: Tensor], outer: [ConstantStore] = []) throws -> [Tensor] {
+        func constant(_ name: String) throws -> Tensor? {
+            if let t = try g.constants.tensor(name) { return t }
+            for store in outer.reversed() { if let t = try store.tensor(name) { return t } }
+            return nil
+        }
         var env = initial
         for layer in g.layers {
             guard let def = KernelRegistry.lookup(domain: layer.domain, opType: layer.opType, opset: layer.opset) else {
@@ -245,7 +283,7 @@ public final class ExecutionContext {
             }
             let args: [Tensor?] = try layer.inputs.map { name in
                 if name.isEmpty { return nil }
-                guard let v = env[name] else {
+                guard let v = try env[name] ?? constant(name) else {
                     throw AnvilError.invalidNode(node: layer.name, op: layer.opType, reason: "input '\(name)' has no value")
                 }
                 return v
@@ -257,9 +295,8 @@ public final class ExecutionContext {
                     throw AnvilError.invalidNode(node: layer.name, op: layer.opType, reason: "subgraph '\(body.name)' does not fit its inputs")
                 }
                 var subEnv = scope
-                for c in sub.constants { subEnv[c.name] = c.value }
                 for (input, value) in zip(sub.inputs, values) { subEnv[input.name] = value }
-                return try self.execute(sub, env: subEnv)
+                return try self.execute(sub, env: subEnv, outer: outer + [g.constants])
             }
             let results: [Tensor]
             let started = profiling && g === engine.graph ? DispatchTime.now().uptimeNanoseconds : 0
@@ -286,7 +323,7 @@ public final class ExecutionContext {
             }
         }
         return try g.outputs.map { out in
-            guard let v = env[out.name] else { throw AnvilError.invalidGraph(graph: g.name, reason: "output '\(out.name)' was not produced") }
+            guard let v = try env[out.name] ?? constant(out.name) else { throw AnvilError.invalidGraph(graph: g.name, reason: "output '\(out.name)' was not produced") }
             return v
         }
     }

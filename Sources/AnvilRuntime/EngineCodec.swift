@@ -11,6 +11,8 @@ enum EngineCodec {
 
     struct Writer {
         var bytes: [UInt8] = []
+        /// Constants written as type and shape only: the WEIGHTS section holds their values prepacked.
+        var packedOnly: Set<String> = []
         mutating func u8(_ v: UInt8) { bytes.append(v) }
         mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
         mutating func int(_ v: Int) { u64(UInt64(bitPattern: Int64(v))) }
@@ -53,7 +55,16 @@ enum EngineCodec {
             string(g.name)
             int(g.inputs.count); for i in g.inputs { string(i.name); type(i.type) }
             int(g.outputs.count); for o in g.outputs { string(o.name); type(o.type) }
-            int(g.constants.count); for c in g.constants { string(c.name); try tensor(c.value) }
+            int(g.constants.count)
+            for name in g.constants.names {
+                string(name)
+                if packedOnly.contains(name), let (t, shape) = g.constants.type(of: name) {
+                    u8(1); int(Int(t.rawValue)); int(shape.count); for d in shape { int(d) }
+                } else {
+                    guard let t = try g.constants.tensor(name) else { continue }
+                    u8(0); try tensor(t)
+                }
+            }
             int(g.layers.count)
             for l in g.layers {
                 string(l.name); string(l.opType); string(l.domain); int(l.opset)
@@ -70,8 +81,19 @@ enum EngineCodec {
         let bytes: UnsafeRawBufferPointer
         var position = 0
         let file: String
+        var section = "GRAPH"
+        /// The top-level graph's prepacked weights (WEIGHTS section).
+        var packed: [PackedWeights] = []
+        /// What keeps `bytes` alive: constants are read from it on first use.
+        var owner: AnyObject?
 
-        func fail(_ reason: String) -> AnvilError { .invalidModel(file: file, field: "engine GRAPH section", reason: reason) }
+        init(bytes: UnsafeRawBufferPointer, file: String, section: String = "GRAPH") {
+            self.bytes = bytes
+            self.file = file
+            self.section = section
+        }
+
+        func fail(_ reason: String) -> AnvilError { .invalidModel(file: file, field: "engine \(section) section", reason: reason) }
 
         mutating func u8() throws -> UInt8 {
             guard position < bytes.count else { throw fail("ends early at byte \(position)") }
@@ -119,6 +141,11 @@ enum EngineCodec {
                 default: throw fail("unknown dimension kind")
                 }
             }
+            // Shapes the planner sizes memory by: each must describe a possible tensor.
+            let known = dims.compactMap { d -> Int? in if case .known(let v) = d { return v } else { return nil } }
+            guard known.allSatisfy({ $0 >= 0 }), ShapeMath.elementCount(known.filter { $0 != 0 }) != nil else {
+                throw fail("shape \(known) is impossible")
+            }
             return TensorType(element, dims)
         }
         mutating func tensor() throws -> Tensor {
@@ -153,21 +180,26 @@ enum EngineCodec {
             return .raw(type, shape, try raw(try count()))
         }
 
-        /// Decodes a graph's constants on all cores (copying 100 MB of weights is most of an engine's load).
-        func decodeAll(_ entries: [(name: String, entry: TensorEntry)]) throws -> [(name: String, value: Tensor)] {
-            let results = UnsafeMutableBufferPointer<Result<Tensor, Error>?>.allocate(capacity: entries.count)
-            results.initialize(repeating: nil)
-            defer { results.deinitialize(); results.deallocate() }
-            nonisolated(unsafe) let out = results
-            nonisolated(unsafe) let work = entries
-            nonisolated(unsafe) let reader = self
-            DispatchQueue.concurrentPerform(iterations: entries.count) { i in
-                switch work[i].entry {
-                case .decoded(let t): out[i] = .success(t)
-                case .raw(let type, let shape, let data): out[i] = Result { try reader.decode(type, shape, data) }
+        /// A graph constant: a tensor, or type and shape only when the WEIGHTS section holds it prepacked.
+        mutating func constant() throws -> (name: String, type: DataType, shape: [Int], source: ConstantStore.Source) {
+            let name = try string()
+            switch try u8() {
+            case 0:
+                switch try tensorEntry() {
+                case .decoded(let t): return (name, t.dataType, t.shape, .tensor(t))
+                case .raw(let type, let shape, let data):
+                    // Read in place on first use when the bytes outlive the reader; else now.
+                    return (name, type, shape, owner != nil ? .bytes(data) : .tensor(try decode(type, shape, data)))
                 }
+            case 1:
+                let type = try dataType()
+                let rank = try int()
+                guard rank >= 0, rank <= 64 else { throw fail("rank \(rank) is impossible") }
+                let shape = try (0..<rank).map { _ in try int() }
+                guard ShapeMath.elementCount(shape) != nil else { throw fail("shape \(shape) is invalid") }
+                return (name, type, shape, .packed)
+            default: throw fail("unknown constant kind at byte \(position - 1)")
             }
-            return try entries.indices.map { (entries[$0].name, try results[$0]!.get()) }
         }
         mutating func attribute(depth: Int) throws -> Attribute {
             switch try u8() {
@@ -189,8 +221,13 @@ enum EngineCodec {
             let name = try string()
             let inputs = try (0..<count(minimum: 16)).map { _ in (name: try string(), type: try type()) }
             let outputs = try (0..<count(minimum: 16)).map { _ in (name: try string(), type: try type()) }
-            let entries = try (0..<count(minimum: 24)).map { _ in (name: try string(), entry: try tensorEntry()) }
-            let constants = try decodeAll(entries)
+            let entries = try (0..<count(minimum: 25)).map { _ in try constant() }
+            let constants: ConstantStore
+            do {
+                constants = try ConstantStore(entries, packed: depth == 0 ? packed : [], owner: owner)
+            } catch AnvilError.invalidTensor(let name, let reason) {
+                throw fail("constant '\(name)' \(reason)")
+            }
             var layers: [Layer] = []
             for _ in 0..<(try count(minimum: 64)) {
                 let lname = try string(), op = try string(), domain = try string(), opset = try int()
@@ -206,8 +243,9 @@ enum EngineCodec {
         }
     }
 
-    static func encode(_ graph: EngineGraph) throws -> [UInt8] {
+    static func encode(_ graph: EngineGraph, packedOnly: Set<String> = []) throws -> [UInt8] {
         var w = Writer()
+        w.packedOnly = packedOnly
         try w.graph(graph)
         return w.bytes
     }
@@ -216,8 +254,12 @@ enum EngineCodec {
         try bytes.withUnsafeBytes { try decode($0, file: file) }
     }
 
-    static func decode(_ bytes: UnsafeRawBufferPointer, file: String) throws -> EngineGraph {
+    /// Decodes a GRAPH section; with an `owner` keeping `bytes` alive, constants are
+    /// read from them on first use, and `packed` gives the top-level graph's prepacked weights.
+    static func decode(_ bytes: UnsafeRawBufferPointer, file: String, packed: [PackedWeights] = [], owner: AnyObject? = nil) throws -> EngineGraph {
         var r = Reader(bytes: bytes, file: file)
+        r.packed = packed
+        r.owner = owner
         let g = try r.graph()
         guard r.position == bytes.count else { throw r.fail("\(bytes.count - r.position) bytes after the graph") }
         return g

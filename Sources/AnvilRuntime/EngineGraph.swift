@@ -7,8 +7,8 @@ public final class EngineGraph: Subgraph {
     public var name: String
     public var inputs: [(name: String, type: TensorType)]
     public var outputs: [(name: String, type: TensorType)]
-    /// Constants in a stable order.
-    public var constants: [(name: String, value: Tensor)]
+    /// Constants in a stable order, made into tensors on first use.
+    public var constants: ConstantStore
     public var layers: [Layer]
     /// The type and shape of every value as inferred at build time for the declared
     /// input shapes; the runtime plans memory and kernels from these when they are
@@ -16,7 +16,7 @@ public final class EngineGraph: Subgraph {
     public var valueTypes: [String: TensorType]
 
     public init(name: String, inputs: [(name: String, type: TensorType)], outputs: [(name: String, type: TensorType)],
-                constants: [(name: String, value: Tensor)], layers: [Layer], valueTypes: [String: TensorType] = [:]) {
+                constants: ConstantStore, layers: [Layer], valueTypes: [String: TensorType] = [:]) {
         self.valueTypes = valueTypes
         self.name = name
         self.inputs = inputs

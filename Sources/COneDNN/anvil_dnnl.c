@@ -83,6 +83,71 @@ dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_quer
     return md ? *md : zero;
 }
 
+/* Encoding: ndims, data_type, dims[n], padded_dims[n], strides[n], inner_nblks,
+   inner_blks[k], inner_idxs[k]. At most 3 + 3 * 6 + 1 + 2 * 6 = 34 values. */
+int anvil_dnnl_md_encode(const dnnl_memory_desc_t *md, int64_t *out) {
+    int n = md->ndims, k;
+    if (n < 1 || n > 6 || md->format_kind != dnnl_blocked || md->offset0 != 0 || md->extra.flags != 0) return -1;
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    k = b->inner_nblks;
+    if (k < 0 || k > 6) return -1;
+    int c = 0;
+    out[c++] = n;
+    out[c++] = md->data_type;
+    for (int d = 0; d < n; d++) { if (md->padded_offsets[d] != 0) return -1; out[c++] = md->dims[d]; }
+    for (int d = 0; d < n; d++) out[c++] = md->padded_dims[d];
+    for (int d = 0; d < n; d++) out[c++] = b->strides[d];
+    out[c++] = k;
+    for (int i = 0; i < k; i++) out[c++] = b->inner_blks[i];
+    for (int i = 0; i < k; i++) out[c++] = b->inner_idxs[i];
+    return c;
+}
+
+int anvil_dnnl_md_decode(const int64_t *in, int count, dnnl_memory_desc_t *md, size_t *extent) {
+    const int64_t limit = (int64_t)1 << 40;
+    if (count < 3) return -1;
+    int64_t n = in[0], type = in[1];
+    if (n < 1 || n > 6 || count < 3 + 3 * n) return -1;
+    size_t size;
+    switch (type) {
+    case dnnl_f32: case dnnl_s32: size = 4; break;
+    case dnnl_f16: case dnnl_bf16: size = 2; break;
+    case dnnl_s8: case dnnl_u8: size = 1; break;
+    default: return -1;
+    }
+    int64_t k = in[2 + 3 * n];
+    if (k < 0 || k > 6 || count != 3 + 3 * n + 2 * k) return -1;
+    memset(md, 0, sizeof *md);
+    md->ndims = (int)n;
+    md->data_type = (dnnl_data_type_t)type;
+    md->format_kind = dnnl_blocked;
+    dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    b->inner_nblks = (int)k;
+    int64_t block[6] = {1, 1, 1, 1, 1, 1}, inner = 1;
+    for (int i = 0; i < k; i++) {
+        int64_t blk = in[3 + 3 * n + i], idx = in[3 + 3 * n + k + i];
+        if (blk < 1 || blk > 1024 || idx < 0 || idx >= n) return -1;
+        b->inner_blks[i] = blk;
+        b->inner_idxs[i] = idx;
+        block[idx] *= blk;
+        inner *= blk;
+        if (inner > 1 << 20) return -1;
+    }
+    /* The farthest element: the last block along every dimension, plus one dense inner block. */
+    int64_t last = inner;
+    for (int d = 0; d < n; d++) {
+        int64_t dim = in[2 + d], padded = in[2 + n + d], stride = in[2 + 2 * n + d];
+        if (dim < 1 || dim > limit || padded < dim || padded > limit || padded % block[d] != 0 || stride < 0 || stride > limit) return -1;
+        md->dims[d] = dim;
+        md->padded_dims[d] = padded;
+        b->strides[d] = stride;
+        last += (padded / block[d] - 1) * stride;
+        if (last > limit) return -1;
+    }
+    *extent = (size_t)last * size;
+    return 0;
+}
+
 int anvil_set_threads(int n) {
     /* libdnnl links OpenMP (libgomp on Debian); look the setter up where it is loaded. */
     void (*set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");

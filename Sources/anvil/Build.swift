@@ -35,6 +35,7 @@ struct BuildSettings {
         let bar = ProgressBar(label: "Timing tactics")
         builder.progress = { done, total in bar.update(done, total) }
         step(optimize ? "optimizing, inferring shapes and converting to layers" : "inferring shapes and converting to layers")
+        step("building: tactics, then planning the engine on this CPU (kernels, layouts, memory)")
         let result = try builder.build(m, name: model)
         bar.finish()
         step("tactics: \(builder.timingCache.measured) measured, \(builder.timingCache.hits) from the timing cache")
@@ -49,8 +50,7 @@ struct BuildSettings {
             let b = URL(fileURLWithPath: output).standardizedFileURL.resolvingSymlinksInPath().path
             guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
         }
-        let engine = try Engine(file: result.file, name: output ?? model)
-        step("planning the engine on this CPU (kernels, layouts, memory)")
+        let engine = result.engine
         let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count)
         if let output {
             step("writing \(output)")

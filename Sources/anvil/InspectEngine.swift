@@ -91,7 +91,10 @@ struct EngineReport: Encodable {
         profile = Dictionary(uniqueKeysWithValues: engine.profile.names.map {
             ($0, ["min": engine.profile.min[$0]!, "opt": engine.profile.opt[$0]!, "max": engine.profile.max[$0]!])
         })
-        let constants = Dictionary(engine.graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+        // Types and shapes only: the report does not read the weights themselves.
+        let store = engine.graph.constants
+        var constants: [String: (dataType: DataType, count: Int)] = [:]
+        for name in store.names { if let (t, shape) = store.type(of: name) { constants[name] = (t, shape.reduce(1, *)) } }
         var stepsByLayer: [String: [String]] = [:]
         for step in plan?.stepSummary ?? [] { stepsByLayer[step.layer, default: []].append(step.implementation) }
         layers = engine.graph.layers.map { l in

@@ -19,7 +19,7 @@ final class EngineFileTests: XCTestCase {
         let back = try decode(bytes)
         XCTAssertEqual(back.producer, "anvil 0.1")
         XCTAssertEqual(back.requiredFeatures, [.avx2])
-        XCTAssertEqual(back.sections.map(\.tag), ["META", "LAYERS", "WEIGHTS"])
+        XCTAssertEqual(back.sectionTags, ["META", "LAYERS", "WEIGHTS"])
         XCTAssertEqual(back.section("WEIGHTS"), sample().section("WEIGHTS"))
         XCTAssertEqual(bytes.count % 64, 0)
     }

@@ -145,7 +145,7 @@ final class PlanTests: XCTestCase {
         var types: [String: (DataType, [Int])] = [:]
         for (name, t) in graph.valueTypes { types[name] = (t.elementType!, t.concreteShape!) }
         let engine = try DNNLEngine()
-        let plan = try ExecutionPlan(layers: layers, constants: Dictionary(graph.constants.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }),
+        let plan = try ExecutionPlan(layers: layers, constants: graph.constants,
                                      inputs: [("x", .float, x.shape)], outputs: graph.outputs.map(\.name), types: types, engine: engine, shared: SharedKernels())
         return (plan, try plan.run(["x": x], stream: try DNNLStream(engine: engine)))
     }

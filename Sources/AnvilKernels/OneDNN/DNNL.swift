@@ -22,6 +22,14 @@ public enum DNNLThreads {
     public static func set(_ n: Int) -> Bool { anvil_set_threads(Int32(clamping: n)) != 0 }
 }
 
+/// The oneDNN library this process runs (prepacked layouts belong to one version).
+public enum DNNLVersion {
+    public static var current: (major: Int, minor: Int, patch: Int) {
+        guard let v = dnnl_version()?.pointee else { return (0, 0, 0) }
+        return (Int(v.major), Int(v.minor), Int(v.patch))
+    }
+}
+
 /// A oneDNN CPU engine. Each Anvil engine owns one; there is no global instance.
 public final class DNNLEngine: @unchecked Sendable {
     let handle: dnnl_engine_t

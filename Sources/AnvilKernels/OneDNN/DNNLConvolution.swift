@@ -24,7 +24,14 @@ public final class DNNLConvolution {
     let kernel: DNNLWeightedPrimitive
 
     /// Builds the primitive for one input shape.
-    public init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, geometry g: WindowGeometry,
+    public convenience init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, geometry g: WindowGeometry,
+                            group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain) throws {
+        try self.init(engine: engine, inputShape: inputShape, weights: KernelWeights(weights), bias: bias, geometry: g, group: group,
+                      activation: activation, residual: residual, layout: layout)
+    }
+
+    /// Builds the primitive for one input shape, using prepacked weights in place when one fits.
+    public init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                 group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
@@ -33,6 +40,9 @@ public final class DNNLConvolution {
         }
         let cout = weights.shape[0]
         outputShape = [inputShape[0], cout] + g.output
+        guard g.output.count == spatial, ShapeMath.elementCount(outputShape) != nil, ShapeMath.elementCount(inputShape) != nil else {
+            throw AnvilError.invalidTensor(name: "Conv", reason: "output \(outputShape) of input \(inputShape) is impossible")
+        }
         let plain: [dnnl_format_tag_t] = [dnnl_ncw, dnnl_nchw, dnnl_ncdhw]
         let last: [dnnl_format_tag_t] = [dnnl_nwc, dnnl_nhwc, dnnl_ndhwc]
         let blocked16: [dnnl_format_tag_t] = [dnnl_nCw16c, dnnl_nChw16c, dnnl_nCdhw16c]
@@ -56,7 +66,7 @@ public final class DNNLConvolution {
         let pb = g.padsBegin.map { Int64($0) }, pe = g.padsEnd.map { Int64($0) }
         try check(anvil_dnnl_conv_desc(&desc, &srcDesc, &anyWeights, &biasDesc, &dstDesc, Int32(spatial), s, d, pb, pe), "describing the convolution")
         kernel = try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: activation, residual: residual,
-                                           weights: weights.floats, userWeights: userWeights,
+                                           weights: weights, userWeights: userWeights,
                                            bias: bias?.floats ?? Array(repeating: 0, count: cout), biasDescriptor: biasDesc,
                                            outputCount: outputShape.reduce(1, *))
     }
@@ -91,7 +101,7 @@ final class DNNLDeconvolution {
     let kernel: DNNLWeightedPrimitive
 
     /// `weights` is ONNX's [Cin, Cout/group, k…]; `padsEnd` may not be negative.
-    init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, outputShape: [Int], strides: [Int], dilations: [Int],
+    init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, outputShape: [Int], strides: [Int], dilations: [Int],
          padsBegin: [Int], padsEnd: [Int], group: Int) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0, weights.shape[0] == inputShape[1],
@@ -113,7 +123,7 @@ final class DNNLDeconvolution {
         try check(anvil_dnnl_deconv_desc(&desc, &src, &anyWeights, &biasDesc, &dst, Int32(spatial), strides.map { Int64($0) }, dilations.map { Int64($0) },
                                          padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the deconvolution")
         kernel = try DNNLWeightedPrimitive(desc, what: "deconvolution", engine: engine, activation: nil, residual: false,
-                                           weights: weights.floats, userWeights: userWeights,
+                                           weights: weights, userWeights: userWeights,
                                            bias: bias?.floats ?? Array(repeating: 0, count: cout), biasDescriptor: biasDesc,
                                            outputCount: outputShape.reduce(1, *))
     }

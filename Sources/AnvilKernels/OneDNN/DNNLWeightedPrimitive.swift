@@ -10,21 +10,43 @@ final class DNNLWeightedPrimitive {
     let residual: Bool
     let weightDescriptor: dnnl_memory_desc_t
     let packedWeights: UnsafeMutableRawPointer
+    /// False when the packed weights lie in an engine file's mapping (used in place).
+    let ownsWeights: Bool
+    /// The packed weights as an engine file can store them; nil when they cannot be stored.
+    let storable: PackedWeights?
     let biasDescriptor: dnnl_memory_desc_t
     /// The bias values, 64-byte aligned, at a fixed address for prebound memory objects.
     let bias: UnsafeMutableBufferPointer<Float>
     /// Elements of the destination.
     let outputCount: Int
 
-    /// Creates the primitive for `operation` (a oneDNN op descriptor), then reorders
-    /// `weights` (row-major, described by `userWeights`) into its preferred layout.
+    /// Creates the primitive for `operation` (a oneDNN op descriptor), then takes the
+    /// weights in its preferred layout: a prepacked copy from the engine file when one
+    /// has that layout (used in place), else `weights` (row-major, described by
+    /// `userWeights`) reordered into it.
     init<Operation>(_ operation: Operation, what: String, engine: DNNLEngine, activation: Activation?, residual: Bool,
-                    weights: [Float], userWeights: dnnl_memory_desc_t, bias: [Float], biasDescriptor: dnnl_memory_desc_t, outputCount: Int) throws {
+                    weights: KernelWeights, userWeights: dnnl_memory_desc_t, bias: [Float], biasDescriptor: dnnl_memory_desc_t, outputCount: Int) throws {
         primitive = try DNNLPrimitive(operation, attributes: try DNNLAttributes(sum: residual, activation: activation), engine: engine, what: what)
         self.engine = engine
         self.residual = residual
         weightDescriptor = primitive.query(dnnl_query_weights_md)
-        packedWeights = try prepack(weights, from: userWeights, to: weightDescriptor, engine: engine)
+        var target = weightDescriptor
+        let bytes = anvil_dnnl_md_size(&target)
+        let user = LayoutCode(userWeights), packed = LayoutCode(weightDescriptor)
+        let data: UnsafeMutableRawPointer
+        if let user, let packed, let stored = weights.packed.first(where: { $0.user == user && $0.packed == packed && $0.data.count >= bytes }) {
+            data = UnsafeMutableRawPointer(mutating: stored.data.baseAddress!)
+            ownsWeights = false
+        } else {
+            data = try prepack(try weights.plain().floats, from: userWeights, to: weightDescriptor, engine: engine)
+            ownsWeights = true
+        }
+        packedWeights = data
+        if weights.exact, !weights.name.isEmpty, let user, let packed {
+            storable = PackedWeights(constant: weights.name, user: user, packed: packed, data: UnsafeRawBufferPointer(start: data, count: bytes))
+        } else {
+            storable = nil
+        }
         self.bias = .allocate(capacity: max(bias.count, 1))
         _ = self.bias.initialize(from: bias)
         self.biasDescriptor = biasDescriptor
@@ -32,7 +54,7 @@ final class DNNLWeightedPrimitive {
     }
 
     deinit {
-        packedWeights.deallocate()
+        if ownsWeights { packedWeights.deallocate() }
         bias.deallocate()
     }
 

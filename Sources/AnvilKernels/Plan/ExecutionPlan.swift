@@ -33,6 +33,53 @@ public final class SharedKernels: @unchecked Sendable {
 
     /// Number of kernels held (for reports).
     public var count: Int { lock.lock(); defer { lock.unlock() }; return kernels.count }
+
+    /// The kernels holding constant weights.
+    private var weighted: [DNNLWeightedPrimitive] {
+        lock.lock()
+        defer { lock.unlock() }
+        return kernels.values.compactMap { k in
+            switch k {
+            case let c as DNNLConvolution: c.kernel
+            case let m as DNNLMatMul: m.kernel
+            case let d as DNNLDeconvolution: d.kernel
+            default: nil
+            }
+        }
+    }
+
+    /// The prepacked weights of the kernels made so far that an engine file can
+    /// store, one per constant and layout, in a stable order.
+    public var storableWeights: [PackedWeights] {
+        var seen: [String: PackedWeights] = [:]
+        for k in weighted { if let p = k.storable { seen["\(p.constant)|\(p.user.values)|\(p.packed.values)"] = p } }
+        return seen.values.sorted { ($0.constant, $0.user, $0.packed) < ($1.constant, $1.user, $1.packed) }
+    }
+
+    /// Kernels with constant weights, and how many of them use prepacked weights from
+    /// the engine file in place (the others packed theirs when they were made).
+    public var weightsInPlace: (inPlace: Int, kernels: Int) {
+        let all = weighted
+        return (all.filter { !$0.ownsWeights }.count, all.count)
+    }
+}
+
+/// A memory plan as an engine file stores it: the arena's size and, by the first
+/// value each buffer holds, its size and offset. A plan adopts it only after
+/// checking that it fits its own buffers and that no two live buffers overlap.
+public struct StoredMemoryPlan: Sendable, Equatable {
+    public var arenaBytes: Int
+    public var buffers: [String: (bytes: Int, offset: Int)]
+
+    public init(arenaBytes: Int, buffers: [String: (bytes: Int, offset: Int)]) {
+        self.arenaBytes = arenaBytes
+        self.buffers = buffers
+    }
+
+    public static func == (a: StoredMemoryPlan, b: StoredMemoryPlan) -> Bool {
+        a.arenaBytes == b.arenaBytes && a.buffers.count == b.buffers.count
+            && a.buffers.allSatisfy { k, v in b.buffers[k].map { $0.bytes == v.bytes && $0.offset == v.offset } ?? false }
+    }
 }
 
 /// A compiled run of a graph for one set of input shapes: every value placed in
@@ -63,7 +110,7 @@ public final class ExecutionPlan {
     private var owned: [UnsafeMutableRawPointer] = []
 
     // Planning state.
-    private let constants: [String: Tensor]
+    private let constants: ConstantStore
     private let types: [String: (DataType, [Int])]
     private var lastUse: [String: Int] = [:]
     private var plainCopies: [String: PlanValue] = [:]
@@ -71,14 +118,15 @@ public final class ExecutionPlan {
 
     /// Plans `layers` for inputs of the given shapes. `types` gives every value's
     /// element type and shape for these inputs (recorded at build time or observed).
-    public init(layers: [Layer], constants: [String: Tensor], inputs: [(name: String, type: DataType, shape: [Int])],
-                outputs: [String], types: [String: (DataType, [Int])], engine: DNNLEngine, shared: SharedKernels) throws {
+    public init(layers: [Layer], constants: ConstantStore, inputs: [(name: String, type: DataType, shape: [Int])],
+                outputs: [String], types: [String: (DataType, [Int])], engine: DNNLEngine, shared: SharedKernels,
+                memoryPlan stored: StoredMemoryPlan? = nil) throws {
         self.engine = engine
         self.shared = shared
         self.constants = constants
         self.types = types
-        arena = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
-        scratchpad = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+        arena = try Self.allocateRegion(64, "activation arena")
+        scratchpad = try Self.allocateRegion(64, "scratchpad")
         for (i, l) in layers.enumerated() {
             for name in l.inputs where !name.isEmpty { lastUse[name] = i }
             for a in l.attributes.values {
@@ -101,19 +149,19 @@ public final class ExecutionPlan {
             if try !compileFast(layer) { try compileReference(layer) }
         }
         for name in outputs {
-            if let t = constants[name] { graphOutputs.append(.constant(t)); continue }
+            if let t = try constants.tensor(name) { graphOutputs.append(.constant(t)); continue }
             guard let v = values[name] else { throw PlanUnsupported(reason: "output '\(name)' is not produced") }
             let p = try plain(v)
             graphOutputs.append(.value(p))
             if p.buffer >= 0 { buffers[p.buffer].last = Int.max }
         }
-        try assignMemory()
+        try assignMemory(stored)
         for step in steps { try step.bind(self) }
     }
 
     deinit {
-        arena.deallocate()
-        scratchpad.deallocate()
+        free(arena)
+        free(scratchpad)
         for p in owned { p.deallocate() }
     }
 
@@ -257,6 +305,21 @@ public final class ExecutionPlan {
         return v
     }
 
+    /// A constant as a plan value: read in place from the engine file's mapping when
+    /// it is there (steps never write constants), else copied into plan memory.
+    private func constantValue(_ name: String) throws -> PlanValue? {
+        #if _endian(little)
+        if let (type, shape) = constants.type(of: name), let stable = constants.stableBytes(name), let base = stable.baseAddress {
+            let v = PlanValue(name: name, dataType: type, shape: shape, layout: nil, buffer: -1)
+            if stable.count == v.byteCount {
+                v.constant = UnsafeMutableRawPointer(mutating: base)
+                return v
+            }
+        }
+        #endif
+        return try constants.tensor(name).map { try constantValue(name, $0) }
+    }
+
     /// Plan-owned float scratch memory (freed with the plan).
     func ownedFloats(_ count: Int) -> UnsafeMutablePointer<Float> {
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 16) * 4, alignment: 64)
@@ -359,7 +422,7 @@ public final class ExecutionPlan {
 
     /// Places buffers in the arena: largest first, each at the lowest 64-byte-aligned
     /// offset free during its whole live range.
-    private func assignMemory() throws {
+    private func assignMemory(_ stored: StoredMemoryPlan?) throws {
         // A buffer placed inside another lives as long as it; only roots are placed.
         func root(_ b: Int) -> (Int, Int) {
             var b = b, delta = 0
@@ -382,7 +445,69 @@ public final class ExecutionPlan {
             buffers[r].first = min(buffers[r].first, buffers[b].first)
             buffers[r].last = max(buffers[r].last, buffers[b].last)
         }
-        let order = buffers.indices.filter { buffers[$0].parent == nil }.sorted { (buffers[$0].bytes, $1) > (buffers[$1].bytes, $0) }
+        let roots = buffers.indices.filter { buffers[$0].parent == nil }
+        var total = 0
+        if let stored, adopt(stored, roots: roots) {
+            total = stored.arenaBytes
+            usesStoredMemoryPlan = true
+        } else {
+            total = place(roots)
+        }
+        for b in buffers.indices where buffers[b].parent != nil {
+            let (r, delta) = root(b)
+            buffers[b].offset = buffers[r].offset + delta
+            buffers[b].first = buffers[r].first
+            buffers[b].last = buffers[r].last
+        }
+        arenaBytes = total
+        free(arena)
+        arena = try Self.allocateRegion(total, "activation arena")
+        scratchpadBytes = steps.compactMap { ($0 as? PrimitiveStep)?.primitive.scratchpadBytes }.max() ?? 0
+        free(scratchpad)
+        scratchpad = try Self.allocateRegion(scratchpadBytes, "scratchpad")
+    }
+
+    /// 64-byte-aligned memory for the arena or scratchpad; an error, not a trap, when
+    /// the system cannot give it (shapes from a damaged file can ask for anything).
+    static func allocateRegion(_ bytes: Int, _ what: String) throws -> UnsafeMutableRawPointer {
+        var p: UnsafeMutableRawPointer?
+        guard posix_memalign(&p, 64, max(bytes, 64)) == 0, let p else {
+            throw AnvilError.invalidArgument("cannot allocate \(bytes) bytes for the \(what)")
+        }
+        return p
+    }
+
+    /// Whether this plan took its offsets from an engine file's memory plan.
+    public private(set) var usesStoredMemoryPlan = false
+
+    /// Takes the offsets of a stored plan when it has every root buffer with its size,
+    /// all inside its arena, and no two buffers live at once overlap.
+    private func adopt(_ stored: StoredMemoryPlan, roots: [Int]) -> Bool {
+        guard stored.buffers.count == roots.count, stored.arenaBytes >= 0 else { return false }
+        var offsets: [Int] = []
+        var end = 0
+        for b in roots {
+            guard let name = buffers[b].names.first, let s = stored.buffers[name], s.bytes == buffers[b].bytes,
+                  s.offset >= 0, s.offset % 64 == 0, s.offset <= stored.arenaBytes - (s.bytes + 63) / 64 * 64 else { return false }
+            offsets.append(s.offset)
+            end = max(end, s.offset + (s.bytes + 63) / 64 * 64)
+        }
+        // The arena is exactly as large as its buffers reach (a file cannot ask for more).
+        guard stored.arenaBytes == end else { return false }
+        for i in roots.indices {
+            for j in roots.indices where j > i {
+                let a = buffers[roots[i]], b = buffers[roots[j]]
+                if a.first <= b.last && b.first <= a.last && offsets[i] < offsets[j] + b.bytes && offsets[j] < offsets[i] + a.bytes { return false }
+            }
+        }
+        for (i, b) in roots.enumerated() { buffers[b].offset = offsets[i] }
+        return true
+    }
+
+    /// Places root buffers by liveness, largest first, each at the lowest offset free
+    /// during its life; returns the arena size.
+    private func place(_ roots: [Int]) -> Int {
+        let order = roots.sorted { (buffers[$0].bytes, $1) > (buffers[$1].bytes, $0) }
         var placed: [Int] = []
         var total = 0
         for b in order {
@@ -398,18 +523,14 @@ public final class ExecutionPlan {
             placed.append(b)
             total = max(total, offset + size)
         }
-        for b in buffers.indices where buffers[b].parent != nil {
-            let (r, delta) = root(b)
-            buffers[b].offset = buffers[r].offset + delta
-            buffers[b].first = buffers[r].first
-            buffers[b].last = buffers[r].last
-        }
-        arenaBytes = total
-        arena.deallocate()
-        arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
-        scratchpadBytes = steps.compactMap { ($0 as? PrimitiveStep)?.primitive.scratchpadBytes }.max() ?? 0
-        scratchpad.deallocate()
-        scratchpad = UnsafeMutableRawPointer.allocate(byteCount: max(scratchpadBytes, 64), alignment: 64)
+        return total
+    }
+
+    /// This plan's memory plan in the form an engine file stores.
+    public var storedMemoryPlan: StoredMemoryPlan {
+        var stored = StoredMemoryPlan(arenaBytes: arenaBytes, buffers: [:])
+        for b in buffers where b.parent == nil { if let name = b.names.first { stored.buffers[name] = (b.bytes, b.offset) } }
+        return stored
     }
 
     /// The memory plan: every arena buffer with its offset, size, live steps and values.
@@ -465,7 +586,7 @@ public final class ExecutionPlan {
         }
         let inputs: [ReferenceStep.Either] = try layer.inputs.map { name in
             if name.isEmpty { return .absent }
-            if let t = constants[name] { return .constant(t) }
+            if let t = try constants.tensor(name) { return .constant(t) }
             guard let v = values[name] else { throw PlanUnsupported(reason: "'\(name)' has no value before layer '\(layer.name)'") }
             return .value(try plain(v))
         }
@@ -485,7 +606,7 @@ public final class ExecutionPlan {
         let outputs = layer.outputs.filter { !$0.isEmpty }
         guard !outputs.isEmpty else { return false }
         // Every non-constant input must have been planned already.
-        for name in layer.inputs where !name.isEmpty && constants[name] == nil && values[name] == nil {
+        for name in layer.inputs where !name.isEmpty && !constants.contains(name) && values[name] == nil {
             throw PlanUnsupported(reason: "'\(name)' has no value before layer '\(layer.name)'")
         }
         do {
@@ -512,6 +633,11 @@ public final class ExecutionPlan {
         func constant(_ i: Int) -> Tensor? {
             i < layer.inputs.count ? plan.constants[layer.inputs[i]] : nil
         }
+        /// A constant input as kernel weights (not made into a tensor unless the kernel needs it plain).
+        func weights(_ i: Int) -> KernelWeights? {
+            i < layer.inputs.count ? plan.constants.weights(layer.inputs[i]) : nil
+        }
+        func isConstant(_ i: Int) -> Bool { i < layer.inputs.count && plan.constants.contains(layer.inputs[i]) }
         func value(_ i: Int) -> PlanValue? {
             i < layer.inputs.count && !layer.inputs[i].isEmpty ? plan.values[layer.inputs[i]] : nil
         }
@@ -536,6 +662,7 @@ public final class ExecutionPlan {
             case "ConvTranspose": return try convTranspose()
             case "BatchNormalization": return try batchNormalization()
             case "Resize": return try resize()
+            case "Gather": return try gather()
             default: return try eltwise()
             }
         }
@@ -554,8 +681,8 @@ public final class ExecutionPlan {
 
         /// The convolution kernel's sharing key and maker for an input shape; nil when oneDNN does not apply.
         func convolutionKernel(inputShape: [Int]) throws -> (String, () throws -> DNNLConvolution)? {
-            guard op == "Conv" || op == "anvil.FusedConv", layer.tactic != "reference", let w = constant(1), w.dataType == .float,
-                  w.rank == inputShape.count, (3...5).contains(w.rank), !present(2) || constant(2) != nil else { return nil }
+            guard op == "Conv" || op == "anvil.FusedConv", layer.tactic != "reference", let w = weights(1), w.dataType == .float,
+                  w.rank == inputShape.count, (3...5).contains(w.rank), !present(2) || isConstant(2) else { return nil }
             let attrs = try WindowAttributes(context)
             let g = try attrs.geometry(context, input: Array(inputShape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
             guard g.output.allSatisfy({ $0 > 0 }), inputShape[1] == w.shape[1] * attrs.group else { return nil }
@@ -588,7 +715,7 @@ public final class ExecutionPlan {
         /// The matmul kernel's sharing key and maker for an input shape; nil when oneDNN does not apply.
         func matmulKernel(inputShape: [Int]) throws -> (String, () throws -> DNNLMatMul)? {
             guard ["MatMul", "anvil.FusedMatMul", "Gemm", "anvil.FusedGemm"].contains(op), layer.tactic != "reference",
-                  let w = constant(1), w.dataType == .float, w.rank == 2 else { return nil }
+                  let w = weights(1), w.dataType == .float, w.rank == 2 else { return nil }
             let gemm = layer.opType.hasSuffix("Gemm")
             let a = attributes
             let transB = gemm ? try a.int("transB", 0) != 0 : false
@@ -613,7 +740,7 @@ public final class ExecutionPlan {
         }
 
         func matmul() throws -> Bool {
-            if op == "MatMul", constant(1) == nil || constant(1)!.rank != 2 { return try batchedMatmul() }
+            if op == "MatMul", weights(1)?.rank != 2 { return try batchedMatmul() }
             guard let x = value(0), x.dataType == .float, let (key, make) = try matmulKernel(inputShape: x.shape) else { return false }
             let residualValue = present(3) ? value(3) : nil
             if present(3) && residualValue == nil { return false }
@@ -713,6 +840,33 @@ public final class ExecutionPlan {
             }
         }
 
+        /// Gather along axis 0 (embedding lookups): rows copied from the table, which a
+        /// constant table supplies in place from the engine file. Indices are checked at run time.
+        func gather() throws -> Bool {
+            guard present(0), present(1), let indices = value(1), indices.dataType == .int64 || indices.dataType == .int32,
+                  let (type, shape) = try? outputType(), type != .string else { return false }
+            let tableShape = isConstant(0) ? plan.constants.type(of: layer.inputs[0])?.1 : value(0)?.shape
+            guard let tableShape, !tableShape.isEmpty, try attributes.int("axis", 0) == 0 || ShapeMath.normalizeAxis(try attributes.int("axis", 0), rank: tableShape.count) == 0,
+                  shape == indices.shape + tableShape.dropFirst() else { return false }
+            guard let table = try operand(0), table.dataType == type else { return false }
+            let t = try plan.plain(table), i = try plan.plain(indices)
+            let out = plan.newValue(layer.outputs[0], type, shape)
+            let rows = tableShape[0], rowBytes = tableShape.dropFirst().reduce(1, *) * type.byteSize, count = indices.shape.reduce(1, *)
+            let wide = indices.dataType == .int64, name = layer.name
+            plan.steps.append(SwiftStep(layer: layer.name, reads: [t, i], writes: [out]) { p in
+                let source = p.address(t), target = p.address(out), index = p.address(i)
+                for k in 0..<count {
+                    var row = wide ? Int(index.load(fromByteOffset: 8 * k, as: Int64.self)) : Int(index.load(fromByteOffset: 4 * k, as: Int32.self))
+                    if row < 0 { row += rows }
+                    guard row >= 0, row < rows else {
+                        throw AnvilError.invalidNode(node: name, op: "Gather", reason: "index \(row) is outside [-\(rows), \(rows - 1)]")
+                    }
+                    (target + k * rowBytes).copyMemory(from: source + row * rowBytes, byteCount: rowBytes)
+                }
+            })
+            return true
+        }
+
         func eltwise() throws -> Bool {
             guard let (alg, alpha, beta) = try eltwiseAlgorithm(), let x = value(0), x.dataType == .float else { return false }
             var data = try x.descriptor()
@@ -731,7 +885,7 @@ public final class ExecutionPlan {
         /// A plan value for input `i` (a constant copied into plan storage), nil when absent.
         func operand(_ i: Int) throws -> PlanValue? {
             if let v = value(i) { return v }
-            if let t = constant(i) { return try plan.constantValue(layer.inputs[i], t) }
+            if isConstant(i) { return try plan.constantValue(layer.inputs[i]) }
             return nil
         }
 
@@ -842,8 +996,8 @@ public final class ExecutionPlan {
         func view() throws -> Bool {
             guard let v = value(0) else { return false }
             switch op {
-            case "Reshape": guard present(1), constant(1) != nil else { return false }
-            case "Squeeze", "Unsqueeze": if present(1) && constant(1) == nil { return false }
+            case "Reshape": guard present(1), isConstant(1) else { return false }
+            case "Squeeze", "Unsqueeze": if present(1) && !isConstant(1) { return false }
             case "Dropout": if present(2) { guard let m = constant(2), m.count == 1, m.doubles[0] == 0 else { return false } }
             default: break
             }
@@ -902,8 +1056,8 @@ public final class ExecutionPlan {
         /// ConvTranspose with explicit (or no) pads on oneDNN's deconvolution; the
         /// output size comes from the build-time shapes, the end padding absorbs output_padding.
         func convTranspose() throws -> Bool {
-            guard let x = value(0), x.dataType == .float, (3...5).contains(x.shape.count), let w = constant(1), w.dataType == .float,
-                  w.rank == x.shape.count, !present(2) || constant(2) != nil else { return false }
+            guard let x = value(0), x.dataType == .float, (3...5).contains(x.shape.count), let w = weights(1), w.dataType == .float,
+                  w.rank == x.shape.count, !present(2) || isConstant(2) else { return false }
             let a = attributes
             let n = x.shape.count - 2
             guard try a.string("auto_pad", "NOTSET") == "NOTSET" || (try a.string("auto_pad", "NOTSET")) == "VALID", !a.has("output_shape") else { return false }

@@ -57,7 +57,7 @@ public final class TimingCache {
 public enum TacticSelector {
     /// Returns the chosen tactic ("onednn:blocked", "onednn:plain", "onednn:nhwc") by layer name.
     /// `types` gives every value's shape; `machine` names this CPU in the cache keys.
-    public static func chooseConvolutionLayouts(layers: [Layer], constants: [String: Tensor], types: [String: (DataType, [Int])],
+    public static func chooseConvolutionLayouts(layers: [Layer], constants: ConstantStore, types: [String: (DataType, [Int])],
                                                 engine: DNNLEngine, cache: TimingCache, machine: String,
                                                 progress: ((Int, Int) -> Void)? = nil) -> [String: String] {
         var layoutOf: [String: String] = [:]
@@ -174,7 +174,7 @@ struct ConvolutionSpec {
     let activation: Activation?
     let residual: Bool
 
-    init(_ layer: Layer, constants: [String: Tensor], inputShape: [Int]) throws {
+    init(_ layer: Layer, constants: ConstantStore, inputShape: [Int]) throws {
         let context = EvalContext(name: layer.name, opType: layer.opType, domain: layer.domain, outputCount: layer.outputs.count,
                                   attributes: layer.attributes, opset: layer.opset, inputs: []) { _, _ in [] }
         guard layer.inputs.count > 1, let w = constants[layer.inputs[1]], w.dataType == .float, w.rank == inputShape.count,

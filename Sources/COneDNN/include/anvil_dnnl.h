@@ -42,6 +42,20 @@ size_t anvil_dnnl_scratchpad_size(const_dnnl_primitive_desc_t pd);
 /// The memory descriptor a primitive descriptor reports for `what` (index 0).
 dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_query_t what, int index);
 
+/// Most int64 values an encoded memory descriptor takes.
+#define ANVIL_MD_CODE_MAX 96
+
+/// Writes a canonical, version-independent encoding of a plain or blocked memory
+/// descriptor (for engine files) into `out`; returns the number of values, or -1
+/// when the descriptor is not representable (Winograd or packed formats, offsets,
+/// extra flags such as int8 compensation).
+int anvil_dnnl_md_encode(const dnnl_memory_desc_t *md, int64_t *out);
+
+/// Rebuilds a descriptor from `anvil_dnnl_md_encode`'s values after checking every
+/// field (rank, types, dimensions, blocks, strides); returns 0 and the number of
+/// bytes the described memory can touch in `extent`, or -1 for an invalid encoding.
+int anvil_dnnl_md_decode(const int64_t *in, int count, dnnl_memory_desc_t *md, size_t *extent);
+
 /// Sets the number of threads oneDNN's OpenMP runtime uses; 0 when it cannot (no OpenMP).
 int anvil_set_threads(int n);
 

@@ -1,0 +1,115 @@
+import AnvilCore
+import COneDNN
+
+/// A oneDNN memory layout in the canonical form engine files store
+/// (`anvil_dnnl_md_encode`): rank, element type, dimensions, padded dimensions,
+/// strides and inner blocks. Only plain and blocked layouts have one.
+public struct LayoutCode: Hashable, Sendable, Comparable {
+    public let values: [Int64]
+
+    public init(values: [Int64]) { self.values = values }
+
+    /// The code of a descriptor; nil when it is not representable.
+    init?(_ descriptor: dnnl_memory_desc_t) {
+        var md = descriptor
+        var out = [Int64](repeating: 0, count: Int(ANVIL_MD_CODE_MAX))
+        let n = anvil_dnnl_md_encode(&md, &out)
+        guard n > 0 else { return nil }
+        values = Array(out.prefix(Int(n)))
+    }
+
+    /// The descriptor and the bytes it can touch; nil for an invalid code (checked field by field).
+    var descriptor: (dnnl_memory_desc_t, extent: Int)? {
+        var md = dnnl_memory_desc_t()
+        var extent = 0
+        guard values.count <= Int(ANVIL_MD_CODE_MAX), anvil_dnnl_md_decode(values, Int32(values.count), &md, &extent) == 0 else { return nil }
+        return (md, extent)
+    }
+
+    public static func < (a: LayoutCode, b: LayoutCode) -> Bool { a.values.lexicographicallyPrecedes(b.values) }
+}
+
+/// A constant's weights prepacked for a oneDNN kernel, as an engine file stores
+/// them: the layout of the plain constant (`user`), the packed layout, and the
+/// packed bytes (in the mapped file, used in place).
+public struct PackedWeights: @unchecked Sendable {
+    public let constant: String
+    public let user: LayoutCode
+    public let packed: LayoutCode
+    public let data: UnsafeRawBufferPointer
+
+    public init(constant: String, user: LayoutCode, packed: LayoutCode, data: UnsafeRawBufferPointer) {
+        self.constant = constant
+        self.user = user
+        self.packed = packed
+        self.data = data
+    }
+
+    /// Checks the layouts against the constant's type and shape and the data's size;
+    /// a reason when they do not fit.
+    public func problem(type: DataType, shape: [Int]) -> String? {
+        guard let (user, userExtent) = user.descriptor, let (packed, packedExtent) = packed.descriptor else { return "has an invalid layout" }
+        guard type == .float, user.data_type == dnnl_f32, packed.data_type == dnnl_f32 else { return "is not FP32" }
+        // Codes start with rank, element type and the dimensions.
+        let userDims = self.user.values[2..<(2 + Int(user.ndims))], packedDims = self.packed.values[2..<(2 + Int(packed.ndims))]
+        guard let count = ShapeMath.elementCount(shape), Array(userDims) == Array(packedDims), ShapeMath.elementCount(userDims.map { Int($0) }) == count,
+              userExtent <= count * 4 else { return "does not fit the constant's shape \(shape)" }
+        // A packed layout covers at least its elements (this also bounds what unpacking allocates).
+        guard packedExtent >= count * 4, packedExtent <= data.count else { return "has \(data.count) bytes for layout of \(packedExtent)" }
+        return nil
+    }
+
+    /// The plain constant, reordered back from the packed bytes (for layers that need it plain).
+    func unpacked(shape: [Int], engine: DNNLEngine) throws -> Tensor {
+        guard let (user, _) = user.descriptor, let (packed, _) = packed.descriptor else {
+            throw AnvilError.invalidTensor(name: constant, reason: "prepacked weights have an invalid layout")
+        }
+        var values = [Float](repeating: 0, count: ShapeMath.elementCount(shape) ?? 0)
+        try values.withUnsafeMutableBytes { out in
+            let from = try DNNLMemory(packed, engine: engine, data: UnsafeMutableRawPointer(mutating: data.baseAddress!))
+            let to = try DNNLMemory(user, engine: engine, data: out.baseAddress!)
+            try reorderPrimitive(from: packed, to: user, engine: engine).execute(try DNNLStream(engine: engine), [(DNNL_ARG_FROM, from), (DNNL_ARG_TO, to)])
+        }
+        return try Tensor(floats: values, shape: shape)
+    }
+}
+
+/// Constant weights as a oneDNN kernel receives them: the shape, the plain values
+/// on demand, and prepacked copies from the engine file that the kernel uses in
+/// place when its layout matches one.
+public struct KernelWeights: @unchecked Sendable {
+    public let name: String
+    public let dataType: DataType
+    public let shape: [Int]
+    let plain: () throws -> Tensor
+    let packed: [PackedWeights]
+    /// Whether a kernel's packed copy is a reorder of the constant (not scaled), so a file may store it.
+    let exact: Bool
+
+    public init(name: String, dataType: DataType, shape: [Int], packed: [PackedWeights], plain: @escaping () throws -> Tensor) {
+        self.init(name: name, dataType: dataType, shape: shape, packed: packed, exact: true, plain: plain)
+    }
+
+    init(name: String, dataType: DataType, shape: [Int], packed: [PackedWeights], exact: Bool, plain: @escaping () throws -> Tensor) {
+        self.exact = exact
+        self.name = name
+        self.dataType = dataType
+        self.shape = shape
+        self.packed = packed
+        self.plain = plain
+    }
+
+    /// Weights given as a tensor (no prepacked copies).
+    public init(_ tensor: Tensor, name: String = "") {
+        self.init(name: name, dataType: tensor.dataType, shape: tensor.shape, packed: []) { tensor }
+    }
+
+    public var rank: Int { shape.count }
+
+    /// The same weights scaled by `alpha` (Gemm's α): prepacked copies no longer apply.
+    func scaled(_ alpha: Float) -> KernelWeights {
+        guard alpha != 1 else { return self }
+        let plain = self.plain, shape = self.shape
+        return KernelWeights(name: name, dataType: dataType, shape: shape, packed: [], exact: false) { try Tensor(floats: try plain().floats.map { $0 * alpha }, shape: shape) }
+    }
+}

@@ -1,0 +1,126 @@
+import AnvilCore
+import Foundation
+
+/// A graph's constants, made into tensors only when something asks for them.
+///
+/// An engine file's constants stay in its mapping: plain ones are decoded on first
+/// use, and weights the file holds only prepacked (for oneDNN kernels, which use
+/// them in place) are reordered back to plain only if a layer needs them so. Safe
+/// to share between threads.
+public final class ConstantStore: @unchecked Sendable {
+    /// Where a constant's values are.
+    public enum Source {
+        case tensor(Tensor)
+        /// Little-endian bytes (in a mapped file), decoded on first use.
+        case bytes(UnsafeRawBufferPointer)
+        /// Only prepacked weights (`packed`) hold the values.
+        case packed
+    }
+
+    struct Entry { let type: DataType; let shape: [Int]; let source: Source }
+
+    public let names: [String]
+    private let entries: [String: Entry]
+    private let packedByName: [String: [PackedWeights]]
+    /// Keeps the memory the sources point into alive (an engine file's mapping).
+    private let owner: AnyObject?
+    private let lock = NSLock()
+    private var made: [String: Tensor] = [:]
+    private var unpackEngine: DNNLEngine?
+
+    /// Constants held as tensors.
+    public convenience init(_ tensors: [(name: String, value: Tensor)]) {
+        try! self.init(tensors.map { ($0.name, $0.value.dataType, $0.value.shape, .tensor($0.value)) }, packed: [], owner: nil)
+    }
+
+    /// Constants from an engine file; checks that every byte range fits its shape and
+    /// that every constant held only prepacked has weights it can be unpacked from.
+    public init(_ constants: [(name: String, type: DataType, shape: [Int], source: Source)], packed: [PackedWeights], owner: AnyObject?) throws {
+        var entries: [String: Entry] = [:]
+        var names: [String] = []
+        var byName: [String: [PackedWeights]] = [:]
+        for p in packed { byName[p.constant, default: []].append(p) }
+        for c in constants where entries[c.name] == nil {
+            guard let n = ShapeMath.elementCount(c.shape) else { throw AnvilError.invalidTensor(name: c.name, reason: "shape \(c.shape) is invalid") }
+            switch c.source {
+            case .tensor: break
+            case .bytes(let b):
+                guard c.type != .string, b.count == n * c.type.byteSize else {
+                    throw AnvilError.invalidTensor(name: c.name, reason: "has \(b.count) bytes for \(n) \(c.type) values")
+                }
+            case .packed:
+                guard let first = byName[c.name]?.first else { throw AnvilError.invalidTensor(name: c.name, reason: "has no values and no prepacked weights") }
+                if let problem = first.problem(type: c.type, shape: c.shape) { throw AnvilError.invalidTensor(name: c.name, reason: "prepacked weights \(problem)") }
+            }
+            entries[c.name] = Entry(type: c.type, shape: c.shape, source: c.source)
+            names.append(c.name)
+        }
+        for p in packed {
+            guard let e = entries[p.constant] else { throw AnvilError.invalidTensor(name: p.constant, reason: "prepacked weights of an unknown constant") }
+            if let problem = p.problem(type: e.type, shape: e.shape) { throw AnvilError.invalidTensor(name: p.constant, reason: "prepacked weights \(problem)") }
+        }
+        self.names = names
+        self.entries = entries
+        self.packedByName = byName
+        self.owner = owner
+    }
+
+    public var count: Int { names.count }
+    public func contains(_ name: String) -> Bool { entries[name] != nil }
+    public func type(of name: String) -> (DataType, [Int])? { entries[name].map { ($0.type, $0.shape) } }
+
+    /// Every prepacked weight the store holds.
+    public var packed: [PackedWeights] { names.flatMap { packedByName[$0] ?? [] } }
+    /// Whether the constant's plain values are absent (only prepacked).
+    public func isPackedOnly(_ name: String) -> Bool {
+        if case .packed? = entries[name]?.source { return true }
+        return false
+    }
+
+    /// The constant as a tensor (decoded or unpacked on first use); nil when there is none by that name.
+    public subscript(name: String) -> Tensor? { try? tensor(name) }
+
+    public func tensor(_ name: String) throws -> Tensor? {
+        guard let e = entries[name] else { return nil }
+        if case .tensor(let t) = e.source { return t }
+        lock.lock()
+        if let t = made[name] { lock.unlock(); return t }
+        lock.unlock()
+        let t: Tensor
+        switch e.source {
+        case .tensor(let x): t = x
+        case .bytes(let b): t = try Tensor.fromLittleEndian(e.type, shape: e.shape, bytes: b, name: name)
+        case .packed: t = try packedByName[name]![0].unpacked(shape: e.shape, engine: try engineForUnpacking())
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if let existing = made[name] { return existing }
+        made[name] = t
+        return t
+    }
+
+    /// The constant's little-endian bytes where they stay valid as long as the store
+    /// (an engine file's mapping): kernels read them in place. Nil for other sources.
+    public func stableBytes(_ name: String) -> UnsafeRawBufferPointer? {
+        if case .bytes(let b)? = entries[name]?.source { return b }
+        return nil
+    }
+
+    /// The constant as a oneDNN kernel takes it: shape, prepacked copies, plain values on demand.
+    public func weights(_ name: String) -> KernelWeights? {
+        guard let e = entries[name] else { return nil }
+        return KernelWeights(name: name, dataType: e.type, shape: e.shape, packed: packedByName[name] ?? []) { [self] in
+            guard let t = try tensor(name) else { throw AnvilError.invalidTensor(name: name, reason: "no such constant") }
+            return t
+        }
+    }
+
+    private func engineForUnpacking() throws -> DNNLEngine {
+        lock.lock()
+        defer { lock.unlock() }
+        if let unpackEngine { return unpackEngine }
+        let e = try DNNLEngine()
+        unpackEngine = e
+        return e
+    }
+}
