@@ -226,4 +226,42 @@ extension PlanTests {
             XCTAssertTrue(comparison.passed, "trial \(trial) \(op): \(comparison)")
         }
     }
+    /// Gather along axis 0 (embedding lookups) with a constant table read in place from
+    /// the engine file, or a runtime table; int64 and int32 indices, negative ones too.
+    func testGatherRowsMatchTheReference() throws {
+        var rng = SeededGenerator(seed: 17)
+        for trial in 0..<24 {
+            let rows = Int.random(in: 1...50, using: &rng)
+            let rowShape = (0..<Int.random(in: 0...2, using: &rng)).map { _ in Int.random(in: 1...7, using: &rng) }
+            let indexShape = (0..<Int.random(in: 0...2, using: &rng)).map { _ in Int.random(in: 1...6, using: &rng) }
+            let count = indexShape.reduce(1, *)
+            let picks = (0..<count).map { _ in Int64.random(in: -Int64(rows)..<Int64(rows), using: &rng) }
+            let wide = trial % 2 == 0, constantTable = trial % 3 != 0
+            let indexType: DataType = wide ? .int64 : .int32
+            var inputs = [ValueInfo(name: "i", type: TensorType(indexType, shape: indexShape))]
+            var initializers: [(String, Tensor)] = []
+            let table = try random([rows] + rowShape, &rng)
+            if constantTable { initializers.append(("table", table)) } else { inputs.append(ValueInfo(name: "table", type: f([rows] + rowShape))) }
+            let g = Graph(name: "gather\(trial)", inputs: inputs, outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: "Gather", inputs: ["table", "i"], outputs: ["y"], attributes: ["axis": .int(trial % 4 == 1 ? Int64(-1 - rowShape.count) : 0)])],
+                          initializers: initializers)
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            var feeds: [String: Tensor] = ["i": try Tensor(indexType, shape: indexShape, int64s: picks)]
+            if !constantTable { feeds["table"] = table }
+            let expected = try ReferenceExecutor(model: m).run(feeds)[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let bytes = try builder.build(m, name: "t").file.encoded()
+            let engine = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "t.anvil") }, name: "t.anvil")
+            let context = ExecutionContext(engine: engine)
+            XCTAssertEqual(try context.run(feeds)[0].value, expected, "trial \(trial)")
+            XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift", "trial \(trial)")
+            // An index outside the table is an error naming the layer, not a crash.
+            var bad = feeds
+            bad["i"] = try Tensor(indexType, shape: indexShape, int64s: picks.enumerated().map { $0.offset == 0 ? Int64(rows) : $0.element })
+            if count > 0 {
+                XCTAssertThrowsError(try context.run(bad)) { XCTAssertTrue("\($0)".contains("test") && "\($0)".contains("outside"), "\($0)") }
+            }
+        }
+    }
 }
