@@ -51,7 +51,7 @@ struct BuildSettings {
             guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
         }
         let engine = result.engine
-        let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count)
+        let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count, building: engine.storableWeights)
         if let output {
             step("writing \(output)")
             try TensorFiles.writeAll([(output, bytes)])

@@ -42,15 +42,25 @@ struct EngineReport: Encodable {
         let offset: Int, bytes: Int, firstStep: Int, lastStep: Int, values: [String]
         enum CodingKeys: String, CodingKey { case offset = "Offset", bytes = "Bytes", firstStep = "FirstStep", lastStep = "LastStep", values = "Values" }
     }
+    /// The WEIGHTS section: prepacked weights, and how many kernels read them in place.
+    struct PrepackedWeights: Encodable {
+        let entries: Int, bytes: Int
+        /// Kernels of the loaded engine that use them in place (nil for an engine being built, which packed its own).
+        let kernelsUsingThemInPlace: Int?
+        let kernels: Int
+        enum CodingKeys: String, CodingKey { case entries = "Entries", bytes = "Bytes", kernelsUsingThemInPlace = "KernelsUsingThemInPlace", kernels = "Kernels" }
+    }
     struct MemoryPlan: Encodable {
         let planned: Bool
+        /// Whether the plan's offsets came from the file's MEMPLAN section.
+        let fromFile: Bool
         let reason: String?
         let arenaBytes: Int
         let scratchpadBytes: Int
         let bytesWithoutReuse: Int
         let buffers: [Buffer]
         enum CodingKeys: String, CodingKey {
-            case planned = "Planned", reason = "Reason", arenaBytes = "ArenaBytes", scratchpadBytes = "ScratchpadBytes"
+            case planned = "Planned", fromFile = "FromFile", reason = "Reason", arenaBytes = "ArenaBytes", scratchpadBytes = "ScratchpadBytes"
             case bytesWithoutReuse = "BytesWithoutReuse", buffers = "Buffers"
         }
     }
@@ -65,12 +75,15 @@ struct EngineReport: Encodable {
     let layers: [LayerInfo]
     let constantBytes: Int
     let memoryPlan: MemoryPlan
+    let prepackedWeights: PrepackedWeights
     enum CodingKeys: String, CodingKey {
         case file = "File", producer = "Producer", requiredCPUFeatures = "RequiredCPUFeatures", bytes = "Bytes", inputs = "Inputs", outputs = "Outputs"
         case bindings = "Bindings", profile = "Profile", layers = "Layers", constantBytes = "ConstantBytes", memoryPlan = "MemoryPlan"
+        case prepackedWeights = "PrepackedWeights"
     }
 
-    init(engine: Engine, file: String, bytes: Int) throws {
+    /// `building`: the engine the builder planned (its kernels packed their own weights; `weights` are the ones written).
+    init(engine: Engine, file: String, bytes: Int, building weights: [PackedWeights]? = nil) throws {
         self.file = file
         producer = engine.producer
         requiredCPUFeatures = engine.requiredFeatures.description.isEmpty ? "none" : engine.requiredFeatures.description
@@ -109,7 +122,11 @@ struct EngineReport: Encodable {
                              metadata: l.fusedFrom.joined(separator: " + "), fusedFrom: l.fusedFrom)
         }
         constantBytes = constants.values.reduce(0) { $0 + $1.count * max($1.dataType.byteSize, 1) }
-        memoryPlan = MemoryPlan(planned: plan != nil, reason: failure, arenaBytes: plan?.arenaBytes ?? 0, scratchpadBytes: plan?.scratchpadBytes ?? 0,
+        let stored = weights ?? engine.graph.constants.packed
+        let usage = engine.weightsInPlace
+        prepackedWeights = PrepackedWeights(entries: stored.count, bytes: stored.reduce(0) { $0 + $1.data.count },
+                                            kernelsUsingThemInPlace: weights == nil ? usage.inPlace : nil, kernels: usage.kernels)
+        memoryPlan = MemoryPlan(planned: plan != nil, fromFile: plan?.usesStoredMemoryPlan ?? false, reason: failure, arenaBytes: plan?.arenaBytes ?? 0, scratchpadBytes: plan?.scratchpadBytes ?? 0,
                                 bytesWithoutReuse: plan?.unplannedBytes ?? 0,
                                 buffers: (plan?.memoryPlan ?? []).map { Buffer(offset: $0.offset, bytes: $0.bytes, firstStep: $0.firstStep,
                                                                               lastStep: $0.lastStep == Int.max ? -1 : $0.lastStep, values: $0.values) })
@@ -132,9 +149,12 @@ struct EngineReport: Encodable {
             if l.fusedFrom.count > 1 || l.fusedFrom != [l.name] { s += "\n      fused from: \(l.fusedFrom.joined(separator: " + "))" }
             s += "\n"
         }
+        let w = prepackedWeights
+        s += "Prepacked weights: \(w.entries) (\(ModelReport.bytes(w.bytes)))"
+            + (w.kernelsUsingThemInPlace.map { ", used in place by \($0) of \(w.kernels) weighted kernels" } ?? "") + "\n"
         let m = memoryPlan
         if m.planned {
-            s += "Memory plan: arena \(ModelReport.bytes(m.arenaBytes)) for \(ModelReport.bytes(m.bytesWithoutReuse)) of activations "
+            s += "Memory plan\(m.fromFile ? " (from the file)" : ""): arena \(ModelReport.bytes(m.arenaBytes)) for \(ModelReport.bytes(m.bytesWithoutReuse)) of activations "
                 + "(\(m.buffers.count) buffers reused by liveness), scratchpad \(ModelReport.bytes(m.scratchpadBytes))\n"
             for b in m.buffers.sorted(by: { $0.bytes > $1.bytes }).prefix(12) {
                 s += "  offset \(b.offset): \(ModelReport.bytes(b.bytes)), steps \(b.firstStep)...\(b.lastStep < 0 ? "end" : String(b.lastStep)): \(b.values.prefix(3).joined(separator: ", "))"

@@ -189,7 +189,9 @@ extension BuildCommandTests {
         XCTAssertEqual(text.status, 0, text.stderr)
         XCTAssertTrue(text.stdout.contains("ai.anvil.FusedConv [onednn:"), text.stdout)
         XCTAssertTrue(text.stdout.contains("fused from: /block/block.3/Conv + /block/block.4/BatchNormalization + /Add + /relu/Relu"), text.stdout)
-        XCTAssertTrue(text.stdout.contains("Memory plan: arena"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("Memory plan (from the file): arena"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("Prepacked weights: 4 ("), text.stdout)
+        XCTAssertTrue(text.stdout.contains("used in place by 4 of 4 weighted kernels"), text.stdout)
         let json = try TestSupport.run(["inspect", engine, "--format", "json"])
         let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
         // TensorRT engine-inspector shape: Layers with Name, LayerType, Inputs/Outputs (Dimensions, Format/Datatype), TacticName.
@@ -206,6 +208,10 @@ extension BuildCommandTests {
         XCTAssertEqual(plan["Planned"] as? Bool, true)
         XCTAssertGreaterThan(plan["ArenaBytes"] as? Int ?? 0, 0)
         XCTAssertLessThanOrEqual(plan["ArenaBytes"] as? Int ?? 0, plan["BytesWithoutReuse"] as? Int ?? 0)
+        XCTAssertEqual(plan["FromFile"] as? Bool, true)
+        let weights = try XCTUnwrap(object?["PrepackedWeights"] as? [String: Any])
+        XCTAssertEqual(weights["Entries"] as? Int, 4)
+        XCTAssertEqual(weights["KernelsUsingThemInPlace"] as? Int, 4)
     }
 
     /// --minShapes/--optShapes/--maxShapes profiles: inputs inside run, outside are refused; --shapes must fit the model.
