@@ -73,7 +73,11 @@ public struct EngineBuilder {
         // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks them.
         let packedOnly = Set(weights.map(\.constant))
         let isStatic = !graph.valueTypes.isEmpty && graph.valueTypes.values.allSatisfy { $0.concreteShape != nil }
-        let file = try Engine.file(for: graph, producer: producer, requiredFeatures: [], metadata: Array(meta.utf8), profile: profile,
+        // The engine needs the instruction set its kernels were chosen and its weights packed for.
+        let implementations = plan?.stepSummary.map(\.implementation) ?? []
+        let required: CPUFeatures = implementations.contains { $0.contains("avx512") } ? [.avx512Core]
+            : implementations.contains { $0.contains("avx2") } ? [.avx2] : []
+        let file = try Engine.file(for: graph, producer: producer, requiredFeatures: required, metadata: Array(meta.utf8), profile: profile,
                                    weights: weights, packedOnly: packedOnly, memoryPlan: isStatic ? plan?.storedMemoryPlan : nil)
         return Result(file: file, graph: graph, statistics: context, engine: engine, planFailure: failure)
     }

@@ -92,6 +92,18 @@ final class EngineWeightsTests: XCTestCase {
         XCTAssertEqual(badContext.lastPlan?.usesStoredMemoryPlan, false)
     }
 
+    /// The engine records the instruction set its kernels were chosen for and is refused without it.
+    func testEngineNeedsTheInstructionSetItWasBuiltFor() throws {
+        let file = try buildCNN().result.file
+        XCTAssertTrue(file.requiredFeatures.isSubset(of: CPUFeatures.host))
+        guard CPUFeatures.host.contains(.avx512Core) else { return }
+        XCTAssertEqual(file.requiredFeatures, [.avx512Core])
+        let bytes = try file.encoded()
+        XCTAssertThrowsError(try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "cnn.anvil", hostFeatures: [.avx2]) }) { error in
+            XCTAssertTrue("\(error)".contains("engine needs avx512_core; this CPU lacks it: rebuild it here with anvil build"), "\(error)")
+        }
+    }
+
     func testWeightsPackedForAnotherOneDNNAreRefused() throws {
         var sections = try buildCNN().sections
         let i = try XCTUnwrap(sections.firstIndex { $0.tag == "WEIGHTS" })
