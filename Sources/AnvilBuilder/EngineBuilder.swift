@@ -70,8 +70,9 @@ public struct EngineBuilder {
         var plan: ExecutionPlan?, failure: String?
         do { (plan, failure) = try engine.planForReport() } catch { failure = "running it on zero inputs failed: \(error)" }
         let weights = engine.storableWeights
-        // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks them.
-        let packedOnly = Set(weights.map(\.constant))
+        // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks
+        // them. Winograd-transformed weights cannot be read back, so theirs stay plain as well.
+        let packedOnly = Set(weights.filter(\.isUnpackable).map(\.constant))
         let isStatic = !graph.valueTypes.isEmpty && graph.valueTypes.values.allSatisfy { $0.concreteShape != nil }
         // The engine needs the instruction set its kernels were chosen and its weights packed for.
         let implementations = plan?.stepSummary.map(\.implementation) ?? []

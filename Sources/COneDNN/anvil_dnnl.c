@@ -25,11 +25,12 @@ dnnl_status_t anvil_dnnl_md(dnnl_memory_desc_t *md, int ndims, const int64_t *di
 
 dnnl_status_t anvil_dnnl_conv_desc(dnnl_convolution_desc_t *desc, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *weights,
                                    const dnnl_memory_desc_t *bias, const dnnl_memory_desc_t *dst, int spatial,
-                                   const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end) {
+                                   const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end,
+                                   int winograd) {
     if (spatial < 1 || spatial > 3) return dnnl_invalid_arguments;
     dnnl_dims_t s, d, pl, pr;
     window_dims(spatial, strides, dilations, pad_begin, pad_end, s, d, pl, pr);
-    return dnnl_dilated_convolution_forward_desc_init(desc, dnnl_forward_inference, dnnl_convolution_direct,
+    return dnnl_dilated_convolution_forward_desc_init(desc, dnnl_forward_inference, winograd ? dnnl_convolution_winograd : dnnl_convolution_direct,
                                                       src, weights, bias, dst, s, d, pl, pr);
 }
 
@@ -83,11 +84,29 @@ dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_quer
     return md ? *md : zero;
 }
 
-/* Encoding: ndims, data_type, dims[n], padded_dims[n], strides[n], inner_nblks,
-   inner_blks[k], inner_idxs[k]. At most 3 + 3 * 6 + 1 + 2 * 6 = 34 values. */
+/* Encoding of a blocked layout: ndims, data_type, dims[n], padded_dims[n], strides[n],
+   inner_nblks, inner_blks[k], inner_idxs[k] (at most 3 + 3 * 6 + 1 + 2 * 6 = 34 values).
+   Winograd weights start with -1 instead (at most 3 + 6 + 11 values); the decoder
+   refuses them: they are only ever compared with a primitive's own layout. */
 int anvil_dnnl_md_encode(const dnnl_memory_desc_t *md, int64_t *out) {
     int n = md->ndims, k;
-    if (n < 1 || n > 6 || md->format_kind != dnnl_blocked || md->offset0 != 0 || md->extra.flags != 0) return -1;
+    if (n < 1 || n > 6 || md->offset0 != 0 || md->extra.flags != 0) return -1;
+    if (md->format_kind == dnnl_format_kind_wino) {
+        /* Winograd weights: -1, data_type, ndims, dims[n], then the transform's parameters. */
+        const dnnl_wino_desc_t *w = &md->format_desc.wino_desc;
+        int c = 0;
+        uint32_t scale;
+        memcpy(&scale, &w->adj_scale, sizeof scale);
+        out[c++] = -1;
+        out[c++] = md->data_type;
+        out[c++] = n;
+        for (int d = 0; d < n; d++) out[c++] = md->dims[d];
+        out[c++] = w->wino_format; out[c++] = w->r; out[c++] = w->alpha; out[c++] = w->ic; out[c++] = w->oc;
+        out[c++] = w->ic_block; out[c++] = w->oc_block; out[c++] = w->ic2_block; out[c++] = w->oc2_block;
+        out[c++] = scale; out[c++] = (int64_t)w->size;
+        return c;
+    }
+    if (md->format_kind != dnnl_blocked) return -1;
     const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
     k = b->inner_nblks;
     if (k < 0 || k > 6) return -1;

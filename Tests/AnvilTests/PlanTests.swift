@@ -264,4 +264,63 @@ extension PlanTests {
             }
         }
     }
+    /// Winograd convolutions (the "onednn:winograd" tactic, 3×3 stride 1) against the reference,
+    /// with bias, fused ReLU and residual sums; their transformed weights go into the engine
+    /// file and are used in place, while the plain weights stay (no reorder leads back).
+    func testWinogradConvolutionsMatchTheReference() throws {
+        var rng = SeededGenerator(seed: 23)
+        var winograd = 0
+        for trial in 0..<12 {
+            let cin = 16 * Int.random(in: 1...4, using: &rng), cout = 16 * Int.random(in: 1...4, using: &rng)
+            let h = Int.random(in: 4...20, using: &rng), w = Int.random(in: 4...20, using: &rng), pad = Int64(trial % 3 == 0 ? 0 : 1)
+            let outShape = [1, cout, h - 2 + 2 * Int(pad), w - 2 + 2 * Int(pad)]
+            var nodes = [Node(name: "conv", opType: "Conv", inputs: ["x", "w", "b"], outputs: ["c"], attributes: ["pads": .ints([pad, pad, pad, pad])])]
+            var inputs = [ValueInfo(name: "x", type: f([1, cin, h, w]))]
+            if trial % 2 == 1 {
+                inputs.append(ValueInfo(name: "r", type: f(outShape)))
+                nodes.append(Node(name: "add", opType: "Add", inputs: ["c", "r"], outputs: ["s"]))
+            }
+            nodes.append(Node(name: "relu", opType: "Relu", inputs: [nodes.last!.outputs[0]], outputs: ["y"]))
+            let g = Graph(name: "wino\(trial)", inputs: inputs, outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))], nodes: nodes,
+                          initializers: [("w", try random([cout, cin, 3, 3], &rng)), ("b", try random([cout], &rng))])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            var feeds: [String: Tensor] = [:]
+            for input in inputs { feeds[input.name] = try random(input.type.concreteShape!, &rng) }
+            let expected = try ReferenceExecutor(model: m).run(feeds)[0].value
+            var builder = EngineBuilder()
+            builder.timeTactics = false
+            let built = try builder.build(m, name: "t")
+            for i in built.graph.layers.indices where built.graph.layers[i].opType.hasSuffix("Conv") { built.graph.layers[i].tactic = "onednn:winograd" }
+            // Written and read back: the Winograd weights are stored and used in place.
+            let file = try Engine.file(for: built.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [], weights: [])
+            let staging = try Engine(file: file, name: "t.anvil")
+            _ = try ExecutionContext(engine: staging).run(feeds)
+            let weights = staging.storableWeights
+            let bytes = try Engine.file(for: built.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [], weights: weights,
+                                        packedOnly: Set(weights.filter(\.isUnpackable).map(\.constant))).encoded()
+            let engine = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "t.anvil") }, name: "t.anvil")
+            let context = ExecutionContext(engine: engine)
+            let actual = try context.run(feeds)[0].value
+            let implementation = try XCTUnwrap(context.lastPlan?.stepSummary.first { $0.layer == "conv" }?.implementation)
+            XCTAssertTrue(Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3).passed, "trial \(trial) \(implementation)")
+            if implementation.contains("wino") {
+                winograd += 1
+                XCTAssertTrue(weights.contains { $0.constant == "w" && !$0.isUnpackable }, "trial \(trial)")
+                XCTAssertFalse(engine.graph.constants.isPackedOnly("w"), "Winograd weights cannot be read back: the plain ones stay")
+                XCTAssertEqual(engine.weightsInPlace.inPlace, 1, "trial \(trial)")
+            }
+        }
+        // oneDNN offers Winograd on AVX-512 CPUs; elsewhere the tactic falls back to direct convolution.
+        if CPUFeatures.host.contains(.avx512Core) { XCTAssertGreaterThan(winograd, 6) }
+    }
+
+    func testConvolutionTacticsNameTheirCandidates() {
+        XCTAssertEqual(ConvolutionTactic(rawValue: "winograd"), ConvolutionTactic(layout: .blocked, winograd: true))
+        XCTAssertEqual(ConvolutionTactic(rawValue: "nhwc")?.layout, .channelsLast)
+        XCTAssertNil(ConvolutionTactic(rawValue: "fft"))
+        XCTAssertEqual(ConvolutionTactic.candidates(kernel: [3, 3], strides: [1, 1], dilations: [1, 1], group: 1).map(\.rawValue),
+                       ["plain", "blocked", "nhwc", "nchw16c", "winograd"])
+        XCTAssertFalse(ConvolutionTactic.candidates(kernel: [3, 3], strides: [2, 2], dilations: [1, 1], group: 1).contains { $0.winograd })
+        XCTAssertFalse(ConvolutionTactic.candidates(kernel: [1, 1], strides: [1, 1], dilations: [1, 1], group: 1).contains { $0.winograd })
+    }
 }

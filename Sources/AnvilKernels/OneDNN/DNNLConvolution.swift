@@ -14,6 +14,34 @@ public enum ActivationLayout: String, Sendable, CaseIterable {
     case blocked16 = "nchw16c"
 }
 
+/// A convolution tactic: the activation layout and oneDNN's algorithm. Written in
+/// tactic strings as the layout's name ("blocked", "nhwc" …) or "winograd" (Winograd
+/// F(4×4, 3×3) on oneDNN's blocked layout, offered for 3×3 stride-1 convolutions).
+public struct ConvolutionTactic: Hashable, Sendable {
+    public let layout: ActivationLayout
+    public let winograd: Bool
+
+    public init(layout: ActivationLayout, winograd: Bool = false) {
+        self.layout = winograd ? .blocked : layout
+        self.winograd = winograd
+    }
+
+    public init?(rawValue: String) {
+        if rawValue == "winograd" { self.init(layout: .blocked, winograd: true); return }
+        guard let layout = ActivationLayout(rawValue: rawValue) else { return nil }
+        self.init(layout: layout)
+    }
+
+    public var rawValue: String { winograd ? "winograd" : layout.rawValue }
+
+    /// The candidates for a convolution: every layout, and Winograd where oneDNN may offer it.
+    public static func candidates(kernel: [Int], strides: [Int], dilations: [Int], group: Int) -> [ConvolutionTactic] {
+        let direct = ActivationLayout.allCases.map { ConvolutionTactic(layout: $0) }
+        let winogradShape = kernel == [3, 3] && strides == [1, 1] && dilations == [1, 1] && group == 1
+        return direct + (winogradShape ? [ConvolutionTactic(layout: .blocked, winograd: true)] : [])
+    }
+}
+
 /// A oneDNN convolution (1-D, 2-D or 3-D, grouped, dilated) with bias, residual
 /// sum and activation fused as post-ops. Weights are reordered once, at creation,
 /// into the layout the chosen implementation prefers.
@@ -25,14 +53,14 @@ public final class DNNLConvolution {
 
     /// Builds the primitive for one input shape.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, geometry g: WindowGeometry,
-                            group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain) throws {
+                            group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain, winograd: Bool = false) throws {
         try self.init(engine: engine, inputShape: inputShape, weights: KernelWeights(weights), bias: bias, geometry: g, group: group,
-                      activation: activation, residual: residual, layout: layout)
+                      activation: activation, residual: residual, layout: layout, winograd: winograd)
     }
 
     /// Builds the primitive for one input shape, using prepacked weights in place when one fits.
     public init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain) throws {
+                group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain, winograd: Bool = false) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] == weights.shape[1] * group, weights.shape[0] % group == 0 else {
@@ -64,7 +92,7 @@ public final class DNNLConvolution {
         var desc = dnnl_convolution_desc_t()
         let s = g.strides.map { Int64($0) }, d = g.dilations.map { Int64($0) }
         let pb = g.padsBegin.map { Int64($0) }, pe = g.padsEnd.map { Int64($0) }
-        try check(anvil_dnnl_conv_desc(&desc, &srcDesc, &anyWeights, &biasDesc, &dstDesc, Int32(spatial), s, d, pb, pe), "describing the convolution")
+        try check(anvil_dnnl_conv_desc(&desc, &srcDesc, &anyWeights, &biasDesc, &dstDesc, Int32(spatial), s, d, pb, pe, winograd ? 1 : 0), "describing the convolution")
         kernel = try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: activation, residual: residual,
                                            weights: weights, userWeights: userWeights,
                                            bias: bias?.floats ?? Array(repeating: 0, count: cout), biasDescriptor: biasDesc,

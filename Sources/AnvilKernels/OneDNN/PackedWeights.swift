@@ -3,7 +3,8 @@ import COneDNN
 
 /// A oneDNN memory layout in the canonical form engine files store
 /// (`anvil_dnnl_md_encode`): rank, element type, dimensions, padded dimensions,
-/// strides and inner blocks. Only plain and blocked layouts have one.
+/// strides and inner blocks; or, for Winograd-transformed weights, -1, element
+/// type, rank, dimensions and the transform's parameters.
 public struct LayoutCode: Hashable, Sendable, Comparable {
     public let values: [Int64]
 
@@ -27,6 +28,17 @@ public struct LayoutCode: Hashable, Sendable, Comparable {
     }
 
     public static func < (a: LayoutCode, b: LayoutCode) -> Bool { a.values.lexicographicallyPrecedes(b.values) }
+
+    /// Winograd-transformed weights: usable in place by a kernel with exactly this
+    /// layout, but never decoded into a descriptor (no reorder leads back to plain).
+    public var isWinograd: Bool { values.first == -1 }
+
+    /// The dimensions the code records; nil when it is too short for its rank.
+    var dims: [Int64]? {
+        let (rankAt, dimsAt) = isWinograd ? (2, 3) : (0, 2)
+        guard values.count > rankAt, (1...6).contains(values[rankAt]), values.count >= dimsAt + Int(values[rankAt]) else { return nil }
+        return Array(values[dimsAt..<(dimsAt + Int(values[rankAt]))])
+    }
 }
 
 /// A constant's weights prepacked for a oneDNN kernel, as an engine file stores
@@ -48,16 +60,20 @@ public struct PackedWeights: @unchecked Sendable {
     /// Checks the layouts against the constant's type and shape and the data's size;
     /// a reason when they do not fit.
     public func problem(type: DataType, shape: [Int]) -> String? {
-        guard let (user, userExtent) = user.descriptor, let (packed, packedExtent) = packed.descriptor else { return "has an invalid layout" }
-        guard type == .float, user.data_type == dnnl_f32, packed.data_type == dnnl_f32 else { return "is not FP32" }
-        // Codes start with rank, element type and the dimensions.
-        let userDims = self.user.values[2..<(2 + Int(user.ndims))], packedDims = self.packed.values[2..<(2 + Int(packed.ndims))]
-        guard let count = ShapeMath.elementCount(shape), Array(userDims) == Array(packedDims), ShapeMath.elementCount(userDims.map { Int($0) }) == count,
+        guard let (user, userExtent) = user.descriptor, let userDims = self.user.dims, let packedDims = self.packed.dims else { return "has an invalid layout" }
+        guard type == .float, user.data_type == dnnl_f32, packed.values[1] == Int64(dnnl_f32.rawValue) else { return "is not FP32" }
+        guard let count = ShapeMath.elementCount(shape), userDims == packedDims, ShapeMath.elementCount(userDims.map { Int($0) }) == count,
               userExtent <= count * 4 else { return "does not fit the constant's shape \(shape)" }
+        // Winograd weights are only used in place by a kernel whose own layout (and size) matches.
+        if packed.isWinograd { return nil }
+        guard let (_, packedExtent) = packed.descriptor else { return "has an invalid layout" }
         // A packed layout covers at least its elements (this also bounds what unpacking allocates).
         guard packedExtent >= count * 4, packedExtent <= data.count else { return "has \(data.count) bytes for layout of \(packedExtent)" }
         return nil
     }
+
+    /// Whether the plain constant can be reordered back from these bytes (not from Winograd weights).
+    public var isUnpackable: Bool { !packed.isWinograd }
 
     /// The plain constant, reordered back from the packed bytes (for layers that need it plain).
     func unpacked(shape: [Int], engine: DNNLEngine) throws -> Tensor {

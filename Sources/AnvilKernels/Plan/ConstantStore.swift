@@ -49,7 +49,9 @@ public final class ConstantStore: @unchecked Sendable {
                     throw AnvilError.invalidTensor(name: c.name, reason: "has \(b.count) bytes for \(n) \(c.type) values")
                 }
             case .packed:
-                guard let first = byName[c.name]?.first else { throw AnvilError.invalidTensor(name: c.name, reason: "has no values and no prepacked weights") }
+                guard let first = byName[c.name]?.first(where: \.isUnpackable) else {
+                    throw AnvilError.invalidTensor(name: c.name, reason: "has no values and no prepacked weights it can be read back from")
+                }
                 if let problem = first.problem(type: c.type, shape: c.shape) { throw AnvilError.invalidTensor(name: c.name, reason: "prepacked weights \(problem)") }
             }
             entries[c.name] = Entry(type: c.type, shape: c.shape, source: c.source)
@@ -90,7 +92,7 @@ public final class ConstantStore: @unchecked Sendable {
         switch e.source {
         case .tensor(let x): t = x
         case .bytes(let b): t = try Tensor.fromLittleEndian(e.type, shape: e.shape, bytes: b, name: name)
-        case .packed: t = try packedByName[name]![0].unpacked(shape: e.shape, engine: try engineForUnpacking())
+        case .packed: t = try packedByName[name]!.first(where: \.isUnpackable)!.unpacked(shape: e.shape, engine: try engineForUnpacking())
         }
         lock.lock()
         defer { lock.unlock() }

@@ -688,11 +688,12 @@ public final class ExecutionPlan {
             guard g.output.allSatisfy({ $0 > 0 }), inputShape[1] == w.shape[1] * attrs.group else { return nil }
             let activation = try fusedActivation(context)
             let bias = constant(2), residual = present(3), engine = plan.engine
-            // The layout chosen at build time ("onednn:plain" …); blocked as oneDNN prefers by default.
-            let layout = layer.tactic.split(separator: ":").dropFirst().first.flatMap { ActivationLayout(rawValue: String($0)) } ?? .blocked
-            return ("conv|\(layer.name)|\(inputShape)|\(layout.rawValue)", {
+            // The tactic chosen at build time ("onednn:plain", "onednn:winograd" …); blocked as oneDNN prefers by default.
+            let tactic = layer.tactic.split(separator: ":").dropFirst().first.flatMap { ConvolutionTactic(rawValue: String($0)) }
+                ?? ConvolutionTactic(layout: .blocked)
+            return ("conv|\(layer.name)|\(inputShape)|\(tactic.rawValue)", {
                 try DNNLConvolution(engine: engine, inputShape: inputShape, weights: w, bias: bias, geometry: g, group: attrs.group,
-                                    activation: activation, residual: residual, layout: layout)
+                                    activation: activation, residual: residual, layout: tactic.layout, winograd: tactic.winograd)
             })
         }
 

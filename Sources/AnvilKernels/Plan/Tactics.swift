@@ -80,11 +80,12 @@ public enum TacticSelector {
                 for o in layer.outputs { layoutOf[o] = preserving.contains(layer.opType) ? inputLayout : "plain" }
                 continue
             }
-            var best: (cost: Double, layout: ActivationLayout, destination: String)?
-            for layout in ActivationLayout.allCases {
-                let key = "conv|\(machine)|\(spec.key)|\(layout.rawValue)"
+            var best: (cost: Double, tactic: ConvolutionTactic, destination: String)?
+            for tactic in ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group) {
+                let key = "conv|\(machine)|\(spec.key)|\(tactic.rawValue)"
                 let limit = 3 * (best?.cost ?? .infinity)
-                guard let e = try? cache.entry(key, measure: { try spec.time(layout, engine: engine, stream: stream, limit: limit) }) else { continue }
+                // A candidate oneDNN does not implement for these shapes is skipped (and not cached).
+                guard let e = try? cache.entry(key, measure: { try spec.time(tactic, engine: engine, stream: stream, limit: limit) }) else { continue }
                 var cost = e.seconds
                 if e.source != inputLayout, let r = try? cache.entry("reorder|\(machine)|\(shape)|\(inputLayout)|\(e.source)", measure: {
                     try timeReorder(shape, from: inputLayout, to: e.source, engine: engine, stream: stream)
@@ -98,10 +99,10 @@ public enum TacticSelector {
                    }) {
                     cost += r.seconds
                 }
-                if best == nil || cost < best!.cost { best = (cost, layout, e.destination) }
+                if best == nil || cost < best!.cost { best = (cost, tactic, e.destination) }
             }
             if let best {
-                chosen[layer.name] = "onednn:" + best.layout.rawValue
+                chosen[layer.name] = "onednn:" + best.tactic.rawValue
                 for o in layer.outputs { layoutOf[o] = best.destination }
             }
             done += 1
@@ -170,6 +171,8 @@ struct ConvolutionSpec {
     let weights: Tensor
     let bias: Tensor?
     let geometry: WindowGeometry
+    /// Spatial kernel size.
+    let kernel: [Int]
     let group: Int
     let activation: Activation?
     let residual: Bool
@@ -182,7 +185,8 @@ struct ConvolutionSpec {
         let bias = layer.inputs.count > 2 && !layer.inputs[2].isEmpty ? constants[layer.inputs[2]] : nil
         if layer.inputs.count > 2 && !layer.inputs[2].isEmpty && bias == nil { throw PlanUnsupported(reason: "bias is not constant") }
         let attrs = try WindowAttributes(context)
-        geometry = try attrs.geometry(context, input: Array(inputShape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
+        kernel = attrs.kernelShape ?? Array(w.shape[2...])
+        geometry = try attrs.geometry(context, input: Array(inputShape[2...]), kernel: kernel)
         guard geometry.output.allSatisfy({ $0 > 0 }), inputShape[1] == w.shape[1] * attrs.group else { throw PlanUnsupported(reason: "shapes do not fit") }
         self.inputShape = inputShape
         weights = w
@@ -199,9 +203,9 @@ struct ConvolutionSpec {
             + "b\(bias != nil ? 1 : 0)a\(activation.map { "\($0)" } ?? "-")r\(residual ? 1 : 0)"
     }
 
-    func time(_ layout: ActivationLayout, engine: DNNLEngine, stream: DNNLStream, limit: Double = .infinity) throws -> TimingCache.Entry {
+    func time(_ tactic: ConvolutionTactic, engine: DNNLEngine, stream: DNNLStream, limit: Double = .infinity) throws -> TimingCache.Entry {
         let conv = try DNNLConvolution(engine: engine, inputShape: inputShape, weights: weights, bias: bias, geometry: geometry, group: group,
-                                       activation: activation, residual: residual, layout: layout)
+                                       activation: activation, residual: residual, layout: tactic.layout, winograd: tactic.winograd)
         let source = UnsafeMutableRawPointer.allocate(byteCount: max(conv.inputDescriptor.byteCount, 64), alignment: 64)
         let target = UnsafeMutableRawPointer.allocate(byteCount: max(conv.outputDescriptor.byteCount, 64), alignment: 64)
         defer { source.deallocate(); target.deallocate() }

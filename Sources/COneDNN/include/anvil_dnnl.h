@@ -9,10 +9,11 @@
 /// A memory descriptor of `ndims` dims with the given format tag (dnnl_format_tag_any allowed).
 dnnl_status_t anvil_dnnl_md(dnnl_memory_desc_t *md, int ndims, const int64_t *dims, dnnl_data_type_t type, dnnl_format_tag_t tag);
 
-/// Forward-inference convolution descriptor; dilations use ONNX's convention (1 = dense).
+/// Forward-inference convolution descriptor; dilations use ONNX's convention (1 = dense); direct or Winograd algorithm.
 dnnl_status_t anvil_dnnl_conv_desc(dnnl_convolution_desc_t *desc, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *weights,
                                    const dnnl_memory_desc_t *bias, const dnnl_memory_desc_t *dst, int spatial,
-                                   const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end);
+                                   const int64_t *strides, const int64_t *dilations, const int64_t *pad_begin, const int64_t *pad_end,
+                                   int winograd);
 
 /// Forward-inference deconvolution (ONNX ConvTranspose) descriptor; dilations use ONNX's convention.
 dnnl_status_t anvil_dnnl_deconv_desc(dnnl_deconvolution_desc_t *desc, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *weights,
@@ -45,10 +46,10 @@ dnnl_memory_desc_t anvil_dnnl_query_md(const_dnnl_primitive_desc_t pd, dnnl_quer
 /// Most int64 values an encoded memory descriptor takes.
 #define ANVIL_MD_CODE_MAX 96
 
-/// Writes a canonical, version-independent encoding of a plain or blocked memory
+/// Writes a canonical encoding of a plain, blocked or Winograd-weights memory
 /// descriptor (for engine files) into `out`; returns the number of values, or -1
-/// when the descriptor is not representable (Winograd or packed formats, offsets,
-/// extra flags such as int8 compensation).
+/// when the descriptor is not representable (RNN-packed formats, offsets, extra
+/// flags such as int8 compensation).
 int anvil_dnnl_md_encode(const dnnl_memory_desc_t *md, int64_t *out);
 
 /// Rebuilds a descriptor from `anvil_dnnl_md_encode`'s values after checking every
