@@ -323,4 +323,31 @@ extension PlanTests {
         XCTAssertFalse(ConvolutionTactic.candidates(kernel: [3, 3], strides: [2, 2], dilations: [1, 1], group: 1).contains { $0.winograd })
         XCTAssertFalse(ConvolutionTactic.candidates(kernel: [1, 1], strides: [1, 1], dilations: [1, 1], group: 1).contains { $0.winograd })
     }
+    /// Softmax over an outer axis (the Swift kernel, 16 columns at a time with a vector
+    /// exp): against the reference on random shapes with wide value ranges, -inf and NaN.
+    func testOuterAxisSoftmaxMatchesTheReference() throws {
+        var rng = SeededGenerator(seed: 808)
+        for trial in 0..<20 {
+            let shape = [Int.random(in: 1...3, using: &rng), Int.random(in: 1...17, using: &rng), Int.random(in: 1...40, using: &rng), Int.random(in: 1...9, using: &rng)]
+            let count = shape.reduce(1, *)
+            var values = (0..<count).map { _ in Float.random(in: -1...1, using: &rng) * (trial % 4 == 0 ? 90 : 8) }
+            if trial % 5 == 1 { values[Int.random(in: 0..<count, using: &rng)] = -.infinity }
+            if trial % 5 == 2 { values[Int.random(in: 0..<count, using: &rng)] = .nan }
+            let x = try Tensor(floats: values, shape: shape)
+            let g = Graph(name: "softmax\(trial)", inputs: [ValueInfo(name: "x", type: f(shape))], outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: "Softmax", inputs: ["x"], outputs: ["y"], attributes: ["axis": .int(1)])], initializers: [])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "t").file, name: "t"))
+            let actual = try context.run(["x": x])[0].value
+            XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift")
+            let a = actual.floats, e = expected.floats
+            for k in 0..<count {
+                if e[k].isNaN { XCTAssertTrue(a[k].isNaN, "trial \(trial) element \(k)"); continue }
+                XCTAssertEqual(a[k], e[k], accuracy: 1e-6 + 1e-5 * abs(e[k]), "trial \(trial) \(shape) element \(k)")
+            }
+        }
+    }
 }

@@ -100,21 +100,45 @@ enum SwiftKernels {
         }
     }
 
-    /// Softmax of the columns `columns` (positions along the inner dimension).
+    /// Softmax of the columns `columns` (positions along the inner dimension), 16 columns at a time.
     static func softmaxColumns(_ x: UnsafePointer<Float>, outer: Int, axis: Int, inner: Int, columns: Range<Int>,
                                into y: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>) {
         guard !columns.isEmpty else { return }
+        typealias V = SIMD16<Float>
+        let vectorEnd = columns.lowerBound + (columns.count / 16) * 16
+        func load(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        func store(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
         for o in 0..<outer {
             let src = x + o * axis * inner, dst = y + o * axis * inner
-            for i in columns { maxima[i] = src[i] }
+            var i = columns.lowerBound
+            while i < vectorEnd {
+                var m = load(src + i)
+                for a in 1..<max(axis, 1) {
+                    let v = load(src + a * inner + i)
+                    // NaN wins, as in the scalar path below.
+                    m = m.replacing(with: v, where: (v .> m) .| (v .!= v))
+                }
+                var sum = V(repeating: 0)
+                for a in 0..<axis {
+                    let e = exp(load(src + a * inner + i) - m)
+                    store(e, dst + a * inner + i)
+                    sum += e
+                }
+                let scale = 1 / sum
+                for a in 0..<axis { store(load(dst + a * inner + i) * scale, dst + a * inner + i) }
+                i += 16
+            }
+            guard vectorEnd < columns.upperBound else { continue }
+            let tail = vectorEnd..<columns.upperBound
+            for i in tail { maxima[i] = src[i] }
             for a in 1..<max(axis, 1) {
                 let row = src + a * inner
-                for i in columns { maxima[i] = max(maxima[i], row[i]) }
+                for i in tail where row[i] > maxima[i] || row[i].isNaN { maxima[i] = row[i] }
             }
-            for i in columns { sums[i] = 0 }
+            for i in tail { sums[i] = 0 }
             for a in 0..<axis {
                 let row = src + a * inner, out = dst + a * inner
-                for i in columns {
+                for i in tail {
                     let e = Foundation.exp(row[i] - maxima[i])
                     out[i] = e
                     sums[i] += e
@@ -122,8 +146,38 @@ enum SwiftKernels {
             }
             for a in 0..<axis {
                 let out = dst + a * inner
-                for i in columns { out[i] /= sums[i] }
+                for i in tail { out[i] /= sums[i] }
             }
         }
+    }
+
+    /// e^x on 16 lanes (Cephes' single-precision polynomial after reducing by powers of
+    /// two; within a few ulp of expf up to x = 88.37, where softmax's arguments, never
+    /// positive, always are): NaN stays NaN, x < -87.34 gives zero. Written with
+    /// `replacing` and bit casts only: the stdlib's SIMD `rounded`, `pointwiseMin` and
+    /// integer conversions compile to scalar loops, ten times slower.
+    @inline(__always)
+    static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> {
+        typealias V = SIMD16<Float>
+        let lo = V(repeating: -87.336_54), hi = V(repeating: 88.376_26)
+        let c = x.replacing(with: lo, where: x .< lo).replacing(with: hi, where: x .> hi)
+        // Adding 1.5 * 2^23 rounds to an integer n held in the low mantissa bits.
+        let magic = V(repeating: 12_582_912)
+        let t = c * 1.442_695_04 + magic
+        let n = t - magic
+        let r = c - n * 0.693_359_375 + n * 2.121_944_4e-4
+        var p = V(repeating: 1.987_569_15e-4)
+        p = p * r + 1.398_199_95e-3
+        p = p * r + 8.333_451_9e-3
+        p = p * r + 4.166_579_59e-2
+        p = p * r + 1.666_666_55e-1
+        p = p * r + 5.000_000_12e-1
+        p = p * r * r + r + 1
+        // 2^n through the exponent bits (n is within [-126, 127] after clamping).
+        let k = unsafeBitCast(t, to: SIMD16<UInt32>.self) &- unsafeBitCast(magic, to: SIMD16<UInt32>.self)
+        var result = p * unsafeBitCast((k &+ 127) &<< 23, to: V.self)
+        result.replace(with: 0, where: x .< lo)
+        result.replace(with: x, where: x .!= x)
+        return result
     }
 }
