@@ -20,6 +20,8 @@ public struct EngineBuilder {
     public var profile = ShapeProfile()
     /// Time convolution layouts on this CPU and keep the fastest (needs static shapes).
     public var timeTactics = true
+    /// Whether convolutions may use oneDNN's Winograd kernels (--tacticSources=-WINOGRAD turns them off).
+    public var winograd = true
     /// Timings to reuse and extend (--timingCacheFile).
     public var timingCache = TimingCache()
     /// Reports tactic-timing progress: layers done, layers in all.
@@ -92,7 +94,7 @@ public struct EngineBuilder {
         let constants = graph.constants
         let machine = "\(CPUFeatures.host)|\(ProcessInfo.processInfo.activeProcessorCount)cpu"
         let chosen = TacticSelector.chooseConvolutionLayouts(layers: graph.layers, constants: constants, types: types, engine: try DNNLEngine(),
-                                                             cache: timingCache, machine: machine, progress: progress)
+                                                             cache: timingCache, machine: machine, winograd: winograd, progress: progress)
         for i in graph.layers.indices { if let t = chosen[graph.layers[i].name] { graph.layers[i].tactic = t } }
     }
 

@@ -17,6 +17,8 @@ struct BuildSettings {
     var verbose = false
     var exportLayerInfo: String?
     var timingCacheFile: String?
+    /// Tactic sources turned on or off (--tacticSources): Winograd convolutions.
+    var winograd = true
 
     /// Builds (and writes, when `output` is set) the engine; prints progress and a summary.
     func build() throws -> Engine {
@@ -27,6 +29,7 @@ struct BuildSettings {
         var builder = EngineBuilder()
         builder.optimize = optimize
         builder.profile = profile
+        builder.winograd = winograd
         if let timingCacheFile, FileManager.default.fileExists(atPath: timingCacheFile) {
             let bytes = try ONNXImporter.readFile(timingCacheFile, limit: 1 << 28, what: "timing cache")
             builder.timingCache = try TimingCache(contentsOf: bytes, file: timingCacheFile)
@@ -92,6 +95,8 @@ struct Build: ParsableCommand {
     @Option(name: .customLong("exportLayerInfo"), help: "Write the layer information (anvil inspect's JSON) to this file.") var exportLayerInfo: String?
     @Option(name: .customLong("timingCacheFile"), help: "Read tactic timings from this file if it exists and write them back: rebuilds are fast and give identical engines.")
     var timingCacheFile: String?
+    @Option(name: .customLong("tacticSources"), help: "Tactic sources to enable (+) or disable (-), as in trtexec: -WINOGRAD keeps convolutions off oneDNN's Winograd kernels (slightly less accurate).")
+    var tacticSources: String?
 
     func run() throws {
         try Anvil.guarded {
@@ -102,6 +107,7 @@ struct Build: ParsableCommand {
             settings.verbose = verbose
             settings.exportLayerInfo = exportLayerInfo
             settings.timingCacheFile = timingCacheFile
+            settings.winograd = try winogradAllowed(tacticSources: tacticSources)
             _ = try settings.build()
         }
     }
@@ -111,6 +117,26 @@ struct Build: ParsableCommand {
 func profileFrom(shapes: [String], min: [String], opt: [String], max: [String]) throws -> ShapeProfile {
     try ShapeProfile.from(shapes: ShapeProfile.parse(shapes, flag: "--shapes"), min: ShapeProfile.parse(min, flag: "--minShapes"),
                           opt: ShapeProfile.parse(opt, flag: "--optShapes"), max: ShapeProfile.parse(max, flag: "--maxShapes"))
+}
+
+/// Parses trtexec's --tacticSources ("-WINOGRAD", "+WINOGRAD,…"): whether Winograd
+/// convolutions are allowed. trtexec's GPU sources are refused by name.
+func winogradAllowed(tacticSources: String?) throws -> Bool {
+    guard let tacticSources else { return true }
+    var allowed = true
+    for item in tacticSources.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+        guard let sign = item.first, sign == "+" || sign == "-" else {
+            throw AnvilError.invalidArgument("--tacticSources: '\(item)' must start with + or - (e.g. -WINOGRAD)")
+        }
+        let name = item.dropFirst().uppercased()
+        switch name {
+        case "WINOGRAD": allowed = sign == "+"
+        case "CUBLAS", "CUBLAS_LT", "CUDNN", "EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS":
+            throw AnvilError.invalidArgument("--tacticSources: \(name) is a GPU tactic source; Anvil's is WINOGRAD")
+        default: throw AnvilError.invalidArgument("--tacticSources: unknown source '\(name)'; Anvil's is WINOGRAD")
+        }
+    }
+    return allowed
 }
 
 /// Applies --threads.

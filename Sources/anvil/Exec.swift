@@ -10,7 +10,7 @@ struct Exec: ParsableCommand {
         abstract: "Accept a trtexec command line: --onnx=, --saveEngine=, --loadEngine=, --shapes=, --iterations= ….",
         discussion: """
             Value flags: --onnx --saveEngine --loadEngine --shapes --minShapes --optShapes --maxShapes --iterations --warmUp
-            --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile.
+            --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile --tacticSources (-WINOGRAD).
             Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch.
             GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and reduced precisions are refused.
             """)
@@ -19,12 +19,12 @@ struct Exec: ParsableCommand {
 
     static let valueFlags: Set<String> = ["onnx", "saveEngine", "loadEngine", "shapes", "minShapes", "optShapes", "maxShapes", "iterations",
                                           "warmUp", "duration", "avgRuns", "percentile", "exportTimes", "exportProfile", "exportLayerInfo",
-                                          "loadInputs", "threads", "timingCacheFile"]
+                                          "loadInputs", "threads", "timingCacheFile", "tacticSources"]
     static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32"]
     static let gpuOnly: Set<String> = ["device", "useCudaGraph", "useSpinWait", "streams", "noDataTransfers", "useDLACore", "allowGPUFallback",
                                        "memPoolSize", "workspace", "useManagedMemory", "persistentCacheRatio", "maxAuxStreams", "dumpRefit",
                                        "refit", "versionCompatible", "hardwareCompatibilityLevel", "plugins", "staticPlugins", "dynamicPlugins",
-                                       "safe", "consistency", "stronglyTyped", "builderOptimizationLevel", "tacticSources", "sparsity",
+                                       "safe", "consistency", "stronglyTyped", "builderOptimizationLevel", "sparsity",
                                        "useRuntime", "leanDLLPath", "excludeLeanRuntime"]
     static let unsupportedPrecision: Set<String> = ["fp16", "bf16", "int8", "fp8", "int4", "best", "calib", "precisionConstraints",
                                                     "layerPrecisions", "layerOutputTypes", "inputIOFormats", "outputIOFormats"]
@@ -80,6 +80,7 @@ struct Exec: ParsableCommand {
                 build.verbose = has("verbose")
                 build.exportLayerInfo = try one("exportLayerInfo")
                 build.timingCacheFile = try one("timingCacheFile")
+                build.winograd = try winogradAllowed(tacticSources: try one("tacticSources"))
                 engine = try build.build()
             case (nil, let path?):
                 guard try one("saveEngine") == nil else { throw AnvilError.invalidArgument("--saveEngine needs --onnx (the engine is already built)") }

@@ -58,7 +58,7 @@ public enum TacticSelector {
     /// Returns the chosen tactic ("onednn:blocked", "onednn:plain", "onednn:nhwc") by layer name.
     /// `types` gives every value's shape; `machine` names this CPU in the cache keys.
     public static func chooseConvolutionLayouts(layers: [Layer], constants: ConstantStore, types: [String: (DataType, [Int])],
-                                                engine: DNNLEngine, cache: TimingCache, machine: String,
+                                                engine: DNNLEngine, cache: TimingCache, machine: String, winograd: Bool = true,
                                                 progress: ((Int, Int) -> Void)? = nil) -> [String: String] {
         var layoutOf: [String: String] = [:]
         var chosen: [String: String] = [:]
@@ -81,7 +81,8 @@ public enum TacticSelector {
                 continue
             }
             var best: (cost: Double, tactic: ConvolutionTactic, destination: String)?
-            for tactic in ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group) {
+            let candidates = ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group)
+            for tactic in candidates where winograd || !tactic.winograd {
                 let key = "conv|\(machine)|\(spec.key)|\(tactic.rawValue)"
                 let limit = 3 * (best?.cost ?? .infinity)
                 // A candidate oneDNN does not implement for these shapes is skipped (and not cached).
