@@ -265,11 +265,11 @@ extension PlanTests {
         }
     }
     /// Winograd convolutions (the "onednn:winograd" tactic, 3×3 stride 1) against the reference,
-    /// with bias, fused ReLU and residual sums; their transformed weights go into the engine
+    /// with bias, fused ReLU or separate SiLU, and residual sums; their transformed weights go into the engine
     /// file and are used in place, while the plain weights stay (no reorder leads back).
     func testWinogradConvolutionsMatchTheReference() throws {
         var rng = SeededGenerator(seed: 23)
-        var winograd = 0
+        var winograd = 0, separateActivations = 0
         for trial in 0..<12 {
             let cin = 16 * Int.random(in: 1...4, using: &rng), cout = 16 * Int.random(in: 1...4, using: &rng)
             let h = Int.random(in: 4...20, using: &rng), w = Int.random(in: 4...20, using: &rng), pad = Int64(trial % 3 == 0 ? 0 : 1)
@@ -280,7 +280,13 @@ extension PlanTests {
                 inputs.append(ValueInfo(name: "r", type: f(outShape)))
                 nodes.append(Node(name: "add", opType: "Add", inputs: ["c", "r"], outputs: ["s"]))
             }
-            nodes.append(Node(name: "relu", opType: "Relu", inputs: [nodes.last!.outputs[0]], outputs: ["y"]))
+            if trial % 3 == 2 {
+                // SiLU, which oneDNN's Winograd kernels do not fuse: it runs as a separate in-place step.
+                nodes.append(Node(name: "sigmoid", opType: "Sigmoid", inputs: [nodes.last!.outputs[0]], outputs: ["g"]))
+                nodes.append(Node(name: "mul", opType: "Mul", inputs: [nodes[nodes.count - 2].outputs[0], "g"], outputs: ["y"]))
+            } else {
+                nodes.append(Node(name: "relu", opType: "Relu", inputs: [nodes.last!.outputs[0]], outputs: ["y"]))
+            }
             let g = Graph(name: "wino\(trial)", inputs: inputs, outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))], nodes: nodes,
                           initializers: [("w", try random([cout, cin, 3, 3], &rng)), ("b", try random([cout], &rng))])
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
@@ -305,13 +311,21 @@ extension PlanTests {
             XCTAssertTrue(Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3).passed, "trial \(trial) \(implementation)")
             if implementation.contains("wino") {
                 winograd += 1
+                let convSteps = context.lastPlan?.stepSummary.filter { $0.layer == "conv" } ?? []
+                if trial % 3 == 2 {
+                    XCTAssertEqual(convSteps.count, 2, "trial \(trial): SiLU as a separate step: \(convSteps)")
+                    separateActivations += 1
+                }
                 XCTAssertTrue(weights.contains { $0.constant == "w" && !$0.isUnpackable }, "trial \(trial)")
                 XCTAssertFalse(engine.graph.constants.isPackedOnly("w"), "Winograd weights cannot be read back: the plain ones stay")
                 XCTAssertEqual(engine.weightsInPlace.inPlace, 1, "trial \(trial)")
             }
         }
         // oneDNN offers Winograd on AVX-512 CPUs; elsewhere the tactic falls back to direct convolution.
-        if CPUFeatures.host.contains(.avx512Core) { XCTAssertGreaterThan(winograd, 6) }
+        if CPUFeatures.host.contains(.avx512Core) {
+            XCTAssertGreaterThan(winograd, 6)
+            XCTAssertGreaterThan(separateActivations, 1)
+        }
     }
 
     func testConvolutionTacticsNameTheirCandidates() {

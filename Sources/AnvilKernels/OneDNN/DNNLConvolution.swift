@@ -50,6 +50,9 @@ public final class DNNLConvolution {
     public var implementation: String { kernel.implementation }
     public let outputShape: [Int]
     let kernel: DNNLWeightedPrimitive
+    /// In-place eltwise primitives applying the activation after the convolution, when
+    /// the kernel cannot fuse it (oneDNN's Winograd kernels fuse ReLU but not SiLU).
+    let activationSteps: [DNNLPrimitive]
 
     /// Builds the primitive for one input shape.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, geometry g: WindowGeometry,
@@ -93,10 +96,31 @@ public final class DNNLConvolution {
         let s = g.strides.map { Int64($0) }, d = g.dilations.map { Int64($0) }
         let pb = g.padsBegin.map { Int64($0) }, pe = g.padsEnd.map { Int64($0) }
         try check(anvil_dnnl_conv_desc(&desc, &srcDesc, &anyWeights, &biasDesc, &dstDesc, Int32(spatial), s, d, pb, pe, winograd ? 1 : 0), "describing the convolution")
-        kernel = try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: activation, residual: residual,
-                                           weights: weights, userWeights: userWeights,
-                                           bias: bias?.floats ?? Array(repeating: 0, count: cout), biasDescriptor: biasDesc,
-                                           outputCount: outputShape.reduce(1, *))
+        let biasValues = bias?.floats ?? Array(repeating: 0, count: cout), count = outputShape.reduce(1, *)
+        func make(_ fused: Activation?) throws -> DNNLWeightedPrimitive {
+            try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: fused, residual: residual, weights: weights,
+                                      userWeights: userWeights, bias: biasValues, biasDescriptor: biasDesc, outputCount: count)
+        }
+        do {
+            kernel = try make(activation)
+            activationSteps = []
+        } catch where winograd && activation != nil {
+            // Winograd without the activation, which then runs in place on the output.
+            kernel = try make(nil)
+            var out = kernel.primitive.query(dnnl_query_dst_md)
+            activationSteps = try DNNLAttributes.eltwise(activation).map { alg, alpha, beta in
+                var op = dnnl_eltwise_desc_t()
+                try check(dnnl_eltwise_forward_desc_init(&op, dnnl_forward_inference, alg, &out, alpha, beta), "describing the activation")
+                return try DNNLPrimitive(op, attributes: DNNLAttributes(), engine: engine, what: "activation")
+            }
+        }
+    }
+
+    /// Applies the separate activation steps, if any, to `output` (in the primitive's destination layout).
+    private func activate(stream: DNNLStream, output: UnsafeMutableRawPointer) throws {
+        guard !activationSteps.isEmpty else { return }
+        let memory = try DNNLMemory(kernel.primitive.query(dnnl_query_dst_md), engine: kernel.engine, data: output)
+        for step in activationSteps { try step.execute(stream, [(DNNL_ARG_SRC, memory), (DNNL_ARG_DST, memory)]) }
     }
 
     /// The layout the primitive reads its input in.
@@ -107,17 +131,23 @@ public final class DNNLConvolution {
     /// Runs on `stream`. With a residual, `residual` is added before the activation.
     public func run(stream: DNNLStream, input: UnsafePointer<Float>, residual: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) throws {
         try kernel.run(stream: stream, input: input, residual: residual, output: output, what: "Conv")
+        try activate(stream: stream, output: UnsafeMutableRawPointer(output))
     }
 
     /// Runs on buffers already in the primitive's layouts; with a residual, `output`
     /// must already hold it (the sum post-op accumulates into the destination).
     func runInPlace(stream: DNNLStream, input: UnsafeMutableRawPointer, output: UnsafeMutableRawPointer) throws {
         try kernel.execute(stream: stream, input: input, output: output)
+        try activate(stream: stream, output: output)
     }
 
     /// Convenience: runs on tensors (allocates the output).
     public func run(stream: DNNLStream, _ x: Tensor, residual: Tensor? = nil) throws -> Tensor {
-        try kernel.run(stream: stream, x, residual: residual, outputShape: outputShape, what: "Conv")
+        let y = try kernel.run(stream: stream, x, residual: residual, outputShape: outputShape, what: "Conv")
+        guard !activationSteps.isEmpty else { return y }
+        var values = y.floats
+        try values.withUnsafeMutableBytes { try activate(stream: stream, output: $0.baseAddress!) }
+        return try Tensor(floats: values, shape: outputShape)
     }
 }
 

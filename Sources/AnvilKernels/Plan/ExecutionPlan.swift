@@ -717,6 +717,9 @@ public final class ExecutionPlan {
             plan.steps.append(PrimitiveStep(layer: layer.name, primitive: primitive,
                                             arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)), (DNNL_ARG_DST, out, dstLayout)],
                                             fixed: try conv.kernel.constantArguments(), copies: copies))
+            for step in conv.activationSteps {
+                plan.steps.append(PrimitiveStep(layer: layer.name, primitive: step, arguments: [(DNNL_ARG_SRC, out, dstLayout), (DNNL_ARG_DST, out, dstLayout)]))
+            }
             return true
         }
 
