@@ -469,18 +469,11 @@ public final class ExecutionPlan {
 
     /// 64-byte-aligned memory for the arena or scratchpad; an error, not a trap, when
     /// the system cannot give it (shapes from a damaged file can ask for anything).
-    /// Regions of 2 MiB or more are 2 MiB aligned and asked for transparent huge pages:
-    /// the first run then faults once per 2 MiB instead of once per 4 KiB page
-    /// (MobileNetV2's 5.7 MiB arena: about 1.5 ms less), and later runs miss the TLB less.
     static func allocateRegion(_ bytes: Int, _ what: String) throws -> UnsafeMutableRawPointer {
-        let huge = 2 << 20
-        let large = bytes >= huge
-        let size = large ? (bytes + huge - 1) / huge * huge : max(bytes, 64)
         var p: UnsafeMutableRawPointer?
-        guard posix_memalign(&p, large ? huge : 64, size) == 0, let p else {
+        guard posix_memalign(&p, 64, max(bytes, 64)) == 0, let p else {
             throw AnvilError.invalidArgument("cannot allocate \(bytes) bytes for the \(what)")
         }
-        if large { _ = madvise(p, size, MADV_HUGEPAGE) }
         return p
     }
 
