@@ -30,12 +30,13 @@ public struct EngineBuilder {
 
     public struct Result {
         public let file: EngineFile
-        public let graph: EngineGraph
         public let statistics: PassContext?
         /// The engine in memory, planned once on this CPU (its kernels made).
         public let engine: Engine
-        /// Why the engine could not be planned for its build-time shapes, if so.
+        /// That plan for the build-time shapes, or why there is none.
+        public let plan: ExecutionPlan?
         public let planFailure: String?
+        public var graph: EngineGraph { engine.graph }
     }
 
     public func build(_ model: Model, name: String) throws -> Result {
@@ -82,7 +83,7 @@ public struct EngineBuilder {
             : implementations.contains { $0.contains("avx2") } ? [.avx2] : []
         let file = try Engine.file(for: graph, producer: producer, requiredFeatures: required, metadata: Array(meta.utf8), profile: profile,
                                    weights: weights, packedOnly: packedOnly, memoryPlan: isStatic ? plan?.storedMemoryPlan : nil)
-        return Result(file: file, graph: graph, statistics: context, engine: engine, planFailure: failure)
+        return Result(file: file, statistics: context, engine: engine, plan: plan, planFailure: failure)
     }
 
     /// Times each convolution's layouts for the build-time shapes and records the choice in its tactic.

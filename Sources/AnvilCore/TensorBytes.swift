@@ -14,57 +14,33 @@ extension Tensor {
         guard !overflow, expected == bytes.count else {
             throw AnvilError.invalidTensor(name: name, reason: "dims \(shape) of \(type) need \(n * type.byteSize) bytes, the data has \(bytes.count)")
         }
+        guard n > 0, let base = bytes.baseAddress else { return try Tensor.zeros(type, shape: shape) }
         #if _endian(little)
         // Host order is little-endian: one copy.
-        if n > 0, let base = bytes.baseAddress { return try fromHostBytes(type, shape: shape, bytes: base) }
+        return try fromHostBytes(type, shape: shape, bytes: base)
+        #else
+        var swapped = [UInt8](UnsafeRawBufferPointer(start: base, count: bytes.count))
+        Self.swapElements(&swapped, width: type.byteSize)
+        return try swapped.withUnsafeBytes { try fromHostBytes(type, shape: shape, bytes: $0.baseAddress!) }
         #endif
-        func load<T: FixedWidthInteger>(_: T.Type) -> [T] {
-            (0..<n).map { T(littleEndian: bytes.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) }
-        }
-        let storage: TensorStorage = switch type {
-        case .float: .float(load(UInt32.self).map { Float(bitPattern: $0) })
-        case .double: .double(load(UInt64.self).map { Double(bitPattern: $0) })
-        case .float16: .float16(load(UInt16.self).map { Float16(bitPattern: $0) })
-        case .bfloat16: .bfloat16(load(UInt16.self))
-        case .int8: .int8(load(Int8.self))
-        case .int16: .int16(load(Int16.self))
-        case .int32: .int32(load(Int32.self))
-        case .int64: .int64(load(Int64.self))
-        case .uint8: .uint8(load(UInt8.self))
-        case .uint16: .uint16(load(UInt16.self))
-        case .uint32: .uint32(load(UInt32.self))
-        case .uint64: .uint64(load(UInt64.self))
-        case .bool: .bool(load(UInt8.self).map { $0 != 0 })
-        case .string: .string([])
-        }
-        return try Tensor(shape: shape, storage: storage)
+    }
+
+    /// Reverses the bytes of each `width`-byte element (little-endian ↔ big-endian).
+    static func swapElements(_ bytes: inout [UInt8], width: Int) {
+        guard width > 1 else { return }
+        for start in stride(from: 0, to: bytes.count, by: width) { bytes[start..<(start + width)].reverse() }
     }
 
     /// The elements as little-endian bytes (not defined for strings).
     public func littleEndianBytes() throws -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(count * dataType.byteSize)
-        func put<T: FixedWidthInteger>(_ values: [T]) {
-            for v in values { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
-        }
-        switch storage {
-        case .float(let a): put(a.map(\.bitPattern))
-        case .double(let a): put(a.map(\.bitPattern))
-        case .float16(let a): put(a.map(\.bitPattern))
-        case .bfloat16(let a): put(a)
-        case .int8(let a): put(a)
-        case .int16(let a): put(a)
-        case .int32(let a): put(a)
-        case .int64(let a): put(a)
-        case .uint8(let a): put(a)
-        case .uint16(let a): put(a)
-        case .uint32(let a): put(a)
-        case .uint64(let a): put(a)
-        case .bool(let a): put(a.map { UInt8($0 ? 1 : 0) })
-        case .string:
-            throw AnvilError.invalidTensor(name: "", reason: "string tensors have no raw byte form")
-        }
-        return out
+        let host = try withHostBytes { [UInt8]($0) }
+        #if _endian(little)
+        return host
+        #else
+        var swapped = host
+        Self.swapElements(&swapped, width: dataType.byteSize)
+        return swapped
+        #endif
     }
 }
 

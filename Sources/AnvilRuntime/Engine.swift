@@ -26,8 +26,6 @@ public final class Engine: @unchecked Sendable {
     public let profile: ShapeProfile
     /// The memory plan for the build-time shapes, from the file (MEMPLAN section).
     public let memoryPlan: StoredMemoryPlan?
-    /// The file's bytes, which constants and prepacked weights are read from in place.
-    private let storage: AnyObject?
 
     /// Reads an engine file: sections in place, constants decoded on first use,
     /// prepacked weights used by the kernels straight from the mapping.
@@ -41,17 +39,16 @@ public final class Engine: @unchecked Sendable {
         let graph = try EngineCodec.decode(section, file: name, packed: packed, owner: file.storage)
         try self.init(graph: graph, producer: file.producer, requiredFeatures: file.requiredFeatures,
                       profile: try file.withSection("PROFILE") { try ShapeProfile.decode($0, file: name) } ?? ShapeProfile(),
-                      memoryPlan: try file.withSection("MEMPLAN") { try MemoryPlanSection.decode($0, file: name) },
-                      storage: file.storage, name: name)
+                      memoryPlan: try file.withSection("MEMPLAN") { try MemoryPlanSection.decode($0, file: name) }, name: name)
     }
 
-    /// An engine over a graph in memory (as the builder makes it).
+    /// An engine over a graph in memory (as the builder makes it). A graph read from a
+    /// file keeps the file's bytes alive through its constants.
     public init(graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, profile: ShapeProfile,
-                memoryPlan: StoredMemoryPlan? = nil, storage: AnyObject? = nil, name: String) throws {
+                memoryPlan: StoredMemoryPlan? = nil, name: String) throws {
         self.graph = graph
         self.profile = profile
         self.memoryPlan = memoryPlan
-        self.storage = storage
         self.producer = producer
         self.requiredFeatures = requiredFeatures
         dnnl = try DNNLEngine()

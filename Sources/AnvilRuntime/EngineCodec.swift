@@ -1,6 +1,5 @@
 import AnvilCore
 import AnvilKernels
-import Dispatch
 
 /// Binary encoding of an EngineGraph for the engine file's GRAPH section.
 /// Little-endian, length-prefixed; the reader checks every length against the

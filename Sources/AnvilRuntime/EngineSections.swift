@@ -15,24 +15,18 @@ enum WeightsSection {
         for v in [version.major, version.minor, version.patch] { w.int(v) }
         w.int(weights.count)
         func code(_ c: LayoutCode) { w.int(c.values.count); for v in c.values { w.u64(UInt64(bitPattern: v)) } }
-        // Entries first: their size does not depend on the offsets (fixed-width fields).
-        var table = EngineCodec.Writer()
-        for p in weights {
-            table.string(p.constant)
-            table.int(p.user.values.count); for v in p.user.values { table.u64(UInt64(bitPattern: v)) }
-            table.int(p.packed.values.count); for v in p.packed.values { table.u64(UInt64(bitPattern: v)) }
-            table.int(0); table.int(0)
-        }
-        var offset = align(w.bytes.count + table.bytes.count)
+        // The table first, with each entry's offset filled in once the table's end is known.
+        var offsetFields: [Int] = []
         for p in weights {
             w.string(p.constant)
             code(p.user)
             code(p.packed)
-            w.int(offset); w.int(p.data.count)
-            offset = align(offset + p.data.count)
+            offsetFields.append(w.bytes.count)
+            w.int(0); w.int(p.data.count)
         }
-        for p in weights {
+        for (field, p) in zip(offsetFields, weights) {
             w.bytes += [UInt8](repeating: 0, count: align(w.bytes.count) - w.bytes.count)
+            withUnsafeBytes(of: UInt64(w.bytes.count).littleEndian) { w.bytes.replaceSubrange(field..<(field + 8), with: $0) }
             w.bytes += p.data
         }
         return w.bytes
@@ -74,8 +68,7 @@ enum MemoryPlanSection {
         var w = EngineCodec.Writer()
         w.int(plan.arenaBytes)
         w.int(plan.buffers.count)
-        for name in plan.buffers.keys.sorted() {
-            let b = plan.buffers[name]!
+        for (name, b) in plan.buffers.sorted(by: { $0.key < $1.key }) {
             w.string(name); w.int(b.bytes); w.int(b.offset)
         }
         return w.bytes
@@ -86,7 +79,7 @@ enum MemoryPlanSection {
         var plan = StoredMemoryPlan(arenaBytes: try r.int(), buffers: [:])
         for _ in 0..<(try r.count(minimum: 24)) {
             let name = try r.string(), size = try r.int(), offset = try r.int()
-            plan.buffers[name] = (size, offset)
+            plan.buffers[name] = .init(bytes: size, offset: offset)
         }
         guard r.position == bytes.count else { throw r.fail("\(bytes.count - r.position) bytes after the plan") }
         return plan

@@ -37,8 +37,7 @@ struct BuildSettings {
         }
         let bar = ProgressBar(label: "Timing tactics")
         builder.progress = { done, total in bar.update(done, total) }
-        step(optimize ? "optimizing, inferring shapes and converting to layers" : "inferring shapes and converting to layers")
-        step("building: tactics, then planning the engine on this CPU (kernels, layouts, memory)")
+        step((optimize ? "optimizing, inferring shapes" : "inferring shapes") + ", timing tactics and planning the engine on this CPU (kernels, layouts, memory)")
         let result = try builder.build(m, name: model)
         bar.finish()
         step("tactics: \(builder.timingCache.measured) measured, \(builder.timingCache.hits) from the timing cache")
@@ -54,7 +53,8 @@ struct BuildSettings {
             guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
         }
         let engine = result.engine
-        let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count, building: engine.storableWeights)
+        let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count,
+                                      building: (engine.storableWeights, result.plan, result.planFailure))
         if let output {
             step("writing \(output)")
             try TensorFiles.writeAll([(output, bytes)])

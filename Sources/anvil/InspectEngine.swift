@@ -82,15 +82,19 @@ struct EngineReport: Encodable {
         case prepackedWeights = "PrepackedWeights"
     }
 
-    /// `building`: the engine the builder planned (its kernels packed their own weights; `weights` are the ones written).
-    init(engine: Engine, file: String, bytes: Int, building weights: [PackedWeights]? = nil) throws {
+    /// `building`: the engine the builder planned, with that plan (its kernels packed their
+    /// own weights; `weights` are the ones written). Otherwise the engine is planned here.
+    init(engine: Engine, file: String, bytes: Int, building: (weights: [PackedWeights], plan: ExecutionPlan?, failure: String?)? = nil) throws {
+        let weights = building?.weights
         self.file = file
         producer = engine.producer
         requiredCPUFeatures = engine.requiredFeatures.description.isEmpty ? "none" : engine.requiredFeatures.description
         self.bytes = bytes
         // Planning runs the engine once on zeros; a model that refuses zeros is reported, not fatal.
         let (plan, failure): (ExecutionPlan?, String?)
-        do { (plan, failure) = try engine.planForReport() } catch { (plan, failure) = (nil, "running it on zero inputs failed: \(error)") }
+        if let building { (plan, failure) = (building.plan, building.failure) } else {
+            do { (plan, failure) = try engine.planForReport() } catch { (plan, failure) = (nil, "running it on zero inputs failed: \(error)") }
+        }
         let types = engine.graph.valueTypes
         func tensor(_ name: String, declared: TensorType? = nil) -> Tensor {
             let dims = plan?.shape(of: name).map { $0.map(String.init) } ?? (declared ?? types[name])?.dims?.map(\.description) ?? ["?"]

@@ -13,7 +13,7 @@ final class EngineThreadingTests: XCTestCase {
     func testFourThreadsMatchOneThreadOverAThousandRuns() throws {
         let model = try ONNXImporter.load(path: TestSupport.fixture("cnn/model.onnx"))
         let file = try EngineBuilder().build(model, name: "cnn").file
-        let engine = try Engine(file: try file.encoded().withUnsafeBytes { try EngineFile.decode($0, file: "cnn.anvil") }, name: "cnn.anvil")
+        let engine = try Engine(file: file, name: "cnn.anvil")
         let inputs = try (0..<4).map { k in try PassTesting.randomInputs(model.graph, seed: UInt64(100 + k)) }
         let expected = try inputs.map { try ExecutionContext(engine: engine).run($0)[0].value }
         let mismatches = Mismatches()

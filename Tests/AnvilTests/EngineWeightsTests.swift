@@ -26,8 +26,7 @@ final class EngineWeightsTests: XCTestCase {
 
     /// An engine file made of `sections`, read back as `anvil` would read it.
     func engine(_ sections: [(tag: String, bytes: [UInt8])]) throws -> Engine {
-        let bytes = try EngineFile(producer: "anvil 0.1", requiredFeatures: [], sections: sections).encoded()
-        return try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "cnn.anvil") }, name: "cnn.anvil")
+        try Engine(file: EngineFile(producer: "anvil 0.1", requiredFeatures: [], sections: sections), name: "cnn.anvil")
     }
 
     func testWeightsArePrepackedInTheFileAndUsedInPlace() throws {

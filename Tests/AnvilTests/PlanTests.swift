@@ -102,7 +102,8 @@ final class PlanTests: XCTestCase {
             var builder = EngineBuilder()
             builder.optimize = op == "FusedConv"
             let built = try builder.build(m, name: "plan\(trial)")
-            let engine = try Engine(file: try built.file.encoded().withUnsafeBytes { try EngineFile.decode($0, file: "t.anvil") }, name: "t.anvil")
+            // Engine(file:) reads an engine being written from its encoding, as from disk.
+            let engine = try Engine(file: built.file, name: "t.anvil")
             let context = ExecutionContext(engine: engine)
             for run in 0..<2 {
                 let actual = try context.run(["x": x])
@@ -251,8 +252,7 @@ extension PlanTests {
             let expected = try ReferenceExecutor(model: m).run(feeds)[0].value
             var builder = EngineBuilder()
             builder.optimize = false
-            let bytes = try builder.build(m, name: "t").file.encoded()
-            let engine = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "t.anvil") }, name: "t.anvil")
+            let engine = try Engine(file: try builder.build(m, name: "t").file, name: "t.anvil")
             let context = ExecutionContext(engine: engine)
             XCTAssertEqual(try context.run(feeds)[0].value, expected, "trial \(trial)")
             XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift", "trial \(trial)")
@@ -302,9 +302,9 @@ extension PlanTests {
             let staging = try Engine(file: file, name: "t.anvil")
             _ = try ExecutionContext(engine: staging).run(feeds)
             let weights = staging.storableWeights
-            let bytes = try Engine.file(for: built.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [], weights: weights,
-                                        packedOnly: Set(weights.filter(\.isUnpackable).map(\.constant))).encoded()
-            let engine = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "t.anvil") }, name: "t.anvil")
+            let written = try Engine.file(for: built.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [], weights: weights,
+                                          packedOnly: Set(weights.filter(\.isUnpackable).map(\.constant)))
+            let engine = try Engine(file: written, name: "t.anvil")
             let context = ExecutionContext(engine: engine)
             let actual = try context.run(feeds)[0].value
             let implementation = try XCTUnwrap(context.lastPlan?.stepSummary.first { $0.layer == "conv" }?.implementation)

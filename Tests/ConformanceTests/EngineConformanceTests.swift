@@ -24,9 +24,8 @@ final class EngineConformanceTests: XCTestCase {
         let count = self.count
         runner.execute = { model, inputs in
             let built = try EngineBuilder().build(model, name: model.graph.name)
-            let bytes = try built.file.encoded()
-            let file = try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "\(model.graph.name).anvil") }
-            let engine = try Engine(file: file, name: "\(model.graph.name).anvil")
+            // Read from the file's encoding, as from disk.
+            let engine = try Engine(file: built.file, name: "\(model.graph.name).anvil")
             let context = ExecutionContext(engine: engine)
             _ = try context.run(inputs)
             let outputs = try context.run(inputs)

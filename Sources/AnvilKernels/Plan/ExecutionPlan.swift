@@ -68,17 +68,17 @@ public final class SharedKernels: @unchecked Sendable {
 /// value each buffer holds, its size and offset. A plan adopts it only after
 /// checking that it fits its own buffers and that no two live buffers overlap.
 public struct StoredMemoryPlan: Sendable, Equatable {
+    public struct Placement: Sendable, Equatable {
+        public var bytes: Int
+        public var offset: Int
+        public init(bytes: Int, offset: Int) { self.bytes = bytes; self.offset = offset }
+    }
     public var arenaBytes: Int
-    public var buffers: [String: (bytes: Int, offset: Int)]
+    public var buffers: [String: Placement]
 
-    public init(arenaBytes: Int, buffers: [String: (bytes: Int, offset: Int)]) {
+    public init(arenaBytes: Int, buffers: [String: Placement]) {
         self.arenaBytes = arenaBytes
         self.buffers = buffers
-    }
-
-    public static func == (a: StoredMemoryPlan, b: StoredMemoryPlan) -> Bool {
-        a.arenaBytes == b.arenaBytes && a.buffers.count == b.buffers.count
-            && a.buffers.allSatisfy { k, v in b.buffers[k].map { $0.bytes == v.bytes && $0.offset == v.offset } ?? false }
     }
 }
 
@@ -529,7 +529,7 @@ public final class ExecutionPlan {
     /// This plan's memory plan in the form an engine file stores.
     public var storedMemoryPlan: StoredMemoryPlan {
         var stored = StoredMemoryPlan(arenaBytes: arenaBytes, buffers: [:])
-        for b in buffers where b.parent == nil { if let name = b.names.first { stored.buffers[name] = (b.bytes, b.offset) } }
+        for b in buffers where b.parent == nil { if let name = b.names.first { stored.buffers[name] = .init(bytes: b.bytes, offset: b.offset) } }
         return stored
     }
 
