@@ -7,18 +7,19 @@ import AnvilPasses
 import AnvilRuntime
 import Foundation
 
-/// Turns an ONNX model into an engine: optimizes the graph, converts it into the
-/// runtime's layer graph and serializes it. Convolutions and matrix products with
-/// constant float weights get the oneDNN tactic, everything else the reference
-/// kernels; tactic timing, the memory plan and prepacked weights in the file
-/// follow (issue 4).
+/// Turns an ONNX model into an engine, as TensorRT's builder does: optimizes a copy
+/// of the graph, converts it into the runtime's layer graph, times convolution
+/// tactics on this CPU, then asks the runtime to compile it (`Engine.compile`), which
+/// decides every other layer's kernel from the lowering table and returns the
+/// decisions, the prepacked weights, the memory plan and the instruction set needed;
+/// all of it goes into the engine file.
 public struct EngineBuilder {
     public var pipeline = PipelineOptions()
     /// Skip the optimizer (for debugging).
     public var optimize = true
     /// Input shapes to build for (trtexec's --shapes or --min/opt/maxShapes).
     public var profile = ShapeProfile()
-    /// Time convolution layouts on this CPU and keep the fastest (needs static shapes).
+    /// Time convolution tactics on this CPU and keep the fastest.
     public var timeTactics = true
     /// Whether convolutions may use oneDNN's Winograd kernels (--tacticSources=-WINOGRAD turns them off).
     public var winograd = true
@@ -31,20 +32,21 @@ public struct EngineBuilder {
     public struct Result {
         public let file: EngineFile
         public let statistics: PassContext?
-        /// The engine in memory, planned once on this CPU (its kernels made).
+        /// The engine in memory, with the kernels its compilation made (what the file records).
         public let engine: Engine
-        /// That plan for the build-time shapes, or why there is none.
-        public let plan: ExecutionPlan?
-        public let planFailure: String?
+        /// What the runtime made of it for the build-time shapes.
+        public let compiled: CompiledEngine
         public var graph: EngineGraph { engine.graph }
     }
 
-    public func build(_ model: Model, name: String) throws -> Result {
-        let missing = ReferenceExecutor(model: model).unsupportedNodes()
+    /// Builds an engine from `source`, which is left as it is.
+    public func build(_ source: Model, name: String) throws -> Result {
+        let missing = ReferenceExecutor(model: source).unsupportedNodes()
         guard missing.isEmpty else {
             throw AnvilError.invalidModel(file: name, field: "graph", reason: "cannot build: \(missing.count) nodes use unsupported ops: \(missing.joined(separator: ", "))")
         }
-        try profile.check(against: model.graph.runtimeInputs.map { ($0.name, $0.type) })
+        try profile.check(against: source.graph.runtimeInputs.map { ($0.name, $0.type) })
+        let model = source.copy()
         // Fixed shapes become part of the graph, so the optimizer folds what depends on them.
         for (i, input) in model.graph.inputs.enumerated() where profile.isFixed(input.name) {
             guard let e = input.type.elementType else { continue }
@@ -62,41 +64,64 @@ public struct EngineBuilder {
         for input in model.graph.inputs where model.graph.initializers[input.name] == nil { model.graph.valueTypes[input.name] = input.type }
         model.graph.inputs = declared
         let graph = try Self.convert(model.graph, model: model)
-        if timeTactics { try chooseTactics(graph) }
+        // Every value's concrete type for the shapes the engine is compiled for.
+        let types = try Self.concreteTypes(model, shapes: sampleShapes(model.graph))
+        if timeTactics, let types { try chooseTactics(graph, types: types) }
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
-        // Plan the engine once for its build-time shapes: that makes every kernel, whose
-        // prepacked weights and the memory plan go into the file.
         let producer = "anvil 0.1"
-        let engine = try Engine(graph: graph, producer: producer, requiredFeatures: [], profile: profile, name: name)
-        var plan: ExecutionPlan?, failure: String?
-        do { (plan, failure) = try engine.planForReport() } catch { failure = "running it on zero inputs failed: \(error)" }
-        let weights = engine.storableWeights
+        let staging = try Engine(graph: graph, producer: producer, requiredFeatures: [], profile: profile, name: name)
+        let compiled = try staging.compile(types: types)
+        for i in graph.layers.indices { graph.layers[i].decision = compiled.decisions[graph.layers[i].name] }
         // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks
         // them. Winograd-transformed weights cannot be read back, so theirs stay plain as well.
-        let packedOnly = Set(weights.filter(\.isUnpackable).map(\.constant))
-        let isStatic = !graph.valueTypes.isEmpty && graph.valueTypes.values.allSatisfy { $0.concreteShape != nil }
-        // The engine needs the instruction set its kernels were chosen and its weights packed for.
-        let implementations = plan?.stepSummary.map(\.implementation) ?? []
-        let required: CPUFeatures = implementations.contains { $0.contains("avx512") } ? [.avx512Core]
-            : implementations.contains { $0.contains("avx2") } ? [.avx2] : []
-        let file = try Engine.file(for: graph, producer: producer, requiredFeatures: required, metadata: Array(meta.utf8), profile: profile,
-                                   weights: weights, packedOnly: packedOnly, memoryPlan: isStatic ? plan?.storedMemoryPlan : nil)
-        return Result(file: file, statistics: context, engine: engine, plan: plan, planFailure: failure)
+        let packedOnly = Set(compiled.packedWeights.filter(\.isUnpackable).map(\.constant))
+        let file = try Engine.file(for: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, metadata: Array(meta.utf8),
+                                   profile: profile, weights: compiled.packedWeights, packedOnly: packedOnly, memoryPlan: compiled.memoryPlan)
+        return Result(file: file, statistics: context, engine: try staging.recording(compiled), compiled: compiled)
     }
 
-    /// Times each convolution's layouts for the build-time shapes and records the choice in its tactic.
-    func chooseTactics(_ graph: EngineGraph) throws {
-        var types: [String: (DataType, [Int])] = [:]
-        for (name, t) in graph.valueTypes {
-            if let e = t.elementType, let shape = t.concreteShape { types[name] = (e, shape) }
+    /// The input shapes an engine is compiled for at build time: the profile's optimal
+    /// shapes, else the declared ones with dynamic dimensions as 1.
+    func sampleShapes(_ g: Graph) -> [String: [Int]] {
+        var shapes: [String: [Int]] = [:]
+        for input in g.runtimeInputs { shapes[input.name] = profile.opt[input.name] ?? (input.type.dims ?? []).map { $0.value ?? 1 } }
+        return shapes
+    }
+
+    /// Every value's concrete type when the graph's inputs have `shapes`, inferred on a
+    /// copy; nil when some type depends on the data.
+    static func concreteTypes(_ model: Model, shapes: [String: [Int]]) throws -> [String: (DataType, [Int])]? {
+        let copy = model.copy()
+        for (i, input) in copy.graph.inputs.enumerated() {
+            if let shape = shapes[input.name], let e = input.type.elementType { copy.graph.inputs[i].type = TensorType(e, shape: shape) }
         }
-        let constants = graph.constants
+        copy.graph.valueTypes = [:]
+        var inference = ShapeInference(model: copy)
+        try inference.run()
+        var types: [String: (DataType, [Int])] = [:]
+        for input in copy.graph.runtimeInputs {
+            guard let e = input.type.elementType, let shape = input.type.concreteShape else { return nil }
+            types[input.name] = (e, shape)
+        }
+        for (name, t) in copy.graph.valueTypes where copy.graph.initializers[name] == nil {
+            guard let e = t.elementType, let shape = t.concreteShape else { return nil }
+            types[name] = (e, shape)
+        }
+        return types
+    }
+
+    /// Times each convolution's tactics for the compiled shapes and records the choice as its decision.
+    func chooseTactics(_ graph: EngineGraph, types: [String: (DataType, [Int])]) throws {
         let machine = "\(CPUFeatures.host)|\(ProcessInfo.processInfo.activeProcessorCount)cpu"
-        let chosen = TacticSelector.chooseConvolutionLayouts(layers: graph.layers, constants: constants, types: types, engine: try DNNLEngine(),
+        let chosen = TacticSelector.chooseConvolutionTactics(layers: graph.layers, constants: graph.constants, types: types, engine: try DNNLEngine(),
                                                              cache: timingCache, machine: machine, winograd: winograd, progress: progress)
-        for i in graph.layers.indices { if let t = chosen[graph.layers[i].name] { graph.layers[i].tactic = t } }
+        for i in graph.layers.indices {
+            guard let tactic = chosen[graph.layers[i].name] else { continue }
+            graph.layers[i].decision = LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout,
+                                                     postOps: try PostOps(graph.layers[i]))
+        }
     }
 
     /// IR graph → engine graph, recursively for subgraphs.
@@ -111,9 +136,7 @@ public struct EngineBuilder {
                 }
             }
             return Layer(name: node.name, opType: node.opType, domain: node.domain, opset: model.opsetVersion(domain: node.domain) ?? 1,
-                         inputs: node.inputs, outputs: node.outputs, attributes: attributes, fusedFrom: node.fusedFrom,
-                         tactic: topLevel && FastLayer.supports(opType: node.opType, domain: node.domain, weights: node.inputs.count > 1 ? g.initializers[node.inputs[1]] : nil,
-                                                                attributes: node.attributes) ? "onednn" : "reference")
+                         inputs: node.inputs, outputs: node.outputs, attributes: attributes, fusedFrom: node.fusedFrom)
         }
         return EngineGraph(name: g.name, inputs: g.inputs.filter { g.initializers[$0.name] == nil }.map { ($0.name, $0.type) },
                            outputs: g.outputs.map { ($0.name, $0.type) },

@@ -5,13 +5,13 @@ import Foundation
 import Glibc
 #endif
 
-/// The container of an Anvil engine file (format version 1; docs/engine-format.md):
+/// The container of an Anvil engine file (format version 2; docs/engine-format.md):
 /// a fixed header, a section table, and 64-byte-aligned section payloads. The
 /// writer is deterministic; the reader checks every bound, the checksum, the
 /// version and the CPU features before anything else reads the payloads.
 public struct EngineFile {
     /// Format version this code writes and reads.
-    public static let formatVersion: UInt32 = 1
+    public static let formatVersion: UInt32 = 2
     /// "\x89ANVIL\r\n": the high byte and the line endings catch text-mode transfers.
     public static let magic: [UInt8] = [0x89, 0x41, 0x4E, 0x56, 0x49, 0x4C, 0x0D, 0x0A]
     static let headerSize = 64
@@ -132,7 +132,9 @@ public struct EngineFile {
         }
         let version: UInt32 = read(bytes, 8)
         guard version == formatVersion else {
-            throw fail("engine format version \(version) is not supported by this Anvil (it reads version \(formatVersion)): rebuild it with anvil build")
+            throw fail(version < formatVersion
+                ? "was written by an earlier Anvil (engine format \(version); this Anvil reads format \(formatVersion), which records typed layer decisions): rebuild it with this anvil's anvil build"
+                : "engine format version \(version) is newer than this Anvil reads (\(formatVersion)): rebuild it with this anvil's anvil build, or use a newer Anvil")
         }
         let total: UInt64 = read(bytes, 48)
         guard total == UInt64(bytes.count) else {

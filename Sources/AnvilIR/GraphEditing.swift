@@ -106,3 +106,36 @@ extension Graph {
         inputs.removeAll { $0.name == name }
     }
 }
+
+extension Graph {
+    /// A deep copy: nodes and subgraphs are new objects, so passes on the copy leave
+    /// this graph as it is (tensors are values and share their storage until written).
+    public func copy() -> Graph {
+        let g = Graph(name: name, inputs: inputs, outputs: outputs, nodes: nodes.map { $0.copy() },
+                      initializers: initializerOrder.compactMap { n in initializers[n].map { (n, $0) } }, valueTypes: valueTypes)
+        return g
+    }
+}
+
+extension Node {
+    /// A copy with its subgraphs copied too.
+    public func copy() -> Node {
+        var copied = attributes
+        for (key, value) in attributes {
+            switch value {
+            case .graph(let s): if let g = s as? Graph { copied[key] = .graph(g.copy()) }
+            case .graphs(let ss): copied[key] = .graphs(ss.map { ($0 as? Graph)?.copy() ?? $0 })
+            default: break
+            }
+        }
+        return Node(name: name, opType: opType, domain: domain, inputs: inputs, outputs: outputs, attributes: copied, fusedFrom: fusedFrom)
+    }
+}
+
+extension Model {
+    /// A deep copy of the model (its graph copied as `Graph.copy` does).
+    public func copy() -> Model {
+        Model(graph: graph.copy(), opsets: opsets, irVersion: irVersion, producerName: producerName, producerVersion: producerVersion,
+              domain: domain, modelVersion: modelVersion, docString: docString, metadata: metadata)
+    }
+}

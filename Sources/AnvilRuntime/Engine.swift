@@ -13,7 +13,7 @@ public final class Engine: @unchecked Sendable {
     /// The oneDNN engine the fast layers run on, shared by all contexts.
     let dnnl: DNNLEngine
     /// oneDNN kernels with their prepacked weights, shared by all contexts.
-    let kernels = SharedKernels()
+    let kernels: SharedKernels
 
     /// Reads an engine file (memory-mapped) and validates it.
     public convenience init(path: String) throws {
@@ -44,14 +44,28 @@ public final class Engine: @unchecked Sendable {
 
     /// An engine over a graph in memory (as the builder makes it). A graph read from a
     /// file keeps the file's bytes alive through its constants.
-    public init(graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, profile: ShapeProfile,
-                memoryPlan: StoredMemoryPlan? = nil, name: String) throws {
+    public convenience init(graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, profile: ShapeProfile,
+                            memoryPlan: StoredMemoryPlan? = nil, name: String) throws {
+        try self.init(graph: graph, producer: producer, requiredFeatures: requiredFeatures, profile: profile, memoryPlan: memoryPlan, name: name,
+                      dnnl: DNNLEngine(), kernels: SharedKernels())
+    }
+
+    /// The engine as its compilation recorded it (required instruction set, memory
+    /// plan), sharing the kernels that compilation made.
+    public func recording(_ compiled: CompiledEngine) throws -> Engine {
+        try Engine(graph: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, profile: profile, memoryPlan: compiled.memoryPlan,
+                   name: "", dnnl: dnnl, kernels: kernels)
+    }
+
+    private init(graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, profile: ShapeProfile, memoryPlan: StoredMemoryPlan?,
+                 name: String, dnnl: DNNLEngine, kernels: SharedKernels) throws {
         self.graph = graph
         self.profile = profile
         self.memoryPlan = memoryPlan
         self.producer = producer
         self.requiredFeatures = requiredFeatures
-        dnnl = try DNNLEngine()
+        self.dnnl = dnnl
+        self.kernels = kernels
         // Every layer's op must be known to this runtime before anything runs.
         var missing: [String] = []
         Self.visit(graph) { layer in
@@ -76,9 +90,6 @@ public final class Engine: @unchecked Sendable {
         if !weights.isEmpty { sections.append(("WEIGHTS", WeightsSection.encode(weights))) }
         return EngineFile(producer: producer, requiredFeatures: requiredFeatures, sections: sections)
     }
-
-    /// The prepacked weights of the kernels made so far (by running the engine once), for writing it.
-    public var storableWeights: [PackedWeights] { kernels.storableWeights }
 
     /// Kernels made so far with constant weights, and how many use the file's prepacked weights in place.
     public var weightsInPlace: (inPlace: Int, kernels: Int) { kernels.weightsInPlace }
@@ -107,19 +118,72 @@ public final class Engine: @unchecked Sendable {
         return inputs
     }
 
-    /// Plans the engine for its build-time shapes on this CPU (running it once on
-    /// zeros), for reports; nil with the reason when the graph runs on the interpreter.
-    public func planForReport() throws -> (plan: ExecutionPlan?, failure: String?) {
+    /// Plans the engine on this CPU for inputs of `shapes` (default: the build-time
+    /// ones): the one call between builder and runtime. Every layer gets its decision
+    /// instantiated, or (an undecided layer, while building) the first kernel of the
+    /// lowering table that fits it. `types` gives every value's type for these inputs
+    /// when the caller knows them (the builder infers them); without them the runtime
+    /// plans from the types recorded at build time, or runs the layer interpreter once
+    /// on zeros to observe them (dynamic shapes).
+    public func compile(shapes: [String: [Int]] = [:], types: [String: (DataType, [Int])]? = nil) throws -> CompiledEngine {
+        var inputs = try sampleInputs()
+        for (name, shape) in shapes {
+            guard let t = inputs[name] else { throw AnvilError.invalidArgument("'\(name)' is not an input of the engine") }
+            inputs[name] = try Tensor.zeros(t.dataType, shape: shape)
+        }
         let context = ExecutionContext(engine: self)
-        let inputs = try sampleInputs()
-        _ = try context.run(inputs)
-        _ = try context.run(inputs)
-        return (context.lastPlan, context.planFailure)
+        let plan = context.plan(for: inputs, types: types)
+        var decisions: [String: LayerDecision] = [:], implementations: [String: String] = [:]
+        for layer in graph.layers { implementations[layer.name] = plan?.implementation(of: layer.name) ?? context.interpretedImplementation(of: layer.name) }
+        if let plan {
+            for (layer, decision) in plan.decisions { decisions[layer] = decision }
+        } else {
+            // The interpreter runs convolutions and matrix products on oneDNN where they fit.
+            let reason = "the engine runs on the layer interpreter (\(context.planFailure ?? "not planned"))"
+            for layer in graph.layers {
+                switch context.fastKernel(of: layer.name) {
+                case .convolution?: decisions[layer.name] = LayerDecision(kernel: .convolution, postOps: try PostOps(layer))
+                case .matmul?: decisions[layer.name] = LayerDecision(kernel: .matmul, postOps: try PostOps(layer))
+                default: decisions[layer.name] = .reference(reason)
+                }
+            }
+        }
+        let weights = kernels.storableWeights
+        let usesOneDNN = (plan?.usesOneDNN ?? false) || !weights.isEmpty || decisions.values.contains { $0.kernel.family == .onednn }
+        let required: CPUFeatures
+        switch usesOneDNN ? DNNLInstructionSet.effective : .older {
+        case .avx512Core: required = [.avx512Core]
+        case .avx2: required = [.avx2]
+        case .older: required = []
+        }
+        let isStatic = !graph.valueTypes.isEmpty && graph.valueTypes.values.allSatisfy { $0.concreteShape != nil }
+        return CompiledEngine(plan: plan, planFailure: context.planFailure, decisions: decisions, implementations: implementations, packedWeights: weights,
+                              memoryPlan: isStatic ? plan?.storedMemoryPlan : nil, requiredFeatures: required)
     }
 
     /// The engine's runtime inputs and outputs.
     public var inputs: [(name: String, type: TensorType)] { graph.inputs }
     public var outputs: [(name: String, type: TensorType)] { graph.outputs }
+}
+
+/// What the runtime made of an engine for one set of input shapes (`Engine.compile`):
+/// everything the builder records in the engine file, as typed values.
+public struct CompiledEngine {
+    /// The plan; nil when the graph runs on the layer interpreter (control flow,
+    /// strings, shapes that depend on the data), with the reason.
+    public let plan: ExecutionPlan?
+    public let planFailure: String?
+    /// Every top-level layer's decision as instantiated.
+    public let decisions: [String: LayerDecision]
+    /// What runs each top-level layer on this CPU, as every report names it: the plan's
+    /// kernels ("brg:avx512_core + reorder"), "swift", "view (no copy)", "reference".
+    public let implementations: [String: String]
+    /// The prepacked weights of the kernels made, one per constant and layout.
+    public let packedWeights: [PackedWeights]
+    /// The memory plan, for an engine whose shapes are all static.
+    public let memoryPlan: StoredMemoryPlan?
+    /// The instruction set the kernels were chosen and the weights packed for.
+    public let requiredFeatures: CPUFeatures
 }
 
 /// Per-thread execution state of an engine. Create one per thread.
@@ -144,8 +208,11 @@ public final class ExecutionContext {
     public var usePlan = true
     /// When true, each run records every top-level layer's time.
     public var profiling = false
-    /// Per-layer times (milliseconds) of the runs made while profiling, in layer order.
+    /// Per-layer times (milliseconds, one per run) of the runs made while profiling, in
+    /// layer order, with the kernels that ran the layer as `inspect` names them.
     public private(set) var profile: [(layer: String, tactic: String, milliseconds: [Double])] = []
+    private var profileIndex: [String: Int] = [:]
+    private var profiledRuns = 0
     /// Types the interpreter observed on its last top-level run (for planning dynamic shapes).
     private var observed: [String: (DataType, [Int])]?
 
@@ -159,6 +226,7 @@ public final class ExecutionContext {
         let g = engine.graph
         try InputCheck.check(inputs, declared: g.inputs, allNames: Set(g.inputs.map(\.name)))
         for (name, t) in inputs { try engine.profile.admit(name, t.shape) }
+        if profiling { profiledRuns += 1 }
         let names = g.outputs.map(\.name)
         guard usePlan else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
         let shapes = g.inputs.map { inputs[$0.name]?.shape ?? [] }
@@ -166,7 +234,9 @@ public final class ExecutionContext {
             guard let plan = entry else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
             do {
                 lastPlan = plan
-                return zip(names, try plan.run(inputs, stream: try currentStream(), profile: profiling ? record : nil)).map { ($0, $1) }
+                return zip(names, try plan.run(inputs, stream: try currentStream(), profile: profiling ? { layer, ms in
+                    self.record(layer, plan.implementation(of: layer), ms)
+                } : nil)).map { ($0, $1) }
             } catch let mismatch as PlanMismatch {
                 // A shape that depends on the data: these shapes run on the interpreter from now on.
                 planFailure = mismatch.description
@@ -186,6 +256,35 @@ public final class ExecutionContext {
         observed = nil
         plans[shapes] = .some(makePlan(inputs, types: types))
         return zip(names, results).map { ($0, $1) }
+    }
+
+    /// The plan for inputs of these shapes, made without running when `types` (or the
+    /// types recorded at build time) give every value's type; else after one run of the
+    /// interpreter that observes them. Nil, with `planFailure` set, when the graph
+    /// cannot be planned.
+    func plan(for inputs: [String: Tensor], types: [String: (DataType, [Int])]?) -> ExecutionPlan? {
+        if let types = types ?? staticTypes(inputs) {
+            var all = types
+            for (name, t) in inputs { all[name] = (t.dataType, t.shape) }
+            lastPlan = makePlan(inputs, types: all, memoryPlan: engine.memoryPlan)
+            return lastPlan
+        }
+        do {
+            _ = try run(inputs)
+            if lastPlan == nil { _ = try run(inputs) }
+        } catch {
+            planFailure = "running it on zero inputs failed: \(error)"
+            return nil
+        }
+        return lastPlan
+    }
+
+    /// What runs a layer on the interpreter, as reports name it.
+    func interpretedImplementation(of layer: String) -> String { fastLayers[layer]?.implementation ?? "reference" }
+
+    /// The oneDNN kernel the interpreter made for a layer, if any.
+    func fastKernel(of layer: String) -> KernelKind? {
+        fastLayers[layer]?.kind
     }
 
     /// Runs on caller memory with the plan of the last run (call `run(_:)` once with
@@ -236,9 +335,14 @@ public final class ExecutionContext {
         }
     }
 
+    /// Adds a step's time to its layer's time in the current run.
     private func record(_ layer: String, _ implementation: String, _ ms: Double) {
-        if let i = profile.firstIndex(where: { $0.layer == layer && $0.tactic == implementation }) { profile[i].milliseconds.append(ms) }
-        else { profile.append((layer, implementation, [ms])) }
+        guard let i = profileIndex[layer] else {
+            profileIndex[layer] = profile.count
+            profile.append((layer, implementation, [ms]))
+            return
+        }
+        if profile[i].milliseconds.count == profiledRuns { profile[i].milliseconds[profiledRuns - 1] += ms } else { profile[i].milliseconds.append(ms) }
     }
 
     /// Runs the graph layer by layer on the interpreter.
@@ -257,11 +361,11 @@ public final class ExecutionContext {
         return s
     }
 
-    /// The layer's oneDNN kernel for these input shapes: reused, or created on first sight.
+    /// The layer's oneDNN kernel for this input shape: reused, or created on first sight.
     func fastLayer(_ layer: Layer, _ context: EvalContext) throws -> FastLayer? {
-        let shapes = context.inputs.map { $0?.shape }
-        if let existing = fastLayers[layer.name], existing.inputShapes == shapes { return existing }
-        guard let created = try FastLayer.make(context, engine: engine.dnnl) else { return nil }
+        guard let x = context.optionalInput(0), x.dataType == .float else { return nil }
+        if let existing = fastLayers[layer.name], existing.inputShape == x.shape { return existing }
+        guard let created = try FastLayer.make(layer, constants: engine.graph.constants, inputShape: x.shape, engine: engine.dnnl) else { return nil }
         fastLayers[layer.name] = created
         return created
     }
@@ -300,13 +404,11 @@ public final class ExecutionContext {
             defer {
                 if started > 0 {
                     let ms = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
-                    let tactic = layer.tactic.hasPrefix("onednn") ? (fastLayers[layer.name]?.implementation ?? "reference") : "reference"
-                    if let i = profile.firstIndex(where: { $0.layer == layer.name }) { profile[i].milliseconds.append(ms) }
-                    else { profile.append((layer.name, "\(layer.opType): \(tactic)", [ms])) }
+                    record(layer.name, interpretedImplementation(of: layer.name), ms)
                 }
             }
             do {
-                if layer.tactic.hasPrefix("onednn"), g === engine.graph, let fast = try fastLayer(layer, context) {
+                if g === engine.graph, let fast = try fastLayer(layer, context) {
                     results = [try fast.run(context, stream: try currentStream())]
                 } else {
                     results = try def.evaluate(context)

@@ -67,7 +67,7 @@ enum EngineCodec {
             int(g.layers.count)
             for l in g.layers {
                 string(l.name); string(l.opType); string(l.domain); int(l.opset)
-                strings(l.inputs); strings(l.outputs); strings(l.fusedFrom); string(l.tactic)
+                strings(l.inputs); strings(l.outputs); strings(l.fusedFrom); decision(l.decision)
                 int(l.attributes.count)
                 for key in l.attributes.keys.sorted() { string(key); try attribute(l.attributes[key]!) }
             }
@@ -230,11 +230,11 @@ enum EngineCodec {
             var layers: [Layer] = []
             for _ in 0..<(try count(minimum: 64)) {
                 let lname = try string(), op = try string(), domain = try string(), opset = try int()
-                let ins = try strings(), outs = try strings(), fused = try strings(), tactic = try string()
+                let ins = try strings(), outs = try strings(), fused = try strings(), decision = try decision(layer: lname)
                 var attributes: [String: Attribute] = [:]
                 for _ in 0..<(try count(minimum: 9)) { attributes[try string()] = try attribute(depth: depth) }
                 layers.append(Layer(name: lname, opType: op, domain: domain, opset: opset, inputs: ins, outputs: outs,
-                                    attributes: attributes, fusedFrom: fused, tactic: tactic))
+                                    attributes: attributes, fusedFrom: fused, decision: decision))
             }
             var valueTypes: [String: TensorType] = [:]
             for _ in 0..<(try count(minimum: 24)) { valueTypes[try string()] = try type() }

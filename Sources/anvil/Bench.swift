@@ -168,8 +168,8 @@ struct Bench: ParsableCommand {
             if isEngineFile(model) {
                 engine = try Engine(path: model)
             } else {
-                let built = try EngineBuilder().build(try ONNXImporter.load(path: model), name: model)
-                engine = try Engine(file: built.file, name: model)
+                // The engine just built, with the kernels its compilation made.
+                engine = try EngineBuilder().build(try ONNXImporter.load(path: model), name: model).engine
             }
             try settings.bench(engine, loadTime: Date().timeIntervalSince(start))
         }

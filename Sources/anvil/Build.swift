@@ -53,8 +53,8 @@ struct BuildSettings {
             guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
         }
         let engine = result.engine
-        let report = try EngineReport(engine: engine, file: output ?? model, bytes: bytes.count,
-                                      building: (engine.storableWeights, result.plan, result.planFailure))
+        let report = EngineReport(engine: engine, compiled: result.compiled, file: output ?? model, bytes: bytes.count,
+                                  storedWeights: result.compiled.packedWeights, loaded: false)
         if let output {
             step("writing \(output)")
             try TensorFiles.writeAll([(output, bytes)])
@@ -66,10 +66,15 @@ struct BuildSettings {
             try TensorFiles.writeAll([(exportLayerInfo, Array(try encoder.encode(report)))])
         }
         let fused = result.graph.layers.filter { $0.fusedFrom.count > 1 }.count
-        let fast = report.layers.filter { !$0.tacticName.contains("reference") && $0.tacticName != "interpreter" }.count
-        print("Built \(output ?? "an engine in memory"): \(result.graph.layers.count) layers (\(fused) fused, \(fast) on fast kernels), "
-              + "\(ModelReport.bytes(bytes.count)), activation arena \(ModelReport.bytes(report.memoryPlan.arenaBytes)), "
+        let slow = report.layers.filter { $0.slowPath != nil }
+        print("Built \(output ?? "an engine in memory"): \(result.graph.layers.count) layers (\(fused) fused, \(report.layers.count - slow.count) on fast kernels, "
+              + "\(slow.count) on slow paths), \(ModelReport.bytes(bytes.count)), activation arena \(ModelReport.bytes(report.memoryPlan.arenaBytes)), "
               + "in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+        if !slow.isEmpty {
+            print("Slow paths (reference kernels):")
+            for l in slow.prefix(verbose ? slow.count : 20) { print("  \(l.name) (\(l.layerType)): \(l.slowPath!)") }
+            if !verbose && slow.count > 20 { print("  … \(slow.count - 20) more (--verbose lists all)") }
+        }
         return engine
     }
 }

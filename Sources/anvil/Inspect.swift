@@ -113,7 +113,9 @@ struct Inspect: ParsableCommand {
             if isEngineFile(model) {
                 let engine = try Engine(path: model)
                 let size = (try? FileManager.default.attributesOfItem(atPath: model)[.size] as? Int) ?? 0
-                let report = try EngineReport(engine: engine, file: model, bytes: size)
+                // Planning on this CPU is what the reports describe; a model that cannot be planned is reported, not fatal.
+                let report = EngineReport(engine: engine, compiled: try engine.compile(), file: model, bytes: size,
+                                          storedWeights: engine.graph.constants.packed, loaded: true)
                 try show(text: report.text, json: report)
                 return
             }

@@ -25,16 +25,18 @@ struct EngineReport: Encodable {
         let layerType: String
         let inputs: [Tensor]
         let outputs: [Tensor]
-        /// The build-time tactic class ("onednn", "reference").
-        let tactic: String
+        /// The builder's decision: kernel, algorithm, layout, post-ops.
+        let kernel: String
         /// The kernels planned on this CPU, one per step ("brgconv:avx512_core", "swift", "view").
         let tacticName: String
+        /// Why the layer runs on a slow path (the reference kernel); nil when it does not.
+        let slowPath: String?
         let precision: String
         let weights: Weights?
         let metadata: String
         let fusedFrom: [String]
         enum CodingKeys: String, CodingKey {
-            case name = "Name", layerType = "LayerType", inputs = "Inputs", outputs = "Outputs", tactic = "Tactic", tacticName = "TacticName"
+            case name = "Name", layerType = "LayerType", inputs = "Inputs", outputs = "Outputs", kernel = "Kernel", tacticName = "TacticName", slowPath = "SlowPath"
             case precision = "Precision", weights = "Weights", metadata = "Metadata", fusedFrom = "FusedFrom"
         }
     }
@@ -52,7 +54,7 @@ struct EngineReport: Encodable {
     }
     struct MemoryPlan: Encodable {
         let planned: Bool
-        /// Whether the plan's offsets came from the file's MEMPLAN section.
+        /// Whether the engine file carries this plan's offsets (its MEMPLAN section).
         let fromFile: Bool
         let reason: String?
         let arenaBytes: Int
@@ -82,19 +84,15 @@ struct EngineReport: Encodable {
         case prepackedWeights = "PrepackedWeights"
     }
 
-    /// `building`: the engine the builder planned, with that plan (its kernels packed their
-    /// own weights; `weights` are the ones written). Otherwise the engine is planned here.
-    init(engine: Engine, file: String, bytes: Int, building: (weights: [PackedWeights], plan: ExecutionPlan?, failure: String?)? = nil) throws {
-        let weights = building?.weights
+    /// The report of `engine` as `compiled` planned it on this CPU (`Engine.compile`, which
+    /// the builder and inspect both call). `storedWeights` are the WEIGHTS the file holds;
+    /// `loaded` says whether the engine was read from a file (its kernels then use them in place).
+    init(engine: Engine, compiled: CompiledEngine, file: String, bytes: Int, storedWeights: [PackedWeights], loaded: Bool) {
         self.file = file
         producer = engine.producer
         requiredCPUFeatures = engine.requiredFeatures.description.isEmpty ? "none" : engine.requiredFeatures.description
         self.bytes = bytes
-        // Planning runs the engine once on zeros; a model that refuses zeros is reported, not fatal.
-        let (plan, failure): (ExecutionPlan?, String?)
-        if let building { (plan, failure) = (building.plan, building.failure) } else {
-            do { (plan, failure) = try engine.planForReport() } catch { (plan, failure) = (nil, "running it on zero inputs failed: \(error)") }
-        }
+        let plan = compiled.plan, failure = compiled.planFailure
         let types = engine.graph.valueTypes
         func tensor(_ name: String, declared: TensorType? = nil) -> Tensor {
             let dims = plan?.shape(of: name).map { $0.map(String.init) } ?? (declared ?? types[name])?.dims?.map(\.description) ?? ["?"]
@@ -112,25 +110,25 @@ struct EngineReport: Encodable {
         let store = engine.graph.constants
         var constants: [String: (dataType: DataType, count: Int)] = [:]
         for name in store.names { if let (t, shape) = store.type(of: name) { constants[name] = (t, shape.reduce(1, *)) } }
-        var stepsByLayer: [String: [String]] = [:]
-        for step in plan?.stepSummary ?? [] { stepsByLayer[step.layer, default: []].append(step.implementation) }
         layers = engine.graph.layers.map { l in
             let weights = l.inputs.compactMap { constants[$0] }
             let weightBytes = weights.reduce(0) { $0 + $1.count * max($1.dataType.byteSize, 1) }
-            let tacticName = plan == nil ? "interpreter" : (stepsByLayer[l.name]?.joined(separator: " + ") ?? "view (no copy)")
+            let decision = compiled.decisions[l.name] ?? l.decision
             return LayerInfo(name: l.name, layerType: l.domain.isEmpty ? l.opType : "\(l.domain).\(l.opType)",
                              inputs: l.inputs.filter { !$0.isEmpty && constants[$0] == nil }.map { tensor($0) },
                              outputs: l.outputs.filter { !$0.isEmpty }.map { tensor($0) },
-                             tactic: l.tactic, tacticName: tacticName, precision: "FP32",
+                             kernel: decision?.description ?? "undecided", tacticName: compiled.implementations[l.name] ?? "reference",
+                             slowPath: decision.map { $0.isSlowPath ? $0.slowPathReason ?? "reference kernel" : nil } ?? "undecided",
+                             precision: (decision?.precision ?? .fp32).description,
                              weights: weights.isEmpty ? nil : Weights(type: weights[0].dataType.description, count: weights.reduce(0) { $0 + $1.count }, bytes: weightBytes),
                              metadata: l.fusedFrom.joined(separator: " + "), fusedFrom: l.fusedFrom)
         }
         constantBytes = constants.values.reduce(0) { $0 + $1.count * max($1.dataType.byteSize, 1) }
-        let stored = weights ?? engine.graph.constants.packed
         let usage = engine.weightsInPlace
-        prepackedWeights = PrepackedWeights(entries: stored.count, bytes: stored.reduce(0) { $0 + $1.data.count },
-                                            kernelsUsingThemInPlace: weights == nil ? usage.inPlace : nil, kernels: usage.kernels)
-        memoryPlan = MemoryPlan(planned: plan != nil, fromFile: plan?.usesStoredMemoryPlan ?? false, reason: failure, arenaBytes: plan?.arenaBytes ?? 0, scratchpadBytes: plan?.scratchpadBytes ?? 0,
+        prepackedWeights = PrepackedWeights(entries: storedWeights.count, bytes: storedWeights.reduce(0) { $0 + $1.data.count },
+                                            kernelsUsingThemInPlace: loaded ? usage.inPlace : nil, kernels: usage.kernels)
+        memoryPlan = MemoryPlan(planned: plan != nil, fromFile: plan != nil && engine.memoryPlan != nil && engine.memoryPlan == plan?.storedMemoryPlan,
+                                reason: failure, arenaBytes: plan?.arenaBytes ?? 0, scratchpadBytes: plan?.scratchpadBytes ?? 0,
                                 bytesWithoutReuse: plan?.unplannedBytes ?? 0,
                                 buffers: (plan?.memoryPlan ?? []).map { Buffer(offset: $0.offset, bytes: $0.bytes, firstStep: $0.firstStep,
                                                                               lastStep: $0.lastStep == Int.max ? -1 : $0.lastStep, values: $0.values) })
@@ -145,12 +143,14 @@ struct EngineReport: Encodable {
             s += "  profile \(name): min \(p["min"]!), opt \(p["opt"]!), max \(p["max"]!)\n"
         }
         s += "Outputs:\n" + outputs.map { "  \($0.name): \(shape($0)) \($0.format)\n" }.joined()
-        s += "Layers: \(layers.count) (\(layers.filter { $0.fusedFrom.count > 1 }.count) fused), weights \(ModelReport.bytes(constantBytes))\n"
+        let slow = layers.filter { $0.slowPath != nil }.count
+        s += "Layers: \(layers.count) (\(layers.filter { $0.fusedFrom.count > 1 }.count) fused, \(slow) on slow paths), weights \(ModelReport.bytes(constantBytes))\n"
         for l in layers {
-            s += "  \(l.name): \(l.layerType) [\(l.tactic): \(l.tacticName)] \(l.precision)"
+            s += "  \(l.name): \(l.layerType) [\(l.kernel): \(l.tacticName)] \(l.precision)"
             if let w = l.weights { s += ", weights \(ModelReport.bytes(w.bytes))" }
             s += "\n      " + l.inputs.map { shape($0) }.joined(separator: ", ") + " -> " + l.outputs.map { "\(shape($0)) \($0.format)" }.joined(separator: ", ")
             if l.fusedFrom.count > 1 || l.fusedFrom != [l.name] { s += "\n      fused from: \(l.fusedFrom.joined(separator: " + "))" }
+            if let why = l.slowPath { s += "\n      SLOW PATH: \(why)" }
             s += "\n"
         }
         let w = prepackedWeights

@@ -41,8 +41,13 @@ final class EngineFileTests: XCTestCase {
 
     func testRefusesOtherVersionsAndForeignFiles() throws {
         var bytes = try sample().encoded()
-        bytes[8] = 2
-        XCTAssertThrowsError(try decode(bytes)) { XCTAssertTrue("\($0)".contains("format version 2"), "\($0)") }
+        bytes[8] = 3
+        XCTAssertThrowsError(try decode(bytes)) { XCTAssertTrue("\($0)".contains("engine format version 3 is newer"), "\($0)") }
+        // An engine of the previous format (untyped tactics) is refused with a rebuild message.
+        bytes[8] = 1
+        XCTAssertThrowsError(try decode(bytes)) {
+            XCTAssertTrue("\($0)".contains("was written by an earlier Anvil (engine format 1") && "\($0)".contains("rebuild it"), "\($0)")
+        }
         let onnx = try [UInt8](Data(contentsOf: URL(fileURLWithPath: TestSupport.fixture("cnn/model.onnx"))))
         XCTAssertThrowsError(try decode(onnx)) { XCTAssertTrue("\($0)".contains("looks like an ONNX model"), "\($0)") }
         XCTAssertThrowsError(try decode([])) { XCTAssertTrue("\($0)".contains("bad magic"), "\($0)") }

@@ -59,7 +59,7 @@ extension OneDNNKernelTests {
             let w = try random([cout, cin / group, k, k], &rng)
             let g = try WindowGeometry(input: [size, size], kernel: [k, k], strides: nil, dilations: nil, pads: Array(repeating: k / 2, count: 4), autoPad: .notSet)
             let conv = try DNNLConvolution(engine: engine, inputShape: x.shape, weights: w, bias: nil, geometry: g, group: group,
-                                           activation: .relu, residual: false, layout: .blocked)
+                                           activation: .relu, residual: false, tactic: ConvolutionTactic(layout: .preferred))
             let toBlocked = try DNNLReorder(engine: engine, from: try .plain(x.shape), to: conv.inputDescriptor)
             let toPlain = try DNNLReorder(engine: engine, from: conv.outputDescriptor, to: try .plain(conv.outputShape))
             let blockedIn = UnsafeMutableRawPointer.allocate(byteCount: conv.inputDescriptor.byteCount, alignment: 64)

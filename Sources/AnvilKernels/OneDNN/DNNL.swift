@@ -22,6 +22,19 @@ public enum DNNLThreads {
     public static func set(_ n: Int) -> Bool { anvil_set_threads(Int32(clamping: n)) != 0 }
 }
 
+/// The instruction set oneDNN's kernels are generated for on this CPU.
+public enum DNNLInstructionSet: Sendable {
+    case avx512Core, avx2, older
+
+    /// What oneDNN dispatches to here (its own CPU detection, honouring ONEDNN_MAX_CPU_ISA).
+    public static var effective: DNNLInstructionSet {
+        let isa = dnnl_get_effective_cpu_isa().rawValue
+        if isa & dnnl_cpu_isa_avx512_core.rawValue == dnnl_cpu_isa_avx512_core.rawValue { return .avx512Core }
+        if isa & dnnl_cpu_isa_avx2.rawValue == dnnl_cpu_isa_avx2.rawValue { return .avx2 }
+        return .older
+    }
+}
+
 /// The oneDNN library this process runs (prepacked layouts belong to one version).
 public enum DNNLVersion {
     public static var current: (major: Int, minor: Int, patch: Int) {
@@ -119,6 +132,10 @@ final class DNNLPrimitive {
 
     /// The implementation oneDNN chose (for tactic reports).
     var implementation: String { String(cString: anvil_dnnl_impl_name(descriptor)) }
+
+    /// Whether oneDNN chose one of its reference implementations ("ref:any", "ref_…"),
+    /// which run tens of times slower than its optimized ones.
+    var isReference: Bool { implementation.hasPrefix("ref") }
 
     /// A memory descriptor the primitive uses (zero when it has none for `what`).
     func query(_ what: dnnl_query_t, index: Int32 = 0) -> dnnl_memory_desc_t {

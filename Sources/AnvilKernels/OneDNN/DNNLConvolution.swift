@@ -1,47 +1,6 @@
 import AnvilCore
 import COneDNN
 
-/// How a kernel's activations are laid out in memory.
-public enum ActivationLayout: String, Sendable, CaseIterable {
-    /// Row-major NC… as ONNX defines tensors.
-    case plain
-    /// Whatever layout oneDNN's fastest implementation prefers (nChw16c on AVX-512);
-    /// the caller reorders at layout boundaries (`DNNLReorder`).
-    case blocked
-    /// Channels innermost (NHWC), which oneDNN's brgemm kernels also run fast.
-    case channelsLast = "nhwc"
-    /// Channels in blocks of 16 (nChw16c), where channel splits and concatenations are views.
-    case blocked16 = "nchw16c"
-}
-
-/// A convolution tactic: the activation layout and oneDNN's algorithm. Written in
-/// tactic strings as the layout's name ("blocked", "nhwc" …) or "winograd" (Winograd
-/// F(4×4, 3×3) on oneDNN's blocked layout, offered for 3×3 stride-1 convolutions).
-public struct ConvolutionTactic: Hashable, Sendable {
-    public let layout: ActivationLayout
-    public let winograd: Bool
-
-    public init(layout: ActivationLayout, winograd: Bool = false) {
-        self.layout = winograd ? .blocked : layout
-        self.winograd = winograd
-    }
-
-    public init?(rawValue: String) {
-        if rawValue == "winograd" { self.init(layout: .blocked, winograd: true); return }
-        guard let layout = ActivationLayout(rawValue: rawValue) else { return nil }
-        self.init(layout: layout)
-    }
-
-    public var rawValue: String { winograd ? "winograd" : layout.rawValue }
-
-    /// The candidates for a convolution: every layout, and Winograd where oneDNN may offer it.
-    public static func candidates(kernel: [Int], strides: [Int], dilations: [Int], group: Int) -> [ConvolutionTactic] {
-        let direct = ActivationLayout.allCases.map { ConvolutionTactic(layout: $0) }
-        let winogradShape = kernel == [3, 3] && strides == [1, 1] && dilations == [1, 1] && group == 1
-        return direct + (winogradShape ? [ConvolutionTactic(layout: .blocked, winograd: true)] : [])
-    }
-}
-
 /// A oneDNN convolution (1-D, 2-D or 3-D, grouped, dilated) with bias, residual
 /// sum and activation fused as post-ops. Weights are reordered once, at creation,
 /// into the layout the chosen implementation prefers.
@@ -56,14 +15,14 @@ public final class DNNLConvolution {
 
     /// Builds the primitive for one input shape.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, geometry g: WindowGeometry,
-                            group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain, winograd: Bool = false) throws {
+                            group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
         try self.init(engine: engine, inputShape: inputShape, weights: KernelWeights(weights), bias: bias, geometry: g, group: group,
-                      activation: activation, residual: residual, layout: layout, winograd: winograd)
+                      activation: activation, residual: residual, tactic: tactic)
     }
 
     /// Builds the primitive for one input shape, using prepacked weights in place when one fits.
     public init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                group: Int, activation: Activation?, residual: Bool, layout: ActivationLayout = .plain, winograd: Bool = false) throws {
+                group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] == weights.shape[1] * group, weights.shape[0] % group == 0 else {
@@ -74,15 +33,9 @@ public final class DNNLConvolution {
         guard g.output.count == spatial, ShapeMath.elementCount(outputShape) != nil, ShapeMath.elementCount(inputShape) != nil else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "output \(outputShape) of input \(inputShape) is impossible")
         }
-        let plain: [dnnl_format_tag_t] = [dnnl_ncw, dnnl_nchw, dnnl_ncdhw]
-        let last: [dnnl_format_tag_t] = [dnnl_nwc, dnnl_nhwc, dnnl_ndhwc]
-        let blocked16: [dnnl_format_tag_t] = [dnnl_nCw16c, dnnl_nChw16c, dnnl_nCdhw16c]
-        let tag = switch layout {
-        case .plain: plain[spatial - 1]
-        case .channelsLast: last[spatial - 1]
-        case .blocked16: blocked16[spatial - 1]
-        case .blocked: dnnl_format_tag_any
-        }
+        let winograd = tactic.algorithm == .winograd
+        // A layout outside the vocabulary cannot be asked for: oneDNN's choice then.
+        let tag = tactic.layout == .plain ? [dnnl_ncw, dnnl_nchw, dnnl_ncdhw][spatial - 1] : tactic.layout.formatTag(rank: inputShape.count) ?? dnnl_format_tag_any
         let src = try memoryDescriptor(inputShape, tag)
         let dst = try memoryDescriptor(outputShape, tag)
         // Grouped weights are [g, cout/g, cin/g, k…]: the same bytes as ONNX's [cout, cin/g, k…].

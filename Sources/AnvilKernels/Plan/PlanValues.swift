@@ -2,7 +2,7 @@ import AnvilCore
 import COneDNN
 
 /// One layer of an engine: an op with its attributes, bound to named tensors, and
-/// the kernel (tactic) chosen for it at build time.
+/// the decision the builder made for it (kernel, algorithm, layout, precision, post-ops).
 public struct Layer {
     public var name: String
     public var opType: String
@@ -15,11 +15,12 @@ public struct Layer {
     public var attributes: [String: Attribute]
     /// Names of the original ONNX nodes this layer stands for.
     public var fusedFrom: [String]
-    /// The chosen implementation ("reference" or a fast kernel).
-    public var tactic: String
+    /// The builder's decision; nil while the builder lets the planner choose (an
+    /// engine file records one for every layer it plans).
+    public var decision: LayerDecision?
 
     public init(name: String, opType: String, domain: String, opset: Int, inputs: [String], outputs: [String],
-                attributes: [String: Attribute], fusedFrom: [String], tactic: String) {
+                attributes: [String: Attribute], fusedFrom: [String], decision: LayerDecision? = nil) {
         self.name = name
         self.opType = opType
         self.domain = domain
@@ -28,8 +29,21 @@ public struct Layer {
         self.outputs = outputs
         self.attributes = attributes
         self.fusedFrom = fusedFrom
-        self.tactic = tactic
+        self.decision = decision
     }
+
+    /// The op as the lowering table names it: "Conv", or "anvil.FusedConv" for Anvil's own ops.
+    public var opKey: String { domain == anvilDomain ? "anvil." + opType : opType }
+
+    /// Whether input `i` is named.
+    func present(_ i: Int) -> Bool { i < inputs.count && !inputs[i].isEmpty }
+
+    /// The layer as its reference evaluation sees it, without inputs (for reading attributes).
+    var evalContext: EvalContext {
+        EvalContext(name: name, opType: opType, domain: domain, outputCount: outputs.count, attributes: attributes, opset: opset, inputs: []) { _, _ in [] }
+    }
+
+    var attributeReader: AttributeReader { AttributeReader(attributes: attributes, name: name, opType: opType) }
 }
 
 /// A tensor during a planned run: its type and shape, the layout it is stored in,
@@ -108,9 +122,4 @@ func stridedDescriptor(_ dims: [Int], strides: [Int], _ type: DataType = .float)
     try check(anvil_dnnl_md_strided(&md, Int32(dims.count), dims.map { Int64($0) }, dnnlType(type) ?? dnnl_f32, strides.map { Int64($0) }),
               "describing a view \(dims)")
     return md
-}
-
-/// A `[N, C, …]`-shaped layout whose channels are blocked (nChw16c and the like).
-func isBlocked(_ d: dnnl_memory_desc_t) -> Bool {
-    d.format_kind == dnnl_blocked && d.format_desc.blocking.inner_nblks > 0
 }

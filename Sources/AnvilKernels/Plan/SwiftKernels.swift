@@ -6,44 +6,11 @@ import Foundation
 /// Each works on raw arena memory and has a fixed summation order, so results do
 /// not depend on how many threads run them.
 enum SwiftKernels {
-    /// How a `[N, C, spatial…]` float tensor is laid out, as far as these kernels care.
-    enum ChannelLayout: Equatable {
-        case plain
-        /// Channels in blocks of `n` (nChw16c, nChw8c), padded to a multiple of `n`.
-        case blocked(Int)
-        /// Channels innermost (NHWC).
-        case channelsLast
-    }
-
-    /// The channel layout of `descriptor`, nil when it is some other layout.
-    static func channelLayout(_ descriptor: dnnl_memory_desc_t?, shape: [Int]) throws -> ChannelLayout? {
-        guard let descriptor else { return .plain }
-        guard (3...5).contains(shape.count), descriptor.format_kind == dnnl_blocked, descriptor.offset0 == 0 else { return nil }
-        let blocking = descriptor.format_desc.blocking
-        let strides = withUnsafeBytes(of: blocking.strides) { Array($0.bindMemory(to: Int64.self).prefix(shape.count)) }.map { Int($0) }
-        if blocking.inner_nblks == 0 {
-            // Channels last: [N][spatial…][C].
-            var expected = [Int](repeating: 0, count: shape.count)
-            expected[1] = 1
-            var s = shape[1]
-            for d in stride(from: shape.count - 1, through: 2, by: -1) { expected[d] = s; s *= shape[d] }
-            expected[0] = s
-            return strides == expected ? .channelsLast : nil
-        }
-        guard blocking.inner_nblks == 1, blocking.inner_idxs.0 == 1, [8, 16].contains(Int(blocking.inner_blks.0)) else { return nil }
-        let block = Int(blocking.inner_blks.0)
-        // Dense [N][C/block][spatial…][block]: check every stride.
-        let padded = [shape[0], (shape[1] + block - 1) / block] + shape[2...]
-        var expected = [Int](repeating: 0, count: shape.count)
-        var s = block
-        for d in stride(from: shape.count - 1, through: 2, by: -1) { expected[d] = s; s *= shape[d] }
-        expected[1] = s; s *= padded[1]
-        expected[0] = s
-        return strides == expected ? .blocked(block) : nil
-    }
+    /// A pointer handed to worker threads that write disjoint ranges.
+    struct UnsafeSendable<T>: @unchecked Sendable { let pointer: UnsafePointer<T>; init(_ p: UnsafePointer<T>) { pointer = p } }
 
     /// Mean over the spatial dimensions of `[N, C, spatial…]` into plain `[N, C, 1…]`.
-    static func globalAveragePool(_ x: UnsafePointer<Float>, layout: ChannelLayout, n: Int, c: Int, spatial: Int, into y: UnsafeMutablePointer<Float>) {
+    static func globalAveragePool(_ x: UnsafePointer<Float>, layout: Layout, n: Int, c: Int, spatial: Int, into y: UnsafeMutablePointer<Float>) {
         let scale = 1 / Float(spatial)
         switch layout {
         case .plain:
@@ -69,7 +36,8 @@ enum SwiftKernels {
                 }
                 for j in 0..<c { out[j] *= scale }
             }
-        case .blocked(let block):
+        case .blocked8, .blocked16, .preferred, .opaque:
+            let block = layout.channelBlock ?? 16
             let blocks = (c + block - 1) / block
             withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { sums in
             for b in 0..<n {
@@ -83,6 +51,53 @@ enum SwiftKernels {
                     for j in 0..<block where cb * block + j < c { y[b * c + cb * block + j] = sums[j] * scale }
                 }
             }
+            }
+        }
+    }
+
+    /// A per-channel operation of `channelAffine`.
+    enum ChannelOperation { case multiply, add }
+
+    /// y = x · p[c] or x + p[c] for every element of channel c of an `[N, C, spatial…]`
+    /// tensor in `layout` (in place allowed). `p` holds one value per channel, padded
+    /// to a whole block for blocked layouts.
+    static func channelAffine(_ x: UnsafePointer<Float>, layout: Layout, n: Int, c: Int, spatial: Int, _ op: ChannelOperation,
+                              _ p: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+        let multiply = op == .multiply
+        /// `count` elements of x against one parameter each (`stride` 0) or a run of parameters (`stride` 1).
+        @Sendable func row(_ from: UnsafePointer<Float>, _ to: UnsafeMutablePointer<Float>, _ count: Int, _ q: UnsafePointer<Float>, varying: Bool) {
+            var i = 0
+            let splat = SIMD16<Float>(repeating: q[0])
+            while i + 16 <= count {
+                let v = UnsafeRawPointer(from + i).loadUnaligned(as: SIMD16<Float>.self)
+                let w = varying ? UnsafeRawPointer(q + i).loadUnaligned(as: SIMD16<Float>.self) : splat
+                UnsafeMutableRawPointer(to + i).storeBytes(of: multiply ? v * w : v + w, as: SIMD16<Float>.self)
+                i += 16
+            }
+            while i < count { to[i] = multiply ? from[i] * (varying ? q[i] : q[0]) : from[i] + (varying ? q[i] : q[0]); i += 1 }
+        }
+        // Rows of elements that share one parameter (plain) or read a run of them (the others).
+        let rows: Int, rowLength: Int
+        let start: @Sendable (Int) -> (offset: Int, parameter: Int)
+        switch layout {
+        case .plain:
+            (rows, rowLength) = (n * c, spatial)
+            start = { i in (i * spatial, i % c) }
+        case .channelsLast:
+            (rows, rowLength) = (n * spatial, c)
+            start = { i in (i * c, 0) }
+        case .blocked8, .blocked16, .preferred, .opaque:
+            let block = layout.channelBlock ?? 16, blocks = (c + block - 1) / block
+            (rows, rowLength) = (n * blocks * spatial, block)
+            start = { i in (i * block, (i / spatial) % blocks * block) }
+        }
+        let varying = layout != .plain
+        let parts = rows * rowLength >= 1 << 16 ? min(ProcessInfo.processInfo.activeProcessorCount, rows) : 1
+        let source = UnsafeSendable(x), target = UnsafeSendable(UnsafePointer(y)), parameters = UnsafeSendable(p)
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            for i in (rows * part / parts)..<(rows * (part + 1) / parts) {
+                let (offset, q) = start(i)
+                row(source.pointer + offset, UnsafeMutablePointer(mutating: target.pointer) + offset, rowLength, parameters.pointer + q, varying: varying)
             }
         }
     }

@@ -1,0 +1,34 @@
+import AnvilCore
+import COneDNN
+
+/// Binary elementwise ops (Add, Sub, Mul, Div, Max, Min) with numpy broadcasting on
+/// oneDNN's binary primitive, in the full-size operand's layout and in place when
+/// nothing else reads it.
+enum BinaryLowering {
+    static let algorithms: [String: dnnl_alg_kind_t] = ["Add": dnnl_binary_add, "Sub": dnnl_binary_sub, "Mul": dnnl_binary_mul,
+                                                        "Div": dnnl_binary_div, "Max": dnnl_binary_max, "Min": dnnl_binary_min]
+    static let entries = [LoweringEntry(kind: .binary, ops: Set(algorithms.keys), output: .input, lower: binary)]
+
+    static func binary(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.inputs.count == 2, let algorithm = algorithms[l.op], var a = try l.operand(0), var b = try l.operand(1),
+              a.dataType == .float, b.dataType == .float else { return nil }
+        let (t, shape) = try l.outputType()
+        let commutative = ["Add", "Mul", "Max", "Min"].contains(l.op)
+        if commutative, a.shape != shape || (a.constant != nil && b.constant == nil && b.shape == shape) { swap(&a, &b) }
+        guard a.shape == shape, a.constant == nil, b.shape.count <= shape.count else { return nil }
+        var src0 = try a.descriptor()
+        b = b.shape == a.shape ? try l.plan.inLayout(b, src0) : try l.plan.plain(b)
+        var src1 = b.shape == a.shape ? try b.descriptor() : try plainDescriptor(Array(repeating: 1, count: shape.count - b.shape.count) + b.shape)
+        if src1.ndims != src0.ndims { return nil }
+        var dst = src0
+        var desc = dnnl_binary_desc_t()
+        try check(dnnl_binary_desc_init(&desc, algorithm, &src0, &src1, &dst), "describing the binary op")
+        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "binary")
+        let inPlace = l.plan.dies(a) && a.buffer != b.buffer
+        let out = inPlace ? l.plan.alias(l.layer.outputs[0], of: a, type: t, shape: shape, layout: a.layout)
+                          : l.plan.newValue(l.layer.outputs[0], t, shape, layout: a.layout)
+        try l.emit(.binary, PrimitiveStep(layer: l.layer.name, primitive: primitive,
+                                          arguments: [(DNNL_ARG_SRC_0, a, src0), (DNNL_ARG_SRC_1, b, src1), (DNNL_ARG_DST, out, dst)]))
+        return l.decided(.binary)
+    }
+}

@@ -1,0 +1,65 @@
+import AnvilCore
+import COneDNN
+
+/// Unary elementwise ops on oneDNN's eltwise primitive, in the input's layout and in
+/// place when nothing else reads the input.
+enum EltwiseLowering {
+    /// The oneDNN eltwise steps computing each op (most need one; HardSigmoid is a
+    /// linear step then a clip), from its attributes or constant inputs; nil when oneDNN has none.
+    typealias Steps = [(dnnl_alg_kind_t, Float, Float)]
+    static let algorithms: [String: @Sendable (LayerLowering) throws -> Steps?] = [
+        "Relu": { _ in [(dnnl_eltwise_relu, 0, 0)] },
+        "LeakyRelu": { l in [(dnnl_eltwise_relu, try l.attributes.float("alpha", 0.01), Float(0))] },
+        "Sigmoid": { _ in [(dnnl_eltwise_logistic, 0, 0)] },
+        "Tanh": { _ in [(dnnl_eltwise_tanh, 0, 0)] },
+        "Elu": { l in [(dnnl_eltwise_elu, try l.attributes.float("alpha", 1), Float(0))] },
+        "HardSwish": { _ in [(dnnl_eltwise_hardswish, 0, 0)] },
+        "anvil.HardSwish": { _ in [(dnnl_eltwise_hardswish, 0, 0)] },
+        "HardSigmoid": { l in [(dnnl_eltwise_linear, try l.attributes.float("alpha", 0.2), try l.attributes.float("beta", 0.5)), (dnnl_eltwise_clip_v2, 0, 1)] },
+        "Mish": { _ in [(dnnl_eltwise_mish, 0, 0)] },
+        "Exp": { _ in [(dnnl_eltwise_exp, 0, 0)] },
+        "Log": { _ in [(dnnl_eltwise_log, 0, 0)] },
+        "Sqrt": { _ in [(dnnl_eltwise_sqrt, 0, 0)] },
+        "Abs": { _ in [(dnnl_eltwise_abs, 0, 0)] },
+        "Neg": { _ in [(dnnl_eltwise_linear, -1, 0)] },
+        "Gelu": gelu,
+        "anvil.Gelu": gelu,
+        "anvil.SiLU": { _ in [(dnnl_eltwise_swish, 1, 0)] },
+        "Clip": clip,
+    ]
+
+    static let entries = [LoweringEntry(kind: .eltwise, ops: Set(algorithms.keys), output: .input, lower: eltwise)]
+
+    static func gelu(_ l: LayerLowering) throws -> [(dnnl_alg_kind_t, Float, Float)]? {
+        [try l.attributes.string("approximate", "none") == "tanh" ? (dnnl_eltwise_gelu_tanh, 0, 0) : (dnnl_eltwise_gelu_erf, 0, 0)]
+    }
+
+    static func clip(_ l: LayerLowering) throws -> [(dnnl_alg_kind_t, Float, Float)]? {
+        var lo = -Float.greatestFiniteMagnitude, hi = Float.greatestFiniteMagnitude
+        if l.layer.opset < 11 {
+            lo = try l.attributes.float("min", lo); hi = try l.attributes.float("max", hi)
+        } else {
+            if l.present(1) { guard let t = l.constant(1), t.dataType == .float, t.count == 1 else { return nil }; lo = t.floats[0] }
+            if l.present(2) { guard let t = l.constant(2), t.dataType == .float, t.count == 1 else { return nil }; hi = t.floats[0] }
+        }
+        guard lo <= hi else { return nil }
+        return [(dnnl_eltwise_clip_v2, lo, hi)]
+    }
+
+    static func eltwise(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let algorithm = algorithms[l.op], let steps = try algorithm(l), let x = l.value(0), x.dataType == .float else { return nil }
+        let (t, shape) = try l.outputType()
+        guard shape == x.shape, t == .float else { return nil }
+        var data = try x.descriptor()
+        let out = l.inPlaceOutput(over: x)
+        for (i, (alg, alpha, beta)) in steps.enumerated() {
+            var desc = dnnl_eltwise_desc_t()
+            try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &data, alpha, beta), "describing the eltwise op")
+            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "eltwise")
+            // Later steps work in place on the output.
+            try l.emit(.eltwise, PrimitiveStep(layer: l.layer.name, primitive: primitive,
+                                               arguments: [(DNNL_ARG_SRC, i == 0 ? x : out, data), (DNNL_ARG_DST, out, data)]))
+        }
+        return l.decided(.eltwise)
+    }
+}

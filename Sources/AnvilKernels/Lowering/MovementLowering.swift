@@ -1,0 +1,201 @@
+import AnvilCore
+import COneDNN
+
+/// Data movement: views (reshape-like layers, contiguous splits, concatenation in
+/// place), oneDNN's concat, transposes as strided reorders, and nearest resizes on
+/// oneDNN's resampling.
+enum MovementLowering {
+    static let entries = [
+        LoweringEntry(kind: .view, ops: ["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"], output: .plain, lower: view),
+        LoweringEntry(kind: .view, ops: ["Split"], output: .input, multipleOutputs: true, lower: split),
+        LoweringEntry(kind: .concat, ops: ["Concat"], output: .input, lower: concat),
+        LoweringEntry(kind: .transpose, ops: ["Transpose"], output: .plain, lower: transpose),
+        LoweringEntry(kind: .resize, ops: ["Resize"], output: .input, lower: resize),
+    ]
+
+    /// A concatenation's non-empty float parts, its axis and its output shape; nil when it is not one of floats.
+    static func concatParts(_ l: LayerLowering) throws -> (parts: [PlanValue], axis: Int, shape: [Int])? {
+        let (t, shape) = try l.outputType()
+        guard t == .float, let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: shape.count) else { return nil }
+        var parts: [PlanValue] = []
+        for i in l.layer.inputs.indices {
+            guard let p = try l.operand(i), p.dataType == .float, p.shape.count == shape.count else { return nil }
+            if p.shape[axis] > 0 { parts.append(p) }
+        }
+        return parts.isEmpty ? nil : (parts, axis, shape)
+    }
+
+    /// A concatenation: along channels with no step where the parts can be written in
+    /// place (`ExecutionPlan.concatenateInPlace`), else oneDNN's concat, with the parts
+    /// brought to one layout first where their mix leaves oneDNN only its reference one.
+    static func concat(_ l: LayerLowering) throws -> LayerDecision? {
+        guard var (parts, axis, shape) = try concatParts(l) else { return nil }
+        if axis == 1, try l.plan.concatenateInPlace(parts, name: l.layer.outputs[0], shape: shape) { return l.decided(.concat) }
+        func make() throws -> DNNLPrimitive {
+            var sources = try parts.map { try $0.descriptor() }
+            var dst = try memoryDescriptor(shape, dnnl_format_tag_any)
+            var pd: dnnl_primitive_desc_t?
+            let attributes = try DNNLAttributes()
+            try check(dnnl_concat_primitive_desc_create(&pd, &dst, Int32(sources.count), Int32(axis), &sources, attributes.handle, l.plan.engine.handle),
+                      "describing the concat")
+            return try DNNLPrimitive(descriptor: pd!)
+        }
+        var primitive = try make()
+        if primitive.isReference, parts.contains(where: { !$0.isPlain }) {
+            parts = try parts.map { try l.plan.plain($0) }
+            primitive = try make()
+        }
+        let sources = try parts.map { try $0.descriptor() }
+        let dstLayout = primitive.query(dnnl_query_dst_md)
+        let out = l.plan.newValue(l.layer.outputs[0], .float, shape, layout: dstLayout)
+        var arguments = zip(parts, sources).enumerated().map { (arg: DNNL_ARG_MULTIPLE_SRC + Int32($0.offset), value: $0.element.0, descriptor: $0.element.1) }
+        arguments.append((DNNL_ARG_DST, out, dstLayout))
+        try l.emit(.concat, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: arguments))
+        return l.decided(.concat)
+    }
+
+    /// Nearest-neighbour upsampling by whole factors, where ONNX's coordinate
+    /// modes all pick source index ⌊o / factor⌋ as oneDNN's resampling does.
+    static func resize(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.opset >= 11, let x = l.value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return nil }
+        let a = l.attributes
+        guard try a.string("mode", "nearest") == "nearest", try a.int("antialias", 0) == 0 else { return nil }
+        let transform = try a.string("coordinate_transformation_mode", "half_pixel"), rounding = try a.string("nearest_mode", "round_prefer_floor")
+        let fits = (transform == "asymmetric" && rounding == "floor")
+            || (["half_pixel", "pytorch_half_pixel"].contains(transform) && rounding.hasPrefix("round"))
+        let (_, outShape) = try l.outputType()
+        guard fits, outShape.count == x.shape.count, Array(outShape[0..<2]) == Array(x.shape[0..<2]),
+              zip(outShape[2...], x.shape[2...]).allSatisfy({ $1 > 0 && $0 % $1 == 0 && $0 >= $1 }) else { return nil }
+        var src = try x.descriptor()
+        var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
+        var desc = dnnl_resampling_desc_t()
+        try check(dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference, dnnl_resampling_nearest, nil, &src, &dst), "describing the resize")
+        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "resize")
+        let dstLayout = primitive.query(dnnl_query_dst_md)
+        let out = l.plan.newValue(l.layer.outputs[0], .float, outShape, layout: dstLayout)
+        try l.emit(.resize, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, src), (DNNL_ARG_DST, out, dstLayout)]))
+        return l.decided(.resize)
+    }
+
+    /// A split whose parts are contiguous is a set of views: every dimension before
+    /// the axis is 1 in plain layout, or a channel split at block boundaries of a
+    /// batch-1 blocked tensor.
+    static func split(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: v.shape.count),
+              !l.layer.outputs.contains(where: \.isEmpty) else { return nil }
+        var parts: [(String, [Int])] = []
+        for name in l.layer.outputs {
+            let (t, shape) = try l.plan.type(of: name)
+            guard t == v.dataType, shape.count == v.shape.count else { return nil }
+            parts.append((name, shape))
+        }
+        guard parts.reduce(0, { $0 + $1.1[axis] }) == v.shape[axis] else { return nil }
+        if !v.isPlain, axis == 1 {
+            var start = 0
+            let offsets = parts.map { p -> Int in defer { start += p.1[1] }; return start }
+            if let views = try zip(parts, offsets).map({ try l.plan.channelRange(v, from: $1, count: $0.1[1]) }) as [(Int, dnnl_memory_desc_t)?]?,
+               views.allSatisfy({ $0 != nil }) {
+                for ((name, shape), view) in zip(parts, views) { _ = l.plan.alias(name, of: v, type: v.dataType, shape: shape, layout: view!.1, byteOffset: view!.0) }
+                return l.decided(.view)
+            }
+        }
+        guard v.shape[..<axis].allSatisfy({ $0 == 1 }) else { return nil }
+        let x = try l.plan.plain(v)
+        let inner = v.shape[(axis + 1)...].reduce(1, *) * v.dataType.byteSize
+        var offset = 0
+        for (name, shape) in parts {
+            _ = l.plan.alias(name, of: x, type: v.dataType, shape: shape, byteOffset: offset)
+            offset += shape[axis] * inner
+        }
+        return l.decided(.view)
+    }
+
+    /// Reshape-like layers on a plain tensor are views: no step at all.
+    static func view(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0) else { return nil }
+        switch l.op {
+        case "Reshape": guard l.present(1), l.isConstant(1) else { return nil }
+        case "Squeeze", "Unsqueeze": if l.present(1) && !l.isConstant(1) { return nil }
+        case "Dropout": if l.present(2) { guard let m = l.constant(2), m.count == 1, m.doubles[0] == 0 else { return nil } }
+        default: break
+        }
+        let (t, shape) = try l.outputType()
+        guard t == v.dataType, shape.reduce(1, *) == v.count else { return nil }
+        let x = try l.plan.plain(v)
+        _ = l.plan.alias(l.layer.outputs[0], of: x, type: t, shape: shape)
+        return l.decided(.view)
+    }
+
+    /// A transpose is a reorder from a strided view of the input to the plain output.
+    static func transpose(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), dnnlType(v.dataType) != nil, !v.shape.isEmpty else { return nil }
+        let rank = v.shape.count
+        let perm = try l.attributes.ints("perm") ?? Array((0..<rank).reversed())
+        guard perm.sorted() == Array(0..<rank) else { return nil }
+        let x = try l.plan.plain(v)
+        let strides = ShapeMath.strides(v.shape)
+        let outShape = perm.map { v.shape[$0] }
+        guard try l.outputType().1 == outShape else { return nil }
+        let view = try stridedDescriptor(outShape, strides: perm.map { strides[$0] }, v.dataType)
+        let out = l.plan.newValue(l.layer.outputs[0], v.dataType, outShape)
+        let primitive = try reorderPrimitive(from: view, to: out.descriptor(), engine: l.plan.engine)
+        try l.emit(.transpose, PrimitiveStep(layer: l.layer.name, primitive: primitive,
+                                        arguments: [(DNNL_ARG_FROM, x, view), (DNNL_ARG_TO, out, try out.descriptor())]))
+        return l.decided(.transpose)
+    }
+}
+
+extension ExecutionPlan {
+    /// Where channels [c0, c0 + count) of a batch-1 tensor lie contiguously: the
+    /// byte offset and the layout of that part; nil when they are not contiguous.
+    func channelRange(_ v: PlanValue, from c0: Int, count: Int) throws -> (Int, dnnl_memory_desc_t)? {
+        guard v.shape.count >= 2, v.shape[0] == 1, count > 0, c0 + count <= v.shape[1] else { return nil }
+        let spatial = v.shape[2...].reduce(1, *), size = v.dataType.byteSize
+        let partShape = [1, count] + v.shape[2...]
+        let layout = Layout.of(v.layout, shape: v.shape)
+        if layout == .plain { return (c0 * spatial * size, try plainDescriptor(partShape, v.dataType)) }
+        guard let b = layout.channelBlock, c0 % b == 0, count % b == 0 || c0 + count == v.shape[1], let tag = layout.formatTag(rank: v.shape.count) else { return nil }
+        return ((c0 / b) * spatial * b * size, try memoryDescriptor(partShape, tag))
+    }
+
+    /// Concatenation along channels with no copy: the parts' buffers are placed
+    /// inside the result's, each where its channels go. Applies when every part is
+    /// a batch-1 tensor in the same plain or channel-blocked layout, at block
+    /// boundaries, in a buffer of its own (or views of one, in order) that no other
+    /// part shares and that is not a graph input or a constant.
+    func concatenateInPlace(_ parts: [PlanValue], name: String, shape: [Int]) throws -> Bool {
+        guard shape[0] == 1, let first = parts.first else { return false }
+        let layout = Layout.of(first.layout, shape: first.shape)
+        // The result's layout, and where each part's channels start in it.
+        let out: dnnl_memory_desc_t
+        if layout == .plain {
+            out = try plainDescriptor(shape)
+        } else {
+            guard layout.channelBlock != nil, let tag = layout.formatTag(rank: shape.count) else { return false }
+            out = try memoryDescriptor(shape, tag)
+        }
+        let result = PlanValue(name: name, dataType: .float, shape: shape, layout: Self.isPlain(out, shape) ? nil : out, buffer: -1)
+        var placements: [Int: Int] = [:]  // root buffer → byte offset inside the result
+        var start = 0
+        for p in parts {
+            defer { start += p.shape[1] }
+            guard p.buffer >= 0, p.constant == nil, buffers[p.buffer].parent == nil, buffers[p.buffer].first >= 0,
+                  Layout.of(p.layout, shape: p.shape) == layout,
+                  let (slot, _) = try channelRange(result, from: start, count: p.shape[1]) else { return false }
+            // The part's own position inside its buffer (a split view) fixes where the buffer goes.
+            let place = slot - p.offset
+            if let existing = placements[p.buffer] { guard existing == place else { return false } } else { placements[p.buffer] = place }
+        }
+        // Whole buffers must fit and not overlap one another.
+        let spans = placements.map { (start: $0.value, end: $0.value + buffers[$0.key].bytes) }.sorted { $0.start < $1.start }
+        guard spans.allSatisfy({ $0.start >= 0 && $0.end <= result.byteCount }), zip(spans, spans.dropFirst()).allSatisfy({ $0.end <= $1.start }) else {
+            return false
+        }
+        let v = newValue(name, .float, shape, layout: out)
+        for (b, offset) in placements {
+            place(b, inside: v.buffer, at: offset)
+            addName(name, to: b)  // nothing overwrites a part while the result is read
+        }
+        return true
+    }
+}

@@ -1,0 +1,61 @@
+import AnvilCore
+import COneDNN
+
+/// Batch normalization with constant statistics (in any layout) and layer
+/// normalization on oneDNN.
+enum NormalizationLowering {
+    static let entries = [
+        LoweringEntry(kind: .batchNormalization, ops: ["BatchNormalization"], output: .input, lower: batchNormalization),
+        LoweringEntry(kind: .layerNormalization, ops: ["LayerNormalization", "anvil.LayerNormalization"], output: .plain, lower: layerNormalization),
+    ]
+
+    static func batchNormalization(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let x = l.value(0), x.dataType == .float, x.shape.count >= 2, try l.attributes.int("training_mode", 0) == 0,
+              try l.attributes.int("spatial", 1) == 1 else { return nil }
+        let c = x.shape[1]
+        var stats: [Tensor] = []
+        for i in 1...4 {
+            guard let t = l.constant(i), t.dataType == .float, t.count == c else { return nil }
+            stats.append(try t.reshaped([c]))
+        }
+        let (t, shape) = try l.outputType()
+        guard t == .float, shape == x.shape else { return nil }
+        var data = try x.descriptor()
+        var desc = dnnl_batch_normalization_desc_t()
+        let flags = dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue
+        try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &data, try l.attributes.float("epsilon", 1e-5), flags),
+                  "describing the batch normalization")
+        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "batch normalization")
+        let vector = try plainDescriptor([c])
+        var arguments: [(arg: Int32, value: PlanValue, descriptor: dnnl_memory_desc_t)] = [(DNNL_ARG_SRC, x, data)]
+        for (arg, i) in [(DNNL_ARG_SCALE, 1), (DNNL_ARG_SHIFT, 2), (DNNL_ARG_MEAN, 3), (DNNL_ARG_VARIANCE, 4)] {
+            arguments.append((arg, try l.plan.constantValue(l.layer.inputs[i], stats[i - 1]), vector))
+        }
+        arguments.append((DNNL_ARG_DST, l.inPlaceOutput(over: x), data))
+        try l.emit(.batchNormalization, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: arguments))
+        return l.decided(.batchNormalization)
+    }
+
+    static func layerNormalization(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType == .float, let scale = l.constant(1), scale.dataType == .float,
+              let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", -1), rank: v.shape.count) else { return nil }
+        let inner = v.shape[axis...].reduce(1, *), outer = v.shape[..<axis].reduce(1, *)
+        guard inner > 0, outer > 0, scale.count == inner else { return nil }
+        let bias = l.constant(2)
+        if l.present(2) { guard let bias, bias.dataType == .float, bias.count == inner else { return nil } }
+        let x = try l.plan.plain(v)
+        var data = try plainDescriptor([outer, inner])
+        var desc = dnnl_layer_normalization_desc_t()
+        let flags = dnnl_use_scale.rawValue | (bias == nil ? 0 : dnnl_use_shift.rawValue)
+        try check(dnnl_layer_normalization_forward_desc_init(&desc, dnnl_forward_inference, &data, nil, try l.attributes.float("epsilon", 1e-5), flags),
+                  "describing the layer normalization")
+        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "layer normalization")
+        let scaleValue = try l.plan.constantValue(l.layer.inputs[1], scale.reshaped([inner]))
+        var arguments: [(arg: Int32, value: PlanValue, descriptor: dnnl_memory_desc_t)] = [
+            (DNNL_ARG_SRC, x, data), (DNNL_ARG_SCALE, scaleValue, try plainDescriptor([inner]))]
+        if let bias { arguments.append((DNNL_ARG_SHIFT, try l.plan.constantValue(l.layer.inputs[2], bias.reshaped([inner])), try plainDescriptor([inner]))) }
+        arguments.append((DNNL_ARG_DST, l.inPlaceOutput(over: x), data))
+        try l.emit(.layerNormalization, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: arguments))
+        return l.decided(.layerNormalization)
+    }
+}

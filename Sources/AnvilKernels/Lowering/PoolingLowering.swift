@@ -1,0 +1,47 @@
+import AnvilCore
+import COneDNN
+
+/// Max and average pooling (windowed and global) on oneDNN, in the input's layout.
+enum PoolingLowering {
+    static let entries = [
+        LoweringEntry(kind: .pooling, ops: ["MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"], output: .input, lower: pooling),
+    ]
+
+    static func pooling(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let x = l.value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return nil }
+        let spatial = Array(x.shape[2...])
+        let (_, outShape) = try l.outputType()
+        var alg = dnnl_pooling_max
+        var kernel = spatial, strides = spatial.map { _ in 1 }, dilations = strides
+        var padsBegin = spatial.map { _ in 0 }, padsEnd = padsBegin
+        if l.op.hasPrefix("Global") {
+            alg = l.op == "GlobalMaxPool" ? dnnl_pooling_max : dnnl_pooling_avg_exclude_padding
+        } else {
+            let attrs = try WindowAttributes(l.context)
+            guard let k = attrs.kernelShape else { return nil }
+            let g = try attrs.geometry(l.context, input: spatial, kernel: k)
+            kernel = k; strides = g.strides; dilations = g.dilations; padsBegin = g.padsBegin
+            // oneDNN wants the right padding that reproduces the output size exactly.
+            padsEnd = attrs.ceilMode ? zip(zip(g.output, spatial), zip(g.strides, zip(k, zip(g.dilations, g.padsBegin)))).map { o, p in
+                let (out, input) = o, (s, (kk, (d, pb))) = p
+                return max(0, (out - 1) * s + (kk - 1) * d + 1 - input - pb)
+            } : g.padsEnd
+            if l.op == "AveragePool" {
+                let include = try l.attributes.int("count_include_pad", 0) != 0
+                if include && attrs.ceilMode { return nil }
+                alg = include ? dnnl_pooling_avg_include_padding : dnnl_pooling_avg_exclude_padding
+            }
+            guard Array(x.shape[0..<2]) + g.output == outShape else { return nil }
+        }
+        var src = try x.descriptor()
+        var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
+        var desc = dnnl_pooling_v2_desc_t()
+        try check(anvil_dnnl_pool_desc(&desc, alg, &src, &dst, Int32(spatial.count), strides.map { Int64($0) }, kernel.map { Int64($0) },
+                                       dilations.map { Int64($0) }, padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the pooling")
+        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "pooling")
+        let dstLayout = primitive.query(dnnl_query_dst_md)
+        let out = l.plan.newValue(l.layer.outputs[0], .float, outShape, layout: dstLayout)
+        try l.emit(.pooling, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, src), (DNNL_ARG_DST, out, dstLayout)]))
+        return l.decided(.pooling)
+    }
+}

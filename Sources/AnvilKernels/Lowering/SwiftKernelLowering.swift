@@ -1,0 +1,106 @@
+import AnvilCore
+import COneDNN
+
+/// Layers run by Swift kernels on arena memory, where oneDNN has no fast kernel or
+/// sums in a thread-count-dependent order (`SwiftKernels`).
+enum SwiftKernelLowering {
+    static let entries = [
+        LoweringEntry(kind: .globalAveragePool, ops: ["GlobalAveragePool"], output: .plain, lower: globalAveragePool),
+        LoweringEntry(kind: .gather, ops: ["Gather"], output: .plain, lower: gather),
+    ]
+    /// Rows tried after oneDNN's own kernels for the same ops.
+    static let fallbacks = [
+        LoweringEntry(kind: .outerSoftmax, ops: ["Softmax"], output: .plain, lower: outerSoftmax),
+        LoweringEntry(kind: .channelAffine, ops: ["Mul", "Add", "Sub"], output: .input, lower: channelAffine),
+    ]
+
+    /// The mean over the spatial dimensions in any channel layout, into plain [N, C, 1…]:
+    /// oneDNN's average sums in an order that depends on the thread count.
+    static func globalAveragePool(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let x = l.value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return nil }
+        let layout = Layout.of(x.layout, shape: x.shape)
+        guard layout != .opaque else { return nil }
+        let (_, outShape) = try l.outputType()
+        let out = l.plan.newValue(l.layer.outputs[0], .float, outShape)
+        let n = x.shape[0], c = x.shape[1], count = x.shape[2...].reduce(1, *)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            SwiftKernels.globalAveragePool(p.address(x).assumingMemoryBound(to: Float.self), layout: layout, n: n, c: c, spatial: count,
+                                           into: p.address(out).assumingMemoryBound(to: Float.self))
+        })
+        return l.decided(.globalAveragePool)
+    }
+
+    /// Softmax over an outer axis (oneDNN's is its slow reference implementation).
+    static func outerSoftmax(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType == .float, !v.shape.isEmpty, let axis = try SoftmaxLowering.axis(l, rank: v.shape.count),
+              axis != v.shape.count - 1 else { return nil }
+        let x = try l.plan.plain(v)
+        let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *), n = x.shape[axis]
+        let scratch = l.plan.ownedFloats(2 * inner)
+        let out = l.inPlaceOutput(over: x)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            SwiftKernels.softmax(p.address(x).assumingMemoryBound(to: Float.self), outer: outer, axis: n, inner: inner,
+                                 into: p.address(out).assumingMemoryBound(to: Float.self), scratch: scratch)
+        })
+        return l.decided(.outerSoftmax)
+    }
+
+    /// Gather along axis 0 (embedding lookups): rows copied from the table, which a
+    /// constant table supplies in place from the engine file. Indices are checked at run time.
+    static func gather(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.present(0), l.present(1), let indices = l.value(1), indices.dataType == .int64 || indices.dataType == .int32,
+              let (type, shape) = try? l.outputType(), type != .string else { return nil }
+        let tableShape = l.isConstant(0) ? l.plan.constants.type(of: l.layer.inputs[0])?.1 : l.value(0)?.shape
+        guard let tableShape, !tableShape.isEmpty,
+              ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: tableShape.count) == 0,
+              shape == indices.shape + tableShape.dropFirst() else { return nil }
+        guard let table = try l.operand(0), table.dataType == type else { return nil }
+        let t = try l.plan.plain(table), i = try l.plan.plain(indices)
+        let out = l.plan.newValue(l.layer.outputs[0], type, shape)
+        let rows = tableShape[0], rowBytes = tableShape.dropFirst().reduce(1, *) * type.byteSize, count = indices.shape.reduce(1, *)
+        let wide = indices.dataType == .int64, name = l.layer.name
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [t, i], writes: [out]) { p in
+            let source = p.address(t), target = p.address(out), index = p.address(i)
+            for k in 0..<count {
+                var row = wide ? Int(index.load(fromByteOffset: 8 * k, as: Int64.self)) : Int(index.load(fromByteOffset: 4 * k, as: Int32.self))
+                if row < 0 { row += rows }
+                guard row >= 0, row < rows else {
+                    throw AnvilError.invalidNode(node: name, op: "Gather", reason: "index \(row) is outside [-\(rows), \(rows - 1)]")
+                }
+                (target + k * rowBytes).copyMemory(from: source + row * rowBytes, byteCount: rowBytes)
+            }
+        })
+        return l.decided(.gather)
+    }
+
+    /// A Mul, Add or Sub of an [N, C, spatial…] tensor by a per-channel constant
+    /// ([C, 1, …] or [1, C, 1, …]: Paddle's batch normalization), in the tensor's own
+    /// layout, in place when nothing else reads it.
+    static func channelAffine(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.inputs.count == 2 else { return nil }
+        // The runtime tensor and the constant, either way round (Sub only as x − c).
+        let (xi, ci) = l.value(0) != nil && l.isConstant(1) ? (0, 1) : (1, 0)
+        guard l.op != "Sub" || xi == 0, let x = l.value(xi), x.dataType == .float, (3...5).contains(x.shape.count),
+              let constant = l.constant(ci), constant.dataType == .float else { return nil }
+        let c = x.shape[1]
+        let perChannel = Array(repeating: 1, count: x.shape.count - constant.rank) + constant.shape
+        guard constant.rank <= x.shape.count, perChannel[1] == c, perChannel.enumerated().allSatisfy({ $0.offset == 1 || $0.element == 1 }),
+              try l.outputType() == (.float, x.shape) else { return nil }
+        let layout = Layout.of(x.layout, shape: x.shape)
+        guard layout != .opaque else { return nil }
+        let block = layout.channelBlock ?? 1
+        let padded = (c + block - 1) / block * block
+        let parameters = l.plan.ownedFloats(padded)
+        let values = constant.floats
+        for j in 0..<padded { parameters[j] = j < c ? (l.op == "Sub" ? -values[j] : values[j]) : (l.op == "Mul" ? 1 : 0) }
+        let operation: SwiftKernels.ChannelOperation = l.op == "Mul" ? .multiply : .add
+        let out = l.inPlaceOutput(over: x)
+        let n = x.shape[0], spatial = x.shape[2...].reduce(1, *)
+        let step = SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            SwiftKernels.channelAffine(p.address(x).assumingMemoryBound(to: Float.self), layout: layout, n: n, c: c, spatial: spatial, operation,
+                                       parameters, into: p.address(out).assumingMemoryBound(to: Float.self))
+        }
+        l.plan.steps.append(step)
+        return l.decided(.channelAffine)
+    }
+}

@@ -1,0 +1,313 @@
+import AnvilCore
+import COneDNN
+
+/// How a tensor's elements are laid out in memory. One vocabulary for the whole code
+/// base: what a kernel is asked to run in, what a value is stored in, what tactic
+/// timing and the engine file record.
+public enum Layout: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// Row-major N, C, … as ONNX defines tensors.
+    case plain = 0
+    /// Channels innermost (NHWC), which oneDNN's brgemm kernels also run fast.
+    case channelsLast = 1
+    /// Channels in blocks of 8 (nChw8c), padded to a multiple of 8.
+    case blocked8 = 2
+    /// Channels in blocks of 16 (nChw16c), padded; channel splits and concatenations
+    /// at block boundaries are views.
+    case blocked16 = 3
+    /// As a request: whatever layout the kernel's fastest implementation prefers
+    /// (nChw16c on AVX-512); the value then records which one it was.
+    case preferred = 4
+    /// As a description: a oneDNN layout outside this vocabulary.
+    case opaque = 5
+
+    public var description: String {
+        switch self {
+        case .plain: "plain"
+        case .channelsLast: "nhwc"
+        case .blocked8: "nchw8c"
+        case .blocked16: "nchw16c"
+        case .preferred: "kernel's choice"
+        case .opaque: "oneDNN blocked"
+        }
+    }
+
+    /// The channel block of a channel-blocked layout.
+    public var channelBlock: Int? {
+        switch self {
+        case .blocked8: 8
+        case .blocked16: 16
+        default: nil
+        }
+    }
+
+    /// The layout of a descriptor of a tensor of `shape` (nil: plain row-major).
+    static func of(_ descriptor: dnnl_memory_desc_t?, shape: [Int]) -> Layout {
+        guard let descriptor else { return .plain }
+        if ExecutionPlan.isPlain(descriptor, shape) { return .plain }
+        guard (3...5).contains(shape.count), descriptor.format_kind == dnnl_blocked, descriptor.offset0 == 0 else { return .opaque }
+        let blocking = descriptor.format_desc.blocking
+        let strides = withUnsafeBytes(of: blocking.strides) { Array($0.bindMemory(to: Int64.self).prefix(shape.count)) }.map { Int($0) }
+        if blocking.inner_nblks == 0 {
+            // Channels last: [N][spatial…][C].
+            var expected = [Int](repeating: 0, count: shape.count)
+            expected[1] = 1
+            var s = shape[1]
+            for d in stride(from: shape.count - 1, through: 2, by: -1) { expected[d] = s; s *= shape[d] }
+            expected[0] = s
+            return strides == expected ? .channelsLast : .opaque
+        }
+        guard blocking.inner_nblks == 1, blocking.inner_idxs.0 == 1, [8, 16].contains(Int(blocking.inner_blks.0)) else { return .opaque }
+        let block = Int(blocking.inner_blks.0)
+        // Dense [N][C/block][spatial…][block]: check every stride.
+        let padded = [shape[0], (shape[1] + block - 1) / block] + shape[2...]
+        var expected = [Int](repeating: 0, count: shape.count)
+        var s = block
+        for d in stride(from: shape.count - 1, through: 2, by: -1) { expected[d] = s; s *= shape[d] }
+        expected[1] = s; s *= padded[1]
+        expected[0] = s
+        guard strides == expected else { return .opaque }
+        return block == 16 ? .blocked16 : .blocked8
+    }
+
+    /// oneDNN's format tag for this channel layout of an [N, C, spatial…] tensor of
+    /// rank 3 to 5; nil for the other layouts and ranks.
+    func formatTag(rank: Int) -> dnnl_format_tag_t? {
+        guard (3...5).contains(rank) else { return nil }
+        switch self {
+        case .channelsLast: return [dnnl_nwc, dnnl_nhwc, dnnl_ndhwc][rank - 3]
+        case .blocked8: return [dnnl_aBc8b, dnnl_aBcd8b, dnnl_aBcde8b][rank - 3]
+        case .blocked16: return [dnnl_aBc16b, dnnl_aBcd16b, dnnl_aBcde16b][rank - 3]
+        default: return nil
+        }
+    }
+
+    /// The descriptor of a float tensor of `shape` in this layout (`preferred`: oneDNN's "any").
+    func descriptor(_ shape: [Int]) throws -> dnnl_memory_desc_t? {
+        if self == .plain { return try plainDescriptor(shape) }
+        if self == .preferred { return try memoryDescriptor(shape, dnnl_format_tag_any) }
+        return try formatTag(rank: shape.count).map { try memoryDescriptor(shape, $0) }
+    }
+}
+
+/// The numeric precision a layer computes and stores its outputs in.
+public enum Precision: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case fp32 = 0
+    case bf16 = 1
+    case fp16 = 2
+    case int8 = 3
+
+    public var description: String {
+        switch self {
+        case .fp32: "FP32"
+        case .bf16: "BF16"
+        case .fp16: "FP16"
+        case .int8: "INT8"
+        }
+    }
+}
+
+/// The algorithm of a kernel where the library offers a choice.
+public enum Algorithm: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// The library's direct implementations (oneDNN picks brgemm, jit or 1×1 itself).
+    case direct = 0
+    /// Winograd F(2×2, 3×3) / F(4×4, 3×3) convolution on oneDNN's blocked layout.
+    case winograd = 1
+
+    public var description: String { self == .direct ? "direct" : "winograd" }
+}
+
+/// What runs a layer: the key of the lowering table. Each kind belongs to one
+/// kernel family (a oneDNN primitive, a Swift kernel, a view, the reference kernel).
+public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case reference = 0
+    case convolution = 1
+    case deconvolution = 2
+    /// Matrix product with constant, prepacked weights (MatMul, Gemm and their fused forms).
+    case matmul = 3
+    /// Matrix product of runtime tensors with broadcast batch dimensions.
+    case batchedMatmul = 4
+    case pooling = 5
+    case eltwise = 6
+    case binary = 7
+    case softmax = 8
+    case layerNormalization = 9
+    case batchNormalization = 10
+    /// Scaled dot-product attention as two oneDNN matmuls and a softmax.
+    case attention = 11
+    /// Concatenation: in place (the parts written into the result) or oneDNN's concat.
+    case concat = 12
+    case resize = 13
+    /// A strided reorder.
+    case transpose = 14
+    /// Reshape-like layers and contiguous splits: views, no step.
+    case view = 15
+    case globalAveragePool = 17
+    /// Softmax over an outer axis.
+    case outerSoftmax = 18
+    /// Gather of rows (embeddings), read in place from the engine file.
+    case gather = 19
+    /// Per-channel scale and shift (a broadcast Mul / Add by a per-channel constant) in any channel layout.
+    case channelAffine = 20
+
+    /// The family of kernels this kind belongs to.
+    public var family: KernelFamily {
+        switch self {
+        case .reference: .reference
+        case .view: .view
+        case .globalAveragePool, .outerSoftmax, .gather, .channelAffine: .swift
+        default: .onednn
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .reference: "reference"
+        case .convolution: "convolution"
+        case .deconvolution: "deconvolution"
+        case .matmul: "matmul"
+        case .batchedMatmul: "batched matmul"
+        case .pooling: "pooling"
+        case .eltwise: "eltwise"
+        case .binary: "binary"
+        case .softmax: "softmax"
+        case .layerNormalization: "layer normalization"
+        case .batchNormalization: "batch normalization"
+        case .attention: "attention"
+        case .concat: "concat"
+        case .resize: "resize"
+        case .transpose: "transpose"
+        case .view: "view"
+        case .globalAveragePool: "global average pool"
+        case .outerSoftmax: "outer-axis softmax"
+        case .gather: "gather"
+        case .channelAffine: "channel affine"
+        }
+    }
+}
+
+/// Who supplies a kernel.
+public enum KernelFamily: Sendable, CustomStringConvertible {
+    case onednn, swift, view, reference
+
+    public var description: String {
+        switch self {
+        case .onednn: "oneDNN"
+        case .swift: "Swift"
+        case .view: "view"
+        case .reference: "reference"
+        }
+    }
+}
+
+/// Work fused into a kernel after its main operation, as oneDNN's post-ops apply it:
+/// bias, then the residual sum, then the activation.
+public struct PostOps: Sendable, Equatable, CustomStringConvertible {
+    public var bias: Bool
+    public var residual: Bool
+    public var activation: Activation?
+
+    public init(bias: Bool = false, residual: Bool = false, activation: Activation? = nil) {
+        self.bias = bias
+        self.residual = residual
+        self.activation = activation
+    }
+
+    public static let none = PostOps()
+
+    /// What a fused layer (FusedConv, FusedGemm, FusedMatMul …) carries: bias in input 2,
+    /// the residual in input 3, the activation in its attributes.
+    public init(_ layer: Layer) throws {
+        self.init(bias: layer.present(2), residual: layer.present(3), activation: try fusedActivation(layer.evalContext))
+    }
+
+    public var description: String {
+        var parts: [String] = []
+        if bias { parts.append("bias") }
+        if residual { parts.append("residual sum") }
+        if let activation { parts.append(activation.attributes.name) }
+        return parts.joined(separator: " + ")
+    }
+}
+
+/// Everything the builder decides about one layer, once: which kernel runs it, with
+/// which algorithm, in which activation layout and precision, with which work fused
+/// after it. Recorded in the engine file and read back as itself; the runtime only
+/// instantiates it for concrete shapes.
+public struct LayerDecision: Sendable, Equatable {
+    public var kernel: KernelKind
+    public var algorithm: Algorithm
+    /// The layout the layer's kernel runs in (its output's layout).
+    public var layout: Layout
+    public var precision: Precision
+    public var postOps: PostOps
+    /// Why the layer runs on a slow path (the reference kernel), for reports.
+    public var slowPathReason: String?
+
+    public init(kernel: KernelKind, algorithm: Algorithm = .direct, layout: Layout = .plain, precision: Precision = .fp32,
+                postOps: PostOps = .none, slowPathReason: String? = nil) {
+        self.kernel = kernel
+        self.algorithm = algorithm
+        self.layout = layout
+        self.precision = precision
+        self.postOps = postOps
+        self.slowPathReason = slowPathReason
+    }
+
+    /// The reference kernel, with the reason it was chosen.
+    public static func reference(_ reason: String) -> LayerDecision { LayerDecision(kernel: .reference, slowPathReason: reason) }
+
+    /// Whether the layer runs on a slow path.
+    public var isSlowPath: Bool { kernel == .reference }
+}
+
+extension LayerDecision: CustomStringConvertible {
+    /// "oneDNN convolution (winograd, kernel's choice layout, bias + Relu)", "reference".
+    public var description: String {
+        if kernel == .reference { return "reference kernel" }
+        var details: [String] = []
+        if algorithm != .direct { details.append(algorithm.description) }
+        if kernel.family == .onednn || kernel.family == .swift { details.append("\(layout) layout") }
+        if !postOps.description.isEmpty { details.append(postOps.description) }
+        let name = kernel.family == .view ? "\(kernel)" : "\(kernel.family) \(kernel)"
+        return details.isEmpty ? name : "\(name) (\(details.joined(separator: ", ")))"
+    }
+}
+
+extension Activation {
+    /// The activation as a code and two parameters, as engine files record post-ops.
+    public var code: (kind: UInt8, alpha: Float, beta: Float) {
+        switch self {
+        case .relu: (1, 0, 0)
+        case .clip(let lo, let hi): (2, lo, hi)
+        case .leakyRelu(let a): (3, a, 0)
+        case .sigmoid: (4, 0, 0)
+        case .tanh: (5, 0, 0)
+        case .hardSigmoid(let a, let b): (6, a, b)
+        case .hardSwish: (7, 0, 0)
+        case .elu(let a): (8, a, 0)
+        case .mish: (9, 0, 0)
+        case .gelu: (10, 0, 0)
+        case .geluTanh: (11, 0, 0)
+        case .silu: (12, 0, 0)
+        }
+    }
+
+    /// The activation of a code; nil for an unknown one.
+    public init?(code: UInt8, alpha: Float, beta: Float) {
+        switch code {
+        case 1: self = .relu
+        case 2: self = .clip(min: alpha, max: beta)
+        case 3: self = .leakyRelu(alpha: alpha)
+        case 4: self = .sigmoid
+        case 5: self = .tanh
+        case 6: self = .hardSigmoid(alpha: alpha, beta: beta)
+        case 7: self = .hardSwish
+        case 8: self = .elu(alpha: alpha)
+        case 9: self = .mish
+        case 10: self = .gelu
+        case 11: self = .geluTanh
+        case 12: self = .silu
+        default: return nil
+        }
+    }
+}
