@@ -6,17 +6,53 @@ import COneDNN
 enum AttentionLowering {
     static let entries = [LoweringEntry(kind: .attention, ops: ["Attention", "anvil.Attention"], output: .plain, lower: attention)]
 
+    /// The attention's sizes and the views of Q, Kᵀ, V and Y as [batch, heads, rows, columns]:
+    /// from [batch, sequence, heads × size] inputs (heads from the attributes) or from
+    /// [batch, heads, sequence, size] ones.
+    struct Geometry {
+        var batch = 0, heads = 0, s = 0, sk = 0, d = 0, dv = 0
+        var outShape: [Int] = []
+        var q = dnnl_memory_desc_t(), kT = dnnl_memory_desc_t(), v = dnnl_memory_desc_t(), y = dnnl_memory_desc_t()
+    }
+
+    static func geometry(_ l: LayerLowering, q: [Int], k: [Int], v: [Int]) throws -> Geometry? {
+        let a = l.attributes
+        var g = Geometry()
+        if q.count == 3, k.count == 3, v.count == 3 {
+            guard let heads = try a.int("q_num_heads"), heads > 0, try a.int("kv_num_heads") == heads else { return nil }
+            let hidden = q[2]
+            (g.batch, g.heads, g.s, g.sk) = (q[0], heads, q[1], k[1])
+            guard hidden % heads == 0, k == [g.batch, g.sk, hidden], v[0] == g.batch, v[1] == g.sk, v[2] % heads == 0 else { return nil }
+            (g.d, g.dv) = (hidden / heads, v[2] / heads)
+            let (batch, s, sk, d, dv) = (g.batch, g.s, g.sk, g.d, g.dv)
+            g.outShape = [batch, s, heads * dv]
+            g.q = try stridedDescriptor([batch, heads, s, d], strides: [s * hidden, d, hidden, 1])
+            g.kT = try stridedDescriptor([batch, heads, d, sk], strides: [sk * hidden, d, 1, hidden])
+            g.v = try stridedDescriptor([batch, heads, sk, dv], strides: [sk * heads * dv, dv, heads * dv, 1])
+            g.y = try stridedDescriptor([batch, heads, s, dv], strides: [s * heads * dv, dv, heads * dv, 1])
+            return g
+        }
+        guard q.count == 4, k.count == 4, v.count == 4 else { return nil }
+        (g.batch, g.heads, g.s, g.d, g.sk, g.dv) = (q[0], q[1], q[2], q[3], k[2], v[3])
+        let (batch, heads, s, sk, d, dv) = (g.batch, g.heads, g.s, g.sk, g.d, g.dv)
+        guard k == [batch, heads, sk, d], v == [batch, heads, sk, dv] else { return nil }
+        g.outShape = [batch, heads, s, dv]
+        g.q = try plainDescriptor(q)
+        g.kT = try stridedDescriptor([batch, heads, d, sk], strides: [heads * sk * d, sk * d, 1, d])
+        g.v = try plainDescriptor(v)
+        g.y = try plainDescriptor(g.outShape)
+        return g
+    }
+
     static func attention(_ l: LayerLowering) throws -> LayerDecision? {
         guard l.layer.inputs.count <= 4, let q0 = l.value(0), let k0 = l.value(1), let v0 = l.value(2),
-              [q0, k0, v0].allSatisfy({ $0.dataType == .float && $0.shape.count == 3 }) else { return nil }
+              [q0, k0, v0].allSatisfy({ $0.dataType == .float }) else { return nil }
         let a = l.attributes
-        guard let heads = try a.int("q_num_heads"), heads > 0, try a.int("kv_num_heads") == heads, try a.int("is_causal", 0) == 0,
-              try a.float("softcap", 0) == 0 else { return nil }
-        let batch = q0.shape[0], s = q0.shape[1], hidden = q0.shape[2], sk = k0.shape[1]
-        guard hidden % heads == 0, k0.shape == [batch, sk, hidden], v0.shape[0] == batch, v0.shape[1] == sk, v0.shape[2] % heads == 0 else { return nil }
-        let d = hidden / heads, dv = v0.shape[2] / heads
+        guard try a.int("is_causal", 0) == 0, try a.float("softcap", 0) == 0,
+              let g = try geometry(l, q: q0.shape, k: k0.shape, v: v0.shape) else { return nil }
+        let (batch, heads, s, sk, d) = (g.batch, g.heads, g.s, g.sk, g.d)
         let (t, outShape) = try l.outputType()
-        guard t == .float, outShape == [batch, s, heads * dv] else { return nil }
+        guard t == .float, outShape == g.outShape else { return nil }
         let scale = try a.float("scale") ?? 1 / Float(d).squareRoot()
         var mask: PlanValue?
         if l.present(3) {
@@ -26,10 +62,7 @@ enum AttentionLowering {
             mask = try l.plan.plain(m)
         }
         let q = try l.plan.plain(q0), k = try l.plan.plain(k0), v = try l.plan.plain(v0)
-        let qView = try stridedDescriptor([batch, heads, s, d], strides: [s * hidden, d, hidden, 1])
-        let kView = try stridedDescriptor([batch, heads, d, sk], strides: [sk * hidden, d, 1, hidden])
-        let vView = try stridedDescriptor([batch, heads, sk, dv], strides: [sk * heads * dv, dv, heads * dv, 1])
-        let yView = try stridedDescriptor([batch, heads, s, dv], strides: [s * heads * dv, dv, heads * dv, 1])
+        let qView = g.q, kView = g.kT, vView = g.v, yView = g.y
         let scoresDesc = try plainDescriptor([batch, heads, s, sk])
         let maskDesc = try mask.map { try plainDescriptor(Array(repeating: 1, count: 4 - $0.shape.count) + $0.shape) }
         // Scores = scale · Q·Kᵀ (+ mask), in a temporary of this l.layer.

@@ -29,6 +29,20 @@ enum EltwiseLowering {
     ]
 
     static let entries = [LoweringEntry(kind: .eltwise, ops: Set(algorithms.keys), output: .input, lower: eltwise)]
+    /// Tried after the binary primitive, which needs the full-size operand first.
+    static let fallbacks = [LoweringEntry(kind: .eltwise, ops: ["Sub"], output: .input, lower: subtractFromScalar)]
+
+    /// c − x for a scalar constant c (attention masks' 1 − mask) as −1 · x + c, which is exact.
+    static func subtractFromScalar(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.inputs.count == 2, let c = l.constant(0), c.dataType == .float, c.count == 1, let x = l.value(1), x.dataType == .float,
+              try l.outputType() == (.float, x.shape) else { return nil }
+        var data = try x.descriptor()
+        var desc = dnnl_eltwise_desc_t()
+        try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, dnnl_eltwise_linear, &data, -1, c.floats[0]), "describing c − x")
+        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "eltwise")
+        try l.emit(.eltwise, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, data), (DNNL_ARG_DST, l.inPlaceOutput(over: x), data)]))
+        return l.decided(.eltwise)
+    }
 
     static func gelu(_ l: LayerLowering) throws -> [(dnnl_alg_kind_t, Float, Float)]? {
         [try l.attributes.string("approximate", "none") == "tanh" ? (dnnl_eltwise_gelu_tanh, 0, 0) : (dnnl_eltwise_gelu_erf, 0, 0)]

@@ -34,6 +34,7 @@ enum LoweringTable {
     static let entries: [LoweringEntry] = ConvolutionLowering.entries + MatMulLowering.entries + SwiftKernelLowering.entries
         + PoolingLowering.entries + EltwiseLowering.entries + BinaryLowering.entries + NormalizationLowering.entries
         + SoftmaxLowering.entries + AttentionLowering.entries + MovementLowering.entries + SwiftKernelLowering.fallbacks
+        + EltwiseLowering.fallbacks
 
     private static let byOp: [String: [LoweringEntry]] = {
         var table: [String: [LoweringEntry]] = [:]
