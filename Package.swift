@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "COneDNN", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("dl")]),
         .target(name: "AnvilCore"),
         .target(name: "AnvilKernels", dependencies: ["AnvilCore", "COneDNN"]),
-        .target(name: "AnvilEngine", dependencies: ["AnvilCore"]),
+        .target(name: "AnvilEngine", dependencies: ["AnvilCore", "AnvilKernels"]),
         .target(name: "AnvilRuntime", dependencies: ["AnvilCore", "AnvilKernels", "AnvilEngine"]),
         .target(name: "AnvilIR", dependencies: ["AnvilCore"]),
         .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
@@ -44,6 +44,7 @@ let package = Package(
         // Test support: counts the process's heap allocations (defines malloc and relatives).
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels", "AnvilPasses", "AnvilEngine",
+                                                       "AnvilBuilder", "AnvilRuntime",
                                                        "CAllocationCounter"],
                     exclude: ["Golden"]),
         .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder", "AnvilRuntime", "AnvilEngine"],

@@ -77,7 +77,7 @@ public struct EngineBuilder {
         // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks
         // them. Winograd-transformed weights cannot be read back, so theirs stay plain as well.
         let packedOnly = Set(compiled.packedWeights.filter(\.isUnpackable).map(\.constant))
-        let file = try Engine.file(for: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, metadata: Array(meta.utf8),
+        let file = try EngineFormat.file(for: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, metadata: Array(meta.utf8),
                                    profile: profile, weights: compiled.packedWeights, packedOnly: packedOnly, memoryPlan: compiled.memoryPlan)
         return Result(file: file, statistics: context, engine: try staging.recording(compiled), compiled: compiled)
     }

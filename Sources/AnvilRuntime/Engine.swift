@@ -30,16 +30,9 @@ public final class Engine: @unchecked Sendable {
     /// Reads an engine file: sections in place, constants decoded on first use,
     /// prepacked weights used by the kernels straight from the mapping.
     public convenience init(file: EngineFile, name: String) throws {
-        // A file being written has no stable bytes yet: read its encoding.
-        let file = file.storage != nil ? file : try file.encoded().withUnsafeBytes { try EngineFile.decode($0, file: name) }
-        let packed = try file.stableSection("WEIGHTS").map { try WeightsSection.decode($0, file: name) } ?? []
-        guard let section = file.stableSection("GRAPH") else {
-            throw AnvilError.invalidModel(file: name, field: "engine", reason: "has no GRAPH section")
-        }
-        let graph = try EngineCodec.decode(section, file: name, packed: packed, owner: file.storage)
-        try self.init(graph: graph, producer: file.producer, requiredFeatures: file.requiredFeatures,
-                      profile: try file.withSection("PROFILE") { try ShapeProfile.decode($0, file: name) } ?? ShapeProfile(),
-                      memoryPlan: try file.withSection("MEMPLAN") { try MemoryPlanSection.decode($0, file: name) }, name: name)
+        let contents = try EngineFormat.read(file, name: name)
+        try self.init(graph: contents.graph, producer: file.producer, requiredFeatures: file.requiredFeatures, profile: contents.profile,
+                      memoryPlan: contents.memoryPlan, name: name)
     }
 
     /// An engine over a graph in memory (as the builder makes it). A graph read from a
@@ -76,19 +69,6 @@ public final class Engine: @unchecked Sendable {
         guard missing.isEmpty else {
             throw AnvilError.invalidModel(file: name, field: "engine layers", reason: "this runtime cannot run \(missing.joined(separator: ", "))")
         }
-    }
-
-    /// Serializes an engine into an engine file: the graph, the profile, the memory
-    /// plan, and the prepacked weights its kernels made (`weights`); constants in
-    /// `packedOnly` are stored only prepacked.
-    public static func file(for graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, metadata: [UInt8],
-                            profile: ShapeProfile = ShapeProfile(), weights: [PackedWeights] = [], packedOnly: Set<String> = [],
-                            memoryPlan: StoredMemoryPlan? = nil) throws -> EngineFile {
-        var sections: [(tag: String, bytes: [UInt8])] = [("META", metadata), ("GRAPH", try EngineCodec.encode(graph, packedOnly: packedOnly))]
-        if !profile.isEmpty { sections.append(("PROFILE", profile.encoded())) }
-        if let memoryPlan { sections.append(("MEMPLAN", MemoryPlanSection.encode(memoryPlan))) }
-        if !weights.isEmpty { sections.append(("WEIGHTS", WeightsSection.encode(weights))) }
-        return EngineFile(producer: producer, requiredFeatures: requiredFeatures, sections: sections)
     }
 
     /// Kernels made so far with constant weights, and how many use the file's prepacked weights in place.

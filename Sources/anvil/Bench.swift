@@ -1,5 +1,6 @@
 import AnvilBuilder
 import AnvilCore
+import AnvilEngine
 import AnvilONNX
 import AnvilRuntime
 import ArgumentParser

@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilEngine
 import AnvilRuntime
 import ArgumentParser
 import Foundation

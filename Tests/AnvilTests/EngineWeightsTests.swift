@@ -82,7 +82,7 @@ final class EngineWeightsTests: XCTestCase {
         // A plan putting every buffer at offset 0 would overlap live buffers: computed anew instead.
         var plan = try XCTUnwrap(good.memoryPlan)
         for key in plan.buffers.keys { plan.buffers[key]!.offset = 0 }
-        let built2 = try Engine.file(for: built.result.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [],
+        let built2 = try EngineFormat.file(for: built.result.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [],
                                      weights: built.result.compiled.packedWeights, packedOnly: Set(good.graph.constants.names.filter { good.graph.constants.isPackedOnly($0) }),
                                      memoryPlan: plan)
         let bad = try engine(built2.sections)

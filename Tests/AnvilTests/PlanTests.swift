@@ -304,7 +304,7 @@ extension PlanTests {
             // Compiled, written and read back: the Winograd weights are stored and used in place.
             let staging = try Engine(graph: built.graph, producer: "anvil 0.1", requiredFeatures: [], profile: ShapeProfile(), name: "t")
             let weights = try staging.compile().packedWeights
-            let written = try Engine.file(for: built.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [], weights: weights,
+            let written = try EngineFormat.file(for: built.graph, producer: "anvil 0.1", requiredFeatures: [], metadata: [], weights: weights,
                                           packedOnly: Set(weights.filter(\.isUnpackable).map(\.constant)))
             let engine = try Engine(file: written, name: "t.anvil")
             let context = ExecutionContext(engine: engine)

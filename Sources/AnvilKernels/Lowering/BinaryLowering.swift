@@ -15,7 +15,9 @@ enum BinaryLowering {
         let (t, shape) = try l.outputType()
         let commutative = ["Add", "Mul", "Max", "Min"].contains(l.op)
         if commutative, a.shape != shape || (a.constant != nil && b.constant == nil && b.shape == shape) { swap(&a, &b) }
-        guard a.shape == shape, a.constant == nil, b.shape.count <= shape.count else { return nil }
+        // The full-size operand comes first (oneDNN broadcasts only the second); it may be a
+        // constant (anchor points − distances) when the other is not.
+        guard a.shape == shape, a.constant == nil || b.constant == nil, b.shape.count <= shape.count else { return nil }
         var src0 = try a.descriptor()
         b = b.shape == a.shape ? try l.plan.inLayout(b, src0) : try l.plan.plain(b)
         var src1 = b.shape == a.shape ? try b.descriptor() : try plainDescriptor(Array(repeating: 1, count: shape.count - b.shape.count) + b.shape)

@@ -10,6 +10,7 @@ enum MovementLowering {
         LoweringEntry(kind: .view, ops: ["Split"], output: .input, multipleOutputs: true, lower: split),
         LoweringEntry(kind: .concat, ops: ["Concat"], output: .input, lower: concat),
         LoweringEntry(kind: .transpose, ops: ["Transpose"], output: .plain, lower: transpose),
+        LoweringEntry(kind: .slice, ops: ["Slice"], output: .plain, lower: slice),
         LoweringEntry(kind: .resize, ops: ["Resize"], output: .input, lower: resize),
     ]
 
@@ -124,6 +125,51 @@ enum MovementLowering {
         let x = try l.plan.plain(v)
         _ = l.plan.alias(l.layer.outputs[0], of: x, type: t, shape: shape)
         return l.decided(.view)
+    }
+
+    /// A slice with constant starts, ends, axes and positive steps is a reorder from a
+    /// strided view of the input (offset to the first element) to the plain output.
+    static func slice(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), dnnlType(v.dataType) != nil, !v.shape.isEmpty, v.shape.allSatisfy({ $0 > 0 }) else { return nil }
+        let rank = v.shape.count
+        func ints(_ i: Int, attribute: String) throws -> [Int]? {
+            if l.layer.opset < 10 { return try l.attributes.ints(attribute) }
+            guard l.present(i) else { return nil }
+            guard let t = l.constant(i), t.dataType == .int64 || t.dataType == .int32 else { throw SliceNotConstant() }
+            return t.int64s.map { Int(clamping: $0) }
+        }
+        struct SliceNotConstant: Error {}
+        let starts: [Int], ends: [Int], axes: [Int], steps: [Int]
+        do {
+            guard let s = try ints(1, attribute: "starts"), let e = try ints(2, attribute: "ends"), s.count == e.count else { return nil }
+            starts = s; ends = e
+            axes = try ints(3, attribute: "axes") ?? Array(0..<s.count)
+            steps = try ints(4, attribute: "steps") ?? Array(repeating: 1, count: s.count)
+        } catch is SliceNotConstant { return nil }
+        guard axes.count == starts.count, steps.count == starts.count, steps.allSatisfy({ $0 > 0 }) else { return nil }
+        var first = Array(repeating: 0, count: rank), step = Array(repeating: 1, count: rank), outShape = v.shape
+        var seen = Set<Int>()
+        for (k, a) in axes.enumerated() {
+            guard let axis = ShapeMath.normalizeAxis(a, rank: rank), seen.insert(axis).inserted else { return nil }
+            let size = v.shape[axis]
+            // ONNX clamps starts to [0, size] and ends to [0, size] for positive steps.
+            func clamp(_ x: Int) -> Int { min(max(x < 0 ? x + size : x, 0), size) }
+            let b = clamp(starts[k]), e = clamp(ends[k])
+            first[axis] = b
+            step[axis] = steps[k]
+            outShape[axis] = e > b ? (e - b + steps[k] - 1) / steps[k] : 0
+        }
+        guard try l.outputType() == (v.dataType, outShape), outShape.allSatisfy({ $0 > 0 }) else { return nil }
+        let x = try l.plan.plain(v)
+        let strides = ShapeMath.strides(v.shape)
+        let offset = zip(first, strides).reduce(0) { $0 + $1.0 * $1.1 } * v.dataType.byteSize
+        let view = try stridedDescriptor(outShape, strides: zip(strides, step).map { $0 * $1 }, v.dataType)
+        let source = l.plan.alias(l.layer.name + "#view", of: x, type: v.dataType, shape: outShape, layout: view, byteOffset: offset)
+        let out = l.plan.newValue(l.layer.outputs[0], v.dataType, outShape)
+        let primitive = try reorderPrimitive(from: view, to: out.descriptor(), engine: l.plan.engine)
+        try l.emit(.slice, PrimitiveStep(layer: l.layer.name, primitive: primitive,
+                                         arguments: [(DNNL_ARG_FROM, source, view), (DNNL_ARG_TO, out, try out.descriptor())]))
+        return l.decided(.slice)
     }
 
     /// A transpose is a reorder from a strided view of the input to the plain output.

@@ -7,6 +7,9 @@ enum SwiftKernelLowering {
     static let entries = [
         LoweringEntry(kind: .globalAveragePool, ops: ["GlobalAveragePool"], output: .plain, lower: globalAveragePool),
         LoweringEntry(kind: .gather, ops: ["Gather"], output: .plain, lower: gather),
+        LoweringEntry(kind: .cast, ops: ["Cast"], output: .plain, lower: cast),
+        LoweringEntry(kind: .logical, ops: ["And", "Or", "Xor"], output: .plain, lower: logical),
+        LoweringEntry(kind: .select, ops: ["Where"], output: .plain, lower: select),
     ]
     /// Rows tried after oneDNN's own kernels for the same ops.
     static let fallbacks = [
@@ -48,7 +51,7 @@ enum SwiftKernelLowering {
     /// Gather along axis 0 (embedding lookups): rows copied from the table, which a
     /// constant table supplies in place from the engine file. Indices are checked at run time.
     static func gather(_ l: LayerLowering) throws -> LayerDecision? {
-        guard l.present(0), l.present(1), let indices = l.value(1), indices.dataType == .int64 || indices.dataType == .int32,
+        guard l.present(0), l.present(1), let indices = try l.operand(1), indices.dataType == .int64 || indices.dataType == .int32,
               let (type, shape) = try? l.outputType(), type != .string else { return nil }
         let tableShape = l.isConstant(0) ? l.plan.constants.type(of: l.layer.inputs[0])?.1 : l.value(0)?.shape
         guard let tableShape, !tableShape.isEmpty,
@@ -102,5 +105,43 @@ enum SwiftKernelLowering {
         }
         l.plan.steps.append(step)
         return l.decided(.channelAffine)
+    }
+
+    /// Cast between booleans, integers and floats (`SwiftElementwise.cast`).
+    static func cast(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), SwiftElementwise.types.contains(v.dataType), let (t, shape) = try? l.outputType(),
+              SwiftElementwise.types.contains(t), shape == v.shape else { return nil }
+        let x = try l.plan.plain(v)
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        let count = v.count, from = v.dataType
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            SwiftElementwise.cast(p.address(x), from: from, count: count, to: p.address(out), t)
+        })
+        return l.decided(.cast)
+    }
+
+    /// And, Or and Xor of boolean tensors with broadcasting.
+    static func logical(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.inputs.count == 2, let a0 = try l.operand(0), let b0 = try l.operand(1), a0.dataType == .bool, b0.dataType == .bool,
+              let (t, shape) = try? l.outputType(), t == .bool, let walk = SwiftElementwise.Broadcast([a0.shape, b0.shape], to: shape) else { return nil }
+        let a = try l.plan.plain(a0), b = try l.plan.plain(b0), op = l.layer.opType
+        let out = l.plan.newValue(l.layer.outputs[0], .bool, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [a, b], writes: [out]) { p in
+            SwiftElementwise.logical(op, p.address(a), p.address(b), walk, into: p.address(out))
+        })
+        return l.decided(.logical)
+    }
+
+    /// Where(condition, x, y) with broadcasting, for elements of any fixed size.
+    static func select(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.inputs.count == 3, let c0 = try l.operand(0), let x0 = try l.operand(1), let y0 = try l.operand(2), c0.dataType == .bool,
+              x0.dataType == y0.dataType, x0.dataType != .string, let (t, shape) = try? l.outputType(), t == x0.dataType,
+              let walk = SwiftElementwise.Broadcast([c0.shape, x0.shape, y0.shape], to: shape) else { return nil }
+        let c = try l.plan.plain(c0), x = try l.plan.plain(x0), y = try l.plan.plain(y0), size = t.byteSize
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [c, x, y], writes: [out]) { p in
+            SwiftElementwise.select(p.address(c), p.address(x), p.address(y), size: size, walk, into: p.address(out))
+        })
+        return l.decided(.select)
     }
 }

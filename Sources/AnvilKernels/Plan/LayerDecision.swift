@@ -148,13 +148,21 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case gather = 19
     /// Per-channel scale and shift (a broadcast Mul / Add by a per-channel constant) in any channel layout.
     case channelAffine = 20
+    /// A slice: a reorder from a strided view of the input.
+    case slice = 21
+    /// Cast between booleans, integers and floats.
+    case cast = 22
+    /// And, Or, Xor of booleans.
+    case logical = 23
+    /// Where(condition, x, y).
+    case select = 24
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
         switch self {
         case .reference: .reference
         case .view: .view
-        case .globalAveragePool, .outerSoftmax, .gather, .channelAffine: .swift
+        case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select: .swift
         default: .onednn
         }
     }
@@ -181,6 +189,10 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .outerSoftmax: "outer-axis softmax"
         case .gather: "gather"
         case .channelAffine: "channel affine"
+        case .slice: "slice"
+        case .cast: "cast"
+        case .logical: "logical"
+        case .select: "where"
         }
     }
 }

@@ -1,0 +1,116 @@
+import AnvilCore
+
+/// Swift kernels for the small integer and boolean tensors of masks and shapes
+/// (Cast, And / Or / Xor, Where), on arena memory with numpy broadcasting. oneDNN has
+/// no boolean type; these keep such layers off the reference kernels, which copy
+/// every value into a tensor and back.
+enum SwiftElementwise {
+    /// The element types these kernels read and write.
+    static let types: Set<DataType> = [.bool, .uint8, .int8, .int32, .int64, .float]
+
+    /// Element offsets of up to three inputs broadcast to `shape` (numpy rules), walked
+    /// in row-major order of the output.
+    struct Broadcast {
+        let shape: [Int]
+        /// Per input, per output dimension: the input's element stride (0 where broadcast).
+        let strides: [[Int]]
+
+        /// Nil when an input does not broadcast to `shape`.
+        init?(_ inputs: [[Int]], to shape: [Int]) {
+            var all: [[Int]] = []
+            for input in inputs {
+                guard input.count <= shape.count else { return nil }
+                let aligned = Array(repeating: 1, count: shape.count - input.count) + input
+                let natural = ShapeMath.strides(aligned)
+                var strides: [Int] = []
+                for (d, size) in aligned.enumerated() {
+                    guard size == shape[d] || size == 1 else { return nil }
+                    strides.append(size == 1 ? 0 : natural[d])
+                }
+                all.append(strides)
+            }
+            self.shape = shape
+            self.strides = all + Array(repeating: Array(repeating: 0, count: shape.count), count: 3 - all.count)
+        }
+
+        /// Calls `body(output, a, b, c)` with the element index of the output and of each input.
+        func walk(_ body: (Int, Int, Int, Int) -> Void) {
+            let count = shape.reduce(1, *)
+            guard count > 0 else { return }
+            guard let last = shape.indices.last else { body(0, 0, 0, 0); return }
+            let inner = shape[last], (sa, sb, sc) = (strides[0][last], strides[1][last], strides[2][last])
+            var index = [Int](repeating: 0, count: shape.count)
+            var (a, b, c) = (0, 0, 0)
+            var out = 0
+            while out < count {
+                for i in 0..<inner { body(out + i, a + i * sa, b + i * sb, c + i * sc) }
+                out += inner
+                // Advance the outer dimensions like an odometer.
+                var d = last - 1
+                while d >= 0 {
+                    index[d] += 1
+                    a += strides[0][d]; b += strides[1][d]; c += strides[2][d]
+                    if index[d] < shape[d] { break }
+                    a -= strides[0][d] * shape[d]; b -= strides[1][d] * shape[d]; c -= strides[2][d] * shape[d]
+                    index[d] = 0
+                    d -= 1
+                }
+            }
+        }
+    }
+
+    @inline(__always) static func integer(_ p: UnsafeRawPointer, _ i: Int, _ t: DataType) -> Int64 {
+        switch t {
+        case .bool, .uint8: Int64(p.load(fromByteOffset: i, as: UInt8.self))
+        case .int8: Int64(p.load(fromByteOffset: i, as: Int8.self))
+        case .int32: Int64(p.load(fromByteOffset: 4 * i, as: Int32.self))
+        case .float: Tensor.int64(fromDouble: Double(p.load(fromByteOffset: 4 * i, as: Float.self)))
+        default: p.load(fromByteOffset: 8 * i, as: Int64.self)
+        }
+    }
+
+    @inline(__always) static func store(_ v: Int64, _ p: UnsafeMutableRawPointer, _ i: Int, _ t: DataType) {
+        switch t {
+        case .bool: p.storeBytes(of: v != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self)
+        case .uint8: p.storeBytes(of: UInt8(truncatingIfNeeded: v), toByteOffset: i, as: UInt8.self)
+        case .int8: p.storeBytes(of: Int8(truncatingIfNeeded: v), toByteOffset: i, as: Int8.self)
+        case .int32: p.storeBytes(of: Int32(truncatingIfNeeded: v), toByteOffset: 4 * i, as: Int32.self)
+        case .float: p.storeBytes(of: Float(v), toByteOffset: 4 * i, as: Float.self)
+        default: p.storeBytes(of: v, toByteOffset: 8 * i, as: Int64.self)
+        }
+    }
+
+    /// ONNX Cast between the supported types (a float source is read as a float, not an integer).
+    static func cast(_ x: UnsafeRawPointer, from: DataType, count: Int, to y: UnsafeMutableRawPointer, _ type: DataType) {
+        if from == .float {
+            for i in 0..<count {
+                let v = x.load(fromByteOffset: 4 * i, as: Float.self)
+                switch type {
+                case .float: y.storeBytes(of: v, toByteOffset: 4 * i, as: Float.self)
+                case .bool: y.storeBytes(of: v != 0 ? 1 : 0, toByteOffset: i, as: UInt8.self)
+                default: store(integer(x, i, from), y, i, type)
+                }
+            }
+            return
+        }
+        for i in 0..<count { store(integer(x, i, from), y, i, type) }
+    }
+
+    /// A logical op of two boolean tensors, broadcast.
+    static func logical(_ op: String, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ walk: Broadcast, into y: UnsafeMutableRawPointer) {
+        let f: (Bool, Bool) -> Bool = op == "And" ? { $0 && $1 } : op == "Or" ? { $0 || $1 } : { $0 != $1 }
+        walk.walk { o, i, j, _ in
+            let v = f(a.load(fromByteOffset: i, as: UInt8.self) != 0, b.load(fromByteOffset: j, as: UInt8.self) != 0)
+            y.storeBytes(of: v ? 1 : 0, toByteOffset: o, as: UInt8.self)
+        }
+    }
+
+    /// Where(condition, x, y), broadcast; elements of `size` bytes.
+    static func select(_ condition: UnsafeRawPointer, _ x: UnsafeRawPointer, _ y: UnsafeRawPointer, size: Int, _ walk: Broadcast,
+                       into out: UnsafeMutableRawPointer) {
+        walk.walk { o, c, i, j in
+            let pick = condition.load(fromByteOffset: c, as: UInt8.self) != 0
+            (out + o * size).copyMemory(from: pick ? x + i * size : y + j * size, byteCount: size)
+        }
+    }
+}
