@@ -44,7 +44,7 @@ let package = Package(
         // Test support: counts the process's heap allocations (defines malloc and relatives).
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels", "AnvilPasses", "AnvilEngine",
-                                                       "CAllocationCounter"],
+                                                       "AnvilRuntime", "AnvilBuilder", "CAllocationCounter"],
                     exclude: ["Golden"]),
         .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder", "AnvilRuntime", "AnvilEngine"],
                     exclude: ["manifest.txt"]),
