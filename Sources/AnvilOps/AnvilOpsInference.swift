@@ -7,7 +7,7 @@ func registerAnvilInference(_ b: inout RegistryBuilder) {
     for (op, standardOp) in [("FusedConv", "Conv"), ("FusedGemm", "Gemm"), ("FusedMatMul", "MatMul"), ("SiLU", "Relu"),
                              ("Gelu", "Gelu"), ("LayerNormalization", "LayerNormalization"), ("RMSNormalization", "RMSNormalization"),
                              ("Attention", "Attention")] {
-        let rule = b.table[OpRegistry.key("", standardOp)]?.infer
+        let rule = b.rule(standardOp)
         b.infer([op], domain: anvilDomain) { ctx in
             guard let rule else { return [.unknown] }
             let opset = ["LayerNormalization": 17, "RMSNormalization": 23, "Attention": 23, "Gelu": 20][op] ?? 17
