@@ -1,14 +1,13 @@
 import AnvilCore
 
-/// Anvil's own ops (domain `ai.anvil`, version 1), produced by the optimizer's
-/// fusions; documented in docs/passes.md.
-///
-/// - FusedConv(X, W, B?, Sum?), FusedGemm(A, B, C?, Sum?), FusedMatMul(A, B, Bias?, Sum?):
-///   the standard op, plus bias, plus the residual `Sum`, then `activation`
-///   (with `activation_alpha`, `activation_beta`), as oneDNN post-ops compute it.
-/// - Gelu, LayerNormalization, RMSNormalization, Attention: the standard op's
-///   semantics for models whose opset predates it; SiLU: x · sigmoid(x).
-public let anvilDomain = "ai.anvil"
+// Anvil's own ops (domain `anvilDomain`, version 1), produced by the optimizer's
+// fusions; documented in docs/passes.md.
+//
+// - FusedConv(X, W, B?, Sum?), FusedGemm(A, B, C?, Sum?), FusedMatMul(A, B, Bias?, Sum?):
+//   the standard op, plus bias, plus the residual `Sum`, then `activation`
+//   (with `activation_alpha`, `activation_beta`), as oneDNN post-ops compute it.
+// - Gelu, LayerNormalization, RMSNormalization, Attention: the standard op's
+//   semantics for models whose opset predates it; SiLU: x · sigmoid(x).
 
 /// The activation of a fused node, nil when it has none.
 func fusedActivation(_ ctx: EvalContext) throws -> Activation? {
