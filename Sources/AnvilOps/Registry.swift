@@ -30,11 +30,6 @@ public enum OpRegistry {
         guard let kernel = KernelRegistry.lookup(domain: domain, opType: opType, opset: opset) else { return nil }
         return OpDefinition(kernel: kernel, infer: inferenceRules[KernelRegistry.key(domain, opType)])
     }
-
-    /// Names of all supported ops in the default domain, sorted.
-    public static var supportedOpTypes: [String] {
-        KernelRegistry.all.values.filter { $0.domain.isEmpty }.map(\.opType).sorted()
-    }
 }
 
 /// Collects inference rules while the registry is built.
