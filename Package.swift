@@ -1,8 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Module map: see docs/architecture.md. The runtime side (AnvilCore, AnvilKernels)
-// never imports the builder side (AnvilIR, AnvilOps, AnvilONNX).
+// Module map: see docs/architecture.md. The runtime side (AnvilCore, AnvilKernels,
+// AnvilEngine, AnvilRuntime) never imports the builder side (AnvilIR, AnvilOps,
+// AnvilONNX, AnvilPasses, AnvilBuilder). AnvilKernels holds the one graph
+// interpreter; IR graphs reach it through AnvilOps. AnvilONNX needs no kernels.
 let package = Package(
     name: "Anvil",
     products: [
