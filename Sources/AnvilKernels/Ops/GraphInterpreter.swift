@@ -73,11 +73,7 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
             self.parent = parent
         }
 
-        func lookup(_ name: String) throws -> Tensor? {
-            if let v = values[name] { return v }
-            if let c = try graph.constant(name) { return c }
-            return try parent?.lookup(name)
-        }
+        func lookup(_ name: String) throws -> Tensor? { try values[name] ?? graph.constant(name) ?? parent?.lookup(name) }
     }
 
     /// Per graph, the values whose last use is each node; computed once per run (Loop bodies run many times).
@@ -127,11 +123,7 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
     /// Executes one graph: `bound` holds its inputs, `outer` the enclosing graphs' values.
     func execute(_ graph: Graph, bound: [String: Tensor], outer: Scope?, depth: Int, schedules: Schedules) throws -> [Tensor] {
         var env = bound
-        func lookup(_ name: String) throws -> Tensor? {
-            if let v = env[name] { return v }
-            if let c = try graph.constant(name) { return c }
-            return try outer?.lookup(name)
-        }
+        func lookup(_ name: String) throws -> Tensor? { try env[name] ?? graph.constant(name) ?? outer?.lookup(name) }
         let releases = schedules.releases(graph)
         for (i, node) in graph.nodesInOrder.enumerated() {
             let opset = opset(node)
