@@ -1,8 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Module map: see docs/architecture.md. The runtime side (AnvilCore, AnvilKernels)
-// never imports the builder side (AnvilIR, AnvilOps, AnvilONNX).
+// Module map: see docs/architecture.md. The runtime side (AnvilCore, AnvilKernels,
+// AnvilEngine, AnvilRuntime) never imports the builder side (AnvilIR, AnvilOps,
+// AnvilONNX, AnvilPasses, AnvilBuilder). AnvilKernels holds the one graph
+// interpreter; IR graphs reach it through AnvilOps. AnvilONNX needs no kernels.
 let package = Package(
     name: "Anvil",
     products: [
@@ -31,7 +33,7 @@ let package = Package(
         .target(name: "AnvilRuntime", dependencies: ["AnvilCore", "AnvilKernels", "AnvilEngine"]),
         .target(name: "AnvilIR", dependencies: ["AnvilCore"]),
         .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
-        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels", "CONNX"]),
+        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "CONNX"]),
         .target(name: "AnvilPasses", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels"]),
         .target(name: "AnvilBuilder", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilPasses", "AnvilEngine", "AnvilRuntime", "AnvilKernels"]),
         .executableTarget(
@@ -44,8 +46,7 @@ let package = Package(
         // Test support: counts the process's heap allocations (defines malloc and relatives).
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels", "AnvilPasses", "AnvilEngine",
-                                                       "AnvilBuilder", "AnvilRuntime",
-                                                       "CAllocationCounter"],
+                                                       "AnvilRuntime", "AnvilBuilder", "CAllocationCounter"],
                     exclude: ["Golden"]),
         .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder", "AnvilRuntime", "AnvilEngine"],
                     exclude: ["manifest.txt"]),

@@ -28,3 +28,12 @@ public final class EngineGraph: Subgraph {
     public var inputCount: Int { inputs.count }
     public var outputTypes: [TensorType] { outputs.map(\.type) }
 }
+
+/// Engine graphs run on the graph interpreter when they cannot be planned.
+extension EngineGraph: InterpretableGraph {
+    public var nodesInOrder: [Layer] { layers }
+    public var inputNames: [String] { inputs.map(\.name) }
+    public var outputNames: [String] { outputs.map(\.name) }
+    public var constantNames: [String] { constants.names }
+    public func constant(_ name: String) throws -> Tensor? { try constants.tensor(name) }
+}

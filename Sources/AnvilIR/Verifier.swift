@@ -61,11 +61,6 @@ public enum Verifier {
         }
     }
 
-    /// Runs `verify` when verification is enabled.
-    public static func verifyIfEnabled(_ graph: Graph) throws {
-        if enabledByDefault { try verify(graph) }
-    }
-
     /// Types agree where both are known.
     static func compatible(_ a: TensorType, _ b: TensorType) -> Bool {
         if let x = a.elementType, let y = b.elementType, x != y { return false }

@@ -80,6 +80,8 @@ struct FunctionExport {
                 activation(y, node, output: o[0])
             case "SiLU":
                 _ = op("Mul", [i[0], op("Sigmoid", [i[0]])], output: o[0])
+            case "HardSwish":
+                hardSwish(i[0], output: o[0])
             case "Gelu":
                 gelu(i[0], tanh: a["approximate"].map { "\($0)" == "\"tanh\"" } ?? false, output: o[0])
             case "LayerNormalization", "RMSNormalization":
@@ -103,15 +105,19 @@ struct FunctionExport {
             case "Clip":
                 if opset < 11 { _ = op("Clip", [x], ["min": .float(alpha ?? -.greatestFiniteMagnitude), "max": .float(beta ?? .greatestFiniteMagnitude)], output: output) }
                 else { _ = op("Clip", [x, constant([alpha ?? -.greatestFiniteMagnitude]), constant([beta ?? .greatestFiniteMagnitude])], output: output) }
-            case "HardSwish":
-                if opset >= 14 { _ = op("HardSwish", [x], output: output) }
-                else { _ = op("Mul", [x, op("HardSigmoid", [x], ["alpha": .float(1.0 / 6), "beta": .float(0.5)])], output: output) }
+            case "HardSwish": hardSwish(x, output: output)
             case "Mish":
                 _ = op("Mul", [x, op("Tanh", [op("Softplus", [x])])], output: output)
             case "SiLU": _ = op("Mul", [x, op("Sigmoid", [x])], output: output)
             case "Gelu", "GeluTanh": gelu(x, tanh: name == "GeluTanh", output: output)
             default: _ = op("Identity", [x], output: output)
             }
+        }
+
+        /// HardSwish, before opset 14 as x · HardSigmoid(x; α = 1/6, β = 1/2).
+        mutating func hardSwish(_ x: String, output: String) {
+            if opset >= 14 { _ = op("HardSwish", [x], output: output) }
+            else { _ = op("Mul", [x, op("HardSigmoid", [x], ["alpha": .float(1.0 / 6), "beta": .float(0.5)])], output: output) }
         }
 
         mutating func gelu(_ x: String, tanh: Bool, output: String) {

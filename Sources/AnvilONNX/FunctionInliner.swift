@@ -1,5 +1,4 @@
 import AnvilCore
-import AnvilKernels
 import AnvilIR
 import AnvilOps
 

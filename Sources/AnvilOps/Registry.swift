@@ -2,58 +2,52 @@ import AnvilCore
 import AnvilIR
 import AnvilKernels
 
-/// One op of the registry: identity, supported opset range, reference evaluation
-/// (from AnvilKernels) and shape inference.
+/// One op of the registry: the kernel registry's definition (identity, opset
+/// range, reference evaluation) and the op's shape inference rule.
 public struct OpDefinition: Sendable {
-    public let opType: String
-    public let domain: String
-    /// Earliest opset version this definition implements.
-    public let sinceVersion: Int
-    public let evaluate: @Sendable (EvalContext) throws -> [Tensor]
+    /// The op's entry in the kernel registry.
+    public let kernel: KernelDefinition
     /// Shape and type inference; nil leaves the outputs unknown.
-    public var infer: InferenceRule?
+    public let infer: InferenceRule?
+
+    /// Evaluates the op with its reference kernel.
+    public func evaluate(_ context: EvalContext) throws -> [Tensor] { try kernel.evaluate(context) }
 }
 
-/// The op registry, keyed by domain and op type: the kernel registry's
-/// evaluations with shape-inference rules attached. Built once, never mutated.
+/// The op registry: the kernel registry, plus a side table of inference rules
+/// keyed like it. Built once, never mutated.
 public enum OpRegistry {
-    /// Every supported op.
-    public static let all: [String: OpDefinition] = {
+    /// Inference rules by kernel-registry key (`KernelRegistry.key`).
+    public static let inferenceRules: [String: InferenceRule] = {
         var b = RegistryBuilder()
-        for (key, k) in KernelRegistry.all {
-            b.table[key] = OpDefinition(opType: k.opType, domain: k.domain, sinceVersion: k.sinceVersion, evaluate: k.evaluate)
-        }
         registerInferenceRules(&b)
         registerAnvilInference(&b)
-        return b.table
+        return b.rules
     }()
-
-    static func key(_ domain: String, _ op: String) -> String { KernelRegistry.key(domain, op) }
 
     /// The definition for an op at an opset version, nil when unsupported.
     public static func lookup(domain: String, opType: String, opset: Int) -> OpDefinition? {
-        guard let def = all[key(domain, opType)], opset >= def.sinceVersion else { return nil }
-        return def
-    }
-
-    /// Names of all supported ops in the default domain, sorted.
-    public static var supportedOpTypes: [String] {
-        all.values.filter { $0.domain.isEmpty }.map(\.opType).sorted()
+        guard let kernel = KernelRegistry.lookup(domain: domain, opType: opType, opset: opset) else { return nil }
+        return OpDefinition(kernel: kernel, infer: inferenceRules[KernelRegistry.key(domain, opType)])
     }
 }
 
 /// Collects inference rules while the registry is built.
 struct RegistryBuilder {
-    var table: [String: OpDefinition] = [:]
+    var rules: [String: InferenceRule] = [:]
 
-    /// Attaches one inference rule to several ops (a family shares its rule).
+    /// Attaches one inference rule to several ops (a family shares its rule); each
+    /// op must be in the kernel registry.
     mutating func infer(_ ops: [String], domain: String = "", _ rule: @escaping InferenceRule) {
         for op in ops {
-            let key = OpRegistry.key(domain, op)
-            precondition(table[key] != nil, "inference rule for unregistered op \(op)")
-            table[key]?.infer = rule
+            let key = KernelRegistry.key(domain, op)
+            precondition(KernelRegistry.all[key] != nil, "inference rule for unregistered op \(op)")
+            rules[key] = rule
         }
     }
+
+    /// The rule attached to an op so far, nil when it has none.
+    func rule(domain: String = "", _ op: String) -> InferenceRule? { rules[KernelRegistry.key(domain, op)] }
 }
 
 extension AttributeReader {

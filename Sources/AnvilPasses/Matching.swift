@@ -1,5 +1,6 @@
 import AnvilCore
 import AnvilIR
+import AnvilKernels
 import AnvilOps
 
 /// Helpers for rules that recognize decomposed functions. Interior nodes of a
@@ -60,10 +61,11 @@ extension RewriteContext {
     }
 }
 
-/// A new node of a recognized function, placed in the standard domain when the
-/// model's opset has the op, else in ai.anvil.
-func recognized(_ op: String, standardSince: Int, name: String, inputs: [String], outputs: [String],
+/// A new node of a recognized function, one of `anvilStandardOps`: placed in the
+/// standard domain when the model's opset has the op, else in ai.anvil.
+func recognized(_ op: String, name: String, inputs: [String], outputs: [String],
                 attributes: [String: Attribute] = [:], from nodes: [Node], _ ctx: RewriteContext) -> Node? {
+    guard let standardSince = anvilStandardOps[op] else { preconditionFailure("\(op) is not in anvilStandardOps") }
     guard let domain = ctx.pass.domainFor(op, standardSince: standardSince) else { return nil }
     return Node(name: name, opType: op, domain: domain, inputs: inputs, outputs: outputs, attributes: attributes,
                 fusedFrom: provenance(nodes, ctx))

@@ -27,12 +27,12 @@ public struct RecognizeActivations: Pass {
                 guard let reader = readerOf(addValue, node: node, interior: interior), let add = ctx.interior(addValue, "Add", readBy: reader),
                       let inner = nonConstantAndOne(add, ctx) else { continue }
                 if let erf = ctx.interior(inner, "Erf", readBy: add), let scaled = scaledInput(erf.inputs[0], by: 1 / 2.0.squareRoot(), reader: erf, ctx), scaled.x == x {
-                    guard let gelu = recognized("Gelu", standardSince: 20, name: node.name, inputs: [x], outputs: node.outputs,
+                    guard let gelu = recognized("Gelu", name: node.name, inputs: [x], outputs: node.outputs,
                                                 from: interior + [add, erf] + scaled.nodes + [node], ctx) else { return nil }
                     return Patch(statistic: "GELU (erf) recognized", remove: interior + [add, erf] + scaled.nodes + [node], add: [gelu])
                 }
                 if let tanh = ctx.interior(inner, "Tanh", readBy: add), let match = tanhGeluInner(tanh, x: x, ctx) {
-                    guard let gelu = recognized("Gelu", standardSince: 20, name: node.name, inputs: [x], outputs: node.outputs,
+                    guard let gelu = recognized("Gelu", name: node.name, inputs: [x], outputs: node.outputs,
                                                 attributes: ["approximate": .string("tanh")], from: interior + [add, tanh] + match + [node], ctx) else { return nil }
                     return Patch(statistic: "GELU (tanh) recognized", remove: interior + [add, tanh] + match + [node], add: [gelu])
                 }
@@ -49,14 +49,14 @@ public struct RecognizeActivations: Pass {
                 if let sixth, factors.count == 3, let clip = ctx.interior(value, "Clip", readBy: reader),
                    let bounds = clipBounds(clip, ctx), bounds == (0, 6), let add = ctx.interior(clip.inputs[0], "Add", readBy: clip),
                    add.inputs.contains(x), let three = add.inputs.first(where: { $0 != x }), ctx.isConstant(three, 3) {
-                    guard let hs = recognized("HardSwish", standardSince: 14, name: node.name, inputs: [x], outputs: node.outputs,
+                    guard let hs = recognized("HardSwish", name: node.name, inputs: [x], outputs: node.outputs,
                                               from: interior + [add, clip, node], ctx) else { return nil }
                     return Patch(statistic: "HardSwish recognized", remove: interior + [clip, add, node], add: [hs])
                 }
                 if sixth == nil, factors.count == 2, let hsig = ctx.interior(value, "HardSigmoid", readBy: reader), hsig.inputs[0] == x,
                    abs(Double((try? AttributeReader(node: hsig).float("alpha", 0.2)) ?? 0) - 1.0 / 6) < 1e-6,
                    (try? AttributeReader(node: hsig).float("beta", 0.5)) == 0.5 {
-                    guard let hs = recognized("HardSwish", standardSince: 14, name: node.name, inputs: [x], outputs: node.outputs,
+                    guard let hs = recognized("HardSwish", name: node.name, inputs: [x], outputs: node.outputs,
                                               from: interior + [hsig, node], ctx) else { return nil }
                     return Patch(statistic: "HardSwish recognized", remove: interior + [hsig, node], add: [hs])
                 }

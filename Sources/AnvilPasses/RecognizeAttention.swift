@@ -88,7 +88,7 @@ public struct RecognizeAttention: Pass {
         } else {
             return nil
         }
-        guard let attention = recognized("Attention", standardSince: 23, name: root.name, inputs: inputs, outputs: outputs,
+        guard let attention = recognized("Attention", name: root.name, inputs: inputs, outputs: outputs,
                                          attributes: attributes, from: matched, ctx) else { return nil }
         return Patch(statistic: "attention recognized", remove: matched, add: [attention])
     }

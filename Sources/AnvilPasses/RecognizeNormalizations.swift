@@ -43,7 +43,7 @@ public struct RecognizeNormalizations: Pass {
                     guard let shape = ctx.type(x).concreteShape?.suffix(from: axis), let element = ctx.type(x).elementType, element.isFloatingPoint else { continue }
                     let ones = ctx.graph.freshName("\(node.name)_scale")
                     let matched = [mean, sub, square, meanOfSquares, add, sqrt] + extra + [node]
-                    guard let ln = recognized("LayerNormalization", standardSince: 17, name: node.name, inputs: [x, ones], outputs: node.outputs,
+                    guard let ln = recognized("LayerNormalization", name: node.name, inputs: [x, ones], outputs: node.outputs,
                                               attributes: ["axis": .int(Int64(axis - rank)), "epsilon": .float(Float(epsilon))], from: matched, ctx) else { return nil }
                     return Patch(statistic: "LayerNormalization recognized", remove: matched, add: [ln],
                                  initializers: [(ones, try Tensor(element, shape: Array(shape), doubles: Array(repeating: 1, count: shape.reduce(1, *))))])
@@ -53,7 +53,7 @@ public struct RecognizeNormalizations: Pass {
                     guard let shape = ctx.type(numerator).concreteShape?.suffix(from: axis), let element = ctx.type(numerator).elementType, element.isFloatingPoint else { continue }
                     let ones = ctx.graph.freshName("\(node.name)_scale")
                     let matched = [square, meanOfSquares, add, sqrt] + extra + [node]
-                    guard let rms = recognized("RMSNormalization", standardSince: 23, name: node.name, inputs: [numerator, ones], outputs: node.outputs,
+                    guard let rms = recognized("RMSNormalization", name: node.name, inputs: [numerator, ones], outputs: node.outputs,
                                                attributes: ["axis": .int(Int64(axis - rank)), "epsilon": .float(Float(epsilon))], from: matched, ctx) else { return nil }
                     return Patch(statistic: "RMSNormalization recognized", remove: matched, add: [rms],
                                  initializers: [(ones, try Tensor(element, shape: Array(shape), doubles: Array(repeating: 1, count: shape.reduce(1, *))))])

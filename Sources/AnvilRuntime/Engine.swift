@@ -325,13 +325,29 @@ public final class ExecutionContext {
         if profile[i].milliseconds.count == profiledRuns { profile[i].milliseconds[profiledRuns - 1] += ms } else { profile[i].milliseconds.append(ms) }
     }
 
-    /// Runs the graph layer by layer on the interpreter.
+    /// Runs the graph layer by layer on the graph interpreter: oneDNN for the top-level
+    /// layers decided (or, while building, undecided) for a oneDNN convolution or
+    /// matmul, the observed types recorded when
+    /// planning dynamic shapes, per-layer times when profiling.
     func interpret(_ inputs: [String: Tensor]) throws -> [Tensor] {
-        let g = engine.graph
         lastPlan = nil
-        var env: [String: Tensor] = [:]
-        for (k, v) in inputs { env[k] = v }
-        return try execute(g, env: env)
+        var interpreter = GraphInterpreter<EngineGraph> { $0.opset }
+        interpreter.evaluateFast = { layer, depth, context in
+            guard depth == 0, let fast = try self.fastLayer(layer, context) else { return nil }
+            return [try fast.run(context, stream: try self.currentStream())]
+        }
+        if observed != nil {
+            interpreter.observe = { name, value, depth in
+                if depth == 0 { self.observed?[name] = (value.dataType, value.shape) }
+            }
+        }
+        if profiling {
+            interpreter.time = { layer, depth, ms in
+                guard depth == 0 else { return }
+                self.record(layer.name, self.interpretedImplementation(of: layer.name), ms)
+            }
+        }
+        return try interpreter.run(engine.graph, inputs: inputs)
     }
 
     func currentStream() throws -> DNNLStream {
@@ -348,62 +364,5 @@ public final class ExecutionContext {
         guard let created = try FastLayer.make(layer, constants: engine.graph.constants, inputShape: x.shape, engine: engine.dnnl) else { return nil }
         fastLayers[layer.name] = created
         return created
-    }
-
-    /// Runs `g`; names not in `env` are looked up in its constants, then in the enclosing graphs' (`outer`, innermost last).
-    func execute(_ g: EngineGraph, env initial: [String: Tensor], outer: [ConstantStore] = []) throws -> [Tensor] {
-        func constant(_ name: String) throws -> Tensor? {
-            if let t = try g.constants.tensor(name) { return t }
-            for store in outer.reversed() { if let t = try store.tensor(name) { return t } }
-            return nil
-        }
-        var env = initial
-        for layer in g.layers {
-            guard let def = KernelRegistry.lookup(domain: layer.domain, opType: layer.opType, opset: layer.opset) else {
-                throw AnvilError.unsupportedOp(node: layer.name, op: layer.opType, domain: layer.domain, version: layer.opset)
-            }
-            let args: [Tensor?] = try layer.inputs.map { name in
-                if name.isEmpty { return nil }
-                guard let v = try env[name] ?? constant(name) else {
-                    throw AnvilError.invalidNode(node: layer.name, op: layer.opType, reason: "input '\(name)' has no value")
-                }
-                return v
-            }
-            let scope = env
-            let context = EvalContext(name: layer.name, opType: layer.opType, domain: layer.domain, outputCount: layer.outputs.count,
-                                      attributes: layer.attributes, opset: layer.opset, inputs: args) { body, values in
-                guard let sub = body as? EngineGraph, values.count == sub.inputs.count else {
-                    throw AnvilError.invalidNode(node: layer.name, op: layer.opType, reason: "subgraph '\(body.name)' does not fit its inputs")
-                }
-                var subEnv = scope
-                for (input, value) in zip(sub.inputs, values) { subEnv[input.name] = value }
-                return try self.execute(sub, env: subEnv, outer: outer + [g.constants])
-            }
-            let results: [Tensor]
-            let started = profiling && g === engine.graph ? DispatchTime.now().uptimeNanoseconds : 0
-            defer {
-                if started > 0 {
-                    let ms = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
-                    record(layer.name, interpretedImplementation(of: layer.name), ms)
-                }
-            }
-            do {
-                if g === engine.graph, let fast = try fastLayer(layer, context) {
-                    results = [try fast.run(context, stream: try currentStream())]
-                } else {
-                    results = try def.evaluate(context)
-                }
-            } catch AnvilError.invalidTensor(let name, let reason) {
-                throw AnvilError.invalidNode(node: layer.name, op: layer.opType, reason: name.isEmpty || name == layer.opType ? reason : "\(name): \(reason)")
-            }
-            for (name, value) in zip(layer.outputs, results) where !name.isEmpty {
-                env[name] = value
-                if g === engine.graph, observed != nil { observed?[name] = (value.dataType, value.shape) }
-            }
-        }
-        return try g.outputs.map { out in
-            guard let v = try env[out.name] ?? constant(out.name) else { throw AnvilError.invalidGraph(graph: g.name, reason: "output '\(out.name)' was not produced") }
-            return v
-        }
     }
 }

@@ -48,7 +48,11 @@ enum AttentionLowering {
         guard l.layer.inputs.count <= 4, let q0 = l.value(0), let k0 = l.value(1), let v0 = l.value(2),
               [q0, k0, v0].allSatisfy({ $0.dataType == .float }) else { return nil }
         let a = l.attributes
-        guard try a.int("is_causal", 0) == 0, try a.float("softcap", 0) == 0,
+        // Only plain scaled dot-product attention: no causal or windowed masks, no soft cap.
+        let known: Set<String> = ["q_num_heads", "kv_num_heads", "scale", "is_causal", "softcap", "left_window_size", "right_window_size",
+                                  "softmax_precision", "qk_matmul_output_mode"]
+        guard a.attributes.keys.allSatisfy(known.contains), try a.int("is_causal", 0) == 0, try a.float("softcap", 0) == 0,
+              try a.int("left_window_size", -1) < 0, try a.int("right_window_size", -1) < 0,
               let g = try geometry(l, q: q0.shape, k: k0.shape, v: v0.shape) else { return nil }
         let (batch, heads, s, sk, d) = (g.batch, g.heads, g.s, g.sk, g.d)
         let (t, outShape) = try l.outputType()

@@ -171,7 +171,9 @@ public enum KernelRegistry {
         registerResize(&b)
         registerAttention(&b)
         registerRecurrent(&b)
-        registerExtra(&b)
+        registerDetection(&b)
+        registerLosses(&b)
+        registerSignal(&b)
         registerAnvilOps(&b)
         return b.table
     }()

@@ -1,14 +1,21 @@
 import AnvilCore
 
-/// Anvil's own ops (domain `ai.anvil`, version 1), produced by the optimizer's
-/// fusions; documented in docs/passes.md.
-///
-/// - FusedConv(X, W, B?, Sum?), FusedGemm(A, B, C?, Sum?), FusedMatMul(A, B, Bias?, Sum?):
-///   the standard op, plus bias, plus the residual `Sum`, then `activation`
-///   (with `activation_alpha`, `activation_beta`), as oneDNN post-ops compute it.
-/// - Gelu, LayerNormalization, RMSNormalization, Attention: the standard op's
-///   semantics for models whose opset predates it; SiLU: x · sigmoid(x).
-public let anvilDomain = "ai.anvil"
+// Anvil's own ops (domain `anvilDomain`, version 1), produced by the optimizer's
+// fusions; documented in docs/passes.md.
+//
+// - FusedConv(X, W, B?, Sum?), FusedGemm(A, B, C?, Sum?), FusedMatMul(A, B, Bias?, Sum?):
+//   the standard op, plus bias, plus the residual `Sum`, then `activation`
+//   (with `activation_alpha`, `activation_beta`), as oneDNN post-ops compute it.
+// - Gelu, HardSwish, LayerNormalization, RMSNormalization, Attention: the standard
+//   op's semantics for models whose opset predates it; SiLU: x · sigmoid(x).
+
+/// Anvil's ops with exactly the semantics of the standard op of the same name, for
+/// models whose opset predates it: the opset that introduced the standard op. The
+/// recognizers emit them only through this table, so each has a kernel (below), an
+/// inference rule and an export body.
+public let anvilStandardOps: [String: Int] = [
+    "Gelu": 20, "HardSwish": 14, "LayerNormalization": 17, "RMSNormalization": 23, "Attention": 23,
+]
 
 /// The activation of a fused node, nil when it has none.
 func fusedActivation(_ ctx: EvalContext) throws -> Activation? {
@@ -51,7 +58,7 @@ func registerAnvilOps(_ b: inout KernelTableBuilder) {
         return try finishFused(ctx, y, sumInput: 3)
     }
     b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
-    for (op, opset) in [("Gelu", 20), ("LayerNormalization", 17), ("RMSNormalization", 23), ("Attention", 23)] {
+    for (op, opset) in anvilStandardOps {
         b.add(op, domain: anvilDomain) { ctx in
             try standard(op).evaluate(ctx.with(opset: opset, inputs: ctx.inputs))
         }

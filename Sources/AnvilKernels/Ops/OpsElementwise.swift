@@ -74,6 +74,17 @@ func registerElementwise(_ b: inout KernelTableBuilder) {
         if x.dataType.isFloatingPoint { return try x.mapFloating(f) }
         return try Tensor(x.dataType, shape: x.shape, int64s: x.doubles.map { Tensor.int64(fromDouble: f($0)) })
     }
+    b.add1("Swish", since: 24) { ctx in
+        let alpha = Double(try ctx.attributes.float("alpha", 1))
+        return try ctx.input(0).mapFloating { $0 / (1 + Foundation.exp(-alpha * $0)) }
+    }
+    b.add1("SwiGLU", since: 25) { ctx in
+        let a = try ctx.input(0), g = try ctx.input(1)
+        guard a.shape == g.shape else { throw ctx.fail("A \(a.shape) and B \(g.shape) must have the same shape") }
+        let alpha = Double(try ctx.attributes.float("alpha", 1))
+        let swish = try a.mapFloating { $0 / (1 + Foundation.exp(-alpha * $0)) }
+        return try Elementwise.arithmetic(swish, g, op: "SwiGLU", float: *, integer: &*)
+    }
     b.add1("PRelu") { ctx in
         try Elementwise.arithmetic(ctx.input(0), ctx.input(1), op: "PRelu", float: { $0 < 0 ? $0 * $1 : $0 }, integer: { $0 < 0 ? $0 &* $1 : $0 })
     }
@@ -183,6 +194,14 @@ func registerElementwise(_ b: inout KernelTableBuilder) {
         return try castValue(ctx.input(0), to: type)
     }
     b.add1("CastLike", since: 15) { ctx in try castValue(ctx.input(0), to: ctx.input(1).dataType) }
+    b.add1("BitCast", since: 26) { ctx in
+        let x = try ctx.input(0)
+        guard let to = try ctx.attributes.int("to"), let type = DataType(rawValue: Int32(clamping: to)), type != .string, x.dataType != .string else {
+            throw ctx.fail("attribute 'to' must name a non-string type")
+        }
+        guard type.byteSize == x.dataType.byteSize else { throw ctx.fail("\(x.dataType) and \(type) differ in width") }
+        return try x.littleEndianBytes().withUnsafeBytes { try Tensor.fromLittleEndian(type, shape: x.shape, bytes: $0, name: ctx.name) }
+    }
 }
 
 /// Cast with ONNX semantics, including float → narrow integer saturation rules of the reference.

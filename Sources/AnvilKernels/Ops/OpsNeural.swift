@@ -121,6 +121,29 @@ func registerNeural(_ b: inout KernelTableBuilder) {
                             transA: a.int("transA", 0) != 0, transB: a.int("transB", 0) != 0)
         }
     }
+    b.add1("Det", since: 11) { ctx in
+        let x = try ctx.input(0)
+        guard x.rank >= 2, x.shape[x.rank - 1] == x.shape[x.rank - 2] else { throw ctx.fail("input must be [..., M, M], got \(x.shape)") }
+        let n = x.shape[x.rank - 1]
+        let v = x.doubles
+        let count = x.count / max(n * n, 1)
+        let dets = (0..<count).map { m -> Double in
+            var a = Array(v[(m * n * n)..<((m + 1) * n * n)])
+            var det = 1.0
+            for c in 0..<n {
+                let pivot = (c..<n).max { abs(a[$0 * n + c]) < abs(a[$1 * n + c]) }!
+                if a[pivot * n + c] == 0 { return 0 }
+                if pivot != c { for k in 0..<n { a.swapAt(c * n + k, pivot * n + k) }; det = -det }
+                det *= a[c * n + c]
+                for r in (c + 1)..<max(n, c + 1) {
+                    let f = a[r * n + c] / a[c * n + c]
+                    for k in c..<n { a[r * n + k] -= f * a[c * n + k] }
+                }
+            }
+            return det
+        }
+        return try Tensor(x.dataType, shape: Array(x.shape.dropLast(2)), doubles: dets)
+    }
     b.add("BatchNormalization") { ctx in
         let x = try ctx.input(0)
         let epsilon = try ctx.attributes.float("epsilon", 1e-5)
@@ -174,6 +197,14 @@ func registerNeural(_ b: inout KernelTableBuilder) {
         let a = ctx.attributes
         return try Normalization.lrn(ctx.input(0), size: size, alpha: a.float("alpha", 1e-4), beta: a.float("beta", 0.75), bias: a.float("bias", 1))
     }
+    b.add1("LpNormalization") { ctx in
+        let x = try ctx.input(0)
+        let axis = try ctx.axis(ctx.attributes.int("axis", -1), rank: x.rank)
+        let p = try ctx.attributes.int("p", 2)
+        guard p == 1 || p == 2 else { throw ctx.fail("p must be 1 or 2, found \(p)") }
+        let norm = try Reduce.reduce(x, axes: [axis], keepDims: true, kind: p == 1 ? .l1 : .l2)
+        return try Elementwise.arithmetic(x, norm, op: "LpNormalization", float: { $1 == 0 ? 0 : $0 / $1 }, integer: { $1 == 0 ? 0 : $0 / $1 })
+    }
     for (name, kind) in [("Softmax", "softmax"), ("LogSoftmax", "log"), ("Hardmax", "hardmax")] {
         b.add1(name) { ctx in
             let x = try ctx.input(0)
@@ -199,6 +230,26 @@ func registerNeural(_ b: inout KernelTableBuilder) {
     b.add1("GlobalAveragePool") { ctx in try named(ctx) { try Pooling.global(ctx.input(0), kind: "avg") } }
     b.add1("GlobalMaxPool") { ctx in try named(ctx) { try Pooling.global(ctx.input(0), kind: "max") } }
     b.add1("GlobalLpPool") { ctx in try named(ctx) { try Pooling.global(ctx.input(0), kind: "lp", p: Double(ctx.attributes.int("p", 2))) } }
+    b.add1("MaxUnpool", since: 9) { ctx in
+        let x = try ctx.input(0), indices = try ctx.input(1).int64s
+        var out: [Int]
+        if let shape = ctx.optionalInput(2) {
+            out = shape.int64s.map { Int($0) }
+        } else {
+            let attrs = try WindowAttributes(ctx)
+            guard let kernel = attrs.kernelShape else { throw ctx.fail("attribute kernel_shape is required") }
+            let nd = x.rank - 2
+            let strides = attrs.strides ?? Array(repeating: 1, count: nd), pads = attrs.pads ?? Array(repeating: 0, count: 2 * nd)
+            out = Array(x.shape[0..<2]) + (0..<nd).map { (x.shape[$0 + 2] - 1) * strides[$0] + kernel[$0] - pads[$0] - pads[$0 + nd] }
+        }
+        guard let n = ShapeMath.elementCount(out) else { throw ctx.fail("output shape \(out) is invalid") }
+        var source = [Int](repeating: x.count, count: n)
+        for (k, i) in indices.enumerated() {
+            guard i >= 0, Int(i) < n else { throw ctx.fail("index \(i) is outside the output of \(n) elements") }
+            source[Int(i)] = k
+        }
+        return try x.reshaped([x.count]).appending(Tensor.zeros(x.dataType, shape: [1])).gathered(source, shape: out)
+    }
     b.add("Dropout") { ctx in
         let x = try ctx.input(0)
         if ctx.opset >= 12, let training = ctx.optionalInput(2), training.bools.first == true,
@@ -231,4 +282,46 @@ func registerAttention(_ b: inout KernelTableBuilder) {
         }
         return Array(outs.prefix(ctx.outputCount))
     }
+    b.add1("RotaryEmbedding", since: 23) { ctx in try rotaryEmbedding(ctx) }
+}
+
+/// RotaryEmbedding on [B, S, hidden] (with num_heads) or [B, H, S, D] inputs.
+func rotaryEmbedding(_ ctx: EvalContext) throws -> Tensor {
+    let x = try ctx.input(0), cosCache = try ctx.input(1), sinCache = try ctx.input(2)
+    let positions = ctx.optionalInput(3)?.int64s.map { Int($0) }
+    let interleaved = try ctx.attributes.int("interleaved", 0) != 0
+    let heads = try ctx.attributes.int("num_heads", 0)
+    guard x.rank == 3 || x.rank == 4 else { throw ctx.fail("input must be 3-D or 4-D, got \(x.shape)") }
+    let batch = x.shape[0]
+    let (seq, h, d) = x.rank == 4 ? (x.shape[2], x.shape[1], x.shape[3]) : (x.shape[1], heads, heads > 0 ? x.shape[2] / heads : 0)
+    guard h > 0, d > 0, x.rank == 4 || h * d == x.shape[2] else { throw ctx.fail("num_heads \(heads) does not divide hidden size \(x.shape)") }
+    var rotary = try ctx.attributes.int("rotary_embedding_dim", 0)
+    if rotary == 0 { rotary = d }
+    let half = rotary / 2
+    guard rotary <= d, rotary % 2 == 0, cosCache.shape.last == half, sinCache.shape.last == half else {
+        throw ctx.fail("caches \(cosCache.shape) do not fit rotary dimension \(rotary)")
+    }
+    let cv = cosCache.doubles, sv = sinCache.doubles, xv = x.doubles
+    func cacheRow(_ b: Int, _ s: Int) throws -> Int {
+        if let positions {
+            let p = positions[b * seq + s]
+            guard p >= 0, p < cosCache.shape[0] else { throw ctx.fail("position \(p) is outside the cache of \(cosCache.shape[0])") }
+            return p
+        }
+        return b * seq + s
+    }
+    var out = xv
+    for b in 0..<batch { for s in 0..<seq {
+        let row = try cacheRow(b, s)
+        for hh in 0..<h {
+            let base = x.rank == 4 ? ((b * h + hh) * seq + s) * d : ((b * seq + s) * h + hh) * d
+            for i in 0..<half {
+                let (p, q) = interleaved ? (base + 2 * i, base + 2 * i + 1) : (base + i, base + i + half)
+                let c = cv[row * half + i], sn = sv[row * half + i]
+                out[p] = c * xv[p] - sn * xv[q]
+                out[q] = sn * xv[p] + c * xv[q]
+            }
+        }
+    } }
+    return try Tensor(x.dataType, shape: x.shape, doubles: out)
 }

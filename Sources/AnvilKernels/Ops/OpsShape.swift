@@ -239,7 +239,57 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
         let k = ctx.optionalInput(1).map { Int(clamping: $0.int64s[0]) } ?? 0
         return try Movement.trilu(x, k: k, upper: ctx.attributes.int("upper", 1) != 0)
     }
+    b.add1("Compress", since: 9) { ctx in
+        let x = try ctx.input(0)
+        let condition = try ctx.input(1).bools
+        guard let a = try ctx.attributes.int("axis") else {
+            let picks = condition.prefix(x.count).enumerated().filter { $0.element }.map(\.offset)
+            return try x.gathered(picks, shape: [picks.count])
+        }
+        let axis = try ctx.axis(a, rank: x.rank)
+        guard condition.count <= x.shape[axis] else { throw ctx.fail("condition has \(condition.count) entries for axis size \(x.shape[axis])") }
+        let keep = condition.enumerated().filter { $0.element }.map { Int64($0.offset) }
+        return try Movement.gather(x, indices: Tensor(int64s: keep, shape: [keep.count]), axis: axis)
+    }
+    b.add1("ReverseSequence", since: 10) { ctx in
+        let x = try ctx.input(0)
+        let lengths = try ctx.input(1).int64s.map { Int($0) }
+        let batchAxis = try ctx.attributes.int("batch_axis", 1), timeAxis = try ctx.attributes.int("time_axis", 0)
+        guard Set([batchAxis, timeAxis]) == Set([0, 1]), x.rank >= 2, lengths.count == x.shape[batchAxis] else {
+            throw ctx.fail("batch_axis \(batchAxis), time_axis \(timeAxis) and sequence_lens \(lengths) do not fit \(x.shape)")
+        }
+        let strides = ShapeMath.strides(x.shape)
+        var idx: [Int] = []
+        Indexing.forEachIndex(x.shape) { i in
+            var j = i
+            let len = min(max(lengths[i[batchAxis]], 0), x.shape[timeAxis])
+            if i[timeAxis] < len { j[timeAxis] = len - 1 - i[timeAxis] }
+            idx.append(zip(j, strides).reduce(0) { $0 + $1.0 * $1.1 })
+        }
+        return try x.gathered(idx, shape: x.shape)
+    }
+    b.add1("CenterCropPad", since: 18) { ctx in
+        let x = try ctx.input(0)
+        let target = try intsInput(ctx, 1)
+        let axes = try (ctx.attributes.ints("axes") ?? Array(0..<x.rank)).map { try ctx.axis($0, rank: x.rank) }
+        guard target.count == axes.count else { throw ctx.fail("shape has \(target.count) entries for \(axes.count) axes") }
+        var offsets = [Int](repeating: 0, count: x.rank), out = x.shape
+        for (k, a) in axes.enumerated() { out[a] = target[k]; offsets[a] = (x.shape[a] - target[k]) / 2 }
+        let strides = ShapeMath.strides(x.shape)
+        var idx: [Int] = []
+        Indexing.forEachIndex(out) { o in
+            var s = 0
+            for d in 0..<o.count {
+                let i = o[d] + (offsets[d] >= 0 ? offsets[d] : -((out[d] - x.shape[d]) / 2))
+                if i < 0 || i >= x.shape[d] { s = -1; break }
+                s += i * strides[d]
+            }
+            idx.append(s < 0 ? x.count : s)
+        }
+        return try x.reshaped([x.count]).appending(Tensor.zeros(x.dataType, shape: [1])).gathered(idx, shape: out)
+    }
     b.add1("NonZero") { ctx in try Movement.nonZero(ctx.input(0)) }
+    b.add("Unique", since: 11) { ctx in try unique(ctx) }
     b.add1("OneHot") { ctx in
         let indices = try ctx.input(0), depthT = try ctx.input(1), values = try ctx.input(2)
         let depth = Int(Tensor.int64(fromDouble: depthT.double(at: 0)))
@@ -267,4 +317,50 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
         for r in 0..<x.shape[0] { let c = r + k; if c >= 0 && c < x.shape[1] { v[r * x.shape[1] + c] = 1 } }
         return try Tensor(type, shape: x.shape, int64s: v)
     }
+}
+
+/// Unique: distinct elements (or slices along an axis), with first indices, inverse indices and counts.
+func unique(_ ctx: EvalContext) throws -> [Tensor] {
+    let x = try ctx.input(0)
+    let sorted = try ctx.attributes.int("sorted", 1) != 0
+    let axis = try ctx.attributes.int("axis").map { try ctx.axis($0, rank: x.rank) }
+    let flat = axis == nil
+    let a = axis ?? 0
+    let t = flat ? try x.reshaped([x.count]) : x
+    let n = t.shape[a], outer = t.shape[..<a].reduce(1, *), inner = t.shape[(a + 1)...].reduce(1, *)
+    let values = t.doubles, strings = t.dataType == .string ? t.strings : []
+    func slice(_ k: Int) -> [Int] {
+        var positions: [Int] = []
+        for o in 0..<outer {
+            let start = (o * n + k) * inner
+            positions.append(contentsOf: start..<(start + inner))
+        }
+        return positions
+    }
+    func less(_ p: Int, _ q: Int) -> Bool {
+        for (i, j) in zip(slice(p), slice(q)) {
+            if t.dataType == .string {
+                if strings[i] != strings[j] { return strings[i] < strings[j] }
+            } else if values[i] != values[j] {
+                return values[i] < values[j]
+            }
+        }
+        return false
+    }
+    func equal(_ p: Int, _ q: Int) -> Bool { !less(p, q) && !less(q, p) }
+    var firsts: [Int] = []
+    var inverse = [Int](repeating: 0, count: n)
+    for k in 0..<n {
+        if let u = firsts.firstIndex(where: { equal($0, k) }) { inverse[k] = u } else { inverse[k] = firsts.count; firsts.append(k) }
+    }
+    var order = Array(firsts.indices)
+    if sorted { order.sort { less(firsts[$0], firsts[$1]) } }
+    var rank = [Int](repeating: 0, count: order.count)
+    for (newPosition, old) in order.enumerated() { rank[old] = newPosition }
+    let chosen = order.map { firsts[$0] }
+    let counts = order.map { u in inverse.filter { $0 == u }.count }
+    var y = try Movement.gather(t, indices: Tensor(int64s: chosen.map { Int64($0) }, shape: [chosen.count]), axis: a)
+    if flat { y = try y.reshaped([chosen.count]) }
+    return [y, try Tensor(int64s: chosen.map { Int64($0) }, shape: [chosen.count]),
+            try Tensor(int64s: inverse.map { Int64(rank[$0]) }, shape: [n]), try Tensor(int64s: counts.map { Int64($0) }, shape: [counts.count])]
 }

@@ -140,9 +140,6 @@ extension Tensor {
 
 /// ONNX math helpers that C's libm lacks.
 public enum Math {
-    /// Round half to even, as ONNX Round and QuantizeLinear require.
-    public static func roundHalfEven(_ x: Double) -> Double { x.rounded(.toNearestOrEven) }
-
     /// Error function.
     public static func erf(_ x: Double) -> Double { Foundation.erf(x) }
 

@@ -1,0 +1,106 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+import AnvilOps
+import AnvilRuntime
+import XCTest
+
+/// The one graph interpreter, over IR graphs (the reference executor) and engine
+/// graphs (the engine's interpreter): scopes, freeing, hooks and errors.
+final class GraphInterpreterTests: XCTestCase {
+    static let k: [Float] = [1, 2, 3], k2: [Float] = [-1, 0.5, 4]
+
+    /// a = Relu(x), b = Neg(a), y = If(c) { a + k } else { b · k2 }: the then branch
+    /// reads `a` after its last direct use (Neg) and the main graph's constant k; the
+    /// else branch has its own constant k2.
+    static func model() throws -> Model {
+        let row = TensorType(.float, shape: [2, 3])
+        let thenBranch = Graph(name: "then", outputs: [ValueInfo(name: "t", type: row)],
+                               nodes: [Node(name: "add", opType: "Add", inputs: ["a", "k"], outputs: ["t"])])
+        let elseBranch = Graph(name: "else", outputs: [ValueInfo(name: "e", type: row)],
+                               nodes: [Node(name: "mul", opType: "Mul", inputs: ["b", "k2"], outputs: ["e"])],
+                               initializers: [("k2", try Tensor(floats: k2, shape: [3]))])
+        let graph = Graph(name: "main", inputs: [ValueInfo(name: "x", type: row), ValueInfo(name: "c", type: TensorType(.bool, shape: []))],
+                          outputs: [ValueInfo(name: "y", type: row)],
+                          nodes: [Node(name: "relu", opType: "Relu", inputs: ["x"], outputs: ["a"]),
+                                  Node(name: "neg", opType: "Neg", inputs: ["a"], outputs: ["b"]),
+                                  Node(name: "if", opType: "If", inputs: ["c"], outputs: ["y"],
+                                       attributes: ["then_branch": .graph(thenBranch), "else_branch": .graph(elseBranch)])],
+                          initializers: [("k", try Tensor(floats: k, shape: [3]))])
+        return Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+    }
+
+    static let x: [Float] = [-1, 2, -3, 4, -5, 6]
+
+    static func inputs(_ condition: Bool) throws -> [String: Tensor] {
+        ["x": try Tensor(floats: x, shape: [2, 3]), "c": try Tensor(bools: [condition], shape: [])]
+    }
+
+    /// What the model computes, written out.
+    static func expected(_ condition: Bool) -> [Float] {
+        x.enumerated().map { i, v in condition ? max(v, 0) + k[i % 3] : -max(v, 0) * k2[i % 3] }
+    }
+
+    func testReferenceExecutorKeepsValuesSubgraphsReadAndSeesOuterConstants() throws {
+        var executor = ReferenceExecutor(model: try Self.model())
+        var seen: [String] = []
+        executor.observe = { name, _ in seen.append(name) }
+        for condition in [true, false] {
+            XCTAssertEqual(try executor.run(Self.inputs(condition))[0].value.floats, Self.expected(condition))
+        }
+        XCTAssertEqual(seen, ["a", "b", "t", "y", "a", "b", "e", "y"], "values of subgraphs are observed too")
+    }
+
+    func testEngineInterpreterMatchesAndProfilesTopLevelLayersOnly() throws {
+        let model = try Self.model()
+        let engine = try Engine(file: try EngineBuilder().build(model, name: "if").file, name: "if.anvil")
+        let context = ExecutionContext(engine: engine)
+        context.profiling = true
+        for condition in [true, false, true] {
+            XCTAssertEqual(try context.run(Self.inputs(condition))[0].value.floats, Self.expected(condition))
+            XCTAssertNil(context.lastPlan, "control flow runs on the interpreter")
+        }
+        let topLevel = Set(engine.graph.layers.map(\.name))
+        XCTAssertEqual(Set(context.profile.map(\.layer)), topLevel)
+        XCTAssertTrue(context.profile.allSatisfy { $0.milliseconds.count == 3 }, "\(context.profile)")
+    }
+
+    func testHooksSeeDepthsAndMayReplaceKernels() throws {
+        let graph = try Self.model().graph
+        var interpreter = GraphInterpreter<Graph> { _ in 17 }
+        var observed: [String] = [], timed: [String] = []
+        interpreter.observe = { name, _, depth in observed.append("\(name)@\(depth)") }
+        interpreter.time = { node, depth, ms in
+            XCTAssertGreaterThanOrEqual(ms, 0)
+            timed.append("\(node.name)@\(depth)")
+        }
+        interpreter.evaluateFast = { node, _, context in
+            node.opType == "Neg" ? [try Tensor.zeros(.float, shape: context.input(0).shape)] : nil
+        }
+        XCTAssertEqual(try interpreter.run(graph, inputs: Self.inputs(false))[0].floats, [Float](repeating: 0, count: 6))
+        XCTAssertEqual(observed, ["a@0", "b@0", "e@1", "y@0"])
+        XCTAssertEqual(timed, ["relu@0", "neg@0", "mul@1", "if@0"])
+    }
+
+    func testErrorsNameTheNode() throws {
+        let graph = try Self.model().graph
+        func message(_ hook: ((Node, Int, EvalContext) throws -> [Tensor]?)? = nil, inputs: [String: Tensor]) -> String {
+            var interpreter = GraphInterpreter<Graph> { _ in 17 }
+            interpreter.evaluateFast = hook
+            do {
+                _ = try interpreter.run(graph, inputs: inputs)
+                return "no error"
+            } catch {
+                return "\(error)"
+            }
+        }
+        let good = try Self.inputs(true)
+        XCTAssertEqual(message(inputs: ["c": good["c"]!]), "node 'relu' (Relu): input 'x' has no value (missing graph input or initializer?)")
+        XCTAssertEqual(message({ node, _, _ in node.name == "neg" ? [] : nil }, inputs: good), "node 'neg' (Neg): produced 0 outputs, the node names 1")
+        XCTAssertEqual(message({ node, _, _ in
+            if node.name == "add" { throw AnvilError.invalidTensor(name: "", reason: "values out of range") }
+            return nil
+        }, inputs: good), "node 'add' (Add): values out of range")
+    }
+}

@@ -1,0 +1,170 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilEngine
+import AnvilIR
+import AnvilKernels
+import AnvilOps
+import AnvilRuntime
+import XCTest
+
+/// Kernels of the lowering table against the reference executor on random shapes and
+/// values, each asserting that the builder decided the kernel under test: slices,
+/// casts, logical ops, Where, constant-first subtraction, and the per-channel Swift
+/// kernel in every channel layout.
+final class LoweringTests: XCTestCase {
+    func random(_ shape: [Int], _ rng: inout SeededGenerator) throws -> Tensor {
+        try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -3...3, using: &rng) }, shape: shape)
+    }
+
+    /// Builds `graph` (unoptimized, so the layer under test stays), checks that layer
+    /// `test` got `kind`, runs the engine read back from its file and compares with the reference.
+    func check(_ graph: Graph, _ feeds: [String: Tensor], kind: KernelKind, exact: Bool = true, opset: Int = 19,
+               _ message: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: opset)])
+        let expected = try ReferenceExecutor(model: model).run(feeds)
+        var builder = EngineBuilder()
+        builder.optimize = false
+        let built = try builder.build(model, name: message)
+        XCTAssertEqual(built.compiled.decisions["test"]?.kernel, kind, "\(message): \(String(describing: built.compiled.decisions["test"]))", file: file, line: line)
+        let context = ExecutionContext(engine: try Engine(file: built.file, name: message))
+        for run in 0..<2 {
+            let actual = try context.run(feeds)
+            XCTAssertNotNil(context.lastPlan, message, file: file, line: line)
+            for (e, a) in zip(expected, actual) {
+                if exact {
+                    XCTAssertEqual(a.value, e.value, "\(message) run \(run)", file: file, line: line)
+                } else {
+                    let c = Comparison.compare(actual: a.value, expected: e.value, atol: 1e-4, rtol: 1e-3)
+                    XCTAssertTrue(c.passed, "\(message) run \(run): \(c)", file: file, line: line)
+                }
+            }
+        }
+    }
+
+    func testSlicesAreStridedReorders() throws {
+        var rng = SeededGenerator(seed: 11)
+        for trial in 0..<24 {
+            let shape = (0..<Int.random(in: 1...4, using: &rng)).map { _ in Int.random(in: 1...9, using: &rng) }
+            var starts: [Int64] = [], ends: [Int64] = [], axes: [Int64] = [], steps: [Int64] = []
+            for axis in shape.indices.shuffled(using: &rng).prefix(Int.random(in: 1...shape.count, using: &rng)) {
+                let size = Int64(shape[axis])
+                // Negative and out-of-range bounds are clamped as ONNX says; every slice keeps an element.
+                let start = Int64.random(in: 0..<size, using: &rng)
+                starts.append(Bool.random(using: &rng) ? start : start - size)
+                ends.append(trial % 3 == 0 ? Int64.max : Int64.random(in: (start + 1)...(size + 2), using: &rng))
+                axes.append(Bool.random(using: &rng) ? Int64(axis) : Int64(axis - shape.count))
+                steps.append(Int64.random(in: 1...3, using: &rng))
+            }
+            let g = Graph(name: "slice", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "relu", opType: "Relu", inputs: ["x"], outputs: ["r"]),
+                                  Node(name: "test", opType: "Slice", inputs: ["r", "s", "e", "a", "t"], outputs: ["y"])],
+                          initializers: [("s", try Tensor(int64s: starts, shape: [starts.count])), ("e", try Tensor(int64s: ends, shape: [ends.count])),
+                                         ("a", try Tensor(int64s: axes, shape: [axes.count])), ("t", try Tensor(int64s: steps, shape: [steps.count]))])
+            try check(g, ["x": try random(shape, &rng)], kind: .slice, "trial \(trial): \(shape) starts \(starts) ends \(ends) axes \(axes) steps \(steps)")
+        }
+    }
+
+    func testCastsBetweenBooleansIntegersAndFloats() throws {
+        var rng = SeededGenerator(seed: 12)
+        let types: [DataType] = [.bool, .uint8, .int8, .int32, .int64, .float]
+        for from in types {
+            for to in types where to != from {
+                let shape = [Int.random(in: 1...4, using: &rng), Int.random(in: 1...40, using: &rng)]
+                let n = shape.reduce(1, *)
+                let x: Tensor
+                switch from {
+                case .float:
+                    // Fractions, large values, infinities and NaN: truncation and saturation as the reference does.
+                    let special: [Float] = [.nan, .infinity, -.infinity, 3e9, -3e9, 0.5, -0.5, 0, 255.7, -128.9]
+                    x = try Tensor(floats: (0..<n).map { _ in Bool.random(using: &rng) ? special.randomElement(using: &rng)! : Float.random(in: -300...300, using: &rng) }, shape: shape)
+                case .bool: x = try Tensor(bools: (0..<n).map { _ in Bool.random(using: &rng) }, shape: shape)
+                default: x = try Tensor(from, shape: shape, int64s: (0..<n).map { _ in Int64.random(in: -300...300, using: &rng) })
+                }
+                let g = Graph(name: "cast", inputs: [ValueInfo(name: "x", type: TensorType(from, shape: shape))],
+                              outputs: [ValueInfo(name: "y", type: TensorType(to, nil))],
+                              nodes: [Node(name: "test", opType: "Cast", inputs: ["x"], outputs: ["y"], attributes: ["to": .int(Int64(to.rawValue))])])
+                try check(g, ["x": x], kind: .cast, "\(from) → \(to)")
+            }
+        }
+    }
+
+    func testLogicalOpsAndWhereBroadcast() throws {
+        var rng = SeededGenerator(seed: 13)
+        for trial in 0..<12 {
+            let out = [Int.random(in: 1...3, using: &rng), Int.random(in: 1...5, using: &rng), Int.random(in: 1...17, using: &rng)]
+            // Each operand drops leading dimensions or has size 1 in some.
+            func operand() -> [Int] {
+                let kept = Array(out.suffix(Int.random(in: 0...3, using: &rng)))
+                return kept.map { Bool.random(using: &rng) ? $0 : 1 }
+            }
+            func bools(_ shape: [Int]) throws -> Tensor { try Tensor(bools: (0..<shape.reduce(1, *)).map { _ in Bool.random(using: &rng) }, shape: shape) }
+            var a = operand(), b = operand()
+            if trial % 2 == 0 { a = out }
+            let op = ["And", "Or", "Xor"][trial % 3]
+            let logical = Graph(name: "logical", inputs: [ValueInfo(name: "a", type: TensorType(.bool, shape: a)), ValueInfo(name: "b", type: TensorType(.bool, shape: b))],
+                                outputs: [ValueInfo(name: "y", type: TensorType(.bool, nil))],
+                                nodes: [Node(name: "test", opType: op, inputs: ["a", "b"], outputs: ["y"])])
+            try check(logical, ["a": try bools(a), "b": try bools(b)], kind: .logical, "\(op) \(a) \(b)")
+            let c = operand(), x = trial % 4 == 1 ? out : operand()
+            let whereGraph = Graph(name: "where", inputs: [ValueInfo(name: "c", type: TensorType(.bool, shape: c)), ValueInfo(name: "x", type: TensorType(.float, shape: x))],
+                                   outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                                   nodes: [Node(name: "test", opType: "Where", inputs: ["c", "x", "k"], outputs: ["y"])],
+                                   initializers: [("k", try random(out, &rng))])
+            try check(whereGraph, ["c": try bools(c), "x": try random(x, &rng)], kind: .select, "Where \(c) \(x) \(out)")
+        }
+    }
+
+    func testSubtractionsWithAConstantFirst() throws {
+        var rng = SeededGenerator(seed: 14)
+        let shape = [1, 2, 37]
+        let scalar = Graph(name: "rsub", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                           outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                           nodes: [Node(name: "test", opType: "Sub", inputs: ["one", "x"], outputs: ["y"])],
+                           initializers: [("one", try Tensor(floats: [1], shape: []))])
+        try check(scalar, ["x": try random(shape, &rng)], kind: .eltwise, "1 − x")
+        // YOLO's anchor points − distances: a full-size constant first.
+        let anchors = Graph(name: "anchors", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                            outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                            nodes: [Node(name: "test", opType: "Sub", inputs: ["anchors", "x"], outputs: ["y"])],
+                            initializers: [("anchors", try random(shape, &rng))])
+        try check(anchors, ["x": try random(shape, &rng)], kind: .binary, "anchors − x")
+    }
+
+    /// Paddle's batch normalization as per-channel Mul / Add / Sub after a convolution,
+    /// with the convolution forced into every channel layout and the layers decided for
+    /// the Swift kernel: the same values as the reference (one rounding each, as it does).
+    func testChannelAffineInEveryChannelLayout() throws {
+        var rng = SeededGenerator(seed: 15)
+        for (trial, layout) in [Layout.plain, .channelsLast, .blocked8, .blocked16, .plain, .blocked16].enumerated() {
+            let c = [5, 16, 19, 32, 7, 40][trial], n = trial % 3 == 0 ? 2 : 1
+            let shape = [n, 3, Int.random(in: 4...9, using: &rng), Int.random(in: 4...9, using: &rng)]
+            let op = ["Mul", "Add", "Sub"][trial % 3]
+            let constantShape = trial % 2 == 0 ? [c, 1, 1] : [1, c, 1, 1]
+            let g = Graph(name: "affine", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                                  Node(name: "relu", opType: "Relu", inputs: ["a"], outputs: ["r"]),
+                                  Node(name: "test", opType: op, inputs: op != "Sub" && trial % 2 == 1 ? ["k", "r"] : ["r", "k"], outputs: ["y"])],
+                          initializers: [("w", try random([c, 3, 3, 3], &rng)), ("k", try random(constantShape, &rng))])
+            let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)])
+            let x = try random(shape, &rng)
+            let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let built = try builder.build(model, name: "affine")
+            for i in built.graph.layers.indices {
+                if built.graph.layers[i].name == "conv" { built.graph.layers[i].decision?.layout = layout }
+                if built.graph.layers[i].name == "test" { built.graph.layers[i].decision = LayerDecision(kernel: .channelAffine) }
+            }
+            let engine = try Engine(graph: built.graph, producer: "test", requiredFeatures: [], profile: ShapeProfile(), name: "affine")
+            let compiled = try engine.compile()
+            XCTAssertEqual(compiled.decisions["test"]?.kernel, .channelAffine, "\(layout) \(op): \(String(describing: compiled.decisions["test"]))")
+            let context = ExecutionContext(engine: engine)
+            let actual = try context.run(["x": x])[0].value
+            let c2 = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(c2.passed, "\(layout) \(op) c\(c) n\(n): \(c2)")
+            XCTAssertEqual(context.lastPlan?.implementation(of: "test"), "swift")
+        }
+    }
+}
