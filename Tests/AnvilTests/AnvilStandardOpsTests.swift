@@ -70,6 +70,8 @@ final class AnvilHardSwishTests: XCTestCase {
                 let engine = source + ".anvil"
                 let built = try TestSupport.run(["build", source, "-o", engine])
                 XCTAssertEqual(built.status, 0, "\(name), \(source): \(built.stderr)")
+                // A fast layer (oneDNN's HardSwish), not the reference kernel.
+                XCTAssertTrue(built.stdout.contains(", 0 on slow paths)"), "\(name), \(source): \(built.stdout)")
                 let run = try TestSupport.run(["validate", engine, "--reference", folder + "/reference"])
                 XCTAssertEqual(run.status, 0, "\(name), \(source): \(run.stdout)\(run.stderr)")
             }
