@@ -190,7 +190,7 @@ public final class ExecutionContext {
     public var profiling = false
     /// Per-layer times (milliseconds, one per run) of the runs made while profiling, in
     /// layer order, with the kernels that ran the layer as `inspect` names them.
-    public private(set) var profile: [(layer: String, tactic: String, milliseconds: [Double])] = []
+    public private(set) var profile: [(layer: String, kernels: String, milliseconds: [Double])] = []
     private var profileIndex: [String: Int] = [:]
     private var profiledRuns = 0
     /// Types the interpreter observed on its last top-level run (for planning dynamic shapes).

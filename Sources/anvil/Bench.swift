@@ -106,7 +106,7 @@ struct BenchSettings {
             print("\n=== Profile (\(records.count) runs) ===")
             print("   Time(ms)   Avg(ms) Median(ms)  Time(%)  Layer")
             for p in profile {
-                print(String(format: "%11.2f %9.3f %10.3f %8.1f  ", p.total, p.average, p.median, p.share) + "\(p.entry.layer) [\(p.entry.tactic)]")
+                print(String(format: "%11.2f %9.3f %10.3f %8.1f  ", p.total, p.average, p.median, p.share) + "\(p.entry.layer) [\(p.entry.kernels)]")
             }
         }
         var files: [(String, [UInt8])] = []
@@ -119,7 +119,7 @@ struct BenchSettings {
         if let exportProfile {
             let rows = ["  { \"count\" : \(records.count) }"] + profile.map {
                 "  { \"name\" : \(jsonString($0.entry.layer)), \"timeMs\" : \($0.total), \"averageMs\" : \($0.average), \"medianMs\" : \($0.median), "
-                    + "\"percentage\" : \($0.share), \"tactic\" : \(jsonString($0.entry.tactic)) }"
+                    + "\"percentage\" : \($0.share), \"tactic\" : \(jsonString($0.entry.kernels)) }"
             }
             files.append((exportProfile, Array(("[\n" + rows.joined(separator: ",\n") + "\n]\n").utf8)))
         }
