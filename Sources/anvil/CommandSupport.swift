@@ -1,3 +1,4 @@
+import AnvilBuilder
 import AnvilCore
 import AnvilEngine
 import AnvilKernels
@@ -49,19 +50,36 @@ func isEngineFile(_ path: String) -> Bool {
     return (try? handle.read(upToCount: 8)).map { [UInt8]($0) == EngineFile.magic } ?? false
 }
 
-/// Something that runs a model: the reference executor on ONNX or an engine.
+/// Something that runs a model: an engine (read from a file, or built in memory from
+/// an ONNX model as `anvil build` would, without timing tactics) or the reference
+/// executor on an ONNX model.
 struct Runner {
     let inputNames: [String]
+    /// What runs the model, for the first line of `run` and `validate`.
+    let description: String
     let run: ([String: Tensor]) throws -> [(name: String, value: Tensor)]
 
-    static func load(_ path: String) throws -> Runner {
+    /// `reference`: run an ONNX model on the reference executor instead of an engine.
+    static func load(_ path: String, reference: Bool = false) throws -> Runner {
         if isEngineFile(path) {
-            let engine = try Engine(path: path)
-            let context = ExecutionContext(engine: engine)
-            return Runner(inputNames: engine.inputs.map(\.name)) { try context.run($0) }
+            guard !reference else { throw AnvilError.invalidArgument("\(path) is an engine; the reference executor runs ONNX models") }
+            return engine(try Engine(path: path), "engine \(path)")
         }
         let executor = try loadRunnable(path)
-        return Runner(inputNames: executor.model.graph.runtimeInputs.map(\.name)) { try executor.run($0) }
+        if !reference {
+            // What the builder refuses is reported as such; --reference-executor runs the model as it is.
+            var builder = EngineBuilder()
+            builder.timeTactics = false
+            let built = try builder.build(executor.model, name: path)
+            let slow = built.compiled.decisions.values.filter(\.isSlowPath).count
+            return engine(built.engine, "engine built in memory from \(path) (\(built.graph.layers.count) layers, \(slow) on slow paths)")
+        }
+        return Runner(inputNames: executor.model.graph.runtimeInputs.map(\.name), description: "reference executor on \(path)") { try executor.run($0) }
+    }
+
+    static func engine(_ engine: Engine, _ description: String) -> Runner {
+        let context = ExecutionContext(engine: engine)
+        return Runner(inputNames: engine.inputs.map(\.name), description: description) { try context.run($0) }
     }
 }
 

@@ -35,15 +35,17 @@ func bindInputs(_ loaded: [(name: String, tensor: Tensor)], declared: [String], 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a model once on inputs from files and write its outputs.")
 
-    @Argument(help: "The ONNX model or engine file.") var model: String
+    @Argument(help: "The ONNX model (built into an engine in memory) or engine file.") var model: String
     @Option(name: .long, help: "An input as name=FILE (.pb TensorProto or .npy); repeat for each input.") var input: [String] = []
     @Option(name: .long, help: "Folder for the outputs (created if missing).") var outputDir: String
     @Option(help: "Output file format: pb or npy.") var outputFormat: String = "pb"
+    @Flag(help: "Run an ONNX model on the reference executor (plain Swift kernels, no optimizer) instead of building an engine.")
+    var referenceExecutor = false
 
     func run() throws {
         try Anvil.guarded {
             guard outputFormat == "pb" || outputFormat == "npy" else { throw AnvilError.invalidArgument("--output-format must be pb or npy, not '\(outputFormat)'") }
-            let runner = try Runner.load(model)
+            let runner = try Runner.load(model, reference: referenceExecutor)
             var inputs: [String: Tensor] = [:]
             var files: [String: String] = [:]
             for spec in input {
@@ -69,6 +71,7 @@ struct Run: ParsableCommand {
                 written.append((path, try TensorFiles.encode(out.value, name: out.name, forPath: path)))
             }
             try TensorFiles.writeAll(written)
+            print("Ran on the \(runner.description)")
             for (out, file) in zip(outputs, written) { print("\(out.name): \(out.value.dataType)\(out.value.shape) -> \(file.path)") }
         }
     }
@@ -79,18 +82,20 @@ struct Validate: ParsableCommand {
         abstract: "Run a model on reference inputs and compare with reference outputs.",
         discussion: "An element fails only where its absolute error exceeds --atol and its relative error exceeds --rtol. Exit status 0 only if every output of every data set passes.")
 
-    @Argument(help: "The ONNX model or engine file.") var model: String
+    @Argument(help: "The ONNX model (built into an engine in memory) or engine file.") var model: String
     @Option(help: "Folder with input_N.pb/output_N.pb, or with test_data_set_N folders.") var reference: String
     @Option(help: "Compare with this ONNX model (run by the reference executor on the same inputs) instead of the reference outputs.") var against: String?
     @Option(help: "Absolute tolerance.") var atol: Double = 1e-5
     @Option(help: "Relative tolerance.") var rtol: Double = 1e-3
+    @Flag(help: "Run an ONNX model on the reference executor instead of building an engine.") var referenceExecutor = false
 
     func run() throws {
         var allPassed = true
         try Anvil.guarded {
             guard atol >= 0, rtol >= 0 else { throw AnvilError.invalidArgument("--atol and --rtol must be non-negative") }
-            let runner = try Runner.load(model)
-            let baseline = try against.map(Runner.load)
+            let runner = try Runner.load(model, reference: referenceExecutor)
+            let baseline = try against.map { try Runner.load($0, reference: true) }
+            print("Running on the \(runner.description)" + (baseline.map { ", compared with the \($0.description)" } ?? ""))
             for folder in try TestDataSet.folders(under: reference) {
                 var data = try TestDataSet.load(folder)
                 let inputs = try bindInputs(data.inputs, declared: runner.inputNames, origin: folder)

@@ -48,6 +48,28 @@ final class CommandLineTests: XCTestCase {
     }
 
     /// Each bad input gets a clear error naming what is wrong, exit status 1, and no output files.
+    /// `run` and `validate` build an ONNX model into an engine in memory (optimizer and
+    /// oneDNN), and say so; `--reference-executor` runs the model as it is.
+    func testRunAndValidateUseAnEngineUnlessToldOtherwise() throws {
+        let model = TestSupport.fixture("cnn/model.onnx"), input = "image=" + TestSupport.fixture("cnn/test_data_set_0/input_0.pb")
+        let folder = try TestSupport.temporaryFolder()
+        let engine = try TestSupport.run(["run", model, "--input", input, "--output-dir", folder + "/engine", "--output-format", "npy"])
+        XCTAssertEqual(engine.status, 0, engine.stderr)
+        XCTAssertTrue(engine.stdout.contains("Ran on the engine built in memory from \(model) (7 layers, 0 on slow paths)"), engine.stdout)
+        let reference = try TestSupport.run(["run", model, "--input", input, "--output-dir", folder + "/reference", "--output-format", "npy", "--reference-executor"])
+        XCTAssertEqual(reference.status, 0, reference.stderr)
+        XCTAssertTrue(reference.stdout.contains("Ran on the reference executor on \(model)"), reference.stdout)
+        let a = try TensorFiles.read(folder + "/engine/logits.npy").tensor, b = try TensorFiles.read(folder + "/reference/logits.npy").tensor
+        XCTAssertTrue(Comparison.compare(actual: a, expected: b, atol: 1e-5, rtol: 1e-3).passed)
+        let validate = try TestSupport.run(["validate", model, "--reference", TestSupport.fixture("cnn"), "--against", model])
+        XCTAssertEqual(validate.status, 0, validate.stdout)
+        XCTAssertTrue(validate.stdout.contains("compared with the reference executor on \(model)"), validate.stdout)
+        _ = try TestSupport.run(["build", model, "-o", folder + "/e.anvil"])
+        let refused = try TestSupport.run(["run", folder + "/e.anvil", "--input", input, "--output-dir", folder + "/x", "--reference-executor"])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("is an engine; the reference executor runs ONNX models"), refused.stderr)
+    }
+
     func testBadInputsFailCleanly() throws {
         let model = TestSupport.fixture("invalid/valid_add.onnx")
         let cases: [(args: [String], mentions: [String])] = [
