@@ -4,7 +4,8 @@ import PackageDescription
 // Module map: see docs/architecture.md. The runtime side (AnvilCore, AnvilKernels,
 // AnvilEngine, AnvilRuntime) never imports the builder side (AnvilIR, AnvilOps,
 // AnvilONNX, AnvilPasses, AnvilBuilder). AnvilKernels holds the one graph
-// interpreter; IR graphs reach it through AnvilOps. AnvilONNX needs no kernels.
+// interpreter; IR graphs reach it through AnvilOps. AnvilONNX needs neither the
+// kernels nor the op registry, so the importer does not link oneDNN.
 let package = Package(
     name: "Anvil",
     products: [
@@ -33,7 +34,7 @@ let package = Package(
         .target(name: "AnvilRuntime", dependencies: ["AnvilCore", "AnvilKernels", "AnvilEngine"]),
         .target(name: "AnvilIR", dependencies: ["AnvilCore"]),
         .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
-        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "CONNX"]),
+        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "CONNX"]),
         .target(name: "AnvilPasses", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels"]),
         .target(name: "AnvilBuilder", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilPasses", "AnvilEngine", "AnvilRuntime", "AnvilKernels"]),
         .executableTarget(

@@ -1,6 +1,5 @@
 import AnvilCore
 import AnvilIR
-import AnvilOps
 import Foundation
 
 /// Protobuf wire-format writer: just what ONNX messages need.

@@ -1,6 +1,5 @@
 import AnvilCore
 import AnvilIR
-import AnvilOps
 
 /// Exports Anvil's own ops (domain ai.anvil) as model-local ONNX functions whose
 /// bodies are the equivalent standard ops, so ONNX Runtime and other tools run the

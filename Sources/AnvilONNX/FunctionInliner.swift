@@ -1,6 +1,5 @@
 import AnvilCore
 import AnvilIR
-import AnvilOps
 
 /// A model-local function (ModelProto.functions), as PyTorch's newer exporter writes them.
 struct LocalFunction {

@@ -38,7 +38,7 @@ final class SourceRulesTests: XCTestCase {
     }
 
     /// The runtime side (AnvilCore, AnvilKernels, AnvilEngine, AnvilRuntime) imports no
-    /// builder module, and the importer does not link the kernels.
+    /// builder module, and the importer does not link the kernels (nor oneDNN).
     func testDependencyRule() throws {
         let builder = ["AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder"]
         for (path, text) in try sources() {
@@ -47,7 +47,9 @@ final class SourceRulesTests: XCTestCase {
             if ["AnvilCore", "AnvilKernels", "AnvilEngine", "AnvilRuntime"].contains(String(module)) {
                 for m in builder { XCTAssertFalse(imports.contains(m), "\(path) (runtime side) imports \(m)") }
             }
-            if module == "AnvilONNX" { XCTAssertFalse(imports.contains("AnvilKernels"), "\(path) imports AnvilKernels") }
+            if module == "AnvilONNX" {
+                for m in ["AnvilKernels", "AnvilOps", "COneDNN"] { XCTAssertFalse(imports.contains(m), "\(path) imports \(m): the importer would link oneDNN") }
+            }
         }
     }
 }
