@@ -36,6 +36,8 @@ public struct EngineBuilder {
         public let engine: Engine
         /// What the runtime made of it for the build-time shapes.
         public let compiled: CompiledEngine
+        /// What shape inference found questionable but not fatal (declared shapes the computation contradicts).
+        public let warnings: [String]
         public var graph: EngineGraph { engine.graph }
     }
 
@@ -79,7 +81,7 @@ public struct EngineBuilder {
         let packedOnly = Set(compiled.packedWeights.filter(\.isUnpackable).map(\.constant))
         let file = try EngineFormat.file(for: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, metadata: Array(meta.utf8),
                                    profile: profile, weights: compiled.packedWeights, packedOnly: packedOnly, memoryPlan: compiled.memoryPlan)
-        return Result(file: file, statistics: context, engine: try staging.recording(compiled), compiled: compiled)
+        return Result(file: file, statistics: context, engine: try staging.recording(compiled), compiled: compiled, warnings: model.warnings)
     }
 
     /// The input shapes an engine is compiled for at build time: the profile's optimal

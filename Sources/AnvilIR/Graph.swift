@@ -136,6 +136,9 @@ public final class Model {
     public var opsets: [OpsetImport]
     public var metadata: [(String, String)]
     public var graph: Graph
+    /// What shape inference found questionable but not fatal (a declared shape the
+    /// computation contradicts), for the command line to print.
+    public var warnings: [String] = []
 
     public init(graph: Graph, opsets: [OpsetImport], irVersion: Int = 8, producerName: String = "",
                 producerVersion: String = "", domain: String = "", modelVersion: Int = 0, docString: String = "",

@@ -240,12 +240,15 @@ struct ImportContext {
         }
         var dims: [Dim]?
         if let shape = tt.pointee.shape {
-            dims = try array(shape.pointee.dim, shape.pointee.n_dim).map { d -> Dim in
+            dims = try array(shape.pointee.dim, shape.pointee.n_dim).enumerated().map { axis, d -> Dim in
                 switch d.pointee.value_case {
                 case ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE:
                     let v = d.pointee.dim_value
-                    guard v >= 0, v <= limits.maxTensorElements else {
-                        throw fail("\(field) '\(name)'.shape", "dimension \(v) is negative or absurdly large")
+                    // A negative dim_value is how paddle2onnx (and older exporters) say "dynamic":
+                    // each is its own dimension, never tied to another.
+                    if v < 0 { return .symbol("unk__\(name)_\(axis)") }
+                    guard v <= limits.maxTensorElements else {
+                        throw fail("\(field) '\(name)'.shape", "dimension \(v) is absurdly large")
                     }
                     return .known(Int(v))
                 case ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM:

@@ -95,11 +95,18 @@ public struct ShapeInference {
             while outputs.count < node.outputs.count { outputs.append(.unknown) }
             for (name, var out) in zip(node.outputs, outputs) where !name.isEmpty {
                 if let declared = graph.valueTypes[name] ?? graph.outputs.first(where: { $0.name == name })?.type {
-                    guard let merged = merge(out.type, declared) else {
+                    if let merged = merge(out.type, declared) {
+                        out.type = merged
+                    } else if let a = out.type.elementType, let b = declared.elementType, a != b {
                         throw AnvilError.invalidNode(node: node.name, op: node.opType,
                                                      reason: "output '\(name)' is inferred as \(out.type) but declared \(declared)")
+                    } else {
+                        // A declared shape the computation contradicts (an exporter's stale annotation):
+                        // the computed one wins, as in ONNX Runtime, with a warning naming both.
+                        let warning = "node '\(node.name)' (\(node.opType)): output '\(name)' is declared \(declared) but computes \(out.type); using the computed shape"
+                        if !model.warnings.contains(warning) { model.warnings.append(warning) }
+                        out.type = TensorType(out.type.elementType ?? declared.elementType, out.type.dims)
                     }
-                    out.type = merged
                 }
                 facts[name] = out
                 graph.valueTypes[name] = out.type

@@ -66,8 +66,9 @@ public struct FoldBatchNormAndScales: Pass {
             let s = (0..<channels).map { g[$0] / (v[$0] + eps).squareRoot() }
             return (s, (0..<channels).map { b[$0] - m[$0] * s[$0] })
         }
-        guard let c = ctx.constant(node.inputs[1 - side]), c.dataType.isFloatingPoint,
-              sameType(ctx.type(node.inputs[side]), ctx.type(node.outputs[0])),
+        // A per-channel constant of no higher rank never broadcasts the layer's output
+        // larger, so this holds for symbolic and unknown dimensions alike.
+        guard let c = ctx.constant(node.inputs[1 - side]), c.dataType.isFloatingPoint, ctx.type(node.inputs[side]).rank == rank,
               let perChannel = perChannelValues(c, channels: channels, axis: axis, rank: rank) else { return nil }
         let ones = [Double](repeating: 1, count: channels), zeros = [Double](repeating: 0, count: channels)
         switch node.opType {

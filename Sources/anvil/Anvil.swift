@@ -23,6 +23,11 @@ struct Anvil: ParsableCommand {
         Self.main(nil)
     }
 
+    /// Prints warnings (questionable but not fatal findings about a model) on standard error.
+    static func warn(_ warnings: [String]) {
+        for w in warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+    }
+
     /// Runs a command body, turning Anvil errors into a clear message and exit status 1.
     static func guarded(_ body: () throws -> Void) throws {
         do {

@@ -170,7 +170,9 @@ struct Bench: ParsableCommand {
                 engine = try Engine(path: model)
             } else {
                 // The engine just built, with the kernels its compilation made.
-                engine = try EngineBuilder().build(try ONNXImporter.load(path: model), name: model).engine
+                let built = try EngineBuilder().build(try ONNXImporter.load(path: model), name: model)
+                Anvil.warn(built.warnings)
+                engine = built.engine
             }
             try settings.bench(engine, loadTime: Date().timeIntervalSince(start))
         }

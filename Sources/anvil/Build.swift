@@ -38,6 +38,7 @@ struct BuildSettings {
         builder.progress = { done, total in bar.update(done, total) }
         step((optimize ? "optimizing, inferring shapes" : "inferring shapes") + ", timing tactics and planning the engine on this CPU (kernels, layouts, memory)")
         let result = try builder.build(m, name: model)
+        Anvil.warn(result.warnings)
         bar.finish()
         step("tactics: \(builder.timingCache.measured) measured, \(builder.timingCache.hits) from the timing cache")
         if verbose, let stats = result.statistics {

@@ -71,6 +71,7 @@ struct Runner {
             var builder = EngineBuilder()
             builder.timeTactics = false
             let built = try builder.build(executor.model, name: path)
+            Anvil.warn(built.warnings)
             let slow = built.compiled.decisions.values.filter(\.isSlowPath).count
             return engine(built.engine, "engine built in memory from \(path) (\(built.graph.layers.count) layers, \(slow) on slow paths)")
         }

@@ -46,6 +46,7 @@ struct Optimize: ParsableCommand {
             options.standardOnly = standardOnly
             let start = Date()
             let context = try PipelineRunner(options: options).run(m)
+            Anvil.warn(m.warnings)
             let seconds = Date().timeIntervalSince(start)
             try ONNXExporter.write(m, to: output, refusing: model)
             print(table(before: before, after: GraphSummary(m.graph), context: context, seconds: seconds), terminator: "")

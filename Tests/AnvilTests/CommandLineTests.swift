@@ -3,17 +3,47 @@ import AnvilCore
 import AnvilEngine
 import AnvilIR
 import AnvilONNX
+import AnvilOps
 import XCTest
 
 /// End-to-end tests of the `anvil` command line: whole invocations, exit status and output.
 final class CommandLineTests: XCTestCase {
     func testValidatePassesOnEveryFixture() throws {
-        for name in ["cnn", "transformer", "dynamic_batch", "if_branch"] {
+        for name in ["cnn", "transformer", "dynamic_batch", "if_branch", "quirks/negative_dims", "quirks/stale_output_shape"] {
             let r = try TestSupport.run(["validate", TestSupport.fixture("\(name)/model.onnx"), "--reference", TestSupport.fixture(name)])
             XCTAssertEqual(r.status, 0, "\(name): \(r.stdout)\(r.stderr)")
             XCTAssertTrue(r.stdout.contains("PASSED"), r.stdout)
             XCTAssertFalse(r.stdout.contains("FAIL"), r.stdout)
         }
+    }
+
+    /// What real exporters write (fixtures/quirks, made by tools/make-quirk-fixtures):
+    /// paddle2onnx's dim_value -1 is a dynamic dimension, each its own; a declared output
+    /// shape the computation contradicts is a warning naming both, and the computed one wins.
+    func testExporterQuirksImportAndRun() throws {
+        let paddle = try ONNXImporter.load(path: TestSupport.fixture("quirks/negative_dims/model.onnx"))
+        let dims = try XCTUnwrap(paddle.graph.inputs[0].type.dims)
+        XCTAssertEqual(dims.count, 4)
+        XCTAssertEqual(dims[1], .known(3))
+        XCTAssertEqual(Set([dims[0], dims[2], dims[3]].map(\.description)).count, 3, "three independent dynamic dimensions: \(dims)")
+        // Batch 1 and 2, two image sizes, one engine without shape arguments; the per-channel
+        // Mul / Add fold into the convolution even with symbolic dimensions.
+        let folder = try TestSupport.temporaryFolder()
+        let built = try TestSupport.run(["build", TestSupport.fixture("quirks/negative_dims/model.onnx"), "-o", folder + "/p.anvil"])
+        XCTAssertEqual(built.status, 0, built.stderr)
+        XCTAssertTrue(built.stdout.contains("2 layers (1 fused"), built.stdout)
+        let validate = try TestSupport.run(["validate", folder + "/p.anvil", "--reference", TestSupport.fixture("quirks/negative_dims")])
+        XCTAssertEqual(validate.status, 0, validate.stdout + validate.stderr)
+        let stale = try TestSupport.run(["build", TestSupport.fixture("quirks/stale_output_shape/model.onnx"), "-o", folder + "/s.anvil"])
+        XCTAssertEqual(stale.status, 0, stale.stderr)
+        XCTAssertTrue(stale.stderr.contains("warning: node 'to_time_major' (Transpose): output 'y' is declared float[1,seqlen] but computes float[seq,1,10]"), stale.stderr)
+        let run = try TestSupport.run(["validate", folder + "/s.anvil", "--reference", TestSupport.fixture("quirks/stale_output_shape")])
+        XCTAssertEqual(run.status, 0, run.stdout + run.stderr)
+        // An element type the computation contradicts stays an error.
+        let m = try ONNXImporter.load(path: TestSupport.fixture("quirks/stale_output_shape/model.onnx"))
+        m.graph.outputs[0].type = TensorType(.int64, m.graph.outputs[0].type.dims)
+        var inference = ShapeInference(model: m)
+        XCTAssertThrowsError(try inference.run()) { XCTAssertTrue("\($0)".contains("is inferred as float"), "\($0)") }
     }
 
     func testValidateFailsWhenOutputsDisagree() throws {

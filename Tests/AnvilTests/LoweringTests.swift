@@ -182,4 +182,42 @@ final class LoweringTests: XCTestCase {
             try check(g, ["x": x], kind: .eltwise, exact: false, opset: opset, "\(op) at opset \(opset)")
         }
     }
+
+    /// Broadcast binary ops after a convolution forced into every channel layout: where
+    /// oneDNN has only its reference implementation for the layout and broadcast (a
+    /// per-width constant on nChw16c), the planner runs the op in plain layout instead;
+    /// where it has none for any layout (along the height), the Swift kernel runs it.
+    func testBroadcastBinaryOpsInEveryLayoutStayOnOneDNN() throws {
+        var rng = SeededGenerator(seed: 17)
+        for (trial, layout) in [Layout.plain, .channelsLast, .blocked8, .blocked16, .preferred].enumerated() {
+            let c = [16, 24, 5, 32, 40][trial], shape = [1, 3, 6 + trial, 9]
+            for (op, constantShape) in [("Sub", [shape[3]]), ("Mul", [c, 1, 1]), ("Add", [1, 1, shape[2], 1]), ("Div", [1])] {
+                let g = Graph(name: "binary", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                              outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                              nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                                      Node(name: "test", opType: op, inputs: ["a", "k"], outputs: ["y"])],
+                              initializers: [("w", try random([c, 3, 3, 3], &rng)),
+                                             ("k", try Tensor(floats: (0..<constantShape.reduce(1, *)).map { _ in Float.random(in: 0.5...2, using: &rng) }, shape: constantShape))])
+                let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)])
+                let x = try random(shape, &rng)
+                let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
+                var builder = EngineBuilder()
+                builder.optimize = false
+                builder.timeTactics = false
+                let built = try builder.build(model, name: "binary")
+                for i in built.graph.layers.indices {
+                    if built.graph.layers[i].name == "conv" { built.graph.layers[i].decision?.layout = layout }
+                    if built.graph.layers[i].name == "test" { built.graph.layers[i].decision = nil }
+                }
+                let engine = try Engine(graph: built.graph, producer: "test", requiredFeatures: [], profile: ShapeProfile(), name: "binary")
+                let compiled = try engine.compile()
+                let expectedKind: KernelKind = constantShape == [1, 1, shape[2], 1] ? .broadcastArithmetic : .binary
+                XCTAssertEqual(compiled.decisions["test"]?.kernel, expectedKind, "\(layout) \(op) \(constantShape): \(String(describing: compiled.decisions["test"]))")
+                let actual = try ExecutionContext(engine: engine).run(["x": x])[0].value
+                let c2 = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+                XCTAssertTrue(c2.passed, "\(layout) \(op) \(constantShape): \(c2)")
+                XCTAssertFalse(compiled.implementations["test"]?.hasPrefix("ref") ?? true, "\(layout) \(op): \(compiled.implementations["test"] ?? "-")")
+            }
+        }
+    }
 }

@@ -18,14 +18,27 @@ enum BinaryLowering {
         // The full-size operand comes first (oneDNN broadcasts only the second); it may be a
         // constant (anchor points − distances) when the other is not.
         guard a.shape == shape, a.constant == nil || b.constant == nil, b.shape.count <= shape.count else { return nil }
-        var src0 = try a.descriptor()
-        b = b.shape == a.shape ? try l.plan.inLayout(b, src0) : try l.plan.plain(b)
-        var src1 = b.shape == a.shape ? try b.descriptor() : try plainDescriptor(Array(repeating: 1, count: shape.count - b.shape.count) + b.shape)
-        if src1.ndims != src0.ndims { return nil }
-        var dst = src0
-        var desc = dnnl_binary_desc_t()
-        try check(dnnl_binary_desc_init(&desc, algorithm, &src0, &src1, &dst), "describing the binary op")
-        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "binary")
+        // In the full-size operand's layout; where oneDNN has only its reference
+        // implementation for that layout and broadcast (a blocked tensor and a
+        // per-width constant), in plain layout.
+        func make(_ a: PlanValue, _ b: PlanValue) throws -> (DNNLPrimitive, PlanValue, dnnl_memory_desc_t, dnnl_memory_desc_t)? {
+            var src0 = try a.descriptor()
+            let b = b.shape == a.shape ? try l.plan.inLayout(b, src0) : try l.plan.plain(b)
+            var src1 = b.shape == a.shape ? try b.descriptor() : try plainDescriptor(Array(repeating: 1, count: shape.count - b.shape.count) + b.shape)
+            if src1.ndims != src0.ndims { return nil }
+            var dst = src0
+            var desc = dnnl_binary_desc_t()
+            try check(dnnl_binary_desc_init(&desc, algorithm, &src0, &src1, &dst), "describing the binary op")
+            return (try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "binary"), b, src0, src1)
+        }
+        guard var (primitive, b1, src0, src1) = try make(a, b) else { return nil }
+        if primitive.isReference, !a.isPlain, a.constant == nil {
+            a = try l.plan.plain(a)
+            guard let plain = try make(a, b) else { return nil }
+            (primitive, b1, src0, src1) = plain
+        }
+        b = b1
+        let dst = src0
         let inPlace = l.plan.dies(a) && a.buffer != b.buffer
         let out = inPlace ? l.plan.alias(l.layer.outputs[0], of: a, type: t, shape: shape, layout: a.layout)
                           : l.plan.newValue(l.layer.outputs[0], t, shape, layout: a.layout)

@@ -15,6 +15,7 @@ enum SwiftKernelLowering {
     static let fallbacks = [
         LoweringEntry(kind: .outerSoftmax, ops: ["Softmax"], output: .plain, lower: outerSoftmax),
         LoweringEntry(kind: .channelAffine, ops: ["Mul", "Add", "Sub"], output: .input, lower: channelAffine),
+        LoweringEntry(kind: .broadcastArithmetic, ops: ["Add", "Sub", "Mul", "Div"], output: .plain, lower: broadcastArithmetic),
     ]
 
     /// The mean over the spatial dimensions in any channel layout, into plain [N, C, 1…]:
@@ -143,5 +144,20 @@ enum SwiftKernelLowering {
             SwiftElementwise.select(p.address(c), p.address(x), p.address(y), size: size, walk, into: p.address(out))
         })
         return l.decided(.select)
+    }
+
+    /// Add, Sub, Mul or Div of float tensors under any numpy broadcast, in plain layout:
+    /// for the broadcasts oneDNN's binary runs only on its reference implementation
+    /// (along a middle dimension, or both operands broadcast).
+    static func broadcastArithmetic(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.inputs.count == 2, let a0 = try l.operand(0), let b0 = try l.operand(1), a0.dataType == .float, b0.dataType == .float,
+              let (t, shape) = try? l.outputType(), t == .float, let walk = SwiftElementwise.Broadcast([a0.shape, b0.shape], to: shape) else { return nil }
+        let a = try l.plan.plain(a0), b = try l.plan.plain(b0), op = l.layer.opType
+        let out = l.plan.newValue(l.layer.outputs[0], .float, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [a, b], writes: [out]) { p in
+            SwiftElementwise.arithmetic(op, p.address(a).assumingMemoryBound(to: Float.self), p.address(b).assumingMemoryBound(to: Float.self), walk,
+                                        into: p.address(out).assumingMemoryBound(to: Float.self))
+        })
+        return l.decided(.broadcastArithmetic)
     }
 }

@@ -156,13 +156,15 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case logical = 23
     /// Where(condition, x, y).
     case select = 24
+    /// Float Add / Sub / Mul / Div under any numpy broadcast.
+    case broadcastArithmetic = 25
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
         switch self {
         case .reference: .reference
         case .view: .view
-        case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select: .swift
+        case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic: .swift
         default: .onednn
         }
     }
@@ -193,6 +195,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .cast: "cast"
         case .logical: "logical"
         case .select: "where"
+        case .broadcastArithmetic: "broadcast arithmetic"
         }
     }
 }

@@ -35,15 +35,23 @@ enum SwiftElementwise {
 
         /// Calls `body(output, a, b, c)` with the element index of the output and of each input.
         func walk(_ body: (Int, Int, Int, Int) -> Void) {
+            rows { out, a, b, c, count, sa, sb, sc in
+                for i in 0..<count { body(out + i, a + i * sa, b + i * sb, c + i * sc) }
+            }
+        }
+
+        /// Calls `body(output, a, b, c, count, strideA, strideB, strideC)` once per row of the
+        /// output's last dimension, with the element index where the row starts in each.
+        func rows(_ body: (Int, Int, Int, Int, Int, Int, Int, Int) -> Void) {
             let count = shape.reduce(1, *)
             guard count > 0 else { return }
-            guard let last = shape.indices.last else { body(0, 0, 0, 0); return }
+            guard let last = shape.indices.last else { body(0, 0, 0, 0, 1, 0, 0, 0); return }
             let inner = shape[last], (sa, sb, sc) = (strides[0][last], strides[1][last], strides[2][last])
             var index = [Int](repeating: 0, count: shape.count)
             var (a, b, c) = (0, 0, 0)
             var out = 0
             while out < count {
-                for i in 0..<inner { body(out + i, a + i * sa, b + i * sb, c + i * sc) }
+                body(out, a, b, c, inner, sa, sb, sc)
                 out += inner
                 // Advance the outer dimensions like an odometer.
                 var d = last - 1
@@ -56,6 +64,26 @@ enum SwiftElementwise {
                     d -= 1
                 }
             }
+        }
+    }
+
+    /// Float arithmetic (Add, Sub, Mul, Div) of two tensors broadcast as numpy does, row
+    /// by row of the output's last dimension, 16 lanes at a time where a row is contiguous.
+    static func arithmetic(_ op: String, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ walk: Broadcast, into y: UnsafeMutablePointer<Float>) {
+        let code = ["Add": 0, "Sub": 1, "Mul": 2][op] ?? 3
+        @inline(__always) func f(_ x: Float, _ z: Float) -> Float { code == 0 ? x + z : code == 1 ? x - z : code == 2 ? x * z : x / z }
+        @inline(__always) func f16(_ x: SIMD16<Float>, _ z: SIMD16<Float>) -> SIMD16<Float> { code == 0 ? x + z : code == 1 ? x - z : code == 2 ? x * z : x / z }
+        walk.rows { out, i, j, _, count, si, sj, _ in
+            var k = 0
+            if si <= 1, sj <= 1 {
+                while k + 16 <= count {
+                    let x = si == 1 ? UnsafeRawPointer(a + i + k).loadUnaligned(as: SIMD16<Float>.self) : SIMD16(repeating: a[i])
+                    let z = sj == 1 ? UnsafeRawPointer(b + j + k).loadUnaligned(as: SIMD16<Float>.self) : SIMD16(repeating: b[j])
+                    UnsafeMutableRawPointer(y + out + k).storeBytes(of: f16(x, z), as: SIMD16<Float>.self)
+                    k += 16
+                }
+            }
+            while k < count { y[out + k] = f(a[i + k * si], b[j + k * sj]); k += 1 }
         }
     }
 
