@@ -1,0 +1,190 @@
+"""Writes docs/models.md from tools/zoo's results (zoo/results.json's content)."""
+import datetime, os, subprocess
+from collections import defaultdict
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+WAYS = ("dynamic", "fixed", "profile")
+
+# Packages tried for the zoo that did not install or convert here (kept by hand).
+NOT_INSTALLED = {}
+
+
+def cell(text):
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def verdict(w):
+    if not w["built"]:
+        return "build failed"
+    if not w["validation"]:
+        return "built, no data set fits"
+    bad = [v for v in w["validation"] if not v["passed"]]
+    return "PASS" if not bad else f"FAIL ({len(bad)}/{len(w['validation'])} sets)"
+
+
+def shapes(d):
+    return ", ".join(f"{n} {'x'.join(map(str, s)) or 'scalar'}" for n, s in d.items())
+
+
+def axes(d):
+    return ", ".join(f"{n} {a}" for n, a in d.items() if a) or "none"
+
+
+def profile(d):
+    return ", ".join(f"{n} {'x'.join(map(str, p['min']))} / {'x'.join(map(str, p['opt']))} / {'x'.join(map(str, p['max']))}"
+                     for n, p in d.items() if p["min"])
+
+
+def validation_text(w):
+    if not w["built"]:
+        return "—"
+    parts = []
+    for v in w["validation"]:
+        errs = [o for o in v["outputs"] if "max_abs" in o]
+        worst = (f" abs {max(o['max_abs'] for o in errs):.2g} rel {max(o['max_rel'] for o in errs):.2g}" if errs else "")
+        parts.append(f"{v['data_set'].replace('test_data_set_', 'set ')}: {'PASS' if v['passed'] else 'FAIL'}{worst}"
+                     + ("" if v["passed"] else f" ({v.get('error', '')})"))
+    return "; ".join(parts) or "no data set fits"
+
+
+def latency_text(lat, way):
+    m = lat["median_ms"]
+    a = m.get(way)
+    if a is None:
+        return f"failed: {lat['errors'].get(way, 'not built')}"
+    parts = [f"{a:.2f} ms"]
+    for key, label in (("ort", "ORT"), ("openvino", "OpenVINO")):
+        parts.append(f"/ {label} {a / m[key]:.2f}" if m.get(key) else f"{label} failed: {lat['errors'].get(key, '')}")
+    return " ".join(parts)
+
+
+def head_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def write_report(path, results, export_failures):
+    lines = []
+    out = lines.append
+    total = len(results)
+    built = {w: sum(1 for r in results.values() if r["ways"][w]["built"]) for w in WAYS}
+    passed = {w: sum(1 for r in results.values() if r["ways"][w]["passed"]) for w in WAYS}
+    out("# Model zoo")
+    out("")
+    out("Written by `tools/zoo` (do not edit by hand): every model that `tools/make-zoo` put in the git-ignored `zoo/`, "
+        "built with `anvil build` three ways — no shape arguments (dynamic), `--shapes` at the static shape (fixed), "
+        "`--minShapes/--optShapes/--maxShapes` (profile) — and each engine checked with `anvil validate --reference` "
+        "against ONNX Runtime's outputs at every data set whose shapes fit it (the fixed engine only at its own shape). "
+        "Tolerances are rtol 1e-3, atol 1e-4 unless a model says otherwise.")
+    out("")
+    out("```sh")
+    out("pip install -r tools/requirements-zoo.txt   # see that file for the --no-deps packages")
+    out("tools/make-zoo            # writes zoo/<name>/{model.onnx,meta.json,test_data_set_N}")
+    out("tools/zoo                 # builds and validates; --latency adds ONNX Runtime and OpenVINO ratios")
+    out("```")
+    out("")
+    out(f"Run of {datetime.date.today().isoformat()} on commit {head_commit()} (with the working tree's anvil binary), "
+        f"{total} models: dynamic built {built['dynamic']}, passed {passed['dynamic']}; fixed built {built['fixed']}, "
+        f"passed {passed['fixed']}; profile built {built['profile']}, passed {passed['profile']}.")
+    out("")
+    out("## Summary")
+    out("")
+    out("| model | exporter | opset | source | trained | dynamic axes | layers (fused) | slow paths | dynamic | fixed | profile |")
+    out("|---|---|---:|---|---|---|---:|---:|---|---|---|")
+    for name, r in results.items():
+        m, ws = r["meta"], r["ways"]
+        f = ws["fixed"] if ws["fixed"]["built"] else next((w for w in ws.values() if w["built"]), ws["fixed"])
+        layers = f"{f['layers']} ({f['fused']})" if "layers" in f else "—"
+        out(f"| [{name}](#{name.replace('_', '_')}) | {m['exporter']} | {m['opset']} | {m['source']} | {'yes' if m['trained'] else 'no'} "
+            f"| {cell(axes(m['dynamic_axes']))} | {layers} | {f.get('slow', '—')} | "
+            + " | ".join(verdict(ws[w]) for w in WAYS) + " |")
+    out("")
+    reasons = defaultdict(lambda: defaultdict(set))
+    for name, r in results.items():
+        for way, w in r["ways"].items():
+            for s in w["slow_paths"]:
+                reasons[f"{s['type']}: {s['reason']}"][name].add(way)
+    out("## Slow paths by reason")
+    out("")
+    if not reasons:
+        out("No layer of a built engine is on a slow path.")
+    else:
+        out("| layer type: reason | models (ways) |")
+        out("|---|---|")
+        for reason, models in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            out(f"| {cell(reason)} | " + ", ".join(f"{n} ({'/'.join(sorted(ws))})" for n, ws in sorted(models.items())) + " |")
+    out("")
+    errors = defaultdict(list)
+    for name, r in results.items():
+        for way, w in r["ways"].items():
+            if not w["built"]:
+                errors[w["error"]].append(f"{name} ({way})")
+    out("## Build errors")
+    out("")
+    if not errors:
+        out("Every engine built.")
+    for e, where in sorted(errors.items(), key=lambda kv: -len(kv[1])):
+        out(f"- `{cell(e)}`: {', '.join(where)}")
+    out("")
+    out("## Validation failures")
+    out("")
+    any_fail = False
+    for name, r in results.items():
+        for way, w in r["ways"].items():
+            for v in w["validation"]:
+                if not v["passed"]:
+                    any_fail = True
+                    out(f"- {name} ({way}, {v['data_set']}): {cell(v.get('error', ''))}")
+    if not any_fail:
+        out("Every built engine matched ONNX Runtime.")
+    out("")
+    out("## Models that did not export")
+    out("")
+    if not export_failures and not NOT_INSTALLED:
+        out("Every model of the catalog exported.")
+    for name, reason in sorted(export_failures.items()):
+        out(f"- {name}: {cell(reason)}")
+    for package, reason in sorted(NOT_INSTALLED.items()):
+        out(f"- pip {package}: {cell(reason)}")
+    out("")
+    out("## Models")
+    for name, r in results.items():
+        m = r["meta"]
+        out("")
+        out(f"### {name}")
+        out("")
+        out(f"{m['exporter']}, opset {m['opset']}, {m['source']}, {'trained' if m['trained'] else 'random'} weights, "
+            f"{m['bytes'] / 2**20:.1f} MiB. Dynamic axes: {axes(m['dynamic_axes'])}. Static shape: {shapes(m['static_shapes'])}."
+            + (f" Profile (min / opt / max): {profile(m['profile'])}." if any(m['dynamic_axes'].values()) else "")
+            + f" Tolerance: rtol {m['tolerance']['rtol']:g}, atol {m['tolerance']['atol']:g}."
+            + (f" {m['notes']}." if m["notes"] else ""))
+        out("")
+        lat = r.get("latency")
+        out("| way | build | layers | fused | slow paths | build time | validation |" + (" latency (Anvil / ORT, Anvil / OpenVINO) |" if lat else ""))
+        out("|---|---|---:|---:|---:|---:|---|" + ("---|" if lat else ""))
+        for way in WAYS:
+            w = r["ways"][way]
+            build = "built" if w["built"] else f"failed: {cell(w['error'])}"
+            row = (f"| {way} | {build} | {w.get('layers', '—')} | {w.get('fused', '—')} | {w.get('slow', '—')} | {w['seconds']:.1f} s "
+                   f"| {cell(validation_text(w))} |")
+            if lat:
+                row += f" {cell(latency_text(lat, way)) if way != 'profile' else '—'} |"
+            out(row)
+        slow = defaultdict(list)
+        for way in WAYS:
+            for s in r["ways"][way]["slow_paths"]:
+                slow[f"{s['type']}: {s['reason']}"].append(f"{s['layer']} ({way})")
+        if slow:
+            out("")
+            out("Slow paths:")
+            for reason, where in slow.items():
+                out(f"- {cell(reason)}: {', '.join(where[:6])}" + (f" … {len(where) - 6} more" if len(where) > 6 else ""))
+        warnings = sorted({x for way in WAYS for x in r["ways"][way].get("warnings", [])})
+        if warnings:
+            out("")
+            out("Build warnings: " + "; ".join(cell(x) for x in warnings[:5]))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
