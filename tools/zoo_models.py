@@ -127,7 +127,8 @@ def detector(ctor, opset, size, **kwargs):
 
 
 model("ssdlite320_mobilenet_v3")(detector("ssdlite320_mobilenet_v3_large", 17, 320))
-model("fasterrcnn_mobilenet_v3_320")(detector("fasterrcnn_mobilenet_v3_large_320_fpn", 16, 320))
+# score threshold 0: with random weights no box passes the default 0.05, and the outputs would be empty
+model("fasterrcnn_mobilenet_v3_320")(detector("fasterrcnn_mobilenet_v3_large_320_fpn", 16, 320, box_score_thresh=0.0))
 
 
 # ---------------------------------------------------------------- transformers (random weights from configs)
