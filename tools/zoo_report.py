@@ -1,5 +1,5 @@
 """Writes docs/models.md from tools/zoo's results (zoo/results.json's content)."""
-import datetime, os, subprocess
+import datetime, os, re, subprocess
 from collections import defaultdict
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -65,7 +65,15 @@ def head_commit():
         return "?"
 
 
-def write_report(path, results, export_failures):
+def binary_time():
+    """When .build/release/anvil was last built (tools/zoo reads it before and after its run)."""
+    path = os.path.join(ROOT, ".build", "release", "anvil")
+    if not os.path.exists(path):
+        return "(missing)"
+    return datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_report(path, results, export_failures, binary_before=None):
     lines = []
     out = lines.append
     total = len(results)
@@ -85,36 +93,44 @@ def write_report(path, results, export_failures):
     out("tools/zoo                 # builds and validates; --latency adds ONNX Runtime and OpenVINO ratios")
     out("```")
     out("")
-    out(f"Run of {datetime.date.today().isoformat()} on commit {head_commit()} (with the working tree's anvil binary), "
+    out(f"Run of {datetime.date.today().isoformat()}, repository at commit {head_commit()}, with the anvil binary built "
+        f"{binary_time()}" + (f" (rebuilt during the run, which started with the binary of {binary_before})"
+                              if binary_before and binary_before != binary_time() else "") + "; "
         f"{total} models: dynamic built {built['dynamic']}, passed {passed['dynamic']}; fixed built {built['fixed']}, "
         f"passed {passed['fixed']}; profile built {built['profile']}, passed {passed['profile']}.")
     out("")
     out("## Summary")
     out("")
-    out("| model | exporter | opset | source | trained | dynamic axes | layers (fused) | slow paths | dynamic | fixed | profile |")
+    out("| model | exporter | opset | source | trained | dynamic axes | fixed engine: layers (fused) | fixed engine: slow paths | dynamic | fixed | profile |")
     out("|---|---|---:|---|---|---|---:|---:|---|---|---|")
     for name, r in results.items():
         m, ws = r["meta"], r["ways"]
         f = ws["fixed"] if ws["fixed"]["built"] else next((w for w in ws.values() if w["built"]), ws["fixed"])
         layers = f"{f['layers']} ({f['fused']})" if "layers" in f else "—"
-        out(f"| [{name}](#{name.replace('_', '_')}) | {m['exporter']} | {m['opset']} | {m['source']} | {'yes' if m['trained'] else 'no'} "
+        out(f"| [{name}](#{name}) | {m['exporter']} | {m['opset']} | {m['source']} | {'yes' if m['trained'] else 'no'} "
             f"| {cell(axes(m['dynamic_axes']))} | {layers} | {f.get('slow', '—')} | "
             + " | ".join(verdict(ws[w]) for w in WAYS) + " |")
     out("")
-    reasons = defaultdict(lambda: defaultdict(set))
+    reasons = defaultdict(lambda: {"types": set(), "models": defaultdict(set), "layers": 0})
     for name, r in results.items():
         for way, w in r["ways"].items():
             for s in w["slow_paths"]:
-                reasons[f"{s['type']}: {s['reason']}"][name].add(way)
+                g = reasons[re.sub(r"'[^']*'", "'…'", s["reason"])]  # layer names apart, one reason
+                g["types"].add(s["type"])
+                g["models"][name].add(way)
+                g["layers"] += 1
     out("## Slow paths by reason")
     out("")
     if not reasons:
         out("No layer of a built engine is on a slow path.")
     else:
-        out("| layer type: reason | models (ways) |")
-        out("|---|---|")
-        for reason, models in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-            out(f"| {cell(reason)} | " + ", ".join(f"{n} ({'/'.join(sorted(ws))})" for n, ws in sorted(models.items())) + " |")
+        out("Layers on reference kernels, over all engines built (a layer counts once per way).")
+        out("")
+        out("| reason | layer types | layers | models (ways) |")
+        out("|---|---|---:|---|")
+        for reason, g in sorted(reasons.items(), key=lambda kv: (-len(kv[1]["models"]), -kv[1]["layers"], kv[0])):
+            out(f"| {cell(reason)} | {', '.join(sorted(g['types']))} | {g['layers']} | "
+                + ", ".join(f"{n} ({'/'.join(w for w in WAYS if w in ws)})" for n, ws in sorted(g["models"].items())) + " |")
     out("")
     errors = defaultdict(list)
     for name, r in results.items():
