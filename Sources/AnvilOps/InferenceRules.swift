@@ -30,6 +30,23 @@ func broadcastDims(_ all: [[Dim]], _ ctx: InferContext) throws -> [Dim] {
     return out
 }
 
+/// Equal of two shape vectors decided element by element where it can be: known sizes
+/// compare, a symbol equals itself, and a symbol (a length) never equals a negative
+/// number; nil when any element is undecidable.
+func decidedEquality(_ a: [Dim]?, _ b: [Dim]?) -> [Bool]? {
+    guard let a, let b, a.count == b.count || a.count == 1 || b.count == 1 else { return nil }
+    var result: [Bool] = []
+    for i in 0..<max(a.count, b.count) {
+        switch (a[a.count == 1 ? 0 : i], b[b.count == 1 ? 0 : i]) {
+        case (.known(let x), .known(let y)): result.append(x == y)
+        case (.symbol(let x), .symbol(let y)) where x == y: result.append(true)
+        case (.symbol, .known(let k)) where k < 0, (.known(let k), .symbol) where k < 0: result.append(false)
+        default: return nil
+        }
+    }
+    return result
+}
+
 /// Throws when inputs bound to one ONNX type variable have different known element types.
 func requireSameElementType(_ ctx: InferContext, _ indices: [Int]) throws {
     let types = indices.compactMap { ctx.has($0) ? ctx.type($0).elementType : nil }
@@ -132,13 +149,25 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
     b.infer(["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor"]) { ctx in
         try requireSameElementType(ctx, [0, 1])
         guard let a = ctx.dims(0), let c = ctx.dims(1) else { return [facts(.bool, nil)] }
-        return [facts(.bool, try broadcastDims([a, c], ctx))]
+        var out = facts(.bool, try broadcastDims([a, c], ctx))
+        if ctx.node.opType == "Equal", let values = decidedEquality(ctx.input(0).dims, ctx.input(1).dims), out.type.rank ?? 0 <= 1 {
+            out.constant = try? Tensor(bools: values, shape: out.type.concreteShape ?? [values.count])
+        }
+        return [out]
     }
     b.infer(["Not", "IsNaN", "IsInf"]) { ctx in [facts(.bool, ctx.dims(0))] }
     b.infer(["Where"]) { ctx in
         let all = [ctx.dims(0), ctx.dims(1), ctx.dims(2)]
         guard all.allSatisfy({ $0 != nil }) else { return [facts(ctx.type(1).elementType, nil)] }
-        return [facts(ctx.type(1).elementType, try broadcastDims(all.map { $0! }, ctx))]
+        var out = facts(ctx.type(1).elementType, try broadcastDims(all.map { $0! }, ctx))
+        // A shape picked element by element (torch's expand(-1, …) idiom) stays symbolic.
+        if let condition = ctx.input(0).constant?.bools, let x = ctx.input(1).dims, let y = ctx.input(2).dims, out.type.rank ?? 0 <= 1 {
+            let n = max(condition.count, x.count, y.count)
+            if [condition.count, x.count, y.count].allSatisfy({ $0 == n || $0 == 1 }) {
+                out.dims = (0..<n).map { i in condition[condition.count == 1 ? 0 : i] ? x[x.count == 1 ? 0 : i] : y[y.count == 1 ? 0 : i] }
+            }
+        }
+        return [out]
     }
     b.infer(["Cast"]) { ctx in
         let to = try ctx.attributes.int("to").flatMap { DataType(rawValue: Int32(clamping: $0)) }
@@ -315,11 +344,14 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
     b.infer(["Slice"]) { ctx in
         let element = ctx.type(0).elementType
         guard let x = ctx.dims(0) else { return [facts(element, nil)] }
-        let starts: [Int]?, ends: [Int]?, axesRaw: [Int]?, steps: [Int]?
+        let starts: [Int]?, axesRaw: [Int]?, steps: [Int]?
+        var ends: [Dim]?
         if ctx.opset < 10 {
-            starts = try ctx.attributes.ints("starts"); ends = try ctx.attributes.ints("ends"); axesRaw = try ctx.attributes.ints("axes"); steps = nil
+            starts = try ctx.attributes.ints("starts"); ends = try ctx.attributes.ints("ends")?.map { .known($0) }; axesRaw = try ctx.attributes.ints("axes"); steps = nil
         } else {
-            starts = ctx.ints(1); ends = ctx.ints(2)
+            starts = ctx.ints(1)
+            // Ends computed from another tensor's shape stay symbolic ([:, 0:sequence] of a position table).
+            ends = ctx.ints(2)?.map { .known($0) } ?? (ctx.has(2) ? ctx.input(2).dims : nil)
             axesRaw = ctx.has(3) ? ctx.ints(3) : nil
             steps = ctx.has(4) ? ctx.ints(4) : nil
             if (ctx.has(3) && axesRaw == nil) || (ctx.has(4) && steps == nil) { return [facts(element, Array(repeating: .unknown, count: x.count))] }
@@ -330,17 +362,24 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         for (k, a) in axes.enumerated() {
             let step = steps.map { k < $0.count ? $0[k] : 1 } ?? 1
             guard step != 0 else { throw ctx.fail("slice step is 0") }
-            guard let n = x[a].value else {
-                out[a] = (starts[k] == 0 && ends[k] >= Int(Int32.max) && step == 1) ? x[a] : .unknown
+            guard let end = ends[k].value else {
+                // A symbolic end from the start: its length is the end (a slice is taken to the
+                // length of another tensor, which does not exceed the dimension in a valid model).
+                out[a] = starts[k] == 0 && step == 1 && ends[k] != .unknown ? ends[k] : .unknown
                 continue
             }
-            var s = starts[k] < 0 ? starts[k] + n : starts[k], e = ends[k] < 0 ? ends[k] + n : ends[k]
+            guard let n = x[a].value else {
+                out[a] = (starts[k] == 0 && end >= Int(Int32.max) && step == 1) ? x[a] : .unknown
+                continue
+            }
+            var s = starts[k] < 0 ? starts[k] + n : starts[k], e = end < 0 ? end + n : end
             if step > 0 { s = min(max(s, 0), n); e = min(max(e, 0), n); out[a] = .known(max(0, (e - s + step - 1) / step)) }
             else { s = min(max(s, -1), n - 1); e = min(max(e, -1), n - 1); out[a] = .known(max(0, (s - e - step - 1) / -step)) }
         }
         var result = ValueFacts(type: TensorType(element, out))
-        if x.count == 1, let values = ctx.input(0).dims, axes == [0], let step = steps?.first ?? 1 as Int?, step == 1, let n = x[0].value {
-            let s = min(max(starts[0] < 0 ? starts[0] + n : starts[0], 0), n), e = min(max(ends[0] < 0 ? ends[0] + n : ends[0], 0), n)
+        if x.count == 1, let values = ctx.input(0).dims, axes == [0], let step = steps?.first ?? 1 as Int?, step == 1, let n = x[0].value,
+           let end = ends[0].value {
+            let s = min(max(starts[0] < 0 ? starts[0] + n : starts[0], 0), n), e = min(max(end < 0 ? end + n : end, 0), n)
             if s <= e, e <= values.count { result.dims = Array(values[s..<e]) }
         }
         return [result]
@@ -453,7 +492,18 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         }
         return [facts(element, [x[0], scaled(x[1]) { $0 * bs * bs }, scaled(x[2]) { $0 / bs }, scaled(x[3]) { $0 / bs }])]
     }
-    b.infer(["Range"]) { ctx in [facts(ctx.type(0).elementType, [ctx.freshSymbol()])] }
+    b.infer(["Range"]) { ctx in
+        // Range(0, n, 1) has n elements: a symbolic n (a length read from a shape) stays that symbol.
+        let element = ctx.type(0).elementType
+        let start = ctx.input(0).constant.map { $0.double(at: 0) }, delta = ctx.input(2).constant.map { $0.double(at: 0) }
+        if let limit = ctx.input(1).constant.map({ $0.double(at: 0) }), let start, let delta, delta != 0 {
+            return [facts(element, [.known(max(0, Int(((limit - start) / delta).rounded(.up))))])]
+        }
+        if start == 0, delta == 1, let n = ctx.input(1).dims?.first, ctx.input(1).dims?.count == 1, n != .unknown {
+            return [facts(element, [n])]
+        }
+        return [facts(element, [ctx.freshSymbol()])]
+    }
     b.infer(["NonZero"]) { ctx in [facts(.int64, [ctx.dims(0).map { .known($0.count) } ?? .unknown, ctx.freshSymbol()])] }
     b.infer(["NonMaxSuppression"]) { ctx in [facts(.int64, [ctx.freshSymbol(), .known(3)])] }
     b.infer(["Compress"]) { ctx in

@@ -25,9 +25,10 @@ public struct FoldConstants: Pass {
                 kept.append(node)
                 continue
             }
-            // Inference may already know every output's value (shape arithmetic).
-            var values: [Tensor]? = node.outputs.allSatisfy({ $0.isEmpty || facts[$0]?.constant != nil })
-                ? node.outputs.map { $0.isEmpty ? nil : facts[$0]?.constant }.compactMap { $0 } : nil
+            // Inference may already know every output's value (shape arithmetic), also when
+            // it reads sizes that are known in an otherwise dynamic shape.
+            var values: [Tensor]? = node.outputs.allSatisfy({ $0.isEmpty || facts[$0].flatMap(Self.knownValue) != nil })
+                ? node.outputs.map { $0.isEmpty ? nil : facts[$0].flatMap(Self.knownValue) }.compactMap { $0 } : nil
             // Known-size outputs over the limit are not worth evaluating.
             let tooLarge = node.outputs.contains { name in
                 facts[name]?.type.concreteShape.flatMap(ShapeMath.elementCount).map { $0 > context.foldLimit } ?? false
@@ -52,5 +53,15 @@ public struct FoldConstants: Pass {
         }
         graph.nodes = kept
         return changed
+    }
+
+    /// The value inference knows: its constant, or an integer shape vector whose every element is a known size.
+    static func knownValue(_ facts: ValueFacts) -> Tensor? {
+        if let c = facts.constant { return c }
+        guard let dims = facts.dims, let element = facts.type.elementType, element == .int64 || element == .int32,
+              let shape = facts.type.concreteShape, shape.count <= 1, (shape.first ?? 1) == dims.count else { return nil }
+        let values = dims.compactMap { $0.value.map { Int64($0) } }
+        guard values.count == dims.count else { return nil }
+        return try? Tensor(element, shape: shape, int64s: values)
     }
 }

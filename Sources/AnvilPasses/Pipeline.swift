@@ -9,6 +9,7 @@ public enum Pipelines {
         [
             FoldConstants(),
             EliminateNoOps(),
+            ResolveReshapeTargets(),
             EliminateCommonSubexpressions(),
             DeduplicateConstants(),
             FoldBatchNormAndScales(),

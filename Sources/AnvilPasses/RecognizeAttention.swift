@@ -114,22 +114,27 @@ public struct RecognizeAttention: Pass {
         return (Split(source: split.source, heads: split.heads, nodes: [t] + split.nodes), true)
     }
 
-    /// The Reshape feeding a head transpose: from [B, S, H·D] to [B, S, H, D].
+    /// The Reshape feeding a head transpose: from [B, S, H·D] to [B, S, H, D]; batch and
+    /// sequence may be symbolic (the same symbols on both sides), heads and sizes are known.
     static func headReshape(_ transpose: Node, _ ctx: RewriteContext) -> Split? {
         guard let r = ctx.interior(transpose.inputs[0], "Reshape", readBy: transpose),
-              let source = ctx.type(r.inputs[0]).concreteShape, source.count == 3,
-              let target = ctx.type(r.outputs[0]).concreteShape, target.count == 4,
-              target[0] == source[0], target[1] == source[1], target[2] * target[3] == source[2] else { return nil }
-        return Split(source: r.inputs[0], heads: target[2], nodes: [r])
+              let source = ctx.type(r.inputs[0]).dims, source.count == 3, let hidden = source[2].value,
+              let target = ctx.type(r.outputs[0]).dims, target.count == 4, let heads = target[2].value, let size = target[3].value,
+              sameDimension(target[0], source[0]), sameDimension(target[1], source[1]), heads * size == hidden else { return nil }
+        return Split(source: r.inputs[0], heads: heads, nodes: [r])
     }
+
+    /// Two dimensions that are the same at run time: equal known sizes or the same symbol.
+    static func sameDimension(_ a: Dim, _ b: Dim) -> Bool { a == b && a != .unknown }
 
     /// The Transpose(0,2,1,3) + Reshape([B, S, H·D]) reading the attention output.
     static func headMerge(_ root: Node, _ ctx: RewriteContext) -> (output: [String], nodes: [Node])? {
         guard let t = ctx.uses.soleConsumer(root.outputs[0]), t.opType == "Transpose", t.domain.isEmpty,
               (try? AttributeReader(node: t).ints("perm")).flatMap({ $0 }) == [0, 2, 1, 3],
               let r = ctx.uses.soleConsumer(t.outputs[0]), r.opType == "Reshape", r.domain.isEmpty,
-              let shape = ctx.type(r.outputs[0]).concreteShape, shape.count == 3,
-              let heads = ctx.type(t.outputs[0]).concreteShape, heads.count == 4, shape[2] == heads[2] * heads[3] else { return nil }
+              let shape = ctx.type(r.outputs[0]).dims, shape.count == 3, let hidden = shape[2].value,
+              let heads = ctx.type(t.outputs[0]).dims, heads.count == 4, let h = heads[2].value, let d = heads[3].value, hidden == h * d,
+              sameDimension(shape[0], heads[0]), sameDimension(shape[1], heads[1]) else { return nil }
         return (r.outputs, [t, r])
     }
 }

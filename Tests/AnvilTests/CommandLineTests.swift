@@ -9,7 +9,7 @@ import XCTest
 /// End-to-end tests of the `anvil` command line: whole invocations, exit status and output.
 final class CommandLineTests: XCTestCase {
     func testValidatePassesOnEveryFixture() throws {
-        for name in ["cnn", "transformer", "dynamic_batch", "if_branch", "quirks/negative_dims", "quirks/stale_output_shape"] {
+        for name in ["cnn", "transformer", "transformer_dynamic", "dynamic_batch", "if_branch", "quirks/negative_dims", "quirks/stale_output_shape"] {
             let r = try TestSupport.run(["validate", TestSupport.fixture("\(name)/model.onnx"), "--reference", TestSupport.fixture(name)])
             XCTAssertEqual(r.status, 0, "\(name): \(r.stdout)\(r.stderr)")
             XCTAssertTrue(r.stdout.contains("PASSED"), r.stdout)
@@ -44,6 +44,29 @@ final class CommandLineTests: XCTestCase {
         m.graph.outputs[0].type = TensorType(.int64, m.graph.outputs[0].type.dims)
         var inference = ShapeInference(model: m)
         XCTAssertThrowsError(try inference.run()) { XCTAssertTrue("\($0)".contains("is inferred as float"), "\($0)") }
+    }
+
+    /// A transformer exported with dynamic batch and sequence axes (shapes computed by
+    /// Shape → Gather → Concat at run time) builds, without shape arguments, into the same
+    /// fused layers as with fixed shapes, with no layer on a slow path, and runs at both
+    /// of its reference shapes.
+    func testDynamicTransformerFusesLikeAStaticOne() throws {
+        let model = TestSupport.fixture("transformer_dynamic/model.onnx"), folder = try TestSupport.temporaryFolder()
+        let dynamic = try TestSupport.run(["build", model, "-o", folder + "/d.anvil"])
+        let fixed = try TestSupport.run(["build", model, "-o", folder + "/s.anvil", "--shapes", "hidden:2x16x64,mask:2x16"])
+        XCTAssertEqual(dynamic.status, 0, dynamic.stderr)
+        XCTAssertEqual(fixed.status, 0, fixed.stderr)
+        func summary(_ out: String) -> String? { out.range(of: #"\d+ layers \(\d+ fused, \d+ on fast kernels, \d+ on slow paths\)"#, options: .regularExpression).map { String(out[$0]) } }
+        XCTAssertEqual(summary(dynamic.stdout), "19 layers (5 fused, 19 on fast kernels, 0 on slow paths)", dynamic.stdout)
+        XCTAssertEqual(summary(dynamic.stdout), summary(fixed.stdout), fixed.stdout)
+        let inspect = try TestSupport.run(["inspect", folder + "/d.anvil"])
+        XCTAssertTrue(inspect.stdout.contains("ai.anvil.Attention [oneDNN attention"), inspect.stdout)
+        let validate = try TestSupport.run(["validate", folder + "/d.anvil", "--reference", TestSupport.fixture("transformer_dynamic")])
+        XCTAssertEqual(validate.status, 0, validate.stdout)
+        // anvil optimize leaves the same graph without shape arguments.
+        let optimized = try TestSupport.run(["optimize", model, "-o", folder + "/o.onnx"])
+        XCTAssertEqual(optimized.status, 0, optimized.stderr)
+        XCTAssertFalse(try ONNXImporter.load(path: folder + "/o.onnx").graph.nodes.contains { $0.opType == "Shape" }, "shape computations left")
     }
 
     func testValidateFailsWhenOutputsDisagree() throws {

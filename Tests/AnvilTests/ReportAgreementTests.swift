@@ -11,6 +11,7 @@ final class ReportAgreementTests: XCTestCase {
         var cases: [(model: String, flags: [String], mustBeFast: Bool)] = [
             (TestSupport.fixture("cnn/model.onnx"), [], true),
             (TestSupport.fixture("transformer/model.onnx"), [], true),
+            (TestSupport.fixture("transformer_dynamic/model.onnx"), [], true),
             (TestSupport.fixture("dynamic_batch/model.onnx"), [], false),
             (TestSupport.fixture("dynamic_batch/model.onnx"), ["--shapes", "image:3x1x28x28"], false),
             (TestSupport.fixture("if_branch/model.onnx"), [], false),

@@ -33,8 +33,8 @@ struct LoweringEntry: Sendable {
 enum LoweringTable {
     static let entries: [LoweringEntry] = ConvolutionLowering.entries + MatMulLowering.entries + SwiftKernelLowering.entries
         + PoolingLowering.entries + EltwiseLowering.entries + BinaryLowering.entries + NormalizationLowering.entries
-        + SoftmaxLowering.entries + AttentionLowering.entries + MovementLowering.entries + EltwiseLowering.fallbacks
-        + SwiftKernelLowering.fallbacks
+        + SoftmaxLowering.entries + AttentionLowering.entries + MovementLowering.entries + ShapeKernelLowering.entries
+        + EltwiseLowering.fallbacks + SwiftKernelLowering.fallbacks + ShapeKernelLowering.fallbacks
 
     private static let byOp: [String: [LoweringEntry]] = {
         var table: [String: [LoweringEntry]] = [:]

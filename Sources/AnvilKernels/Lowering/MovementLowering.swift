@@ -111,11 +111,18 @@ enum MovementLowering {
         return l.decided(.view)
     }
 
-    /// Reshape-like layers on a plain tensor are views: no step at all.
+    /// Reshape-like layers on a plain tensor are views: no step at all. A Reshape whose
+    /// target is computed at run time gets a step that checks it resolves to the planned shape.
     static func view(_ l: LayerLowering) throws -> LayerDecision? {
         guard let v = l.value(0) else { return nil }
+        var computedTarget: PlanValue?
         switch l.op {
-        case "Reshape": guard l.present(1), l.isConstant(1) else { return nil }
+        case "Reshape":
+            guard l.present(1) else { return nil }
+            if !l.isConstant(1) {
+                guard let t = l.value(1), t.dataType == .int64, t.shape.count == 1 else { return nil }
+                computedTarget = t
+            }
         case "Squeeze", "Unsqueeze": if l.present(1) && !l.isConstant(1) { return nil }
         case "Dropout": if l.present(2) { guard let m = l.constant(2), m.count == 1, m.doubles[0] == 0 else { return nil } }
         default: break
@@ -124,6 +131,18 @@ enum MovementLowering {
         guard t == v.dataType, shape.reduce(1, *) == v.count else { return nil }
         let x = try l.plan.plain(v)
         _ = l.plan.alias(l.layer.outputs[0], of: x, type: t, shape: shape)
+        if let target = computedTarget {
+            let allowZero = try l.attributes.int("allowzero", 0) != 0, input = v.shape, name = l.layer.name, output = l.layer.outputs[0]
+            l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [target], writes: []) { p in
+                var resolved = ShapeKernelLowering.ints(target, p)
+                for i in resolved.indices where resolved[i] == 0 && !allowZero && i < input.count { resolved[i] = input[i] }
+                if let i = resolved.firstIndex(of: -1) {
+                    let known = resolved.enumerated().filter { $0.offset != i }.reduce(1) { $0 * $1.element }
+                    resolved[i] = known > 0 ? input.reduce(1, *) / known : -1
+                }
+                guard resolved == shape else { throw PlanMismatch(layer: name, value: output, planned: shape, actual: resolved) }
+            })
+        }
         return l.decided(.view)
     }
 

@@ -152,19 +152,32 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case slice = 21
     /// Cast between booleans, integers and floats.
     case cast = 22
-    /// And, Or, Xor of booleans.
+    /// And, Or, Xor, Not of booleans; IsNaN.
     case logical = 23
     /// Where(condition, x, y).
     case select = 24
     /// Float Add / Sub / Mul / Div under any numpy broadcast.
     case broadcastArithmetic = 25
+    /// Shape: the input's shape, known to the plan.
+    case shape = 26
+    /// Range of integers.
+    case range = 27
+    /// Equal, Less, Greater … into booleans.
+    case compare = 28
+    /// Add, Sub, Mul of integers.
+    case integerArithmetic = 29
+    /// Expand: a broadcast copy.
+    case expand = 30
+    /// A slice whose bounds are computed at run time.
+    case dynamicSlice = 31
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
         switch self {
         case .reference: .reference
         case .view: .view
-        case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic: .swift
+        case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
+             .integerArithmetic, .expand, .dynamicSlice: .swift
         default: .onednn
         }
     }
@@ -196,6 +209,12 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .logical: "logical"
         case .select: "where"
         case .broadcastArithmetic: "broadcast arithmetic"
+        case .shape: "shape"
+        case .range: "range"
+        case .compare: "comparison"
+        case .integerArithmetic: "integer arithmetic"
+        case .expand: "expand"
+        case .dynamicSlice: "slice with computed bounds"
         }
     }
 }

@@ -33,6 +33,12 @@ enum SwiftElementwise {
             self.strides = all + Array(repeating: Array(repeating: 0, count: shape.count), count: 3 - all.count)
         }
 
+        /// A walk over `shape` reading one input with explicit element strides (a strided view).
+        init(shape: [Int], strides: [Int]) {
+            self.shape = shape
+            self.strides = [strides] + Array(repeating: Array(repeating: 0, count: shape.count), count: 2)
+        }
+
         /// Calls `body(output, a, b, c)` with the element index of the output and of each input.
         func walk(_ body: (Int, Int, Int, Int) -> Void) {
             rows { out, a, b, c, count, sa, sb, sc in
@@ -85,6 +91,47 @@ enum SwiftElementwise {
             }
             while k < count { y[out + k] = f(a[i + k * si], b[j + k * sj]); k += 1 }
         }
+    }
+
+    /// Integer Add, Sub, Mul (wrapping) or Div (truncating, 0 for a zero divisor), as the reference, of int64 or int32 tensors, broadcast.
+    static func integerArithmetic(_ op: String, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, type: DataType, _ walk: Broadcast,
+                                  into y: UnsafeMutableRawPointer) {
+        walk.walk { o, i, j, _ in
+            let x = integer(a, i, type), z = integer(b, j, type)
+            store(op == "Add" ? x &+ z : op == "Sub" ? x &- z : op == "Mul" ? x &* z : Math.intDiv(x, z), y, o, type)
+        }
+    }
+
+    /// Equal, Less, LessOrEqual, Greater, GreaterOrEqual of two tensors of `type`, broadcast, into booleans.
+    static func compare(_ op: String, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, type: DataType, _ walk: Broadcast,
+                        into y: UnsafeMutableRawPointer) {
+        @inline(__always) func decide<T: Comparable>(_ x: T, _ z: T) -> Bool {
+            switch op {
+            case "Equal": x == z
+            case "Less": x < z
+            case "LessOrEqual": x <= z
+            case "Greater": x > z
+            default: x >= z
+            }
+        }
+        walk.walk { o, i, j, _ in
+            let v = type == .float ? decide(a.load(fromByteOffset: 4 * i, as: Float.self), b.load(fromByteOffset: 4 * j, as: Float.self))
+                                   : decide(integer(a, i, type), integer(b, j, type))
+            y.storeBytes(of: v ? 1 : 0, toByteOffset: o, as: UInt8.self)
+        }
+    }
+
+    /// IsNaN of floats, or Not of booleans, into booleans.
+    static func unary(_ op: String, _ x: UnsafeRawPointer, count: Int, into y: UnsafeMutableRawPointer) {
+        for i in 0..<count {
+            let v = op == "IsNaN" ? x.load(fromByteOffset: 4 * i, as: Float.self).isNaN : x.load(fromByteOffset: i, as: UInt8.self) == 0
+            y.storeBytes(of: v ? 1 : 0, toByteOffset: i, as: UInt8.self)
+        }
+    }
+
+    /// Copies elements of `size` bytes along a walk (broadcast or strided reads) into a dense output.
+    static func gather(_ x: UnsafeRawPointer, size: Int, _ walk: Broadcast, into y: UnsafeMutableRawPointer) {
+        walk.walk { o, i, _, _ in (y + o * size).copyMemory(from: x + i * size, byteCount: size) }
     }
 
     @inline(__always) static func integer(_ p: UnsafeRawPointer, _ i: Int, _ t: DataType) -> Int64 {

@@ -1,0 +1,150 @@
+import AnvilCore
+
+/// Swift kernels for the small shape and mask computations dynamic exports keep at run
+/// time (Shape, Range, comparisons, integer arithmetic, Expand, Not / IsNaN, slices
+/// with computed bounds). A planned run knows every output's shape; kernels whose
+/// result depends on values read at run time check them against the plan and throw
+/// `PlanMismatch` when they disagree, so the context interprets those shapes instead.
+enum ShapeKernelLowering {
+    static let entries = [
+        LoweringEntry(kind: .shape, ops: ["Shape"], output: .plain, lower: shape),
+        LoweringEntry(kind: .range, ops: ["Range"], output: .plain, lower: range),
+        LoweringEntry(kind: .compare, ops: ["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"], output: .plain, lower: compare),
+        LoweringEntry(kind: .logical, ops: ["Not", "IsNaN"], output: .plain, lower: unary),
+        LoweringEntry(kind: .expand, ops: ["Expand"], output: .plain, lower: expand),
+    ]
+    /// Rows tried after the float kernels for the same ops.
+    static let fallbacks = [
+        LoweringEntry(kind: .integerArithmetic, ops: ["Add", "Sub", "Mul", "Div"], output: .plain, lower: integerArithmetic),
+        LoweringEntry(kind: .dynamicSlice, ops: ["Slice"], output: .plain, lower: dynamicSlice),
+    ]
+
+    /// The integer values of a small 1-D or scalar tensor, read at run time.
+    static func ints(_ v: PlanValue, _ p: ExecutionPlan) -> [Int] {
+        let base = p.address(v)
+        return (0..<v.count).map { Int(SwiftElementwise.integer(base, $0, v.dataType)) }
+    }
+
+    static func isInteger(_ t: DataType) -> Bool { t == .int64 || t == .int32 }
+
+    /// Shape (with opset 15's start and end): the input's shape, known to the plan.
+    static func shape(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let x = l.value(0), let (t, outShape) = try? l.outputType(), t == .int64 else { return nil }
+        let rank = x.shape.count
+        func clamp(_ i: Int) -> Int { min(max(i < 0 ? i + rank : i, 0), rank) }
+        let start = clamp(try l.attributes.int("start", 0)), end = clamp(try l.attributes.int("end") ?? rank)
+        let values = start < end ? x.shape[start..<end].map { Int64($0) } : []
+        guard outShape == [values.count] else { return nil }
+        let out = l.plan.newValue(l.layer.outputs[0], .int64, outShape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [], writes: [out]) { p in
+            let target = p.address(out)
+            for (i, v) in values.enumerated() { target.storeBytes(of: v, toByteOffset: 8 * i, as: Int64.self) }
+        })
+        return l.decided(.shape)
+    }
+
+    /// Range(start, limit, delta) of integers, its length checked against the plan at run time.
+    static func range(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let start = try l.operand(0), let limit = try l.operand(1), let delta = try l.operand(2),
+              [start, limit, delta].allSatisfy({ isInteger($0.dataType) && $0.count == 1 && $0.dataType == start.dataType }),
+              let (t, outShape) = try? l.outputType(), t == start.dataType, outShape.count == 1 else { return nil }
+        let out = l.plan.newValue(l.layer.outputs[0], t, outShape), name = l.layer.name, output = l.layer.outputs[0]
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [start, limit, delta], writes: [out]) { p in
+            let s = ints(start, p)[0], e = ints(limit, p)[0], d = ints(delta, p)[0]
+            guard d != 0 else { throw AnvilError.invalidNode(node: name, op: "Range", reason: "delta is 0") }
+            let count = max(0, (e - s + d + (d > 0 ? -1 : 1)) / d)
+            guard count == outShape[0] else { throw PlanMismatch(layer: name, value: output, planned: outShape, actual: [count]) }
+            for i in 0..<count { SwiftElementwise.store(Int64(s + i * d), p.address(out), i, t) }
+        })
+        return l.decided(.range)
+    }
+
+    /// Comparisons of integers or floats with broadcasting, into booleans.
+    static func compare(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let a0 = try l.operand(0), let b0 = try l.operand(1), a0.dataType == b0.dataType, [.int64, .int32, .float].contains(a0.dataType),
+              let (t, shape) = try? l.outputType(), t == .bool, let walk = SwiftElementwise.Broadcast([a0.shape, b0.shape], to: shape) else { return nil }
+        let a = try l.plan.plain(a0), b = try l.plan.plain(b0), op = l.layer.opType, type = a0.dataType
+        let out = l.plan.newValue(l.layer.outputs[0], .bool, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [a, b], writes: [out]) { p in
+            SwiftElementwise.compare(op, p.address(a), p.address(b), type: type, walk, into: p.address(out))
+        })
+        return l.decided(.compare)
+    }
+
+    /// Not of booleans, IsNaN of floats.
+    static func unary(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType == (l.op == "Not" ? .bool : .float), let (t, shape) = try? l.outputType(), t == .bool, shape == v.shape else { return nil }
+        let x = try l.plan.plain(v), op = l.layer.opType, count = v.count
+        let out = l.plan.newValue(l.layer.outputs[0], .bool, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in SwiftElementwise.unary(op, p.address(x), count: count, into: p.address(out)) })
+        return l.decided(.logical)
+    }
+
+    /// Add, Sub, Mul, Div of int64 or int32 tensors with broadcasting, as the reference computes them.
+    static func integerArithmetic(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.inputs.count == 2, let a0 = try l.operand(0), let b0 = try l.operand(1), a0.dataType == b0.dataType, isInteger(a0.dataType),
+              let (t, shape) = try? l.outputType(), t == a0.dataType, let walk = SwiftElementwise.Broadcast([a0.shape, b0.shape], to: shape) else { return nil }
+        let a = try l.plan.plain(a0), b = try l.plan.plain(b0), op = l.layer.opType
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [a, b], writes: [out]) { p in
+            SwiftElementwise.integerArithmetic(op, p.address(a), p.address(b), type: t, walk, into: p.address(out))
+        })
+        return l.decided(.integerArithmetic)
+    }
+
+    /// Expand: a broadcast copy to the planned shape; a computed target is checked at run time.
+    static func expand(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType != .string, let target = try l.operand(1), isInteger(target.dataType),
+              let (t, shape) = try? l.outputType(), t == v.dataType, let walk = SwiftElementwise.Broadcast([v.shape], to: shape) else { return nil }
+        let x = try l.plan.plain(v), size = t.byteSize, name = l.layer.name, output = l.layer.outputs[0]
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x, target], writes: [out]) { p in
+            // Numpy broadcasting of the input's shape with the target must give the planned shape.
+            let wanted = ints(target, p), rank = max(wanted.count, v.shape.count)
+            let a = Array(repeating: 1, count: rank - v.shape.count) + v.shape, b = Array(repeating: 1, count: rank - wanted.count) + wanted
+            let result = zip(a, b).map { $0 == 1 ? $1 : $0 }
+            guard result == shape, zip(a, b).allSatisfy({ $0 == $1 || $0 == 1 || $1 == 1 }) else {
+                throw PlanMismatch(layer: name, value: output, planned: shape, actual: result)
+            }
+            SwiftElementwise.gather(p.address(x), size: size, walk, into: p.address(out))
+        })
+        return l.decided(.expand)
+    }
+
+    /// A slice whose starts, ends, axes or steps are computed at run time: read then, the
+    /// resulting shape checked against the plan, the elements copied through a strided walk.
+    static func dynamicSlice(_ l: LayerLowering) throws -> LayerDecision? {
+        guard l.layer.opset >= 10, let v = try l.operand(0), v.dataType != .string, !v.shape.isEmpty, let starts = try l.operand(1), let ends = try l.operand(2),
+              isInteger(starts.dataType), isInteger(ends.dataType), let (t, shape) = try? l.outputType(), t == v.dataType, shape.count == v.shape.count else { return nil }
+        let axesValue = l.present(3) ? try l.operand(3) : nil, stepsValue = l.present(4) ? try l.operand(4) : nil
+        if l.present(3) && axesValue == nil || l.present(4) && stepsValue == nil { return nil }
+        let x = try l.plan.plain(v), size = t.byteSize, name = l.layer.name, output = l.layer.outputs[0], input = v.shape
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        let reads = [x, starts, ends] + [axesValue, stepsValue].compactMap { $0 }
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: reads, writes: [out]) { p in
+            let s = ints(starts, p), e = ints(ends, p)
+            let axes = axesValue.map { ints($0, p) } ?? Array(0..<s.count), steps = stepsValue.map { ints($0, p) } ?? Array(repeating: 1, count: s.count)
+            guard s.count == e.count, axes.count == s.count, steps.count == s.count else {
+                throw AnvilError.invalidNode(node: name, op: "Slice", reason: "starts, ends, axes and steps differ in length")
+            }
+            var first = Array(repeating: 0, count: input.count), step = Array(repeating: 1, count: input.count), result = input
+            for k in s.indices {
+                guard let a = ShapeMath.normalizeAxis(axes[k], rank: input.count), steps[k] != 0 else {
+                    throw AnvilError.invalidNode(node: name, op: "Slice", reason: "axis \(axes[k]) or step \(steps[k]) is invalid")
+                }
+                let n = input[a], d = steps[k]
+                var b = s[k] < 0 ? s[k] + n : s[k], c = e[k] < 0 ? e[k] + n : e[k]
+                if d > 0 { b = min(max(b, 0), n); c = min(max(c, 0), n); result[a] = max(0, (c - b + d - 1) / d) }
+                else { b = min(max(b, -1), n - 1); c = min(max(c, -1), n - 1); result[a] = max(0, (b - c - d - 1) / -d) }
+                first[a] = b
+                step[a] = d
+            }
+            guard result == shape else { throw PlanMismatch(layer: name, value: output, planned: shape, actual: result) }
+            let natural = ShapeMath.strides(input)
+            let offset = zip(first, natural).reduce(0) { $0 + $1.0 * $1.1 }
+            let walk = SwiftElementwise.Broadcast(shape: shape, strides: zip(natural, step).map { $0 * $1 })
+            SwiftElementwise.gather(p.address(x) + offset * size, size: size, walk, into: p.address(out))
+        })
+        return l.decided(.dynamicSlice)
+    }
+}

@@ -1,0 +1,89 @@
+import AnvilCore
+import AnvilIR
+import AnvilOps
+import AnvilPasses
+import XCTest
+
+/// Shape inference and the shape passes on dynamic exports: the sizes exporters compute
+/// with Shape → Gather → Slice / Range / Equal / Where stay symbolic, so a dynamic graph
+/// is optimized as a static one is (the end-to-end cases are in CommandLineTests and
+/// ReportAgreementTests on fixtures/transformer_dynamic).
+final class SymbolicShapeTests: XCTestCase {
+    /// x: float[batch, sequence, 8]; `n` = sequence (Gather 1 of Shape(x)) as a 1-element vector.
+    func model(_ build: (inout GraphBuilder, _ n: String) -> String) -> Model {
+        var b = GraphBuilder()
+        let shape = b.op("Shape", ["x"])
+        b.initializers.append(("one", try! Tensor(int64s: [1], shape: [1])))
+        let n = b.op("Gather", [shape, "one"], ["axis": .int(0)])
+        let y = build(&b, n)
+        let m = b.model(input: [1, 1, 8], output: y)
+        m.graph.inputs[0].type = TensorType(.float, [.symbol("batch"), .symbol("sequence"), .known(8)])
+        return m
+    }
+
+    func inferred(_ m: Model) throws -> TensorType? {
+        var inference = ShapeInference(model: m)
+        return try inference.run()["y"]?.type
+    }
+
+    func int64(_ b: inout GraphBuilder, _ name: String, _ values: [Int64], _ shape: [Int]) -> String {
+        b.initializers.append((name, try! Tensor(int64s: values, shape: shape)))
+        return name
+    }
+
+    func testSliceToAComputedLengthKeepsTheSymbol() throws {
+        let m = model { b, n in
+            let table = int64(&b, "positions", Array(0..<512), [1, 512])
+            return b.op("Slice", [table, int64(&b, "zero", [0], [1]), n, int64(&b, "axis", [1], [1])])
+        }
+        XCTAssertEqual(try inferred(m), TensorType(.int64, [.known(1), .symbol("sequence")]))
+    }
+
+    func testRangeOfAComputedLengthKeepsTheSymbol() throws {
+        let m = model { b, n in
+            let scalar = b.op("Squeeze", [n, int64(&b, "axes", [0], [1])])
+            return b.op("Range", [int64(&b, "start", [0], []), scalar, int64(&b, "delta", [1], [])])
+        }
+        XCTAssertEqual(try inferred(m), TensorType(.int64, [.symbol("sequence")]))
+    }
+
+    /// torch's expand(-1, …): Where(Equal(shape, -1), 1, shape) is decided, the Expand
+    /// target stays symbolic, and the Expand to the input's own shape goes away.
+    func testExpandWithMinusOnesIsResolved() throws {
+        let build: () -> Model = {
+            self.model { b, n in
+                let batch = b.op("Gather", [b.op("Shape", ["x"]), self.int64(&b, "zeroIndex", [0], [1])], ["axis": .int(0)])
+                let target = b.op("Concat", [batch, n, self.int64(&b, "eight", [8], [1])], ["axis": .int(0)])
+                let minusOnes = self.int64(&b, "minus", [-1, -1, -1], [3])
+                let isMinus = b.op("Equal", [target, minusOnes])
+                let resolved = b.op("Where", [isMinus, self.int64(&b, "ones", [1, 1, 1], [3]), target])
+                return b.op("Relu", [b.op("Expand", ["x", resolved])])
+            }
+        }
+        XCTAssertEqual(try inferred(build()), TensorType(.float, [.symbol("batch"), .symbol("sequence"), .known(8)]))
+        let m = build()
+        try PipelineRunner().run(m)
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["Relu"], "the Expand is a no-op once its target is known")
+    }
+
+    /// A Reshape whose target is computed gets a constant one (0 copies, -1 infers), and
+    /// the Shape computation feeding it is removed.
+    func testComputedReshapeTargetsBecomeConstant() throws {
+        let build: () -> Model = {
+            self.model { b, n in
+                let batch = b.op("Gather", [b.op("Shape", ["x"]), self.int64(&b, "zeroIndex", [0], [1])], ["axis": .int(0)])
+                let target = b.op("Concat", [batch, n, self.int64(&b, "split", [2, 4], [2])], ["axis": .int(0)])
+                return b.op("Relu", [b.op("Reshape", ["x", target])])
+            }
+        }
+        let m = build()
+        try PipelineRunner().run(m)
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["Reshape", "Relu"])
+        XCTAssertEqual(m.graph.initializers[m.graph.nodes[0].inputs[1]]?.int64s, [0, 0, 2, 4])
+        var rng = SeededGenerator(seed: 3)
+        for shape in [[2, 5, 8], [1, 1, 8]] {
+            let x = try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: shape)
+            try PassTesting.assertPreservesOutputs(build, Pipelines.standard, inputs: ["x": x])
+        }
+    }
+}
