@@ -8,6 +8,22 @@ WAYS = ("dynamic", "fixed", "profile")
 # Packages tried for the zoo that did not install or convert here (kept by hand).
 NOT_INSTALLED = {}
 
+# What it took to export some models (kept by hand, from tools/make-zoo's first runs).
+EXPORT_NOTES = [
+    "paddle2onnx 2.1.0 pins onnx 1.17.0: it and paddlepaddle are installed with `--no-deps` (they run with onnx 1.23.2); "
+    "so are the packages whose ONNX files the zoo copies (rapidocr-onnxruntime, silero-vad, magika, ddddocr, nudenet), "
+    "to keep their OCR and image extras out.",
+    "torchvision's ViT-B/16 takes PyTorch's fused attention fast path in eval mode (`aten::_native_multi_head_attention`), "
+    "which the TorchScript exporter does not know: exported with `torch.backends.mha.set_fastpath_enabled(False)`.",
+    "transformers' default SDPA attention exports with the TorchScript exporter only from opset 14: the models at opsets "
+    "11–13 (bert_static, gpt2_static, vit_hf) use eager attention.",
+    "GPT-2 with 768-wide embeddings and 4 layers exports at 406 MiB with the TorchScript exporter (the tied LM head is "
+    "written twice; the dynamo exporter writes it once): the zoo's GPT-2 is 512 wide.",
+    "The dynamo exporter needs `dynamic_shapes` nested like the arguments (one tuple for a `forward(*args)`).",
+    "Faster R-CNN is exported with box score threshold 0: with random weights no box passes the default 0.05 and "
+    "the outputs were empty. The detectors export at a fixed image size (their resize is traced as constants).",
+]
+
 
 def cell(text):
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -73,7 +89,7 @@ def binary_time():
     return datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def write_report(path, results, export_failures, binary_before=None):
+def write_report(path, results, export_failures):
     lines = []
     out = lines.append
     total = len(results)
@@ -93,9 +109,12 @@ def write_report(path, results, export_failures, binary_before=None):
     out("tools/zoo                 # builds and validates; --latency adds ONNX Runtime and OpenVINO ratios")
     out("```")
     out("")
-    out(f"Run of {datetime.date.today().isoformat()}, repository at commit {head_commit()}, with the anvil binary built "
-        f"{binary_time()}" + (f" (rebuilt during the run, which started with the binary of {binary_before})"
-                              if binary_before and binary_before != binary_time() else "") + "; "
+    binaries = defaultdict(int)
+    for r in results.values():
+        binaries[r.get("binary", "unknown")] += 1
+    built_at = ", ".join(f"{t} ({n} models)" for t, n in sorted(binaries.items())) if len(binaries) > 1 else next(iter(binaries), "?")
+    out(f"Written {datetime.date.today().isoformat()}, repository at commit {head_commit()}, with the anvil binary built "
+        f"{built_at} (tools/zoo runs a copy taken at its start); "
         f"{total} models: dynamic built {built['dynamic']}, passed {passed['dynamic']}; fixed built {built['fixed']}, "
         f"passed {passed['fixed']}; profile built {built['profile']}, passed {passed['profile']}.")
     out("")
@@ -164,6 +183,11 @@ def write_report(path, results, export_failures, binary_before=None):
         out(f"- {name}: {cell(reason)}")
     for package, reason in sorted(NOT_INSTALLED.items()):
         out(f"- pip {package}: {cell(reason)}")
+    out("")
+    out("## Exporter notes")
+    out("")
+    for note in EXPORT_NOTES:
+        out(f"- {note}")
     out("")
     out("## Models")
     for name, r in results.items():
