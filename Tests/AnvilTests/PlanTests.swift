@@ -330,6 +330,21 @@ extension PlanTests {
         }
     }
 
+    /// Timings within 3% of the fastest are a tie a shared machine cannot break: the
+    /// structurally expected tactic wins it (oneDNN's own layout choice, Winograd last).
+    func testTiedTimingsPreferTheExpectedTactic() throws {
+        let preferred = ConvolutionTactic(layout: .preferred), nhwc = ConvolutionTactic(layout: .channelsLast)
+        let winograd = ConvolutionTactic(layout: .preferred, algorithm: .winograd), plain = ConvolutionTactic(layout: .plain)
+        func pick(_ costs: [(Double, ConvolutionTactic)]) -> ConvolutionTactic? {
+            TacticSelector.choose(costs.map { (cost: $0.0, tactic: $0.1, destination: Layout.plain) })?.tactic
+        }
+        XCTAssertEqual(pick([(1.00, winograd), (1.02, preferred), (1.5, plain)]), preferred)
+        XCTAssertEqual(pick([(1.00, winograd), (1.10, preferred)]), winograd)
+        XCTAssertEqual(pick([(1.00, plain), (1.01, nhwc), (1.029, preferred)]), preferred)
+        XCTAssertEqual(pick([(1.00, plain), (1.01, nhwc)]), nhwc)
+        XCTAssertNil(pick([]))
+    }
+
     func testConvolutionTacticsNameTheirCandidates() {
         // Winograd kernels choose their own layout.
         XCTAssertEqual(ConvolutionTactic(layout: .channelsLast, algorithm: .winograd), ConvolutionTactic(layout: .preferred, algorithm: .winograd))

@@ -14,6 +14,18 @@ public struct ConvolutionTactic: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { algorithm == .winograd ? "winograd" : layout.description }
 
+    /// Which of equally fast tactics to take: oneDNN's own choice first, Winograd (which
+    /// rounds differently from direct convolution) last.
+    public var preference: Int {
+        if algorithm == .winograd { return 4 }
+        switch layout {
+        case .preferred: return 0
+        case .blocked16: return 1
+        case .channelsLast: return 2
+        default: return 3
+        }
+    }
+
     /// The candidates for a convolution: every direct layout, and Winograd where oneDNN may offer it.
     public static func candidates(kernel: [Int], strides: [Int], dilations: [Int], group: Int) -> [ConvolutionTactic] {
         let direct = [Layout.plain, .preferred, .channelsLast, .blocked16].map { ConvolutionTactic(layout: $0) }

@@ -48,6 +48,19 @@ public final class TimingCache {
         return Array(text.utf8)
     }
 
+    /// The cached entry for `key`, counted as a hit.
+    func cached(_ key: String) -> Entry? {
+        guard let e = entries[key] else { return nil }
+        hits += 1
+        return e
+    }
+
+    /// Records a measured entry.
+    func store(_ key: String, _ e: Entry) {
+        measured += 1
+        entries[key] = e
+    }
+
     func entry(_ key: String, measure: () throws -> Entry) rethrows -> Entry {
         if let e = entries[key] { hits += 1; return e }
         let e = try measure()
@@ -85,13 +98,22 @@ public enum TacticSelector {
                 for o in layer.outputs { layoutOf[o] = LoweringTable.outputLayout(of: layer, input: inputLayout) }
                 continue
             }
-            var best: (cost: Double, tactic: ConvolutionTactic, destination: Layout)?
-            for tactic in ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group)
-            where winograd || tactic.algorithm != .winograd {
-                let key = "conv|\(machine)|\(spec.timingKey)|\(tactic)"
-                let limit = 3 * (best?.cost ?? .infinity)
-                // A candidate oneDNN does not implement for these shapes is skipped (and not cached).
-                guard let e = try? cache.entry(key, measure: { try spec.time(tactic, engine: engine, stream: stream, limit: limit) }) else { continue }
+            // Every candidate's time: from the cache, or measured with the others of this layer, interleaved.
+            let candidates = ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group)
+                .filter { winograd || $0.algorithm != .winograd }
+            let key = { (tactic: ConvolutionTactic) in "conv|\(machine)|\(spec.timingKey)|\(tactic)" }
+            var entries: [ConvolutionTactic: TimingCache.Entry] = [:]
+            for tactic in candidates { if let e = cache.cached(key(tactic)) { entries[tactic] = e } }
+            let missing = candidates.filter { entries[$0] == nil }
+            if !missing.isEmpty {
+                for (tactic, e) in spec.timeInterleaved(missing, engine: engine, stream: stream) {
+                    entries[tactic] = e
+                    cache.store(key(tactic), e)
+                }
+            }
+            var costs: [(cost: Double, tactic: ConvolutionTactic, destination: Layout)] = []
+            for tactic in candidates {
+                guard let e = entries[tactic] else { continue }  // not implemented for these shapes, or only as oneDNN's reference
                 var cost = e.seconds
                 if e.source != inputLayout, let r = try? cache.entry("reorder|\(machine)|\(shape)|\(inputLayout)|\(e.source)", measure: {
                     try timeReorder(shape, from: inputLayout, to: e.source, engine: engine, stream: stream)
@@ -105,8 +127,9 @@ public enum TacticSelector {
                    }) {
                     cost += r.seconds
                 }
-                if best == nil || cost < best!.cost { best = (cost, tactic, e.destination) }
+                costs.append((cost, tactic, e.destination))
             }
+            let best = choose(costs)
             if let best {
                 chosen[layer.name] = best.tactic
                 for o in layer.outputs { layoutOf[o] = best.destination }
@@ -115,6 +138,18 @@ public enum TacticSelector {
             progress?(done, total)
         }
         return chosen
+    }
+
+    /// Times within this fraction of the fastest are a tie that measurements on a shared
+    /// machine cannot break.
+    public static let tie = 0.03
+
+    /// The fastest candidate; among those within `tie` of it, the structurally expected
+    /// one (oneDNN's own layout choice first, Winograd, which rounds differently, last).
+    public static func choose(_ costs: [(cost: Double, tactic: ConvolutionTactic, destination: Layout)]) -> (cost: Double, tactic: ConvolutionTactic, destination: Layout)? {
+        guard let fastest = costs.map(\.cost).min() else { return nil }
+        let preference = { (c: (cost: Double, tactic: ConvolutionTactic, destination: Layout)) in (c.tactic as ConvolutionTactic).preference }
+        return costs.filter { $0.cost <= fastest * (1 + tie) }.min { (preference($0), $0.cost) < (preference($1), $1.cost) }
     }
 
     /// Best of five runs, after one warm-up; a candidate whose warm-up already takes
@@ -149,19 +184,72 @@ public enum TacticSelector {
     }
 }
 
-extension ConvolutionSpec {
-    /// Times the kernel of a tactic on zeros; the entry records the layouts it reads and writes.
-    func time(_ tactic: ConvolutionTactic, engine: DNNLEngine, stream: DNNLStream, limit: Double = .infinity) throws -> TimingCache.Entry {
-        let conv = try make(tactic, engine: engine)
-        // oneDNN's reference implementation is never a candidate.
-        if conv.kernel.primitive.isReference { throw SlowImplementation(kind: .convolution, implementation: conv.implementation) }
-        let source = UnsafeMutableRawPointer.allocate(byteCount: max(conv.inputDescriptor.byteCount, 64), alignment: 64)
-        let target = UnsafeMutableRawPointer.allocate(byteCount: max(conv.outputDescriptor.byteCount, 64), alignment: 64)
-        defer { source.deallocate(); target.deallocate() }
+/// One candidate of an interleaved timing: its kernel, zeroed buffers, its times.
+private final class Trial {
+    let tactic: ConvolutionTactic
+    let conv: DNNLConvolution
+    let source: UnsafeMutableRawPointer, target: UnsafeMutableRawPointer
+    /// The best time of each round.
+    var rounds: [Double] = []
+
+    init(_ tactic: ConvolutionTactic, _ conv: DNNLConvolution) {
+        self.tactic = tactic
+        self.conv = conv
+        source = .allocate(byteCount: max(conv.inputDescriptor.byteCount, 64), alignment: 64)
+        target = .allocate(byteCount: max(conv.outputDescriptor.byteCount, 64), alignment: 64)
         source.initializeMemory(as: UInt8.self, repeating: 0, count: conv.inputDescriptor.byteCount)
         target.initializeMemory(as: UInt8.self, repeating: 0, count: conv.outputDescriptor.byteCount)
-        let seconds = try TacticSelector.bestTime(limit: limit) { try conv.runInPlace(stream: stream, input: source, output: target) }
-        return TimingCache.Entry(seconds: seconds, source: Layout.of(conv.inputDescriptor.descriptor, shape: inputShape),
-                                 destination: Layout.of(conv.outputDescriptor.descriptor, shape: conv.outputShape))
+    }
+
+    deinit { source.deallocate(); target.deallocate() }
+
+    /// Seconds of one run.
+    func once(_ stream: DNNLStream) throws -> Double {
+        let start = DispatchTime.now().uptimeNanoseconds
+        try conv.runInPlace(stream: stream, input: source, output: target)
+        return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    }
+}
+
+extension ConvolutionSpec {
+    /// Times `tactics` against each other on zeros, interleaved so that outside load hits
+    /// them alike: rounds visit every candidate in a rotating order, each round keeping a
+    /// candidate's best of two runs; a candidate's time is its minimum over rounds (load
+    /// only ever adds time). At least three rounds, more (up to eight) while the last three
+    /// rounds disagree on the winner. A candidate whose warm-up takes three times the
+    /// fastest warm-up is dropped; one oneDNN runs only on its reference implementation,
+    /// or does not implement, is never a candidate. Entries record the layouts each reads and writes.
+    func timeInterleaved(_ tactics: [ConvolutionTactic], engine: DNNLEngine, stream: DNNLStream) -> [ConvolutionTactic: TimingCache.Entry] {
+        var trials: [(Trial, warmUp: Double)] = []
+        for tactic in tactics {
+            guard let conv = try? make(tactic, engine: engine), !conv.kernel.primitive.isReference else { continue }
+            let trial = Trial(tactic, conv)
+            guard let warmUp = try? trial.once(stream) else { continue }
+            trials.append((trial, warmUp))
+        }
+        guard let fastest = trials.map(\.warmUp).min() else { return [:] }
+        let alive = trials.filter { $0.warmUp <= 3 * fastest }.map(\.0)
+        var entries: [ConvolutionTactic: TimingCache.Entry] = [:]
+        func entry(_ trial: Trial, _ seconds: Double) -> TimingCache.Entry {
+            TimingCache.Entry(seconds: seconds, source: Layout.of(trial.conv.inputDescriptor.descriptor, shape: inputShape),
+                              destination: Layout.of(trial.conv.outputDescriptor.descriptor, shape: trial.conv.outputShape))
+        }
+        // The slow ones keep their warm-up time (recorded, so a rebuild with the cache times nothing).
+        for (trial, warmUp) in trials where warmUp > 3 * fastest { entries[trial.tactic] = entry(trial, warmUp) }
+        for round in 0..<8 {
+            for i in alive.indices {
+                let trial = alive[(i + round) % alive.count]
+                let best = (try? min(trial.once(stream), trial.once(stream))) ?? .infinity
+                trial.rounds.append(best)
+            }
+            guard round >= 2 else { continue }
+            let winners = (round - 2...round).map { r in alive.indices.min { alive[$0].rounds[r] < alive[$1].rounds[r] } }
+            if Set(winners).count == 1 { break }
+        }
+        for trial in alive {
+            guard let seconds = trial.rounds.min(), seconds.isFinite else { continue }
+            entries[trial.tactic] = entry(trial, seconds)
+        }
+        return entries
     }
 }
