@@ -182,6 +182,35 @@ public final class ExecutionContext {
     private var fastLayers: [String: FastLayer] = [:]
     /// Plans by input shapes; `nil` entries mark shapes that run on the interpreter.
     private var plans: [[[Int]]: ExecutionPlan?] = [:]
+    /// Input shapes of `plans`, least recently used first.
+    private var planOrder: [[[Int]]] = []
+    /// How many per-shape plans a context keeps (each holds an activation arena); the
+    /// least recently used is dropped beyond it. An engine with fixed shapes needs one.
+    public var planCacheCapacity = 8 {
+        didSet { planCacheCapacity = max(1, planCacheCapacity); trimPlans() }
+    }
+
+    /// Records a plan (or nil: interpret) for these shapes as the most recently used.
+    private func remember(_ shapes: [[Int]], _ plan: ExecutionPlan?) {
+        plans[shapes] = .some(plan)
+        touch(shapes)
+        trimPlans()
+    }
+
+    private func touch(_ shapes: [[Int]]) {
+        if let i = planOrder.firstIndex(of: shapes) { planOrder.remove(at: i) }
+        planOrder.append(shapes)
+    }
+
+    private func trimPlans() {
+        while planOrder.count > planCacheCapacity {
+            let evicted = planOrder.removeFirst()
+            if let plan = plans.removeValue(forKey: evicted) ?? nil, plan === lastPlan { lastPlan = nil }
+        }
+    }
+
+    /// Per-shape plans held (for tests and reports).
+    public var plannedShapeCount: Int { plans.count }
     /// Why the last plan attempt failed, if it did.
     public private(set) var planFailure: String?
     /// Plan the graph (default) or always interpret it (for comparisons).
@@ -211,6 +240,7 @@ public final class ExecutionContext {
         guard usePlan else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
         let shapes = g.inputs.map { inputs[$0.name]?.shape ?? [] }
         if let entry = plans[shapes] {
+            touch(shapes)
             guard let plan = entry else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
             do {
                 lastPlan = plan
@@ -220,21 +250,21 @@ public final class ExecutionContext {
             } catch let mismatch as PlanMismatch {
                 // A shape that depends on the data: these shapes run on the interpreter from now on.
                 planFailure = mismatch.description
-                plans[shapes] = .some(nil)
+                remember(shapes, nil)
                 lastPlan = nil
                 return zip(names, try interpret(inputs)).map { ($0, $1) }
             }
         }
         // First sight of these shapes: plan from the build-time shapes, or observe them.
         if let types = staticTypes(inputs), let plan = makePlan(inputs, types: types, memoryPlan: engine.memoryPlan) {
-            plans[shapes] = .some(plan)
+            remember(shapes, plan)
             return try run(inputs)
         }
         observed = [:]
         let results = try interpret(inputs)
         let types = observed ?? [:]
         observed = nil
-        plans[shapes] = .some(makePlan(inputs, types: types))
+        remember(shapes, makePlan(inputs, types: types))
         return zip(names, results).map { ($0, $1) }
     }
 

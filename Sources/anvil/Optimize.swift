@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilEngine
 import AnvilIR
 import AnvilONNX
 import AnvilPasses
@@ -32,11 +33,18 @@ struct Optimize: ParsableCommand {
     @Option(help: "Print the IR after this pass, or 'all' (repeatable).") var printIrAfter: [String] = []
     @Option(help: "Stop after the first run of this pass.") var stopAfter: String?
     @Flag(help: "Keep only standard ONNX ops: skip fusions into Anvil's ai.anvil ops.") var standardOnly = false
+    @Option(help: "Fix input shapes before optimizing: name:AxBxC[,name:…] (trtexec's form). Without it dynamic axes stay dynamic.")
+    var shapes: [String] = []
 
     func run() throws {
         try Anvil.guarded {
             let m = try ONNXImporter.load(path: model)
             let before = GraphSummary(m.graph)
+            let fixed = try ShapeProfile.from(shapes: ShapeProfile.parse(shapes, flag: "--shapes"), min: [:], opt: [:], max: [:])
+            try fixed.check(against: m.graph.runtimeInputs.map { ($0.name, $0.type) })
+            for (i, input) in m.graph.inputs.enumerated() {
+                if let shape = fixed.opt[input.name], let e = input.type.elementType { m.graph.inputs[i].type = TensorType(e, shape: shape) }
+            }
             var options = PipelineOptions()
             func list(_ s: String?) -> Set<String>? { s.map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) } }
             options.only = list(passes)

@@ -67,6 +67,14 @@ final class CommandLineTests: XCTestCase {
         let optimized = try TestSupport.run(["optimize", model, "-o", folder + "/o.onnx"])
         XCTAssertEqual(optimized.status, 0, optimized.stderr)
         XCTAssertFalse(try ONNXImporter.load(path: folder + "/o.onnx").graph.nodes.contains { $0.opType == "Shape" }, "shape computations left")
+        // With --shapes the same graph, at fixed shapes; a wrong name or rank is refused.
+        let fixedOptimize = try TestSupport.run(["optimize", model, "-o", folder + "/f.onnx", "--shapes", "hidden:2x16x64,mask:2x16"])
+        XCTAssertEqual(fixedOptimize.status, 0, fixedOptimize.stderr)
+        XCTAssertEqual(try ONNXImporter.load(path: folder + "/f.onnx").graph.nodes.count, try ONNXImporter.load(path: folder + "/o.onnx").graph.nodes.count)
+        let wrong = try TestSupport.run(["optimize", model, "-o", folder + "/w.onnx", "--shapes", "hidden:2x16"])
+        XCTAssertEqual(wrong.status, 1)
+        XCTAssertTrue(wrong.stderr.contains("input 'hidden' has rank 3"), wrong.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/w.onnx"))
     }
 
     func testValidateFailsWhenOutputsDisagree() throws {

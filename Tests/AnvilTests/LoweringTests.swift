@@ -3,6 +3,7 @@ import AnvilCore
 import AnvilEngine
 import AnvilIR
 import AnvilKernels
+import AnvilONNX
 import AnvilOps
 import AnvilRuntime
 import XCTest
@@ -219,5 +220,27 @@ final class LoweringTests: XCTestCase {
                 XCTAssertFalse(compiled.implementations["test"]?.hasPrefix("ref") ?? true, "\(layout) \(op): \(compiled.implementations["test"] ?? "-")")
             }
         }
+    }
+
+    /// A context keeps at most `planCacheCapacity` per-shape plans (least recently used
+    /// dropped), and shapes that come back after being dropped are planned again.
+    func testPerShapePlansAreBounded() throws {
+        let model = try ONNXImporter.load(path: TestSupport.fixture("dynamic_batch/model.onnx"))
+        let engine = try EngineBuilder().build(model, name: "dynamic_batch").engine
+        let context = ExecutionContext(engine: engine)
+        var rng = SeededGenerator(seed: 18)
+        for (i, batch) in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2].enumerated() {
+            let x = try random([batch, 1, 28, 28], &rng)
+            let expected = try ReferenceExecutor(model: model).run(["image": x])[0].value
+            for _ in 0..<2 {
+                let actual = try context.run(["image": x])[0].value
+                XCTAssertTrue(Comparison.compare(actual: actual, expected: expected, atol: 1e-5, rtol: 1e-3).passed, "batch \(batch)")
+            }
+            XCTAssertLessThanOrEqual(context.plannedShapeCount, 8, "after \(i + 1) shapes")
+        }
+        XCTAssertEqual(context.plannedShapeCount, 8)
+        context.planCacheCapacity = 2
+        XCTAssertEqual(context.plannedShapeCount, 2)
+        XCTAssertNotNil(context.lastPlan, "the most recent plan is kept")
     }
 }
