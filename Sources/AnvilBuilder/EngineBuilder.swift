@@ -66,15 +66,27 @@ public struct EngineBuilder {
         for input in model.graph.inputs where model.graph.initializers[input.name] == nil { model.graph.valueTypes[input.name] = input.type }
         model.graph.inputs = declared
         let graph = try Self.convert(model.graph, model: model)
-        // Every value's concrete type for the shapes the engine is compiled for.
-        let types = try Self.concreteTypes(model, shapes: sampleShapes(model.graph))
+        // Every value's concrete type for the shapes the engine is compiled for: the profile's
+        // optimal ones, else dynamic sizes of 64 (larger where a model needs more, e.g. audio).
+        var samples = sampleShapes(model.graph, size: ShapeProfile.sampleSize)
+        var types = try? Self.concreteTypes(model, shapes: samples)
+        for size in [256, 1024, 16000] where types == nil {
+            samples = sampleShapes(model.graph, size: size)
+            types = try? Self.concreteTypes(model, shapes: samples)
+        }
+        if types == nil { samples = sampleShapes(model.graph, size: ShapeProfile.sampleSize) }
+        for input in model.graph.runtimeInputs where profile.opt[input.name] == nil {
+            guard let dims = input.type.dims, dims.dropFirst().contains(where: { $0.value == nil }), let shape = samples[input.name] else { continue }
+            model.warnings.append("input '\(input.name)' has dynamic dimensions \(input.type); kernels were chosen and tactics timed for "
+                                  + "\(shape.map(String.init).joined(separator: "x")): give --optShapes (or --shapes) with representative sizes for an engine tuned to them")
+        }
         if timeTactics, let types { try chooseTactics(graph, types: types) }
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
         let producer = "anvil 0.1"
         let staging = try Engine(graph: graph, producer: producer, requiredFeatures: [], profile: profile, name: name)
-        let compiled = try staging.compile(types: types)
+        let compiled = try staging.compile(shapes: samples, types: types)
         for i in graph.layers.indices { graph.layers[i].decision = compiled.decisions[graph.layers[i].name] }
         // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks
         // them. Winograd-transformed weights cannot be read back, so theirs stay plain as well.
@@ -85,10 +97,10 @@ public struct EngineBuilder {
     }
 
     /// The input shapes an engine is compiled for at build time: the profile's optimal
-    /// shapes, else the declared ones with dynamic dimensions as 1.
-    func sampleShapes(_ g: Graph) -> [String: [Int]] {
+    /// shapes, else the declared ones with a dynamic batch of 1 and other dynamic sizes of `size`.
+    func sampleShapes(_ g: Graph, size: Int) -> [String: [Int]] {
         var shapes: [String: [Int]] = [:]
-        for input in g.runtimeInputs { shapes[input.name] = profile.opt[input.name] ?? (input.type.dims ?? []).map { $0.value ?? 1 } }
+        for input in g.runtimeInputs { shapes[input.name] = profile.opt[input.name] ?? ShapeProfile.sample(input.type.dims ?? [], size: size) }
         return shapes
     }
 

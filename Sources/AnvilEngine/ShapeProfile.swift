@@ -4,6 +4,17 @@ import AnvilCore
 /// --maxShapes (or --shapes, where all three are equal). Inputs outside the
 /// profile are refused; inputs without an entry accept any shape.
 public struct ShapeProfile: Equatable, Sendable {
+    /// The size a dynamic dimension other than the batch gets where no shape is given
+    /// (tactic timing, the builder's plan, `bench` and `inspect` defaults): large enough
+    /// for the windows of typical vision and sequence models, small enough to be quick.
+    public static let sampleSize = 64
+
+    /// A concrete shape for declared dims with `size` for every dynamic one but a leading
+    /// batch dimension, which is 1.
+    public static func sample(_ dims: [Dim], size: Int = sampleSize) -> [Int] {
+        dims.enumerated().map { i, d in d.value ?? (i == 0 ? 1 : size) }
+    }
+
     public var min: [String: [Int]] = [:]
     public var opt: [String: [Int]] = [:]
     public var max: [String: [Int]] = [:]

@@ -253,6 +253,8 @@ struct ImportContext {
                     return .known(Int(v))
                 case ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM:
                     let s = string(d.pointee.dim_param)
+                    // "?" is not a name (paddle2onnx writes it for every unknown size): each its own dimension.
+                    if s == "?" { return .symbol("unk__\(name)_\(axis)") }
                     return s.isEmpty ? .unknown : .symbol(s)
                 default:
                     return .unknown

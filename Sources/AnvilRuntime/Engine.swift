@@ -88,11 +88,11 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Inputs of the build-time (optimal) shapes, zero-filled; dynamic dimensions
-    /// without a profile become 1.
+    /// without a profile get `ShapeProfile.sample`'s sizes (batch 1, others 64).
     public func sampleInputs() throws -> [String: Tensor] {
         var inputs: [String: Tensor] = [:]
         for (name, type) in graph.inputs {
-            let shape = profile.opt[name] ?? graph.valueTypes[name]?.concreteShape ?? (type.dims ?? []).map { $0.value ?? 1 }
+            let shape = profile.opt[name] ?? graph.valueTypes[name]?.concreteShape ?? ShapeProfile.sample(type.dims ?? [])
             inputs[name] = try Tensor.zeros(type.elementType ?? .float, shape: shape)
         }
         return inputs

@@ -243,4 +243,32 @@ final class LoweringTests: XCTestCase {
         XCTAssertEqual(context.plannedShapeCount, 2)
         XCTAssertNotNil(context.lastPlan, "the most recent plan is kept")
     }
+
+    /// Reductions over constant axes (attribute or input, by opset) on oneDNN or the Swift
+    /// kernel, with and without keepdims, against the reference.
+    func testReductionsOnOneDNN() throws {
+        var rng = SeededGenerator(seed: 19)
+        for (trial, op) in ["ReduceMean", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceProd", "ReduceMean", "ReduceSum"].enumerated() {
+            let shape = (0..<Int.random(in: 2...4, using: &rng)).map { _ in Int.random(in: 1...6, using: &rng) }
+            let axes = Array(shape.indices.shuffled(using: &rng).prefix(Int.random(in: 1...shape.count, using: &rng))).map { Int64($0 - (trial % 2) * shape.count) }
+            let keep: Int64 = trial % 3 == 0 ? 0 : 1, opset = trial % 2 == 0 ? 13 : 18
+            let axesInput = opset >= (op == "ReduceSum" ? 13 : 18)
+            var attributes: [String: Attribute] = ["keepdims": .int(keep)]
+            if !axesInput { attributes["axes"] = .ints(axes) }
+            let g = Graph(name: "reduce", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: op, inputs: axesInput ? ["x", "axes"] : ["x"], outputs: ["y"], attributes: attributes)],
+                          initializers: axesInput ? [("axes", try Tensor(int64s: axes, shape: [axes.count]))] : [])
+            let x = try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: (op == "ReduceProd" ? 0.5 : -2)...2, using: &rng) }, shape: shape)
+            let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: opset)])
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let kind = try builder.build(model, name: "reduce").compiled.decisions["test"]?.kernel
+            // oneDNN's kernel, or where oneDNN has only its reference one, the Swift kernel (contiguous axes).
+            let normalized = axes.map { Int($0) < 0 ? Int($0) + shape.count : Int($0) }
+            let contiguous = Set(normalized) == Set(normalized.min()!...normalized.max()!)
+            XCTAssertTrue(kind == .reduction || (kind == .swiftReduction && contiguous), "\(op) \(shape) axes \(axes): \(String(describing: kind))")
+            try check(g, ["x": x], kind: kind ?? .reference, exact: false, opset: opset, "\(op) \(shape) axes \(axes) keepdims \(keep) opset \(opset)")
+        }
+    }
 }

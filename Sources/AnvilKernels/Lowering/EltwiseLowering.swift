@@ -61,15 +61,26 @@ enum EltwiseLowering {
     }
 
     static func eltwise(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let algorithm = algorithms[l.op], let steps = try algorithm(l), let x = l.value(0), x.dataType == .float else { return nil }
+        guard let algorithm = algorithms[l.op], let steps = try algorithm(l), var x = l.value(0), x.dataType == .float else { return nil }
         let (t, shape) = try l.outputType()
         guard shape == x.shape, t == .float else { return nil }
-        var data = try x.descriptor()
+        func primitives(_ x: PlanValue) throws -> [DNNLPrimitive] {
+            var data = try x.descriptor()
+            return try steps.map { alg, alpha, beta in
+                var desc = dnnl_eltwise_desc_t()
+                try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &data, alpha, beta), "describing the eltwise op")
+                return try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "eltwise")
+            }
+        }
+        var made = try primitives(x)
+        // A layout oneDNN has only its reference kernel for (an odd blocked one): plain instead.
+        if made.contains(where: \.isReference), !x.isPlain {
+            x = try l.plan.plain(x)
+            made = try primitives(x)
+        }
+        let data = try x.descriptor()
         let out = l.inPlaceOutput(over: x)
-        for (i, (alg, alpha, beta)) in steps.enumerated() {
-            var desc = dnnl_eltwise_desc_t()
-            try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &data, alpha, beta), "describing the eltwise op")
-            let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "eltwise")
+        for (i, primitive) in made.enumerated() {
             // Later steps work in place on the output.
             try l.emit(.eltwise, PrimitiveStep(layer: l.layer.name, primitive: primitive,
                                                arguments: [(DNNL_ARG_SRC, i == 0 ? x : out, data), (DNNL_ARG_DST, out, data)]))

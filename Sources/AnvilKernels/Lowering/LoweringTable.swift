@@ -33,7 +33,7 @@ struct LoweringEntry: Sendable {
 enum LoweringTable {
     static let entries: [LoweringEntry] = ConvolutionLowering.entries + MatMulLowering.entries + SwiftKernelLowering.entries
         + PoolingLowering.entries + EltwiseLowering.entries + BinaryLowering.entries + NormalizationLowering.entries
-        + SoftmaxLowering.entries + AttentionLowering.entries + MovementLowering.entries + ShapeKernelLowering.entries
+        + SoftmaxLowering.entries + ReductionLowering.entries + AttentionLowering.entries + MovementLowering.entries + ShapeKernelLowering.entries
         + EltwiseLowering.fallbacks + SwiftKernelLowering.fallbacks + ShapeKernelLowering.fallbacks
 
     private static let byOp: [String: [LoweringEntry]] = {

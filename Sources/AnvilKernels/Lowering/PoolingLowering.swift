@@ -8,7 +8,8 @@ enum PoolingLowering {
     ]
 
     static func pooling(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let x = l.value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return nil }
+        guard let input = l.value(0), input.dataType == .float, (3...5).contains(input.shape.count) else { return nil }
+        var x = input
         let spatial = Array(x.shape[2...])
         let (_, outShape) = try l.outputType()
         var alg = dnnl_pooling_max
@@ -33,12 +34,20 @@ enum PoolingLowering {
             }
             guard Array(x.shape[0..<2]) + g.output == outShape else { return nil }
         }
-        var src = try x.descriptor()
-        var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
-        var desc = dnnl_pooling_v2_desc_t()
-        try check(anvil_dnnl_pool_desc(&desc, alg, &src, &dst, Int32(spatial.count), strides.map { Int64($0) }, kernel.map { Int64($0) },
-                                       dilations.map { Int64($0) }, padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the pooling")
-        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "pooling")
+        func make(_ x: PlanValue) throws -> (DNNLPrimitive, dnnl_memory_desc_t) {
+            var src = try x.descriptor()
+            var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
+            var desc = dnnl_pooling_v2_desc_t()
+            try check(anvil_dnnl_pool_desc(&desc, alg, &src, &dst, Int32(spatial.count), strides.map { Int64($0) }, kernel.map { Int64($0) },
+                                           dilations.map { Int64($0) }, padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the pooling")
+            return (try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "pooling"), src)
+        }
+        var (primitive, src) = try make(x)
+        // A layout oneDNN pools only with its reference kernel: plain instead.
+        if primitive.isReference, !x.isPlain {
+            x = try l.plan.plain(x)
+            (primitive, src) = try make(x)
+        }
         let dstLayout = primitive.query(dnnl_query_dst_md)
         let out = l.plan.newValue(l.layer.outputs[0], .float, outShape, layout: dstLayout)
         try l.emit(.pooling, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, src), (DNNL_ARG_DST, out, dstLayout)]))

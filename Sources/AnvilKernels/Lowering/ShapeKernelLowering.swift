@@ -12,11 +12,13 @@ enum ShapeKernelLowering {
         LoweringEntry(kind: .compare, ops: ["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"], output: .plain, lower: compare),
         LoweringEntry(kind: .logical, ops: ["Not", "IsNaN"], output: .plain, lower: unary),
         LoweringEntry(kind: .expand, ops: ["Expand"], output: .plain, lower: expand),
+        LoweringEntry(kind: .constantOfShape, ops: ["ConstantOfShape"], output: .plain, lower: constantOfShape),
     ]
     /// Rows tried after the float kernels for the same ops.
     static let fallbacks = [
         LoweringEntry(kind: .integerArithmetic, ops: ["Add", "Sub", "Mul", "Div"], output: .plain, lower: integerArithmetic),
         LoweringEntry(kind: .dynamicSlice, ops: ["Slice"], output: .plain, lower: dynamicSlice),
+        LoweringEntry(kind: .swiftConcat, ops: ["Concat"], output: .plain, lower: concat),
     ]
 
     /// The integer values of a small 1-D or scalar tensor, read at run time.
@@ -146,5 +148,49 @@ enum ShapeKernelLowering {
             SwiftElementwise.gather(p.address(x) + offset * size, size: size, walk, into: p.address(out))
         })
         return l.decided(.dynamicSlice)
+    }
+
+    /// ConstantOfShape: the planned shape filled with the value; a computed shape is checked at run time.
+    static func constantOfShape(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let target = try l.operand(0), isInteger(target.dataType), let (t, shape) = try? l.outputType(), t != .string else { return nil }
+        let fill = try l.attributes.tensor("value") ?? Tensor(floats: [0], shape: [1])
+        guard fill.dataType == t, fill.count == 1 else { return nil }
+        let bytes = try fill.withHostBytes { Array($0) }, count = shape.reduce(1, *), name = l.layer.name, output = l.layer.outputs[0]
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [target], writes: [out]) { p in
+            let wanted = ints(target, p)
+            guard wanted == shape else { throw PlanMismatch(layer: name, value: output, planned: shape, actual: wanted) }
+            let base = p.address(out)
+            bytes.withUnsafeBytes { value in
+                for i in 0..<count { (base + i * value.count).copyMemory(from: value.baseAddress!, byteCount: value.count) }
+            }
+        })
+        return l.decided(.constantOfShape)
+    }
+
+    /// Concat of any element type (integer shape vectors, masks): each part copied into
+    /// its place, row by row of the dimensions before the axis.
+    static func concat(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let (t, shape) = try? l.outputType(), t != .string, !shape.isEmpty,
+              let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: shape.count) else { return nil }
+        var parts: [PlanValue] = []
+        for i in l.layer.inputs.indices {
+            guard let p = try l.operand(i), p.dataType == t, p.shape.count == shape.count else { return nil }
+            parts.append(try l.plan.plain(p))
+        }
+        guard parts.reduce(0, { $0 + $1.shape[axis] }) == shape[axis] else { return nil }
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        let outer = shape[..<axis].reduce(1, *), inner = shape[(axis + 1)...].reduce(1, *) * t.byteSize
+        let rows = parts.map { $0.shape[axis] * inner }, total = shape[axis] * inner
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: parts, writes: [out]) { p in
+            let target = p.address(out)
+            var offset = 0
+            for (part, row) in zip(parts, rows) {
+                let source = p.address(part)
+                for o in 0..<outer where row > 0 { (target + o * total + offset).copyMemory(from: source + o * row, byteCount: row) }
+                offset += row
+            }
+        })
+        return l.decided(.swiftConcat)
     }
 }

@@ -315,12 +315,13 @@ public final class ExecutionPlan {
         var reasons: [String] = []
         if let decided = layer.decision {
             // The decided kernel; others of the op only where it does not fit these shapes
-            // (new shapes of a dynamic engine), the reference kernel where the builder chose it.
-            guard decided.kernel != .reference else {
-                try lowerToReference(layer)
-                return decided
+            // (new shapes of a dynamic engine). A layer the builder left on the reference
+            // kernel tries the table again: it may fit shapes the builder did not plan for.
+            if decided.kernel == .reference {
+                if let reason = decided.slowPathReason { reasons.append(reason) }
+            } else {
+                candidates = [decided.kernel] + candidates.filter { $0 != decided.kernel }
             }
-            candidates = [decided.kernel] + candidates.filter { $0 != decided.kernel }
         } else if candidates.isEmpty {
             reasons.append("no fast kernel for \(layer.opKey)\(LoweringTable.serves(layer.opKey) ? " with these outputs" : "")")
         }
@@ -342,7 +343,7 @@ public final class ExecutionPlan {
         }
         journal.removeAll(keepingCapacity: true)
         try lowerToReference(layer)
-        return .reference(reasons.joined(separator: "; "))
+        return .reference(reasons.isEmpty ? "no fast kernel fits" : reasons.joined(separator: "; "))
     }
 
     /// Undoes what a lowering that did not fit changed.

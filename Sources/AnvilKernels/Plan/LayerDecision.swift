@@ -170,6 +170,14 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case expand = 30
     /// A slice whose bounds are computed at run time.
     case dynamicSlice = 31
+    /// ReduceMean, ReduceSum, ReduceMax … on oneDNN's reduction primitive.
+    case reduction = 32
+    /// The same reductions in Swift, over contiguous axes.
+    case swiftReduction = 33
+    /// ConstantOfShape.
+    case constantOfShape = 34
+    /// Concat of any element type, in Swift.
+    case swiftConcat = 35
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -177,7 +185,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .reference: .reference
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
-             .integerArithmetic, .expand, .dynamicSlice: .swift
+             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat: .swift
         default: .onednn
         }
     }
@@ -215,6 +223,10 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .integerArithmetic: "integer arithmetic"
         case .expand: "expand"
         case .dynamicSlice: "slice with computed bounds"
+        case .reduction: "reduction"
+        case .swiftReduction: "reduction"
+        case .constantOfShape: "constant of shape"
+        case .swiftConcat: "concat"
         }
     }
 }

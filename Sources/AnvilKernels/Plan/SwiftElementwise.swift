@@ -134,6 +134,32 @@ enum SwiftElementwise {
         walk.walk { o, i, _, _ in (y + o * size).copyMemory(from: x + i * size, byteCount: size) }
     }
 
+    /// A float reduction over the middle axis of [outer, n, inner] (contiguous reduced
+    /// axes), accumulated in Double in a fixed order: "ReduceMean", "ReduceSum",
+    /// "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare".
+    static func reduce(_ op: String, _ x: UnsafePointer<Float>, outer: Int, n: Int, inner: Int, into y: UnsafeMutablePointer<Float>) {
+        let code = ["ReduceMean": 0, "ReduceSum": 1, "ReduceProd": 2, "ReduceL1": 3, "ReduceL2": 4][op] ?? 5
+        var acc = [Double](repeating: 0, count: inner)
+        for o in 0..<outer {
+            for j in 0..<inner { acc[j] = code == 2 ? 1 : 0 }
+            for k in 0..<n {
+                let row = x + (o * n + k) * inner
+                for j in 0..<inner {
+                    let v = Double(row[j])
+                    switch code {
+                    case 2: acc[j] *= v
+                    case 3: acc[j] += abs(v)
+                    case 4, 5: acc[j] += v * v
+                    default: acc[j] += v
+                    }
+                }
+            }
+            for j in 0..<inner {
+                y[o * inner + j] = Float(code == 0 ? acc[j] / Double(n) : code == 4 ? acc[j].squareRoot() : acc[j])
+            }
+        }
+    }
+
     @inline(__always) static func integer(_ p: UnsafeRawPointer, _ i: Int, _ t: DataType) -> Int64 {
         switch t {
         case .bool, .uint8: Int64(p.load(fromByteOffset: i, as: UInt8.self))
