@@ -18,7 +18,6 @@ enum EltwiseLowering {
         "HardSigmoid": { l in [(dnnl_eltwise_linear, try l.attributes.float("alpha", 0.2), try l.attributes.float("beta", 0.5)), (dnnl_eltwise_clip_v2, 0, 1)] },
         "Mish": { _ in [(dnnl_eltwise_mish, 0, 0)] },
         "Exp": { _ in [(dnnl_eltwise_exp, 0, 0)] },
-        "Log": { _ in [(dnnl_eltwise_log, 0, 0)] },
         "Sqrt": { _ in [(dnnl_eltwise_sqrt, 0, 0)] },
         "Abs": { _ in [(dnnl_eltwise_abs, 0, 0)] },
         "Neg": { _ in [(dnnl_eltwise_linear, -1, 0)] },

@@ -1,4 +1,5 @@
 import AnvilCore
+import Foundation
 
 /// Swift kernels for the small shape and mask computations dynamic exports keep at run
 /// time (Shape, Range, comparisons, integer arithmetic, Expand, Not / IsNaN, slices
@@ -13,6 +14,7 @@ enum ShapeKernelLowering {
         LoweringEntry(kind: .logical, ops: ["Not", "IsNaN"], output: .plain, lower: unary),
         LoweringEntry(kind: .expand, ops: ["Expand"], output: .plain, lower: expand),
         LoweringEntry(kind: .constantOfShape, ops: ["ConstantOfShape"], output: .plain, lower: constantOfShape),
+        LoweringEntry(kind: .exactMath, ops: ["Log", "Pow", "Reciprocal", "Floor", "Ceil", "Erf"], output: .plain, lower: exactMath),
     ]
     /// Rows tried after the float kernels for the same ops.
     static let fallbacks = [
@@ -192,5 +194,32 @@ enum ShapeKernelLowering {
             }
         })
         return l.decided(.swiftConcat)
+    }
+
+    /// Log, Pow by a scalar constant, Reciprocal, Floor, Ceil and Erf of floats with the C
+    /// library's correctly rounded functions, as the reference and ONNX Runtime compute
+    /// them: their results often feed integer casts (T5's relative position buckets),
+    /// where oneDNN's approximations (a few ulps) would change a bucket.
+    static func exactMath(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType == .float, let (t, shape) = try? l.outputType(), t == .float, shape == v.shape else { return nil }
+        var exponent: Float = 1
+        if l.op == "Pow" {
+            guard let e = l.constant(1), e.count == 1, e.dataType == .float || e.dataType == .double else { return nil }
+            exponent = Float(e.double(at: 0))
+        } else if l.layer.inputs.count != 1 { return nil }
+        let x = try l.plan.plain(v), op = l.layer.opType, count = v.count
+        let out = l.inPlaceOutput(over: x)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            let a = p.address(x).assumingMemoryBound(to: Float.self), y = p.address(out).assumingMemoryBound(to: Float.self)
+            switch op {
+            case "Log": for i in 0..<count { y[i] = Float(Foundation.log(Double(a[i]))) }
+            case "Pow": for i in 0..<count { y[i] = exponent == 2 ? a[i] * a[i] : Float(Foundation.pow(Double(a[i]), Double(exponent))) }
+            case "Reciprocal": for i in 0..<count { y[i] = 1 / a[i] }
+            case "Floor": for i in 0..<count { y[i] = a[i].rounded(.down) }
+            case "Ceil": for i in 0..<count { y[i] = a[i].rounded(.up) }
+            default: for i in 0..<count { y[i] = Float(Foundation.erf(Double(a[i]))) }
+            }
+        })
+        return l.decided(.exactMath)
     }
 }

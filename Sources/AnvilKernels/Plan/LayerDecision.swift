@@ -178,6 +178,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case constantOfShape = 34
     /// Concat of any element type, in Swift.
     case swiftConcat = 35
+    /// Log, Pow, Reciprocal, Floor, Ceil, Erf with the C library's functions.
+    case exactMath = 36
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -185,7 +187,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .reference: .reference
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
-             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat: .swift
+             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath: .swift
         default: .onednn
         }
     }
@@ -227,6 +229,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .swiftReduction: "reduction"
         case .constantOfShape: "constant of shape"
         case .swiftConcat: "concat"
+        case .exactMath: "math"
         }
     }
 }
