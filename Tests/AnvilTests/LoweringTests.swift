@@ -289,4 +289,31 @@ final class LoweringTests: XCTestCase {
                       initializers: [("eight", try Tensor(floats: [8], shape: [])), ("logMax", try Tensor(floats: [Float(Foundation.log(16.0))], shape: []))])
         try check(g, ["x": try Tensor(floats: (1...n).map(Float.init), shape: [1, n])], kind: .exactMath, "relative position buckets")
     }
+
+    /// Constant-mode Pad with constant pads (inputs from opset 11, attributes before,
+    /// axes from opset 18) in the Swift kernel, against the reference.
+    func testConstantPad() throws {
+        var rng = SeededGenerator(seed: 20)
+        for (trial, opset) in [2, 11, 13, 18, 19, 11].enumerated() {
+            let shape = (0..<Int.random(in: 1...4, using: &rng)).map { _ in Int.random(in: 1...5, using: &rng) }
+            let pads = (0..<(2 * shape.count)).map { _ in Int64.random(in: 0...2, using: &rng) }
+            var inputs = ["x"], initializers: [(String, Tensor)] = [], attributes: [String: Attribute] = [:]
+            if opset < 11 {
+                attributes = ["pads": .ints(pads), "value": .float(1.5)]
+            } else {
+                inputs += ["pads", "value"]
+                initializers = [("pads", try Tensor(int64s: pads, shape: [pads.count])), ("value", try Tensor(floats: [-2], shape: []))]
+                if opset >= 18, trial % 2 == 1 {
+                    // Only the last axis, through `axes`.
+                    inputs.append("axes")
+                    initializers[0] = ("pads", try Tensor(int64s: [1, 2], shape: [2]))
+                    initializers.append(("axes", try Tensor(int64s: [-1], shape: [1])))
+                }
+            }
+            let g = Graph(name: "pad", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: "Pad", inputs: inputs, outputs: ["y"], attributes: attributes)], initializers: initializers)
+            try check(g, ["x": try random(shape, &rng)], kind: .pad, opset: opset, "Pad \(shape) \(pads) opset \(opset)")
+        }
+    }
 }

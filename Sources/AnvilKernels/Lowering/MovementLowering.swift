@@ -8,6 +8,7 @@ enum MovementLowering {
     static let entries = [
         LoweringEntry(kind: .view, ops: ["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"], output: .plain, lower: view),
         LoweringEntry(kind: .view, ops: ["Split"], output: .input, multipleOutputs: true, lower: split),
+        LoweringEntry(kind: .splitCopy, ops: ["Split"], output: .plain, multipleOutputs: true, lower: splitCopy),
         LoweringEntry(kind: .concat, ops: ["Concat"], output: .input, lower: concat),
         LoweringEntry(kind: .transpose, ops: ["Transpose"], output: .plain, lower: transpose),
         LoweringEntry(kind: .slice, ops: ["Slice"], output: .plain, lower: slice),
@@ -109,6 +110,34 @@ enum MovementLowering {
             offset += shape[axis] * inner
         }
         return l.decided(.view)
+    }
+
+    /// A split whose parts are not contiguous (along an inner axis: GPT-2's query, key and
+    /// value): each part a reorder from a strided view of the input.
+    static func splitCopy(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), dnnlType(v.dataType) != nil, !v.shape.isEmpty,
+              let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: v.shape.count),
+              !l.layer.outputs.contains(where: \.isEmpty) else { return nil }
+        var parts: [(String, [Int])] = []
+        for name in l.layer.outputs {
+            let (t, shape) = try l.plan.type(of: name)
+            guard t == v.dataType, shape.count == v.shape.count, shape.allSatisfy({ $0 > 0 }) else { return nil }
+            parts.append((name, shape))
+        }
+        guard parts.reduce(0, { $0 + $1.1[axis] }) == v.shape[axis] else { return nil }
+        let x = try l.plan.plain(v)
+        let strides = ShapeMath.strides(v.shape)
+        var start = 0
+        for (name, shape) in parts {
+            let view = try stridedDescriptor(shape, strides: strides, v.dataType)
+            let source = l.plan.alias(name + "#view", of: x, type: v.dataType, shape: shape, layout: view, byteOffset: start * strides[axis] * v.dataType.byteSize)
+            let out = l.plan.newValue(name, v.dataType, shape)
+            let primitive = try reorderPrimitive(from: view, to: out.descriptor(), engine: l.plan.engine)
+            try l.emit(.splitCopy, PrimitiveStep(layer: l.layer.name, primitive: primitive,
+                                                 arguments: [(DNNL_ARG_FROM, source, view), (DNNL_ARG_TO, out, try out.descriptor())]))
+            start += shape[axis]
+        }
+        return l.decided(.splitCopy)
     }
 
     /// Reshape-like layers on a plain tensor are views: no step at all. A Reshape whose

@@ -14,11 +14,12 @@ enum ShapeKernelLowering {
         LoweringEntry(kind: .logical, ops: ["Not", "IsNaN"], output: .plain, lower: unary),
         LoweringEntry(kind: .expand, ops: ["Expand"], output: .plain, lower: expand),
         LoweringEntry(kind: .constantOfShape, ops: ["ConstantOfShape"], output: .plain, lower: constantOfShape),
+        LoweringEntry(kind: .pad, ops: ["Pad"], output: .plain, lower: pad),
         LoweringEntry(kind: .exactMath, ops: ["Log", "Pow", "Reciprocal", "Floor", "Ceil", "Erf"], output: .plain, lower: exactMath),
     ]
     /// Rows tried after the float kernels for the same ops.
     static let fallbacks = [
-        LoweringEntry(kind: .integerArithmetic, ops: ["Add", "Sub", "Mul", "Div"], output: .plain, lower: integerArithmetic),
+        LoweringEntry(kind: .integerArithmetic, ops: ["Add", "Sub", "Mul", "Div", "Max", "Min"], output: .plain, lower: integerArithmetic),
         LoweringEntry(kind: .dynamicSlice, ops: ["Slice"], output: .plain, lower: dynamicSlice),
         LoweringEntry(kind: .swiftConcat, ops: ["Concat"], output: .plain, lower: concat),
     ]
@@ -84,7 +85,7 @@ enum ShapeKernelLowering {
         return l.decided(.logical)
     }
 
-    /// Add, Sub, Mul, Div of int64 or int32 tensors with broadcasting, as the reference computes them.
+    /// Add, Sub, Mul, Div, Max, Min of int64 or int32 tensors with broadcasting, as the reference computes them.
     static func integerArithmetic(_ l: LayerLowering) throws -> LayerDecision? {
         guard l.layer.inputs.count == 2, let a0 = try l.operand(0), let b0 = try l.operand(1), a0.dataType == b0.dataType, isInteger(a0.dataType),
               let (t, shape) = try? l.outputType(), t == a0.dataType, let walk = SwiftElementwise.Broadcast([a0.shape, b0.shape], to: shape) else { return nil }
@@ -221,5 +222,52 @@ enum ShapeKernelLowering {
             }
         })
         return l.decided(.exactMath)
+    }
+
+    /// Pad in constant mode with non-negative, constant pads: the output filled with the
+    /// value, then the input's rows copied into place.
+    static func pad(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType != .string, !v.shape.isEmpty, let (t, outShape) = try? l.outputType(), t == v.dataType,
+              try l.attributes.string("mode", "constant") == "constant" else { return nil }
+        let rank = v.shape.count
+        var pads: [Int]
+        var fill = 0.0
+        if l.layer.opset < 11 {
+            guard let p = try l.attributes.ints("pads") ?? l.attributes.ints("paddings") else { return nil }
+            pads = p
+            fill = Double(try l.attributes.float("value", 0))
+        } else {
+            guard let p = l.constant(1) else { return nil }
+            pads = p.int64s.map { Int($0) }
+            if l.present(2) { guard let c = l.constant(2), c.count == 1 else { return nil }; fill = c.double(at: 0) }
+            if l.present(3) {
+                guard let a = l.constant(3) else { return nil }
+                let axes = a.int64s.map { ShapeMath.normalizeAxis(Int($0), rank: rank) }
+                guard axes.allSatisfy({ $0 != nil }), pads.count == 2 * axes.count else { return nil }
+                var full = Array(repeating: 0, count: 2 * rank)
+                for (k, axis) in axes.enumerated() { full[axis!] = pads[k]; full[rank + axis!] = pads[axes.count + k] }
+                pads = full
+            }
+        }
+        guard pads.count == 2 * rank, pads.allSatisfy({ $0 >= 0 }), outShape == (0..<rank).map({ v.shape[$0] + pads[$0] + pads[rank + $0] }),
+              v.shape.allSatisfy({ $0 > 0 }) else { return nil }
+        let x = try l.plan.plain(v), size = t.byteSize
+        let value = try Tensor(t, shape: [1], doubles: [fill]).withHostBytes { Array($0) }
+        let out = l.plan.newValue(l.layer.outputs[0], t, outShape)
+        let outStrides = ShapeMath.strides(outShape), inShape = v.shape, row = inShape[rank - 1] * size
+        let rows = inShape.dropLast().reduce(1, *), total = outShape.reduce(1, *)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            let source = p.address(x), target = p.address(out)
+            value.withUnsafeBytes { v in for i in 0..<total { (target + i * size).copyMemory(from: v.baseAddress!, byteCount: size) } }
+            var index = Array(repeating: 0, count: rank - 1)
+            for r in 0..<rows {
+                var offset = pads[rank - 1]
+                for d in 0..<(rank - 1) { offset += (index[d] + pads[d]) * outStrides[d] }
+                (target + offset * size).copyMemory(from: source + r * row, byteCount: row)
+                var d = rank - 2
+                while d >= 0 { index[d] += 1; if index[d] < inShape[d] { break }; index[d] = 0; d -= 1 }
+            }
+        })
+        return l.decided(.pad)
     }
 }

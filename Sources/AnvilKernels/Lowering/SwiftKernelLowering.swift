@@ -49,19 +49,20 @@ enum SwiftKernelLowering {
         return l.decided(.outerSoftmax)
     }
 
-    /// Gather along axis 0 (embedding lookups): rows copied from the table, which a
-    /// constant table supplies in place from the engine file. Indices are checked at run time.
+    /// Gather (embedding lookups along axis 0, a class token along axis 1 …): for every
+    /// index of the outer dimensions, rows copied from the table, which a constant table
+    /// supplies in place from the engine file. Indices are checked at run time.
     static func gather(_ l: LayerLowering) throws -> LayerDecision? {
         guard l.present(0), l.present(1), let indices = try l.operand(1), indices.dataType == .int64 || indices.dataType == .int32,
               let (type, shape) = try? l.outputType(), type != .string else { return nil }
         let tableShape = l.isConstant(0) ? l.plan.constants.type(of: l.layer.inputs[0])?.1 : l.value(0)?.shape
-        guard let tableShape, !tableShape.isEmpty,
-              ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: tableShape.count) == 0,
-              shape == indices.shape + tableShape.dropFirst() else { return nil }
+        guard let tableShape, !tableShape.isEmpty, let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: tableShape.count),
+              shape == Array(tableShape[..<axis]) + indices.shape + Array(tableShape[(axis + 1)...]) else { return nil }
         guard let table = try l.operand(0), table.dataType == type else { return nil }
         let t = try l.plan.plain(table), i = try l.plan.plain(indices)
         let out = l.plan.newValue(l.layer.outputs[0], type, shape)
-        let rows = tableShape[0], rowBytes = tableShape.dropFirst().reduce(1, *) * type.byteSize, count = indices.shape.reduce(1, *)
+        let rows = tableShape[axis], rowBytes = tableShape[(axis + 1)...].reduce(1, *) * type.byteSize, count = indices.shape.reduce(1, *)
+        let outer = tableShape[..<axis].reduce(1, *)
         let wide = indices.dataType == .int64, name = l.layer.name
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [t, i], writes: [out]) { p in
             let source = p.address(t), target = p.address(out), index = p.address(i)
@@ -71,7 +72,9 @@ enum SwiftKernelLowering {
                 guard row >= 0, row < rows else {
                     throw AnvilError.invalidNode(node: name, op: "Gather", reason: "index \(row) is outside [-\(rows), \(rows - 1)]")
                 }
-                (target + k * rowBytes).copyMemory(from: source + row * rowBytes, byteCount: rowBytes)
+                for o in 0..<outer {
+                    (target + (o * count + k) * rowBytes).copyMemory(from: source + (o * rows + row) * rowBytes, byteCount: rowBytes)
+                }
             }
         })
         return l.decided(.gather)

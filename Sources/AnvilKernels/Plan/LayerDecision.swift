@@ -180,6 +180,10 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case swiftConcat = 35
     /// Log, Pow, Reciprocal, Floor, Ceil, Erf with the C library's functions.
     case exactMath = 36
+    /// A split along an inner axis: each part a strided reorder.
+    case splitCopy = 37
+    /// Pad in constant mode.
+    case pad = 38
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -187,7 +191,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .reference: .reference
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
-             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath: .swift
+             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad: .swift
         default: .onednn
         }
     }
@@ -230,6 +234,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .constantOfShape: "constant of shape"
         case .swiftConcat: "concat"
         case .exactMath: "math"
+        case .splitCopy: "split"
+        case .pad: "pad"
         }
     }
 }

@@ -98,7 +98,16 @@ enum SwiftElementwise {
                                   into y: UnsafeMutableRawPointer) {
         walk.walk { o, i, j, _ in
             let x = integer(a, i, type), z = integer(b, j, type)
-            store(op == "Add" ? x &+ z : op == "Sub" ? x &- z : op == "Mul" ? x &* z : Math.intDiv(x, z), y, o, type)
+            let r: Int64
+            switch op {
+            case "Add": r = x &+ z
+            case "Sub": r = x &- z
+            case "Mul": r = x &* z
+            case "Max": r = max(x, z)
+            case "Min": r = min(x, z)
+            default: r = Math.intDiv(x, z)
+            }
+            store(r, y, o, type)
         }
     }
 
