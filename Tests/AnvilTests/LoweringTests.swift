@@ -316,4 +316,25 @@ final class LoweringTests: XCTestCase {
             try check(g, ["x": try random(shape, &rng)], kind: .pad, opset: opset, "Pad \(shape) \(pads) opset \(opset)")
         }
     }
+
+    /// Linear Resize with half-pixel centres on oneDNN where the given scales are the
+    /// ratio of sizes (or sizes are given), against the reference.
+    func testLinearResizeOnOneDNN() throws {
+        var rng = SeededGenerator(seed: 21)
+        for (trial, transform) in ["half_pixel", "pytorch_half_pixel", "half_pixel", "half_pixel"].enumerated() {
+            let shape = [1, 3, 4, 6 + 2 * trial], factors: [Float] = [[2, 2], [1.5, 0.5], [0.5, 3], [2.5, 1]][trial]
+            let out = zip(shape[2...], factors).map { Int(Float($0) * $1) }
+            var inputs = ["x", "", "scales"], initializers = [("scales", try Tensor(floats: [1, 1] + zip(out, shape[2...]).map { Float($0) / Float($1) }, shape: [4]))]
+            if trial == 3 {
+                inputs = ["x", "", "", "sizes"]
+                initializers = [("sizes", try Tensor(int64s: ([1, 3] + out).map(Int64.init), shape: [4]))]
+            }
+            let g = Graph(name: "resize", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: "Resize", inputs: inputs, outputs: ["y"],
+                                       attributes: ["mode": .string("linear"), "coordinate_transformation_mode": .string(transform)])],
+                          initializers: initializers)
+            try check(g, ["x": try random(shape, &rng)], kind: .resize, exact: false, "linear resize \(shape) → \(out) \(transform)")
+        }
+    }
 }

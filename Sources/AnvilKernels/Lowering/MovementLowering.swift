@@ -56,22 +56,37 @@ enum MovementLowering {
         return l.decided(.concat)
     }
 
-    /// Nearest-neighbour upsampling by whole factors, where ONNX's coordinate
-    /// modes all pick source index ⌊o / factor⌋ as oneDNN's resampling does.
+    /// Nearest-neighbour upsampling by whole factors, where ONNX's coordinate modes all
+    /// pick source index ⌊o / factor⌋ as oneDNN's resampling does; linear resizing with
+    /// half-pixel centres to any size.
     static func resize(_ l: LayerLowering) throws -> LayerDecision? {
         guard l.layer.opset >= 11, let x = l.value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return nil }
         let a = l.attributes
-        guard try a.string("mode", "nearest") == "nearest", try a.int("antialias", 0) == 0 else { return nil }
+        let mode = try a.string("mode", "nearest")
+        guard mode == "nearest" || mode == "linear", try a.int("antialias", 0) == 0 else { return nil }
         let transform = try a.string("coordinate_transformation_mode", "half_pixel"), rounding = try a.string("nearest_mode", "round_prefer_floor")
-        let fits = (transform == "asymmetric" && rounding == "floor")
-            || (["half_pixel", "pytorch_half_pixel"].contains(transform) && rounding.hasPrefix("round"))
         let (_, outShape) = try l.outputType()
-        guard fits, outShape.count == x.shape.count, Array(outShape[0..<2]) == Array(x.shape[0..<2]),
-              zip(outShape[2...], x.shape[2...]).allSatisfy({ $1 > 0 && $0 % $1 == 0 && $0 >= $1 }) else { return nil }
+        guard outShape.count == x.shape.count, Array(outShape[0..<2]) == Array(x.shape[0..<2]), x.shape.allSatisfy({ $0 > 0 }) else { return nil }
+        if mode == "nearest" {
+            let fits = (transform == "asymmetric" && rounding == "floor")
+                || (["half_pixel", "pytorch_half_pixel"].contains(transform) && rounding.hasPrefix("round"))
+            guard fits, zip(outShape[2...], x.shape[2...]).allSatisfy({ $0 % $1 == 0 && $0 >= $1 }) else { return nil }
+        } else {
+            // oneDNN's linear resampling samples at half-pixel centres, clamped at the borders:
+            // ONNX's half_pixel, and pytorch_half_pixel where no output size is 1.
+            guard transform == "half_pixel" || (transform == "pytorch_half_pixel" && outShape[2...].allSatisfy({ $0 > 1 })) else { return nil }
+            // ONNX maps coordinates with the given scales, oneDNN with the ratio of sizes:
+            // the same only where the sizes are given, or the scales are exactly that ratio.
+            if !(l.present(3) && l.isConstant(3)) {
+                guard l.present(2), let scales = l.constant(2), scales.count == x.shape.count else { return nil }
+                for d in 2..<x.shape.count where Float(scales.double(at: d)) != Float(outShape[d]) / Float(x.shape[d]) { return nil }
+            }
+        }
         var src = try x.descriptor()
         var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
         var desc = dnnl_resampling_desc_t()
-        try check(dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference, dnnl_resampling_nearest, nil, &src, &dst), "describing the resize")
+        try check(dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference,
+                                                    mode == "linear" ? dnnl_resampling_linear : dnnl_resampling_nearest, nil, &src, &dst), "describing the resize")
         let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "resize")
         let dstLayout = primitive.query(dnnl_query_dst_md)
         let out = l.plan.newValue(l.layer.outputs[0], .float, outShape, layout: dstLayout)

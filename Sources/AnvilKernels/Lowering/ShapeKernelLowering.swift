@@ -15,6 +15,7 @@ enum ShapeKernelLowering {
         LoweringEntry(kind: .expand, ops: ["Expand"], output: .plain, lower: expand),
         LoweringEntry(kind: .constantOfShape, ops: ["ConstantOfShape"], output: .plain, lower: constantOfShape),
         LoweringEntry(kind: .pad, ops: ["Pad"], output: .plain, lower: pad),
+        LoweringEntry(kind: .argExtreme, ops: ["ArgMax", "ArgMin"], output: .plain, lower: argExtreme),
         LoweringEntry(kind: .exactMath, ops: ["Log", "Pow", "Reciprocal", "Floor", "Ceil", "Erf"], output: .plain, lower: exactMath),
     ]
     /// Rows tried after the float kernels for the same ops.
@@ -269,5 +270,34 @@ enum ShapeKernelLowering {
             }
         })
         return l.decided(.pad)
+    }
+
+    /// ArgMax / ArgMin along a constant axis of floats or integers, comparing as the
+    /// reference does (first index of the extreme, or the last with select_last_index).
+    static func argExtreme(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), [.float, .int64, .int32].contains(v.dataType), !v.shape.isEmpty,
+              let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: v.shape.count),
+              let (t, shape) = try? l.outputType(), t == .int64, shape.reduce(1, *) == v.count / max(v.shape[axis], 1), v.shape[axis] > 0 else { return nil }
+        let selectLast = try l.attributes.int("select_last_index", 0) != 0, isMax = l.op == "ArgMax", type = v.dataType
+        let outer = v.shape[..<axis].reduce(1, *), n = v.shape[axis], inner = v.shape[(axis + 1)...].reduce(1, *)
+        let x = try l.plan.plain(v)
+        let out = l.plan.newValue(l.layer.outputs[0], .int64, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            let source = p.address(x), target = p.address(out)
+            func value(_ i: Int) -> Double {
+                type == .float ? Double(source.load(fromByteOffset: 4 * i, as: Float.self)) : Double(SwiftElementwise.integer(source, i, type))
+            }
+            for o in 0..<outer {
+                for i in 0..<inner {
+                    var best = 0
+                    for k in 1..<n {
+                        let a = value((o * n + k) * inner + i), b = value((o * n + best) * inner + i)
+                        if isMax ? (a > b || (selectLast && a == b)) : (a < b || (selectLast && a == b)) { best = k }
+                    }
+                    target.storeBytes(of: Int64(best), toByteOffset: 8 * (o * inner + i), as: Int64.self)
+                }
+            }
+        })
+        return l.decided(.argExtreme)
     }
 }

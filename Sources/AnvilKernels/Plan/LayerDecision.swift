@@ -184,6 +184,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case splitCopy = 37
     /// Pad in constant mode.
     case pad = 38
+    /// ArgMax, ArgMin.
+    case argExtreme = 39
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -191,7 +193,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .reference: .reference
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
-             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad: .swift
+             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme: .swift
         default: .onednn
         }
     }
@@ -236,6 +238,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .exactMath: "math"
         case .splitCopy: "split"
         case .pad: "pad"
+        case .argExtreme: "arg max/min"
         }
     }
 }
