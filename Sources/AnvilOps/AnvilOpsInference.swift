@@ -10,7 +10,9 @@ func registerAnvilInference(_ b: inout RegistryBuilder) {
         b.infer([op], domain: anvilDomain) { ctx in
             guard let rule else { return [.unknown] }
             let opset = anvilStandardOps[op] ?? 17
-            return try rule(InferContext(node: ctx.node, opset: opset, inputs: Array(ctx.inputs.prefix(op == "FusedMatMul" ? 2 : ctx.inputs.count)), freshSymbol: ctx.freshSymbol))
+            var inner = InferContext(node: ctx.node, opset: opset, inputs: Array(ctx.inputs.prefix(op == "FusedMatMul" ? 2 : ctx.inputs.count)), freshSymbol: ctx.freshSymbol)
+            inner.unify = ctx.unify
+            return try rule(inner)
         }
     }
 }

@@ -23,6 +23,10 @@ func broadcastDims(_ all: [[Dim]], _ ctx: InferContext) throws -> [Dim] {
             case (.known, _): break
             case (_, .known): out[offset + i] = d
             case (.symbol(let a), .symbol(let b)) where a == b: break
+            case (.symbol(let a), .symbol(let b)):
+                // Two symbols broadcast together name one size in a valid model (neither is a
+                // literal 1): exporters give each input's axes their own names.
+                ctx.unify(a, b)
             default: out[offset + i] = .unknown
             }
         }

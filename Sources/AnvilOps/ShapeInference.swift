@@ -35,6 +35,9 @@ public struct InferContext {
     public let inputs: [ValueFacts?]
     /// Makes a fresh symbolic dimension for sizes only known at run time (NonZero's count).
     public let freshSymbol: () -> Dim
+    /// Records that two symbols are the same size (a broadcast of two symbolic sizes in a
+    /// valid model: exporters name each input's axes apart even when they must agree).
+    public var unify: (String, String) -> Void = { _, _ in }
     public var attributes: AttributeReader { AttributeReader(node: node) }
 
     public func fail(_ reason: String) -> AnvilError { .invalidNode(node: node.name, op: node.opType, reason: reason) }
@@ -64,13 +67,25 @@ public struct ShapeInference {
     /// Evaluate nodes whose inputs are all constant (small tensors only) to learn exact values.
     public var foldConstantsUpTo = 1 << 16
     private var symbolCounter = 0
+    /// Symbols known to be the same size, each mapped towards a representative.
+    private let equalSymbols = SymbolUnion()
 
     public init(model: Model) { self.model = model }
 
     /// Runs inference over the main graph; returns the facts of every value.
     @discardableResult
     public mutating func run() throws -> [String: ValueFacts] {
-        try infer(model.graph, outer: [:])
+        let facts = try infer(model.graph, outer: [:])
+        guard !equalSymbols.isEmpty else { return facts }
+        // Symbols unified along the way name one size: every type says so.
+        let union = equalSymbols
+        model.graph.forEachNodeRecursively { _, g in
+            for (name, t) in g.valueTypes { g.valueTypes[name] = union.normalized(t) }
+            for i in g.outputs.indices { g.outputs[i].type = union.normalized(g.outputs[i].type) }
+        }
+        for (name, t) in model.graph.valueTypes { model.graph.valueTypes[name] = union.normalized(t) }
+        for i in model.graph.outputs.indices { model.graph.outputs[i].type = union.normalized(model.graph.outputs[i].type) }
+        return facts.mapValues { union.normalized($0) }
     }
 
     /// Infers a graph given the facts of values visible from enclosing scopes.
@@ -90,7 +105,7 @@ public struct ShapeInference {
         }
         for node in graph.nodes {
             let opset = model.opsetVersion(domain: node.domain) ?? 0
-            let inputs: [ValueFacts?] = node.inputs.map { $0.isEmpty ? nil : facts[$0] ?? .unknown }
+            let inputs: [ValueFacts?] = node.inputs.map { $0.isEmpty ? nil : equalSymbols.normalized(facts[$0] ?? .unknown) }
             var outputs = try inferNode(node, opset: opset, inputs: inputs, scope: facts)
             while outputs.count < node.outputs.count { outputs.append(.unknown) }
             for (name, var out) in zip(node.outputs, outputs) where !name.isEmpty {
@@ -150,10 +165,12 @@ public struct ShapeInference {
         }
         guard let rule = def.infer else { return node.outputs.map { _ in .unknown } }
         var counter = symbolCounter
-        let context = InferContext(node: node, opset: opset, inputs: inputs) {
+        var context = InferContext(node: node, opset: opset, inputs: inputs) {
             counter += 1
             return .symbol("\(node.name):\(counter)")
         }
+        let union = equalSymbols
+        context.unify = { union.unite($0, $1) }
         let result = try rule(context)
         symbolCounter = counter
         return result
@@ -191,4 +208,41 @@ public func unify(_ a: TensorType, _ b: TensorType) -> TensorType {
     let element = a.elementType == b.elementType ? a.elementType : nil
     guard let da = a.dims, let db = b.dims, da.count == db.count else { return TensorType(element, nil) }
     return TensorType(element, zip(da, db).map { $0 == $1 ? $0 : .unknown })
+}
+
+/// Symbols that name the same size (union-find), with the first-seen name of each set
+/// as its representative.
+final class SymbolUnion {
+    private var parent: [String: String] = [:]
+
+    var isEmpty: Bool { parent.isEmpty }
+
+    func find(_ s: String) -> String {
+        var r = s
+        while let p = parent[r], p != r { r = p }
+        return r
+    }
+
+    func unite(_ a: String, _ b: String) {
+        let (x, y) = (find(a), find(b))
+        if x != y { parent[y] = x }
+    }
+
+    func normalized(_ d: Dim) -> Dim {
+        if case .symbol(let s) = d { return .symbol(find(s)) }
+        return d
+    }
+
+    func normalized(_ t: TensorType) -> TensorType {
+        guard !parent.isEmpty, let dims = t.dims else { return t }
+        return TensorType(t.elementType, dims.map(normalized))
+    }
+
+    func normalized(_ f: ValueFacts) -> ValueFacts {
+        guard !parent.isEmpty else { return f }
+        var out = f
+        out.type = normalized(f.type)
+        out.dims = f.dims?.map(normalized)
+        return out
+    }
 }

@@ -86,4 +86,20 @@ final class SymbolicShapeTests: XCTestCase {
             try PassTesting.assertPreservesOutputs(build, Pipelines.standard, inputs: ["x": x])
         }
     }
+
+    /// Exporters name each input's dynamic axes apart (input_ids_d1, token_type_ids_d1);
+    /// a broadcast of two of them says they are one size, and every type then says so.
+    func testSymbolsABroadcastEquatesAreUnified() throws {
+        let g = Graph(name: "g", inputs: [ValueInfo(name: "a", type: TensorType(.float, [.symbol("a_d0"), .known(4)])),
+                                          ValueInfo(name: "b", type: TensorType(.float, [.symbol("b_d0"), .known(4)]))],
+                      outputs: [ValueInfo(name: "y", type: .unknown)],
+                      nodes: [Node(name: "relu", opType: "Relu", inputs: ["b"], outputs: ["r"]),
+                              Node(name: "add", opType: "Add", inputs: ["a", "r"], outputs: ["y"])])
+        let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        var inference = ShapeInference(model: m)
+        let facts = try inference.run()
+        XCTAssertEqual(facts["y"]?.type, TensorType(.float, [.symbol("a_d0"), .known(4)]))
+        XCTAssertEqual(facts["r"]?.type, TensorType(.float, [.symbol("a_d0"), .known(4)]), "the Relu's output, inferred before the Add, is renamed too")
+        XCTAssertEqual(m.graph.valueTypes["r"], TensorType(.float, [.symbol("a_d0"), .known(4)]))
+    }
 }
