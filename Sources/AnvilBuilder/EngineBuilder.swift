@@ -99,8 +99,8 @@ public struct EngineBuilder {
     /// The input shapes an engine is compiled for at build time: the profile's optimal
     /// shapes, else the declared ones with a dynamic batch of 1 and other dynamic sizes of `size`.
     func sampleShapes(_ g: Graph, size: Int) -> [String: [Int]] {
-        var shapes: [String: [Int]] = [:]
-        for input in g.runtimeInputs { shapes[input.name] = profile.opt[input.name] ?? ShapeProfile.sample(input.type.dims ?? [], size: size) }
+        var shapes = ShapeProfile.samples(g.runtimeInputs.map { ($0.name, $0.type.dims ?? []) }, size: size)
+        for (name, opt) in profile.opt { shapes[name] = opt }
         return shapes
     }
 

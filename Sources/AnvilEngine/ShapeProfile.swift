@@ -9,10 +9,23 @@ public struct ShapeProfile: Equatable, Sendable {
     /// for the windows of typical vision and sequence models, small enough to be quick.
     public static let sampleSize = 64
 
-    /// A concrete shape for declared dims with `size` for every dynamic one but a leading
-    /// batch dimension, which is 1.
-    public static func sample(_ dims: [Dim], size: Int = sampleSize) -> [Int] {
-        dims.enumerated().map { i, d in d.value ?? (i == 0 ? 1 : size) }
+    /// Concrete shapes for inputs' declared dims: a dynamic batch (a dimension that leads
+    /// some input) is 1, every other dynamic size `size`; a symbol gets one size wherever
+    /// it appears, so inputs that share it stay consistent (a state [2, batch, 128]).
+    public static func samples(_ inputs: [(name: String, dims: [Dim])], size: Int = sampleSize) -> [String: [Int]] {
+        var leading = Set<String>()
+        for input in inputs { if case .symbol(let s)? = input.dims.first { leading.insert(s) } }
+        var shapes: [String: [Int]] = [:]
+        for input in inputs {
+            shapes[input.name] = input.dims.enumerated().map { i, d in
+                switch d {
+                case .known(let v): v
+                case .symbol(let s): leading.contains(s) ? 1 : size
+                case .unknown: i == 0 ? 1 : size
+                }
+            }
+        }
+        return shapes
     }
 
     public var min: [String: [Int]] = [:]

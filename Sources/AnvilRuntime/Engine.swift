@@ -88,11 +88,12 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Inputs of the build-time (optimal) shapes, zero-filled; dynamic dimensions
-    /// without a profile get `ShapeProfile.sample`'s sizes (batch 1, others 64).
+    /// without a profile get `ShapeProfile.samples`' sizes (batch 1, others 64).
     public func sampleInputs() throws -> [String: Tensor] {
         var inputs: [String: Tensor] = [:]
+        let samples = ShapeProfile.samples(graph.inputs.map { ($0.name, $0.type.dims ?? []) })
         for (name, type) in graph.inputs {
-            let shape = profile.opt[name] ?? graph.valueTypes[name]?.concreteShape ?? ShapeProfile.sample(type.dims ?? [])
+            let shape = profile.opt[name] ?? graph.valueTypes[name]?.concreteShape ?? samples[name] ?? []
             inputs[name] = try Tensor.zeros(type.elementType ?? .float, shape: shape)
         }
         return inputs

@@ -94,6 +94,13 @@ struct EngineReport: Encodable {
         self.bytes = bytes
         let plan = compiled.plan, failure = compiled.planFailure
         let types = engine.graph.valueTypes
+        /// A layer's precision: its decision's for floating-point outputs, else the output's
+        /// element type (integer and boolean layers compute in their own types).
+        func precision(_ l: Layer, _ decision: LayerDecision?) -> String {
+            if let output = l.outputs.first(where: { !$0.isEmpty }), let element = plan?.dataType(of: output) ?? types[output]?.elementType,
+               !element.isFloatingPoint { return element.description.uppercased() }
+            return (decision?.precision ?? .fp32).description
+        }
         func tensor(_ name: String, declared: TensorType? = nil) -> Tensor {
             let dims = plan?.shape(of: name).map { $0.map(String.init) } ?? (declared ?? types[name])?.dims?.map(\.description) ?? ["?"]
             let type = (declared ?? types[name])?.elementType
@@ -119,7 +126,7 @@ struct EngineReport: Encodable {
                              outputs: l.outputs.filter { !$0.isEmpty }.map { tensor($0) },
                              kernel: decision?.description ?? "undecided", tacticName: compiled.implementations[l.name] ?? "reference",
                              slowPath: decision.map { $0.isSlowPath ? $0.slowPathReason ?? "reference kernel" : nil } ?? "undecided",
-                             precision: (decision?.precision ?? .fp32).description,
+                             precision: precision(l, decision),
                              weights: weights.isEmpty ? nil : Weights(type: weights[0].dataType.description, count: weights.reduce(0) { $0 + $1.count }, bytes: weightBytes),
                              metadata: l.fusedFrom.joined(separator: " + "), fusedFrom: l.fusedFrom)
         }

@@ -464,6 +464,9 @@ public final class ExecutionPlan {
     /// The shape a value has in this plan.
     public func shape(of name: String) -> [Int]? { values[name]?.shape }
 
+    /// The element type a value has in this plan.
+    public func dataType(of name: String) -> DataType? { values[name]?.dataType }
+
     /// The layout a value has in this plan.
     func layout(of name: String) -> Layout? { values[name].map { Layout.of($0.layout, shape: $0.shape) } }
 
