@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilEngine
 import AnvilIR
 import AnvilOps
 import AnvilPasses
@@ -101,5 +102,16 @@ final class SymbolicShapeTests: XCTestCase {
         XCTAssertEqual(facts["y"]?.type, TensorType(.float, [.symbol("a_d0"), .known(4)]))
         XCTAssertEqual(facts["r"]?.type, TensorType(.float, [.symbol("a_d0"), .known(4)]), "the Relu's output, inferred before the Add, is renamed too")
         XCTAssertEqual(m.graph.valueTypes["r"], TensorType(.float, [.symbol("a_d0"), .known(4)]))
+    }
+
+    /// Shapes an engine is compiled and benchmarked for without shape arguments: a batch
+    /// (leading some input) is 1 wherever it appears, other dynamic sizes 64.
+    func testSampleShapesAreConsistentAcrossInputs() {
+        let samples = ShapeProfile.samples([("input", [.symbol("batch"), .symbol("samples")]),
+                                            ("state", [.known(2), .symbol("batch"), .known(128)]),
+                                            ("image", [.unknown, .known(3), .symbol("h"), .unknown])])
+        XCTAssertEqual(samples["input"], [1, 64])
+        XCTAssertEqual(samples["state"], [2, 1, 128])
+        XCTAssertEqual(samples["image"], [1, 3, 64, 64])
     }
 }
