@@ -218,9 +218,20 @@ enum SwiftElementwise {
     /// Where(condition, x, y), broadcast; elements of `size` bytes.
     static func select(_ condition: UnsafeRawPointer, _ x: UnsafeRawPointer, _ y: UnsafeRawPointer, size: Int, _ walk: Broadcast,
                        into out: UnsafeMutableRawPointer) {
-        walk.walk { o, c, i, j in
-            let pick = condition.load(fromByteOffset: c, as: UInt8.self) != 0
-            (out + o * size).copyMemory(from: pick ? x + i * size : y + j * size, byteCount: size)
+        walk.rows { o, c, i, j, count, sc, si, sj in
+            if size == 4 {
+                // Floats and int32s: typed loads, no copy call per element.
+                let px = x.assumingMemoryBound(to: UInt32.self), py = y.assumingMemoryBound(to: UInt32.self)
+                let po = out.assumingMemoryBound(to: UInt32.self)
+                for k in 0..<count {
+                    po[o + k] = condition.load(fromByteOffset: c + k * sc, as: UInt8.self) != 0 ? px[i + k * si] : py[j + k * sj]
+                }
+                return
+            }
+            for k in 0..<count {
+                let pick = condition.load(fromByteOffset: c + k * sc, as: UInt8.self) != 0
+                (out + (o + k) * size).copyMemory(from: pick ? x + (i + k * si) * size : y + (j + k * sj) * size, byteCount: size)
+            }
         }
     }
 }
