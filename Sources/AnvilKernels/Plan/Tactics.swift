@@ -216,15 +216,17 @@ extension ConvolutionSpec {
     /// them alike: rounds visit every candidate in a rotating order, each round keeping a
     /// candidate's best of two runs; a candidate's time is its minimum over rounds (load
     /// only ever adds time). At least three rounds, more (up to eight) while the last three
-    /// rounds disagree on the winner. A candidate whose warm-up takes three times the
-    /// fastest warm-up is dropped; one oneDNN runs only on its reference implementation,
-    /// or does not implement, is never a candidate. Entries record the layouts each reads and writes.
+    /// rounds disagree on the winner. A candidate whose warm-up (its second run: the first
+    /// pays one-time costs) takes three times the fastest warm-up is dropped; one oneDNN
+    /// runs only on its reference implementation, or does not implement, is never a
+    /// candidate. Entries record the layouts each reads and writes.
     func timeInterleaved(_ tactics: [ConvolutionTactic], engine: DNNLEngine, stream: DNNLStream) -> [ConvolutionTactic: TimingCache.Entry] {
         var trials: [(Trial, warmUp: Double)] = []
         for tactic in tactics {
             guard let conv = try? make(tactic, engine: engine), !conv.kernel.primitive.isReference else { continue }
             let trial = Trial(tactic, conv)
-            guard let warmUp = try? trial.once(stream) else { continue }
+            // The first run pays one-time costs (page faults on fresh buffers, cold code): the second is the warm-up that counts.
+            guard (try? trial.once(stream)) != nil, let warmUp = try? trial.once(stream) else { continue }
             trials.append((trial, warmUp))
         }
         guard let fastest = trials.map(\.warmUp).min() else { return [:] }
