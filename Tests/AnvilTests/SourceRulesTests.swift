@@ -28,12 +28,15 @@ final class SourceRulesTests: XCTestCase {
         // The raw values are bytes, so `Layout(rawValue: "nhwc")` cannot even compile.
         XCTAssertTrue(Layout.RawValue.self == UInt8.self && Precision.RawValue.self == UInt8.self
                       && KernelKind.RawValue.self == UInt8.self && Algorithm.RawValue.self == UInt8.self)
-        let forbidden = ["\"onednn", ".tactic.", "tactic: String", "ActivationLayout", "ChannelLayout", "layoutClass(",
+        let forbidden = ["\"onednn", "tactic.hasPrefix", "tactic.split", "tactic: String", "ActivationLayout", "ChannelLayout", "layoutClass(",
                          "Layout(rawValue: String", "$0.contains(\"avx"]
+        // A layer's tactic as a property (the old string) exists no more.
+        let layerTactic = try NSRegularExpression(pattern: #"\b(layer|l|layers\[[^\]]*\])\.tactic\b"#)
         for (path, text) in try sources() {
             for pattern in forbidden {
                 XCTAssertFalse(text.contains(pattern), "\(path) contains \(pattern)")
             }
+            XCTAssertNil(layerTactic.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)), "\(path) reads a layer's tactic")
         }
     }
 

@@ -148,17 +148,12 @@ public enum TacticSelector {
     /// one (oneDNN's own layout choice first, Winograd, which rounds differently, last).
     public static func choose(_ costs: [(cost: Double, tactic: ConvolutionTactic, destination: Layout)]) -> (cost: Double, tactic: ConvolutionTactic, destination: Layout)? {
         guard let fastest = costs.map(\.cost).min() else { return nil }
-        let preference = { (c: (cost: Double, tactic: ConvolutionTactic, destination: Layout)) in (c.tactic as ConvolutionTactic).preference }
-        return costs.filter { $0.cost <= fastest * (1 + tie) }.min { (preference($0), $0.cost) < (preference($1), $1.cost) }
+        return costs.filter { $0.cost <= fastest * (1 + tie) }.min { ($0.tactic.preference, $0.cost) < ($1.tactic.preference, $1.cost) }
     }
 
-    /// Best of five runs, after one warm-up; a candidate whose warm-up already takes
-    /// longer than `limit` (three times the best so far) is not timed further.
-    static func bestTime(limit: Double = .infinity, _ body: () throws -> Void) throws -> Double {
-        let start = DispatchTime.now().uptimeNanoseconds
+    /// Best of five runs, after one warm-up (reorders between layouts).
+    static func bestTime(_ body: () throws -> Void) throws -> Double {
         try body()
-        let warmUp = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        if warmUp > limit { return warmUp }
         var best = Double.infinity
         for _ in 0..<5 {
             let start = DispatchTime.now().uptimeNanoseconds
