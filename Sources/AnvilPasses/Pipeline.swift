@@ -13,6 +13,7 @@ public enum Pipelines {
             EliminateCommonSubexpressions(),
             DeduplicateConstants(),
             FoldBatchNormAndScales(),
+            FoldPadIntoConv(),
             RecognizeActivations(),
             RecognizeNormalizations(),
             RecognizeAttention(),

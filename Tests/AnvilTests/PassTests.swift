@@ -1,5 +1,6 @@
 import AnvilCore
 import AnvilIR
+import AnvilKernels
 import AnvilONNX
 import AnvilOps
 import AnvilPasses
@@ -157,6 +158,60 @@ final class FoldScaleTests: XCTestCase {
         try PassTesting.assertGolden(text, "batchnorm-into-conv")
         XCTAssertEqual(m.graph.nodes.map(\.opType), ["Conv"])
         try PassTesting.assertPreservesOutputs(build, [FoldBatchNormAndScales(), EliminateDeadCode()])
+    }
+
+    /// Conv(Pad(x)) with the pads TensorFlow's SAME padding writes (bottom/right only before
+    /// a stride-2 convolution): the pad joins the convolution's own, asymmetric pads.
+    func padConv(opset: Int = 17, pads: [Int64] = [0, 0, 0, 0, 0, 0, 1, 1], value: Float? = nil, mode: String? = nil,
+                 axes: [Int64]? = nil) -> Model {
+        var b = GraphBuilder()
+        var padInputs = ["x"]
+        var attributes: [String: Attribute] = mode.map { ["mode": .string($0)] } ?? [:]
+        if opset < 11 {
+            attributes["pads"] = .ints(pads)
+            if let value { attributes["value"] = .float(value) }
+        } else {
+            b.initializers.append(("pads", try! Tensor(int64s: pads, shape: [pads.count])))
+            padInputs.append("pads")
+            if let value { padInputs.append(b.const([value], [])) } else if axes != nil { padInputs.append("") }
+            if let axes { b.initializers.append(("axes", try! Tensor(int64s: axes, shape: [axes.count]))); padInputs.append("axes") }
+        }
+        let padded = b.op("Pad", padInputs, attributes)
+        let w = b.const((0..<54).map { Float(($0 * 7) % 11) / 10 - 0.5 }, [2, 3, 3, 3])
+        let y = b.op("Conv", [padded, w, b.const([0.1, -0.1], [2])], ["strides": .ints([2, 2]), "pads": .ints([1, 0, 0, 0])])
+        return b.model(input: [1, 3, 7, 6], output: y, opset: opset)
+    }
+
+    func testZeroPadFoldsIntoConvPads() throws {
+        let passes: [any Pass] = [FoldPadIntoConv(), EliminateDeadCode()]
+        let cases: [(String, () -> Model)] = [
+            ("opset 17", { self.padConv() }),
+            ("opset 10 attributes", { self.padConv(opset: 10) }),
+            ("explicit zero value", { self.padConv(value: 0) }),
+            ("opset 18 axes", { self.padConv(opset: 18, pads: [2, 0, 1, 3], axes: [2, -1]) }),
+        ]
+        for (label, build) in cases {
+            let m = build()
+            _ = try PassTesting.optimized(m, passes)
+            XCTAssertEqual(m.graph.nodes.map(\.opType), ["Conv"], label)
+            try PassTesting.assertPreservesOutputs(build, passes)
+        }
+        let m = padConv(opset: 18, pads: [2, 0, 1, 3], axes: [2, -1])
+        _ = try PassTesting.optimized(m, passes)
+        XCTAssertEqual(try AttributeReader(node: m.graph.nodes[0]).ints("pads"), [3, 0, 1, 3])
+    }
+
+    func testPadsThatAreNotConvPaddingStay() throws {
+        let cases: [(String, Model)] = [
+            ("non-zero value", padConv(value: 1)),
+            ("reflect mode", padConv(mode: "reflect")),
+            ("channel axis padded", padConv(pads: [0, 1, 0, 0, 0, 0, 1, 1])),
+            ("negative pad crops", padConv(pads: [0, 0, 0, 0, 0, 0, -1, 1])),
+        ]
+        for (label, m) in cases {
+            _ = try PassTesting.optimized(m, [FoldPadIntoConv(), EliminateDeadCode()])
+            XCTAssertEqual(m.graph.nodes.map(\.opType), ["Pad", "Conv"], label)
+        }
     }
 }
 

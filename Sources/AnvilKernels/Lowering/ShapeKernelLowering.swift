@@ -164,10 +164,7 @@ enum ShapeKernelLowering {
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [target], writes: [out]) { p in
             let wanted = ints(target, p)
             guard wanted == shape else { throw PlanMismatch(layer: name, value: output, planned: shape, actual: wanted) }
-            let base = p.address(out)
-            bytes.withUnsafeBytes { value in
-                for i in 0..<count { (base + i * value.count).copyMemory(from: value.baseAddress!, byteCount: value.count) }
-            }
+            SwiftKernels.fill(p.address(out), count: count, with: bytes)
         })
         return l.decided(.constantOfShape)
     }
@@ -259,7 +256,7 @@ enum ShapeKernelLowering {
         let rows = inShape.dropLast().reduce(1, *), total = outShape.reduce(1, *)
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
             let source = p.address(x), target = p.address(out)
-            value.withUnsafeBytes { v in for i in 0..<total { (target + i * size).copyMemory(from: v.baseAddress!, byteCount: size) } }
+            SwiftKernels.fill(target, count: total, with: value)
             var index = Array(repeating: 0, count: rank - 1)
             for r in 0..<rows {
                 var offset = pads[rank - 1]

@@ -9,6 +9,30 @@ enum SwiftKernels {
     /// A pointer handed to worker threads that write disjoint ranges.
     struct UnsafeSendable<T>: @unchecked Sendable { let pointer: UnsafePointer<T>; init(_ p: UnsafePointer<T>) { pointer = p } }
 
+    /// `count` elements at `target`, each a copy of `value` (one element's bytes): zeros
+    /// by memset, 1/2/4/8-byte values by typed stores, other sizes by doubling copies.
+    static func fill(_ target: UnsafeMutableRawPointer, count: Int, with value: [UInt8]) {
+        let size = value.count
+        guard count > 0, size > 0 else { return }
+        if value.allSatisfy({ $0 == 0 }) { memset(target, 0, count * size); return }
+        value.withUnsafeBytes { v in
+            switch size {
+            case 1: memset(target, Int32(v[0]), count)
+            case 2: target.bindMemory(to: UInt16.self, capacity: count).update(repeating: v.loadUnaligned(as: UInt16.self), count: count)
+            case 4: target.bindMemory(to: UInt32.self, capacity: count).update(repeating: v.loadUnaligned(as: UInt32.self), count: count)
+            case 8: target.bindMemory(to: UInt64.self, capacity: count).update(repeating: v.loadUnaligned(as: UInt64.self), count: count)
+            default:
+                target.copyMemory(from: v.baseAddress!, byteCount: size)
+                var filled = 1
+                while filled < count {
+                    let n = min(filled, count - filled)
+                    (target + filled * size).copyMemory(from: target, byteCount: n * size)
+                    filled += n
+                }
+            }
+        }
+    }
+
     /// Mean over the spatial dimensions of `[N, C, spatial…]` into plain `[N, C, 1…]`.
     static func globalAveragePool(_ x: UnsafePointer<Float>, layout: Layout, n: Int, c: Int, spatial: Int, into y: UnsafeMutablePointer<Float>) {
         let scale = 1 / Float(spatial)
