@@ -381,3 +381,60 @@ extension PlanTests {
         }
     }
 }
+
+extension PlanTests {
+    /// A DenseNet block: every layer concatenates the block's input with all features so
+    /// far, normalizes, and convolves. With the features in nChw16c each is written once,
+    /// straight into one buffer that every concatenation views (no concat step); layers
+    /// that could work in place on a concatenation must not, since later concatenations
+    /// and a later reader of the block's input still read its bytes.
+    func testDenseBlockConcatenationsNestInOneBuffer() throws {
+        var rng = SeededGenerator(seed: 121)
+        let h = 6, w = 7, growth = 16
+        var initializers: [(String, Tensor)] = [("w0", try random([growth, 16, 3, 3], &rng)), ("one", try Tensor(floats: [1], shape: [1]))]
+        var nodes = [Node(name: "conv0", opType: "Conv", inputs: ["x", "w0"], outputs: ["f0"], attributes: ["pads": .ints([1, 1, 1, 1])])]
+        var features = ["f0"]
+        for k in 1...3 {
+            let channels = growth * features.count
+            let input: String
+            if features.count == 1 {
+                input = "f0"
+            } else {
+                input = "cat\(k)"
+                nodes.append(Node(name: "concat\(k)", opType: "Concat", inputs: features, outputs: [input], attributes: ["axis": .int(1)]))
+            }
+            let variance = try Tensor(floats: (0..<channels).map { _ in Float.random(in: 0.5...2, using: &rng) }, shape: [channels])
+            initializers += [("s\(k)", try random([channels], &rng)), ("t\(k)", try random([channels], &rng)), ("m\(k)", try random([channels], &rng)),
+                             ("v\(k)", variance), ("w\(k)", try random([growth, channels, 3, 3], &rng))]
+            nodes.append(Node(name: "bn\(k)", opType: "BatchNormalization", inputs: [input, "s\(k)", "t\(k)", "m\(k)", "v\(k)"], outputs: ["n\(k)"]))
+            nodes.append(Node(name: "relu\(k)", opType: "Relu", inputs: ["n\(k)"], outputs: ["r\(k)"]))
+            nodes.append(Node(name: "conv\(k)", opType: "Conv", inputs: ["r\(k)", "w\(k)"], outputs: ["f\(k)"], attributes: ["pads": .ints([1, 1, 1, 1])]))
+            features.append("f\(k)")
+        }
+        nodes.append(Node(name: "concat4", opType: "Concat", inputs: features, outputs: ["y"], attributes: ["axis": .int(1)]))
+        nodes.append(Node(name: "late", opType: "Add", inputs: ["f0", "one"], outputs: ["z"]))
+        let g = Graph(name: "dense", inputs: [ValueInfo(name: "x", type: f([1, 16, h, w]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil)), ValueInfo(name: "z", type: TensorType(.float, nil))],
+                      nodes: nodes, initializers: initializers)
+        let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let x = try random([1, 16, h, w], &rng)
+        let expected = try ReferenceExecutor(model: m).run(["x": x])
+        let built = try EngineBuilder().build(m, name: "dense")
+        for layout in [Layout.blocked16, .plain, .channelsLast] {
+            let forced = try forcedPlan(built.graph, layout: layout, x: x)
+            for (e, a) in zip(expected, forced.outputs) {
+                let c = Comparison.compare(actual: a, expected: e.value, atol: 1e-4, rtol: 1e-3)
+                XCTAssertTrue(c.passed, "\(layout) \(e.name): \(c)\n\(forced.plan.stepDetails)")
+            }
+            let concatSteps = forced.plan.stepSummary.filter { $0.layer.hasPrefix("concat") }
+            switch layout {
+            case .blocked16, .plain: XCTAssertEqual(concatSteps.count, 0, "\(layout): \(forced.plan.stepDetails)")
+            default: break  // channels-last channel ranges are not contiguous: concatenations copy
+            }
+        }
+        let context = ExecutionContext(engine: try Engine(file: built.file, name: "dense.anvil"))
+        for (e, a) in zip(expected, try context.run(["x": x])) {
+            XCTAssertTrue(Comparison.compare(actual: a.value, expected: e.value, atol: 1e-4, rtol: 1e-3).passed, "timed tactics: \(e.name)")
+        }
+    }
+}

@@ -32,7 +32,7 @@ enum MovementLowering {
     /// brought to one layout first where their mix leaves oneDNN only its reference one.
     static func concat(_ l: LayerLowering) throws -> LayerDecision? {
         guard var (parts, axis, shape) = try concatParts(l) else { return nil }
-        if axis == 1, try l.plan.concatenateInPlace(parts, name: l.layer.outputs[0], shape: shape) { return l.decided(.concat) }
+        if axis == 1, try l.plan.concatenateInPlace(parts, name: l.layer.outputs[0], shape: shape, layer: l.layer.name) { return l.decided(.concat) }
         func make() throws -> DNNLPrimitive {
             var sources = try parts.map { try $0.descriptor() }
             var dst = try memoryDescriptor(shape, dnnl_format_tag_any)
@@ -267,44 +267,76 @@ extension ExecutionPlan {
         return ((c0 / b) * spatial * b * size, try memoryDescriptor(partShape, tag))
     }
 
-    /// Concatenation along channels with no copy: the parts' buffers are placed
-    /// inside the result's, each where its channels go. Applies when every part is
-    /// a batch-1 tensor in the same plain or channel-blocked layout, at block
-    /// boundaries, in a buffer of its own (or views of one, in order) that no other
-    /// part shares and that is not a graph input or a constant.
-    func concatenateInPlace(_ parts: [PlanValue], name: String, shape: [Int]) throws -> Bool {
-        guard shape[0] == 1, let first = parts.first else { return false }
-        let layout = Layout.of(first.layout, shape: first.shape)
-        // The result's layout, and where each part's channels start in it.
+    /// Concatenation along channels with (almost) no copy: the parts' buffers are
+    /// placed inside the result's, each where its channels go, so the layers that
+    /// produce them write straight into the result. A part that is itself inside an
+    /// earlier concatenation's result brings that whole result along (DenseNet's
+    /// blocks concatenate the same features again and again: each is written once).
+    /// The result takes the channel-blocked or plain layout that most of the parts'
+    /// bytes already have; parts in another layout, graph inputs, constants and
+    /// parts that cannot be placed are reordered into their slots. Batch 1 only (a
+    /// channel range is contiguous there); false when no part could be placed.
+    func concatenateInPlace(_ parts: [PlanValue], name: String, shape: [Int], layer: String) throws -> Bool {
+        guard shape[0] == 1, !parts.isEmpty else { return false }
+        // The layout of the result: among the parts' plain or channel-blocked layouts, the one holding the most bytes.
+        var weight: [Layout: Int] = [:]
+        for p in parts where p.buffer >= 0 && p.constant == nil {
+            let layout = Layout.of(p.layout, shape: p.shape)
+            if layout == .plain || layout.channelBlock != nil { weight[layout, default: 0] += p.byteCount }
+        }
+        guard let layout = weight.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key.rawValue > $1.key.rawValue) })?.key else { return false }
         let out: dnnl_memory_desc_t
         if layout == .plain {
             out = try plainDescriptor(shape)
         } else {
-            guard layout.channelBlock != nil, let tag = layout.formatTag(rank: shape.count) else { return false }
+            guard let tag = layout.formatTag(rank: shape.count) else { return false }
             out = try memoryDescriptor(shape, tag)
         }
         let result = PlanValue(name: name, dataType: .float, shape: shape, layout: Self.isPlain(out, shape) ? nil : out, buffer: -1)
-        var placements: [Int: Int] = [:]  // root buffer → byte offset inside the result
+        // Where each part's channels go, and where its root buffer would go for that.
+        var slots: [(slot: Int, descriptor: dnnl_memory_desc_t, root: Int, place: Int?)] = []
+        var placements: [Int: Int] = [:]
         var start = 0
         for p in parts {
             defer { start += p.shape[1] }
-            guard p.buffer >= 0, p.constant == nil, buffers[p.buffer].parent == nil, buffers[p.buffer].first >= 0,
-                  Layout.of(p.layout, shape: p.shape) == layout,
-                  let (slot, _) = try channelRange(result, from: start, count: p.shape[1]) else { return false }
-            // The part's own position inside its buffer (a split view) fixes where the buffer goes.
-            let place = slot - p.offset
-            if let existing = placements[p.buffer] { guard existing == place else { return false } } else { placements[p.buffer] = place }
+            guard let (slot, descriptor) = try channelRange(result, from: start, count: p.shape[1]) else { return false }
+            let (root, delta) = rootOf(p)
+            // The part's position inside its root buffer (a split view, an earlier result) fixes where the root goes.
+            let fits = p.buffer >= 0 && p.constant == nil && buffers[root].first >= 0 && Layout.of(p.layout, shape: p.shape) == layout
+                && slot - delta >= 0 && slot - delta + buffers[root].bytes <= result.byteCount
+            let place = fits && (placements[root] ?? (slot - delta)) == slot - delta ? slot - delta : nil
+            if let place, placements[root] == nil { placements[root] = place }
+            slots.append((slot, descriptor, root, place))
         }
-        // Whole buffers must fit and not overlap one another.
-        let spans = placements.map { (start: $0.value, end: $0.value + buffers[$0.key].bytes) }.sorted { $0.start < $1.start }
-        guard spans.allSatisfy({ $0.start >= 0 && $0.end <= result.byteCount }), zip(spans, spans.dropFirst()).allSatisfy({ $0.end <= $1.start }) else {
-            return false
+        // Whole root buffers must not overlap one another: the later ones are copied instead.
+        var end = 0
+        for (root, offset) in placements.sorted(by: { $0.value < $1.value }) {
+            if offset < end { placements[root] = nil } else { end = offset + buffers[root].bytes }
         }
+        let copies = zip(parts, slots).filter { part, s in s.place == nil || placements[s.root] != s.place }
+            .map { part, s in (part: part, slot: s.slot, descriptor: s.descriptor) }
+        guard !placements.isEmpty else { return false }
         let v = newValue(name, .float, shape, layout: out)
-        for (b, offset) in placements {
-            place(b, inside: v.buffer, at: offset)
-            addName(name, to: b)  // nothing overwrites a part while the result is read
+        for (root, offset) in placements {
+            place(root, inside: v.buffer, at: offset)
+            addName(name, to: root)  // nothing overwrites a part while the result is read
+        }
+        for (k, copy) in copies.enumerated() {
+            let slot = alias("\(name)#part\(k)", of: v, type: .float, shape: [1, copy.part.shape[1]] + shape[2...],
+                             layout: copy.descriptor, byteOffset: copy.slot)
+            let primitive = try reorderPrimitive(from: copy.part.descriptor(), to: copy.descriptor, engine: engine)
+            steps.append(PrimitiveStep(layer: layer, primitive: primitive,
+                                       arguments: [(DNNL_ARG_FROM, copy.part, try copy.part.descriptor()), (DNNL_ARG_TO, slot, copy.descriptor)],
+                                       implementation: "reorder"))
         }
         return true
+    }
+
+    /// The buffer at the top of `v`'s chain of placements, and `v`'s byte offset inside it.
+    func rootOf(_ v: PlanValue) -> (Int, Int) {
+        guard v.buffer >= 0 else { return (v.buffer, v.offset) }
+        var b = v.buffer, delta = v.offset
+        while let p = buffers[b].parent { delta += p.offset; b = p.buffer }
+        return (b, delta)
     }
 }

@@ -41,6 +41,8 @@ public final class ExecutionPlan {
     private var lastUse: [String: Int] = [:]
     private var plainCopies: [String: PlanValue] = [:]
     private var layerIndex = 0
+    /// Whether some buffer has been placed inside another (then `dies` checks whole trees).
+    private var nestedBuffers = false
     /// What the current layer's lowering changed, undone when it does not fit after all.
     private var journal: [JournalEntry] = []
     private enum JournalEntry { case value(String, PlanValue?), bufferName(Int), plainCopy(String), parent(Int) }
@@ -220,6 +222,7 @@ public final class ExecutionPlan {
     /// Places buffer `b` inside buffer `parent` at a byte offset.
     func place(_ b: Int, inside parent: Int, at offset: Int) {
         buffers[b].parent = (parent, offset)
+        nestedBuffers = true
         journal.append(.parent(b))
     }
 
@@ -232,9 +235,16 @@ public final class ExecutionPlan {
     }
 
     /// Whether nothing reads `v`'s storage after the current layer, so a layer may overwrite it.
+    /// A buffer placed inside another (a concatenation's part) shares bytes with the
+    /// whole tree of buffers under the same root: all of them must be dead.
     func dies(_ v: PlanValue) -> Bool {
         guard v.buffer >= 0, buffers[v.buffer].first >= 0 else { return false }
-        return buffers[v.buffer].names.allSatisfy { (lastUse[$0] ?? -1) <= layerIndex }
+        func dead(_ b: Int) -> Bool { buffers[b].names.allSatisfy { (lastUse[$0] ?? -1) <= layerIndex } }
+        guard dead(v.buffer) else { return false }
+        guard nestedBuffers else { return true }
+        func root(_ b: Int) -> Int { var b = b; while let p = buffers[b].parent { b = p.buffer }; return b }
+        let r = root(v.buffer)
+        return buffers.indices.allSatisfy { b in buffers[b].first < 0 || root(b) != r || dead(b) }
     }
 
     /// A constant as a plan value (plain, storage owned by the plan).
