@@ -156,15 +156,20 @@ final class PlanTests: XCTestCase {
     /// Attention on [batch, sequence, hidden] inputs with an additive mask, against the reference.
     func testPlannedAttentionMatchesTheReference() throws {
         var rng = SeededGenerator(seed: 99)
-        for trial in 0..<12 {
-            let heads = [1, 2, 4, 3][trial % 4], size = Int.random(in: 2...16, using: &rng)
-            let batch = trial % 3 == 0 ? 2 : 1, s = Int.random(in: 1...20, using: &rng), sk = trial % 2 == 0 ? s : Int.random(in: 1...20, using: &rng)
-            let maskShape = [[1, 1, 1, sk], [batch, 1, s, sk], [sk]][trial % 3]
-            let g = Graph(name: "attention", inputs: [ValueInfo(name: "q", type: f([batch, s, heads * size])), ValueInfo(name: "k", type: f([batch, sk, heads * size])),
-                                                      ValueInfo(name: "v", type: f([batch, sk, heads * size])), ValueInfo(name: "mask", type: f(maskShape))],
+        for trial in 0..<16 {
+            var heads = [1, 2, 4, 3][trial / 4 % 4], size = Int.random(in: 2...16, using: &rng)
+            var batch = trial % 3 == 0 ? 1 : 2 + trial % 4, s = Int.random(in: 1...20, using: &rng), sk = trial % 2 == 0 ? s : Int.random(in: 1...20, using: &rng)
+            // Swin-T's first stage: 64 windows of 49 tokens, 3 heads of 32.
+            if trial == 15 { (batch, heads, s, sk, size) = (64, 3, 49, 49, 32) }
+            // Swin's relative-position bias: one [heads, s, sk] mask over every window of the batch, in the 4-D form.
+            let maskShape = [[1, 1, 1, sk], [batch, 1, s, sk], [sk], [1, heads, s, sk]][trial % 4]
+            let fourD = trial % 4 == 3
+            let qShape = fourD ? [batch, heads, s, size] : [batch, s, heads * size], kShape = fourD ? [batch, heads, sk, size] : [batch, sk, heads * size]
+            let g = Graph(name: "attention", inputs: [ValueInfo(name: "q", type: f(qShape)), ValueInfo(name: "k", type: f(kShape)),
+                                                      ValueInfo(name: "v", type: f(kShape)), ValueInfo(name: "mask", type: f(maskShape))],
                           outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
                           nodes: [Node(name: "attention", opType: "Attention", inputs: ["q", "k", "v", "mask"], outputs: ["y"],
-                                       attributes: ["q_num_heads": .int(Int64(heads)), "kv_num_heads": .int(Int64(heads))])])
+                                       attributes: fourD ? [:] : ["q_num_heads": .int(Int64(heads)), "kv_num_heads": .int(Int64(heads))])])
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 23)])
             var inputs: [String: Tensor] = [:]
             for input in g.inputs { inputs[input.name] = try random(input.type.concreteShape!, &rng) }
@@ -436,5 +441,58 @@ extension PlanTests {
         for (e, a) in zip(expected, try context.run(["x": x])) {
             XCTAssertTrue(Comparison.compare(actual: a.value, expected: e.value, atol: 1e-4, rtol: 1e-3).passed, "timed tactics: \(e.name)")
         }
+    }
+}
+
+extension PlanTests {
+    /// Tactic choice counts the reorders a layout causes after a layer as well as before
+    /// it. With timings set by hand (a timing cache): a 1×1 convolution is a little
+    /// faster in NHWC, but the 3×3 convolution after it (through a Relu) runs only in
+    /// nChw16c fast, and the NHWC → nChw16c reorder between them costs more than the
+    /// difference: the first sweep, seeing only what comes before, picks NHWC; the
+    /// refinement sweeps move the 1×1 to nChw16c.
+    func testTacticsCountTheReordersTheirOutputLayoutCauses() throws {
+        var rng = SeededGenerator(seed: 5)
+        let c = 64, shape = [1, 64, 14, 14]
+        let g = Graph(name: "pair", inputs: [ValueInfo(name: "x", type: f(shape))], outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "a", opType: "Conv", inputs: ["x", "wa"], outputs: ["p"]),
+                              Node(name: "relu", opType: "Relu", inputs: ["p"], outputs: ["q"]),
+                              Node(name: "b", opType: "Conv", inputs: ["q", "wb"], outputs: ["y"], attributes: ["pads": .ints([1, 1, 1, 1])])],
+                      initializers: [("wa", try random([c, c, 1, 1], &rng)), ("wb", try random([c, c, 3, 3], &rng))])
+        var builder = EngineBuilder()
+        builder.optimize = false
+        let graph = try builder.build(Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)]), name: "pair").graph
+        let types: [String: (DataType, [Int])] = ["x": (.float, shape), "p": (.float, shape), "q": (.float, shape), "y": (.float, shape)]
+        let engine = try DNNLEngine()
+        // Measure once for the cache keys and the layouts each candidate reads and writes; then set the times.
+        let measured = TimingCache()
+        _ = TacticSelector.chooseConvolutionTactics(layers: graph.layers, constants: graph.constants, types: types, engine: engine,
+                                                    cache: measured, machine: "test", winograd: false)
+        var lines = ["# Anvil timing cache v2: seconds, source layout code, destination layout code, key"]
+        for (key, e) in measured.entries where key.hasPrefix("conv|") {
+            let isA = key.contains("[64, 64, 1, 1]")
+            let seconds: Double
+            switch (isA, key.split(separator: "|").last.map(String.init)) {
+            case (true, "nhwc"): seconds = 1.0
+            case (true, "nchw16c"): seconds = 1.2
+            case (false, "nchw16c"): seconds = 1.0
+            default: seconds = 5
+            }
+            lines.append("\(seconds)\t\(e.source.rawValue)\t\(e.destination.rawValue)\t\(key)")
+        }
+        for from in Layout.allCases { for to in Layout.allCases {
+            let seconds = from == .channelsLast && to == .blocked16 ? 0.5 : 0.1
+            lines.append("\(seconds)\t\(from.rawValue)\t\(to.rawValue)\treorder|test|\(shape)|\(from)|\(to)")
+        } }
+        let cache = try TimingCache(contentsOf: Array(lines.joined(separator: "\n").utf8), file: "cache")
+        let chosen = TacticSelector.chooseConvolutionTactics(layers: graph.layers, constants: graph.constants, types: types, engine: engine,
+                                                             cache: cache, machine: "test", winograd: false)
+        XCTAssertEqual(cache.measured, 0, "every time came from the cache")
+        XCTAssertEqual(chosen["b"]?.layout, .blocked16)
+        XCTAssertEqual(chosen["a"]?.layout, .blocked16, "the 1×1 convolution writes what the 3×3 reads")
+        // Without a reader that cares, NHWC stays the faster choice.
+        let alone = TacticSelector.chooseConvolutionTactics(layers: Array(graph.layers.prefix(2)), constants: graph.constants, types: types,
+                                                            engine: engine, cache: cache, machine: "test", winograd: false)
+        XCTAssertEqual(alone["a"]?.layout, .channelsLast)
     }
 }

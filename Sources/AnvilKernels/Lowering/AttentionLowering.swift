@@ -74,10 +74,12 @@ enum AttentionLowering {
         var qd = qView, kd = kView, sd = scoresDesc
         var desc1 = dnnl_matmul_desc_t()
         try check(dnnl_matmul_desc_init(&desc1, &qd, &kd, nil, &sd), "describing Q·Kᵀ")
-        let scoresPrimitive: DNNLPrimitive
+        // The mask as the matmul's post-op where oneDNN has a fast kernel for its broadcast, else added after it.
+        var scoresPrimitive: DNNLPrimitive
         var separateMask = false
         do {
             scoresPrimitive = try DNNLPrimitive(desc1, attributes: DNNLAttributes(scale: scale, add: maskDesc), engine: l.plan.engine, what: "attention scores")
+            if scoresPrimitive.isReference, maskDesc != nil { throw SlowImplementation(kind: .attention, implementation: scoresPrimitive.implementation) }
         } catch {
             guard maskDesc != nil else { throw error }
             scoresPrimitive = try DNNLPrimitive(desc1, attributes: DNNLAttributes(scale: scale), engine: l.plan.engine, what: "attention scores")

@@ -72,72 +72,133 @@ public final class TimingCache {
 
 /// Build-time tactic selection: each convolution is timed in every activation
 /// layout oneDNN offers for it (blocked as oneDNN prefers, plain NCHW, channels-last
-/// NHWC, nChw16c) and with Winograd where it applies, and the tactic with the
-/// smallest time, counting the reorder its input would need from the layout its
-/// producer chose, is kept.
+/// NHWC, nChw16c) and with Winograd where it applies. A tactic's cost is its time plus
+/// the reorders it causes: of its input, from the layout its producer writes, and of
+/// its output, into the layouts of the convolutions that read it (through layers
+/// that keep their input's layout: activations, normalizations, concatenations).
+/// A first sweep in layer order picks each tactic knowing only what comes before it;
+/// further sweeps revisit every choice against its neighbours' current ones, until no
+/// choice changes (coordinate descent on the whole network's modelled time).
 public enum TacticSelector {
+    /// Sweeps after the first that revisit choices against the layers after them.
+    static let refinements = 3
+
     /// The chosen tactic of every convolution oneDNN takes, by layer name. `types`
     /// gives every value's shape; `machine` names this CPU in the cache keys.
     public static func chooseConvolutionTactics(layers: [Layer], constants: ConstantStore, types: [String: (DataType, [Int])],
                                                 engine: DNNLEngine, cache: TimingCache, machine: String, winograd: Bool = true,
                                                 progress: ((Int, Int) -> Void)? = nil) -> [String: ConvolutionTactic] {
-        var layoutOf: [String: Layout] = [:]
-        var chosen: [String: ConvolutionTactic] = [:]
+        guard let stream = try? DNNLStream(engine: engine) else { return [:] }
+        var chosen: [String: (tactic: ConvolutionTactic, entry: TimingCache.Entry)] = [:]
+        var measured: [String: [(tactic: ConvolutionTactic, entry: TimingCache.Entry)]] = [:]
         let total = layers.filter { $0.opKey == "Conv" || $0.opKey == "anvil.FusedConv" }.count
         var done = 0
-        let stream = try? DNNLStream(engine: engine)
-        // Channel splits and concatenations are free (views) on plain and channel-blocked
-        // tensors, but need reorders of channels-last ones.
-        var consumers: [String: [String]] = [:]
-        for l in layers { for i in l.inputs { consumers[i, default: []].append(l.opType) } }
-        for layer in layers {
-            let input = layer.inputs.first ?? ""
-            let inputLayout = layoutOf[input] ?? .plain
-            guard layer.decision.map({ $0.kernel == .convolution }) ?? true, let stream, let (t, shape) = types[input], t == .float,
-                  let spec = try? ConvolutionSpec(layer, constants: constants, inputShape: shape) else {
-                for o in layer.outputs { layoutOf[o] = LoweringTable.outputLayout(of: layer, input: inputLayout) }
-                continue
-            }
-            // Every candidate's time: from the cache, or measured with the others of this layer, interleaved.
-            let candidates = ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group)
-                .filter { winograd || $0.algorithm != .winograd }
-            let key = { (tactic: ConvolutionTactic) in "conv|\(machine)|\(spec.timingKey)|\(tactic)" }
-            var entries: [ConvolutionTactic: TimingCache.Entry] = [:]
-            for tactic in candidates { if let e = cache.cached(key(tactic)) { entries[tactic] = e } }
-            let missing = candidates.filter { entries[$0] == nil }
-            if !missing.isEmpty {
-                for (tactic, e) in spec.timeInterleaved(missing, engine: engine, stream: stream) {
-                    entries[tactic] = e
-                    cache.store(key(tactic), e)
-                }
-            }
-            var costs: [(cost: Double, tactic: ConvolutionTactic, destination: Layout)] = []
-            for tactic in candidates {
-                guard let e = entries[tactic] else { continue }  // not implemented for these shapes, or only as oneDNN's reference
-                var cost = e.seconds
-                if e.source != inputLayout, let r = try? cache.entry("reorder|\(machine)|\(shape)|\(inputLayout)|\(e.source)", measure: {
-                    try timeReorder(shape, from: inputLayout, to: e.source, engine: engine, stream: stream)
-                }) {
-                    cost += r.seconds
-                }
-                if e.destination == .channelsLast, let output = layer.outputs.first, let (_, outShape) = types[output],
-                   consumers[output, default: []].contains(where: { $0 == "Split" || $0 == "Concat" }),
-                   let r = try? cache.entry("reorder|\(machine)|\(outShape)|\(Layout.channelsLast)|\(Layout.plain)", measure: {
-                       try timeReorder(outShape, from: .channelsLast, to: .plain, engine: engine, stream: stream)
-                   }) {
-                    cost += r.seconds
-                }
-                costs.append((cost, tactic, e.destination))
-            }
-            let best = choose(costs)
-            if let best {
-                chosen[layer.name] = best.tactic
-                for o in layer.outputs { layoutOf[o] = best.destination }
-            }
-            done += 1
-            progress?(done, total)
+        var readers: [String: [Layer]] = [:]
+        for l in layers { for i in Set(l.inputs) { readers[i, default: []].append(l) } }
+        func reorderSeconds(_ shape: [Int], _ from: Layout, _ to: Layout) -> Double {
+            guard from != to else { return 0 }
+            return (try? cache.entry("reorder|\(machine)|\(shape)|\(from)|\(to)", measure: {
+                try timeReorder(shape, from: from, to: to, engine: engine, stream: stream)
+            }))?.seconds ?? 0
         }
-        return chosen
+        /// The layouts the convolutions reading `value` (directly or through layout-keeping
+        /// layers) read, with their input shapes; and whether a channel split or
+        /// concatenation reads it (free on plain and blocked tensors only).
+        func downstream(of value: String) -> (convolutions: [([Int], Layout)], splitsOrConcats: Bool) {
+            var found: [([Int], Layout)] = []
+            var splits = false
+            var frontier = [value], seen: Set<String> = [value]
+            var depth = 0
+            while !frontier.isEmpty, depth < 16 {
+                depth += 1
+                var next: [String] = []
+                for v in frontier {
+                    for reader in readers[v] ?? [] {
+                        if let c = chosen[reader.name] {
+                            // Read as the convolution's input, or as the residual its output adds (in its output layout).
+                            if reader.inputs.first == v, let (_, shape) = types[v] { found.append((shape, c.entry.source)) }
+                            if residual(of: reader) == v, let (_, shape) = types[v] { found.append((shape, c.entry.destination)) }
+                            continue
+                        }
+                        if reader.opType == "Split" || reader.opType == "Concat" { splits = true }
+                        guard LoweringTable.outputLayout(of: reader, input: .blocked16) == .blocked16,
+                              LoweringTable.outputLayout(of: reader, input: .channelsLast) == .channelsLast else { continue }
+                        for o in reader.outputs where seen.insert(o).inserted { next.append(o) }
+                    }
+                }
+                frontier = next
+            }
+            return (found, splits)
+        }
+        for sweep in 0...refinements {
+            var layoutOf: [String: Layout] = [:]
+            var changed = false
+            for layer in layers {
+                let input = layer.inputs.first ?? ""
+                let inputLayout = layoutOf[input] ?? .plain
+                guard layer.decision.map({ $0.kernel == .convolution }) ?? true, let (t, shape) = types[input], t == .float,
+                      sweep == 0 || measured[layer.name] != nil,
+                      let spec = try? ConvolutionSpec(layer, constants: constants, inputShape: shape) else {
+                    for o in layer.outputs { layoutOf[o] = LoweringTable.outputLayout(of: layer, input: inputLayout) }
+                    continue
+                }
+                if sweep == 0 {
+                    measured[layer.name] = measure(spec, winograd: winograd, cache: cache, machine: machine, engine: engine, stream: stream)
+                }
+                let output = layer.outputs.first ?? ""
+                let after = sweep == 0 ? (convolutions: [], splitsOrConcats: (readers[output] ?? []).contains { $0.opType == "Split" || $0.opType == "Concat" })
+                                       : downstream(of: output)
+                let outShape = types[output]?.1
+                var costs: [(cost: Double, tactic: ConvolutionTactic, destination: Layout)] = []
+                for (tactic, e) in measured[layer.name] ?? [] {
+                    var cost = e.seconds + reorderSeconds(shape, inputLayout, e.source)
+                    if let r = residual(of: layer), let (_, residualShape) = types[r] {
+                        cost += reorderSeconds(residualShape, layoutOf[r] ?? .plain, e.destination)
+                    }
+                    for (readShape, layout) in after.convolutions { cost += reorderSeconds(readShape, e.destination, layout) }
+                    if e.destination == .channelsLast, after.splitsOrConcats, let outShape { cost += reorderSeconds(outShape, .channelsLast, .plain) }
+                    costs.append((cost, tactic, e.destination))
+                }
+                if let best = choose(costs), let e = measured[layer.name]?.first(where: { $0.tactic == best.tactic })?.entry {
+                    if chosen[layer.name]?.tactic != best.tactic { changed = true }
+                    chosen[layer.name] = (best.tactic, e)
+                    for o in layer.outputs { layoutOf[o] = best.destination }
+                } else {
+                    for o in layer.outputs { layoutOf[o] = LoweringTable.outputLayout(of: layer, input: inputLayout) }
+                }
+                if sweep == 0 {
+                    done += 1
+                    progress?(done, total)
+                }
+            }
+            if sweep > 0 && !changed { break }
+        }
+        return chosen.mapValues(\.tactic)
+    }
+
+    /// The residual a fused convolution adds to its output (its fourth input), if any.
+    static func residual(of layer: Layer) -> String? {
+        guard layer.opKey == "anvil.FusedConv", layer.inputs.count > 3, !layer.inputs[3].isEmpty else { return nil }
+        return layer.inputs[3]
+    }
+
+    /// Every candidate's time for one convolution: from the cache, or measured with the others, interleaved.
+    static func measure(_ spec: ConvolutionSpec, winograd: Bool, cache: TimingCache, machine: String, engine: DNNLEngine,
+                        stream: DNNLStream) -> [(tactic: ConvolutionTactic, entry: TimingCache.Entry)] {
+        let candidates = ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group)
+            .filter { winograd || $0.algorithm != .winograd }
+        let key = { (tactic: ConvolutionTactic) in "conv|\(machine)|\(spec.timingKey)|\(tactic)" }
+        var entries: [ConvolutionTactic: TimingCache.Entry] = [:]
+        for tactic in candidates { if let e = cache.cached(key(tactic)) { entries[tactic] = e } }
+        let missing = candidates.filter { entries[$0] == nil }
+        if !missing.isEmpty {
+            for (tactic, e) in spec.timeInterleaved(missing, engine: engine, stream: stream) {
+                entries[tactic] = e
+                cache.store(key(tactic), e)
+            }
+        }
+        // Not implemented for these shapes, or only as oneDNN's reference: not a candidate.
+        return candidates.compactMap { t in entries[t].map { (t, $0) } }
     }
 
     /// Times within this fraction of the fastest are a tie that measurements on a shared
