@@ -509,7 +509,6 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         return [facts(element, [ctx.freshSymbol()])]
     }
     b.infer(["NonZero"]) { ctx in [facts(.int64, [ctx.dims(0).map { .known($0.count) } ?? .unknown, ctx.freshSymbol()])] }
-    b.infer(["NonMaxSuppression"]) { ctx in [facts(.int64, [ctx.freshSymbol(), .known(3)])] }
     b.infer(["Compress"]) { ctx in
         guard let x = ctx.dims(0) else { return [facts(ctx.type(0).elementType, nil)] }
         guard let a = try ctx.attributes.int("axis") else { return [facts(ctx.type(0).elementType, [ctx.freshSymbol()])] }
@@ -577,15 +576,5 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         func size(_ d: Dim) -> Dim { d.value.flatMap { x in kvHeads.map { .known(x / $0) } } ?? .unknown }
         return [facts(element, [q[0], q[1], hidden]), facts(element, [k[0], kvh, skv, size(k[2])]),
                 facts(element, [v[0], kvh, skv, size(v[2])]), facts(element, [q[0], qHeads.map { .known($0) } ?? .unknown, q[1], skv])]
-    }
-    b.infer(["RNN", "GRU", "LSTM"]) { ctx in
-        let element = ctx.type(0).elementType
-        guard let x = ctx.dims(0), x.count == 3, let hidden = try ctx.attributes.int("hidden_size") else { return Array(repeating: facts(element, nil), count: 3) }
-        let dirs: Dim = .known(try ctx.attributes.string("direction", "forward") == "bidirectional" ? 2 : 1)
-        let batchMajor = try ctx.attributes.int("layout", 0) == 1
-        let (seq, batch) = batchMajor ? (x[1], x[0]) : (x[0], x[1])
-        let y: [Dim] = batchMajor ? [batch, seq, dirs, .known(hidden)] : [seq, dirs, batch, .known(hidden)]
-        let state: [Dim] = batchMajor ? [batch, dirs, .known(hidden)] : [dirs, batch, .known(hidden)]
-        return [facts(element, y), facts(element, state), facts(element, state)]
     }
 }

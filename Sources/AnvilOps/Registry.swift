@@ -21,6 +21,8 @@ public enum OpRegistry {
     public static let inferenceRules: [String: InferenceRule] = {
         var b = RegistryBuilder()
         registerInferenceRules(&b)
+        registerDetectionInference(&b)
+        registerRecurrentInference(&b)
         registerAnvilInference(&b)
         return b.rules
     }()
