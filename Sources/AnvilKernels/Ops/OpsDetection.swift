@@ -11,4 +11,8 @@ func registerDetection(_ b: inout KernelTableBuilder) {
                                             scoreThreshold: threshold, centerPointBox: ctx.attributes.int("center_point_box", 0) == 1)
         }
     }
+    b.add1("RoiAlign", since: 10) { ctx in
+        let p = try RoiAlignParameters(ctx.attributes, opset: ctx.opset)
+        return try named(ctx) { try Detection.roiAlign(ctx.input(0), rois: ctx.input(1), batchIndices: ctx.input(2), p) }
+    }
 }

@@ -1,0 +1,97 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+import AnvilONNX
+import AnvilOps
+import AnvilRuntime
+import XCTest
+
+/// Ops whose semantics ONNX Runtime defines beyond the ONNX node tests (fixtures/ops,
+/// made by tools/make-op-fixtures with ORT's outputs), through the reference executor
+/// and through built engines; bad inputs are errors naming the node.
+final class OpFixtureTests: XCTestCase {
+    /// Runs every data set of fixture `name` through the reference executor and a built
+    /// engine (twice: the first run observes the dynamic shapes, the second is planned).
+    func checkFixture(_ name: String, atol: Double, rtol: Double, file: StaticString = #filePath, line: UInt = #line) throws -> EngineBuilder.Result {
+        let folder = TestSupport.fixture("ops/\(name)")
+        let model = try ONNXImporter.load(path: folder + "/model.onnx")
+        let built = try EngineBuilder().build(model, name: name)
+        let context = ExecutionContext(engine: built.engine)
+        let sets = try TestDataSet.folders(under: folder)
+        XCTAssertGreaterThanOrEqual(sets.count, 2, name, file: file, line: line)
+        for set in sets {
+            let data = try TestDataSet.load(set)
+            var feeds: [String: Tensor] = [:]
+            for (input, value) in zip(model.graph.inputs, data.inputs) { feeds[input.name] = value.tensor }
+            let reference = try ReferenceExecutor(model: model).run(feeds)
+            for run in 0..<3 {
+                let actual = run == 0 ? reference : try context.run(feeds)
+                if run == 2 { XCTAssertNotNil(context.lastPlan, "\(name) \(set): planned", file: file, line: line) }
+                for ((outputName, a), e) in zip(actual, data.outputs) {
+                    let c = Comparison.compare(actual: a, expected: e.tensor, atol: atol, rtol: rtol)
+                    XCTAssertTrue(c.passed, "\(name) \(set) \(outputName) (\(run == 0 ? "reference" : "engine run \(run)")): \(c)", file: file, line: line)
+                }
+            }
+        }
+        return built
+    }
+
+    func testRoiAlignMatchesOnnxRuntime() throws {
+        for name in ["roi_align_opset10", "roi_align_opset16", "roi_align_double"] {
+            _ = try checkFixture(name, atol: 1e-6, rtol: 1e-5)
+        }
+    }
+
+    /// A RoiAlign node with `attributes` on X [2, 3, 5, 6], rois [R, columns] and batch
+    /// indices [R'] as graph inputs.
+    func roiAlignModel(rois: Int = 2, columns: Int = 4, indices: Int = 2, opset: Int = 16, _ attributes: [String: Attribute] = [:]) -> Model {
+        let g = Graph(name: "roi", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [2, 3, 5, 6])),
+                                            ValueInfo(name: "rois", type: TensorType(.float, shape: [rois, columns])),
+                                            ValueInfo(name: "batch", type: TensorType(.int64, shape: [indices]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "pool_rois", opType: "RoiAlign", inputs: ["x", "rois", "batch"], outputs: ["y"], attributes: attributes)])
+        return Model(graph: g, opsets: [OpsetImport(domain: "", version: opset)])
+    }
+
+    func assertNamesTheNode(_ body: () throws -> Any, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try body(), file: file, line: line) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("pool_rois") && text.contains(expected), text, file: file, line: line)
+        }
+    }
+
+    func testRoiAlignRejectsBadInputsNamingTheNode() throws {
+        let x = try Tensor(floats: (0..<180).map { Float($0) / 10 }, shape: [2, 3, 5, 6])
+        func rois(_ values: [Float]) throws -> Tensor { try Tensor(floats: values, shape: [values.count / 4, 4]) }
+        let good = try rois([0, 0, 4, 3, 1, 1, 3, 3]), goodBatch = try Tensor(int64s: [0, 1], shape: [2])
+
+        // Shapes and attributes: refused when the graph is built, and by the reference kernel.
+        assertNamesTheNode({ try EngineBuilder().build(self.roiAlignModel(columns: 5), name: "roi") }, "rois must be [num_rois, 4]")
+        assertNamesTheNode({ try EngineBuilder().build(self.roiAlignModel(indices: 3), name: "roi") }, "batch_indices")
+        for bad: [String: Attribute] in [["output_height": .int(0)], ["output_width": .int(-2)], ["sampling_ratio": .int(-1)],
+                                         ["mode": .string("median")], ["coordinate_transformation_mode": .string("align_corners")]] {
+            assertNamesTheNode({ try EngineBuilder().build(self.roiAlignModel(bad), name: "roi") }, bad.keys.first!)
+            assertNamesTheNode({ try ReferenceExecutor(model: self.roiAlignModel(bad)).run(["x": x, "rois": good, "batch": goodBatch]) }, bad.keys.first!)
+        }
+        assertNamesTheNode({ try ReferenceExecutor(model: self.roiAlignModel(columns: 3)).run(["x": x, "rois": try Tensor(floats: Array(repeating: 1, count: 6), shape: [2, 3]),
+                                                                                    "batch": goodBatch]) }, "rois must be [num_rois, 4]")
+
+        // Values only the run sees: the reference kernel and the engine's Swift kernel.
+        let model = roiAlignModel()
+        let built = try EngineBuilder().build(model, name: "roi")
+        let context = ExecutionContext(engine: built.engine)
+        let huge = RoiAlignParameters.maximumGrid * 4
+        for (rois, batch, expected) in [(good, try Tensor(int64s: [0, 2], shape: [2]), "batch_indices[1] = 2 is outside [0, 1]"),
+                                        (good, try Tensor(int64s: [-1, 0], shape: [2]), "batch_indices[0] = -1"),
+                                        (try rois([0, 0, 4, 3, 1, .nan, 3, 3]), goodBatch, "roi 1"),
+                                        (try rois([0, 0, .infinity, 3, 1, 1, 3, 3]), goodBatch, "not finite"),
+                                        (try rois([0, 0, Float(huge), 3, 1, 1, 3, 3]), goodBatch, "samples per bin")] {
+            assertNamesTheNode({ try ReferenceExecutor(model: model).run(["x": x, "rois": rois, "batch": batch]) }, expected)
+            assertNamesTheNode({ try context.run(["x": x, "rois": rois, "batch": batch]) }, expected)
+        }
+        // The context still runs good inputs afterwards.
+        let expected = try ReferenceExecutor(model: model).run(["x": x, "rois": good, "batch": goodBatch])[0].value
+        XCTAssertEqual(try context.run(["x": x, "rois": good, "batch": goodBatch])[0].value, expected)
+    }
+}
