@@ -338,3 +338,74 @@ final class LoweringTests: XCTestCase {
         }
     }
 }
+
+extension LoweringTests {
+    /// Random rois (inside, across the border of, beyond, smaller than a cell of, and
+    /// inverted on an h × w map at `scale`) with random batch indices below `n`.
+    func randomRois(_ count: Int, n: Int, h: Int, w: Int, scale: Float, _ rng: inout SeededGenerator) throws -> (Tensor, Tensor) {
+        let (ih, iw) = (Float(h) / scale, Float(w) / scale)
+        let boxes: [Float] = (0..<count).flatMap { _ -> [Float] in
+            let x1 = Float.random(in: -0.4 * iw...iw, using: &rng), y1 = Float.random(in: -0.4 * ih...ih, using: &rng)
+            return [x1, y1, x1 + Float.random(in: -0.2 * iw...0.9 * iw, using: &rng), y1 + Float.random(in: -0.2 * ih...0.9 * ih, using: &rng)]
+        }
+        return (try Tensor(floats: boxes, shape: [count, 4]), try Tensor(int64s: (0..<count).map { _ in Int64.random(in: 0..<Int64(n), using: &rng) }, shape: [count]))
+    }
+
+    func randomRoiAlignAttributes(_ rng: inout SeededGenerator, opset: Int) -> ([String: Attribute], Float) {
+        let scale: Float = [1, 0.5, 0.25, 0.125].randomElement(using: &rng)!
+        var attributes: [String: Attribute] = ["mode": .string(Bool.random(using: &rng) ? "avg" : "max"),
+                                               "output_height": .int(Int64.random(in: 1...5, using: &rng)), "output_width": .int(Int64.random(in: 1...5, using: &rng)),
+                                               "sampling_ratio": .int(Int64.random(in: 0...3, using: &rng)), "spatial_scale": .float(scale)]
+        if opset >= 16, Bool.random(using: &rng) { attributes["coordinate_transformation_mode"] = .string("output_half_pixel") }
+        return (attributes, scale)
+    }
+
+    /// RoiAlign in the Swift kernel equals the reference kernel exactly (the same Float
+    /// operations in the same order) over random maps, rois and attributes at opsets 10 and 16.
+    func testRoiAlignEqualsTheReference() throws {
+        var rng = SeededGenerator(seed: 22)
+        for trial in 0..<30 {
+            let opset = trial % 3 == 0 ? 10 : 16
+            let (attributes, scale) = randomRoiAlignAttributes(&rng, opset: opset)
+            let shape = [Int.random(in: 1...3, using: &rng), Int.random(in: 1...6, using: &rng), Int.random(in: 1...12, using: &rng), Int.random(in: 1...12, using: &rng)]
+            let count = Int.random(in: 0...9, using: &rng)
+            let (rois, batch) = try randomRois(count, n: shape[0], h: shape[2], w: shape[3], scale: scale, &rng)
+            let g = Graph(name: "roi", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape)), ValueInfo(name: "rois", type: TensorType(.float, shape: [count, 4])),
+                                                ValueInfo(name: "batch", type: TensorType(.int64, shape: [count]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: "RoiAlign", inputs: ["x", "rois", "batch"], outputs: ["y"], attributes: attributes)])
+            try check(g, ["x": try random(shape, &rng), "rois": rois, "batch": batch], kind: .roiAlign, opset: opset, "trial \(trial): \(shape) \(count) rois \(attributes)")
+        }
+    }
+
+    /// RoiAlign reading a convolution's output in every channel layout, against the reference.
+    func testRoiAlignInEveryChannelLayout() throws {
+        var rng = SeededGenerator(seed: 23)
+        for (trial, layout) in [Layout.plain, .channelsLast, .blocked8, .blocked16, .preferred, .blocked16].enumerated() {
+            let c = [5, 16, 19, 32, 24, 40][trial], shape = [trial % 2 + 1, 3, Int.random(in: 4...10, using: &rng), Int.random(in: 4...10, using: &rng)]
+            let (attributes, scale) = randomRoiAlignAttributes(&rng, opset: 16)
+            let (rois, batch) = try randomRois(6, n: shape[0], h: shape[2], w: shape[3], scale: scale, &rng)
+            let g = Graph(name: "roi", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                                  Node(name: "test", opType: "RoiAlign", inputs: ["a", "rois", "batch"], outputs: ["y"], attributes: attributes)],
+                          initializers: [("w", try random([c, 3, 3, 3], &rng)), ("rois", rois), ("batch", batch)])
+            let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 16)])
+            let x = try random(shape, &rng)
+            let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            builder.timeTactics = false
+            let built = try builder.build(model, name: "roi")
+            for i in built.graph.layers.indices where built.graph.layers[i].name == "conv" { built.graph.layers[i].decision?.layout = layout }
+            let engine = try Engine(graph: built.graph, producer: "test", requiredFeatures: [], profile: ShapeProfile(), name: "roi")
+            let compiled = try engine.compile()
+            XCTAssertEqual(compiled.decisions["test"]?.kernel, .roiAlign, "\(layout): \(String(describing: compiled.decisions["test"]))")
+            let context = ExecutionContext(engine: engine)
+            let actual = try context.run(["x": x])[0].value
+            let comparison = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(comparison.passed, "\(layout) c\(c) \(attributes): \(comparison)")
+            XCTAssertEqual(context.lastPlan?.implementation(of: "test"), "swift", "\(layout)")
+        }
+    }
+}

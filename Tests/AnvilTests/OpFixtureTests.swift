@@ -39,7 +39,12 @@ final class OpFixtureTests: XCTestCase {
 
     func testRoiAlignMatchesOnnxRuntime() throws {
         for name in ["roi_align_opset10", "roi_align_opset16", "roi_align_double"] {
-            _ = try checkFixture(name, atol: 1e-6, rtol: 1e-5)
+            let built = try checkFixture(name, atol: 1e-6, rtol: 1e-5)
+            let layers = built.graph.layers.filter { $0.opType == "RoiAlign" }
+            XCTAssertFalse(layers.isEmpty)
+            for layer in layers where name != "roi_align_double" {
+                XCTAssertEqual(built.compiled.decisions[layer.name]?.kernel, .roiAlign, "\(name) \(layer.name)")
+            }
         }
     }
 
@@ -80,6 +85,7 @@ final class OpFixtureTests: XCTestCase {
         // Values only the run sees: the reference kernel and the engine's Swift kernel.
         let model = roiAlignModel()
         let built = try EngineBuilder().build(model, name: "roi")
+        XCTAssertEqual(built.compiled.decisions["pool_rois"]?.kernel, .roiAlign)
         let context = ExecutionContext(engine: built.engine)
         let huge = RoiAlignParameters.maximumGrid * 4
         for (rois, batch, expected) in [(good, try Tensor(int64s: [0, 2], shape: [2]), "batch_indices[1] = 2 is outside [0, 1]"),

@@ -186,6 +186,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case pad = 38
     /// ArgMax, ArgMin.
     case argExtreme = 39
+    /// RoiAlign, reading the feature map in its channel layout.
+    case roiAlign = 40
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -193,7 +195,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .reference: .reference
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
-             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme: .swift
+             .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme,
+             .roiAlign: .swift
         default: .onednn
         }
     }
@@ -239,6 +242,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .splitCopy: "split"
         case .pad: "pad"
         case .argExtreme: "arg max/min"
+        case .roiAlign: "roi align"
         }
     }
 }
