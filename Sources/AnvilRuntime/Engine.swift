@@ -114,17 +114,23 @@ public final class Engine: @unchecked Sendable {
         }
         let context = ExecutionContext(engine: self)
         let plan = context.plan(for: inputs, types: types)
+        if plan == nil, context.interpretedRuns == 0 {
+            // Shapes known but not plannable (an If): one interpreted run on zeros finds the
+            // layers the interpreter runs on fast kernels, so they are decided for them.
+            _ = try? context.interpret(inputs)
+        }
         var decisions: [String: LayerDecision] = [:], implementations: [String: String] = [:]
         for layer in graph.layers { implementations[layer.name] = plan?.implementation(of: layer.name) ?? context.interpretedImplementation(of: layer.name) }
         if let plan {
             for (layer, decision) in plan.decisions { decisions[layer] = decision }
         } else {
-            // The interpreter runs convolutions and matrix products on oneDNN where they fit.
+            // The interpreter runs convolutions and matrix products on oneDNN where they fit, RoiAlign on its Swift kernel.
             let reason = "the engine runs on the layer interpreter (\(context.planFailure ?? "not planned"))"
             for layer in graph.layers {
                 switch context.fastKernel(of: layer.name) {
                 case .convolution?: decisions[layer.name] = LayerDecision(kernel: .convolution, postOps: try PostOps(layer))
                 case .matmul?: decisions[layer.name] = LayerDecision(kernel: .matmul, postOps: try PostOps(layer))
+                case .roiAlign?: decisions[layer.name] = LayerDecision(kernel: .roiAlign)
                 default: decisions[layer.name] = .reference(reason)
                 }
             }
@@ -223,6 +229,8 @@ public final class ExecutionContext {
     public private(set) var profile: [(layer: String, kernels: String, milliseconds: [Double])] = []
     private var profileIndex: [String: Int] = [:]
     private var profiledRuns = 0
+    /// How many runs the layer interpreter made.
+    private(set) var interpretedRuns = 0
     /// Types the interpreter observed on its last top-level run (for planning dynamic shapes).
     private var observed: [String: (DataType, [Int])]?
 
@@ -358,10 +366,11 @@ public final class ExecutionContext {
 
     /// Runs the graph layer by layer on the graph interpreter: oneDNN for the top-level
     /// layers decided (or, while building, undecided) for a oneDNN convolution or
-    /// matmul, the observed types recorded when
+    /// matmul, the Swift kernel for RoiAlign, the observed types recorded when
     /// planning dynamic shapes, per-layer times when profiling.
     func interpret(_ inputs: [String: Tensor]) throws -> [Tensor] {
         lastPlan = nil
+        interpretedRuns += 1
         var interpreter = GraphInterpreter<EngineGraph> { $0.opset }
         interpreter.evaluateFast = { layer, depth, context in
             guard depth == 0, let fast = try self.fastLayer(layer, context) else { return nil }
@@ -388,7 +397,7 @@ public final class ExecutionContext {
         return s
     }
 
-    /// The layer's oneDNN kernel for this input shape: reused, or created on first sight.
+    /// The layer's fast kernel for this input shape: reused, or created on first sight.
     func fastLayer(_ layer: Layer, _ context: EvalContext) throws -> FastLayer? {
         guard let x = context.optionalInput(0), x.dataType == .float else { return nil }
         if let existing = fastLayers[layer.name], existing.inputShape == x.shape { return existing }

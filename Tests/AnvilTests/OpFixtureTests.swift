@@ -100,4 +100,32 @@ final class OpFixtureTests: XCTestCase {
         let expected = try ReferenceExecutor(model: model).run(["x": x, "rois": good, "batch": goodBatch])[0].value
         XCTAssertEqual(try context.run(["x": x, "rois": good, "batch": goodBatch])[0].value, expected)
     }
+
+    /// A graph the planner leaves to the layer interpreter (an If, as in torchvision's
+    /// Faster R-CNN, with a number of rois known only at run time) still runs RoiAlign on
+    /// the Swift kernel, with the same values and errors.
+    func testRoiAlignOnTheLayerInterpreter() throws {
+        let model = roiAlignModel(["mode": .string("max"), "output_height": .int(2), "output_width": .int(3), "sampling_ratio": .int(0)])
+        model.graph.inputs[1].type = TensorType(.float, [.symbol("r"), .known(4)])
+        model.graph.inputs[2].type = TensorType(.int64, [.symbol("r")])
+        let boxes = TensorType(.float, [.symbol("r"), .known(4)])
+        let thenBranch = Graph(name: "then", outputs: [ValueInfo(name: "t", type: boxes)], nodes: [Node(name: "neg", opType: "Neg", inputs: ["rois"], outputs: ["t"])])
+        let elseBranch = Graph(name: "else", outputs: [ValueInfo(name: "e", type: boxes)], nodes: [Node(name: "same", opType: "Identity", inputs: ["rois"], outputs: ["e"])])
+        model.graph.inputs.append(ValueInfo(name: "c", type: TensorType(.bool, shape: [])))
+        model.graph.outputs.append(ValueInfo(name: "z", type: boxes))
+        model.graph.nodes.append(Node(name: "if", opType: "If", inputs: ["c"], outputs: ["z"], attributes: ["then_branch": .graph(thenBranch), "else_branch": .graph(elseBranch)]))
+        let built = try EngineBuilder().build(model, name: "roi")
+        XCTAssertNil(built.compiled.plan, "an If keeps the graph on the interpreter")
+        XCTAssertEqual(built.compiled.decisions["pool_rois"]?.kernel, .roiAlign)
+        XCTAssertEqual(built.compiled.implementations["pool_rois"], "swift")
+        var rng = SeededGenerator(seed: 24)
+        let x = try Tensor(floats: (0..<180).map { _ in Float.random(in: -2...2, using: &rng) }, shape: [2, 3, 5, 6])
+        let rois = try Tensor(floats: [0, 0, 5, 4, 1.5, 0.5, 3, 3.5, -2, 1, 9, 7], shape: [3, 4])
+        var feeds = ["x": x, "rois": rois, "batch": try Tensor(int64s: [1, 0, 1], shape: [3]), "c": try Tensor(bools: [true], shape: [])]
+        let expected = try ReferenceExecutor(model: model).run(feeds)
+        let context = ExecutionContext(engine: try Engine(file: built.file, name: "roi"))
+        XCTAssertEqual(try context.run(feeds).map(\.value), expected.map(\.value))
+        feeds["batch"] = try Tensor(int64s: [1, 0, 7], shape: [3])
+        assertNamesTheNode({ try context.run(feeds) }, "batch_indices[2] = 7 is outside [0, 1]")
+    }
 }

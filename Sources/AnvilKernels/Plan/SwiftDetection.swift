@@ -72,6 +72,32 @@ enum SwiftRoiAlign {
         }
     }
 
+    /// RoiAlign of plain tensors (the layer interpreter's fast path); nil when they are
+    /// not float maps and rois with [R, 4] rois and [R] batch indices.
+    static func run(_ parameters: RoiAlignParameters, layer: String, x: Tensor, rois: Tensor, batchIndices: Tensor) throws -> Tensor? {
+        guard x.dataType == .float, x.rank == 4, rois.dataType == .float, rois.rank == 2, rois.shape[1] == 4,
+              batchIndices.shape == [rois.shape[0]], batchIndices.dataType == .int64 || batchIndices.dataType == .int32 else { return nil }
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]), count = rois.shape[0]
+        guard h > 0, w > 0, let addressing = Addressing(.plain, c: c, pixels: h * w) else { return nil }
+        let problem = Problem(layer: layer, n: n, c: c, h: h, w: w, rois: count, parameters: parameters, addressing: addressing, wideIndices: true)
+        let (data, boxes, indices) = (x.floats, rois.floats, batchIndices.int64s)
+        var scratch = [Float](repeating: 0, count: scratchRow(c: c, addressing: addressing) * ProcessInfo.processInfo.activeProcessorCount)
+        var y = [Float](repeating: 0, count: count * c * parameters.outputHeight * parameters.outputWidth)
+        try data.withUnsafeBufferPointer { xp in
+            try boxes.withUnsafeBufferPointer { rp in
+                try indices.withUnsafeBytes { ip in
+                    try y.withUnsafeMutableBufferPointer { yp in
+                        try scratch.withUnsafeMutableBufferPointer { sp in
+                            guard let xb = xp.baseAddress, let rb = rp.baseAddress, let ib = ip.baseAddress, let yb = yp.baseAddress, let sb = sp.baseAddress else { return }
+                            try run(problem, x: xb, rois: rb, indices: ib, into: yb, scratch: sb)
+                        }
+                    }
+                }
+            }
+        }
+        return try Tensor(floats: y, shape: [count, c, parameters.outputHeight, parameters.outputWidth])
+    }
+
     /// Floats of scratch one core needs.
     static func scratchRow(c: Int, addressing a: Addressing) -> Int { a.runs * a.lanes }
 
