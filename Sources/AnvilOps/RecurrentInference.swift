@@ -2,10 +2,11 @@ import AnvilCore
 import AnvilIR
 import AnvilKernels
 
-/// Shape inference of the recurrent ops: Y [seq, directions, batch, hidden] (batch first
+/// Shape inference of the recurrent ops (and ONNX Runtime's DynamicQuantizeLSTM): Y [seq, directions, batch, hidden] (batch first
 /// with layout 1), and the final states [directions, batch, hidden].
 func registerRecurrentInference(_ b: inout RegistryBuilder) {
     b.infer(["RNN", "GRU", "LSTM"], recurrentOutputs)
+    b.infer(["DynamicQuantizeLSTM"], domain: microsoftDomain, recurrentOutputs)
 }
 
 /// The outputs of RNN, GRU, LSTM (and ops of their shape) from X and the attributes.
