@@ -364,7 +364,13 @@ model("magika")(shipped("magika", "models/standard_v3_3/model.onnx", 15, lambda:
 model("ddddocr_ocr")(shipped("ddddocr", "common_old.onnx", 12,
                              lambda: [{"input1": _img(1, 1, 64, 256)}, {"input1": _img(1, 1, 64, 160, seed=1)}],
                              {"input1": [3]}, image_profile("input1", [1, 1, 64, 256], [1, 1, 64, 64], [1, 1, 64, 512]),
-                             notes="ddddocr captcha OCR (CNN + LSTM, producer onnx.quantize) from pip ddddocr"))
+                             rtol=1e-2, atol=0.15,
+                             notes="ddddocr captcha OCR (CNN + LSTM, producer onnx.quantize) from pip ddddocr. Tolerance rtol 1e-2, "
+                                   "atol 0.15 (logits up to 16): every layer quantizes its activations at run time (22 DynamicQuantizeLinear "
+                                   "and the DynamicQuantizeLSTM), so a 1-ulp difference of Sigmoid (ONNX Runtime's approximation against "
+                                   "Anvil's) moves a quantization scale or a rounded value by a whole step; Anvil's DynamicQuantizeLSTM "
+                                   "alone matches ORT to 4e-7 on ORT's own LSTM input, and the arg max at every time step (the decoded "
+                                   "text) is ORT's"))
 model("ddddocr_det")(shipped("ddddocr", "common_det.onnx", 11, lambda: [{"images": _img(1, 3, 416, 416, lo=0.0)}], {}, {},
                              rtol=1e-3, atol=1e-3, notes="ddddocr detector (YOLOX-style, fixed 416x416) from pip ddddocr"))
 model("nudenet")(shipped("nudenet", "320n.onnx", 17,
