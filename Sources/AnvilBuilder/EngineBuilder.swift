@@ -75,6 +75,16 @@ public struct EngineBuilder {
             types = try? Self.concreteTypes(model, shapes: samples)
         }
         if types == nil { samples = sampleShapes(model.graph, size: ShapeProfile.sampleSize) }
+        // A sample so small that layers see empty tensors (Inception's stride-2 reductions take
+        // 64 pixels down to none) decides their kernels for nothing: a larger one that empties
+        // fewer values is taken instead.
+        if let found = types, Self.emptyValueCount(found) > 0 {
+            let larger = sampleShapes(model.graph, size: 4 * ShapeProfile.sampleSize)
+            if larger != samples, let largerTypes = try? Self.concreteTypes(model, shapes: larger),
+               Self.emptyValueCount(largerTypes) < Self.emptyValueCount(found) {
+                (samples, types) = (larger, largerTypes)
+            }
+        }
         for input in model.graph.runtimeInputs where profile.opt[input.name] == nil {
             guard let dims = input.type.dims, dims.dropFirst().contains(where: { $0.value == nil }), let shape = samples[input.name] else { continue }
             model.warnings.append("input '\(input.name)' has dynamic dimensions \(input.type); kernels were chosen and tactics timed for "
@@ -124,6 +134,11 @@ public struct EngineBuilder {
             types[name] = (e, shape)
         }
         return types
+    }
+
+    /// How many values of these types hold no elements.
+    static func emptyValueCount(_ types: [String: (DataType, [Int])]) -> Int {
+        types.values.filter { $0.1.contains(0) }.count
     }
 
     /// Times each convolution's tactics for the compiled shapes and records the choice as its decision.

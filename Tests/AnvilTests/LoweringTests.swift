@@ -409,3 +409,36 @@ extension LoweringTests {
         }
     }
 }
+
+extension LoweringTests {
+    /// A pooling window larger than its padded input has no output: the lowering declines
+    /// it (the reference kernel runs it) instead of failing in oneDNN.
+    func testPoolingOfNothingDeclines() throws {
+        var rng = SeededGenerator(seed: 26)
+        for op in ["MaxPool", "AveragePool"] {
+            let g = Graph(name: "pool", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 3, 2, 2]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: op, inputs: ["x"], outputs: ["y"], attributes: ["kernel_shape": .ints([3, 3]), "strides": .ints([2, 2])])])
+            try check(g, ["x": try random([1, 3, 2, 2], &rng)], kind: .reference, op)
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let reason = try builder.build(Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)]), name: op).compiled.decisions["test"]?.slowPathReason
+            XCTAssertEqual(reason, "pooling does not fit its shapes or attributes", op)
+        }
+    }
+
+    /// Dynamic image sizes sampled so small that layers see empty tensors (six stride-2
+    /// poolings take 64 pixels to none) are sampled larger, so every layer is decided for
+    /// a real shape.
+    func testDynamicSamplesLeaveNoLayerEmpty() throws {
+        let image = TensorType(.float, [.known(1), .known(3), .symbol("h"), .symbol("w")])
+        let nodes = (0..<6).map { i in
+            Node(name: "pool\(i)", opType: "MaxPool", inputs: [i == 0 ? "x" : "p\(i - 1)"], outputs: [i == 5 ? "y" : "p\(i)"],
+                 attributes: ["kernel_shape": .ints([3, 3]), "strides": .ints([2, 2])])
+        }
+        let g = Graph(name: "pools", inputs: [ValueInfo(name: "x", type: image)], outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))], nodes: nodes)
+        let built = try EngineBuilder().build(Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)]), name: "pools")
+        for node in nodes { XCTAssertEqual(built.compiled.decisions[node.name]?.kernel, .pooling, node.name) }
+        XCTAssertTrue(built.warnings.contains { $0.contains("1x3x256x256") }, "\(built.warnings)")
+    }
+}

@@ -12,6 +12,9 @@ enum PoolingLowering {
         var x = input
         let spatial = Array(x.shape[2...])
         let (_, outShape) = try l.outputType()
+        // oneDNN cannot describe a pooling of or into nothing (a window larger than the padded
+        // input has no output: Inception's reductions at a small dynamic sample).
+        guard input.shape.allSatisfy({ $0 > 0 }), outShape.allSatisfy({ $0 > 0 }) else { return nil }
         var alg = dnnl_pooling_max
         var kernel = spatial, strides = spatial.map { _ in 1 }, dilations = strides
         var padsBegin = spatial.map { _ in 0 }, padsEnd = padsBegin
