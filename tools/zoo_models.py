@@ -23,7 +23,7 @@ def image_profile(name, static, low, high):
 
 # ---------------------------------------------------------------- torchvision
 
-def tv_classifier(ctor, opset, axes, size=224, dynamo=False, **kwargs):
+def tv_classifier(ctor, opset, axes, size=224, dynamo=False, rtol=1e-3, notes="", **kwargs):
     """A torchvision model with random weights, input 'input' (N, 3, size, size).
     axes: [] (static), [0] (batch) or [0, 2, 3] (batch and spatial)."""
     def make(path):
@@ -42,11 +42,16 @@ def tv_classifier(ctor, opset, axes, size=224, dynamo=False, **kwargs):
             sets.append({"input": torch.randn(2, 3, h, w).numpy()})
             lo, hi = size * 5 // 7 // 32 * 32, size * 10 // 7 // 32 * 32
             profile = image_profile("input", [1, 3, size, size], [1, 3, lo, lo], [4, 3, hi, hi])
-        return Zoo("dynamo" if dynamo else "torchscript", opset, "torchvision", False, sets, {"input": axes}, profile)
+        return Zoo("dynamo" if dynamo else "torchscript", opset, "torchvision", False, sets, {"input": axes}, profile, rtol=rtol, notes=notes)
     return make
 
 
 SPATIAL, BATCH, STATIC = [0, 2, 3], [0], []
+# Inception-v3's looser tolerance, with its reason in the notes docs/models.md shows.
+INCEPTION = {"rtol": 3e-3, "notes": "rtol 3e-3: random weights give logits up to ~1e12 whose smaller entries (~1e8) are sums with heavy "
+                                    "cancellation; ONNX Runtime's and Anvil's FP32 logits each stray up to 6e-4 (relative) from a float64 "
+                                    "evaluation, in different directions, and differ by up to 1.1e-3 from each other (PyTorch's FP32 "
+                                    "logits stray 1.2e-3)"}
 TORCHVISION = [
     # name, constructor, (dynamic opset, axes), static opset, extra
     ("resnet50", "resnet50", 11, SPATIAL, 20, {}),
@@ -55,7 +60,7 @@ TORCHVISION = [
     ("convnext_tiny", "convnext_tiny", 14, SPATIAL, 17, {}),
     ("regnet_y_400mf", "regnet_y_400mf", 15, SPATIAL, 11, {}),
     ("densenet121", "densenet121", 16, SPATIAL, 12, {}),
-    ("inception_v3", "inception_v3", 17, SPATIAL, 13, {"size": 299, "aux_logits": False, "init_weights": True}),
+    ("inception_v3", "inception_v3", 17, SPATIAL, 13, {"size": 299, "aux_logits": False, "init_weights": True, **INCEPTION}),
     ("shufflenet_v2", "shufflenet_v2_x1_0", 18, SPATIAL, 14, {}),
     ("squeezenet1_1", "squeezenet1_1", 19, SPATIAL, 15, {}),
     ("vit_b_16", "vit_b_16", 20, BATCH, 14, {}),
