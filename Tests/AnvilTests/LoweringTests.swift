@@ -43,6 +43,21 @@ final class LoweringTests: XCTestCase {
         }
     }
 
+    /// `model` built unoptimized with its layer "conv" decided for `layout` and its layer
+    /// "test" for `test` (nil: undecided, the planner's choice), compiled again.
+    func engine(_ model: Model, convLayout layout: Layout, test: LayerDecision?, _ name: String) throws -> (Engine, CompiledEngine) {
+        var builder = EngineBuilder()
+        builder.optimize = false
+        builder.timeTactics = false
+        let built = try builder.build(model, name: name)
+        for i in built.graph.layers.indices {
+            if built.graph.layers[i].name == "conv" { built.graph.layers[i].decision?.layout = layout }
+            if built.graph.layers[i].name == "test" { built.graph.layers[i].decision = test }
+        }
+        let engine = try Engine(graph: built.graph, producer: "test", requiredFeatures: [], profile: ShapeProfile(), name: name)
+        return (engine, try engine.compile())
+    }
+
     func testSlicesAreStridedReorders() throws {
         var rng = SeededGenerator(seed: 11)
         for trial in 0..<24 {
@@ -152,15 +167,7 @@ final class LoweringTests: XCTestCase {
             let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)])
             let x = try random(shape, &rng)
             let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let built = try builder.build(model, name: "affine")
-            for i in built.graph.layers.indices {
-                if built.graph.layers[i].name == "conv" { built.graph.layers[i].decision?.layout = layout }
-                if built.graph.layers[i].name == "test" { built.graph.layers[i].decision = LayerDecision(kernel: .channelAffine) }
-            }
-            let engine = try Engine(graph: built.graph, producer: "test", requiredFeatures: [], profile: ShapeProfile(), name: "affine")
-            let compiled = try engine.compile()
+            let (engine, compiled) = try self.engine(model, convLayout: layout, test: LayerDecision(kernel: .channelAffine), "affine")
             XCTAssertEqual(compiled.decisions["test"]?.kernel, .channelAffine, "\(layout) \(op): \(String(describing: compiled.decisions["test"]))")
             let context = ExecutionContext(engine: engine)
             let actual = try context.run(["x": x])[0].value
@@ -203,16 +210,7 @@ final class LoweringTests: XCTestCase {
                 let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)])
                 let x = try random(shape, &rng)
                 let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
-                var builder = EngineBuilder()
-                builder.optimize = false
-                builder.timeTactics = false
-                let built = try builder.build(model, name: "binary")
-                for i in built.graph.layers.indices {
-                    if built.graph.layers[i].name == "conv" { built.graph.layers[i].decision?.layout = layout }
-                    if built.graph.layers[i].name == "test" { built.graph.layers[i].decision = nil }
-                }
-                let engine = try Engine(graph: built.graph, producer: "test", requiredFeatures: [], profile: ShapeProfile(), name: "binary")
-                let compiled = try engine.compile()
+                let (engine, compiled) = try self.engine(model, convLayout: layout, test: nil, "binary")
                 let expectedKind: KernelKind = constantShape == [1, 1, shape[2], 1] ? .broadcastArithmetic : .binary
                 XCTAssertEqual(compiled.decisions["test"]?.kernel, expectedKind, "\(layout) \(op) \(constantShape): \(String(describing: compiled.decisions["test"]))")
                 let actual = try ExecutionContext(engine: engine).run(["x": x])[0].value
@@ -393,13 +391,7 @@ extension LoweringTests {
             let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 16)])
             let x = try random(shape, &rng)
             let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            builder.timeTactics = false
-            let built = try builder.build(model, name: "roi")
-            for i in built.graph.layers.indices where built.graph.layers[i].name == "conv" { built.graph.layers[i].decision?.layout = layout }
-            let engine = try Engine(graph: built.graph, producer: "test", requiredFeatures: [], profile: ShapeProfile(), name: "roi")
-            let compiled = try engine.compile()
+            let (engine, compiled) = try self.engine(model, convLayout: layout, test: nil, "roi")
             XCTAssertEqual(compiled.decisions["test"]?.kernel, .roiAlign, "\(layout): \(String(describing: compiled.decisions["test"]))")
             let context = ExecutionContext(engine: engine)
             let actual = try context.run(["x": x])[0].value
