@@ -221,6 +221,34 @@ final class LoweringTests: XCTestCase {
         }
     }
 
+    /// Squeeze-and-excitation: a computed per-channel scale [1, C, 1, 1] times a blocked
+    /// feature map runs on oneDNN in the map's blocked layout, with no reorder of the map.
+    func testChannelScaleOfABlockedMapStaysBlocked() throws {
+        var rng = SeededGenerator(seed: 23)
+        for layout in [Layout.blocked16] {
+            let c = 32, shape = [1, 8, 7, 9]
+            let g = Graph(name: "se", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                                  Node(name: "pool", opType: "GlobalAveragePool", inputs: ["a"], outputs: ["p"]),
+                                  Node(name: "fc", opType: "Conv", inputs: ["p", "wf"], outputs: ["q"]),
+                                  Node(name: "gate", opType: "Sigmoid", inputs: ["q"], outputs: ["s"]),
+                                  Node(name: "test", opType: "Mul", inputs: ["s", "a"], outputs: ["y"])],
+                          initializers: [("w", try random([c, 8, 3, 3], &rng)), ("wf", try random([c, c, 1, 1], &rng))])
+            let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)])
+            let x = try random(shape, &rng)
+            let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
+            let (engine, compiled) = try self.engine(model, convLayout: layout, test: nil, "se")
+            let context = ExecutionContext(engine: engine)
+            let actual = try context.run(["x": x])[0].value
+            XCTAssertTrue(Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3).passed, "\(layout)")
+            XCTAssertEqual(compiled.decisions["test"]?.kernel, .binary)
+            XCTAssertFalse(compiled.implementations["test"]?.hasPrefix("ref") ?? true, "\(layout): \(compiled.implementations["test"] ?? "-")")
+            let steps = try XCTUnwrap(context.lastPlan).stepSummary
+            XCTAssertFalse(steps.contains { $0.layer == "reorder a" }, "\(layout): the map is reordered: \(steps)")
+        }
+    }
+
     /// A context keeps at most `planCacheCapacity` per-shape plans (least recently used
     /// dropped), and shapes that come back after being dropped are planned again.
     func testPerShapePlansAreBounded() throws {

@@ -21,20 +21,37 @@ enum BinaryLowering {
         // In the full-size operand's layout; where oneDNN has only its reference
         // implementation for that layout and broadcast (a blocked tensor and a
         // per-width constant), in plain layout.
-        func make(_ a: PlanValue, _ b: PlanValue) throws -> (DNNLPrimitive, PlanValue, dnnl_memory_desc_t, dnnl_memory_desc_t)? {
+        let b0 = b
+        // A broadcast operand of full rank may also take the full-size one's channel blocking
+        // (a squeeze-and-excitation scale [1, C, 1, 1] over a blocked map: oneDNN's fast
+        // kernels broadcast it per channel only when both are blocked alike).
+        func make(_ a: PlanValue, blocked: Bool = false) throws -> (DNNLPrimitive, PlanValue, dnnl_memory_desc_t, dnnl_memory_desc_t)? {
             var src0 = try a.descriptor()
-            let b = b.shape == a.shape ? try l.plan.inLayout(b, src0) : try l.plan.plain(b)
-            var src1 = b.shape == a.shape ? try b.descriptor() : try plainDescriptor(Array(repeating: 1, count: shape.count - b.shape.count) + b.shape)
+            let b: PlanValue
+            var src1: dnnl_memory_desc_t
+            if blocked {
+                guard b0.shape.count == shape.count, let tag = Layout.of(a.layout, shape: a.shape).formatTag(rank: shape.count) else { return nil }
+                src1 = try memoryDescriptor(b0.shape, tag)
+                b = try l.plan.inLayout(b0, src1)
+            } else {
+                b = b0.shape == a.shape ? try l.plan.inLayout(b0, src0) : try l.plan.plain(b0)
+                src1 = b.shape == a.shape ? try b.descriptor() : try plainDescriptor(Array(repeating: 1, count: shape.count - b.shape.count) + b.shape)
+            }
             if src1.ndims != src0.ndims { return nil }
             var dst = src0
             var desc = dnnl_binary_desc_t()
             try check(dnnl_binary_desc_init(&desc, algorithm, &src0, &src1, &dst), "describing the binary op")
             return (try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "binary"), b, src0, src1)
         }
-        guard var (primitive, b1, src0, src1) = try make(a, b) else { return nil }
+        var made: (DNNLPrimitive, PlanValue, dnnl_memory_desc_t, dnnl_memory_desc_t)?
+        if b.shape != shape, b.shape.count == shape.count, Layout.of(a.layout, shape: a.shape).channelBlock != nil,
+           let blocked = try make(a, blocked: true), !blocked.0.isReference {
+            made = blocked
+        }
+        guard var (primitive, b1, src0, src1) = try made ?? make(a) else { return nil }
         if primitive.isReference, !a.isPlain, a.constant == nil {
             a = try l.plan.plain(a)
-            guard let plain = try make(a, b) else { return nil }
+            guard let plain = try make(a) else { return nil }
             (primitive, b1, src0, src1) = plain
         }
         b = b1
