@@ -12,35 +12,45 @@ public enum Detection {
         }
         let (batches, classes, n) = (scores.shape[0], scores.shape[1], scores.shape[2])
         let bv = boxes.doubles, sv = scores.doubles
-        func corners(_ b: Int, _ i: Int) -> (Double, Double, Double, Double) {
-            let o = (b * n + i) * 4
-            if centerPointBox {
-                let (xc, yc, w, h) = (bv[o], bv[o + 1], bv[o + 2], bv[o + 3])
-                return (xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2)
-            }
-            let (y1, x1, y2, x2) = (bv[o], bv[o + 1], bv[o + 2], bv[o + 3])
-            return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
-        }
-        func suppresses(_ b: Int, _ i: Int, _ j: Int) -> Bool {
-            let a = corners(b, i), c = corners(b, j)
-            let ix = min(a.2, c.2) - max(a.0, c.0), iy = min(a.3, c.3) - max(a.1, c.1)
-            guard ix > 0, iy > 0 else { return false }
-            let inter = ix * iy
-            let areaA = (a.2 - a.0) * (a.3 - a.1), areaC = (c.2 - c.0) * (c.3 - c.1)
-            let union = areaA + areaC - inter
-            guard areaA > 0, areaC > 0, union > 0 else { return false }
-            return inter / union > iouThreshold
-        }
         var selected: [Int64] = []
         guard maxPerClass > 0 else { return try Tensor(int64s: [], shape: [0, 3]) }
+        // Each box's corners (x1, y1, x2, y2) and area, computed once per batch.
+        var box = [SIMD4<Double>](repeating: .zero, count: n), area = [Double](repeating: 0, count: n)
+        var kept: [Int] = []
+        kept.reserveCapacity(min(n, maxPerClass))
         for b in 0..<batches {
+            for i in 0..<n {
+                let o = (b * n + i) * 4
+                let corners: SIMD4<Double>
+                if centerPointBox {
+                    let (xc, yc, w, h) = (bv[o], bv[o + 1], bv[o + 2], bv[o + 3])
+                    corners = SIMD4(xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2)
+                } else {
+                    let (y1, x1, y2, x2) = (bv[o], bv[o + 1], bv[o + 2], bv[o + 3])
+                    corners = SIMD4(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+                }
+                box[i] = corners
+                area[i] = (corners.z - corners.x) * (corners.w - corners.y)
+            }
             for c in 0..<classes {
                 let base = (b * classes + c) * n
                 var candidates = (0..<n).filter { scoreThreshold == nil || sv[base + $0] > scoreThreshold! }
                 candidates.sort { sv[base + $0] != sv[base + $1] ? sv[base + $0] > sv[base + $1] : $0 < $1 }
-                var kept: [Int] = []
-                for i in candidates where kept.count < maxPerClass {
-                    if !kept.contains(where: { suppresses(b, $0, i) }) { kept.append(i) }
+                kept.removeAll(keepingCapacity: true)
+                for i in candidates {
+                    if kept.count >= maxPerClass { break }
+                    let a = box[i], areaA = area[i]
+                    var suppressed = false
+                    if areaA > 0 {
+                        for k in kept {
+                            let q = box[k]
+                            let ix = min(a.z, q.z) - max(a.x, q.x), iy = min(a.w, q.w) - max(a.y, q.y)
+                            guard ix > 0, iy > 0, area[k] > 0 else { continue }
+                            let inter = ix * iy, union = areaA + area[k] - inter
+                            if union > 0, inter / union > iouThreshold { suppressed = true; break }
+                        }
+                    }
+                    if !suppressed { kept.append(i) }
                 }
                 for i in kept { selected += [Int64(b), Int64(c), Int64(i)] }
             }
