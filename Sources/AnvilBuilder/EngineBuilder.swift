@@ -90,7 +90,8 @@ public struct EngineBuilder {
             model.warnings.append("input '\(input.name)' has dynamic dimensions \(input.type); kernels were chosen and tactics timed for "
                                   + "\(shape.map(String.init).joined(separator: "x")): give --optShapes (or --shapes) with representative sizes for an engine tuned to them")
         }
-        if timeTactics, let types { try chooseTactics(graph, types: types) }
+        // A graph whose later shapes depend on the data still has its convolutions' shapes known.
+        if timeTactics, let known = types ?? (try? Self.concreteTypes(model, shapes: samples, partial: true)) { try chooseTactics(graph, types: known) }
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
@@ -115,8 +116,8 @@ public struct EngineBuilder {
     }
 
     /// Every value's concrete type when the graph's inputs have `shapes`, inferred on a
-    /// copy; nil when some type depends on the data.
-    static func concreteTypes(_ model: Model, shapes: [String: [Int]]) throws -> [String: (DataType, [Int])]? {
+    /// copy; nil when some type depends on the data (or, `partial`, those that do not).
+    static func concreteTypes(_ model: Model, shapes: [String: [Int]], partial: Bool = false) throws -> [String: (DataType, [Int])]? {
         let copy = model.copy()
         for (i, input) in copy.graph.inputs.enumerated() {
             if let shape = shapes[input.name], let e = input.type.elementType { copy.graph.inputs[i].type = TensorType(e, shape: shape) }
@@ -130,7 +131,10 @@ public struct EngineBuilder {
             types[input.name] = (e, shape)
         }
         for (name, t) in copy.graph.valueTypes where copy.graph.initializers[name] == nil {
-            guard let e = t.elementType, let shape = t.concreteShape else { return nil }
+            guard let e = t.elementType, let shape = t.concreteShape else {
+                if partial { continue }
+                return nil
+            }
             types[name] = (e, shape)
         }
         return types

@@ -120,13 +120,21 @@ public final class Engine: @unchecked Sendable {
             _ = try? context.interpret(inputs)
         }
         var decisions: [String: LayerDecision] = [:], implementations: [String: String] = [:]
-        for layer in graph.layers { implementations[layer.name] = plan?.implementation(of: layer.name) ?? context.interpretedImplementation(of: layer.name) }
+        // With a partial plan, the layers outside it run on the interpreter, each for its own reason.
+        let interpreted = context.interpretedLayers
+        if plan != nil, !interpreted.isEmpty, context.interpretedRuns == 0 { _ = try? context.interpret(inputs) }
+        for layer in graph.layers {
+            implementations[layer.name] = plan != nil && interpreted[layer.name] == nil ? plan!.implementation(of: layer.name)
+                                                                                        : context.interpretedImplementation(of: layer.name)
+        }
         if let plan {
             for (layer, decision) in plan.decisions { decisions[layer] = decision }
-        } else {
+        }
+        if plan == nil || !interpreted.isEmpty {
             // The interpreter runs convolutions and matrix products on oneDNN where they fit, RoiAlign on its Swift kernel.
-            let reason = "the engine runs on the layer interpreter (\(context.planFailure ?? "not planned"))"
-            for layer in graph.layers {
+            let whole = "the engine runs on the layer interpreter (\(context.planFailure ?? "not planned"))"
+            for layer in graph.layers where plan == nil || interpreted[layer.name] != nil {
+                let reason = interpreted[layer.name].map { "the layer interpreter runs this layer: \($0)" } ?? whole
                 switch context.fastKernel(of: layer.name) {
                 case .convolution?: decisions[layer.name] = LayerDecision(kernel: .convolution, postOps: try PostOps(layer))
                 case .matmul?: decisions[layer.name] = LayerDecision(kernel: .matmul, postOps: try PostOps(layer))
@@ -187,8 +195,20 @@ public final class ExecutionContext {
     private var stream: DNNLStream?
     /// Fast kernels by layer (top-level graph) for the interpreter.
     private var fastLayers: [String: FastLayer] = [:]
+    /// What runs inputs of some shapes: a plan of the whole graph, or of the part the
+    /// planner can take with the layer interpreter running the rest (`PartialPlan`).
+    enum Planned {
+        case whole(ExecutionPlan)
+        case partial(PartialPlan)
+        var plan: ExecutionPlan {
+            switch self {
+            case .whole(let p): p
+            case .partial(let p): p.plan
+            }
+        }
+    }
     /// Plans by input shapes; `nil` entries mark shapes that run on the interpreter.
-    private var plans: [[[Int]]: ExecutionPlan?] = [:]
+    private var plans: [[[Int]]: Planned?] = [:]
     /// Input shapes of `plans`, least recently used first.
     private var planOrder: [[[Int]]] = []
     /// How many per-shape plans a context keeps (each holds an activation arena); the
@@ -198,7 +218,7 @@ public final class ExecutionContext {
     }
 
     /// Records a plan (or nil: interpret) for these shapes as the most recently used.
-    private func remember(_ shapes: [[Int]], _ plan: ExecutionPlan?) {
+    private func remember(_ shapes: [[Int]], _ plan: Planned?) {
         plans[shapes] = .some(plan)
         touch(shapes)
         trimPlans()
@@ -212,7 +232,7 @@ public final class ExecutionContext {
     private func trimPlans() {
         while planOrder.count > planCacheCapacity {
             let evicted = planOrder.removeFirst()
-            if let plan = plans.removeValue(forKey: evicted) ?? nil, plan === lastPlan { lastPlan = nil }
+            if let planned = plans.removeValue(forKey: evicted) ?? nil, planned.plan === lastPlan { lastPlan = nil; lastPartial = nil }
         }
     }
 
@@ -236,8 +256,13 @@ public final class ExecutionContext {
 
     public init(engine: Engine) { self.engine = engine }
 
-    /// The plan used for the last run's shapes, if any (arena size, steps).
+    /// The plan used for the last run's shapes, if any (arena size, steps); of the planned
+    /// part only when the interpreter ran the rest (`interpretedLayers`).
     public private(set) var lastPlan: ExecutionPlan?
+    /// The last run's partial plan, when the interpreter ran part of the graph.
+    private(set) var lastPartial: PartialPlan?
+    /// The layers the interpreter ran in the last run that used a plan for the rest, with the reasons.
+    public var interpretedLayers: [String: String] { lastPartial?.reasons ?? [:] }
 
     /// Runs the engine on named inputs; returns the outputs in declaration order.
     public func run(_ inputs: [String: Tensor]) throws -> [(name: String, value: Tensor)] {
@@ -250,12 +275,20 @@ public final class ExecutionContext {
         let shapes = g.inputs.map { inputs[$0.name]?.shape ?? [] }
         if let entry = plans[shapes] {
             touch(shapes)
-            guard let plan = entry else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
+            guard let planned = entry else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
+            let plan = planned.plan
+            let profile: ((String, Double) -> Void)? = profiling ? { layer, ms in self.record(layer, plan.implementation(of: layer), ms) } : nil
             do {
-                lastPlan = plan
-                return zip(names, try plan.run(inputs, stream: try currentStream(), profile: profiling ? { layer, ms in
-                    self.record(layer, plan.implementation(of: layer), ms)
-                } : nil)).map { ($0, $1) }
+                if case .partial(let partial) = planned {
+                    let computed = try plan.run(inputs, stream: try currentStream(), profile: profile)
+                    var bound = inputs
+                    for (name, value) in zip(partial.boundary, computed) { bound[name] = value }
+                    let results = try interpret(bound, skipping: partial.planned)
+                    (lastPlan, lastPartial) = (plan, partial)
+                    return zip(names, results).map { ($0, $1) }
+                }
+                (lastPlan, lastPartial) = (plan, nil)
+                return zip(names, try plan.run(inputs, stream: try currentStream(), profile: profile)).map { ($0, $1) }
             } catch let mismatch as PlanMismatch {
                 // A shape that depends on the data: these shapes run on the interpreter from now on.
                 planFailure = mismatch.description
@@ -265,8 +298,8 @@ public final class ExecutionContext {
             }
         }
         // First sight of these shapes: plan from the build-time shapes, or observe them.
-        if let types = staticTypes(inputs), let plan = makePlan(inputs, types: types, memoryPlan: engine.memoryPlan) {
-            remember(shapes, plan)
+        if let types = staticTypes(inputs), let planned = makePlan(inputs, types: types, memoryPlan: engine.memoryPlan) {
+            remember(shapes, planned)
             return try run(inputs)
         }
         observed = [:]
@@ -285,7 +318,9 @@ public final class ExecutionContext {
         if let types = types ?? staticTypes(inputs) {
             var all = types
             for (name, t) in inputs { all[name] = (t.dataType, t.shape) }
-            lastPlan = makePlan(inputs, types: all, memoryPlan: engine.memoryPlan)
+            let planned = makePlan(inputs, types: all, memoryPlan: engine.memoryPlan)
+            lastPlan = planned?.plan
+            if case .partial(let p)? = planned { lastPartial = p } else { lastPartial = nil }
             return lastPlan
         }
         do {
@@ -314,6 +349,9 @@ public final class ExecutionContext {
         guard let plan = lastPlan else {
             throw AnvilError.invalidArgument("no plan for these inputs yet: run the engine once with tensors of these shapes (\(planFailure ?? "not planned"))")
         }
+        guard lastPartial == nil else {
+            throw AnvilError.invalidArgument("the layer interpreter runs part of this engine (\(planFailure ?? "not planned")): run it with tensors")
+        }
         try plan.run(inputs: inputs, outputs: outputs, stream: try currentStream())
     }
 
@@ -339,7 +377,9 @@ public final class ExecutionContext {
         return types
     }
 
-    private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])], memoryPlan: StoredMemoryPlan? = nil) -> ExecutionPlan? {
+    /// The plan of the whole graph; failing that, of the part the planner can take
+    /// (`PartialPlan`); nil, with `planFailure` set, when neither can be made.
+    private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])], memoryPlan: StoredMemoryPlan? = nil) -> Planned? {
         let g = engine.graph
         do {
             let plan = try ExecutionPlan(layers: g.layers, constants: engine.constants,
@@ -347,11 +387,12 @@ public final class ExecutionContext {
                                          outputs: g.outputs.map(\.name), types: types, engine: engine.dnnl, shared: engine.kernels,
                                          memoryPlan: memoryPlan)
             planFailure = nil
-            return plan
+            return .whole(plan)
         } catch {
             planFailure = "\(error)"
-            return nil
         }
+        guard let partial = try? PartialPlan.make(engine, inputs: inputs, types: types) else { return nil }
+        return .partial(partial)
     }
 
     /// Adds a step's time to its layer's time in the current run.
@@ -368,8 +409,8 @@ public final class ExecutionContext {
     /// layers decided (or, while building, undecided) for a oneDNN convolution or
     /// matmul, the Swift kernel for RoiAlign, the observed types recorded when
     /// planning dynamic shapes, per-layer times when profiling.
-    func interpret(_ inputs: [String: Tensor]) throws -> [Tensor] {
-        lastPlan = nil
+    func interpret(_ inputs: [String: Tensor], skipping: Set<String> = []) throws -> [Tensor] {
+        (lastPlan, lastPartial) = (nil, nil)
         interpretedRuns += 1
         var interpreter = GraphInterpreter<EngineGraph> { $0.opset }
         interpreter.evaluateFast = { layer, depth, context in
@@ -387,7 +428,7 @@ public final class ExecutionContext {
                 self.record(layer.name, self.interpretedImplementation(of: layer.name), ms)
             }
         }
-        return try interpreter.run(engine.graph, inputs: inputs)
+        return try interpreter.run(engine.graph, inputs: inputs, skipping: skipping)
     }
 
     func currentStream() throws -> DNNLStream {

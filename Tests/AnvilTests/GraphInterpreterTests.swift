@@ -55,15 +55,24 @@ final class GraphInterpreterTests: XCTestCase {
     func testEngineInterpreterMatchesAndProfilesTopLevelLayersOnly() throws {
         let model = try Self.model()
         let engine = try Engine(file: try EngineBuilder().build(model, name: "if").file, name: "if.anvil")
-        let context = ExecutionContext(engine: engine)
-        context.profiling = true
-        for condition in [true, false, true] {
-            XCTAssertEqual(try context.run(Self.inputs(condition))[0].value.floats, Self.expected(condition))
-            XCTAssertNil(context.lastPlan, "control flow runs on the interpreter")
+        // All on the interpreter; then (the default) Relu and Neg on a partial plan, the If on the interpreter.
+        for usePlan in [false, true] {
+            let context = ExecutionContext(engine: engine)
+            context.usePlan = usePlan
+            context.profiling = true
+            for condition in [true, false, true] {
+                XCTAssertEqual(try context.run(Self.inputs(condition))[0].value.floats, Self.expected(condition))
+                if !usePlan {
+                    XCTAssertNil(context.lastPlan, "the interpreter runs everything")
+                } else {
+                    XCTAssertEqual(Set(try XCTUnwrap(context.lastPlan).stepSummary.map(\.layer)), ["relu", "neg"])
+                    XCTAssertEqual(context.interpretedLayers, ["if": "layer has subgraphs"])
+                }
+            }
+            let topLevel = Set(engine.graph.layers.map(\.name))
+            XCTAssertEqual(Set(context.profile.map(\.layer)), topLevel)
+            XCTAssertTrue(context.profile.allSatisfy { $0.milliseconds.count == 3 }, "\(context.profile)")
         }
-        let topLevel = Set(engine.graph.layers.map(\.name))
-        XCTAssertEqual(Set(context.profile.map(\.layer)), topLevel)
-        XCTAssertTrue(context.profile.allSatisfy { $0.milliseconds.count == 3 }, "\(context.profile)")
     }
 
     func testHooksSeeDepthsAndMayReplaceKernels() throws {

@@ -56,8 +56,10 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
     public init(opset: @escaping (Node) -> Int) { self.opset = opset }
 
     /// Runs `graph` with `inputs` bound by name; returns its outputs in declaration order.
-    public func run(_ graph: Graph, inputs: [String: Tensor]) throws -> [Tensor] {
-        try execute(graph, bound: inputs, outer: nil, depth: 0, schedules: Schedules())
+    /// Top-level nodes named in `skipping` are not run: `inputs` must then hold every
+    /// output of theirs that the other nodes read (a plan computed them).
+    public func run(_ graph: Graph, inputs: [String: Tensor], skipping: Set<String> = []) throws -> [Tensor] {
+        try execute(graph, bound: inputs, outer: nil, depth: 0, schedules: Schedules(), skipping: skipping)
     }
 
     /// The values a subgraph sees from its enclosing graph: that graph's values when
@@ -97,7 +99,7 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
     }
 
     /// Subgraphs held in a node's attributes.
-    static func subgraphs(of node: Node) -> [Graph] {
+    public static func subgraphs(of node: Node) -> [Graph] {
         node.attributes.values.flatMap { attribute -> [Graph] in
             switch attribute {
             case .graph(let g): [g as? Graph].compactMap { $0 }
@@ -108,7 +110,7 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
     }
 
     /// Names a subgraph reads from enclosing scopes.
-    static func outerReferences(_ graph: Graph) -> Set<String> {
+    public static func outerReferences(_ graph: Graph) -> Set<String> {
         var defined = Set(graph.inputNames).union(graph.constantNames)
         var free = Set<String>()
         for node in graph.nodesInOrder {
@@ -121,11 +123,12 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
     }
 
     /// Executes one graph: `bound` holds its inputs, `outer` the enclosing graphs' values.
-    func execute(_ graph: Graph, bound: [String: Tensor], outer: Scope?, depth: Int, schedules: Schedules) throws -> [Tensor] {
+    func execute(_ graph: Graph, bound: [String: Tensor], outer: Scope?, depth: Int, schedules: Schedules, skipping: Set<String> = []) throws -> [Tensor] {
         var env = bound
         func lookup(_ name: String) throws -> Tensor? { try env[name] ?? graph.constant(name) ?? outer?.lookup(name) }
         let releases = schedules.releases(graph)
         for (i, node) in graph.nodesInOrder.enumerated() {
+            if !skipping.isEmpty, skipping.contains(node.name) { continue }
             let opset = opset(node)
             guard let def = KernelRegistry.lookup(domain: node.domain, opType: node.opType, opset: opset) else {
                 throw AnvilError.unsupportedOp(node: node.name, op: node.opType, domain: node.domain, version: opset)
