@@ -114,19 +114,27 @@ enum SwiftElementwise {
     /// Equal, Less, LessOrEqual, Greater, GreaterOrEqual of two tensors of `type`, broadcast, into booleans.
     static func compare(_ op: String, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, type: DataType, _ walk: Broadcast,
                         into y: UnsafeMutableRawPointer) {
-        @inline(__always) func decide<T: Comparable>(_ x: T, _ z: T) -> Bool {
-            switch op {
-            case "Equal": x == z
-            case "Less": x < z
-            case "LessOrEqual": x <= z
-            case "Greater": x > z
-            default: x >= z
-            }
+        let out = y.assumingMemoryBound(to: UInt8.self)
+        switch type {
+        case .float: compare(op, a.assumingMemoryBound(to: Float.self), b.assumingMemoryBound(to: Float.self), walk, into: out)
+        case .int32: compare(op, a.assumingMemoryBound(to: Int32.self), b.assumingMemoryBound(to: Int32.self), walk, into: out)
+        default: compare(op, a.assumingMemoryBound(to: Int64.self), b.assumingMemoryBound(to: Int64.self), walk, into: out)
         }
-        walk.walk { o, i, j, _ in
-            let v = type == .float ? decide(a.load(fromByteOffset: 4 * i, as: Float.self), b.load(fromByteOffset: 4 * j, as: Float.self))
-                                   : decide(integer(a, i, type), integer(b, j, type))
-            y.storeBytes(of: v ? 1 : 0, toByteOffset: o, as: UInt8.self)
+    }
+
+    /// The comparison of typed elements, the op chosen once per row (a one-hot's Equal
+    /// of [n, 1] and [k] makes rows of k).
+    @inline(__always)
+    static func compare<T: Comparable>(_ op: String, _ a: UnsafePointer<T>, _ b: UnsafePointer<T>, _ walk: Broadcast, into y: UnsafeMutablePointer<UInt8>) {
+        let code = ["Equal": 0, "Less": 1, "LessOrEqual": 2, "Greater": 3][op] ?? 4
+        walk.rows { o, i, j, _, count, si, sj, _ in
+            switch code {
+            case 0: for k in 0..<count { y[o + k] = a[i + k * si] == b[j + k * sj] ? 1 : 0 }
+            case 1: for k in 0..<count { y[o + k] = a[i + k * si] < b[j + k * sj] ? 1 : 0 }
+            case 2: for k in 0..<count { y[o + k] = a[i + k * si] <= b[j + k * sj] ? 1 : 0 }
+            case 3: for k in 0..<count { y[o + k] = a[i + k * si] > b[j + k * sj] ? 1 : 0 }
+            default: for k in 0..<count { y[o + k] = a[i + k * si] >= b[j + k * sj] ? 1 : 0 }
+            }
         }
     }
 
@@ -192,6 +200,22 @@ enum SwiftElementwise {
 
     /// ONNX Cast between the supported types (a float source is read as a float, not an integer).
     static func cast(_ x: UnsafeRawPointer, from: DataType, count: Int, to y: UnsafeMutableRawPointer, _ type: DataType) {
+        // The common pairs in typed loops (masks and one-hots to float, indices between widths).
+        func convert<S, D>(_: S.Type, _: D.Type, _ f: (S) -> D) {
+            let source = x.assumingMemoryBound(to: S.self), target = y.assumingMemoryBound(to: D.self)
+            for i in 0..<count { target[i] = f(source[i]) }
+        }
+        switch (from, type) {
+        case (.bool, .float): convert(UInt8.self, Float.self) { $0 != 0 ? 1 : 0 }; return
+        case (.float, .bool): convert(Float.self, UInt8.self) { $0 != 0 ? 1 : 0 }; return
+        case (.int64, .float): convert(Int64.self, Float.self) { Float($0) }; return
+        case (.int32, .float): convert(Int32.self, Float.self) { Float($0) }; return
+        case (.int32, .int64): convert(Int32.self, Int64.self) { Int64($0) }; return
+        case (.int64, .int32): convert(Int64.self, Int32.self) { Int32(truncatingIfNeeded: $0) }; return
+        case (.bool, .int64): convert(UInt8.self, Int64.self) { $0 != 0 ? 1 : 0 }; return
+        case (.bool, .int32): convert(UInt8.self, Int32.self) { $0 != 0 ? 1 : 0 }; return
+        default: break
+        }
         if from == .float {
             for i in 0..<count {
                 let v = x.load(fromByteOffset: 4 * i, as: Float.self)
