@@ -60,7 +60,7 @@ enum MovementLowering {
     /// pick source index ⌊o / factor⌋ as oneDNN's resampling does; linear resizing with
     /// half-pixel centres to any size.
     static func resize(_ l: LayerLowering) throws -> LayerDecision? {
-        guard l.layer.opset >= 11, let x = l.value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return nil }
+        guard l.layer.opset >= 11, var x = l.value(0), x.dataType == .float, (3...5).contains(x.shape.count) else { return nil }
         let a = l.attributes
         let mode = try a.string("mode", "nearest")
         guard mode == "nearest" || mode == "linear", try a.int("antialias", 0) == 0 else { return nil }
@@ -82,6 +82,10 @@ enum MovementLowering {
                 for d in 2..<x.shape.count where Float(scales.double(at: d)) != Float(outShape[d]) / Float(x.shape[d]) { return nil }
             }
         }
+        // oneDNN resamples a plain (NCHW) tensor an order of magnitude slower than a
+        // channels-last one (a segmentation head upsampling 21 classes from 40×40 to
+        // 320×320: 2.3 against 0.19 ms): the smaller input is reordered instead.
+        if x.isPlain, x.shape[1] > 1, let nhwc = try Layout.channelsLast.descriptor(x.shape) { x = try l.plan.inLayout(x, nhwc) }
         var src = try x.descriptor()
         var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
         var desc = dnnl_resampling_desc_t()
