@@ -249,6 +249,31 @@ final class LoweringTests: XCTestCase {
         }
     }
 
+    /// InstanceNormalization on oneDNN's batch normalization computing its statistics: a
+    /// batch of one in the convolution's layout (a 1-D signal as wav2vec2's feature encoder
+    /// has it, or an image), a larger batch as [1, N·C, …] in plain layout.
+    func testInstanceNormalizationOnOneDNN() throws {
+        var rng = SeededGenerator(seed: 29)
+        for (trial, layout) in [Layout.plain, .channelsLast, .blocked16, .preferred, .plain, .blocked16].enumerated() {
+            let n = trial >= 4 ? 2 : 1, c = 16 + 8 * (trial % 3), spatial = trial < 3 ? [37] : [9, 11]
+            let shape = [n, 4] + spatial, kernel = spatial.map { _ in 3 }
+            let g = Graph(name: "instance", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints(Array(repeating: 1, count: 2 * spatial.count))]),
+                                  Node(name: "test", opType: "InstanceNormalization", inputs: ["a", "s", "b"], outputs: ["y"], attributes: ["epsilon": .float(1e-3)])],
+                          initializers: [("w", try random([c, 4] + kernel, &rng)), ("s", try random([c], &rng)), ("b", try random([c], &rng))])
+            let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let x = try random(shape, &rng)
+            let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
+            let (engine, compiled) = try self.engine(model, convLayout: layout, test: nil, "instance")
+            XCTAssertEqual(compiled.decisions["test"]?.kernel, .instanceNormalization, "trial \(trial)")
+            XCTAssertFalse(compiled.implementations["test"]?.contains("ref") ?? true, "trial \(trial) \(layout): \(compiled.implementations["test"] ?? "-")")
+            let actual = try ExecutionContext(engine: engine).run(["x": x])[0].value
+            let comparison = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(comparison.passed, "trial \(trial) \(layout) \(shape): \(comparison)")
+        }
+    }
+
     /// A context keeps at most `planCacheCapacity` per-shape plans (least recently used
     /// dropped), and shapes that come back after being dropped are planned again.
     func testPerShapePlansAreBounded() throws {

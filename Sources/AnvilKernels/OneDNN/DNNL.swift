@@ -135,7 +135,11 @@ final class DNNLPrimitive {
 
     /// Whether oneDNN chose one of its reference implementations ("ref:any", "ref_…"),
     /// which run tens of times slower than its optimized ones.
-    var isReference: Bool { implementation.hasPrefix("ref") }
+    /// Whether oneDNN offers only its reference implementation ("ref:any", "bnorm_ref:any", "ref_…").
+    var isReference: Bool {
+        let name = implementation.split(separator: ":").first.map(String.init) ?? implementation
+        return name.hasPrefix("ref") || name.hasSuffix("_ref") || name.contains("_ref_")
+    }
 
     /// A memory descriptor the primitive uses (zero when it has none for `what`).
     func query(_ what: dnnl_query_t, index: Int32 = 0) -> dnnl_memory_desc_t {

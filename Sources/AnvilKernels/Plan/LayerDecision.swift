@@ -188,6 +188,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case argExtreme = 39
     /// RoiAlign, reading the feature map in its channel layout.
     case roiAlign = 40
+    /// InstanceNormalization as oneDNN's batch normalization computing its statistics.
+    case instanceNormalization = 41
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -243,6 +245,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .pad: "pad"
         case .argExtreme: "arg max/min"
         case .roiAlign: "roi align"
+        case .instanceNormalization: "instance normalization"
         }
     }
 }
