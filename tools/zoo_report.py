@@ -130,6 +130,24 @@ def write_report(path, results, export_failures):
             f"| {cell(axes(m['dynamic_axes']))} | {layers} | {f.get('slow', '—')} | "
             + " | ".join(verdict(ws[w]) for w in WAYS) + " |")
     out("")
+    timed = [(n, r["latency"]["median_ms"]) for n, r in results.items() if r.get("latency")]
+    timed = [(n, m) for n, m in timed if m.get("fixed") and m.get("ort") and m.get("openvino")]
+    if timed:
+        def med(v):
+            v = sorted(v)
+            return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2
+        ort, ov = [m["fixed"] / m["ort"] for _, m in timed], [m["fixed"] / m["openvino"] for _, m in timed]
+        best = [m["fixed"] / min(m["ort"], m["openvino"]) for _, m in timed]
+        slow = sorted(((n, m["fixed"] / min(m["ort"], m["openvino"])) for n, m in timed), key=lambda x: -x[1])
+        out("## Latency")
+        out("")
+        out(f"Fixed-shape engines against ONNX Runtime and OpenVINO (FP32, {timed and results[timed[0][0]]['latency']['threads']} threads, "
+            f"alternating rounds, median latency) over the {len(timed)} models timed with `--latency`: median ratio "
+            f"**{med(ort):.2f}× ONNX Runtime**, **{med(ov):.2f}× OpenVINO**, {med(best):.2f}× the faster of the two. "
+            f"Slower than 1.1× the faster: "
+            + (", ".join(f"[{n}](#{n}) {x:.2f}×" for n, x in slow if x > 1.1) or "none")
+            + " (each model's section shows where its time goes).")
+        out("")
     reasons = defaultdict(lambda: {"types": set(), "models": defaultdict(set), "layers": 0})
     for name, r in results.items():
         for way, w in r["ways"].items():
@@ -212,6 +230,19 @@ def write_report(path, results, export_failures):
             if lat:
                 row += f" {cell(latency_text(lat, way)) if way != 'profile' else '—'} |"
             out(row)
+        if lat and lat.get("profile"):
+            prof = lat["profile"]
+            out("")
+            if "error" in prof:
+                out(f"Slower than 1.1× the faster runtime; profiling failed: {cell(prof['error'])}")
+            else:
+                out(f"Slower than 1.1× the faster runtime. Where the fixed engine's time goes (`anvil bench --dumpProfile` on "
+                    f"test_data_set_0, the {len(prof['layers'])} largest of {prof['count']} layers):")
+                out("")
+                out("| layer | kernel | median ms | share |")
+                out("|---|---|---:|---:|")
+                for x in prof["layers"]:
+                    out(f"| {cell(x['layer'])} | {cell(x['kernel'])} | {x['median_ms']:.3f} | {x['percent']:.1f}% |")
         slow = defaultdict(list)
         for way in WAYS:
             for s in r["ways"][way]["slow_paths"]:
