@@ -25,9 +25,13 @@ func fusedNode(_ layer: Node, op: String, inputs: [String], root: Node, extra: [
                 fusedFrom: layer.fusedFrom + root.fusedFrom)
 }
 
-/// The producer of `value` if it is a fusable layer read only by `root`.
+/// The producer of `value` if it is a fusable layer read only by `root`. Its weights
+/// must be constant: the fused kernels are convolutions and matrix products with
+/// prepacked weights (a product of two runtime tensors, as attention scores are, runs
+/// on the batched matmul, which takes no fused residual or activation).
 func fusableProducer(_ value: String, of root: Node, _ ctx: RewriteContext) -> Node? {
-    guard let p = ctx.producer(value), asFused(p) != nil, ctx.uses.soleConsumer(value) === root else { return nil }
+    guard let p = ctx.producer(value), asFused(p) != nil, ctx.uses.soleConsumer(value) === root,
+          p.inputs.count > 1, ctx.constant(p.inputs[1]) != nil else { return nil }
     return p
 }
 

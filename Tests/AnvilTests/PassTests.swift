@@ -304,6 +304,20 @@ final class FusionTests: XCTestCase {
         }
     }
 
+    /// A product of two runtime tensors (attention scores with T5's position bias) keeps its
+    /// Add and activation: only layers with constant weights have fused kernels.
+    func testProductsOfRuntimeTensorsAreNotFused() throws {
+        let f = TensorType(.float, shape: [1, 2, 4, 4])
+        let g = Graph(name: "scores", inputs: [ValueInfo(name: "q", type: f), ValueInfo(name: "k", type: f), ValueInfo(name: "bias", type: f)],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "mm", opType: "MatMul", inputs: ["q", "k"], outputs: ["s"]),
+                              Node(name: "add", opType: "Add", inputs: ["s", "bias"], outputs: ["t"]),
+                              Node(name: "relu", opType: "Relu", inputs: ["t"], outputs: ["y"])])
+        let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        _ = try PassTesting.optimized(m, [FuseMatMulBias(), FuseResidualAdd(), FuseActivation()])
+        XCTAssertEqual(m.graph.nodes.map(\.opType), ["MatMul", "Add", "Relu"])
+    }
+
     /// A layer whose output is read twice cannot absorb what follows.
     func testSharedLayerOutputsAreNotFused() throws {
         var b = GraphBuilder()
