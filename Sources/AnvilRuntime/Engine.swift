@@ -195,6 +195,8 @@ public final class ExecutionContext {
     private var stream: DNNLStream?
     /// Fast kernels by layer (top-level graph) for the interpreter.
     private var fastLayers: [String: FastLayer] = [:]
+    /// Layers and input shapes that have no fast kernel (not asked again).
+    private var withoutFastLayer: Set<String> = []
     /// What runs inputs of some shapes: a plan of the whole graph, or of the part the
     /// planner can take with the layer interpreter running the rest (`PartialPlan`).
     enum Planned {
@@ -442,7 +444,12 @@ public final class ExecutionContext {
     func fastLayer(_ layer: Layer, _ context: EvalContext) throws -> FastLayer? {
         guard let x = context.optionalInput(0), x.dataType == .float else { return nil }
         if let existing = fastLayers[layer.name], existing.inputShape == x.shape { return existing }
-        guard let created = try FastLayer.make(layer, constants: engine.graph.constants, inputShape: x.shape, engine: engine.dnnl) else { return nil }
+        let key = "\(layer.name)|\(x.shape)"
+        guard !withoutFastLayer.contains(key) else { return nil }
+        guard let created = try FastLayer.make(layer, constants: engine.graph.constants, inputShape: x.shape, engine: engine.dnnl) else {
+            withoutFastLayer.insert(key)
+            return nil
+        }
         fastLayers[layer.name] = created
         return created
     }

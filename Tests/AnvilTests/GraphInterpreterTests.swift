@@ -75,6 +75,29 @@ final class GraphInterpreterTests: XCTestCase {
         }
     }
 
+    /// The interpreter's oneDNN path never takes oneDNN's reference implementation: Silero
+    /// VAD's decoder convolution (128 channels to 1, length 1, inside an If's graph) gets
+    /// the Swift reference kernel instead of "ref:any".
+    func testInterpreterLayersNeverRunOnOneDNNReferenceImplementations() throws {
+        var rng = SeededGenerator(seed: 3)
+        let weights = try Tensor(floats: (0..<128).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [1, 128, 1])
+        let row = TensorType(.float, shape: [1, 1, 1])
+        let branch = Graph(name: "same", outputs: [ValueInfo(name: "t", type: row)], nodes: [Node(name: "id", opType: "Identity", inputs: ["y0"], outputs: ["t"])])
+        let graph = Graph(name: "decoder", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 128, 1])), ValueInfo(name: "c", type: TensorType(.bool, shape: []))],
+                          outputs: [ValueInfo(name: "y", type: row)],
+                          nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y0"], attributes: ["kernel_shape": .ints([1])]),
+                                  Node(name: "if", opType: "If", inputs: ["c"], outputs: ["y"], attributes: ["then_branch": .graph(branch), "else_branch": .graph(branch)])],
+                          initializers: [("w", weights), ("b", try Tensor(floats: [0.5], shape: [1]))])
+        let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+        let context = ExecutionContext(engine: try EngineBuilder().build(model, name: "decoder").engine)
+        context.usePlan = false
+        context.profiling = true
+        let feeds = ["x": try Tensor(floats: (0..<128).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [1, 128, 1]), "c": try Tensor(bools: [true], shape: [])]
+        XCTAssertEqual(try context.run(feeds)[0].value.floats, try ReferenceExecutor(model: model).run(feeds)[0].value.floats)
+        let kernels = try XCTUnwrap(context.profile.first { $0.layer == "conv" }?.kernels)
+        XCTAssertFalse(kernels.contains("ref:") || kernels.contains("_ref"), kernels)
+    }
+
     func testHooksSeeDepthsAndMayReplaceKernels() throws {
         let graph = try Self.model().graph
         var interpreter = GraphInterpreter<Graph> { _ in 17 }

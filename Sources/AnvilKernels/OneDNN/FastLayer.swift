@@ -42,11 +42,14 @@ public final class FastLayer {
     /// `inputShape`; nil when the layer is decided otherwise or the shape does not fit.
     public static func make(_ layer: Layer, constants: ConstantStore, inputShape: [Int], engine: DNNLEngine) throws -> FastLayer? {
         let kind = layer.decision?.kernel
+        // oneDNN's reference implementations are never used: the Swift reference kernel runs those layers.
         if kind == nil || kind == .convolution, let spec = try ConvolutionSpec(layer, constants: constants, inputShape: inputShape) {
-            return FastLayer(.convolution(try spec.make(ConvolutionTactic(layout: .plain), engine: engine)), inputShape: inputShape)
+            let conv = try spec.make(ConvolutionTactic(layout: .plain), engine: engine)
+            return conv.kernel.primitive.isReference ? nil : FastLayer(.convolution(conv), inputShape: inputShape)
         }
         if kind == nil || kind == .matmul, let spec = try MatMulSpec(layer, constants: constants, inputShape: inputShape) {
-            return FastLayer(.matmul(try spec.make(engine: engine), outputShape: spec.outputShape), inputShape: inputShape)
+            let matmul = try spec.make(engine: engine)
+            return matmul.kernel.primitive.isReference ? nil : FastLayer(.matmul(matmul, outputShape: spec.outputShape), inputShape: inputShape)
         }
         if kind == nil || kind == .roiAlign, layer.opType == "RoiAlign", layer.domain.isEmpty, inputShape.count == 4 {
             return FastLayer(.roiAlign(try RoiAlignParameters(layer.attributeReader, opset: layer.opset)), inputShape: inputShape)
