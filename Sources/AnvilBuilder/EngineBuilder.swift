@@ -76,13 +76,16 @@ public struct EngineBuilder {
         }
         if types == nil { samples = sampleShapes(model.graph, size: ShapeProfile.sampleSize) }
         // A sample so small that layers see empty tensors (Inception's stride-2 reductions take
-        // 64 pixels down to none) decides their kernels for nothing: a larger one that empties
-        // fewer values is taken instead.
+        // 64 pixels down to none, wav2vec2's feature encoder 64 samples) decides their kernels
+        // for nothing: the first larger one (up to a second of 16 kHz audio) that empties no
+        // value is taken, else the one that empties fewest.
         if let found = types, Self.emptyValueCount(found) > 0 {
-            let larger = sampleShapes(model.graph, size: 4 * ShapeProfile.sampleSize)
-            if larger != samples, let largerTypes = try? Self.concreteTypes(model, shapes: larger),
-               Self.emptyValueCount(largerTypes) < Self.emptyValueCount(found) {
-                (samples, types) = (larger, largerTypes)
+            var fewest = Self.emptyValueCount(found)
+            for size in [4 * ShapeProfile.sampleSize, 1024, 16000] where fewest > 0 {
+                let larger = sampleShapes(model.graph, size: size)
+                if larger != samples, let largerTypes = try? Self.concreteTypes(model, shapes: larger), Self.emptyValueCount(largerTypes) < fewest {
+                    (samples, types, fewest) = (larger, largerTypes, Self.emptyValueCount(largerTypes))
+                }
             }
         }
         for input in model.graph.runtimeInputs where profile.opt[input.name] == nil {
