@@ -88,11 +88,6 @@ public struct EngineBuilder {
                 }
             }
         }
-        for input in model.graph.runtimeInputs where profile.opt[input.name] == nil {
-            guard let dims = input.type.dims, dims.dropFirst().contains(where: { $0.value == nil }), let shape = samples[input.name] else { continue }
-            model.warnings.append("input '\(input.name)' has dynamic dimensions \(input.type); kernels were chosen and tactics timed for "
-                                  + "\(shape.map(String.init).joined(separator: "x")): give --optShapes (or --shapes) with representative sizes for an engine tuned to them")
-        }
         // A graph whose later shapes depend on the data still has its convolutions' shapes known.
         if timeTactics, let known = types ?? (try? Self.concreteTypes(model, shapes: samples, partial: true)) { try chooseTactics(graph, types: known) }
         let meta = """
@@ -100,7 +95,24 @@ public struct EngineBuilder {
             """
         let producer = "anvil 0.1"
         let staging = try Engine(graph: graph, producer: producer, requiredFeatures: [], profile: profile, name: name)
-        let compiled = try staging.compile(shapes: samples, types: types)
+        var compiled = try staging.compile(shapes: samples, types: types)
+        // Without inferable types the runtime runs the graph once on zeros of the sample shapes;
+        // a sample too small for the model (Silero VAD's 64 samples leave its LSTM no frame) fails
+        // that run and leaves every layer undecided: larger samples are tried.
+        let zeroRunFailed = { (c: CompiledEngine) in c.plan == nil && (c.planFailure ?? "").hasPrefix("running it on zero inputs failed") }
+        if types == nil, zeroRunFailed(compiled) {
+            for size in [4 * ShapeProfile.sampleSize, 1024, 16000] {
+                let larger = sampleShapes(model.graph, size: size)
+                guard larger != samples, let retry = try? staging.compile(shapes: larger, types: nil), !zeroRunFailed(retry) else { continue }
+                (compiled, samples) = (retry, larger)
+                break
+            }
+        }
+        for input in model.graph.runtimeInputs where profile.opt[input.name] == nil {
+            guard let dims = input.type.dims, dims.dropFirst().contains(where: { $0.value == nil }), let shape = samples[input.name] else { continue }
+            model.warnings.append("input '\(input.name)' has dynamic dimensions \(input.type); kernels were chosen and tactics timed for "
+                                  + "\(shape.map(String.init).joined(separator: "x")): give --optShapes (or --shapes) with representative sizes for an engine tuned to them")
+        }
         for i in graph.layers.indices { graph.layers[i].decision = compiled.decisions[graph.layers[i].name] }
         // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks
         // them. Winograd-transformed weights cannot be read back, so theirs stay plain as well.

@@ -81,3 +81,31 @@ final class PartialPlanTests: XCTestCase {
         XCTAssertThrowsError(try context.run(inputs: [], outputs: []))
     }
 }
+
+extension PartialPlanTests {
+    /// A dynamic model whose types cannot be inferred is run once on zeros at build time;
+    /// when the default sample (64) is too short for it (here a window of 64 from offset 100
+    /// is empty), larger samples are tried so its layers still get fast kernels.
+    func testTooShortSamplesAreRetriedLarger() throws {
+        var rng = SeededGenerator(seed: 12)
+        let g = Graph(name: "window", inputs: [ValueInfo(name: "x", type: TensorType(.float, [.known(1), .symbol("L")]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil)), ValueInfo(name: "nz", type: TensorType(.int64, nil))],
+                      nodes: [Node(name: "window", opType: "Slice", inputs: ["x", "starts", "ends", "axes"], outputs: ["s"]),
+                              Node(name: "frame", opType: "Reshape", inputs: ["s", "shape"], outputs: ["f"]),
+                              Node(name: "conv", opType: "Conv", inputs: ["f", "w"], outputs: ["y"]),
+                              Node(name: "nonzero", opType: "NonZero", inputs: ["x"], outputs: ["nz"])],
+                      initializers: [("starts", try Tensor(int64s: [100], shape: [1])), ("ends", try Tensor(int64s: [164], shape: [1])),
+                                     ("axes", try Tensor(int64s: [1], shape: [1])), ("shape", try Tensor(int64s: [1, 1, 64], shape: [3])),
+                                     ("w", try random([4, 1, 3], &rng))])
+        let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let built = try EngineBuilder().build(model, name: "window")
+        XCTAssertEqual(built.graph.layers.first { $0.name == "conv" }?.decision?.kernel, .convolution, "\(built.compiled.planFailure ?? "")")
+        XCTAssertTrue(built.warnings.contains { $0.contains("1x256") }, "\(built.warnings)")
+        let x = try random([1, 300], &rng)
+        let context = ExecutionContext(engine: try Engine(file: built.file, name: "window.anvil"))
+        let expected = try ReferenceExecutor(model: model).run(["x": x])
+        for _ in 0..<2 {
+            for (e, a) in zip(expected, try context.run(["x": x])) { XCTAssertTrue(Comparison.compare(actual: a.value, expected: e.value, atol: 1e-5, rtol: 1e-4).passed) }
+        }
+    }
+}
