@@ -496,3 +496,42 @@ extension PlanTests {
         XCTAssertEqual(alone["a"]?.layout, .channelsLast)
     }
 }
+
+extension PlanTests {
+    /// Concatenations whose parts share a buffer with live values they do not include: the
+    /// parts of a split concatenated twice while the other half is still read (and twice in
+    /// front of it), and a second concatenation of an earlier one's first part with another.
+    /// Only buffers whose every byte is a part in its place may be placed inside the result.
+    func testConcatenationsNeverPlaceBuffersOverLiveValues() throws {
+        var rng = SeededGenerator(seed: 77)
+        let c = 16, h = 5, w = 4
+        let cases: [(String, [Node], [String])] = [
+            ("split twice", [Node(name: "split", opType: "Split", inputs: ["x2", "halves"], outputs: ["a", "b"], attributes: ["axis": .int(1)]),
+                             Node(name: "concat", opType: "Concat", inputs: ["a", "a"], outputs: ["y"], attributes: ["axis": .int(1)])], ["y", "b"]),
+            ("split thrice", [Node(name: "split", opType: "Split", inputs: ["x2", "halves"], outputs: ["a", "b"], attributes: ["axis": .int(1)]),
+                              Node(name: "concat", opType: "Concat", inputs: ["a", "a", "b"], outputs: ["y"], attributes: ["axis": .int(1)])], ["y"]),
+            ("nested", [Node(name: "concat1", opType: "Concat", inputs: ["x1", "p"], outputs: ["r1"], attributes: ["axis": .int(1)]),
+                        Node(name: "concat2", opType: "Concat", inputs: ["x1", "x2"], outputs: ["y"], attributes: ["axis": .int(1)])], ["y", "r1"]),
+        ]
+        for (label, extra, outputs) in cases {
+            let nodes = [Node(name: "conv1", opType: "Conv", inputs: ["x", "w1"], outputs: ["x1"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                         Node(name: "conv2", opType: "Conv", inputs: ["x", "w2"], outputs: ["x2"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                         Node(name: "conv3", opType: "Conv", inputs: ["x", "w1"], outputs: ["p"], attributes: ["pads": .ints([1, 1, 1, 1])])] + extra
+            let g = Graph(name: label, inputs: [ValueInfo(name: "x", type: f([1, c, h, w]))], outputs: outputs.map { ValueInfo(name: $0, type: TensorType(.float, nil)) },
+                          nodes: nodes, initializers: [("w1", try random([c, c, 3, 3], &rng)), ("w2", try random([2 * c, c, 3, 3], &rng)),
+                                                       ("halves", try Tensor(int64s: [Int64(c), Int64(c)], shape: [2]))])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let x = try random([1, c, h, w], &rng)
+            let expected = try ReferenceExecutor(model: m).run(["x": x])
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let built = try builder.build(m, name: label)
+            for layout in [Layout.plain, .blocked16] {
+                let forced = try forcedPlan(built.graph, layout: layout, x: x)
+                for (e, a) in zip(expected, forced.outputs) {
+                    XCTAssertTrue(Comparison.compare(actual: a, expected: e.value, atol: 1e-4, rtol: 1e-3).passed, "\(label) \(layout) \(e.name)")
+                }
+            }
+        }
+    }
+}

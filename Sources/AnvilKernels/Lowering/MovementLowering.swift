@@ -317,6 +317,25 @@ extension ExecutionPlan {
         for (root, offset) in placements.sorted(by: { $0.value < $1.value }) {
             if offset < end { placements[root] = nil } else { end = offset + buffers[root].bytes }
         }
+        // A placed root's bytes may only cover slots of its own parts, each where it already is:
+        // anything else in that span (a split sibling, an earlier concatenation's other parts, the
+        // same part wanted twice) is live data a copy into another slot would overwrite.
+        var spans: [(start: Int, end: Int)] = []
+        for (p, s) in zip(parts, slots) {
+            var d = s.descriptor
+            spans.append((s.slot, s.slot + max(anvil_dnnl_md_size(&d), p.byteCount)))
+        }
+        var changed = true
+        while changed {
+            changed = false
+            for (root, offset) in placements {
+                let rootEnd = offset + buffers[root].bytes
+                let foreign = zip(slots, spans).contains { s, span in
+                    span.start < rootEnd && offset < span.end && !(s.root == root && s.place == offset)
+                }
+                if foreign { placements[root] = nil; changed = true }
+            }
+        }
         let copies = zip(parts, slots).filter { part, s in s.place == nil || placements[s.root] != s.place }
             .map { part, s in (part: part, slot: s.slot, descriptor: s.descriptor) }
         guard !placements.isEmpty else { return false }
