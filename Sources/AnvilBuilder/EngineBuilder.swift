@@ -103,7 +103,9 @@ public struct EngineBuilder {
         if types == nil, zeroRunFailed(compiled) {
             for size in [4 * ShapeProfile.sampleSize, 1024, 16000] {
                 let larger = sampleShapes(model.graph, size: size)
-                guard larger != samples, let retry = try? staging.compile(shapes: larger, types: nil), !zeroRunFailed(retry) else { continue }
+                // Never more than 2^24 input elements (an image model's H and W at 16000 would be billions).
+                guard larger != samples, larger.values.reduce(0, { $0 + $1.reduce(1, *) }) <= 1 << 24,
+                      let retry = try? staging.compile(shapes: larger, types: nil), !zeroRunFailed(retry) else { continue }
                 (compiled, samples) = (retry, larger)
                 break
             }

@@ -82,6 +82,11 @@ final class OpFixtureTests: XCTestCase {
         assertNamesTheNode({ try ReferenceExecutor(model: self.roiAlignModel(columns: 3)).run(["x": x, "rois": try Tensor(floats: Array(repeating: 1, count: 6), shape: [2, 3]),
                                                                                     "batch": goodBatch]) }, "rois must be [num_rois, 4]")
 
+        // An empty feature map cannot be sampled (bilinear corners would index before its start).
+        let parameters = try RoiAlignParameters(AttributeReader(node: Node(name: "r", opType: "RoiAlign", inputs: [], outputs: [])), opset: 16)
+        XCTAssertThrowsError(try parameters.check(x: [2, 3, 0, 6], rois: [2, 4], batchIndices: [2]))
+        XCTAssertNoThrow(try parameters.check(x: [2, 3, 0, 6], rois: [0, 4], batchIndices: [0]))
+
         // Values only the run sees: the reference kernel and the engine's Swift kernel.
         let model = roiAlignModel()
         let built = try EngineBuilder().build(model, name: "roi")

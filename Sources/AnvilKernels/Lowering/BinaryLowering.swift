@@ -44,8 +44,11 @@ enum BinaryLowering {
             return (try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "binary"), b, src0, src1)
         }
         var made: (DNNLPrimitive, PlanValue, dnnl_memory_desc_t, dnnl_memory_desc_t)?
+        // Only when the scale is already stored so (a convolution's output): a reorder made for a
+        // candidate that turned out slow would stay in the plan.
         if b.shape != shape, b.shape.count == shape.count, Layout.of(a.layout, shape: a.shape).channelBlock != nil,
-           let blocked = try make(a, blocked: true), !blocked.0.isReference {
+           Layout.of(b.layout, shape: b.shape) == Layout.of(a.layout, shape: a.shape),
+           let blocked = try? make(a, blocked: true), !blocked.0.isReference {
             made = blocked
         }
         guard var (primitive, b1, src0, src1) = try made ?? make(a) else { return nil }

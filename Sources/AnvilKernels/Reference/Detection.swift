@@ -136,6 +136,9 @@ public struct RoiAlignParameters: Sendable, Equatable {
         guard batchIndices == [rois[0]] else {
             throw AnvilError.invalidTensor(name: "RoiAlign", reason: "batch_indices must be [\(rois[0])] (one per roi), got \(batchIndices)")
         }
+        guard rois[0] == 0 || (x[2] > 0 && x[3] > 0) else {
+            throw AnvilError.invalidTensor(name: "RoiAlign", reason: "X \(x) has an empty feature map to sample \(rois[0]) rois from")
+        }
     }
 }
 
