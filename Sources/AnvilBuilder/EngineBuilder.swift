@@ -70,7 +70,7 @@ public struct EngineBuilder {
         // optimal ones, else dynamic sizes of 64 (larger where a model needs more, e.g. audio).
         var samples = sampleShapes(model.graph, size: ShapeProfile.sampleSize)
         var types = try? Self.concreteTypes(model, shapes: samples)
-        for size in [256, 1024, 16000] where types == nil {
+        for size in ShapeProfile.largerSampleSizes where types == nil {
             samples = sampleShapes(model.graph, size: size)
             types = try? Self.concreteTypes(model, shapes: samples)
         }
@@ -81,7 +81,7 @@ public struct EngineBuilder {
         // value is taken, else the one that empties fewest.
         if let found = types, Self.emptyValueCount(found) > 0 {
             var fewest = Self.emptyValueCount(found)
-            for size in [4 * ShapeProfile.sampleSize, 1024, 16000] where fewest > 0 {
+            for size in ShapeProfile.largerSampleSizes where fewest > 0 {
                 let larger = sampleShapes(model.graph, size: size)
                 if larger != samples, let largerTypes = try? Self.concreteTypes(model, shapes: larger), Self.emptyValueCount(largerTypes) < fewest {
                     (samples, types, fewest) = (larger, largerTypes, Self.emptyValueCount(largerTypes))
@@ -99,13 +99,12 @@ public struct EngineBuilder {
         // Without inferable types the runtime runs the graph once on zeros of the sample shapes;
         // a sample too small for the model (Silero VAD's 64 samples leave its LSTM no frame) fails
         // that run and leaves every layer undecided: larger samples are tried.
-        let zeroRunFailed = { (c: CompiledEngine) in c.plan == nil && (c.planFailure ?? "").hasPrefix("running it on zero inputs failed") }
-        if types == nil, zeroRunFailed(compiled) {
-            for size in [4 * ShapeProfile.sampleSize, 1024, 16000] {
+        if types == nil, compiled.zeroRunFailed {
+            for size in ShapeProfile.largerSampleSizes {
                 let larger = sampleShapes(model.graph, size: size)
                 // Never more than 2^24 input elements (an image model's H and W at 16000 would be billions).
                 guard larger != samples, larger.values.reduce(0, { $0 + $1.reduce(1, *) }) <= 1 << 24,
-                      let retry = try? staging.compile(shapes: larger, types: nil), !zeroRunFailed(retry) else { continue }
+                      let retry = try? staging.compile(shapes: larger, types: nil), !retry.zeroRunFailed else { continue }
                 (compiled, samples) = (retry, larger)
                 break
             }

@@ -8,6 +8,9 @@ public struct ShapeProfile: Equatable, Sendable {
     /// (tactic timing, the builder's plan, `bench` and `inspect` defaults): large enough
     /// for the windows of typical vision and sequence models, small enough to be quick.
     public static let sampleSize = 64
+    /// Larger sizes tried, in order, where `sampleSize` does not fit a model (its types cannot
+    /// be inferred, it leaves values empty, or a run on zeros fails): up to a second of 16 kHz audio.
+    public static let largerSampleSizes = [256, 1024, 16000]
 
     /// Concrete shapes for inputs' declared dims: a dynamic batch (a dimension that leads
     /// some input) is 1, every other dynamic size `size`; a symbol gets one size wherever

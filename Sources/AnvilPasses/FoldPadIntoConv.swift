@@ -46,26 +46,9 @@ public struct FoldPadIntoConv: Pass {
     /// The Pad's pads over all `rank` axes ([begin…, end…]) when it is a constant-mode
     /// pad with value zero and known pads; nil otherwise.
     static func zeroPads(_ pad: Node, rank: Int, _ ctx: RewriteContext) -> [Int]? {
-        let reader = AttributeReader(node: pad)
-        guard (try? reader.string("mode", "constant")) == "constant" else { return nil }
         func present(_ i: Int) -> Bool { i < pad.inputs.count && !pad.inputs[i].isEmpty }
-        if ctx.pass.opset() < 11 {
-            guard let pads = (try? reader.ints("pads")) ?? nil, pads.count == 2 * rank,
-                  (try? reader.float("value", 0)) == 0 else { return nil }
-            return pads
-        }
-        guard present(1), let pads = ctx.constant(pad.inputs[1])?.int64s.map({ Int($0) }) else { return nil }
-        if present(2) {
-            guard let value = ctx.constant(pad.inputs[2]), value.count == 1, value.double(at: 0) == 0 else { return nil }
-        }
-        guard present(3) else { return pads.count == 2 * rank ? pads : nil }
-        guard let axes = ctx.constant(pad.inputs[3])?.int64s, pads.count == 2 * axes.count else { return nil }
-        var full = Array(repeating: 0, count: 2 * rank)
-        for (k, a) in axes.enumerated() {
-            guard let axis = ShapeMath.normalizeAxis(Int(a), rank: rank) else { return nil }
-            full[axis] = pads[k]
-            full[rank + axis] = pads[axes.count + k]
-        }
-        return full
+        guard let p = try? ConstantPad(opset: ctx.pass.opset(), attributes: AttributeReader(node: pad), rank: rank, present: present,
+                                       input: { present($0) ? ctx.constant(pad.inputs[$0]) : nil }), p.value == 0 else { return nil }
+        return p.pads
     }
 }

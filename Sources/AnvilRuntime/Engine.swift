@@ -114,15 +114,15 @@ public final class Engine: @unchecked Sendable {
         }
         let context = ExecutionContext(engine: self)
         let plan = context.plan(for: inputs, types: types)
-        if plan == nil, context.interpretedRuns == 0 {
-            // Shapes known but not plannable (an If): one interpreted run on zeros finds the
-            // layers the interpreter runs on fast kernels, so they are decided for them.
+        let zeroRunFailed = context.zeroRunFailed
+        // Layers outside a partial plan run on the interpreter, each for its own reason.
+        let interpreted = context.interpretedLayers
+        if plan == nil || !interpreted.isEmpty, context.interpretedRuns == 0 {
+            // Shapes known but not (wholly) plannable (an If): one interpreted run on zeros finds
+            // the layers the interpreter runs on fast kernels, so they are decided for them.
             _ = try? context.interpret(inputs)
         }
         var decisions: [String: LayerDecision] = [:], implementations: [String: String] = [:]
-        // With a partial plan, the layers outside it run on the interpreter, each for its own reason.
-        let interpreted = context.interpretedLayers
-        if plan != nil, !interpreted.isEmpty, context.interpretedRuns == 0 { _ = try? context.interpret(inputs) }
         for layer in graph.layers {
             implementations[layer.name] = plan != nil && interpreted[layer.name] == nil ? plan!.implementation(of: layer.name)
                                                                                         : context.interpretedImplementation(of: layer.name)
@@ -152,8 +152,9 @@ public final class Engine: @unchecked Sendable {
         case .older: required = []
         }
         let isStatic = !graph.valueTypes.isEmpty && graph.valueTypes.values.allSatisfy { $0.concreteShape != nil }
-        return CompiledEngine(plan: plan, planFailure: context.planFailure, decisions: decisions, implementations: implementations, packedWeights: weights,
-                              memoryPlan: isStatic ? plan?.storedMemoryPlan : nil, requiredFeatures: required)
+        return CompiledEngine(plan: plan, planFailure: context.planFailure, zeroRunFailed: zeroRunFailed, decisions: decisions,
+                              implementations: implementations, packedWeights: weights, memoryPlan: isStatic ? plan?.storedMemoryPlan : nil,
+                              requiredFeatures: required)
     }
 
     /// The engine's runtime inputs and outputs.
@@ -168,6 +169,9 @@ public struct CompiledEngine {
     /// strings, shapes that depend on the data), with the reason.
     public let plan: ExecutionPlan?
     public let planFailure: String?
+    /// Whether planning needed a run on zero inputs to observe the shapes, and that run
+    /// failed (a sample too small for the model): nothing was planned or decided.
+    public let zeroRunFailed: Bool
     /// Every top-level layer's decision as instantiated.
     public let decisions: [String: LayerDecision]
     /// What runs each top-level layer on this CPU, as every report names it: the plan's
@@ -242,6 +246,8 @@ public final class ExecutionContext {
     public var plannedShapeCount: Int { plans.count }
     /// Why the last plan attempt failed, if it did.
     public private(set) var planFailure: String?
+    /// Whether `plan(for:types:)` had to observe the shapes on zero inputs and that run failed.
+    private(set) var zeroRunFailed = false
     /// Plan the graph (default) or always interpret it (for comparisons).
     public var usePlan = true
     /// When true, each run records every top-level layer's time.
@@ -330,6 +336,7 @@ public final class ExecutionContext {
             if lastPlan == nil { _ = try run(inputs) }
         } catch {
             planFailure = "running it on zero inputs failed: \(error)"
+            zeroRunFailed = true
             return nil
         }
         return lastPlan

@@ -312,14 +312,11 @@ extension ExecutionPlan {
             if let place, placements[root] == nil { placements[root] = place }
             slots.append((slot, descriptor, root, place))
         }
-        // Whole root buffers must not overlap one another: the later ones are copied instead.
-        var end = 0
-        for (root, offset) in placements.sorted(by: { $0.value < $1.value }) {
-            if offset < end { placements[root] = nil } else { end = offset + buffers[root].bytes }
-        }
         // A placed root's bytes may only cover slots of its own parts, each where it already is:
         // anything else in that span (a split sibling, an earlier concatenation's other parts, the
-        // same part wanted twice) is live data a copy into another slot would overwrite.
+        // same part wanted twice, another placed root) is live data a copy or a producer writing
+        // into another slot would overwrite. Every byte of the result is some part's slot, so two
+        // overlapping roots cannot both pass; the ones that fail are copied instead.
         var spans: [(start: Int, end: Int)] = []
         for (p, s) in zip(parts, slots) {
             var d = s.descriptor

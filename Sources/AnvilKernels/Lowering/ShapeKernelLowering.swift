@@ -225,29 +225,11 @@ enum ShapeKernelLowering {
     /// Pad in constant mode with non-negative, constant pads: the output filled with the
     /// value, then the input's rows copied into place.
     static func pad(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let v = l.value(0), v.dataType != .string, !v.shape.isEmpty, let (t, outShape) = try? l.outputType(), t == v.dataType,
-              try l.attributes.string("mode", "constant") == "constant" else { return nil }
+        guard let v = l.value(0), v.dataType != .string, !v.shape.isEmpty, let (t, outShape) = try? l.outputType(), t == v.dataType else { return nil }
         let rank = v.shape.count
-        var pads: [Int]
-        var fill = 0.0
-        if l.layer.opset < 11 {
-            guard let p = try l.attributes.ints("pads") ?? l.attributes.ints("paddings") else { return nil }
-            pads = p
-            fill = Double(try l.attributes.float("value", 0))
-        } else {
-            guard let p = l.constant(1) else { return nil }
-            pads = p.int64s.map { Int($0) }
-            if l.present(2) { guard let c = l.constant(2), c.count == 1 else { return nil }; fill = c.double(at: 0) }
-            if l.present(3) {
-                guard let a = l.constant(3) else { return nil }
-                let axes = a.int64s.map { ShapeMath.normalizeAxis(Int($0), rank: rank) }
-                guard axes.allSatisfy({ $0 != nil }), pads.count == 2 * axes.count else { return nil }
-                var full = Array(repeating: 0, count: 2 * rank)
-                for (k, axis) in axes.enumerated() { full[axis!] = pads[k]; full[rank + axis!] = pads[axes.count + k] }
-                pads = full
-            }
-        }
-        guard pads.count == 2 * rank, pads.allSatisfy({ $0 >= 0 }), outShape == (0..<rank).map({ v.shape[$0] + pads[$0] + pads[rank + $0] }),
+        guard let pad = try ConstantPad(opset: l.layer.opset, attributes: l.attributes, rank: rank, present: l.present, input: l.constant) else { return nil }
+        let (pads, fill) = (pad.pads, pad.value)
+        guard pads.allSatisfy({ $0 >= 0 }), outShape == (0..<rank).map({ v.shape[$0] + pads[$0] + pads[rank + $0] }),
               v.shape.allSatisfy({ $0 > 0 }) else { return nil }
         let x = try l.plan.plain(v), size = t.byteSize
         let value = try Tensor(t, shape: [1], doubles: [fill]).withHostBytes { Array($0) }
