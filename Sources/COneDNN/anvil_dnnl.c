@@ -174,3 +174,50 @@ int anvil_set_threads(int n) {
     set(n);
     return 1;
 }
+
+/* The team run of anvil_parallel: each OpenMP thread takes every n-th part. */
+struct anvil_parallel_job {
+    anvil_part_fn fn;
+    void *context;
+    int parts;
+    int (*thread_num)(void);
+    int (*num_threads)(void);
+};
+
+static void anvil_parallel_team(void *data) {
+    struct anvil_parallel_job *job = data;
+    int t = job->thread_num(), n = job->num_threads();
+    for (int part = t; part < job->parts; part += n) job->fn(job->context, part);
+}
+
+/* libgomp's entry points, looked up once where libdnnl loaded them. */
+static void (*gomp_start)(void (*)(void *), void *, unsigned, unsigned);
+static int (*gomp_thread_num)(void), (*gomp_num_threads)(void), (*gomp_max_threads)(void), (*gomp_in_parallel)(void);
+static int gomp_resolved;
+
+static int anvil_gomp_loaded(void) {
+    if (!__atomic_load_n(&gomp_resolved, __ATOMIC_ACQUIRE)) {
+        gomp_start = (void (*)(void (*)(void *), void *, unsigned, unsigned))dlsym(RTLD_DEFAULT, "GOMP_parallel");
+        gomp_thread_num = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_thread_num");
+        gomp_num_threads = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_num_threads");
+        gomp_max_threads = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_max_threads");
+        gomp_in_parallel = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_in_parallel");
+        __atomic_store_n(&gomp_resolved, 1, __ATOMIC_RELEASE);
+    }
+    return gomp_start && gomp_thread_num && gomp_num_threads && gomp_max_threads && gomp_in_parallel;
+}
+
+int anvil_parallel_threads(void) {
+    return anvil_gomp_loaded() ? gomp_max_threads() : 1;
+}
+
+void anvil_parallel(int parts, anvil_part_fn fn, void *context) {
+    int team = (anvil_gomp_loaded() && !gomp_in_parallel()) ? gomp_max_threads() : 1;
+    if (team > parts) team = parts;
+    if (team <= 1) {
+        for (int part = 0; part < parts; part++) fn(context, part);
+        return;
+    }
+    struct anvil_parallel_job job = {fn, context, parts, gomp_thread_num, gomp_num_threads};
+    gomp_start(anvil_parallel_team, &job, (unsigned)team, 0);
+}

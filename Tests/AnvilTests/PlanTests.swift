@@ -358,6 +358,30 @@ extension PlanTests {
         XCTAssertFalse(ConvolutionTactic.candidates(kernel: [3, 3], strides: [2, 2], dilations: [1, 1], group: 1).contains { $0.algorithm == .winograd })
         XCTAssertFalse(ConvolutionTactic.candidates(kernel: [1, 1], strides: [1, 1], dilations: [1, 1], group: 1).contains { $0.algorithm == .winograd })
     }
+    /// A global average pool large enough to be split between OpenMP threads, after a
+    /// convolution forced into each layout (channel counts not a multiple of the block).
+    func testLargeGlobalAveragePoolsMatchTheReferenceInEveryLayout() throws {
+        var rng = SeededGenerator(seed: 61)
+        for (c, side) in [(40, 40), (16, 64), (3, 90)] {
+            let g = Graph(name: "gap", inputs: [ValueInfo(name: "x", type: f([2, 3, side, side]))], outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"]),
+                                  Node(name: "test", opType: "GlobalAveragePool", inputs: ["a"], outputs: ["y"])],
+                          initializers: [("w", try random([c, 3, 1, 1], &rng))])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let x = try random([2, 3, side, side], &rng)
+            let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let built = try builder.build(m, name: "gap")
+            for layout in [Layout.plain, .channelsLast, .blocked16] {
+                let (plan, outputs) = try forcedPlan(built.graph, layout: layout, x: x)
+                XCTAssertEqual(plan.stepSummary.first { $0.layer == "test" }?.implementation, "swift")
+                let result = Comparison.compare(actual: outputs[0], expected: expected, atol: 1e-5, rtol: 1e-4)
+                XCTAssertTrue(result.passed, "\(c) channels, \(side)x\(side), \(layout): \(result)")
+            }
+        }
+    }
+
     /// Softmax over an outer axis (the Swift kernel, 16 columns at a time with a vector
     /// exp): against the reference on random shapes with wide value ranges, -inf and NaN.
     func testOuterAxisSoftmaxMatchesTheReference() throws {

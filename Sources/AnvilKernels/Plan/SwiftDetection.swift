@@ -62,10 +62,11 @@ enum SwiftRoiAlign {
         try check(p, rois: rois, indices: indices)
         guard p.rois > 0, p.c > 0 else { return }
         let cells = p.parameters.outputHeight * p.parameters.outputWidth
-        let parts = min(p.rois, p.rois * p.c * cells >= 1 << 14 ? ProcessInfo.processInfo.activeProcessorCount : 1)
+        // The scratch holds one accumulator row per processor (`DetectionLowering`).
+        let parts = min(p.rois, p.rois * p.c * cells >= 1 << 14 ? min(Parallel.threads, ProcessInfo.processInfo.activeProcessorCount) : 1)
         let row = scratchRow(c: p.c, addressing: p.addressing)
         nonisolated(unsafe) let (source, boxes, batches, target, accumulators) = (x, rois, indices, y, scratch)
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
+        Parallel.forEach(parts) { part in
             for r in (p.rois * part / parts)..<(p.rois * (part + 1) / parts) {
                 pool(p, roi: r, batch: batchIndex(p, batches, r), x: source, rois: boxes, into: target, accumulator: accumulators + part * row)
             }

@@ -34,21 +34,20 @@ enum SwiftKernels {
     }
 
     /// Mean over the spatial dimensions of `[N, C, spatial…]` into plain `[N, C, 1…]`.
+    /// Each channel (or channel block) is summed by one thread in a fixed order, so the
+    /// result does not depend on the thread count; large inputs are split between threads.
     static func globalAveragePool(_ x: UnsafePointer<Float>, layout: Layout, n: Int, c: Int, spatial: Int, into y: UnsafeMutablePointer<Float>) {
         let scale = 1 / Float(spatial)
+        let source = UnsafeSendable(x), target = UnsafeSendable(UnsafePointer(y))
+        /// Runs `units` independent pieces of work, split between threads when the input is large.
+        func split(_ units: Int, _ work: @Sendable (Range<Int>) -> Void) {
+            Parallel.ranges(units, parts: n * c * spatial >= 1 << 15 ? Parallel.threads : 1, work)
+        }
         switch layout {
         case .plain:
-            for i in 0..<(n * c) {
-                let row = x + i * spatial
-                var lanes = SIMD8<Float>(repeating: 0)
-                var s = 0
-                while s + 8 <= spatial {
-                    lanes += UnsafeRawPointer(row + s).loadUnaligned(as: SIMD8<Float>.self)
-                    s += 8
-                }
-                var total = lanes.sum()
-                while s < spatial { total += row[s]; s += 1 }
-                y[i] = total * scale
+            split(n * c) { rows in
+                let y = UnsafeMutablePointer(mutating: target.pointer)
+                for i in rows { y[i] = sum(source.pointer + i * spatial, count: spatial) * scale }
             }
         case .channelsLast:
             for b in 0..<n {
@@ -63,20 +62,58 @@ enum SwiftKernels {
         case .blocked8, .blocked16, .preferred, .opaque:
             let block = layout.channelBlock ?? 16
             let blocks = (c + block - 1) / block
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { sums in
-            for b in 0..<n {
-                for cb in 0..<blocks {
-                    let base = x + (b * blocks + cb) * spatial * block
-                    for j in 0..<block { sums[j] = 0 }
-                    for s in 0..<spatial {
-                        let p = base + s * block
-                        for j in 0..<block { sums[j] += p[j] }
+            split(n * blocks) { units in
+                let y = UnsafeMutablePointer(mutating: target.pointer)
+                for unit in units {
+                    let b = unit / blocks, cb = unit % blocks
+                    let base = source.pointer + unit * spatial * block, first = b * c + cb * block, valid = min(block, c - cb * block)
+                    if block == 16 {
+                        let total = blockSum(base, SIMD16<Float>.self, spatial: spatial) * scale
+                        for j in 0..<valid { y[first + j] = total[j] }
+                    } else if block == 8 {
+                        let total = blockSum(base, SIMD8<Float>.self, spatial: spatial) * scale
+                        for j in 0..<valid { y[first + j] = total[j] }
+                    } else {
+                        for j in 0..<valid {
+                            var total: Float = 0
+                            for s in 0..<spatial { total += base[s * block + j] }
+                            y[first + j] = total * scale
+                        }
                     }
-                    for j in 0..<block where cb * block + j < c { y[b * c + cb * block + j] = sums[j] * scale }
                 }
             }
-            }
         }
+    }
+
+    /// The sum of `count` contiguous floats, in an order that depends only on `count`.
+    static func sum(_ row: UnsafePointer<Float>, count: Int) -> Float {
+        var a = SIMD16<Float>(repeating: 0), b = a
+        var s = 0
+        while s + 32 <= count {
+            a += UnsafeRawPointer(row + s).loadUnaligned(as: SIMD16<Float>.self)
+            b += UnsafeRawPointer(row + s + 16).loadUnaligned(as: SIMD16<Float>.self)
+            s += 32
+        }
+        var total = (a + b).sum()
+        while s < count { total += row[s]; s += 1 }
+        return total
+    }
+
+    /// The per-lane sum of `spatial` consecutive vectors (one channel block at every
+    /// position), four accumulators wide.
+    static func blockSum<V: SIMD>(_ base: UnsafePointer<Float>, _: V.Type, spatial: Int) -> V where V.Scalar == Float {
+        var a0 = V(repeating: 0), a1 = a0, a2 = a0, a3 = a0
+        let raw = UnsafeRawPointer(base), step = MemoryLayout<V>.stride
+        var s = 0
+        while s + 4 <= spatial {
+            a0 += raw.loadUnaligned(fromByteOffset: s * step, as: V.self)
+            a1 += raw.loadUnaligned(fromByteOffset: (s + 1) * step, as: V.self)
+            a2 += raw.loadUnaligned(fromByteOffset: (s + 2) * step, as: V.self)
+            a3 += raw.loadUnaligned(fromByteOffset: (s + 3) * step, as: V.self)
+            s += 4
+        }
+        while s < spatial { a0 += raw.loadUnaligned(fromByteOffset: s * step, as: V.self); s += 1 }
+        return (a0 + a1) + (a2 + a3)
     }
 
     /// A per-channel operation of `channelAffine`.
@@ -116,10 +153,10 @@ enum SwiftKernels {
             start = { i in (i * block, (i / spatial) % blocks * block) }
         }
         let varying = layout != .plain
-        let parts = rows * rowLength >= 1 << 16 ? min(ProcessInfo.processInfo.activeProcessorCount, rows) : 1
+        let parts = rows * rowLength >= 1 << 15 ? Parallel.threads : 1
         let source = UnsafeSendable(x), target = UnsafeSendable(UnsafePointer(y)), parameters = UnsafeSendable(p)
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
-            for i in (rows * part / parts)..<(rows * (part + 1) / parts) {
+        Parallel.ranges(rows, parts: parts) { range in
+            for i in range {
                 let (offset, q) = start(i)
                 row(source.pointer + offset, UnsafeMutablePointer(mutating: target.pointer) + offset, rowLength, parameters.pointer + q, varying: varying)
             }
@@ -133,7 +170,7 @@ enum SwiftKernels {
         let parts = inner >= 4096 ? 2 : 1
         let chunk = (inner + parts - 1) / parts
         nonisolated(unsafe) let (src, dst, tmp) = (x, y, scratch)
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
+        Parallel.forEach(parts) { part in
             let lo = part * chunk, hi = min(inner, lo + chunk)
             softmaxColumns(src, outer: outer, axis: axis, inner: inner, columns: lo..<hi, into: dst, maxima: tmp, sums: tmp + inner)
         }

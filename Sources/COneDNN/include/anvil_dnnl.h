@@ -60,4 +60,15 @@ int anvil_dnnl_md_decode(const int64_t *in, int count, dnnl_memory_desc_t *md, s
 /// Sets the number of threads oneDNN's OpenMP runtime uses; 0 when it cannot (no OpenMP).
 int anvil_set_threads(int n);
 
+/// One part of a parallel job: `fn(context, part)`.
+typedef void (*anvil_part_fn)(void *context, int part);
+
+/// Calls `fn(context, part)` for every part in 0..<parts on oneDNN's OpenMP team (the
+/// threads oneDNN's kernels use, already awake between layers), each part exactly once;
+/// serially when OpenMP is not loaded, from inside a parallel region, or for one part.
+void anvil_parallel(int parts, anvil_part_fn fn, void *context);
+
+/// The number of threads `anvil_parallel` would use (OpenMP's maximum; 1 without OpenMP).
+int anvil_parallel_threads(void);
+
 #endif
