@@ -324,6 +324,38 @@ final class LoweringTests: XCTestCase {
         }
     }
 
+    /// ReduceMax and ReduceMin (NaN and -inf/+inf included) and the other reductions on the
+    /// Swift kernel, over the last axis and over a middle one, large enough to split
+    /// between threads: against the reference, NaN where the reference has NaN.
+    func testExtremaAndLargeReductionsOnTheSwiftKernel() throws {
+        var rng = SeededGenerator(seed: 23)
+        let ops = ["ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare"]
+        for (trial, (op, shape, axis)) in ops.flatMap({ op in [(op, [3, 170, 300], 2), (op, [2, 300, 121], 1), (op, [1, 7, 5], 1)] }).enumerated() {
+            let g = Graph(name: "reduce", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: op, inputs: ["x", "axes"], outputs: ["y"], attributes: ["keepdims": .int(Int64(trial % 2))])],
+                          initializers: [("axes", try Tensor(int64s: [Int64(axis)], shape: [1]))])
+            var values = (0..<shape.reduce(1, *)).map { _ in Float.random(in: -2...2, using: &rng) }
+            for _ in 0..<5 { values[Int.random(in: 0..<values.count, using: &rng)] = [Float.nan, -.infinity, .infinity][trial % 3] }
+            let x = try Tensor(floats: values, shape: shape)
+            let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 18)])
+            let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value.floats
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let built = try builder.build(model, name: "reduce")
+            if op == "ReduceMax" || op == "ReduceMin" { XCTAssertEqual(built.compiled.decisions["test"]?.kernel, .swiftReduction, op) }
+            let actual = try ExecutionContext(engine: try Engine(file: built.file, name: "reduce")).run(["x": x])[0].value.floats
+            XCTAssertEqual(actual.count, expected.count)
+            for (i, (a, e)) in zip(actual, expected).enumerated() {
+                if e.isNaN || e.isInfinite {
+                    XCTAssertTrue(a.isNaN == e.isNaN && (e.isNaN || a == e), "\(op) \(shape) axis \(axis) [\(i)]: \(a), expected \(e)")
+                } else {
+                    XCTAssertEqual(a, e, accuracy: 1e-4 + 1e-4 * abs(e), "\(op) \(shape) axis \(axis) [\(i)]")
+                }
+            }
+        }
+    }
+
     /// T5's relative position buckets: Cast(Log(n / 8) / Log(16) · 8) to int64 must land
     /// in the same bucket as the reference (and ONNX Runtime) for every n, which oneDNN's
     /// approximate log does not guarantee at exact powers: Log, Pow, Reciprocal, Floor,

@@ -382,6 +382,64 @@ extension PlanTests {
         }
     }
 
+    /// TensorFlow's 1-D convolutions, exported as one-wide 2-D ones ([N, C, H, 1] with a
+    /// k×1 kernel, padded, strided, with bias, residual and activation fused), run as 1-D
+    /// convolutions; the Squeeze of the width after them is a view in every layout.
+    func testOneWideConvolutionsRunAsOneDimensional() throws {
+        var rng = SeededGenerator(seed: 77)
+        for (trial, (c, k, stride)) in [(24, 5, 1), (16, 3, 2), (40, 1, 1)].enumerated() {
+            let h = 37, o = 32
+            let g = Graph(name: "wide", inputs: [ValueInfo(name: "x", type: f([1, c, h, 1]))], outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w", "b"], outputs: ["a"],
+                                       attributes: ["pads": .ints([1, 0, 1, 0]), "strides": .ints([Int64(stride), 1])]),
+                                  Node(name: "conv2", opType: "Conv", inputs: ["a", "w2"], outputs: ["r"], attributes: ["pads": .ints([1, 0, 1, 0])]),
+                                  Node(name: "add", opType: "Add", inputs: ["r", "a"], outputs: ["s"]),
+                                  Node(name: "relu", opType: "Relu", inputs: ["s"], outputs: ["t"]),
+                                  Node(name: "squeeze", opType: "Squeeze", inputs: ["t", "axes"], outputs: ["u"]),
+                                  Node(name: "test", opType: "ReduceMax", inputs: ["u", "raxes"], outputs: ["y"])],
+                          initializers: [("w", try random([o, c, k, 1], &rng)), ("b", try random([o], &rng)), ("w2", try random([o, o, 3, 1], &rng)),
+                                         ("axes", try Tensor(int64s: [3], shape: [1])), ("raxes", try Tensor(int64s: [2], shape: [1]))])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 18)])
+            let x = try random([1, c, h, 1], &rng)
+            let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
+            let built = try EngineBuilder().build(m, name: "wide")
+            XCTAssertEqual(built.graph.layers.filter { $0.decision?.kernel == .convolution }.count, 2, "trial \(trial): fused into two convolutions")
+            for layout in [Layout.plain, .channelsLast, .blocked16] {
+                let (plan, outputs) = try forcedPlan(built.graph, layout: layout, x: x)
+                let result = Comparison.compare(actual: outputs[0], expected: expected, atol: 1e-4, rtol: 1e-3)
+                XCTAssertTrue(result.passed, "trial \(trial) \(layout): \(result)\n\(plan.stepDetails)")
+                XCTAssertEqual(outputs[0].shape, [1, o, 1])
+                if layout != .plain {
+                    XCTAssertFalse(plan.stepSummary.contains { $0.layer == "reorder t" || $0.layer == "squeeze" },
+                                   "trial \(trial) \(layout): the squeeze copies\n\(plan.stepDetails)")
+                }
+            }
+        }
+    }
+
+    /// A one-hot's Equal of [n, 1] against [k] (and the other comparisons, both operand
+    /// orders), large enough to split rows between threads, against the reference.
+    func testLargeBroadcastComparisonsMatchTheReference() throws {
+        var rng = SeededGenerator(seed: 5)
+        for (trial, op) in ["Equal", "Less", "GreaterOrEqual", "Greater"].enumerated() {
+            let n = 700, k = 131
+            let a = try Tensor(.int32, shape: [1, n, 1], int64s: (0..<n).map { _ in Int64.random(in: 0...140, using: &rng) })
+            let inputs = trial % 2 == 0 ? ["x", "k"] : ["k", "x"]
+            let g = Graph(name: "cmp", inputs: [ValueInfo(name: "x", type: TensorType(.int32, shape: [1, n, 1]))], outputs: [ValueInfo(name: "y", type: TensorType(.bool, nil))],
+                          nodes: [Node(name: "test", opType: op, inputs: inputs, outputs: ["y"])],
+                          initializers: [("k", try Tensor(.int32, shape: [k], int64s: (0..<Int64(k)).map { $0 }))])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let expected = try ReferenceExecutor(model: m).run(["x": a])[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "cmp").file, name: "cmp"))
+            let actual = try context.run(["x": a])[0].value
+            XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift", op)
+            XCTAssertEqual(actual.shape, [1, n, k], op)
+            XCTAssertEqual(actual.bools, expected.bools, op)
+        }
+    }
+
     /// Softmax over an outer axis (the Swift kernel, 16 columns at a time with a vector
     /// exp): against the reference on random shapes with wide value ranges, -inf and NaN.
     func testOuterAxisSoftmaxMatchesTheReference() throws {

@@ -128,16 +128,20 @@ enum ConvolutionLowering {
         guard let (tactic, conv) = made else {
             throw SlowImplementation(kind: .convolution, implementation: try spec.make(decided, engine: engine).implementation)
         }
+        // The values' layouts are at their shapes; the primitive reads and writes through its own
+        // descriptors (1-D ones for a one-wide convolution, `DNNLConvolution`), the same bytes.
         let primitive = conv.kernel.primitive
-        let src = try l.plan.inLayout(x, primitive.query(dnnl_query_src_md))
-        let dstLayout = primitive.query(dnnl_query_dst_md)
+        let kernelSource = primitive.query(dnnl_query_src_md), kernelDestination = primitive.query(dnnl_query_dst_md)
+        let src = try l.plan.inLayout(x, conv.inputDescriptor.descriptor)
+        let dstLayout = conv.outputDescriptor.descriptor
         let (out, copies) = try residualValue.map { try l.residualDestination($0, layout: dstLayout, notSharing: src) }
             ?? (l.plan.newValue(l.layer.outputs[0], .float, conv.outputShape, layout: dstLayout), [])
         try l.emit(.convolution, PrimitiveStep(layer: l.layer.name, primitive: primitive,
-                                               arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)), (DNNL_ARG_DST, out, dstLayout)],
+                                               arguments: [(DNNL_ARG_SRC, src, kernelSource), (DNNL_ARG_DST, out, kernelDestination)],
                                                fixed: try conv.kernel.constantArguments(), copies: copies))
         for step in conv.activationSteps {
-            try l.emit(.convolution, PrimitiveStep(layer: l.layer.name, primitive: step, arguments: [(DNNL_ARG_SRC, out, dstLayout), (DNNL_ARG_DST, out, dstLayout)]))
+            try l.emit(.convolution, PrimitiveStep(layer: l.layer.name, primitive: step,
+                                                   arguments: [(DNNL_ARG_SRC, out, kernelDestination), (DNNL_ARG_DST, out, kernelDestination)]))
         }
         // The decision keeps the requested layout: "preferred" stays oneDNN's choice on every CPU and shape.
         return LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout, postOps: spec.postOps)

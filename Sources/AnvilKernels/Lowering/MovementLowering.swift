@@ -177,6 +177,12 @@ enum MovementLowering {
         }
         let (t, shape) = try l.outputType()
         guard t == v.dataType, shape.reduce(1, *) == v.count else { return nil }
+        if computedTarget == nil, let layout = try channelLayoutView(of: v, as: shape) {
+            // Dropping or adding a size-1 spatial dimension (TensorFlow's 1-D convolutions
+            // as one-wide 2-D ones) keeps a channel layout's bytes: a view in that layout.
+            _ = l.plan.alias(l.layer.outputs[0], of: v, type: t, shape: shape, layout: layout)
+            return l.decided(.view)
+        }
         let x = try l.plan.plain(v)
         _ = l.plan.alias(l.layer.outputs[0], of: x, type: t, shape: shape)
         if let target = computedTarget {
@@ -192,6 +198,16 @@ enum MovementLowering {
             })
         }
         return l.decided(.view)
+    }
+
+    /// The layout of `v` (channels last or channel-blocked) at `shape`, when `shape` only
+    /// adds or drops size-1 spatial dimensions: the same bytes. Nil otherwise.
+    static func channelLayoutView(of v: PlanValue, as shape: [Int]) throws -> dnnl_memory_desc_t? {
+        guard !v.isPlain, v.dataType == .float, (3...5).contains(shape.count), v.shape.count >= 3, shape.count != v.shape.count,
+              shape.prefix(2) == v.shape.prefix(2), shape[2...].filter({ $0 != 1 }) == v.shape[2...].filter({ $0 != 1 }) else { return nil }
+        let layout = Layout.of(v.layout, shape: v.shape)
+        guard layout.formatTag(rank: shape.count) != nil else { return nil }
+        return try layout.descriptor(shape)
     }
 
     /// A slice with constant starts, ends, axes and positive steps is a reorder from a

@@ -3,9 +3,10 @@ import COneDNN
 
 /// Reductions (ReduceMean, ReduceSum, ReduceProd, ReduceL1, ReduceL2, ReduceSumSquare)
 /// over constant axes of a float tensor on oneDNN's reduction primitive, in plain
-/// layout; without keepdims the output is a view. (oneDNN's max and min start from the
+/// layout; without keepdims the output is a view. oneDNN's max and min start from the
 /// largest finite value, not infinity, so a row of -inf would not reduce to -inf as
-/// ONNX says: ReduceMax and ReduceMin are not taken.)
+/// ONNX says, and they do not propagate NaN: ReduceMax and ReduceMin run on the Swift
+/// kernel, as do reductions oneDNN runs only on its reference implementation.
 enum ReductionLowering {
     /// oneDNN's algorithm and its p for each op (p for the norms only).
     static let algorithms: [String: (dnnl_alg_kind_t, Float)] = [
@@ -13,14 +14,16 @@ enum ReductionLowering {
         "ReduceProd": (dnnl_reduction_mul, 0), "ReduceL1": (dnnl_reduction_norm_lp_sum, 1),
         "ReduceL2": (dnnl_reduction_norm_lp_sum, 2), "ReduceSumSquare": (dnnl_reduction_norm_lp_power_p_sum, 2),
     ]
+    /// The ops of the Swift kernel: oneDNN's and the extremes.
+    static let swiftOps = Set(algorithms.keys).union(["ReduceMax", "ReduceMin"])
     static let entries = [
         LoweringEntry(kind: .reduction, ops: Set(algorithms.keys), output: .plain, lower: reduction),
-        LoweringEntry(kind: .swiftReduction, ops: Set(algorithms.keys), output: .plain, lower: swiftReduction),
+        LoweringEntry(kind: .swiftReduction, ops: swiftOps, output: .plain, lower: swiftReduction),
     ]
 
     /// The reduction's axes and shapes for this layer; nil when it does not fit.
     static func geometry(_ l: LayerLowering) throws -> (x: PlanValue, axes: [Int], reduced: [Int], output: [Int])? {
-        guard algorithms[l.op] != nil, let v = l.value(0), v.dataType == .float, !v.shape.isEmpty, v.shape.count <= 6 else { return nil }
+        guard swiftOps.contains(l.op), let v = l.value(0), v.dataType == .float, !v.shape.isEmpty, v.shape.count <= 6 else { return nil }
         // Axes: the attribute before opset 13 (ReduceSum) or 18 (the others), else a constant input.
         let inputSince = l.op == "ReduceSum" ? 13 : 18
         if l.layer.opset >= inputSince, l.present(1), !l.isConstant(1) { return nil }

@@ -7,8 +7,12 @@ import COneDNN
 public final class DNNLConvolution {
     /// The oneDNN implementation chosen ("brg:avx512_core", "jit:avx512_core" …).
     public var implementation: String { kernel.implementation }
-    public let outputShape: [Int]
+    public private(set) var outputShape: [Int]
     let kernel: DNNLWeightedPrimitive
+    /// The layouts of the input and output tensors (at their shapes, which for a
+    /// one-wide convolution run as 1-D are not the primitive's own).
+    private(set) var sourceLayout: dnnl_memory_desc_t
+    private(set) var destinationLayout: dnnl_memory_desc_t
     /// In-place eltwise primitives applying the activation after the convolution, when
     /// the kernel cannot fuse it (oneDNN's Winograd kernels fuse ReLU but not SiLU).
     let activationSteps: [DNNLPrimitive]
@@ -21,8 +25,57 @@ public final class DNNLConvolution {
     }
 
     /// Builds the primitive for one input shape, using prepacked weights in place when one fits.
-    public init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
+    ///
+    /// A 2-D convolution whose input, kernel and output are one wide ([N, C, H, 1] with a
+    /// k×1 kernel, as TensorFlow exports 1-D convolutions) runs as the 1-D convolution
+    /// over H: the same bytes in every channel layout, and oneDNN's kernels vectorize
+    /// along the last spatial dimension, which a width of 1 starves.
+    public convenience init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
+                            group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
+        if let squeezed = try? DNNLConvolution(squeezingWidthOf: inputShape, engine: engine, weights: weights, bias: bias, geometry: g, group: group,
+                                               activation: activation, residual: residual, tactic: tactic) {
+            self.init(squeezed)
+        } else {
+            try self.init(engine: engine, shape: inputShape, weights: weights, bias: bias, geometry: g, group: group,
+                          activation: activation, residual: residual, tactic: tactic)
+        }
+    }
+
+    private init(_ other: DNNLConvolution) {
+        outputShape = other.outputShape
+        kernel = other.kernel
+        activationSteps = other.activationSteps
+        sourceLayout = other.sourceLayout
+        destinationLayout = other.destinationLayout
+    }
+
+    /// The 1-D form of a one-wide 2-D convolution (see above), its layouts described at
+    /// the 2-D shapes; nil (or an error) when the convolution is not one wide or a
+    /// layout has no 2-D equivalent.
+    private convenience init?(squeezingWidthOf inputShape: [Int], engine: DNNLEngine, weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
+                              group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic) throws {
+        guard inputShape.count == 4, inputShape[3] == 1, weights.rank == 4, weights.shape[3] == 1, g.output.count == 2, g.output[1] == 1,
+              g.padsBegin.count == 2, g.padsBegin[1] == 0, g.padsEnd.count == 2, g.padsEnd[1] == 0, tactic.algorithm == .direct else { return nil }
+        let narrow = KernelWeights(name: weights.name, dataType: weights.dataType, shape: Array(weights.shape.prefix(3)), packed: weights.packed,
+                                   exact: weights.exact) { try weights.plain().reshaped(Array(weights.shape.prefix(3))) }
+        var line = g
+        (line.kernel, line.strides, line.dilations) = ([g.kernel[0]], [g.strides[0]], [g.dilations[0]])
+        (line.padsBegin, line.padsEnd, line.output) = ([g.padsBegin[0]], [g.padsEnd[0]], [g.output[0]])
+        try self.init(engine: engine, shape: Array(inputShape.prefix(3)), weights: narrow, bias: bias, geometry: line, group: group,
+                      activation: activation, residual: residual, tactic: tactic)
+        // The same layout one dimension wider: nil for layouts outside the vocabulary.
+        func widened(_ md: dnnl_memory_desc_t, _ shape: [Int]) throws -> dnnl_memory_desc_t? {
+            let layout = Layout.of(md, shape: shape)
+            return try (layout == .plain ? .plain : layout.formatTag(rank: 4) == nil ? nil : layout).flatMap { try $0.descriptor(shape + [1]) }
+        }
+        guard let source = try widened(sourceLayout, Array(inputShape.prefix(3))), let destination = try widened(destinationLayout, outputShape) else { return nil }
+        outputShape += [1]
+        sourceLayout = source
+        destinationLayout = destination
+    }
+
+    private init(engine: DNNLEngine, shape inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
+                 group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] == weights.shape[1] * group, weights.shape[0] % group == 0 else {
@@ -67,6 +120,8 @@ public final class DNNLConvolution {
                 return try DNNLPrimitive(op, attributes: DNNLAttributes(), engine: engine, what: "activation")
             }
         }
+        sourceLayout = kernel.primitive.query(dnnl_query_src_md)
+        destinationLayout = kernel.primitive.query(dnnl_query_dst_md)
     }
 
     /// Applies the separate activation steps, if any, to `output` (in the primitive's destination layout).
@@ -76,10 +131,10 @@ public final class DNNLConvolution {
         for step in activationSteps { try step.execute(stream, [(DNNL_ARG_SRC, memory), (DNNL_ARG_DST, memory)]) }
     }
 
-    /// The layout the primitive reads its input in.
-    public var inputDescriptor: DNNLLayout { DNNLLayout(kernel.primitive.query(dnnl_query_src_md)) }
-    /// The layout the primitive writes its output in.
-    public var outputDescriptor: DNNLLayout { DNNLLayout(kernel.primitive.query(dnnl_query_dst_md)) }
+    /// The layout the primitive reads its input in (at the input's shape).
+    public var inputDescriptor: DNNLLayout { DNNLLayout(sourceLayout) }
+    /// The layout the primitive writes its output in (at the output's shape).
+    public var outputDescriptor: DNNLLayout { DNNLLayout(destinationLayout) }
 
     /// Runs on `stream`. With a residual, `residual` is added before the activation.
     public func run(stream: DNNLStream, input: UnsafePointer<Float>, residual: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) throws {

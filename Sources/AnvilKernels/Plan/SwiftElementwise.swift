@@ -46,16 +46,39 @@ enum SwiftElementwise {
             }
         }
 
+        /// `rows`, the rows split between the OpenMP team's threads when the output is large
+        /// (`body` then runs concurrently on disjoint rows).
+        func parallelRows(_ body: @Sendable (Int, Int, Int, Int, Int, Int, Int, Int) -> Void) {
+            let count = shape.reduce(1, *), inner = shape.last ?? 1
+            guard count >= 1 << 16, inner > 0, count / inner > 1 else { rows(body); return }
+            Parallel.ranges(count / inner, parts: Parallel.threads) { range in rows(range, body) }
+        }
+
         /// Calls `body(output, a, b, c, count, strideA, strideB, strideC)` once per row of the
         /// output's last dimension, with the element index where the row starts in each.
         func rows(_ body: (Int, Int, Int, Int, Int, Int, Int, Int) -> Void) {
-            let count = shape.reduce(1, *)
-            guard count > 0 else { return }
-            guard let last = shape.indices.last else { body(0, 0, 0, 0, 1, 0, 0, 0); return }
+            guard let inner = shape.last, inner > 0 else {
+                if shape.isEmpty { body(0, 0, 0, 0, 1, 0, 0, 0) }
+                return
+            }
+            rows(0..<(shape.reduce(1, *) / inner), body)
+        }
+
+        /// `rows` for the rows numbered `range` only.
+        func rows(_ range: Range<Int>, _ body: (Int, Int, Int, Int, Int, Int, Int, Int) -> Void) {
+            guard !range.isEmpty, let last = shape.indices.last else { return }
             let inner = shape[last], (sa, sb, sc) = (strides[0][last], strides[1][last], strides[2][last])
+            // The odometer's start: the outer index of the first row, and each input's offset there.
             var index = [Int](repeating: 0, count: shape.count)
             var (a, b, c) = (0, 0, 0)
-            var out = 0
+            var rest = range.lowerBound
+            for d in stride(from: last - 1, through: 0, by: -1) {
+                index[d] = rest % shape[d]
+                rest /= shape[d]
+                a += index[d] * strides[0][d]; b += index[d] * strides[1][d]; c += index[d] * strides[2][d]
+            }
+            var out = range.lowerBound * inner
+            let count = range.upperBound * inner
             while out < count {
                 body(out, a, b, c, inner, sa, sb, sc)
                 out += inner
@@ -123,22 +146,36 @@ enum SwiftElementwise {
     }
 
     /// The comparison of typed elements, the op chosen once per row (a one-hot's Equal
-    /// of [n, 1] and [k] makes rows of k).
+    /// of [n, 1] and [k] makes rows of k); rows split between threads when there are many.
     @inline(__always)
     static func compare<T: Comparable>(_ op: String, _ a: UnsafePointer<T>, _ b: UnsafePointer<T>, _ walk: Broadcast, into y: UnsafeMutablePointer<UInt8>) {
         let code = ["Equal": 0, "Less": 1, "LessOrEqual": 2, "Greater": 3][op] ?? 4
-        walk.rows { o, i, j, _, count, si, sj, _ in
+        let (x, z, out) = (SwiftKernels.UnsafeSendable(a), SwiftKernels.UnsafeSendable(b), SwiftKernels.UnsafeSendable(UnsafePointer(y)))
+        walk.parallelRows { o, i, j, _, count, si, sj, _ in
+            let a = x.pointer, b = z.pointer, y = UnsafeMutablePointer(mutating: out.pointer) + o
             switch code {
-            case 0: for k in 0..<count { y[o + k] = a[i + k * si] == b[j + k * sj] ? 1 : 0 }
-            case 1: for k in 0..<count { y[o + k] = a[i + k * si] < b[j + k * sj] ? 1 : 0 }
-            case 2: for k in 0..<count { y[o + k] = a[i + k * si] <= b[j + k * sj] ? 1 : 0 }
-            case 3: for k in 0..<count { y[o + k] = a[i + k * si] > b[j + k * sj] ? 1 : 0 }
-            default: for k in 0..<count { y[o + k] = a[i + k * si] >= b[j + k * sj] ? 1 : 0 }
+            case 0: row(a + i, si, b + j, sj, count, y) { $0 == $1 }
+            case 1: row(a + i, si, b + j, sj, count, y) { $0 < $1 }
+            case 2: row(a + i, si, b + j, sj, count, y) { $0 <= $1 }
+            case 3: row(a + i, si, b + j, sj, count, y) { $0 > $1 }
+            default: row(a + i, si, b + j, sj, count, y) { $0 >= $1 }
             }
         }
     }
 
-    /// IsNaN of floats, or Not of booleans, into booleans.
+    /// `count` results of `f` on a row of `a` and `b` (element strides `sa`, `sb`), with
+    /// the contiguous and scalar-operand cases as separate loops the compiler vectorizes.
+    @inline(__always)
+    static func row<T>(_ a: UnsafePointer<T>, _ sa: Int, _ b: UnsafePointer<T>, _ sb: Int, _ count: Int, _ y: UnsafeMutablePointer<UInt8>,
+                       _ f: (T, T) -> Bool) {
+        switch (sa, sb) {
+        case (1, 1): for k in 0..<count { y[k] = f(a[k], b[k]) ? 1 : 0 }
+        case (0, 1): let v = a[0]; for k in 0..<count { y[k] = f(v, b[k]) ? 1 : 0 }
+        case (1, 0): let v = b[0]; for k in 0..<count { y[k] = f(a[k], v) ? 1 : 0 }
+        default: for k in 0..<count { y[k] = f(a[k * sa], b[k * sb]) ? 1 : 0 }
+        }
+    }
+
     static func unary(_ op: String, _ x: UnsafeRawPointer, count: Int, into y: UnsafeMutableRawPointer) {
         for i in 0..<count {
             let v = op == "IsNaN" ? x.load(fromByteOffset: 4 * i, as: Float.self).isNaN : x.load(fromByteOffset: i, as: UInt8.self) == 0
@@ -151,28 +188,87 @@ enum SwiftElementwise {
         walk.walk { o, i, _, _ in (y + o * size).copyMemory(from: x + i * size, byteCount: size) }
     }
 
-    /// A float reduction over the middle axis of [outer, n, inner] (contiguous reduced
-    /// axes), accumulated in Double in a fixed order: "ReduceMean", "ReduceSum",
-    /// "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare".
+    /// Reduction of the middle axis of a plain `[outer, n, inner]` tensor into `[outer, inner]`
+    /// (ReduceMean, ReduceSum, ReduceProd, ReduceL1, ReduceL2, ReduceSumSquare, ReduceMax,
+    /// ReduceMin): 16 lanes at a time in a fixed order, so results do not depend on the
+    /// thread count; large tensors split between threads. Max and min propagate NaN; an
+    /// empty max is -inf and an empty min +inf, as the reference.
     static func reduce(_ op: String, _ x: UnsafePointer<Float>, outer: Int, n: Int, inner: Int, into y: UnsafeMutablePointer<Float>) {
-        let code = ["ReduceMean": 0, "ReduceSum": 1, "ReduceProd": 2, "ReduceL1": 3, "ReduceL2": 4][op] ?? 5
-        var acc = [Double](repeating: 0, count: inner)
-        for o in 0..<outer {
-            for j in 0..<inner { acc[j] = code == 2 ? 1 : 0 }
-            for k in 0..<n {
-                let row = x + (o * n + k) * inner
+        let scale = 1 / Float(n)
+        let add: @Sendable (Float, Float) -> Float = { $0 + $1 }
+        switch op {
+        case "ReduceMean": reduce(x, outer, n, inner, y, start: 0, { $0 + $1 }, add, merge: add) { $0 * scale }
+        case "ReduceSum": reduce(x, outer, n, inner, y, start: 0, { $0 + $1 }, add, merge: add) { $0 }
+        case "ReduceL1": reduce(x, outer, n, inner, y, start: 0, { $0 + $1.replacing(with: -$1, where: $1 .< 0) }, { $0 + abs($1) }, merge: add) { $0 }
+        case "ReduceL2": reduce(x, outer, n, inner, y, start: 0, { $0 + $1 * $1 }, { $0 + $1 * $1 }, merge: add) { $0.squareRoot() }
+        case "ReduceSumSquare": reduce(x, outer, n, inner, y, start: 0, { $0 + $1 * $1 }, { $0 + $1 * $1 }, merge: add) { $0 }
+        case "ReduceMax":
+            let larger: @Sendable (Float, Float) -> Float = { $1 > $0 || $1.isNaN ? $1 : $0 }
+            reduce(x, outer, n, inner, y, start: -.infinity, { $0.replacing(with: $1, where: ($1 .> $0) .| ($1 .!= $1)) }, larger, merge: larger) { $0 }
+        case "ReduceMin":
+            let smaller: @Sendable (Float, Float) -> Float = { $1 < $0 || $1.isNaN ? $1 : $0 }
+            reduce(x, outer, n, inner, y, start: .infinity, { $0.replacing(with: $1, where: ($1 .< $0) .| ($1 .!= $1)) }, smaller, merge: smaller) { $0 }
+        default:
+            // ReduceProd, in double precision as the reference.
+            for o in 0..<outer {
                 for j in 0..<inner {
-                    let v = Double(row[j])
-                    switch code {
-                    case 2: acc[j] *= v
-                    case 3: acc[j] += abs(v)
-                    case 4, 5: acc[j] += v * v
-                    default: acc[j] += v
-                    }
+                    var acc = 1.0
+                    for k in 0..<n { acc *= Double(x[(o * n + k) * inner + j]) }
+                    y[o * inner + j] = Float(acc)
                 }
             }
-            for j in 0..<inner {
-                y[o * inner + j] = Float(code == 0 ? acc[j] / Double(n) : code == 4 ? acc[j].squareRoot() : acc[j])
+        }
+    }
+
+    /// The reduction of `reduce`: `step` folds a vector (or `scalar` an element) of the
+    /// input into the accumulator, which starts at `start`; `merge` combines two partial
+    /// accumulators; `finish` maps the result.
+    @inline(__always)
+    static func reduce(_ x: UnsafePointer<Float>, _ outer: Int, _ n: Int, _ inner: Int, _ y: UnsafeMutablePointer<Float>, start: Float,
+                       _ step: @escaping @Sendable (SIMD16<Float>, SIMD16<Float>) -> SIMD16<Float>, _ scalar: @escaping @Sendable (Float, Float) -> Float,
+                       merge: @escaping @Sendable (Float, Float) -> Float, _ finish: @escaping @Sendable (Float) -> Float) {
+        typealias V = SIMD16<Float>
+        let source = SwiftKernels.UnsafeSendable(x), target = SwiftKernels.UnsafeSendable(UnsafePointer(y))
+        let parts = outer * n * inner >= 1 << 16 ? Parallel.threads : 1
+        if inner == 1 {
+            // Each output reduces a contiguous row: two vector accumulators, then their lanes.
+            Parallel.ranges(outer, parts: parts) { rows in
+                let y = UnsafeMutablePointer(mutating: target.pointer)
+                for o in rows {
+                    let row = source.pointer + o * n
+                    var a = V(repeating: start), b = a
+                    var k = 0
+                    while k + 32 <= n {
+                        a = step(a, UnsafeRawPointer(row + k).loadUnaligned(as: V.self))
+                        b = step(b, UnsafeRawPointer(row + k + 16).loadUnaligned(as: V.self))
+                        k += 32
+                    }
+                    var acc = start
+                    for lane in 0..<16 { acc = merge(merge(acc, a[lane]), b[lane]) }
+                    while k < n { acc = scalar(acc, row[k]); k += 1 }
+                    y[o] = finish(acc)
+                }
+            }
+            return
+        }
+        // Otherwise 16 output columns at a time, reading n rows of the input.
+        let chunks = (inner + 15) / 16
+        Parallel.ranges(outer * chunks, parts: parts) { units in
+            let y = UnsafeMutablePointer(mutating: target.pointer)
+            for unit in units {
+                let o = unit / chunks, j = unit % chunks * 16, width = min(16, inner - j)
+                let base = source.pointer + o * n * inner + j
+                if width == 16 {
+                    var acc = V(repeating: start)
+                    for k in 0..<n { acc = step(acc, UnsafeRawPointer(base + k * inner).loadUnaligned(as: V.self)) }
+                    for lane in 0..<16 { y[o * inner + j + lane] = finish(acc[lane]) }
+                } else {
+                    for lane in 0..<width {
+                        var acc = start
+                        for k in 0..<n { acc = scalar(acc, base[k * inner + lane]) }
+                        y[o * inner + j + lane] = finish(acc)
+                    }
+                }
             }
         }
     }
