@@ -234,6 +234,55 @@ extension PlanTests {
             XCTAssertTrue(comparison.passed, "trial \(trial) \(op): \(comparison)")
         }
     }
+    /// A DB text detector's head: four 24-channel branches concatenated (parts that do not
+    /// start at 16-channel blocks: realigned to 8-channel blocks, each reordered into its
+    /// slot), then ConvTranspose with kernel = stride to 24 and to 1 channels (a 1×1
+    /// convolution into patches and their placement); against the reference.
+    func testUnalignedConcatenationAndPatchDeconvolutions() throws {
+        var rng = SeededGenerator(seed: 99)
+        for (c, k) in [(24, 2), (40, 3), (8, 2)] {
+            var nodes: [Node] = [], initializers: [(String, Tensor)] = []
+            for b in 0..<4 {
+                initializers.append(("w\(b)", try random([c, 3, 3, 3], &rng)))
+                nodes.append(Node(name: "branch\(b)", opType: "Conv", inputs: ["x", "w\(b)"], outputs: ["p\(b)"], attributes: ["pads": .ints([1, 1, 1, 1])]))
+            }
+            nodes.append(Node(name: "test", opType: "Concat", inputs: ["p0", "p1", "p2", "p3"], outputs: ["cat"], attributes: ["axis": .int(1)]))
+            initializers += [("wf", try random([c, 4 * c, 3, 3], &rng)), ("t1", try random([c, c, k, k], &rng)), ("b1", try random([c], &rng)),
+                             ("t2", try random([c, 1, k, k], &rng)), ("b2", try random([1], &rng))]
+            nodes += [Node(name: "fuse", opType: "Conv", inputs: ["cat", "wf"], outputs: ["f"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                      Node(name: "up1", opType: "ConvTranspose", inputs: ["f", "t1", "b1"], outputs: ["u"], attributes: ["strides": .ints([Int64(k), Int64(k)])]),
+                      Node(name: "relu", opType: "Relu", inputs: ["u"], outputs: ["r"]),
+                      Node(name: "up2", opType: "ConvTranspose", inputs: ["r", "t2", "b2"], outputs: ["y"], attributes: ["strides": .ints([Int64(k), Int64(k)])])]
+            let g = Graph(name: "db", inputs: [ValueInfo(name: "x", type: f([1, 3, 20, 18]))], outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: nodes, initializers: initializers)
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let x = try random([1, 3, 20, 18], &rng)
+            let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let built = try builder.build(m, name: "db")
+            // Random weights grow the values through four layers: the tolerance scales with them.
+            let scale = expected.floats.map { abs($0) }.max() ?? 1
+            // As built, and with the convolutions in nChw16c (the parts then in unaligned blocks).
+            for layout in [nil, Layout.blocked16] {
+                let (plan, outputs) = try layout.map { try forcedPlan(built.graph, layout: $0, x: x) }
+                    ?? { let c = ExecutionContext(engine: try Engine(file: built.file, name: "db")); let y = try c.run(["x": x]); return (try XCTUnwrap(c.lastPlan), y.map(\.value)) }()
+                XCTAssertEqual(outputs[0].shape, [1, 1, 20 * k * k, 18 * k * k])
+                let comparison = Comparison.compare(actual: outputs[0], expected: expected, atol: 1e-5 * Double(scale), rtol: 1e-3)
+                XCTAssertTrue(comparison.passed, "\(c) channels, kernel \(k), values up to \(scale): \(comparison)\n\(plan.stepDetails)")
+                for up in ["up1", "up2"] {
+                    XCTAssertEqual(plan.stepSummary.filter { $0.layer == up }.map(\.implementation).last, "swift", "\(up) places patches\n\(plan.stepDetails)")
+                }
+                if layout == .blocked16 && c % 16 != 0 {
+                    XCTAssertTrue(plan.stepSummary.filter { $0.layer == "test" }.allSatisfy { $0.implementation == "reorder" },
+                                  "\(c) channels: concatenated by reorders into 8-channel blocks\n\(plan.stepDetails)")
+                }
+                // The input, read by four convolutions in one layout, is reordered once.
+                XCTAssertLessThanOrEqual(plan.stepSummary.filter { $0.layer == "reorder x" }.count, 1, "\(plan.stepDetails)")
+            }
+        }
+    }
+
     /// Gather along axis 0 (embedding lookups) with a constant table read in place from
     /// the engine file, or a runtime table; int64 and int32 indices, negative ones too.
     func testGatherRowsMatchTheReference() throws {

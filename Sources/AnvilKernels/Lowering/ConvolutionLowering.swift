@@ -170,6 +170,10 @@ enum ConvolutionLowering {
         }
         guard padsEnd.allSatisfy({ $0 >= 0 }) else { return nil }
         let bias = l.constant(2), engine = l.plan.engine
+        if group == 1, kernel == strides, dilations.allSatisfy({ $0 == 1 }), pads.allSatisfy({ $0 == 0 }), padsEnd.allSatisfy({ $0 == 0 }),
+           let decision = try patchDeconvolution(l, x: x, weights: w, bias: bias, kernel: kernel, outShape: outShape) {
+            return decision
+        }
         let deconv = try l.plan.shared.kernel("deconv|\(l.layer.name)|\(x.shape)") {
             try DNNLDeconvolution(engine: engine, inputShape: x.shape, weights: w, bias: bias, outputShape: outShape, strides: strides,
                                   dilations: dilations, padsBegin: padsBegin, padsEnd: padsEnd, group: group)
@@ -181,6 +185,52 @@ enum ConvolutionLowering {
         try l.emit(.deconvolution, PrimitiveStep(layer: l.layer.name, primitive: primitive,
                                                  arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)), (DNNL_ARG_DST, out, dstLayout)],
                                                  fixed: try deconv.kernel.constantArguments()))
+        return l.decided(.deconvolution, postOps: PostOps(bias: bias != nil))
+    }
+
+    /// ConvTranspose whose kernel equals its stride (no padding, dilation, groups or
+    /// output padding), as FPN and DB heads upsample: every input pixel writes its own
+    /// kh×kw patch of the output. That is a 1×1 convolution to Co·kh·kw channels (ordered
+    /// row, column, channel) in channels-last, then each pixel's patch rows copied into
+    /// place in a channels-last output; oneDNN 2.6's deconvolution runs these 3 to 8
+    /// times slower. Nil for ranks other than 4.
+    static func patchDeconvolution(_ l: LayerLowering, x: PlanValue, weights w: KernelWeights, bias: Tensor?, kernel: [Int],
+                                   outShape: [Int]) throws -> LayerDecision? {
+        guard x.shape.count == 4, kernel.count == 2, w.rank == 4, w.shape[0] == x.shape[1] else { return nil }
+        let (n, ci, h, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let co = w.shape[1], (kh, kw) = (kernel[0], kernel[1]), channels = co * kh * kw
+        guard outShape == [n, co, h * kh, width * kw], channels > 0 else { return nil }
+        let engine = l.plan.engine
+        let conv = try l.plan.shared.kernel("patchdeconv|\(l.layer.name)|\(x.shape)") { () throws -> DNNLConvolution in
+            // ONNX's [Ci, Co, kh, kw] as [(i, j, co), Ci, 1, 1]; the bias repeated per patch position.
+            let source = try w.plain().floats, b = bias?.floats ?? [Float](repeating: 0, count: co)
+            var packed = [Float](repeating: 0, count: channels * ci)
+            for c in 0..<ci {
+                for o in 0..<co {
+                    for i in 0..<kh {
+                        for j in 0..<kw { packed[((i * kw + j) * co + o) * ci + c] = source[((c * co + o) * kh + i) * kw + j] }
+                    }
+                }
+            }
+            let geometry = try WindowGeometry(input: [h, width], kernel: [1, 1], strides: nil, dilations: nil, pads: nil, autoPad: .notSet)
+            return try DNNLConvolution(engine: engine, inputShape: x.shape, weights: try Tensor(floats: packed, shape: [channels, ci, 1, 1]),
+                                       bias: try Tensor(floats: (0..<channels).map { b[$0 % co] }, shape: [channels]), geometry: geometry, group: 1,
+                                       activation: nil, residual: false, tactic: ConvolutionTactic(layout: .channelsLast))
+        }
+        guard !conv.kernel.primitive.isReference, Layout.of(conv.outputDescriptor.descriptor, shape: conv.outputShape) == .channelsLast,
+              let outLayout = try Layout.channelsLast.descriptor(outShape) else { return nil }
+        let primitive = conv.kernel.primitive
+        let src = try l.plan.inLayout(x, conv.inputDescriptor.descriptor)
+        let patches = l.plan.newValue(l.layer.name + "#patches", .float, conv.outputShape, layout: conv.outputDescriptor.descriptor)
+        try l.emit(.deconvolution, PrimitiveStep(layer: l.layer.name, primitive: primitive,
+                                                 arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)),
+                                                             (DNNL_ARG_DST, patches, primitive.query(dnnl_query_dst_md))],
+                                                 fixed: try conv.kernel.constantArguments()))
+        let out = l.plan.newValue(l.layer.outputs[0], .float, outShape, layout: outLayout)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [patches], writes: [out]) { p in
+            SwiftKernels.placePatches(p.address(patches).assumingMemoryBound(to: Float.self), rows: n * h, width: width, kh: kh, kw: kw, channels: co,
+                                      into: p.address(out).assumingMemoryBound(to: Float.self))
+        })
         return l.decided(.deconvolution, postOps: PostOps(bias: bias != nil))
     }
 }

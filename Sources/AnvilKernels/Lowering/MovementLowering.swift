@@ -304,7 +304,15 @@ extension ExecutionPlan {
             let layout = Layout.of(p.layout, shape: p.shape)
             if layout == .plain || layout.channelBlock != nil { weight[layout, default: 0] += p.byteCount }
         }
-        guard let layout = weight.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key.rawValue > $1.key.rawValue) })?.key else { return false }
+        guard var layout = weight.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key.rawValue > $1.key.rawValue) })?.key else { return false }
+        // Parts of 8·k channels (FPN branches of 24 or 40) do not start at 16-channel blocks:
+        // in 8-channel blocks they do, each part reordered into its slot by a fast reorder
+        // instead of oneDNN's generic concatenation of unaligned blocked parts.
+        var realigned = false
+        if layout == .blocked16, parts.contains(where: { $0.shape[1] % 16 != 0 }), parts.dropLast().allSatisfy({ $0.shape[1] % 8 == 0 }) {
+            layout = .blocked8
+            realigned = true
+        }
         let out: dnnl_memory_desc_t
         if layout == .plain {
             out = try plainDescriptor(shape)
@@ -351,7 +359,7 @@ extension ExecutionPlan {
         }
         let copies = zip(parts, slots).filter { part, s in s.place == nil || placements[s.root] != s.place }
             .map { part, s in (part: part, slot: s.slot, descriptor: s.descriptor) }
-        guard !placements.isEmpty else { return false }
+        guard !placements.isEmpty || realigned else { return false }
         let v = newValue(name, .float, shape, layout: out)
         for (root, offset) in placements {
             place(root, inside: v.buffer, at: offset)

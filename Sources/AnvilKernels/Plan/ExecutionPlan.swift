@@ -44,8 +44,10 @@ public final class ExecutionPlan {
     /// Whether some buffer has been placed inside another (then `dies` checks whole trees).
     private var nestedBuffers = false
     /// What the current layer's lowering changed, undone when it does not fit after all.
+    /// Copies of values reordered into other (non-plain) layouts, reused by later readers.
+    private var layoutCopies: [String: [PlanValue]] = [:]
     private var journal: [JournalEntry] = []
-    private enum JournalEntry { case value(String, PlanValue?), bufferName(Int), plainCopy(String), parent(Int) }
+    private enum JournalEntry { case value(String, PlanValue?), bufferName(Int), plainCopy(String), layoutCopy(String), parent(Int) }
 
     /// Plans `layers` for inputs of the given shapes. `types` gives every value's
     /// element type and shape for these inputs (recorded at build time or observed).
@@ -294,7 +296,12 @@ public final class ExecutionPlan {
     func inLayout(_ v: PlanValue, _ d: dnnl_memory_desc_t) throws -> PlanValue {
         if try v.stored(as: d) { return v }
         if Self.isPlain(d, v.shape) { return try plain(v) }
-        return try reordered(v, to: d, name: v.name + "#\(steps.count)")
+        // One copy per layout however many layers read it (a feature map feeding several branches).
+        if let copy = try layoutCopies[v.name]?.first(where: { try $0.stored(as: d) }) { return copy }
+        let copy = try reordered(v, to: d, name: v.name + "#\(steps.count)")
+        layoutCopies[v.name, default: []].append(copy)
+        journal.append(.layoutCopy(v.name))
+        return copy
     }
 
     private func reordered(_ v: PlanValue, to d: dnnl_memory_desc_t, name: String) throws -> PlanValue {
@@ -363,6 +370,7 @@ public final class ExecutionPlan {
             case .value(let name, let previous): values[name] = previous
             case .bufferName(let b): if b < bufferCount { buffers[b].names.removeLast() }
             case .plainCopy(let name): plainCopies[name] = nil
+            case .layoutCopy(let name): layoutCopies[name]?.removeLast()
             case .parent(let b): if b < bufferCount { buffers[b].parent = nil }
             }
         }

@@ -116,6 +116,25 @@ enum SwiftKernels {
         return (a0 + a1) + (a2 + a3)
     }
 
+    /// Channels-last patches `[rows][width][kh][kw][channels]` (one kh×kw patch per input
+    /// pixel) placed into the channels-last image `[rows][kh][width][kw][channels]`: each
+    /// patch row is kw·channels contiguous floats at both ends.
+    static func placePatches(_ x: UnsafePointer<Float>, rows: Int, width: Int, kh: Int, kw: Int, channels: Int, into y: UnsafeMutablePointer<Float>) {
+        let run = kw * channels
+        let source = UnsafeSendable(x), target = UnsafeSendable(UnsafePointer(y))
+        Parallel.ranges(rows, parts: rows * width * kh * run >= 1 << 15 ? Parallel.threads : 1) { range in
+            let y = UnsafeMutablePointer(mutating: target.pointer)
+            for r in range {
+                for i in 0..<kh {
+                    for col in 0..<width {
+                        let from = source.pointer + ((r * width + col) * kh + i) * run, to = y + ((r * kh + i) * width + col) * run
+                        for k in 0..<run { to[k] = from[k] }
+                    }
+                }
+            }
+        }
+    }
+
     /// A per-channel operation of `channelAffine`.
     enum ChannelOperation { case multiply, add }
 
