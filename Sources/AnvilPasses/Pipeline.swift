@@ -8,6 +8,7 @@ public enum Pipelines {
     public static var standard: [any Pass] {
         [
             FoldConstants(),
+            LowerIntegerLinear(),
             EliminateNoOps(),
             ResolveReshapeTargets(),
             EliminateCommonSubexpressions(),

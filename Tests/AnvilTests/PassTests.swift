@@ -1,9 +1,11 @@
+import AnvilBuilder
 import AnvilCore
 import AnvilIR
 import AnvilKernels
 import AnvilONNX
 import AnvilOps
 import AnvilPasses
+import AnvilRuntime
 import XCTest
 
 final class PassTests: XCTestCase {
@@ -356,5 +358,106 @@ final class FusionTests: XCTestCase {
         let expected = try ReferenceExecutor(model: try load()).run(feed)[0].value
         let actual = try ReferenceExecutor(model: unknownDims).run(feed)[0].value
         XCTAssertTrue(Comparison.compare(actual: actual, expected: expected, atol: 1e-5, rtol: 1e-5).passed)
+    }
+}
+
+final class IntegerLinearTests: XCTestCase {
+    /// ONNX Runtime's dynamic quantization of a Conv (runtime-quantized bias, as
+    /// quantize_dynamic writes it) and of a MatMul with per-column weight zero points.
+    func dynamicallyQuantized(signedWeights: Bool = false, convBias: Bool = true) -> Model {
+        var rng = SeededGenerator(seed: 7)
+        let weightType: DataType = signedWeights ? .int8 : .uint8
+        let range: ClosedRange<Int64> = signedWeights ? -128...127 : 0...255
+        func bytes(_ shape: [Int]) -> Tensor { try! Tensor(weightType, shape: shape, int64s: (0..<shape.reduce(1, *)).map { _ in Int64.random(in: range, using: &rng) }) }
+        let initializers: [(String, Tensor)] = [
+            ("w", bytes([6, 3, 3, 3])), ("wz", try! Tensor(weightType, shape: [], int64s: [signedWeights ? 3 : 131])),
+            ("ws", try! Tensor(floats: [0.02], shape: [])), ("b", try! Tensor(floats: [0.5, -1, 2, 0, 0.25, -0.75], shape: [6])),
+            ("shape", try! Tensor(int64s: [1, 6, 1, 1], shape: [4])),
+            ("m", bytes([6, 5])), ("mz", try! Tensor(weightType, shape: [5], int64s: signedWeights ? [0, -2, 5, 1, 0] : [128, 120, 140, 127, 0])),
+            ("ms", try! Tensor(floats: [0.01], shape: [])),
+        ]
+        var nodes = [Node(name: "q", opType: "DynamicQuantizeLinear", inputs: ["x"], outputs: ["xq", "xs", "xz"]),
+                     Node(name: "conv", opType: "ConvInteger", inputs: ["xq", "w", "xz", "wz"], outputs: ["ci"], attributes: ["pads": .ints([1, 1, 1, 1])])]
+        var result = "ci"
+        if convBias {
+            nodes += [Node(name: "scale", opType: "Mul", inputs: ["xs", "ws"], outputs: ["s"]),
+                      Node(name: "bdiv", opType: "Div", inputs: ["b", "s"], outputs: ["bd"]),
+                      Node(name: "bfloor", opType: "Floor", inputs: ["bd"], outputs: ["bf"]),
+                      Node(name: "bcast", opType: "Cast", inputs: ["bf"], outputs: ["bi"], attributes: ["to": .int(6)]),
+                      Node(name: "breshape", opType: "Reshape", inputs: ["bi", "shape"], outputs: ["br"]),
+                      Node(name: "badd", opType: "Add", inputs: ["ci", "br"], outputs: ["cb"])]
+            result = "cb"
+        }
+        nodes += [Node(name: "tofloat", opType: "Cast", inputs: [result], outputs: ["cf"], attributes: ["to": .int(1)]),
+                  Node(name: "rescale", opType: "Mul", inputs: ["cf", "xs"], outputs: ["c"]),
+                  Node(name: "pool", opType: "GlobalAveragePool", inputs: ["c"], outputs: ["p"]),
+                  Node(name: "flat", opType: "Flatten", inputs: ["p"], outputs: ["f"]),
+                  Node(name: "q2", opType: "DynamicQuantizeLinear", inputs: ["f"], outputs: ["fq", "fs", "fz"]),
+                  Node(name: "matmul", opType: "MatMulInteger", inputs: ["fq", "m", "fz", "mz"], outputs: ["mi"]),
+                  Node(name: "tofloat2", opType: "Cast", inputs: ["mi"], outputs: ["mf"], attributes: ["to": .int(1)]),
+                  Node(name: "rescale2", opType: "Mul", inputs: ["mf", "fs"], outputs: ["y"])]
+        let g = Graph(name: "dq", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 3, 7, 6]))],
+                      outputs: [ValueInfo(name: "y", type: .unknown)], nodes: nodes, initializers: initializers)
+        return Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+    }
+
+    /// The integer layers become float ones with the same results (their sums stay below
+    /// 2^24, where float arithmetic is exact); the runtime bias is added in float.
+    func testIntegerConvAndMatMulComputeInFloat() throws {
+        let passes: [any Pass] = [FoldConstants(), LowerIntegerLinear(), EliminateDeadCode()]
+        for (signed, bias) in [(false, true), (true, true), (false, false)] {
+            let m = dynamicallyQuantized(signedWeights: signed, convBias: bias)
+            let (_, context) = try PassTesting.optimized(m, passes)
+            let ops = m.graph.nodes.map(\.opType)
+            XCTAssertFalse(ops.contains("ConvInteger") || ops.contains("MatMulInteger"), "\(ops)")
+            XCTAssertEqual(context.statistics["lower-integer-linear"]?["ConvInteger computed in float"], 1)
+            // With the bias tail the Conv's float result is read by the float Add, not cast to int32.
+            let conv = try XCTUnwrap(m.graph.nodes.first { $0.opType == "Conv" })
+            XCTAssertEqual(m.graph.nodes.first { $0.inputs.contains(conv.outputs[0]) }?.opType, bias ? "Add" : "Cast", "\(ops)")
+            try PassTesting.assertPreservesOutputs({ self.dynamicallyQuantized(signedWeights: signed, convBias: bias) }, passes, rtol: 1e-6)
+        }
+    }
+
+    /// Weights that are not constant are left alone (the MatMul's are constant: lowered).
+    func testIntegerLayersThatDoNotFitStay() throws {
+        let m = dynamicallyQuantized()
+        m.graph.removeInitializer("w")
+        m.graph.inputs.append(ValueInfo(name: "w", type: TensorType(.uint8, shape: [6, 3, 3, 3])))
+        _ = try PassTesting.optimized(m, [LowerIntegerLinear()])
+        XCTAssertTrue(m.graph.nodes.contains { $0.opType == "ConvInteger" })
+        XCTAssertFalse(m.graph.nodes.contains { $0.opType == "MatMulInteger" })
+    }
+
+    /// DynamicQuantizeLinear's Swift kernel against the reference: wide ranges, all
+    /// positive, all zero (scale 0), NaN and infinities, sizes split between threads.
+    func testDynamicQuantizeLinearKernelMatchesTheReference() throws {
+        var rng = SeededGenerator(seed: 3)
+        for trial in 0..<6 {
+            let count = [17, 40_000, 100_003, 64, 5000, 70_000][trial]
+            var values = (0..<count).map { _ in Float.random(in: (trial == 1 ? 0.5 : -3)...7, using: &rng) }
+            if trial == 2 { values = values.map { $0 * 1e5 } }
+            if trial == 3 { values = Array(repeating: 0, count: count) }
+            if trial == 4 { values[7] = .nan; values[9] = .infinity }
+            if trial == 5 { values[11] = -.infinity }
+            let g = Graph(name: "dql", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [count]))],
+                          outputs: ["y", "s", "z"].map { ValueInfo(name: $0, type: .unknown) },
+                          nodes: [Node(name: "test", opType: "DynamicQuantizeLinear", inputs: ["x"], outputs: ["y", "s", "z"])])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let x = try Tensor(floats: values, shape: [count])
+            let expected = try ReferenceExecutor(model: m).run(["x": x])
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let built = try builder.build(m, name: "dql")
+            XCTAssertEqual(built.compiled.decisions["test"]?.kernel, .dynamicQuantize)
+            let actual = try ExecutionContext(engine: try Engine(file: built.file, name: "dql")).run(["x": x])
+            for (e, a) in zip(expected, actual) {
+                XCTAssertEqual(a.value.shape, e.value.shape, "trial \(trial) \(e.name)")
+                if e.value.dataType == .float {
+                    XCTAssertEqual(a.value.floats.map(\.bitPattern), e.value.floats.map(\.bitPattern), "trial \(trial) \(e.name)")
+                } else {
+                    XCTAssertEqual(a.value.int64s, e.value.int64s, "trial \(trial) \(e.name)")
+                }
+            }
+        }
     }
 }

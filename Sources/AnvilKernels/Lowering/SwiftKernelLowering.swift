@@ -10,6 +10,7 @@ enum SwiftKernelLowering {
         LoweringEntry(kind: .cast, ops: ["Cast"], output: .plain, lower: cast),
         LoweringEntry(kind: .logical, ops: ["And", "Or", "Xor"], output: .plain, lower: logical),
         LoweringEntry(kind: .select, ops: ["Where"], output: .plain, lower: select),
+        LoweringEntry(kind: .dynamicQuantize, ops: ["DynamicQuantizeLinear"], output: .plain, multipleOutputs: true, lower: dynamicQuantize),
     ]
     /// Rows tried after oneDNN's own kernels for the same ops.
     static let fallbacks = [
@@ -109,6 +110,23 @@ enum SwiftKernelLowering {
         }
         l.plan.steps.append(step)
         return l.decided(.channelAffine)
+    }
+
+    /// DynamicQuantizeLinear of a float tensor (`SwiftKernels.dynamicQuantize`).
+    static func dynamicQuantize(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType == .float, l.layer.outputs.count == 3 else { return nil }
+        let x = try l.plan.plain(v)
+        let y = l.plan.newValue(l.layer.outputs[0], .uint8, v.shape)
+        let scale = l.plan.newValue(l.layer.outputs[1], .float, [])
+        let zeroPoint = l.plan.newValue(l.layer.outputs[2], .uint8, [])
+        let count = v.count
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [y, scale, zeroPoint]) { p in
+            let (s, z) = SwiftKernels.dynamicQuantize(p.address(x).assumingMemoryBound(to: Float.self), count: count,
+                                                     into: p.address(y).assumingMemoryBound(to: UInt8.self))
+            p.address(scale).storeBytes(of: s, as: Float.self)
+            p.address(zeroPoint).storeBytes(of: z, as: UInt8.self)
+        })
+        return l.decided(.dynamicQuantize)
     }
 
     /// Cast between booleans, integers and floats (`SwiftElementwise.cast`).

@@ -64,9 +64,13 @@ func registerQuantization(_ b: inout KernelTableBuilder) {
         let x = try ctx.input(0)
         // Float arithmetic, as the specification's float32 formula.
         let xs = x.floats
-        let lo = min(0, xs.min() ?? 0), hi = max(0, xs.max() ?? 0)
+        // NaN does not widen the range (it quantizes to the zero point below).
+        let finite = xs.filter { !$0.isNaN }
+        let lo = min(0, finite.min() ?? 0), hi = max(0, finite.max() ?? 0)
         let scale: Float = (hi - lo) / 255
-        let zp: Float = scale == 0 ? 0 : min(max((0 - lo / scale).rounded(.toNearestOrEven), 0), 255)
+        // An infinite range gives an undefined zero point (-inf / inf): 0 then.
+        let unclamped = (0 - lo / scale).rounded(.toNearestOrEven)
+        let zp: Float = scale == 0 || unclamped.isNaN ? 0 : min(max(unclamped, 0), 255)
         let q = xs.map { v -> Int64 in
             let r = (v / scale).rounded(.toNearestOrEven) + zp
             return scale == 0 || r.isNaN ? Int64(zp) : Int64(min(max(r, 0), 255))

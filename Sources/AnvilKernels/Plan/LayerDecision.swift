@@ -190,6 +190,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case roiAlign = 40
     /// InstanceNormalization as oneDNN's batch normalization computing its statistics.
     case instanceNormalization = 41
+    /// DynamicQuantizeLinear: the range, scale and zero point, and the uint8 values.
+    case dynamicQuantize = 42
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -198,7 +200,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
              .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme,
-             .roiAlign: .swift
+             .roiAlign, .dynamicQuantize: .swift
         default: .onednn
         }
     }
@@ -246,6 +248,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .argExtreme: "arg max/min"
         case .roiAlign: "roi align"
         case .instanceNormalization: "instance normalization"
+        case .dynamicQuantize: "dynamic quantization"
         }
     }
 }

@@ -297,12 +297,19 @@ enum SwiftElementwise {
     /// ONNX Cast between the supported types (a float source is read as a float, not an integer).
     static func cast(_ x: UnsafeRawPointer, from: DataType, count: Int, to y: UnsafeMutableRawPointer, _ type: DataType) {
         // The common pairs in typed loops (masks and one-hots to float, indices between widths).
-        func convert<S, D>(_: S.Type, _: D.Type, _ f: (S) -> D) {
-            let source = x.assumingMemoryBound(to: S.self), target = y.assumingMemoryBound(to: D.self)
-            for i in 0..<count { target[i] = f(source[i]) }
+        // Large tensors split between threads.
+        func convert<S, D>(_: S.Type, _: D.Type, _ f: @escaping @Sendable (S) -> D) {
+            let source = SwiftKernels.UnsafeSendable(x.assumingMemoryBound(to: S.self))
+            let target = SwiftKernels.UnsafeSendable(UnsafePointer(y.assumingMemoryBound(to: D.self)))
+            Parallel.ranges(count, parts: count >= 1 << 16 ? Parallel.threads : 1) { range in
+                let out = UnsafeMutablePointer(mutating: target.pointer)
+                for i in range { out[i] = f(source.pointer[i]) }
+            }
         }
         switch (from, type) {
         case (.bool, .float): convert(UInt8.self, Float.self) { $0 != 0 ? 1 : 0 }; return
+        case (.uint8, .float): convert(UInt8.self, Float.self) { Float($0) }; return
+        case (.int8, .float): convert(Int8.self, Float.self) { Float($0) }; return
         case (.float, .bool): convert(Float.self, UInt8.self) { $0 != 0 ? 1 : 0 }; return
         case (.int64, .float): convert(Int64.self, Float.self) { Float($0) }; return
         case (.int32, .float): convert(Int32.self, Float.self) { Float($0) }; return

@@ -135,6 +135,70 @@ enum SwiftKernels {
         }
     }
 
+    /// DynamicQuantizeLinear as the reference computes it, in Float: the range [min(0, x),
+    /// max(0, x)] (NaN ignored), scale = range / 255, zero point round(−min / scale) in
+    /// [0, 255] (0 when undefined, for an infinite range), and each value round(x / scale)
+    /// + zero point saturated to uint8 (the zero point for NaN, and everywhere when the
+    /// scale is 0). Returns the scale and zero point.
+    static func dynamicQuantize(_ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<UInt8>) -> (Float, UInt8) {
+        typealias V = SIMD16<Float>
+        let parts = count >= 1 << 15 ? Parallel.threads : 1
+        let source = UnsafeSendable(x)
+        // The range, per part (min and max do not depend on the order).
+        let ranges = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2 * max(parts, 1))
+        defer { ranges.deallocate() }
+        ranges.initialize(repeating: 0)
+        let bounds = UnsafeSendable(UnsafePointer(ranges.baseAddress!))
+        Parallel.forEach(parts) { part in
+            let lo = count * part / parts, hi = count * (part + 1) / parts
+            var low = V(repeating: 0), high = V(repeating: 0)
+            var i = lo
+            while i + 16 <= hi {
+                let v = UnsafeRawPointer(source.pointer + i).loadUnaligned(as: V.self)
+                // Comparisons with NaN are false: NaN lanes leave the bounds alone.
+                low = low.replacing(with: v, where: v .< low)
+                high = high.replacing(with: v, where: v .> high)
+                i += 16
+            }
+            var l = low.min(), h = high.max()
+            while i < hi {
+                let v = source.pointer[i]
+                if v < l { l = v }
+                if v > h { h = v }
+                i += 1
+            }
+            let out = UnsafeMutablePointer(mutating: bounds.pointer)
+            out[2 * part] = l
+            out[2 * part + 1] = h
+        }
+        var low: Float = 0, high: Float = 0
+        for part in 0..<max(parts, 1) { low = min(low, ranges[2 * part]); high = max(high, ranges[2 * part + 1]) }
+        let scale = (high - low) / 255
+        let unclamped = (0 - low / scale).rounded(.toNearestOrEven)
+        let zero: Float = scale == 0 || unclamped.isNaN ? 0 : min(max(unclamped, 0), 255)
+        let target = UnsafeSendable(UnsafePointer(y))
+        Parallel.ranges(count, parts: parts) { range in
+            let y = UnsafeMutablePointer(mutating: target.pointer)
+            if scale == 0 {
+                for i in range { y[i] = UInt8(zero) }
+                return
+            }
+            // Rounding to nearest even by adding and subtracting 1.5 · 2^23 (exact below 2^22,
+            // beyond which the value saturates anyway), and the byte read from the float's low
+            // mantissa bits: no conversion that could trap, so the loop vectorizes.
+            let magic: Float = 12_582_912, zeroByte = UInt8(zero)
+            for i in range {
+                let q = source.pointer[i] / scale
+                let c = q < -1e6 ? -1e6 : (q > 1e6 ? 1e6 : q)
+                var r = (c + magic) - magic + zero
+                r = r < 0 ? 0 : (r > 255 ? 255 : r)
+                let byte = UInt8(truncatingIfNeeded: (r + magic).bitPattern)
+                y[i] = q != q ? zeroByte : byte
+            }
+        }
+        return (scale, UInt8(zero))
+    }
+
     /// A per-channel operation of `channelAffine`.
     enum ChannelOperation { case multiply, add }
 

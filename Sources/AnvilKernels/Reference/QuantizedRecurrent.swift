@@ -18,10 +18,13 @@ import Foundation
 /// (or at least 2 with hidden ≤ 256), quantizing each thread's rows separately: this kernel
 /// matches ORT run with one intra-op thread.
 public enum QuantizedRecurrent {
-    /// One direction's quantized weights [k, n] as (q − zero point), with n scales.
+    /// One direction's quantized weights [k, n]: the stored 8-bit values (uint8 or int8,
+    /// row-major), a zero point and a scale per column (repeated when per direction).
     struct Weights {
         let k: Int, n: Int
-        let values: [Int32]
+        let unsigned: Bool
+        let bytes: [UInt8]
+        let zeroPoints: [Int32]
         let scales: [Float]
     }
 
@@ -34,7 +37,8 @@ public enum QuantizedRecurrent {
     }
 
     /// rows × k floats times the weights: quantized with one scale, multiplied in int32,
-    /// scaled per column; added to `into` when `accumulate`.
+    /// scaled per column; added to `into` when `accumulate`. Σ(qa − za)(qw − zw) is taken
+    /// as Σ(qa − za)·qw − zw·Σ(qa − za), exact in int32, so the weights stay in 8 bits.
     static func product(_ a: UnsafeBufferPointer<Float>, rows: Int, _ w: Weights, into c: UnsafeMutableBufferPointer<Float>, accumulate: Bool) {
         let (scale, zeroPoint) = quantization(of: a)
         let multipliers = w.scales.map { scale * $0 }
@@ -45,19 +49,26 @@ public enum QuantizedRecurrent {
             quantized[i] = q.isNaN ? 0 : Int32(q)
         }
         var sums = [Int32](repeating: 0, count: w.n)
-        w.values.withUnsafeBufferPointer { wv in
+        w.bytes.withUnsafeBufferPointer { wv in
             sums.withUnsafeMutableBufferPointer { s in
+                let base = wv.baseAddress!, n = w.n
                 for row in 0..<rows {
-                    for j in 0..<w.n { s[j] = 0 }
+                    for j in 0..<n { s[j] = 0 }
+                    var total: Int32 = 0
                     for kk in 0..<w.k {
                         let q = quantized[row * w.k + kk]
                         if q == 0 { continue }
-                        let weights = wv.baseAddress! + kk * w.n
-                        for j in 0..<w.n { s[j] = s[j] &+ q &* weights[j] }
+                        total &+= q
+                        let weights = base + kk * n
+                        if w.unsigned {
+                            for j in 0..<n { s[j] = s[j] &+ q &* Int32(weights[j]) }
+                        } else {
+                            for j in 0..<n { s[j] = s[j] &+ q &* Int32(Int8(bitPattern: weights[j])) }
+                        }
                     }
-                    for j in 0..<w.n {
-                        let v = Float(s[j]) * multipliers[multipliers.count == 1 ? 0 : j]
-                        c[row * w.n + j] = accumulate ? c[row * w.n + j] + v : v
+                    for j in 0..<n {
+                        let v = Float(s[j] &- w.zeroPoints[j] &* total) * multipliers[multipliers.count == 1 ? 0 : j]
+                        c[row * n + j] = accumulate ? c[row * n + j] + v : v
                     }
                 }
             }
@@ -75,9 +86,9 @@ public enum QuantizedRecurrent {
         let perColumn = scale.rank == 2 ? n : 1
         let scales = Array(scale.floats[(d * perColumn)..<((d + 1) * perColumn)])
         let zeros = zeroPoint.int64s[(d * perColumn)..<((d + 1) * perColumn)].map { Int32($0) }
-        let q = t.int64s[(d * k * n)..<((d + 1) * k * n)]
-        let values = q.enumerated().map { i, v in Int32(v) - zeros[perColumn == 1 ? 0 : i % n] }
-        return Weights(k: k, n: n, values: values, scales: scales)
+        let bytes = try t.withHostBytes { Array($0[(d * k * n)..<((d + 1) * k * n)]) }
+        return Weights(k: k, n: n, unsigned: t.dataType == .uint8, bytes: bytes,
+                       zeroPoints: perColumn == 1 ? Array(repeating: zeros[0], count: n) : zeros, scales: scales)
     }
 
     /// Runs the sequence; returns Y [seq, directions, batch, hidden], Y_h and Y_c. A row
@@ -110,57 +121,79 @@ public enum QuantizedRecurrent {
         let xv = x.floats
         var y = [Float](repeating: 0, count: seq * dirs * batch * h)
         var finalH = [Float](repeating: 0, count: dirs * batch * h), finalC = finalH
-        for d in 0..<dirs {
-            let reverse = p.direction == "reverse" || d == 1
-            let (f, g, hAct) = (p.activations[3 * d], p.activations[3 * d + 1], p.activations[3 * d + 2])
-            let wd = try weights(w, "W", direction: d, k: inputSize, n: gates, scale: wScale, zeroPoint: wZeroPoint)
-            let rd = try weights(r, "R", direction: d, k: h, n: gates, scale: rScale, zeroPoint: rZeroPoint)
-            // X·W for every step at once; a reverse direction reads each row's steps backwards.
-            var rowsIn = [Float](repeating: 0, count: steps * batch * inputSize)
-            for t in 0..<steps {
-                for bi in 0..<batch {
-                    let source = reverse && t < lengths[bi] ? lengths[bi] - 1 - t : t
-                    for k in 0..<inputSize { rowsIn[(t * batch + bi) * inputSize + k] = xv[(source * batch + bi) * inputSize + k] }
-                }
-            }
-            var xw = [Float](repeating: 0, count: steps * batch * gates)
-            rowsIn.withUnsafeBufferPointer { a in xw.withUnsafeMutableBufferPointer { product(a, rows: steps * batch, wd, into: $0, accumulate: false) } }
-            let fused = (0..<gates).map { j in bias.map { $0[d * 2 * gates + j] + $0[d * 2 * gates + gates + j] } ?? 0 }
-            var hPrev = h0.map { Array($0[(d * batch * h)..<((d + 1) * batch * h)]) } ?? Array(repeating: 0, count: batch * h)
-            var cPrev = c0.map { Array($0[(d * batch * h)..<((d + 1) * batch * h)]) } ?? Array(repeating: 0, count: batch * h)
-            func clipped(_ v: Float) -> Float { p.clip.map { min(max(v, -Float($0)), Float($0)) } ?? v }
-            for t in 0..<steps {
-                var pre = Array(xw[(t * batch * gates)..<((t + 1) * batch * gates)])
-                hPrev.withUnsafeBufferPointer { a in pre.withUnsafeMutableBufferPointer { product(a, rows: batch, rd, into: $0, accumulate: true) } }
-                for bi in 0..<batch {
-                    guard t < lengths[bi] else {
-                        for j in 0..<h { hPrev[bi * h + j] = 0 }
-                        continue
-                    }
-                    let row = bi * gates, state = bi * h
-                    for j in 0..<h {
-                        let cp = cPrev[state + j]
-                        var gi = pre[row + j], go = pre[row + h + j], gf = pre[row + 2 * h + j], gc = pre[row + 3 * h + j]
-                        if let peep { gi += cp * peep[d * 3 * h + j]; gf += cp * peep[d * 3 * h + 2 * h + j] }
-                        gi = Float(f(Double(clipped(gi + fused[j]))))
-                        gf = p.inputForget ? 1 - gi : Float(f(Double(clipped(gf + fused[2 * h + j]))))
-                        gc = Float(g(Double(clipped(gc + fused[3 * h + j]))))
-                        let c = cp * gf + gi * gc
-                        if let peep { go += c * peep[d * 3 * h + h + j] }
-                        go = Float(f(Double(clipped(go + fused[h + j]))))
-                        let hv = go * Float(hAct(Double(c)))
-                        cPrev[state + j] = c
-                        hPrev[state + j] = hv
-                        let time = reverse ? lengths[bi] - 1 - t : t
-                        y[((time * dirs + d) * batch + bi) * h + j] = hv
-                    }
-                    if t == lengths[bi] - 1 {
-                        for j in 0..<h { finalH[(d * batch + bi) * h + j] = hPrev[state + j]; finalC[(d * batch + bi) * h + j] = cPrev[state + j] }
+        let prepared = try (0..<dirs).map { d in
+            (try weights(w, "W", direction: d, k: inputSize, n: gates, scale: wScale, zeroPoint: wZeroPoint),
+             try weights(r, "R", direction: d, k: h, n: gates, scale: rScale, zeroPoint: rZeroPoint))
+        }
+        // The directions are independent: one thread each (every output element is written by one).
+        struct Outputs: @unchecked Sendable { let y, finalH, finalC: UnsafeMutablePointer<Float> }
+        y.withUnsafeMutableBufferPointer { yb in
+            finalH.withUnsafeMutableBufferPointer { hb in
+                finalC.withUnsafeMutableBufferPointer { cb in
+                    let out = Outputs(y: yb.baseAddress!, finalH: hb.baseAddress!, finalC: cb.baseAddress!)
+                    nonisolated(unsafe) let (xv, prepared, bias, peep, h0, c0, lengths) = (xv, prepared, bias, peep, h0, c0, lengths)
+                    Parallel.forEach(dirs) { d in
+                        direction(d, xv: xv, weights: prepared[d], bias: bias, peep: peep, h0: h0, c0: c0, lengths: lengths,
+                                  seq: seq, batch: batch, inputSize: inputSize, dirs: dirs, p, out.y, out.finalH, out.finalC)
                     }
                 }
             }
         }
         return [try Tensor(floats: y, shape: [seq, dirs, batch, h]), try Tensor(floats: finalH, shape: [dirs, batch, h]),
                 try Tensor(floats: finalC, shape: [dirs, batch, h])]
+    }
+
+    /// One direction of `dynamicQuantizeLSTM`, writing its part of Y, Y_h and Y_c.
+    static func direction(_ d: Int, xv: [Float], weights: (Weights, Weights), bias: [Float]?, peep: [Float]?, h0: [Float]?, c0: [Float]?,
+                          lengths: [Int], seq: Int, batch: Int, inputSize: Int, dirs: Int, _ p: Recurrent.Parameters,
+                          _ y: UnsafeMutablePointer<Float>, _ finalH: UnsafeMutablePointer<Float>, _ finalC: UnsafeMutablePointer<Float>) {
+        let h = p.hidden, gates = 4 * h, steps = lengths.max() ?? 0
+        let reverse = p.direction == "reverse" || d == 1
+        let (f, g, hAct) = (p.activations[3 * d], p.activations[3 * d + 1], p.activations[3 * d + 2])
+        let (wd, rd) = weights
+        // X·W for every step at once; a reverse direction reads each row's steps backwards.
+        var rowsIn = [Float](repeating: 0, count: steps * batch * inputSize)
+        for t in 0..<steps {
+            for bi in 0..<batch {
+                let source = reverse && t < lengths[bi] ? lengths[bi] - 1 - t : t
+                for k in 0..<inputSize { rowsIn[(t * batch + bi) * inputSize + k] = xv[(source * batch + bi) * inputSize + k] }
+            }
+        }
+        var xw = [Float](repeating: 0, count: steps * batch * gates)
+        rowsIn.withUnsafeBufferPointer { a in xw.withUnsafeMutableBufferPointer { product(a, rows: steps * batch, wd, into: $0, accumulate: false) } }
+        let fused = (0..<gates).map { j in bias.map { $0[d * 2 * gates + j] + $0[d * 2 * gates + gates + j] } ?? 0 }
+        var hPrev = h0.map { Array($0[(d * batch * h)..<((d + 1) * batch * h)]) } ?? Array(repeating: 0, count: batch * h)
+        var cPrev = c0.map { Array($0[(d * batch * h)..<((d + 1) * batch * h)]) } ?? Array(repeating: 0, count: batch * h)
+        func clipped(_ v: Float) -> Float { p.clip.map { min(max(v, -Float($0)), Float($0)) } ?? v }
+        for t in 0..<steps {
+            var pre = Array(xw[(t * batch * gates)..<((t + 1) * batch * gates)])
+            hPrev.withUnsafeBufferPointer { a in pre.withUnsafeMutableBufferPointer { product(a, rows: batch, rd, into: $0, accumulate: true) } }
+            for bi in 0..<batch {
+                guard t < lengths[bi] else {
+                    for j in 0..<h { hPrev[bi * h + j] = 0 }
+                    continue
+                }
+                let row = bi * gates, state = bi * h
+                for j in 0..<h {
+                    let cp = cPrev[state + j]
+                    var gi = pre[row + j], go = pre[row + h + j], gf = pre[row + 2 * h + j], gc = pre[row + 3 * h + j]
+                    if let peep { gi += cp * peep[d * 3 * h + j]; gf += cp * peep[d * 3 * h + 2 * h + j] }
+                    gi = Float(f(Double(clipped(gi + fused[j]))))
+                    gf = p.inputForget ? 1 - gi : Float(f(Double(clipped(gf + fused[2 * h + j]))))
+                    gc = Float(g(Double(clipped(gc + fused[3 * h + j]))))
+                    let c = cp * gf + gi * gc
+                    if let peep { go += c * peep[d * 3 * h + h + j] }
+                    go = Float(f(Double(clipped(go + fused[h + j]))))
+                    let hv = go * Float(hAct(Double(c)))
+                    cPrev[state + j] = c
+                    hPrev[state + j] = hv
+                    let time = reverse ? lengths[bi] - 1 - t : t
+                    y[((time * dirs + d) * batch + bi) * h + j] = hv
+                }
+                if t == lengths[bi] - 1 {
+                    for j in 0..<h { finalH[(d * batch + bi) * h + j] = hPrev[state + j]; finalC[(d * batch + bi) * h + j] = cPrev[state + j] }
+                }
+            }
+        }
     }
 }
