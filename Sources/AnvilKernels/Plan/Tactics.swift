@@ -101,12 +101,24 @@ public enum TacticSelector {
                 try timeReorder(shape, from: from, to: to, engine: engine, stream: stream)
             }))?.seconds ?? 0
         }
+        /// What a channel split or concatenation reading `value` copies when it is not a view
+        /// (it is one on plain and blocked tensors only): the split input, or the whole
+        /// concatenated result (a DenseNet block's grows with every layer); nil when none reads it.
+        func copiedBy(_ reader: Layer, _ value: String) -> [Int]? {
+            if reader.opType == "Split" { return types[value]?.1 }
+            if reader.opType == "Concat" { return types[reader.outputs.first ?? ""]?.1 }
+            return nil
+        }
+        func larger(_ a: [Int]?, _ b: [Int]?) -> [Int]? {
+            guard let a, let b else { return a ?? b }
+            return a.reduce(1, *) >= b.reduce(1, *) ? a : b
+        }
         /// The layouts the convolutions reading `value` (directly or through layout-keeping
-        /// layers) read, with their input shapes; and whether a channel split or
-        /// concatenation reads it (free on plain and blocked tensors only).
-        func downstream(of value: String) -> (convolutions: [([Int], Layout)], splitsOrConcats: Bool) {
+        /// layers) read, with their input shapes; and the largest tensor a split or
+        /// concatenation reading it would copy (`copiedBy`).
+        func downstream(of value: String) -> (convolutions: [([Int], Layout)], splitsOrConcats: [Int]?) {
             var found: [([Int], Layout)] = []
-            var splits = false
+            var splits: [Int]? = nil
             var frontier = [value], seen: Set<String> = [value]
             var depth = 0
             while !frontier.isEmpty, depth < 16 {
@@ -120,7 +132,7 @@ public enum TacticSelector {
                             if residual(of: reader) == v, let (_, shape) = types[v] { found.append((shape, c.entry.destination)) }
                             continue
                         }
-                        if reader.opType == "Split" || reader.opType == "Concat" { splits = true }
+                        splits = larger(splits, copiedBy(reader, v))
                         guard LoweringTable.outputLayout(of: reader, input: .blocked16) == .blocked16,
                               LoweringTable.outputLayout(of: reader, input: .channelsLast) == .channelsLast else { continue }
                         for o in reader.outputs where seen.insert(o).inserted { next.append(o) }
@@ -146,9 +158,8 @@ public enum TacticSelector {
                     measured[layer.name] = measure(spec, winograd: winograd, cache: cache, machine: machine, engine: engine, stream: stream)
                 }
                 let output = layer.outputs.first ?? ""
-                let after = sweep == 0 ? (convolutions: [], splitsOrConcats: (readers[output] ?? []).contains { $0.opType == "Split" || $0.opType == "Concat" })
+                let after = sweep == 0 ? (convolutions: [], splitsOrConcats: (readers[output] ?? []).reduce(nil) { larger($0, copiedBy($1, output)) })
                                        : downstream(of: output)
-                let outShape = types[output]?.1
                 var costs: [(cost: Double, tactic: ConvolutionTactic, destination: Layout)] = []
                 for (tactic, e) in measured[layer.name] ?? [] {
                     var cost = e.seconds + reorderSeconds(shape, inputLayout, e.source)
@@ -156,7 +167,7 @@ public enum TacticSelector {
                         cost += reorderSeconds(residualShape, layoutOf[r] ?? .plain, e.destination)
                     }
                     for (readShape, layout) in after.convolutions { cost += reorderSeconds(readShape, e.destination, layout) }
-                    if e.destination == .channelsLast, after.splitsOrConcats, let outShape { cost += reorderSeconds(outShape, .channelsLast, .plain) }
+                    if e.destination == .channelsLast, let copied = after.splitsOrConcats { cost += reorderSeconds(copied, .channelsLast, .plain) }
                     costs.append((cost, tactic, e.destination))
                 }
                 if let best = choose(costs), let e = measured[layer.name]?.first(where: { $0.tactic == best.tactic })?.entry {
