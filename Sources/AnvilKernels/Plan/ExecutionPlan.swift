@@ -408,7 +408,12 @@ public final class ExecutionPlan {
         }
         // Failures surface again, with their message, when the layer is planned.
         nonisolated(unsafe) let work = jobs
-        DispatchQueue.concurrentPerform(iterations: work.count) { i in _ = try? work[i]() }
+        // On the OpenMP team, not Dispatch threads: oneDNN's prepacking reorders would start
+        // an OpenMP team on each Dispatch thread, whose workers were seen to spin beside
+        // inference's own team and halve its speed for the life of the process. Inside the
+        // team those reorders run on the job's thread; kernels are still made for the
+        // team's thread count.
+        Parallel.forEach(work.count) { i in _ = try? work[i]() }
     }
 
     // MARK: Memory
