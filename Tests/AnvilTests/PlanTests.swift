@@ -399,6 +399,20 @@ extension PlanTests {
         XCTAssertNil(pick([]))
     }
 
+    /// Round times that reproduce (a quiet machine) keep their minima; noisy ones (a busy
+    /// machine) make the candidates within the noise equal to the fastest, up to 25%.
+    func testNoisyTimingsAreNotToldApart() {
+        let quiet = TacticSelector.settled([[1.00, 1.01, 1.02], [1.05, 1.06, 1.055], [2.0, 2.02, 2.01]])
+        XCTAssertEqual(quiet, [1.00, 1.05, 2.0])
+        let busy = TacticSelector.settled([[1.00, 1.30, 1.9], [1.12, 1.5, 1.3], [1.6, 2.1, 1.9], [.infinity, 1.1, 1.4]])
+        // Spreads 30%, 16%, 19%, 27%: noise 27% (the median), so 1.12 and 1.1 tie with 1.00 and 1.6 does not.
+        XCTAssertEqual(busy, [1.00, 1.00, 1.6, 1.00])
+        let wild = TacticSelector.settled([[1.0, 3.0], [1.2, 4.0], [1.3, 5.0]])
+        XCTAssertEqual(wild, [1.0, 1.0, 1.3], "noise counts at most 25%")
+        XCTAssertEqual(TacticSelector.settled([[0.5]]), [0.5])
+        XCTAssertEqual(TacticSelector.settled([]), [])
+    }
+
     func testConvolutionTacticsNameTheirCandidates() {
         // Winograd kernels choose their own layout.
         XCTAssertEqual(ConvolutionTactic(layout: .channelsLast, algorithm: .winograd), ConvolutionTactic(layout: .preferred, algorithm: .winograd))

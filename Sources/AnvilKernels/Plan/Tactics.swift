@@ -216,6 +216,28 @@ public enum TacticSelector {
     /// machine cannot break.
     public static let tie = 0.03
 
+    /// The most measurement noise `settled` makes candidates equal for.
+    public static let noiseLimit = 0.25
+
+    /// Each candidate's time from its rounds' best times: its minimum (load only ever adds
+    /// time), except where the measurements cannot tell it from the fastest. How
+    /// reproducible a minimum is here is the median over candidates of how far the
+    /// second-best round lies above the best: a few percent on a quiet machine, tens of
+    /// percent while other processes take the cores. When that noise exceeds `tie`,
+    /// candidates within it of the fastest (at most `noiseLimit`) get the fastest's time,
+    /// so the choice among them falls to the reorders they cause and the structurally
+    /// expected tactic (`choose`), not to noise.
+    public static func settled(_ rounds: [[Double]]) -> [Double] {
+        let minima = rounds.map { $0.filter(\.isFinite).min() ?? .infinity }
+        let spreads = rounds.compactMap { r -> Double? in
+            let sorted = r.filter(\.isFinite).sorted()
+            return sorted.count >= 2 && sorted[0] > 0 ? sorted[1] / sorted[0] - 1 : nil
+        }.sorted()
+        let noise = spreads.isEmpty ? 0 : min(spreads[spreads.count / 2], noiseLimit)
+        guard noise > tie, let best = minima.min(), best.isFinite else { return minima }
+        return minima.map { $0 <= best * (1 + noise) ? best : $0 }
+    }
+
     /// The fastest candidate; among those within `tie` of it, the structurally expected
     /// one (oneDNN's own layout choice first, Winograd, which rounds differently, last).
     public static func choose(_ costs: [(cost: Double, tactic: ConvolutionTactic, destination: Layout)]) -> (cost: Double, tactic: ConvolutionTactic, destination: Layout)? {
@@ -283,7 +305,8 @@ extension ConvolutionSpec {
     /// them alike: rounds visit every candidate in a rotating order, each round keeping a
     /// candidate's best of two runs; a candidate's time is its minimum over rounds (load
     /// only ever adds time). At least three rounds, more (up to eight) while the last three
-    /// rounds disagree on the winner. A candidate whose warm-up (its second run: the first
+    /// rounds disagree on the winner; candidates the noise of these rounds cannot tell
+    /// apart are recorded as equally fast (`TacticSelector.settled`). A candidate whose warm-up (its second run: the first
     /// pays one-time costs) takes three times the fastest warm-up is dropped; one oneDNN
     /// runs only on its reference implementation, or does not implement, is never a
     /// candidate. Entries record the layouts each reads and writes.
@@ -315,8 +338,7 @@ extension ConvolutionSpec {
             let winners = (round - 2...round).map { r in alive.indices.min { alive[$0].rounds[r] < alive[$1].rounds[r] } }
             if Set(winners).count == 1 { break }
         }
-        for trial in alive {
-            guard let seconds = trial.rounds.min(), seconds.isFinite else { continue }
+        for (trial, seconds) in zip(alive, TacticSelector.settled(alive.map(\.rounds))) where seconds.isFinite {
             entries[trial.tactic] = entry(trial, seconds)
         }
         return entries
