@@ -89,7 +89,10 @@ public struct EngineBuilder {
             }
         }
         // A graph whose later shapes depend on the data still has its convolutions' shapes known.
-        if timeTactics, let known = types ?? (try? Self.concreteTypes(model, shapes: samples, partial: true)) { try chooseTactics(graph, types: known) }
+        if timeTactics, let known = types ?? (try? Self.concreteTypes(model, shapes: samples, partial: true)),
+           let warning = try chooseTactics(graph, types: known) {
+            model.warnings.append(warning)
+        }
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
@@ -162,15 +165,21 @@ public struct EngineBuilder {
     }
 
     /// Times each convolution's tactics for the compiled shapes and records the choice as its decision.
-    func chooseTactics(_ graph: EngineGraph, types: [String: (DataType, [Int])]) throws {
+    /// Returns a warning when other processes kept the machine busy (tactics then timed on one thread).
+    func chooseTactics(_ graph: EngineGraph, types: [String: (DataType, [Int])]) throws -> String? {
         let machine = "\(CPUFeatures.host)|\(ProcessInfo.processInfo.activeProcessorCount)cpu"
+        var load: Double?
         let chosen = TacticSelector.chooseConvolutionTactics(layers: graph.layers, constants: graph.constants, types: types, engine: try DNNLEngine(),
-                                                             cache: timingCache, machine: machine, winograd: winograd, progress: progress)
+                                                             cache: timingCache, machine: machine, winograd: winograd, busy: { load = $0 },
+                                                             progress: progress)
         for i in graph.layers.indices {
             guard let tactic = chosen[graph.layers[i].name] else { continue }
             graph.layers[i].decision = LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout,
                                                      postOps: try PostOps(graph.layers[i]))
         }
+        guard let load else { return nil }
+        return "other processes were using \(Int((load * 100).rounded()))% of the CPU when tactics were timed: timed on one thread, "
+            + "which a busy machine disturbs less; build on a quiet machine for the best choices"
     }
 
     /// IR graph → engine graph, recursively for subgraphs.

@@ -639,6 +639,24 @@ extension PlanTests {
         let alone = TacticSelector.chooseConvolutionTactics(layers: Array(graph.layers.prefix(2)), constants: graph.constants, types: types,
                                                             engine: engine, cache: cache, machine: "test", winograd: false)
         XCTAssertEqual(alone["a"]?.layout, .channelsLast)
+        // On a busy machine tactics are timed on one thread; the thread count comes back after.
+        let threads = Parallel.threads
+        let single = TacticSelector.chooseConvolutionTactics(layers: graph.layers, constants: graph.constants, types: types, engine: engine,
+                                                             cache: TimingCache(), machine: "test|1thread", winograd: false, singleThreaded: true)
+        XCTAssertEqual(Set(single.keys), ["a", "b"])
+        XCTAssertEqual(Parallel.threads, threads)
+    }
+
+    /// The outside-load probe reads /proc/stat: nothing before enough ticks have passed,
+    /// then a share of the machine between 0 and 1.
+    func testOutsideLoadIsAShareOfTheMachine() throws {
+        let probe = LoadProbe()
+        XCTAssertNil(probe.load(minimumTicks: 1e9))
+        let start = Date()
+        var x = 0.0
+        while Date().timeIntervalSince(start) < 0.08 { x += sin(x) + 1 }
+        let load = try XCTUnwrap(probe.load(minimumTicks: 4), "\(x)")
+        XCTAssertTrue((0...1).contains(load), "\(load)")
     }
 }
 

@@ -3,7 +3,7 @@ import COneDNN
 /// Work split between the threads of oneDNN's OpenMP team. Between layers those threads
 /// spin-wait for oneDNN's next kernel; a Swift kernel that split its work onto other
 /// threads (Dispatch) would compete with them for the cores instead of using them.
-enum Parallel {
+public enum Parallel {
     /// Calls `body(part)` once for every part in `0..<parts`, on the OpenMP team (as many
     /// threads as `--threads` gave oneDNN), serially when there is one part or no team.
     static func forEach(_ parts: Int, _ body: @Sendable (Int) -> Void) {
@@ -29,5 +29,5 @@ enum Parallel {
     }
 
     /// The number of threads in the team (oneDNN's thread count).
-    static var threads: Int { Int(anvil_parallel_threads()) }
+    public static var threads: Int { Int(anvil_parallel_threads()) }
 }

@@ -85,10 +85,25 @@ public enum TacticSelector {
 
     /// The chosen tactic of every convolution oneDNN takes, by layer name. `types`
     /// gives every value's shape; `machine` names this CPU in the cache keys.
+    ///
+    /// When other processes keep the cores busy (`LoadProbe`, over the first 50 ms of
+    /// timing), candidates are timed on one thread, from the start again, and `busy` hears
+    /// the other processes' share of the CPU: a team of threads waits at every barrier for
+    /// whichever of them was preempted, which distorts multi-phase kernels (Winograd) far
+    /// more than others, while one thread's relative timings survive the load (YOLOv8n built
+    /// under a two-core hog: 1.14× the quiet build's latency timed on two threads, 1.04× on
+    /// one; on a quiet machine one-thread timing gives 1.02×, so it is kept for busy
+    /// machines). One-thread times are cached under `machine` + "|1thread".
     public static func chooseConvolutionTactics(layers: [Layer], constants: ConstantStore, types: [String: (DataType, [Int])],
                                                 engine: DNNLEngine, cache: TimingCache, machine: String, winograd: Bool = true,
+                                                singleThreaded: Bool = false, busy: ((Double) -> Void)? = nil,
                                                 progress: ((Int, Int) -> Void)? = nil) -> [String: ConvolutionTactic] {
         guard let stream = try? DNNLStream(engine: engine) else { return [:] }
+        let threads = anvil_parallel_threads()
+        var singleThreaded = singleThreaded, probe: LoadProbe? = singleThreaded ? nil : LoadProbe()
+        if singleThreaded { anvil_set_threads(1) }
+        defer { if singleThreaded { anvil_set_threads(threads) } }
+        var machine = singleThreaded ? machine + "|1thread" : machine
         var chosen: [String: (tactic: ConvolutionTactic, entry: TimingCache.Entry)] = [:]
         var measured: [String: [(tactic: ConvolutionTactic, entry: TimingCache.Entry)]] = [:]
         let total = layers.filter { $0.opKey == "Conv" || $0.opKey == "anvil.FusedConv" }.count
@@ -142,9 +157,12 @@ public enum TacticSelector {
             }
             return (found, splits)
         }
-        for sweep in 0...refinements {
+        var sweep = 0
+        while sweep <= refinements {
+            defer { sweep += 1 }
             var layoutOf: [String: Layout] = [:]
             var changed = false
+            var restart = false
             for layer in layers {
                 let input = layer.inputs.first ?? ""
                 let inputLayout = layoutOf[input] ?? .plain
@@ -156,6 +174,18 @@ public enum TacticSelector {
                 }
                 if sweep == 0 {
                     measured[layer.name] = measure(spec, winograd: winograd, cache: cache, machine: machine, engine: engine, stream: stream)
+                    if let p = probe, let load = p.load() {
+                        probe = nil
+                        if load > busyLoad {
+                            // A busy machine: everything again, timed on one thread.
+                            busy?(load)
+                            singleThreaded = true
+                            anvil_set_threads(1)
+                            machine += "|1thread"
+                            restart = true
+                            break
+                        }
+                    }
                 }
                 let output = layer.outputs.first ?? ""
                 let after = sweep == 0 ? (convolutions: [], splitsOrConcats: (readers[output] ?? []).reduce(nil) { larger($0, copiedBy($1, output)) })
@@ -181,6 +211,10 @@ public enum TacticSelector {
                     done += 1
                     progress?(done, total)
                 }
+            }
+            if restart {
+                (measured, chosen, done, sweep) = ([:], [:], 0, -1)
+                continue
             }
             if sweep > 0 && !changed { break }
         }
@@ -215,6 +249,9 @@ public enum TacticSelector {
     /// Times within this fraction of the fastest are a tie that measurements on a shared
     /// machine cannot break.
     public static let tie = 0.03
+
+    /// Outside load above which tactics are timed on one thread.
+    public static let busyLoad = 0.25
 
     /// The most measurement noise `settled` makes candidates equal for.
     public static let noiseLimit = 0.25
@@ -342,5 +379,34 @@ extension ConvolutionSpec {
             entries[trial.tactic] = entry(trial, seconds)
         }
         return entries
+    }
+}
+
+/// How much of the machine other processes use while this one works: /proc/stat's busy
+/// ticks of all CPUs minus this process's own CPU time, over the time since the probe
+/// was made.
+public struct LoadProbe {
+    let start: (busy: Double, total: Double, own: Double)?
+
+    public init() { start = Self.sample() }
+
+    static func sample() -> (busy: Double, total: Double, own: Double)? {
+        guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return nil }
+        let fields = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+        guard fields.count >= 5 else { return nil }
+        // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+        let total = fields.prefix(8).reduce(0, +), idle = fields[3] + fields[4]
+        var usage = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return nil }
+        let seconds = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+        return (total - idle, total, seconds * Double(sysconf(Int32(_SC_CLK_TCK))))
+    }
+
+    /// Other processes' share of all CPUs (0 to 1) since the probe was made; nil until
+    /// `minimumTicks` ticks of CPU time (all CPUs together) have passed, or without /proc.
+    public func load(minimumTicks: Double = 10) -> Double? {
+        guard let a = start, let b = Self.sample(), b.total - a.total >= minimumTicks else { return nil }
+        return min(max((b.busy - a.busy - (b.own - a.own)) / (b.total - a.total), 0), 1)
     }
 }
