@@ -421,6 +421,35 @@ extension PlanTests {
         XCTAssertFalse(ConvolutionTactic.candidates(kernel: [3, 3], strides: [2, 2], dilations: [1, 1], group: 1).contains { $0.algorithm == .winograd })
         XCTAssertFalse(ConvolutionTactic.candidates(kernel: [1, 1], strides: [1, 1], dilations: [1, 1], group: 1).contains { $0.algorithm == .winograd })
     }
+    /// Attention over long sequences runs in blocks of query rows (scores of 18 MB here:
+    /// blocks of 696 rows and a tail of 108), in both input forms, with no mask, a mask
+    /// broadcast over the rows and a mask per row sliced with the blocks.
+    func testLongAttentionRunsInBlocksOfRows() throws {
+        var rng = SeededGenerator(seed: 12)
+        let (heads, size, s) = (2, 8, 1500)
+        for (trial, maskShape) in [nil, [1, 1, 1, s], [1, 1, s, s]].enumerated() {
+            let fourD = trial == 1
+            let qShape = fourD ? [1, heads, s, size] : [1, s, heads * size]
+            var inputs = [ValueInfo(name: "q", type: f(qShape)), ValueInfo(name: "k", type: f(qShape)), ValueInfo(name: "v", type: f(qShape))]
+            if let maskShape { inputs.append(ValueInfo(name: "mask", type: f(maskShape))) }
+            let g = Graph(name: "long", inputs: inputs, outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "attention", opType: "Attention", inputs: inputs.map(\.name), outputs: ["y"],
+                                       attributes: fourD ? [:] : ["q_num_heads": .int(Int64(heads)), "kv_num_heads": .int(Int64(heads))])])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 23)])
+            var feeds: [String: Tensor] = [:]
+            for input in g.inputs { feeds[input.name] = try random(input.type.concreteShape!, &rng) }
+            let expected = try ReferenceExecutor(model: m).run(feeds)[0].value
+            let context = ExecutionContext(engine: try Engine(file: try EngineBuilder().build(m, name: "long").file, name: "long"))
+            let actual = try context.run(feeds)[0].value
+            let plan = try XCTUnwrap(context.lastPlan)
+            let steps = plan.stepSummary.filter { $0.layer == "attention" }
+            XCTAssertGreaterThanOrEqual(steps.count, 9, "three blocks of scores, softmax and context: \(steps.map(\.implementation))")
+            XCTAssertFalse(steps.contains { $0.implementation == "reference" })
+            let c = Comparison.compare(actual: actual, expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(c.passed, "mask \(String(describing: maskShape)), 4-D \(fourD): \(c)")
+        }
+    }
+
     /// A global average pool large enough to be split between OpenMP threads, after a
     /// convolution forced into each layout (channel counts not a multiple of the block).
     func testLargeGlobalAveragePoolsMatchTheReferenceInEveryLayout() throws {

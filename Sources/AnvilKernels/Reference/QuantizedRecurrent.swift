@@ -117,7 +117,6 @@ public enum QuantizedRecurrent {
             return t.int64s.map { Int($0) }
         } ?? Array(repeating: seq, count: batch)
         guard lengths.allSatisfy({ $0 >= 0 && $0 <= seq }) else { throw fail("sequence_lens \(lengths) must lie in [0, \(seq)]") }
-        let steps = lengths.max() ?? 0
         let xv = x.floats
         var y = [Float](repeating: 0, count: seq * dirs * batch * h)
         var finalH = [Float](repeating: 0, count: dirs * batch * h), finalC = finalH
