@@ -324,6 +324,31 @@ final class LoweringTests: XCTestCase {
         }
     }
 
+    /// Casts of tensors large enough to split between threads, each typed pair against the reference.
+    func testLargeCastsMatchTheReference() throws {
+        var rng = SeededGenerator(seed: 41)
+        let count = 70_001
+        let pairs: [(DataType, DataType)] = [(.bool, .float), (.uint8, .float), (.int8, .float), (.float, .int32), (.float, .bool),
+                                             (.int64, .float), (.int32, .int64), (.int64, .int32), (.bool, .int32)]
+        for (from, to) in pairs {
+            let values: [Int64] = (0..<count).map { _ in from == .bool ? Int64.random(in: 0...1, using: &rng) : Int64.random(in: -128...127, using: &rng) }
+            let x = from == .float ? try Tensor(floats: values.map { Float($0) * 1.37 }, shape: [count])
+                                   : try Tensor(from, shape: [count], int64s: from == .uint8 ? values.map { $0 & 255 } : values)
+            let g = Graph(name: "cast", inputs: [ValueInfo(name: "x", type: TensorType(from, shape: [count]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(to, nil))],
+                          nodes: [Node(name: "test", opType: "Cast", inputs: ["x"], outputs: ["y"], attributes: ["to": .int(Int64(to.rawValue))])])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "cast").file, name: "cast"))
+            let actual = try context.run(["x": x])[0].value
+            XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift", "\(from) → \(to)")
+            XCTAssertEqual(actual.dataType, to)
+            XCTAssertEqual(actual.floats, expected.floats, "\(from) → \(to)")
+        }
+    }
+
     /// ReduceMax and ReduceMin (NaN and -inf/+inf included) and the other reductions on the
     /// Swift kernel, over the last axis and over a middle one, large enough to split
     /// between threads: against the reference, NaN where the reference has NaN.

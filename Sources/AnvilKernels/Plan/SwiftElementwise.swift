@@ -297,26 +297,27 @@ enum SwiftElementwise {
     /// ONNX Cast between the supported types (a float source is read as a float, not an integer).
     static func cast(_ x: UnsafeRawPointer, from: DataType, count: Int, to y: UnsafeMutableRawPointer, _ type: DataType) {
         // The common pairs in typed loops (masks and one-hots to float, indices between widths).
-        // Large tensors split between threads.
-        func convert<S, D>(_: S.Type, _: D.Type, _ f: @escaping @Sendable (S) -> D) {
-            let source = SwiftKernels.UnsafeSendable(x.assumingMemoryBound(to: S.self))
-            let target = SwiftKernels.UnsafeSendable(UnsafePointer(y.assumingMemoryBound(to: D.self)))
+        // Large tensors split between threads; each part a typed loop with its conversion inlined.
+        let source = SwiftKernels.UnsafeSendable(x.assumingMemoryBound(to: UInt8.self))
+        let target = SwiftKernels.UnsafeSendable(UnsafePointer(y.assumingMemoryBound(to: UInt8.self)))
+        func split(_ body: @Sendable (Range<Int>, UnsafeRawPointer, UnsafeMutableRawPointer) -> Void) {
             Parallel.ranges(count, parts: count >= 1 << 16 ? Parallel.threads : 1) { range in
-                let out = UnsafeMutablePointer(mutating: target.pointer)
-                for i in range { out[i] = f(source.pointer[i]) }
+                body(range, UnsafeRawPointer(source.pointer), UnsafeMutableRawPointer(mutating: target.pointer))
             }
         }
         switch (from, type) {
-        case (.bool, .float): convert(UInt8.self, Float.self) { $0 != 0 ? 1 : 0 }; return
-        case (.uint8, .float): convert(UInt8.self, Float.self) { Float($0) }; return
-        case (.int8, .float): convert(Int8.self, Float.self) { Float($0) }; return
-        case (.float, .bool): convert(Float.self, UInt8.self) { $0 != 0 ? 1 : 0 }; return
-        case (.int64, .float): convert(Int64.self, Float.self) { Float($0) }; return
-        case (.int32, .float): convert(Int32.self, Float.self) { Float($0) }; return
-        case (.int32, .int64): convert(Int32.self, Int64.self) { Int64($0) }; return
-        case (.int64, .int32): convert(Int64.self, Int32.self) { Int32(truncatingIfNeeded: $0) }; return
-        case (.bool, .int64): convert(UInt8.self, Int64.self) { $0 != 0 ? 1 : 0 }; return
-        case (.bool, .int32): convert(UInt8.self, Int32.self) { $0 != 0 ? 1 : 0 }; return
+        case (.bool, .float): split { r, x, y in loop(x, y, r) { (v: UInt8) -> Float in v != 0 ? 1 : 0 } }; return
+        case (.uint8, .float): split { r, x, y in loop(x, y, r) { (v: UInt8) -> Float in Float(v) } }; return
+        case (.int8, .float): split { r, x, y in loop(x, y, r) { (v: Int8) -> Float in Float(v) } }; return
+        case (.float, .bool): split { r, x, y in loop(x, y, r) { (v: Float) -> UInt8 in v != 0 ? 1 : 0 } }; return
+        case (.int64, .float): split { r, x, y in loop(x, y, r) { (v: Int64) -> Float in Float(v) } }; return
+        case (.int32, .float): split { r, x, y in loop(x, y, r) { (v: Int32) -> Float in Float(v) } }; return
+        case (.int32, .int64): split { r, x, y in loop(x, y, r) { (v: Int32) -> Int64 in Int64(v) } }; return
+        case (.int64, .int32): split { r, x, y in loop(x, y, r) { (v: Int64) -> Int32 in Int32(truncatingIfNeeded: v) } }; return
+        case (.bool, .int64): split { r, x, y in loop(x, y, r) { (v: UInt8) -> Int64 in v != 0 ? 1 : 0 } }; return
+        case (.bool, .int32): split { r, x, y in loop(x, y, r) { (v: UInt8) -> Int32 in v != 0 ? 1 : 0 } }; return
+        case (.float, .int32):
+            split { r, x, y in loop(x, y, r) { (v: Float) -> Int32 in Int32(truncatingIfNeeded: Tensor.int64(fromDouble: Double(v))) } }; return
         default: break
         }
         if from == .float {
@@ -334,6 +335,13 @@ enum SwiftElementwise {
     }
 
     /// A logical op of two boolean tensors, broadcast.
+    /// `y[i] = f(x[i])` for `i` in `range`, with `f` inlined into the loop.
+    @inline(__always)
+    static func loop<S, D>(_ x: UnsafeRawPointer, _ y: UnsafeMutableRawPointer, _ range: Range<Int>, _ f: (S) -> D) {
+        let source = x.assumingMemoryBound(to: S.self), target = y.assumingMemoryBound(to: D.self)
+        for i in range { target[i] = f(source[i]) }
+    }
+
     static func logical(_ op: String, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ walk: Broadcast, into y: UnsafeMutableRawPointer) {
         let f: (Bool, Bool) -> Bool = op == "And" ? { $0 && $1 } : op == "Or" ? { $0 || $1 } : { $0 != $1 }
         walk.walk { o, i, j, _ in
