@@ -450,6 +450,40 @@ extension PlanTests {
         }
     }
 
+    /// BatchNormalization → Relu, as DenseNet's pre-activation layers: the ReLU is fused into
+    /// the normalization (no step of its own) when it alone reads it, not when another layer
+    /// reads the normalized values too; in every convolution layout, against the reference.
+    func testBatchNormalizationFusesTheReluThatAloneReadsIt() throws {
+        var rng = SeededGenerator(seed: 8)
+        let c = 24
+        for shared in [false, true] {
+            let variance = try Tensor(floats: (0..<c).map { _ in Float.random(in: 0.1...2, using: &rng) }, shape: [c])
+            var nodes = [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                         Node(name: "bn", opType: "BatchNormalization", inputs: ["a", "scale", "shift", "mean", "var"], outputs: ["b"]),
+                         Node(name: "relu", opType: "Relu", inputs: ["b"], outputs: ["r"]),
+                         Node(name: "conv2", opType: "Conv", inputs: ["r", "w2"], outputs: ["y"])]
+            if shared { nodes.append(Node(name: "side", opType: "Add", inputs: ["b", "b"], outputs: ["z"])) }
+            let g = Graph(name: "bnrelu", inputs: [ValueInfo(name: "x", type: f([1, 3, 9, 11]))],
+                          outputs: (shared ? ["y", "z"] : ["y"]).map { ValueInfo(name: $0, type: TensorType(.float, nil)) }, nodes: nodes,
+                          initializers: [("w", try random([c, 3, 3, 3], &rng)), ("scale", try random([c], &rng)), ("shift", try random([c], &rng)),
+                                         ("mean", try random([c], &rng)), ("var", variance), ("w2", try random([8, c, 1, 1], &rng))])
+            let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+            let x = try random([1, 3, 9, 11], &rng)
+            let expected = try ReferenceExecutor(model: m).run(["x": x])
+            var builder = EngineBuilder()
+            builder.optimize = false
+            let built = try builder.build(m, name: "bnrelu")
+            for layout in [Layout.plain, .channelsLast, .blocked16] {
+                let (plan, outputs) = try forcedPlan(built.graph, layout: layout, x: x)
+                for (e, a) in zip(expected, outputs) {
+                    let result = Comparison.compare(actual: a, expected: e.value, atol: 1e-4, rtol: 1e-3)
+                    XCTAssertTrue(result.passed, "shared \(shared) \(layout) \(e.name): \(result)")
+                }
+                XCTAssertEqual(plan.stepSummary.contains { $0.layer == "relu" }, shared, "shared \(shared) \(layout)\n\(plan.stepDetails)")
+            }
+        }
+    }
+
     /// A global average pool large enough to be split between OpenMP threads, after a
     /// convolution forced into each layout (channel counts not a multiple of the block).
     func testLargeGlobalAveragePoolsMatchTheReferenceInEveryLayout() throws {

@@ -63,6 +63,11 @@ enum EltwiseLowering {
         guard let algorithm = algorithms[l.op], let steps = try algorithm(l), var x = l.value(0), x.dataType == .float else { return nil }
         let (t, shape) = try l.outputType()
         guard shape == x.shape, t == .float else { return nil }
+        // Already applied by the batch normalization producing the input: a view of it.
+        if l.plan.absorbedActivations.contains(l.layer.name) {
+            _ = l.plan.alias(l.layer.outputs[0], of: x, type: t, shape: shape, layout: x.layout)
+            return l.decided(.eltwise)
+        }
         func primitives(_ x: PlanValue) throws -> [DNNLPrimitive] {
             var data = try x.descriptor()
             return try steps.map { alg, alpha, beta in

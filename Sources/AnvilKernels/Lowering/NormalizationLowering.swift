@@ -72,7 +72,11 @@ enum NormalizationLowering {
         guard t == .float, shape == x.shape else { return nil }
         var data = try x.descriptor()
         var desc = dnnl_batch_normalization_desc_t()
-        let flags = dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue
+        // A Relu that alone reads the result is fused (DenseNet's BN → ReLU → Conv): one pass instead of two.
+        let relu = l.plan.soleReader(of: l.layer.outputs[0]).flatMap { r in
+            r.opType == "Relu" && r.domain.isEmpty && (r.decision.map { $0.kernel == .eltwise } ?? true) ? r : nil
+        }
+        let flags = dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue | (relu == nil ? 0 : dnnl_fuse_norm_relu.rawValue)
         try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &data, try l.attributes.float("epsilon", 1e-5), flags),
                   "describing the batch normalization")
         let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "batch normalization")
@@ -83,6 +87,7 @@ enum NormalizationLowering {
         }
         arguments.append((DNNL_ARG_DST, l.inPlaceOutput(over: x), data))
         try l.emit(.batchNormalization, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: arguments))
+        if let relu { l.plan.absorb(relu.name) }
         return l.decided(.batchNormalization)
     }
 

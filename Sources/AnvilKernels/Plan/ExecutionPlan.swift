@@ -39,6 +39,12 @@ public final class ExecutionPlan {
     let constants: ConstantStore
     private let types: [String: (DataType, [Int])]
     private var lastUse: [String: Int] = [:]
+    /// Per value, the layers that read it (by index), and the layers.
+    private var readers: [String: [Int]] = [:]
+    private var allLayers: [Layer] = []
+    /// Relu layers whose work the layer producing their input already does (a batch
+    /// normalization with its fused ReLU): their output is a view of that input.
+    private(set) var absorbedActivations: Set<String> = []
     private var plainCopies: [String: PlanValue] = [:]
     private var layerIndex = 0
     /// Whether some buffer has been placed inside another (then `dies` checks whole trees).
@@ -62,8 +68,10 @@ public final class ExecutionPlan {
         self.types = types
         arena = try Self.allocateRegion(64, "activation arena")
         scratchpad = try Self.allocateRegion(64, "scratchpad")
+        allLayers = layers
         for (i, l) in layers.enumerated() {
             for name in l.inputs where !name.isEmpty { lastUse[name] = i }
+            for name in Set(l.inputs) where !name.isEmpty { readers[name, default: []].append(i) }
             for a in l.attributes.values {
                 switch a {
                 case .graph, .graphs: throw PlanUnsupported(reason: "layer '\(l.name)' has subgraphs")
@@ -239,6 +247,15 @@ public final class ExecutionPlan {
     /// Whether nothing reads `v`'s storage after the current layer, so a layer may overwrite it.
     /// A buffer placed inside another (a concatenation's part) shares bytes with the
     /// whole tree of buffers under the same root: all of them must be dead.
+    /// The one layer that reads `name`, when exactly one does and `name` is no graph output.
+    func soleReader(of name: String) -> Layer? {
+        guard lastUse[name] != Int.max, let r = readers[name], r.count == 1 else { return nil }
+        return allLayers[r[0]]
+    }
+
+    /// Records that `layer` (a Relu) is done by the layer producing its input.
+    func absorb(_ layer: String) { absorbedActivations.insert(layer) }
+
     func dies(_ v: PlanValue) -> Bool {
         guard v.buffer >= 0, buffers[v.buffer].first >= 0 else { return false }
         func dead(_ b: Int) -> Bool { buffers[b].names.allSatisfy { (lastUse[$0] ?? -1) <= layerIndex } }
