@@ -484,6 +484,33 @@ extension PlanTests {
         }
     }
 
+    /// A scalar Mul, Add and Sub on a blocked or channels-last map (PP-LCNet's learnable
+    /// affine after each activation) stay in its layout: no reorder to plain and back.
+    func testScalarArithmeticKeepsTheLayout() throws {
+        var rng = SeededGenerator(seed: 21)
+        let c = 32  // whole 16-channel blocks (on padded ones only the products stay blocked)
+        let g = Graph(name: "affine", inputs: [ValueInfo(name: "x", type: f([1, 16, 10, 12]))], outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                              Node(name: "scale", opType: "Mul", inputs: ["s", "a"], outputs: ["b"]),
+                              Node(name: "shift", opType: "Add", inputs: ["b", "t"], outputs: ["d"]),
+                              Node(name: "less", opType: "Sub", inputs: ["d", "u"], outputs: ["e"]),
+                              Node(name: "conv2", opType: "Conv", inputs: ["e", "w2"], outputs: ["y"])],
+                      initializers: [("w", try random([c, 16, 3, 3], &rng)), ("s", try Tensor(floats: [1.7], shape: [1])), ("t", try Tensor(floats: [-0.3], shape: [])),
+                                     ("u", try Tensor(floats: [0.45], shape: [1, 1, 1, 1])), ("w2", try random([8, c, 1, 1], &rng))])
+        let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let x = try random([1, 16, 10, 12], &rng)
+        let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
+        var builder = EngineBuilder()
+        builder.optimize = false
+        let built = try builder.build(m, name: "affine")
+        for layout in [Layout.channelsLast, .blocked16] {
+            let (plan, outputs) = try forcedPlan(built.graph, layout: layout, x: x)
+            let result = Comparison.compare(actual: outputs[0], expected: expected, atol: 1e-4, rtol: 1e-3)
+            XCTAssertTrue(result.passed, "\(layout): \(result)")
+            XCTAssertFalse(plan.stepSummary.contains { $0.layer.hasPrefix("reorder") && !["reorder x", "reorder y"].contains($0.layer) }, "\(layout)\n\(plan.stepDetails)")
+        }
+    }
+
     /// A global average pool large enough to be split between OpenMP threads, after a
     /// convolution forced into each layout (channel counts not a multiple of the block).
     func testLargeGlobalAveragePoolsMatchTheReferenceInEveryLayout() throws {

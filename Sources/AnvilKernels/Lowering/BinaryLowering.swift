@@ -18,6 +18,7 @@ enum BinaryLowering {
         // The full-size operand comes first (oneDNN broadcasts only the second); it may be a
         // constant (anchor points − distances) when the other is not.
         guard a.shape == shape, a.constant == nil || b.constant == nil, b.shape.count <= shape.count else { return nil }
+        if let linear = try scalarLinear(l, x: a, shape: shape) { return linear }
         // In the full-size operand's layout; where oneDNN has only its reference
         // implementation for that layout and broadcast (a blocked tensor and a
         // per-width constant), in plain layout.
@@ -64,6 +65,34 @@ enum BinaryLowering {
                           : l.plan.newValue(l.layer.outputs[0], t, shape, layout: a.layout)
         try l.emit(.binary, PrimitiveStep(layer: l.layer.name, primitive: primitive,
                                           arguments: [(DNNL_ARG_SRC_0, a, src0), (DNNL_ARG_SRC_1, b, src1), (DNNL_ARG_DST, out, dst)]))
+        return l.decided(.binary)
+    }
+
+    /// x · c, x + c, x − c or c − x with c a scalar constant, as oneDNN's eltwise α·x + β in
+    /// x's own layout (in place when x dies): a blocked map stays blocked, where a binary op
+    /// with a scalar has only plain kernels here (PP-LCNet's learnable affine after every
+    /// activation cost two reorders each). The same arithmetic: α·x + 0 and 1·x + β round as
+    /// the product and the sum do.
+    static func scalarLinear(_ l: LayerLowering, x: PlanValue, shape: [Int]) throws -> LayerDecision? {
+        guard ["Mul", "Add", "Sub"].contains(l.op), x.constant == nil, !x.isPlain else { return nil }
+        let constantFirst = l.isConstant(0)
+        guard let c = l.constant(constantFirst ? 0 : 1), c.dataType == .float, c.count == 1, (try l.outputType()) == (.float, shape) else { return nil }
+        let v = c.floats[0]
+        let (alpha, beta): (Float, Float)
+        switch l.op {
+        case "Mul": (alpha, beta) = (v, 0)
+        case "Add": (alpha, beta) = (1, v)
+        default: (alpha, beta) = constantFirst ? (-1, v) : (1, -v)
+        }
+        var data = try x.descriptor()
+        var desc = dnnl_eltwise_desc_t()
+        try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, dnnl_eltwise_linear, &data, alpha, beta), "describing the scalar op")
+        let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "scalar op")
+        // oneDNN's fast eltwise kernels also write a blocked tensor's padding channels, so they
+        // take only ops that keep zeros zero there (x · c, not x + c, on 24 channels in 16-blocks).
+        guard !primitive.isReference else { return nil }
+        let out = l.inPlaceOutput(over: x)
+        try l.emit(.binary, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, data), (DNNL_ARG_DST, out, data)]))
         return l.decided(.binary)
     }
 }
