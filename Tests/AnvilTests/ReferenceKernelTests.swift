@@ -91,3 +91,56 @@ final class ReferenceKernelTests: XCTestCase {
         XCTAssertThrowsError(try WindowGeometry(input: [6], kernel: [3], strides: [0], dilations: nil, pads: nil, autoPad: .notSet))
     }
 }
+
+extension ReferenceKernelTests {
+    /// NonMaxSuppression visits only kept boxes that overlap along x (found by binary search
+    /// over their left edges): the same selection as checking every kept box, on random
+    /// boxes with torchvision's class offsets, duplicates, degenerate and NaN boxes.
+    func testNonMaxSuppressionMatchesTheExhaustiveCheck() throws {
+        var rng = SeededGenerator(seed: 33)
+        for trial in 0..<6 {
+            let n = [50, 400, 1500, 300, 800, 64][trial], classes = trial % 2 == 0 ? 1 : 3
+            var boxes: [Float] = [], scores: [Float] = []
+            for i in 0..<n {
+                // Boxes of a few groups shifted far apart, as batched NMS does per class.
+                let shift = Float(i % 4) * 1000
+                let x = Float.random(in: 0...200, using: &rng) + shift, y = Float.random(in: 0...200, using: &rng) + shift
+                let w = Float.random(in: 0...60, using: &rng), h = Float.random(in: trial == 5 ? 0...0 : 0...60, using: &rng)
+                boxes += trial == 3 && i % 7 == 0 ? [y, x, y, x] : [y, x, y + h, x + w]
+                if trial == 4 && i % 11 == 0 { boxes[boxes.count - 1] = .nan }
+            }
+            if trial == 1 { for k in 0..<8 { boxes[(40 + k) * 4..<(41 + k) * 4] = boxes[40 * 4..<41 * 4] } }
+            for _ in 0..<(classes * n) { scores.append(Float.random(in: 0...1, using: &rng)) }
+            let boxTensor = try Tensor(floats: boxes, shape: [1, n, 4]), scoreTensor = try Tensor(floats: scores, shape: [1, classes, n])
+            let maxPerClass = trial == 2 ? 100 : n
+            let threshold = [0.5, 0.3, 0.55, 0.0, 0.7, 0.5][trial]
+            let actual = try Detection.nonMaxSuppression(boxes: boxTensor, scores: scoreTensor, maxPerClass: maxPerClass, iouThreshold: threshold,
+                                                         scoreThreshold: trial == 3 ? 0.2 : nil, centerPointBox: false).int64s
+            // The exhaustive greedy selection.
+            var expected: [Int64] = []
+            let b = boxes.map(Double.init), s = scores.map(Double.init)
+            func corners(_ i: Int) -> (Double, Double, Double, Double) {
+                let (y1, x1, y2, x2) = (b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3])
+                return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+            }
+            for c in 0..<classes {
+                var order = (0..<n).filter { trial != 3 || s[c * n + $0] > 0.2 }
+                order.sort { s[c * n + $0] != s[c * n + $1] ? s[c * n + $0] > s[c * n + $1] : $0 < $1 }
+                var kept: [Int] = []
+                for i in order where kept.count < maxPerClass {
+                    let a = corners(i), areaA = (a.2 - a.0) * (a.3 - a.1)
+                    let suppressed = areaA > 0 && kept.contains { k in
+                        let q = corners(k), areaQ = (q.2 - q.0) * (q.3 - q.1)
+                        let ix = min(a.2, q.2) - max(a.0, q.0), iy = min(a.3, q.3) - max(a.1, q.1)
+                        guard ix > 0, iy > 0, areaQ > 0 else { return false }
+                        let inter = ix * iy, union = areaA + areaQ - inter
+                        return union > 0 && inter / union > threshold
+                    }
+                    if !suppressed { kept.append(i) }
+                }
+                for i in kept { expected += [0, Int64(c), Int64(i)] }
+            }
+            XCTAssertEqual(actual, expected, "trial \(trial): \(actual.count / 3) selected, expected \(expected.count / 3)")
+        }
+    }
+}

@@ -16,8 +16,18 @@ public enum Detection {
         guard maxPerClass > 0 else { return try Tensor(int64s: [], shape: [0, 3]) }
         // Each box's corners (x1, y1, x2, y2) and area, computed once per batch.
         var box = [SIMD4<Double>](repeating: .zero, count: n), area = [Double](repeating: 0, count: n)
-        var kept: [Int] = []
+        var kept: [Int] = [], byLeft: [Int] = []
         kept.reserveCapacity(min(n, maxPerClass))
+        byLeft.reserveCapacity(min(n, maxPerClass))
+        /// The first position in `order` (box indices by left edge) whose box's left edge is not below `x`.
+        func lowerBound(_ order: [Int], _ x: Double, _ box: [SIMD4<Double>]) -> Int {
+            var (lo, hi) = (0, order.count)
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if box[order[mid]].x < x { lo = mid + 1 } else { hi = mid }
+            }
+            return lo
+        }
         for b in 0..<batches {
             for i in 0..<n {
                 let o = (b * n + i) * 4
@@ -37,20 +47,37 @@ public enum Detection {
                 var candidates = (0..<n).filter { scoreThreshold == nil || sv[base + $0] > scoreThreshold! }
                 candidates.sort { sv[base + $0] != sv[base + $1] ? sv[base + $0] > sv[base + $1] : $0 < $1 }
                 kept.removeAll(keepingCapacity: true)
+                byLeft.removeAll(keepingCapacity: true)
+                var widest = 0.0
                 for i in candidates {
                     if kept.count >= maxPerClass { break }
                     let a = box[i], areaA = area[i]
                     var suppressed = false
                     if areaA > 0 {
-                        for k in kept {
-                            let q = box[k]
+                        // Only kept boxes overlapping along x can suppress: their left edges lie in
+                        // (a.x1 − the widest kept box, a.x2). Kept boxes are ordered by left edge, so
+                        // that range is found by two binary searches (boxes of other classes, shifted
+                        // apart by torchvision's batched NMS, are never visited).
+                        let from = lowerBound(byLeft, a.x - widest, box), to = lowerBound(byLeft, a.z, box)
+                        var j = from
+                        while j < to {
+                            let k = byLeft[j], q = box[k]
+                            j += 1
                             let ix = min(a.z, q.z) - max(a.x, q.x), iy = min(a.w, q.w) - max(a.y, q.y)
                             guard ix > 0, iy > 0, area[k] > 0 else { continue }
                             let inter = ix * iy, union = areaA + area[k] - inter
                             if union > 0, inter / union > iouThreshold { suppressed = true; break }
                         }
                     }
-                    if !suppressed { kept.append(i) }
+                    if !suppressed {
+                        kept.append(i)
+                        // A box with a NaN corner overlaps nothing (its comparisons are false): not ordered.
+                        let a = box[i]
+                        if !(a.x.isNaN || a.y.isNaN || a.z.isNaN || a.w.isNaN) {
+                            byLeft.insert(i, at: lowerBound(byLeft, a.x, box))
+                            widest = max(widest, a.z - a.x)
+                        }
+                    }
                 }
                 for i in kept { selected += [Int64(b), Int64(c), Int64(i)] }
             }
