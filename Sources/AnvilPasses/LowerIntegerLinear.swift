@@ -51,28 +51,18 @@ public struct LowerIntegerLinear: Pass {
         let floats = values.indices.map { Float(values[$0] - weightZero[($0 / inner) % axis]) }
         let graph = ctx.graph
         let weights = graph.freshName("\(node.inputs[1])_float")
-        var initializers = [(weights, try Tensor(floats: floats, shape: w.shape))]
-        var removed = [node]
-        // The usual tail, Add(int32 bias) → Cast(float), stays in float: a constant bias per
-        // output channel becomes the Conv's own (or an Add after the MatMul); a bias computed
-        // at run time (quantized with the input's scale) is cast and added in float. The
-        // casts of the whole result go.
-        var output = node.outputs[0], convBias: String?, floatBias: (name: String, first: Bool, add: Node, cast: Node)?
+        // The usual tail, Add(int32 bias) → Cast(float), stays in float: the Add and the Cast
+        // become, where they stand, the bias's cast to float and a float addition, so the
+        // casts of the whole result go. (A constant bias then folds: the cast by
+        // fold-constants, the per-channel addition into the Conv's bias by
+        // fold-batchnorm-and-scales.)
+        var tail: (bias: String, first: Bool, add: Node, cast: Node)?
         if let add = ctx.uses.soleConsumer(node.outputs[0]), add.opType == "Add", add.domain.isEmpty, add.inputs.count == 2,
            add.inputs[0] != add.inputs[1], ctx.type(add.inputs[add.inputs[0] == node.outputs[0] ? 1 : 0]).elementType == .int32,
            let cast = ctx.uses.soleConsumer(add.outputs[0]), cast.opType == "Cast", cast.domain.isEmpty,
            (try? AttributeReader(node: cast).int("to")) == Int(DataType.float.rawValue) {
-            let biasFirst = add.inputs[1] == node.outputs[0], biasName = add.inputs[biasFirst ? 0 : 1]
-            let channels = ctx.constant(biasName).flatMap { isConv ? perChannel($0, channels: axis, rank: ctx.type(node.outputs[0]).rank) : nil }
-            if let channels {
-                let name = graph.freshName("\(biasName)_float")
-                initializers.append((name, try Tensor(floats: channels.map { Float($0) }, shape: [axis])))
-                convBias = name
-                removed += [add, cast]
-            } else {
-                floatBias = (biasName, biasFirst, add, cast)
-            }
-            output = cast.outputs[0]
+            let first = add.inputs[1] == node.outputs[0]
+            tail = (add.inputs[first ? 0 : 1], first, add, cast)
         }
         var nodes: [Node] = []
         func add(_ op: String, _ inputs: [String], _ attributes: [String: Attribute] = [:], output: String? = nil) -> String {
@@ -84,31 +74,19 @@ public struct LowerIntegerLinear: Pass {
         let float = Attribute.int(Int64(DataType.float.rawValue))
         var x = add("Cast", [node.inputs[0]], ["to": float])
         if present(2) { x = add("Sub", [x, add("Cast", [node.inputs[2]], ["to": float])]) }
-        let inFloat = output != node.outputs[0]
-        let product = isConv ? add("Conv", [x, weights] + (convBias.map { [$0] } ?? []), node.attributes, output: inFloat && floatBias == nil ? output : nil)
-                             : add("MatMul", [x, weights], output: inFloat && floatBias == nil ? output : nil)
-        if !inFloat { _ = add("Cast", [product], ["to": .int(Int64(DataType.int32.rawValue))], output: output) }
-        var patch = Patch(statistic: "\(node.opType) computed in float", remove: removed, add: nodes, initializers: initializers)
-        if let floatBias {
-            // The bias may be computed after the layer: the Add and Cast become, where they
-            // stand, the bias's cast to float and the float addition.
-            let bias = graph.freshName("\(floatBias.name)_float")
+        let product = add(isConv ? "Conv" : "MatMul", [x, weights], isConv ? node.attributes : [:])
+        if tail == nil { _ = add("Cast", [product], ["to": .int(Int64(DataType.int32.rawValue))], output: node.outputs[0]) }
+        var patch = Patch(statistic: "\(node.opType) computed in float", remove: [node], add: nodes,
+                          initializers: [(weights, try Tensor(floats: floats, shape: w.shape))])
+        if let tail {
+            let bias = graph.freshName("\(tail.bias)_float")
             patch.substitute = [
-                (floatBias.add, Node(name: floatBias.add.name, opType: "Cast", inputs: [floatBias.name], outputs: [bias], attributes: ["to": float],
-                                     fusedFrom: floatBias.add.fusedFrom)),
-                (floatBias.cast, Node(name: floatBias.cast.name, opType: "Add", inputs: floatBias.first ? [bias, product] : [product, bias],
-                                      outputs: [output], fusedFrom: floatBias.cast.fusedFrom)),
+                (tail.add, Node(name: tail.add.name, opType: "Cast", inputs: [tail.bias], outputs: [bias], attributes: ["to": float],
+                                fusedFrom: tail.add.fusedFrom)),
+                (tail.cast, Node(name: tail.cast.name, opType: "Add", inputs: tail.first ? [bias, product] : [product, bias],
+                                 outputs: tail.cast.outputs, fusedFrom: tail.cast.fusedFrom)),
             ]
         }
         return patch
-    }
-
-    /// A Conv bias's values, one per output channel, from a constant broadcast against
-    /// the output ([C], or [1, C, 1…] of the output's rank); nil for other shapes.
-    static func perChannel(_ t: Tensor, channels: Int, rank: Int?) -> [Int64]? {
-        guard t.count == channels, let rank else { return nil }
-        let expected = [1, channels] + Array(repeating: 1, count: max(rank - 2, 0))
-        guard t.shape == expected || (rank == 3 && t.shape == [channels, 1]) || (rank == 4 && t.shape == [channels, 1, 1]) else { return nil }
-        return t.int64s
     }
 }

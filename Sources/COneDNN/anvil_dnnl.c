@@ -167,13 +167,6 @@ int anvil_dnnl_md_decode(const int64_t *in, int count, dnnl_memory_desc_t *md, s
     return 0;
 }
 
-int anvil_set_threads(int n) {
-    /* libdnnl links OpenMP (libgomp on Debian); look the setter up where it is loaded. */
-    void (*set)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
-    if (!set || n < 1) return 0;
-    set(n);
-    return 1;
-}
 
 /* The team run of anvil_parallel: each OpenMP thread takes every n-th part. */
 struct anvil_parallel_job {
@@ -190,9 +183,11 @@ static void anvil_parallel_team(void *data) {
     for (int part = t; part < job->parts; part += n) job->fn(job->context, part);
 }
 
-/* libgomp's entry points, looked up once where libdnnl loaded them. */
+/* libgomp's entry points: libdnnl links OpenMP (libgomp on Debian), so they are looked up
+   once where it loaded them (a race between two first calls writes the same values). */
 static void (*gomp_start)(void (*)(void *), void *, unsigned, unsigned);
 static int (*gomp_thread_num)(void), (*gomp_num_threads)(void), (*gomp_max_threads)(void), (*gomp_in_parallel)(void);
+static void (*gomp_set_threads)(int);
 static int gomp_resolved;
 
 static int anvil_gomp_loaded(void) {
@@ -202,9 +197,16 @@ static int anvil_gomp_loaded(void) {
         gomp_num_threads = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_num_threads");
         gomp_max_threads = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_max_threads");
         gomp_in_parallel = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_in_parallel");
+        gomp_set_threads = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
         __atomic_store_n(&gomp_resolved, 1, __ATOMIC_RELEASE);
     }
-    return gomp_start && gomp_thread_num && gomp_num_threads && gomp_max_threads && gomp_in_parallel;
+    return gomp_start && gomp_thread_num && gomp_num_threads && gomp_max_threads && gomp_in_parallel && gomp_set_threads;
+}
+
+int anvil_set_threads(int n) {
+    if (!anvil_gomp_loaded() || n < 1) return 0;
+    gomp_set_threads(n);
+    return 1;
 }
 
 int anvil_parallel_threads(void) {

@@ -77,9 +77,7 @@ final class EngineInputTests: XCTestCase {
                               Node(name: "softmax", opType: "Softmax", inputs: ["b"], outputs: ["y"], attributes: ["axis": .int(-1)])],
                       initializers: [("w", w)])
         let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
-        var builder = EngineBuilder()
-        builder.optimize = false
-        let context = ExecutionContext(engine: try Engine(file: try builder.build(model, name: "nonfinite").file, name: "nonfinite"))
+        let context = try TestSupport.unoptimizedContext(model, name: "nonfinite")
         var values = [Float](repeating: 0.5, count: 72)
         values[14] = .nan   // channel 0, row 2, column 2
         values[36 + 27] = .infinity

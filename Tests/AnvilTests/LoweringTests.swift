@@ -24,9 +24,7 @@ final class LoweringTests: XCTestCase {
                _ message: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: opset)])
         let expected = try ReferenceExecutor(model: model).run(feeds)
-        var builder = EngineBuilder()
-        builder.optimize = false
-        let built = try builder.build(model, name: message)
+        let built = try TestSupport.unoptimized(model, name: message)
         XCTAssertEqual(built.compiled.decisions["test"]?.kernel, kind, "\(message): \(String(describing: built.compiled.decisions["test"]))", file: file, line: line)
         let context = ExecutionContext(engine: try Engine(file: built.file, name: message))
         for run in 0..<2 {
@@ -313,9 +311,7 @@ final class LoweringTests: XCTestCase {
                           initializers: axesInput ? [("axes", try Tensor(int64s: axes, shape: [axes.count]))] : [])
             let x = try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: (op == "ReduceProd" ? 0.5 : -2)...2, using: &rng) }, shape: shape)
             let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: opset)])
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let kind = try builder.build(model, name: "reduce").compiled.decisions["test"]?.kernel
+            let kind = try TestSupport.unoptimized(model, name: "reduce").compiled.decisions["test"]?.kernel
             // oneDNN's kernel, or where oneDNN has only its reference one, the Swift kernel (contiguous axes).
             let normalized = axes.map { Int($0) < 0 ? Int($0) + shape.count : Int($0) }
             let contiguous = Set(normalized) == Set(normalized.min()!...normalized.max()!)
@@ -339,9 +335,7 @@ final class LoweringTests: XCTestCase {
                           nodes: [Node(name: "test", opType: "Cast", inputs: ["x"], outputs: ["y"], attributes: ["to": .int(Int64(to.rawValue))])])
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "cast").file, name: "cast"))
+            let context = try TestSupport.unoptimizedContext(m, name: "cast")
             let actual = try context.run(["x": x])[0].value
             XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift", "\(from) → \(to)")
             XCTAssertEqual(actual.dataType, to)
@@ -365,9 +359,7 @@ final class LoweringTests: XCTestCase {
             let x = try Tensor(floats: values, shape: shape)
             let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 18)])
             let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value.floats
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let built = try builder.build(model, name: "reduce")
+            let built = try TestSupport.unoptimized(model, name: "reduce")
             if op == "ReduceMax" || op == "ReduceMin" { XCTAssertEqual(built.compiled.decisions["test"]?.kernel, .swiftReduction, op) }
             let actual = try ExecutionContext(engine: try Engine(file: built.file, name: "reduce")).run(["x": x])[0].value.floats
             XCTAssertEqual(actual.count, expected.count)

@@ -362,9 +362,13 @@ final class FusionTests: XCTestCase {
 }
 
 final class IntegerLinearTests: XCTestCase {
-    /// ONNX Runtime's dynamic quantization of a Conv (runtime-quantized bias, as
-    /// quantize_dynamic writes it) and of a MatMul with per-column weight zero points.
-    func dynamicallyQuantized(signedWeights: Bool = false, convBias: Bool = true) -> Model {
+    /// The Conv's int32 bias: none, quantized at run time with the input's scale (as
+    /// quantize_dynamic writes it), or a constant.
+    enum Bias { case none, runtime, constant }
+
+    /// ONNX Runtime's dynamic quantization of a Conv and of a MatMul with per-column
+    /// weight zero points.
+    func dynamicallyQuantized(signedWeights: Bool = false, bias: Bias = .runtime) -> Model {
         var rng = SeededGenerator(seed: 7)
         let weightType: DataType = signedWeights ? .int8 : .uint8
         let range: ClosedRange<Int64> = signedWeights ? -128...127 : 0...255
@@ -375,11 +379,16 @@ final class IntegerLinearTests: XCTestCase {
             ("shape", try! Tensor(int64s: [1, 6, 1, 1], shape: [4])),
             ("m", bytes([6, 5])), ("mz", try! Tensor(weightType, shape: [5], int64s: signedWeights ? [0, -2, 5, 1, 0] : [128, 120, 140, 127, 0])),
             ("ms", try! Tensor(floats: [0.01], shape: [])),
+            ("bconst", try! Tensor(.int32, shape: [1, 6, 1, 1], int64s: [40, -7, 300, 0, -1200, 5])),
         ]
         var nodes = [Node(name: "q", opType: "DynamicQuantizeLinear", inputs: ["x"], outputs: ["xq", "xs", "xz"]),
                      Node(name: "conv", opType: "ConvInteger", inputs: ["xq", "w", "xz", "wz"], outputs: ["ci"], attributes: ["pads": .ints([1, 1, 1, 1])])]
         var result = "ci"
-        if convBias {
+        if bias == .constant {
+            nodes.append(Node(name: "badd", opType: "Add", inputs: ["bconst", "ci"], outputs: ["cb"]))
+            result = "cb"
+        }
+        if bias == .runtime {
             nodes += [Node(name: "scale", opType: "Mul", inputs: ["xs", "ws"], outputs: ["s"]),
                       Node(name: "bdiv", opType: "Div", inputs: ["b", "s"], outputs: ["bd"]),
                       Node(name: "bfloor", opType: "Floor", inputs: ["bd"], outputs: ["bf"]),
@@ -402,19 +411,23 @@ final class IntegerLinearTests: XCTestCase {
     }
 
     /// The integer layers become float ones with the same results (their sums stay below
-    /// 2^24, where float arithmetic is exact); the runtime bias is added in float.
+    /// 2^24, where float arithmetic is exact); a runtime bias is added in float, and a
+    /// constant one ends as the Conv's own bias.
     func testIntegerConvAndMatMulComputeInFloat() throws {
-        let passes: [any Pass] = [FoldConstants(), LowerIntegerLinear(), EliminateDeadCode()]
-        for (signed, bias) in [(false, true), (true, true), (false, false)] {
-            let m = dynamicallyQuantized(signedWeights: signed, convBias: bias)
+        let passes: [any Pass] = [FoldConstants(), LowerIntegerLinear(), FoldBatchNormAndScales(), EliminateDeadCode()]
+        for (signed, bias) in [(false, Bias.runtime), (true, .runtime), (false, .none), (true, .constant)] {
+            let m = dynamicallyQuantized(signedWeights: signed, bias: bias)
             let (_, context) = try PassTesting.optimized(m, passes)
             let ops = m.graph.nodes.map(\.opType)
             XCTAssertFalse(ops.contains("ConvInteger") || ops.contains("MatMulInteger"), "\(ops)")
             XCTAssertEqual(context.statistics["lower-integer-linear"]?["ConvInteger computed in float"], 1)
-            // With the bias tail the Conv's float result is read by the float Add, not cast to int32.
+            // With a bias the Conv's float result is not cast to int32: a runtime one is added in
+            // float, a constant one is the Conv's third input.
             let conv = try XCTUnwrap(m.graph.nodes.first { $0.opType == "Conv" })
-            XCTAssertEqual(m.graph.nodes.first { $0.inputs.contains(conv.outputs[0]) }?.opType, bias ? "Add" : "Cast", "\(ops)")
-            try PassTesting.assertPreservesOutputs({ self.dynamicallyQuantized(signedWeights: signed, convBias: bias) }, passes, rtol: 1e-6)
+            let reader = m.graph.nodes.first { $0.inputs.contains(conv.outputs[0]) }?.opType
+            XCTAssertEqual(reader, [.none: "Cast", .runtime: "Add", .constant: "Mul"][bias], "\(bias): \(ops)")
+            XCTAssertEqual(conv.inputs.count, bias == .constant ? 3 : 2, "\(bias): \(ops)")
+            try PassTesting.assertPreservesOutputs({ self.dynamicallyQuantized(signedWeights: signed, bias: bias) }, passes, rtol: 1e-6)
         }
     }
 
@@ -445,9 +458,7 @@ final class IntegerLinearTests: XCTestCase {
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let x = try Tensor(floats: values, shape: [count])
             let expected = try ReferenceExecutor(model: m).run(["x": x])
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let built = try builder.build(m, name: "dql")
+            let built = try TestSupport.unoptimized(m, name: "dql")
             XCTAssertEqual(built.compiled.decisions["test"]?.kernel, .dynamicQuantize)
             let actual = try ExecutionContext(engine: try Engine(file: built.file, name: "dql")).run(["x": x])
             for (e, a) in zip(expected, actual) {

@@ -222,9 +222,7 @@ extension PlanTests {
             var feeds: [String: Tensor] = [:]
             for input in inputs { feeds[input.name] = try random(input.type.concreteShape!, &rng) }
             let expected = try ReferenceExecutor(model: m).run(feeds)[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "t").file, name: "t"))
+            let context = try TestSupport.unoptimizedContext(m, name: "t")
             let actual = try context.run(feeds)[0].value
             let plan = try XCTUnwrap(context.lastPlan)
             let step = plan.stepSummary.first { $0.layer == "test" }
@@ -258,9 +256,7 @@ extension PlanTests {
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let x = try random([1, 3, 20, 18], &rng)
             let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let built = try builder.build(m, name: "db")
+            let built = try TestSupport.unoptimized(m, name: "db")
             // Random weights grow the values through four layers: the tolerance scales with them.
             let scale = expected.floats.map { abs($0) }.max() ?? 1
             // As built, and with the convolutions in nChw16c (the parts then in unaligned blocks).
@@ -470,9 +466,7 @@ extension PlanTests {
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let x = try random([1, 3, 9, 11], &rng)
             let expected = try ReferenceExecutor(model: m).run(["x": x])
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let built = try builder.build(m, name: "bnrelu")
+            let built = try TestSupport.unoptimized(m, name: "bnrelu")
             for layout in [Layout.plain, .channelsLast, .blocked16] {
                 let (plan, outputs) = try forcedPlan(built.graph, layout: layout, x: x)
                 for (e, a) in zip(expected, outputs) {
@@ -500,9 +494,7 @@ extension PlanTests {
         let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
         let x = try random([1, 16, 10, 12], &rng)
         let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
-        var builder = EngineBuilder()
-        builder.optimize = false
-        let built = try builder.build(m, name: "affine")
+        let built = try TestSupport.unoptimized(m, name: "affine")
         for layout in [Layout.channelsLast, .blocked16] {
             let (plan, outputs) = try forcedPlan(built.graph, layout: layout, x: x)
             let result = Comparison.compare(actual: outputs[0], expected: expected, atol: 1e-4, rtol: 1e-3)
@@ -523,9 +515,7 @@ extension PlanTests {
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let x = try random([2, 3, side, side], &rng)
             let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let built = try builder.build(m, name: "gap")
+            let built = try TestSupport.unoptimized(m, name: "gap")
             for layout in [Layout.plain, .channelsLast, .blocked16] {
                 let (plan, outputs) = try forcedPlan(built.graph, layout: layout, x: x)
                 XCTAssertEqual(plan.stepSummary.first { $0.layer == "test" }?.implementation, "swift")
@@ -583,9 +573,7 @@ extension PlanTests {
                           initializers: [("k", try Tensor(.int32, shape: [k], int64s: (0..<Int64(k)).map { $0 }))])
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let expected = try ReferenceExecutor(model: m).run(["x": a])[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "cmp").file, name: "cmp"))
+            let context = try TestSupport.unoptimizedContext(m, name: "cmp")
             let actual = try context.run(["x": a])[0].value
             XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift", op)
             XCTAssertEqual(actual.shape, [1, n, k], op)
@@ -608,9 +596,7 @@ extension PlanTests {
                           nodes: [Node(name: "test", opType: "Softmax", inputs: ["x"], outputs: ["y"], attributes: ["axis": .int(1)])], initializers: [])
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let expected = try ReferenceExecutor(model: m).run(["x": x])[0].value
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let context = ExecutionContext(engine: try Engine(file: try builder.build(m, name: "t").file, name: "t"))
+            let context = try TestSupport.unoptimizedContext(m, name: "t")
             let actual = try context.run(["x": x])[0].value
             XCTAssertEqual(context.lastPlan?.stepSummary.first { $0.layer == "test" }?.implementation, "swift")
             let a = actual.floats, e = expected.floats
@@ -776,9 +762,7 @@ extension PlanTests {
             let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
             let x = try random([1, c, h, w], &rng)
             let expected = try ReferenceExecutor(model: m).run(["x": x])
-            var builder = EngineBuilder()
-            builder.optimize = false
-            let built = try builder.build(m, name: label)
+            let built = try TestSupport.unoptimized(m, name: label)
             for layout in [Layout.plain, .blocked16] {
                 let forced = try forcedPlan(built.graph, layout: layout, x: x)
                 for (e, a) in zip(expected, forced.outputs) {

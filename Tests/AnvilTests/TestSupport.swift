@@ -1,3 +1,7 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilIR
+import AnvilRuntime
 import Foundation
 import XCTest
 
@@ -40,5 +44,16 @@ enum TestSupport {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
     }
-}
 
+    /// `model` built as written (no optimizer passes, so the layer under test stays itself).
+    static func unoptimized(_ model: Model, name: String = "test") throws -> EngineBuilder.Result {
+        var builder = EngineBuilder()
+        builder.optimize = false
+        return try builder.build(model, name: name)
+    }
+
+    /// A context on the `unoptimized` engine, read back from its file's bytes as from disk.
+    static func unoptimizedContext(_ model: Model, name: String = "test") throws -> ExecutionContext {
+        ExecutionContext(engine: try Engine(file: try unoptimized(model, name: name).file, name: name))
+    }
+}

@@ -98,14 +98,15 @@ enum AttentionLowering {
                                               byteOffset: row * g.qStrides[2] * 4) : q
             let yBlock = tiled ? l.plan.alias("\(out.name)#rows\(row)", of: out, type: .float, shape: [batch, heads, rows, g.dv], layout: made.y,
                                               byteOffset: row * g.yStrides[2] * 4) : out
-            let maskBlock = try mask.map { m -> PlanValue in
+            let maskBlock = mask.map { m -> PlanValue in
                 guard tiled, perRowMask, let md = made.mask else { return m }
-                return l.plan.alias("\(m.name)#rows\(row)", of: m, type: .float, shape: Self.dims(md), layout: md, byteOffset: row * sk * 4)
+                let m4 = Array(repeating: 1, count: 4 - m.shape.count) + m.shape
+                return l.plan.alias("\(m.name)#rows\(row)", of: m, type: .float, shape: [m4[0], m4[1], rows, sk], layout: md, byteOffset: row * sk * 4)
             }
             var scoreArgs: [(arg: Int32, value: PlanValue, descriptor: dnnl_memory_desc_t)] = [(DNNL_ARG_SRC, qBlock, made.q), (DNNL_ARG_WEIGHTS, k, g.kT),
                                                                                                 (DNNL_ARG_DST, scores, made.scores)]
             if let maskBlock, let md = made.mask, made.maskAdd == nil { scoreArgs.append((DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE | DNNL_ARG_SRC_1, maskBlock, md)) }
-            try l.emit(.attention, PrimitiveStep(layer: l.layer.name, primitive: made.scores_, arguments: scoreArgs))
+            try l.emit(.attention, PrimitiveStep(layer: l.layer.name, primitive: made.product, arguments: scoreArgs))
             if let maskBlock, let md = made.mask, let add = made.maskAdd {
                 try l.emit(.attention, PrimitiveStep(layer: l.layer.name, primitive: add, arguments: [(DNNL_ARG_SRC_0, scores, made.scores),
                                                                                                      (DNNL_ARG_SRC_1, maskBlock, md), (DNNL_ARG_DST, scores, made.scores)]))
@@ -124,14 +125,12 @@ enum AttentionLowering {
     static let tiledScoresBytes = 16 << 20
     static let blockScoresBytes = 8 << 20
 
-    /// The primitives of one block of `rows` query rows and the descriptors they read through.
+    /// The primitives of one block of `rows` query rows (the scores' product, a separate mask
+    /// addition where the product cannot take it, the softmax, the context product) and the
+    /// descriptors they read through.
     struct Steps {
         let q: dnnl_memory_desc_t, y: dnnl_memory_desc_t, scores: dnnl_memory_desc_t, mask: dnnl_memory_desc_t?
-        let scores_: DNNLPrimitive, maskAdd: DNNLPrimitive?, softmax: DNNLPrimitive, context: DNNLPrimitive
-    }
-
-    static func dims(_ md: dnnl_memory_desc_t) -> [Int] {
-        withUnsafeBytes(of: md.dims) { Array($0.bindMemory(to: Int64.self).prefix(Int(md.ndims))) }.map { Int($0) }
+        let product: DNNLPrimitive, maskAdd: DNNLPrimitive?, softmax: DNNLPrimitive, context: DNNLPrimitive
     }
 
     /// Scores = scale · Q·Kᵀ (+ mask), their softmax, and P·V for `rows` query rows.
@@ -172,6 +171,6 @@ enum AttentionLowering {
         var desc2 = dnnl_matmul_desc_t()
         try check(dnnl_matmul_desc_init(&desc2, &pd, &vd, nil, &yd), "describing P·V")
         let context = try DNNLPrimitive(desc2, attributes: DNNLAttributes(), engine: l.plan.engine, what: "attention context")
-        return Steps(q: qView, y: yView, scores: scoresDesc, mask: maskDesc, scores_: scoresPrimitive, maskAdd: maskAdd, softmax: softmax, context: context)
+        return Steps(q: qView, y: yView, scores: scoresDesc, mask: maskDesc, product: scoresPrimitive, maskAdd: maskAdd, softmax: softmax, context: context)
     }
 }

@@ -205,9 +205,7 @@ enum MovementLowering {
     static func channelLayoutView(of v: PlanValue, as shape: [Int]) throws -> dnnl_memory_desc_t? {
         guard !v.isPlain, v.dataType == .float, (3...5).contains(shape.count), v.shape.count >= 3, shape.count != v.shape.count,
               shape.prefix(2) == v.shape.prefix(2), shape[2...].filter({ $0 != 1 }) == v.shape[2...].filter({ $0 != 1 }) else { return nil }
-        let layout = Layout.of(v.layout, shape: v.shape)
-        guard layout.formatTag(rank: shape.count) != nil else { return nil }
-        return try layout.descriptor(shape)
+        return try Layout.restated(v.layout, shape: v.shape, as: shape)
     }
 
     /// A slice with constant starts, ends, axes and positive steps is a reorder from a

@@ -63,12 +63,9 @@ public final class DNNLConvolution {
         (line.padsBegin, line.padsEnd, line.output) = ([g.padsBegin[0]], [g.padsEnd[0]], [g.output[0]])
         try self.init(engine: engine, shape: Array(inputShape.prefix(3)), weights: narrow, bias: bias, geometry: line, group: group,
                       activation: activation, residual: residual, tactic: tactic)
-        // The same layout one dimension wider: nil for layouts outside the vocabulary.
-        func widened(_ md: dnnl_memory_desc_t, _ shape: [Int]) throws -> dnnl_memory_desc_t? {
-            let layout = Layout.of(md, shape: shape)
-            return try (layout == .plain ? .plain : layout.formatTag(rank: 4) == nil ? nil : layout).flatMap { try $0.descriptor(shape + [1]) }
-        }
-        guard let source = try widened(sourceLayout, Array(inputShape.prefix(3))), let destination = try widened(destinationLayout, outputShape) else { return nil }
+        // The same layouts one dimension wider.
+        guard let source = try Layout.restated(sourceLayout, shape: Array(inputShape.prefix(3)), as: inputShape),
+              let destination = try Layout.restated(destinationLayout, shape: outputShape, as: outputShape + [1]) else { return nil }
         outputShape += [1]
         sourceLayout = source
         destinationLayout = destination

@@ -49,9 +49,9 @@ public final class ExecutionPlan {
     private var layerIndex = 0
     /// Whether some buffer has been placed inside another (then `dies` checks whole trees).
     private var nestedBuffers = false
-    /// What the current layer's lowering changed, undone when it does not fit after all.
     /// Copies of values reordered into other (non-plain) layouts, reused by later readers.
     private var layoutCopies: [String: [PlanValue]] = [:]
+    /// What the current layer's lowering changed, undone when it does not fit after all.
     private var journal: [JournalEntry] = []
     private enum JournalEntry { case value(String, PlanValue?), bufferName(Int), plainCopy(String), layoutCopy(String), parent(Int) }
 
@@ -244,9 +244,6 @@ public final class ExecutionPlan {
         return anvil_dnnl_md_equal(&a, &p) != 0
     }
 
-    /// Whether nothing reads `v`'s storage after the current layer, so a layer may overwrite it.
-    /// A buffer placed inside another (a concatenation's part) shares bytes with the
-    /// whole tree of buffers under the same root: all of them must be dead.
     /// The one layer that reads `name`, when exactly one does and `name` is no graph output.
     func soleReader(of name: String) -> Layer? {
         guard lastUse[name] != Int.max, let r = readers[name], r.count == 1 else { return nil }
@@ -256,6 +253,9 @@ public final class ExecutionPlan {
     /// Records that `layer` (a Relu) is done by the layer producing its input.
     func absorb(_ layer: String) { absorbedActivations.insert(layer) }
 
+    /// Whether nothing reads `v`'s storage after the current layer, so a layer may overwrite it.
+    /// A buffer placed inside another (a concatenation's part) shares bytes with the
+    /// whole tree of buffers under the same root: all of them must be dead.
     func dies(_ v: PlanValue) -> Bool {
         guard v.buffer >= 0, buffers[v.buffer].first >= 0 else { return false }
         func dead(_ b: Int) -> Bool { buffers[b].names.allSatisfy { (lastUse[$0] ?? -1) <= layerIndex } }

@@ -81,6 +81,15 @@ public enum Layout: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
+    /// The layout `descriptor` gives a float tensor of `shape`, described for the shape
+    /// `other`, which adds or drops size-1 spatial dimensions (the same bytes): nil unless
+    /// the layout is plain, channels-last or channel-blocked.
+    static func restated(_ descriptor: dnnl_memory_desc_t?, shape: [Int], as other: [Int]) throws -> dnnl_memory_desc_t? {
+        let layout = of(descriptor, shape: shape)
+        guard layout == .plain || layout.formatTag(rank: other.count) != nil else { return nil }
+        return try layout.descriptor(other)
+    }
+
     /// The descriptor of a float tensor of `shape` in this layout (`preferred`: oneDNN's "any").
     func descriptor(_ shape: [Int]) throws -> dnnl_memory_desc_t? {
         if self == .plain { return try plainDescriptor(shape) }

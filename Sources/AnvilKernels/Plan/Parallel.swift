@@ -30,4 +30,12 @@ public enum Parallel {
 
     /// The number of threads in the team (oneDNN's thread count).
     public static var threads: Int { Int(anvil_parallel_threads()) }
+
+    /// Elements of work below which a kernel runs on one thread: starting the team costs
+    /// more than the work (a few microseconds).
+    static let minimumElements = 1 << 15
+
+    /// How many parts a kernel touching `elements` elements splits into: the team's
+    /// threads when that pays, else one.
+    static func parts(forElements elements: Int) -> Int { elements >= minimumElements ? threads : 1 }
 }

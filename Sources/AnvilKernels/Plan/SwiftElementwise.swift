@@ -50,8 +50,9 @@ enum SwiftElementwise {
         /// (`body` then runs concurrently on disjoint rows).
         func parallelRows(_ body: @Sendable (Int, Int, Int, Int, Int, Int, Int, Int) -> Void) {
             let count = shape.reduce(1, *), inner = shape.last ?? 1
-            guard count >= 1 << 16, inner > 0, count / inner > 1 else { rows(body); return }
-            Parallel.ranges(count / inner, parts: Parallel.threads) { range in rows(range, body) }
+            let parts = Parallel.parts(forElements: count)
+            guard parts > 1, inner > 0, count / inner > 1 else { rows(body); return }
+            Parallel.ranges(count / inner, parts: parts) { range in rows(range, body) }
         }
 
         /// Calls `body(output, a, b, c, count, strideA, strideB, strideC)` once per row of the
@@ -134,7 +135,8 @@ enum SwiftElementwise {
         }
     }
 
-    /// Equal, Less, LessOrEqual, Greater, GreaterOrEqual of two tensors of `type`, broadcast, into booleans.
+    /// Equal, Less, LessOrEqual, Greater, GreaterOrEqual of two tensors of `type` (float,
+    /// int32 or int64: what `ShapeKernelLowering.compare` takes), broadcast, into booleans.
     static func compare(_ op: String, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, type: DataType, _ walk: Broadcast,
                         into y: UnsafeMutableRawPointer) {
         let out = y.assumingMemoryBound(to: UInt8.self)
@@ -176,6 +178,7 @@ enum SwiftElementwise {
         }
     }
 
+    /// IsNaN of floats, or Not of booleans, into booleans.
     static func unary(_ op: String, _ x: UnsafeRawPointer, count: Int, into y: UnsafeMutableRawPointer) {
         for i in 0..<count {
             let v = op == "IsNaN" ? x.load(fromByteOffset: 4 * i, as: Float.self).isNaN : x.load(fromByteOffset: i, as: UInt8.self) == 0
@@ -229,7 +232,7 @@ enum SwiftElementwise {
                        merge: @escaping @Sendable (Float, Float) -> Float, _ finish: @escaping @Sendable (Float) -> Float) {
         typealias V = SIMD16<Float>
         let source = SwiftKernels.UnsafeSendable(x), target = SwiftKernels.UnsafeSendable(UnsafePointer(y))
-        let parts = outer * n * inner >= 1 << 16 ? Parallel.threads : 1
+        let parts = Parallel.parts(forElements: outer * n * inner)
         if inner == 1 {
             // Each output reduces a contiguous row: two vector accumulators, then their lanes.
             Parallel.ranges(outer, parts: parts) { rows in
@@ -301,7 +304,7 @@ enum SwiftElementwise {
         let source = SwiftKernels.UnsafeSendable(x.assumingMemoryBound(to: UInt8.self))
         let target = SwiftKernels.UnsafeSendable(UnsafePointer(y.assumingMemoryBound(to: UInt8.self)))
         func split(_ body: @Sendable (Range<Int>, UnsafeRawPointer, UnsafeMutableRawPointer) -> Void) {
-            Parallel.ranges(count, parts: count >= 1 << 16 ? Parallel.threads : 1) { range in
+            Parallel.ranges(count, parts: Parallel.parts(forElements: count)) { range in
                 body(range, UnsafeRawPointer(source.pointer), UnsafeMutableRawPointer(mutating: target.pointer))
             }
         }
@@ -334,7 +337,6 @@ enum SwiftElementwise {
         for i in 0..<count { store(integer(x, i, from), y, i, type) }
     }
 
-    /// A logical op of two boolean tensors, broadcast.
     /// `y[i] = f(x[i])` for `i` in `range`, with `f` inlined into the loop.
     @inline(__always)
     static func loop<S, D>(_ x: UnsafeRawPointer, _ y: UnsafeMutableRawPointer, _ range: Range<Int>, _ f: (S) -> D) {
@@ -342,6 +344,7 @@ enum SwiftElementwise {
         for i in range { target[i] = f(source[i]) }
     }
 
+    /// A logical op of two boolean tensors, broadcast.
     static func logical(_ op: String, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ walk: Broadcast, into y: UnsafeMutableRawPointer) {
         let f: (Bool, Bool) -> Bool = op == "And" ? { $0 && $1 } : op == "Or" ? { $0 || $1 } : { $0 != $1 }
         walk.walk { o, i, j, _ in

@@ -41,7 +41,7 @@ enum SwiftKernels {
         let source = UnsafeSendable(x), target = UnsafeSendable(UnsafePointer(y))
         /// Runs `units` independent pieces of work, split between threads when the input is large.
         func split(_ units: Int, _ work: @Sendable (Range<Int>) -> Void) {
-            Parallel.ranges(units, parts: n * c * spatial >= 1 << 15 ? Parallel.threads : 1, work)
+            Parallel.ranges(units, parts: Parallel.parts(forElements: n * c * spatial), work)
         }
         switch layout {
         case .plain:
@@ -122,7 +122,7 @@ enum SwiftKernels {
     static func placePatches(_ x: UnsafePointer<Float>, rows: Int, width: Int, kh: Int, kw: Int, channels: Int, into y: UnsafeMutablePointer<Float>) {
         let run = kw * channels
         let source = UnsafeSendable(x), target = UnsafeSendable(UnsafePointer(y))
-        Parallel.ranges(rows, parts: rows * width * kh * run >= 1 << 15 ? Parallel.threads : 1) { range in
+        Parallel.ranges(rows, parts: Parallel.parts(forElements: rows * width * kh * run)) { range in
             let y = UnsafeMutablePointer(mutating: target.pointer)
             for r in range {
                 for i in 0..<kh {
@@ -142,37 +142,38 @@ enum SwiftKernels {
     /// scale is 0). Returns the scale and zero point.
     static func dynamicQuantize(_ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<UInt8>) -> (Float, UInt8) {
         typealias V = SIMD16<Float>
-        let parts = count >= 1 << 15 ? Parallel.threads : 1
+        let parts = Parallel.parts(forElements: count)
         let source = UnsafeSendable(x)
-        // The range, per part (min and max do not depend on the order).
-        let ranges = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2 * max(parts, 1))
-        defer { ranges.deallocate() }
-        ranges.initialize(repeating: 0)
-        let bounds = UnsafeSendable(UnsafePointer(ranges.baseAddress!))
-        Parallel.forEach(parts) { part in
-            let lo = count * part / parts, hi = count * (part + 1) / parts
-            var low = V(repeating: 0), high = V(repeating: 0)
-            var i = lo
-            while i + 16 <= hi {
-                let v = UnsafeRawPointer(source.pointer + i).loadUnaligned(as: V.self)
-                // Comparisons with NaN are false: NaN lanes leave the bounds alone.
-                low = low.replacing(with: v, where: v .< low)
-                high = high.replacing(with: v, where: v .> high)
-                i += 16
+        // The range, per part (min and max do not depend on the order), in stack memory: no
+        // allocation during a planned run.
+        let (low, high) = withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * parts) { ranges -> (Float, Float) in
+            let bounds = UnsafeSendable(UnsafePointer(ranges.baseAddress!))
+            Parallel.forEach(parts) { part in
+                let lo = count * part / parts, hi = count * (part + 1) / parts
+                var low = V(repeating: 0), high = V(repeating: 0)
+                var i = lo
+                while i + 16 <= hi {
+                    let v = UnsafeRawPointer(source.pointer + i).loadUnaligned(as: V.self)
+                    // Comparisons with NaN are false: NaN lanes leave the bounds alone.
+                    low = low.replacing(with: v, where: v .< low)
+                    high = high.replacing(with: v, where: v .> high)
+                    i += 16
+                }
+                var l = low.min(), h = high.max()
+                while i < hi {
+                    let v = source.pointer[i]
+                    if v < l { l = v }
+                    if v > h { h = v }
+                    i += 1
+                }
+                let out = UnsafeMutablePointer(mutating: bounds.pointer)
+                out[2 * part] = l
+                out[2 * part + 1] = h
             }
-            var l = low.min(), h = high.max()
-            while i < hi {
-                let v = source.pointer[i]
-                if v < l { l = v }
-                if v > h { h = v }
-                i += 1
-            }
-            let out = UnsafeMutablePointer(mutating: bounds.pointer)
-            out[2 * part] = l
-            out[2 * part + 1] = h
+            var low: Float = 0, high: Float = 0
+            for part in 0..<parts { low = min(low, ranges[2 * part]); high = max(high, ranges[2 * part + 1]) }
+            return (low, high)
         }
-        var low: Float = 0, high: Float = 0
-        for part in 0..<max(parts, 1) { low = min(low, ranges[2 * part]); high = max(high, ranges[2 * part + 1]) }
         let scale = (high - low) / 255
         let unclamped = (0 - low / scale).rounded(.toNearestOrEven)
         let zero: Float = scale == 0 || unclamped.isNaN ? 0 : min(max(unclamped, 0), 255)
@@ -236,7 +237,7 @@ enum SwiftKernels {
             start = { i in (i * block, (i / spatial) % blocks * block) }
         }
         let varying = layout != .plain
-        let parts = rows * rowLength >= 1 << 15 ? Parallel.threads : 1
+        let parts = Parallel.parts(forElements: rows * rowLength)
         let source = UnsafeSendable(x), target = UnsafeSendable(UnsafePointer(y)), parameters = UnsafeSendable(p)
         Parallel.ranges(rows, parts: parts) { range in
             for i in range {
