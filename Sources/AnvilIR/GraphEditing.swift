@@ -57,7 +57,9 @@ extension Graph {
         }
     }
 
-    func replaceOuterReferences(of old: String, with new: String) {
+    /// Replaces reads of the enclosing scope's value `old` by `new` in this subgraph and
+    /// its own subgraphs, unless one of them defines `old` itself.
+    public func replaceOuterReferences(of old: String, with new: String) {
         let shadowed = inputs.contains { $0.name == old } || initializers[old] != nil
         if shadowed { return }
         for node in nodes {

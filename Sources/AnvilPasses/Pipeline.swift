@@ -8,6 +8,7 @@ public enum Pipelines {
     public static var standard: [any Pass] {
         [
             FoldConstants(),
+            InlineConstantIf(),
             LowerIntegerLinear(),
             EliminateNoOps(),
             ResolveReshapeTargets(),
@@ -67,6 +68,12 @@ public struct PipelineRunner {
         self.options = options
     }
 
+    /// A runner of passes already selected by a runner's options.
+    private init(checkedPasses: [any Pass], options: PipelineOptions) {
+        self.passes = checkedPasses
+        self.options = options
+    }
+
     /// Optimizes the model in place; returns the context with statistics.
     @discardableResult
     public func run(_ model: Model) throws -> PassContext {
@@ -99,6 +106,59 @@ public struct PipelineRunner {
             }
             if !changed { break }
         }
+        try optimizeBodies(model, context: context)
         return context
+    }
+
+    /// Optimizes every control-flow body (If branches, Loop and Scan bodies) with the same
+    /// passes, as a graph of its own, so that a body gets the folding and fusions the main
+    /// graph gets (Silero VAD's whole network sits in the branches of an If). While it is
+    /// optimized, the values the body reads from the enclosing graph are declared as its
+    /// inputs, typed as inference finds them there; the enclosing graph's constants it reads
+    /// become its own where no other node or body reads them, or where they are small, so
+    /// that folding sees its weights. Nested bodies follow, from the body's own run.
+    private func optimizeBodies(_ model: Model, context: PassContext) throws {
+        let graph = model.graph
+        let holders = graph.nodes.filter { !$0.subgraphs.isEmpty }
+        guard !holders.isEmpty else { return }
+        let facts = (try? context.inferFacts()) ?? [:]
+        // Per constant, how many nodes and bodies read it.
+        var readers: [String: Int] = [:]
+        for node in graph.nodes {
+            for name in Set(node.inputs) where graph.initializers[name] != nil { readers[name, default: 0] += 1 }
+            for sub in node.subgraphs {
+                for name in UseIndex.outerReferences(sub) where graph.initializers[name] != nil { readers[name, default: 0] += 1 }
+            }
+        }
+        var nested = options
+        nested.printIRAfter = []
+        nested.stopAfter = nil
+        let runner = PipelineRunner(checkedPasses: passes, options: nested)
+        var tookConstants = false
+        for body in holders.flatMap(\.subgraphs) {
+            var declared: [ValueInfo] = []
+            for name in UseIndex.outerReferences(body).sorted() {
+                if let t = graph.initializers[name], readers[name] == 1 || t.count <= 64 {
+                    body.setInitializer(name, t)
+                    tookConstants = true
+                } else {
+                    let type = graph.initializers[name].map { TensorType($0.dataType, shape: $0.shape) }
+                    declared.append(ValueInfo(name: name, type: type ?? facts[name]?.type ?? graph.valueTypes[name] ?? TensorType(nil, nil)))
+                }
+            }
+            let outerNames = Set(declared.map(\.name))
+            body.inputs += declared
+            let bodyModel = Model(graph: body, opsets: model.opsets, irVersion: model.irVersion)
+            defer { body.inputs.removeAll { outerNames.contains($0.name) } }
+            let bodyContext = try runner.run(bodyModel)
+            for o in bodyModel.opsets where model.opsetVersion(domain: o.domain) == nil { model.opsets.append(o) }
+            for (pass, counts) in bodyContext.statistics {
+                for (what, n) in counts { context.statistics[pass, default: [:]][what, default: 0] += n }
+            }
+            for (pass, seconds) in bodyContext.seconds { context.seconds[pass, default: 0] += seconds }
+            model.warnings += bodyModel.warnings
+        }
+        // Constants now held by the bodies alone.
+        if tookConstants, let dce = passes.first(where: { $0 is EliminateDeadCode }) { _ = try dce.run(context) }
     }
 }

@@ -71,6 +71,31 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Control-flow bodies as engines of their own (`body(_:)`), by subgraph.
+    private let bodiesLock = NSLock()
+    private var bodies: [ObjectIdentifier: Engine] = [:]
+
+    /// A subgraph of this engine's graph (an If branch, a Loop or Scan body) as an engine
+    /// of its own, which a context plans like any graph: its inputs are the body's
+    /// declared ones followed by the values it reads from the graphs around it, whose
+    /// constants it sees as its own (a chained store, nothing copied). It has kernels of
+    /// its own: layer names are unique only within one graph. Made once, shared by every
+    /// context of this engine.
+    func body(_ sub: EngineGraph) throws -> Engine {
+        bodiesLock.lock()
+        defer { bodiesLock.unlock() }
+        if let made = bodies[ObjectIdentifier(sub)] { return made }
+        let constants = ConstantStore(chaining: sub.constants, to: graph.constants)
+        let declared = Set(sub.inputs.map(\.name))
+        let outer = GraphInterpreter<EngineGraph>.outerReferences(sub).filter { !constants.contains($0) && !declared.contains($0) }.sorted()
+        let inputs = sub.inputs + outer.map { ($0, TensorType(graph.valueTypes[$0]?.elementType, nil)) }
+        let bodyGraph = EngineGraph(name: sub.name, inputs: inputs, outputs: sub.outputs, constants: constants, layers: sub.layers)
+        let made = try Engine(graph: bodyGraph, producer: producer, requiredFeatures: requiredFeatures, profile: ShapeProfile(), memoryPlan: nil,
+                              name: sub.name, dnnl: dnnl, kernels: SharedKernels())
+        bodies[ObjectIdentifier(sub)] = made
+        return made
+    }
+
     /// Kernels made so far with constant weights, and how many use the file's prepacked weights in place.
     public var weightsInPlace: (inPlace: Int, kernels: Int) { kernels.weightsInPlace }
 
@@ -239,11 +264,37 @@ public final class ExecutionContext {
         while planOrder.count > planCacheCapacity {
             let evicted = planOrder.removeFirst()
             if let planned = plans.removeValue(forKey: evicted) ?? nil, planned.plan === lastPlan { lastPlan = nil; lastPartial = nil }
+            evictions += 1
+        }
+        if let limit = evictionLimit, evictions > limit {
+            // Shapes that keep changing (a loop body whose values grow): planning costs more than it saves.
+            usePlan = false
+            plans.removeAll()
+            planOrder.removeAll()
+            (lastPlan, lastPartial) = (nil, nil)
         }
     }
 
+    /// Plans dropped from the cache so far, and how many a context may drop before it stops planning (nil: no limit).
+    private var evictions = 0
+    private var evictionLimit: Int?
+    /// How many runs with the same input shapes come before a plan is made for them (1: the first).
+    private var planAfterSightings = 1
+    /// Runs so far per input shapes not yet planned (when `planAfterSightings` > 1).
+    private var sightings: [[[Int]]: Int] = [:]
+    /// The context whose graph holds this one's (a control-flow body's); it lends its stream.
+    private weak var enclosing: ExecutionContext?
+    /// When the interpreter frees each value of the graph and its subgraphs, kept across runs.
+    private let schedules = GraphInterpreter<EngineGraph>.Schedules()
+    /// Contexts of the control-flow bodies of this context's graph, by subgraph.
+    private var bodyContexts: [ObjectIdentifier: ExecutionContext] = [:]
+
     /// Per-shape plans held (for tests and reports).
     public var plannedShapeCount: Int { plans.count }
+    /// Control-flow bodies run so far, and how many of them hold a plan (for tests and reports).
+    public var bodies: (run: Int, planned: Int) {
+        (bodyContexts.count, bodyContexts.values.filter { $0.plans.values.contains { $0 != nil } }.count)
+    }
     /// Why the last plan attempt failed, if it did.
     public private(set) var planFailure: String?
     /// Whether `plan(for:types:)` had to observe the shapes on zero inputs and that run failed.
@@ -304,6 +355,16 @@ public final class ExecutionContext {
                 lastPlan = nil
                 return zip(names, try interpret(inputs)).map { ($0, $1) }
             }
+        }
+        if planAfterSightings > 1 {
+            // A control-flow body is planned only for shapes it runs with more than once.
+            let seen = (sightings[shapes] ?? 0) + 1
+            if seen < planAfterSightings {
+                if sightings.count >= 64 { sightings.removeAll() }
+                sightings[shapes] = seen
+                return zip(names, try interpret(inputs)).map { ($0, $1) }
+            }
+            sightings[shapes] = nil
         }
         // First sight of these shapes: plan from the build-time shapes, or observe them.
         if let types = staticTypes(inputs), let planned = makePlan(inputs, types: types, memoryPlan: engine.memoryPlan) {
@@ -431,16 +492,51 @@ public final class ExecutionContext {
                 if depth == 0 { self.observed?[name] = (value.dataType, value.shape) }
             }
         }
+        interpreter.runSubgraph = { _, depth, body, values, outer in
+            guard depth == 0, self.usePlan else { return nil }
+            return try self.runBody(body, values, outer)
+        }
         if profiling {
             interpreter.time = { layer, depth, ms in
                 guard depth == 0 else { return }
                 self.record(layer.name, self.interpretedImplementation(of: layer.name), ms)
             }
         }
-        return try interpreter.run(engine.graph, inputs: inputs, skipping: skipping)
+        return try interpreter.run(engine.graph, inputs: inputs, skipping: skipping, schedules: schedules)
+    }
+
+    /// Runs a control-flow body of this context's graph (an If branch, a Loop or Scan
+    /// body) as an engine of its own (`Engine.body`) on a context of its own, which plans
+    /// it once it has run twice with the same shapes: its layers then run on oneDNN and
+    /// Swift kernels in an arena like any graph's, nested bodies likewise. A context that
+    /// keeps meeting new shapes (a loop whose values grow) stops planning and interprets.
+    private func runBody(_ body: EngineGraph, _ values: [Tensor], _ outer: (String) throws -> Tensor?) throws -> [Tensor] {
+        let context: ExecutionContext
+        if let existing = bodyContexts[ObjectIdentifier(body)] {
+            context = existing
+        } else {
+            context = ExecutionContext(engine: try engine.body(body))
+            context.enclosing = self
+            context.planAfterSightings = 2
+            context.evictionLimit = 2 * context.planCacheCapacity
+            bodyContexts[ObjectIdentifier(body)] = context
+        }
+        var inputs: [String: Tensor] = [:]
+        for (i, input) in context.engine.graph.inputs.enumerated() {
+            if i < values.count {
+                inputs[input.name] = values[i]
+            } else {
+                guard let value = try outer(input.name) else {
+                    throw AnvilError.invalidGraph(graph: body.name, reason: "'\(input.name)' has no value in the enclosing graphs")
+                }
+                inputs[input.name] = value
+            }
+        }
+        return try context.run(inputs).map(\.value)
     }
 
     func currentStream() throws -> DNNLStream {
+        if let enclosing { return try enclosing.currentStream() }
         if let stream { return stream }
         let s = try DNNLStream(engine: engine.dnnl)
         stream = s

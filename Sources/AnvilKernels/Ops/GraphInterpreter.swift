@@ -52,14 +52,21 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
     public var time: ((_ node: Node, _ depth: Int, _ milliseconds: Double) -> Void)?
     /// Tried before the reference kernel of each node: results replace the kernel's, nil runs the kernel.
     public var evaluateFast: ((_ node: Node, _ depth: Int, _ context: EvalContext) throws -> [Tensor]?)?
+    /// Tried before the interpreter runs a subgraph (an If branch, a Loop or Scan body) of
+    /// `node`, with the values bound to the subgraph's inputs and a lookup of the values
+    /// and constants it sees from enclosing scopes: results replace the subgraph's
+    /// outputs, nil interprets it.
+    public var runSubgraph: ((_ node: Node, _ depth: Int, _ body: Graph, _ inputs: [Tensor],
+                              _ outer: (String) throws -> Tensor?) throws -> [Tensor]?)?
 
     public init(opset: @escaping (Node) -> Int) { self.opset = opset }
 
     /// Runs `graph` with `inputs` bound by name; returns its outputs in declaration order.
     /// Top-level nodes named in `skipping` are not run: `inputs` must then hold every
     /// output of theirs that the other nodes read (a plan computed them).
-    public func run(_ graph: Graph, inputs: [String: Tensor], skipping: Set<String> = []) throws -> [Tensor] {
-        try execute(graph, bound: inputs, outer: nil, depth: 0, schedules: Schedules(), skipping: skipping)
+    /// `schedules` may be kept from run to run of the same graph (they depend on it alone).
+    public func run(_ graph: Graph, inputs: [String: Tensor], skipping: Set<String> = [], schedules: Schedules = Schedules()) throws -> [Tensor] {
+        try execute(graph, bound: inputs, outer: nil, depth: 0, schedules: schedules, skipping: skipping)
     }
 
     /// The values a subgraph sees from its enclosing graph: that graph's values when
@@ -78,9 +85,12 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
         func lookup(_ name: String) throws -> Tensor? { try values[name] ?? graph.constant(name) ?? parent?.lookup(name) }
     }
 
-    /// Per graph, the values whose last use is each node; computed once per run (Loop bodies run many times).
-    final class Schedules {
+    /// Per graph, the values whose last use is each node; computed once per run (Loop bodies
+    /// run many times), or once for all runs of a graph by a caller that keeps them.
+    public final class Schedules {
         private var releases: [ObjectIdentifier: [[String]]] = [:]
+
+        public init() {}
 
         func releases(_ graph: Graph) -> [[String]] {
             if let known = releases[ObjectIdentifier(graph)] { return known }
@@ -173,6 +183,7 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
             guard values.count == names.count else {
                 throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "subgraph '\(sub.name)' takes \(names.count) inputs, given \(values.count)")
             }
+            if let hook = self.runSubgraph, let results = try hook(node, depth, sub, values, scope.lookup) { return results }
             return try self.execute(sub, bound: Dictionary(zip(names, values), uniquingKeysWith: { _, last in last }),
                                     outer: scope, depth: depth + 1, schedules: schedules)
         }

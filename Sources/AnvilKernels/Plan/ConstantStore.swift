@@ -19,8 +19,12 @@ public final class ConstantStore: @unchecked Sendable {
 
     struct Entry { let type: DataType; let shape: [Int]; let source: Source }
 
+    /// The constants' names (with an enclosing scope's, for a chained store).
     public let names: [String]
     private let entries: [String: Entry]
+    /// The enclosing scope's constants, looked up after this store's own (a control-flow
+    /// body planned on its own sees the constants of the graphs around it).
+    private let parent: ConstantStore?
     private let packedByName: [String: [PackedWeights]]
     /// Keeps the memory the sources point into alive (an engine file's mapping).
     private let owner: AnyObject?
@@ -65,17 +69,29 @@ public final class ConstantStore: @unchecked Sendable {
         self.entries = entries
         self.packedByName = byName
         self.owner = owner
+        self.parent = nil
+    }
+
+    /// `local`'s constants, then `parent`'s (and its parents') for names `local` lacks.
+    public init(chaining local: ConstantStore, to parent: ConstantStore) {
+        entries = local.entries
+        packedByName = local.packedByName
+        owner = local.owner
+        self.parent = parent
+        let own = Set(local.names)
+        names = local.names + parent.names.filter { !own.contains($0) }
     }
 
     public var count: Int { names.count }
-    public func contains(_ name: String) -> Bool { entries[name] != nil }
-    public func type(of name: String) -> (DataType, [Int])? { entries[name].map { ($0.type, $0.shape) } }
+    public func contains(_ name: String) -> Bool { entries[name] != nil || parent?.contains(name) == true }
+    public func type(of name: String) -> (DataType, [Int])? { entries[name].map { ($0.type, $0.shape) } ?? parent?.type(of: name) }
 
-    /// Every prepacked weight the store holds.
+    /// Every prepacked weight the store holds (its own, not an enclosing scope's).
     public var packed: [PackedWeights] { names.flatMap { packedByName[$0] ?? [] } }
     /// Whether the constant's plain values are absent (only prepacked).
     public func isPackedOnly(_ name: String) -> Bool {
-        if case .packed? = entries[name]?.source { return true }
+        guard let e = entries[name] else { return parent?.isPackedOnly(name) ?? false }
+        if case .packed = e.source { return true }
         return false
     }
 
@@ -83,7 +99,7 @@ public final class ConstantStore: @unchecked Sendable {
     public subscript(name: String) -> Tensor? { try? tensor(name) }
 
     public func tensor(_ name: String) throws -> Tensor? {
-        guard let e = entries[name] else { return nil }
+        guard let e = entries[name] else { return try parent?.tensor(name) }
         if case .tensor(let t) = e.source { return t }
         lock.lock()
         if let t = made[name] { lock.unlock(); return t }
@@ -104,13 +120,14 @@ public final class ConstantStore: @unchecked Sendable {
     /// The constant's little-endian bytes where they stay valid as long as the store
     /// (an engine file's mapping): kernels read them in place. Nil for other sources.
     public func stableBytes(_ name: String) -> UnsafeRawBufferPointer? {
-        if case .bytes(let b)? = entries[name]?.source { return b }
+        guard let e = entries[name] else { return parent?.stableBytes(name) }
+        if case .bytes(let b) = e.source { return b }
         return nil
     }
 
     /// The constant as a oneDNN kernel takes it: shape, prepacked copies, plain values on demand.
     public func weights(_ name: String) -> KernelWeights? {
-        guard let e = entries[name] else { return nil }
+        guard let e = entries[name] else { return parent?.weights(name) }
         return KernelWeights(name: name, dataType: e.type, shape: e.shape, packed: packedByName[name] ?? []) { [self] in
             guard let t = try tensor(name) else { throw AnvilError.invalidTensor(name: name, reason: "no such constant") }
             return t

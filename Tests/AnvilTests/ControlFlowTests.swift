@@ -1,0 +1,126 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilEngine
+import AnvilIR
+import AnvilOps
+import AnvilPasses
+import AnvilRuntime
+import XCTest
+
+/// If branches and Loop bodies: optimized like graphs of their own, inlined when the
+/// condition is a constant, planned at run time like any graph.
+final class ControlFlowTests: XCTestCase {
+    func random(_ shape: [Int], _ rng: inout SeededGenerator) throws -> Tensor {
+        try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: shape)
+    }
+
+    /// y = If(cond) then Relu(Conv(x, w1) + b1) else Sigmoid(Conv(x, w2)); each branch's
+    /// weights are the main graph's initializers, read only by that branch.
+    func branchyModel(_ rng: inout SeededGenerator, cond: Tensor? = nil) throws -> Model {
+        let then = Graph(name: "then", outputs: [ValueInfo(name: "t", type: TensorType(.float, nil))], nodes: [
+            Node(name: "conv", opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["c"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+            Node(name: "relu", opType: "Relu", inputs: ["c"], outputs: ["t"]),
+        ])
+        // The same node and value names as the main graph's and the other branch's.
+        let otherwise = Graph(name: "else", outputs: [ValueInfo(name: "e", type: TensorType(.float, nil))], nodes: [
+            Node(name: "conv", opType: "Conv", inputs: ["x", "w2"], outputs: ["c"]),
+            Node(name: "sigmoid", opType: "Sigmoid", inputs: ["c"], outputs: ["e"]),
+        ])
+        var inputs = [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 8, 6, 6]))]
+        var initializers = [("w1", try random([16, 8, 3, 3], &rng)), ("b1", try random([16], &rng)), ("w2", try random([16, 8, 1, 1], &rng))]
+        if let cond { initializers.append(("cond", cond)) } else { inputs.append(ValueInfo(name: "cond", type: TensorType(.bool, shape: []))) }
+        let g = Graph(name: "branchy", inputs: inputs, outputs: [ValueInfo(name: "y", type: TensorType(.float, nil)), ValueInfo(name: "c", type: TensorType(.float, nil))],
+                      nodes: [
+                          Node(name: "if", opType: "If", inputs: ["cond"], outputs: ["y"], attributes: ["then_branch": .graph(then), "else_branch": .graph(otherwise)]),
+                          Node(name: "conv", opType: "Conv", inputs: ["y", "w3"], outputs: ["c"]),
+                      ],
+                      initializers: initializers + [("w3", try random([4, 16, 1, 1], &rng))])
+        return Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+    }
+
+    func testBranchesAreOptimizedAndPlannedAtRunTime() throws {
+        var rng = SeededGenerator(seed: 3)
+        let model = try branchyModel(&rng)
+        let built = try EngineBuilder().build(model, name: "branchy")
+        // Each branch took its weights and fused its activation (and bias) into the convolution.
+        let ifLayer = try XCTUnwrap(built.graph.layers.first { $0.opType == "If" })
+        for key in ["then_branch", "else_branch"] {
+            guard case .graph(let s)? = ifLayer.attributes[key], let branch = s as? EngineGraph else { return XCTFail("no \(key)") }
+            XCTAssertEqual(branch.layers.map(\.opType), ["FusedConv"], key)
+            XCTAssertEqual(branch.constants.count, key == "then_branch" ? 2 : 1, key)
+        }
+        XCTAssertEqual(Set(built.graph.constants.names), ["w3"])
+        let engine = try Engine(file: built.file, name: "branchy.anvil")
+        let context = ExecutionContext(engine: engine)
+        for trial in 0..<6 {
+            let x = try random([1, 8, 6, 6], &rng)
+            let feed = ["x": x, "cond": try Tensor(bools: [trial % 2 == 0], shape: [])]
+            let expected = try ReferenceExecutor(model: model).run(feed)
+            let actual = try context.run(feed)
+            for (e, a) in zip(expected, actual) {
+                XCTAssertEqual(a.value.shape, e.value.shape, "trial \(trial) \(e.name)")
+                let c = Comparison.compare(actual: a.value, expected: e.value, atol: 1e-5, rtol: 1e-4)
+                XCTAssertTrue(c.passed, "trial \(trial) \(e.name): \(c)")
+            }
+        }
+        // Both branches ran more than once with the same shapes: both are planned.
+        XCTAssertEqual(context.bodies.run, 2)
+        XCTAssertEqual(context.bodies.planned, 2)
+    }
+
+    func testConstantConditionInlinesTheBranchTaken() throws {
+        for taken in [true, false] {
+            let load = {
+                var rng = SeededGenerator(seed: 5)
+                return try self.branchyModel(&rng, cond: try Tensor(bools: [taken], shape: []))
+            }
+            let passes: [any Pass] = [FoldConstants(), InlineConstantIf(), EliminateNoOps(), EliminateDeadCode()]
+            try PassTesting.assertPreservesOutputs(load, passes)
+            let model = try load()
+            let (_, context) = try PassTesting.optimized(model, passes)
+            XCTAssertEqual(context.statistics["inline-constant-if"]?["branches inlined"], 1)
+            XCTAssertFalse(model.graph.nodes.contains { $0.opType == "If" })
+            // The branch's "conv" and "c" were renamed: the main graph has its own.
+            XCTAssertEqual(model.graph.nodes.filter { $0.name == "conv" }.count, 1)
+            XCTAssertEqual(model.graph.nodes.filter { $0.outputs.contains("c") }.count, 1)
+            XCTAssertEqual(Set(model.graph.initializers.keys), taken ? ["w1", "b1", "w3"] : ["w2", "w3"])
+        }
+    }
+
+    /// sum = Loop(n) { acc + x }: a body whose shapes stay the same is planned after its
+    /// second iteration; grown = Loop(n) { Concat(acc, x) }: one whose shapes grow every
+    /// iteration keeps running on the interpreter once its plans keep being evicted.
+    func loopModel(growing: Bool) -> Model {
+        let body = Graph(name: "body",
+                         inputs: [ValueInfo(name: "i", type: TensorType(.int64, shape: [])), ValueInfo(name: "keep", type: TensorType(.bool, shape: [])),
+                                  ValueInfo(name: "acc", type: TensorType(.float, nil))],
+                         outputs: [ValueInfo(name: "keep_out", type: TensorType(.bool, shape: [])), ValueInfo(name: "acc_out", type: TensorType(.float, nil))],
+                         nodes: [
+                            Node(name: "keep", opType: "Identity", inputs: ["keep"], outputs: ["keep_out"]),
+                            growing ? Node(name: "grow", opType: "Concat", inputs: ["acc", "x"], outputs: ["acc_out"], attributes: ["axis": .int(0)])
+                                    : Node(name: "add", opType: "Add", inputs: ["acc", "x"], outputs: ["acc_out"]),
+                         ])
+        let g = Graph(name: "looped", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [2, 3])), ValueInfo(name: "n", type: TensorType(.int64, shape: []))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "loop", opType: "Loop", inputs: ["n", "", "x"], outputs: ["y"], attributes: ["body": .graph(body)])])
+        return Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+    }
+
+    func testLoopBodiesArePlannedUnlessTheirShapesKeepChanging() throws {
+        var rng = SeededGenerator(seed: 9)
+        for growing in [false, true] {
+            let model = loopModel(growing: growing)
+            let engine = try Engine(file: try EngineBuilder().build(model, name: "loop").file, name: "loop.anvil")
+            let context = ExecutionContext(engine: engine)
+            for trial in 0..<4 {
+                let feed = ["x": try random([2, 3], &rng), "n": Tensor.scalar(Int64(20 + trial))]
+                let expected = try ReferenceExecutor(model: model).run(feed)
+                let actual = try context.run(feed)
+                XCTAssertEqual(actual[0].value.shape, expected[0].value.shape, "growing \(growing) trial \(trial)")
+                XCTAssertTrue(Comparison.compare(actual: actual[0].value, expected: expected[0].value, atol: 1e-5, rtol: 1e-5).passed, "growing \(growing) trial \(trial)")
+            }
+            XCTAssertEqual(context.bodies.run, 1)
+            XCTAssertEqual(context.bodies.planned, growing ? 0 : 1, "growing \(growing)")
+        }
+    }
+}
