@@ -301,6 +301,13 @@ public final class ExecutionPlan {
         return p.assumingMemoryBound(to: Float.self)
     }
 
+    /// Plan-owned memory for `count` integers (freed with the plan).
+    func ownedInts(_ count: Int) -> UnsafeMutablePointer<Int> {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Int>.stride, alignment: 64)
+        owned.append(p)
+        return p.assumingMemoryBound(to: Int.self)
+    }
+
     /// `v` in plain layout: itself, or a reordered copy (made once per value).
     func plain(_ v: PlanValue) throws -> PlanValue {
         if v.isPlain { return v }

@@ -201,6 +201,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case instanceNormalization = 41
     /// DynamicQuantizeLinear: the range, scale and zero point, and the uint8 values.
     case dynamicQuantize = 42
+    /// LSTM with its default activations (`SwiftLSTM`).
+    case lstm = 43
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -209,7 +211,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
              .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme,
-             .roiAlign, .dynamicQuantize: .swift
+             .roiAlign, .dynamicQuantize, .lstm: .swift
         default: .onednn
         }
     }
@@ -258,6 +260,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .roiAlign: "roi align"
         case .instanceNormalization: "instance normalization"
         case .dynamicQuantize: "dynamic quantization"
+        case .lstm: "lstm"
         }
     }
 }
