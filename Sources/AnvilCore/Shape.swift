@@ -79,6 +79,31 @@ public enum ShapeMath {
     }
 
     /// Row-major strides of a shape.
+    /// Calls `body` with the position Σ index[d] · strides[d] of the first element of every
+    /// row (the last dimension) of `shape`, in row-major order; nothing for an empty shape,
+    /// once (position 0) for a scalar.
+    @inlinable
+    public static func forEachRow(_ shape: [Int], strides: [Int], _ body: (Int) -> Void) {
+        guard shape.allSatisfy({ $0 > 0 }) else { return }
+        let rank = shape.count
+        guard rank > 1 else { return body(0) }
+        let rows = shape.dropLast().reduce(1, *)
+        var index = [Int](repeating: 0, count: rank - 1)
+        var base = 0
+        for _ in 0..<rows {
+            body(base)
+            var d = rank - 2
+            while d >= 0 {
+                index[d] += 1
+                base += strides[d]
+                if index[d] < shape[d] { break }
+                base -= index[d] * strides[d]
+                index[d] = 0
+                d -= 1
+            }
+        }
+    }
+
     public static func strides(_ shape: [Int]) -> [Int] {
         var strides = [Int](repeating: 1, count: shape.count)
         var s = 1

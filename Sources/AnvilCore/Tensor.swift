@@ -134,7 +134,7 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
             throw AnvilError.invalidTensor(name: "", reason: "shape \(shape) is invalid or has too many elements")
         }
         if type == .string { return try Tensor(shape: shape, storage: .string(Array(repeating: "", count: n))) }
-        return try Tensor(type, shape: shape, int64s: Array(repeating: 0, count: n))
+        return try Tensor(type, shape: [], int64s: [0]).repeated(shape: shape)
     }
 
     /// A scalar int64.
@@ -295,24 +295,130 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
 
     /// A tensor with the elements at the given flat indices of this one, in the given shape.
     public func gathered(_ indices: [Int], shape newShape: [Int]) throws -> Tensor {
-        func pick<T>(_ a: [T]) -> [T] { indices.map { a[$0] } }
+        try transformed(Pick(indices: indices), shape: newShape)
+    }
+
+    /// The strided view of this tensor's elements of `shape` and `strides` (in elements),
+    /// as a tensor: a transpose permutes the strides, a broadcast sets some to 0.
+    public func strided(shape newShape: [Int], strides: [Int]) throws -> Tensor {
+        guard strides.count == newShape.count, strides.allSatisfy({ $0 >= 0 }), let n = ShapeMath.elementCount(newShape),
+              n == 0 || zip(newShape, strides).reduce(0, { $0 + ($1.0 - 1) * $1.1 }) < count else {
+            throw AnvilError.invalidTensor(name: "", reason: "strides \(strides) of shape \(newShape) do not fit \(count) elements")
+        }
+        return try transformed(Strided(shape: newShape, strides: strides, count: n), shape: newShape)
+    }
+
+    /// A tensor of `shape` holding this one-element tensor's value everywhere.
+    public func repeated(shape newShape: [Int]) throws -> Tensor {
+        guard count == 1, let n = ShapeMath.elementCount(newShape) else {
+            throw AnvilError.invalidTensor(name: "", reason: "cannot repeat \(dataType)\(shape) as \(newShape)")
+        }
+        return try transformed(Fill(count: n), shape: newShape)
+    }
+
+    /// A copy with the blocks of `block` elements starting at flat `positions` replaced, in
+    /// order, by `values`' blocks (`values` of the same element type, `positions.count · block`
+    /// elements; the caller checked the positions).
+    public func replacing(blocksAt positions: [Int], block: Int, with values: Tensor) throws -> Tensor {
+        guard values.dataType == dataType, values.count == positions.count * block else {
+            throw AnvilError.invalidTensor(name: "", reason: "\(values.dataType)\(values.shape) cannot fill \(positions.count) blocks of \(block) \(dataType) elements")
+        }
+        return try transformed(Put(positions: positions, block: block, values: values.elementArray), shape: shape)
+    }
+
+    /// The element array, whatever its type.
+    var elementArray: Any {
+        switch storage {
+        case .float(let a): a
+        case .double(let a): a
+        case .float16(let a): a
+        case .bfloat16(let a): a
+        case .int8(let a): a
+        case .int16(let a): a
+        case .int32(let a): a
+        case .int64(let a): a
+        case .uint8(let a): a
+        case .uint16(let a): a
+        case .uint32(let a): a
+        case .uint64(let a): a
+        case .bool(let a): a
+        case .string(let a): a
+        }
+    }
+
+    /// A function of an element array of any element type (`transformed`).
+    protocol ElementArrayTransform {
+        func apply<T>(_ elements: [T]) throws -> [T]
+    }
+
+    /// This tensor's element array transformed, in `newShape`.
+    func transformed(_ f: some ElementArrayTransform, shape newShape: [Int]) throws -> Tensor {
         let s: TensorStorage = switch storage {
-        case .float(let a): .float(pick(a))
-        case .double(let a): .double(pick(a))
-        case .float16(let a): .float16(pick(a))
-        case .bfloat16(let a): .bfloat16(pick(a))
-        case .int8(let a): .int8(pick(a))
-        case .int16(let a): .int16(pick(a))
-        case .int32(let a): .int32(pick(a))
-        case .int64(let a): .int64(pick(a))
-        case .uint8(let a): .uint8(pick(a))
-        case .uint16(let a): .uint16(pick(a))
-        case .uint32(let a): .uint32(pick(a))
-        case .uint64(let a): .uint64(pick(a))
-        case .bool(let a): .bool(pick(a))
-        case .string(let a): .string(pick(a))
+        case .float(let a): .float(try f.apply(a))
+        case .double(let a): .double(try f.apply(a))
+        case .float16(let a): .float16(try f.apply(a))
+        case .bfloat16(let a): .bfloat16(try f.apply(a))
+        case .int8(let a): .int8(try f.apply(a))
+        case .int16(let a): .int16(try f.apply(a))
+        case .int32(let a): .int32(try f.apply(a))
+        case .int64(let a): .int64(try f.apply(a))
+        case .uint8(let a): .uint8(try f.apply(a))
+        case .uint16(let a): .uint16(try f.apply(a))
+        case .uint32(let a): .uint32(try f.apply(a))
+        case .uint64(let a): .uint64(try f.apply(a))
+        case .bool(let a): .bool(try f.apply(a))
+        case .string(let a): .string(try f.apply(a))
         }
         return try Tensor(shape: newShape, storage: s)
+    }
+
+    struct Pick: ElementArrayTransform {
+        let indices: [Int]
+        func apply<T>(_ a: [T]) -> [T] { indices.map { a[$0] } }
+    }
+
+    struct Strided: ElementArrayTransform {
+        let shape: [Int], strides: [Int], count: Int
+        func apply<T>(_ a: [T]) -> [T] {
+            guard count > 0 else { return [] }
+            let last = shape.last ?? 1, lastStride = strides.last ?? 0
+            return [T](unsafeUninitializedCapacity: count) { out, initialized in
+                a.withUnsafeBufferPointer { source in
+                    var i = 0
+                    ShapeMath.forEachRow(shape, strides: strides) { start in
+                        if lastStride == 1 {
+                            (out.baseAddress! + i).initialize(from: source.baseAddress! + start, count: last)
+                        } else {
+                            for j in 0..<last { (out.baseAddress! + i + j).initialize(to: source[start + j * lastStride]) }
+                        }
+                        i += last
+                    }
+                }
+                initialized = count
+            }
+        }
+    }
+
+    struct Fill: ElementArrayTransform {
+        let count: Int
+        func apply<T>(_ a: [T]) -> [T] { [T](repeating: a[0], count: count) }
+    }
+
+    struct Put: ElementArrayTransform {
+        let positions: [Int], block: Int
+        let values: Any
+        func apply<T>(_ a: [T]) throws -> [T] {
+            guard let v = values as? [T] else { throw AnvilError.invalidTensor(name: "", reason: "replacement values of another element type") }
+            var out = a
+            out.withUnsafeMutableBufferPointer { o in
+                v.withUnsafeBufferPointer { u in
+                    for (k, p) in positions.enumerated() {
+                        for j in 0..<block { o[p + j] = u[k * block + j] }
+                    }
+                }
+            }
+            return out
+        }
     }
 
     /// Concatenates the flat elements of tensors of one element type into one storage.

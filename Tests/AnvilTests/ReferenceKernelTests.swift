@@ -80,6 +80,60 @@ final class ReferenceKernelTests: XCTestCase {
         XCTAssertThrowsError(try Elementwise.arithmetic(a, try Tensor(floats: [1, 2], shape: [2, 1]), op: "Add", float: +, integer: &+))
     }
 
+    /// The index helpers behind transpose, broadcast, gather and scatter against direct
+    /// per-element loops, over random shapes with size-1 and empty dimensions and scalars.
+    func testIndexHelpersMatchDirectLoops() throws {
+        var rng = SeededGenerator(seed: 17)
+        for _ in 0..<200 {
+            let rank = Int.random(in: 0...4, using: &rng)
+            let shape = (0..<rank).map { _ in Int.random(in: 0...4, using: &rng) }
+            let strides = (0..<rank).map { _ in Int.random(in: 0...9, using: &rng) }
+            var expected: [Int] = []
+            Indexing.forEachIndex(shape) { index in expected.append(zip(index, strides).reduce(0) { $0 + $1.0 * $1.1 }) }
+            if rank == 0 { expected = [0] }
+            XCTAssertEqual(Indexing.stridedPositions(shape, strides: strides), expected, "\(shape) \(strides)")
+            // Transpose by a random permutation, and NonZero, against direct loops.
+            let n = shape.reduce(1, *)
+            let x = try Tensor(floats: (0..<n).map { _ in Float(Int.random(in: -2...2, using: &rng)) }, shape: shape)
+            let perm = Array(0..<rank).shuffled(using: &rng)
+            let t = try Movement.transpose(x, perm: perm)
+            XCTAssertEqual(t.shape, perm.map { shape[$0] })
+            let xs = ShapeMath.strides(shape)
+            var direct: [Float] = []
+            Indexing.forEachIndex(t.shape) { o in
+                var source = 0
+                for (d, p) in perm.enumerated() { source += o[d] * xs[p] }
+                direct.append(x.floats[source])
+            }
+            if rank == 0 { direct = x.floats }
+            XCTAssertEqual(t.floats, direct, "\(shape) \(perm)")
+            let nz = try Movement.nonZero(try Tensor(bools: x.floats.map { $0 != 0 }, shape: shape))
+            var coordinates: [[Int64]] = []
+            Indexing.forEachIndex(shape) { index in
+                var flat = 0
+                for d in 0..<rank { flat += index[d] * xs[d] }
+                if x.floats[flat] != 0 { coordinates.append(index.map { Int64($0) }) }
+            }
+            XCTAssertEqual(nz.shape, [rank, rank == 0 ? (x.floats[0] != 0 ? 1 : 0) : coordinates.count])
+            if rank > 0 {
+                for (j, c) in coordinates.enumerated() { XCTAssertEqual((0..<rank).map { nz.int64s[$0 * coordinates.count + j] }, c) }
+            }
+        }
+        XCTAssertEqual(Indexing.blocks(at: [7, 2], size: 3), [7, 8, 9, 2, 3, 4])
+        // Broadcasts as strided views: a column along rows, a row repeated, a scalar.
+        let column = try Tensor(floats: [1, 2], shape: [2, 1])
+        XCTAssertEqual(try Indexing.broadcast(column, to: [3, 2, 3]).floats, [1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2])
+        XCTAssertEqual(try Indexing.broadcast(try Tensor(floats: [1, 2, 3], shape: [3]), to: [2, 3]).floats, [1, 2, 3, 1, 2, 3])
+        XCTAssertEqual(try Indexing.broadcast(try Tensor(floats: [4], shape: []), to: [2, 2]).floats, [4, 4, 4, 4])
+        XCTAssertThrowsError(try column.strided(shape: [3], strides: [1]), "reads past the end")
+        XCTAssertThrowsError(try column.strided(shape: [2], strides: [-1]))
+        let filled = try Tensor(.int64, shape: [], int64s: [5]).repeated(shape: [2, 3])
+        XCTAssertEqual(filled.int64s, [5, 5, 5, 5, 5, 5])
+        let replaced = try Tensor(floats: [0, 1, 2, 3, 4, 5], shape: [2, 3]).replacing(blocksAt: [4, 0], block: 2, with: try Tensor(floats: [9, 8, 7, 6], shape: [4]))
+        XCTAssertEqual(replaced.floats, [7, 6, 2, 3, 9, 8])
+        XCTAssertThrowsError(try Tensor(floats: [0, 1], shape: [2]).replacing(blocksAt: [0], block: 1, with: try Tensor(int64s: [1], shape: [1])))
+    }
+
     func testWindowGeometryAutoPadAndCeilMode() throws {
         let same = try WindowGeometry(input: [7], kernel: [3], strides: [2], dilations: nil, pads: nil, autoPad: .sameUpper)
         XCTAssertEqual(same.output, [4])

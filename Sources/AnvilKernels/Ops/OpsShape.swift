@@ -206,10 +206,10 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
     }
     b.add1("ConstantOfShape") { ctx in
         let shape = try intsInput(ctx, 0)
-        guard shape.allSatisfy({ $0 >= 0 }), let n = ShapeMath.elementCount(shape) else { throw ctx.fail("shape \(shape) is invalid or too large") }
+        guard shape.allSatisfy({ $0 >= 0 }), ShapeMath.elementCount(shape) != nil else { throw ctx.fail("shape \(shape) is invalid or too large") }
         let value = try ctx.attributes.tensor("value") ?? Tensor(floats: [0], shape: [1])
         guard value.count == 1 else { throw ctx.fail("value must hold one element, has \(value.count)") }
-        return try value.gathered(Array(repeating: 0, count: n), shape: shape)
+        return try value.repeated(shape: shape)
     }
     b.add1("Range") { ctx in
         let start = try ctx.input(0), limit = try ctx.input(1), delta = try ctx.input(2)

@@ -12,28 +12,45 @@ public enum Indexing {
         let inStrides = ShapeMath.strides(padded)
         let n = outShape.reduce(1, *)
         if padded == outShape { return Array(0..<n) }
-        var result = [Int](repeating: 0, count: n)
-        var index = [Int](repeating: 0, count: rank)
-        var src = 0
-        for i in 0..<n {
-            result[i] = src
-            var d = rank - 1
-            while d >= 0 {
-                index[d] += 1
-                if padded[d] != 1 { src += inStrides[d] }
-                if index[d] < outShape[d] { break }
-                if padded[d] != 1 { src -= inStrides[d] * outShape[d] }
-                index[d] = 0
-                d -= 1
+        // A broadcast dimension reads the same element: stride 0.
+        return stridedPositions(outShape, strides: (0..<rank).map { padded[$0] == 1 ? 0 : inStrides[$0] })
+    }
+
+    /// For each element of `shape` in row-major order, Σ index[d] · strides[d]: the
+    /// positions a strided view (a transpose, a broadcast with zero strides) reads.
+    public static func stridedPositions(_ shape: [Int], strides: [Int]) -> [Int] {
+        let n = shape.reduce(1, *)
+        guard n > 0 else { return [] }
+        let last = shape.last ?? 1, lastStride = strides.last ?? 0
+        return [Int](unsafeUninitializedCapacity: n) { out, initialized in
+            var i = 0
+            ShapeMath.forEachRow(shape, strides: strides) { start in
+                for j in 0..<last { out[i + j] = start + j * lastStride }
+                i += last
             }
+            initialized = n
         }
-        return result
+    }
+
+    /// The flat positions of blocks of `size` consecutive elements starting at `starts`, in order.
+    public static func blocks(at starts: [Int], size: Int) -> [Int] {
+        let n = starts.count * size
+        return [Int](unsafeUninitializedCapacity: n) { out, initialized in
+            var i = 0
+            for s in starts {
+                for j in 0..<size { out[i + j] = s + j }
+                i += size
+            }
+            initialized = n
+        }
     }
 
     /// Broadcasts a tensor to a shape (numpy rules; the caller checked compatibility).
     public static func broadcast(_ t: Tensor, to shape: [Int]) throws -> Tensor {
         if t.shape == shape { return t }
-        return try t.gathered(broadcastSource(t.shape, to: shape), shape: shape)
+        let padded = [Int](repeating: 1, count: shape.count - t.rank) + t.shape
+        let strides = ShapeMath.strides(padded)
+        return try t.strided(shape: shape, strides: (0..<shape.count).map { padded[$0] == 1 ? 0 : strides[$0] })
     }
 
     /// Visits every multi-index of `shape` in row-major order.

@@ -10,16 +10,7 @@ public enum Movement {
         }
         let outShape = perm.map { x.shape[$0] }
         let inStrides = ShapeMath.strides(x.shape)
-        let strides = perm.map { inStrides[$0] }
-        var idx = [Int](repeating: 0, count: x.count)
-        var i = 0
-        Indexing.forEachIndex(outShape) { o in
-            var s = 0
-            for d in 0..<o.count { s += o[d] * strides[d] }
-            idx[i] = s
-            i += 1
-        }
-        return try x.gathered(idx, shape: outShape)
+        return try x.strided(shape: outShape, strides: perm.map { inStrides[$0] })
     }
 
     public static func concat(_ inputs: [Tensor], axis: Int) throws -> Tensor {
@@ -65,11 +56,11 @@ public enum Movement {
         let n = x.shape[axis]
         let ind = try normalizedIndices(indices.int64s, bound: n, op: "Gather")
         let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
-        var idx: [Int] = []
-        idx.reserveCapacity(outer * ind.count * inner)
-        for o in 0..<outer { for k in ind { let base = (o * n + k) * inner; idx.append(contentsOf: base..<(base + inner)) } }
+        var starts: [Int] = []
+        starts.reserveCapacity(outer * ind.count)
+        for o in 0..<outer { for k in ind { starts.append((o * n + k) * inner) } }
         let shape = Array(x.shape[..<axis]) + indices.shape + Array(x.shape[(axis + 1)...])
-        return try x.gathered(idx, shape: shape)
+        return try x.gathered(Indexing.blocks(at: starts, size: inner), shape: shape)
     }
 
     static func normalizedIndices(_ v: [Int64], bound: Int, op: String) throws -> [Int] {
@@ -82,16 +73,17 @@ public enum Movement {
 
     /// For each element of `indices`, the flat position in `x` it addresses along `axis`.
     static func elementPositions(_ x: Tensor, indices: Tensor, axis: Int, op: String) throws -> [Int] {
-        let ind = try normalizedIndices(indices.int64s, bound: x.shape[axis], op: op)
-        let xs = ShapeMath.strides(x.shape)
-        var positions: [Int] = []
-        positions.reserveCapacity(ind.count)
-        var i = 0
-        Indexing.forEachIndex(indices.shape) { o in
-            var s = 0
-            for d in 0..<o.count { s += (d == axis ? ind[i] : o[d]) * xs[d] }
-            positions.append(s)
-            i += 1
+        // The position of every index's own element in x (x's strides over the indices' shape),
+        // with the index's coordinate along `axis` replaced by the index.
+        var strides = ShapeMath.strides(x.shape)
+        let axisStride = strides[axis], bound = x.shape[axis]
+        strides[axis] = 0
+        var positions = Indexing.stridedPositions(indices.shape, strides: strides)
+        let v = indices.int64s
+        for i in positions.indices {
+            let k = v[i] < 0 ? Int(v[i]) + bound : Int(v[i])
+            guard k >= 0, k < bound else { throw AnvilError.invalidTensor(name: op, reason: "index \(v[i]) is out of range for a dimension of size \(bound)") }
+            positions[i] += k * axisStride
         }
         return positions
     }
@@ -108,11 +100,7 @@ public enum Movement {
     /// Writes `updates` (blocks of `blockSize`) at flat positions `targets` of `x`.
     static func scatter(_ x: Tensor, targets: [Int], updates: Tensor, reduction: String, blockSize: Int) throws -> Tensor {
         let u = try updates.cast(to: x.dataType)
-        if reduction == "none" {
-            var source = Array(0..<x.count)
-            for (k, t) in targets.enumerated() { for j in 0..<blockSize { source[t + j] = x.count + k * blockSize + j } }
-            return try x.reshaped([x.count]).appending(u.reshaped([u.count])).gathered(source, shape: x.shape)
-        }
+        if reduction == "none" { return try x.replacing(blocksAt: targets, block: blockSize, with: u) }
         if x.dataType.isInteger {
             var out = x.int64s
             let uv = u.int64s
@@ -164,10 +152,7 @@ public enum Movement {
 
     public static func gatherND(_ x: Tensor, indices: Tensor, batchDims: Int) throws -> Tensor {
         let (offsets, blockShape) = try ndOffsets(x, indices: indices, batchDims: batchDims, op: "GatherND")
-        let block = blockShape.reduce(1, *)
-        var idx: [Int] = []
-        for o in offsets { idx.append(contentsOf: o..<(o + block)) }
-        return try x.gathered(idx, shape: Array(indices.shape.dropLast()) + blockShape)
+        return try x.gathered(Indexing.blocks(at: offsets, size: blockShape.reduce(1, *)), shape: Array(indices.shape.dropLast()) + blockShape)
     }
 
     public static func scatterND(_ x: Tensor, indices: Tensor, updates: Tensor, reduction: String) throws -> Tensor {
@@ -252,13 +237,28 @@ public enum Movement {
     }
 
     public static func nonZero(_ x: Tensor) throws -> Tensor {
-        let nz = x.bools.enumerated().filter { $0.element }.map(\.offset)
-        let strides = ShapeMath.strides(x.shape)
-        var out = [Int64](repeating: 0, count: x.rank * nz.count)
-        for (j, flat) in nz.enumerated() {
-            var rem = flat
-            for d in 0..<x.rank { out[d * nz.count + j] = Int64(rem / strides[d]); rem %= strides[d] }
+        let flags = x.bools
+        var count = 0
+        for f in flags where f { count += 1 }
+        var out = [Int64](repeating: 0, count: x.rank * count)
+        if count > 0 {
+            // Coordinates kept as a counter over x's shape, written for each true element.
+            var index = [Int](repeating: 0, count: x.rank)
+            var j = 0
+            for f in flags {
+                if f {
+                    for d in 0..<x.rank { out[d * count + j] = Int64(index[d]) }
+                    j += 1
+                }
+                var d = x.rank - 1
+                while d >= 0 {
+                    index[d] += 1
+                    if index[d] < x.shape[d] { break }
+                    index[d] = 0
+                    d -= 1
+                }
+            }
         }
-        return try Tensor(int64s: out, shape: [x.rank, nz.count])
+        return try Tensor(int64s: out, shape: [x.rank, count])
     }
 }
