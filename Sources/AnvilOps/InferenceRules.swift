@@ -80,7 +80,8 @@ func facts(_ type: DataType?, _ dims: [Dim]?) -> ValueFacts { ValueFacts(type: T
 func inferredDimension(input: [Dim], others: [Dim]) -> Dim {
     var remaining = input
     var unmatched: [Dim] = []
-    for d in others {
+    // Sizes of 1 leave the element count as it is.
+    for d in others where d != .known(1) {
         if let k = remaining.firstIndex(of: d) { remaining.remove(at: k) } else { unmatched.append(d) }
     }
     let remainingKnown = remaining.allSatisfy { $0.value != nil }, unmatchedKnown = unmatched.allSatisfy { $0.value != nil }

@@ -11,6 +11,7 @@ public enum Pipelines {
             InlineConstantIf(),
             LowerIntegerLinear(),
             EliminateNoOps(),
+            ScatterRows(),
             ResolveReshapeTargets(),
             EliminateCommonSubexpressions(),
             DeduplicateConstants(),
