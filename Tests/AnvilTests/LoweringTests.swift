@@ -502,6 +502,36 @@ extension LoweringTests {
             XCTAssertEqual(context.lastPlan?.implementation(of: "test"), "swift", "\(layout)")
         }
     }
+
+    /// RoiAlign on the layer interpreter (its rois picked by NonZero, as a detector's are)
+    /// runs on the Swift kernel over a channels-last copy of the map, equal to the reference.
+    func testInterpretedRoiAlignEqualsTheReference() throws {
+        var rng = SeededGenerator(seed: 27)
+        for trial in 0..<12 {
+            let (attributes, scale) = randomRoiAlignAttributes(&rng, opset: 16)
+            let shape = [Int.random(in: 1...2, using: &rng), Int.random(in: 1...40, using: &rng), Int.random(in: 1...9, using: &rng), Int.random(in: 1...9, using: &rng)]
+            let (rois, batch) = try randomRois(8, n: shape[0], h: shape[2], w: shape[3], scale: scale, &rng)
+            let g = Graph(name: "roi", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape)), ValueInfo(name: "keep", type: TensorType(.bool, shape: [8]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "nonzero", opType: "NonZero", inputs: ["keep"], outputs: ["nz"]),
+                                  Node(name: "squeeze", opType: "Squeeze", inputs: ["nz", "zero"], outputs: ["picked"]),
+                                  Node(name: "boxes", opType: "Gather", inputs: ["rois", "picked"], outputs: ["r"]),
+                                  Node(name: "images", opType: "Gather", inputs: ["batch", "picked"], outputs: ["b"]),
+                                  Node(name: "test", opType: "RoiAlign", inputs: ["x", "r", "b"], outputs: ["y"], attributes: attributes)],
+                          initializers: [("rois", rois), ("batch", batch), ("zero", try Tensor(int64s: [0], shape: [1]))])
+            let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 16)])
+            let feed = ["x": try random(shape, &rng), "keep": try Tensor(bools: (0..<8).map { _ in Bool.random(using: &rng) }, shape: [8])]
+            let expected = try ReferenceExecutor(model: model).run(feed)[0].value
+            let context = try TestSupport.unoptimizedContext(model)
+            context.profiling = true
+            for run in 0..<2 {
+                let actual = try context.run(feed)[0].value
+                let comparison = Comparison.compare(actual: actual, expected: expected, atol: 1e-6, rtol: 1e-5)
+                XCTAssertTrue(comparison.passed, "trial \(trial) run \(run) \(shape) \(attributes): \(comparison)")
+            }
+            XCTAssertEqual(context.profile.first { $0.layer == "test" }?.kernels, "swift", "trial \(trial)")
+        }
+    }
 }
 
 extension LoweringTests {

@@ -79,9 +79,10 @@ enum SwiftRoiAlign {
         guard x.dataType == .float, x.rank == 4, rois.dataType == .float, rois.rank == 2, rois.shape[1] == 4,
               batchIndices.shape == [rois.shape[0]], batchIndices.dataType == .int64 || batchIndices.dataType == .int32 else { return nil }
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]), count = rois.shape[0]
-        guard h > 0, w > 0, let addressing = Addressing(.plain, c: c, pixels: h * w) else { return nil }
+        // Channels last: each sample then reads its channels as one contiguous run (vectorized).
+        guard h > 0, w > 0, let addressing = Addressing(.channelsLast, c: c, pixels: h * w) else { return nil }
         let problem = Problem(layer: layer, n: n, c: c, h: h, w: w, rois: count, parameters: parameters, addressing: addressing, wideIndices: true)
-        let (data, boxes, indices) = (x.floats, rois.floats, batchIndices.int64s)
+        let (data, boxes, indices) = (try Movement.transpose(x, perm: [0, 2, 3, 1]).floats, rois.floats, batchIndices.int64s)
         var scratch = [Float](repeating: 0, count: scratchRow(c: c, addressing: addressing) * ProcessInfo.processInfo.activeProcessorCount)
         var y = [Float](repeating: 0, count: count * c * parameters.outputHeight * parameters.outputWidth)
         try data.withUnsafeBufferPointer { xp in
