@@ -150,6 +150,14 @@ extension ReferenceKernelTests {
     /// NonMaxSuppression visits only kept boxes that overlap along x (found by binary search
     /// over their left edges): the same selection as checking every kept box, on random
     /// boxes with torchvision's class offsets, duplicates, degenerate and NaN boxes.
+    /// Candidates go by descending score, equal scores (−0 and +0 included) by index, NaN scores last.
+    func testNonMaxSuppressionOrdersScoresAndNaN() throws {
+        let boxes = try Tensor(floats: (0..<5).flatMap { i -> [Float] in let x = Float(i) * 10; return [0, x, 1, x + 1] }, shape: [1, 5, 4])
+        let scores = try Tensor(floats: [.nan, 0.5, 0.9, -0.0, 0.0], shape: [1, 1, 5])
+        let selected = try Detection.nonMaxSuppression(boxes: boxes, scores: scores, maxPerClass: 5, iouThreshold: 0.5, scoreThreshold: nil, centerPointBox: false)
+        XCTAssertEqual(stride(from: 2, to: 15, by: 3).map { selected.int64s[$0] }, [2, 1, 3, 4, 0])
+    }
+
     func testNonMaxSuppressionMatchesTheExhaustiveCheck() throws {
         var rng = SeededGenerator(seed: 33)
         for trial in 0..<6 {

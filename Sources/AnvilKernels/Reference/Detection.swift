@@ -5,6 +5,22 @@ public enum Detection {
     /// Greedy per-class suppression. Boxes are [batch, n, 4] as corners (y1, x1, y2, x2,
     /// in any order) or, with `centerPointBox`, as (x centre, y centre, width, height).
     /// Returns selected (batch, class, box) triples as int64 [k, 3].
+    /// A candidate's place in NonMaxSuppression's order: descending score, then ascending
+    /// index; NaN after every number. The score is mapped to an integer ordered as the
+    /// doubles are (−0 as +0), so sorting compares integers.
+    struct ScoreOrder: Comparable {
+        let key: UInt64, index: Int
+
+        init(score: Double, index: Int) {
+            let bits = (score == 0 ? 0 : score).bitPattern
+            let ascending = bits >> 63 == 1 ? ~bits : bits | 1 << 63
+            key = score.isNaN ? .max : ~ascending
+            self.index = index
+        }
+
+        static func < (a: ScoreOrder, b: ScoreOrder) -> Bool { a.key != b.key ? a.key < b.key : a.index < b.index }
+    }
+
     public static func nonMaxSuppression(boxes: Tensor, scores: Tensor, maxPerClass: Int, iouThreshold: Double,
                                          scoreThreshold: Double?, centerPointBox: Bool) throws -> Tensor {
         guard boxes.rank == 3, boxes.shape[2] == 4, scores.rank == 3, scores.shape[0] == boxes.shape[0], scores.shape[2] == boxes.shape[1] else {
@@ -44,8 +60,12 @@ public enum Detection {
             }
             for c in 0..<classes {
                 let base = (b * classes + c) * n
-                var candidates = (0..<n).filter { scoreThreshold == nil || sv[base + $0] > scoreThreshold! }
-                candidates.sort { sv[base + $0] != sv[base + $1] ? sv[base + $0] > sv[base + $1] : $0 < $1 }
+                // Candidates by descending score, ties by index (NaN scores last), sorted as integer keys.
+                var order: [ScoreOrder] = []
+                order.reserveCapacity(n)
+                for i in 0..<n where scoreThreshold == nil || sv[base + i] > scoreThreshold! { order.append(ScoreOrder(score: sv[base + i], index: i)) }
+                order.sort()
+                let candidates = order.lazy.map(\.index)
                 kept.removeAll(keepingCapacity: true)
                 byLeft.removeAll(keepingCapacity: true)
                 var widest = 0.0
