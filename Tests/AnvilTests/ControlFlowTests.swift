@@ -87,6 +87,62 @@ final class ControlFlowTests: XCTestCase {
         }
     }
 
+    /// y = MatMul(If(cond) then Relu(x) else Neg(x), w) on x [n, 8] with a dynamic n; the
+    /// condition is n == 1 (`shapeCondition`), or a value of the data: NonZero(x > 0)'s count == 1.
+    func conditionedModel(shapeCondition: Bool) throws -> Model {
+        var rng = SeededGenerator(seed: 12)
+        let then = Graph(name: "then", outputs: [ValueInfo(name: "t", type: TensorType(.float, nil))],
+                         nodes: [Node(name: "relu", opType: "Relu", inputs: ["x"], outputs: ["t"])])
+        let otherwise = Graph(name: "else", outputs: [ValueInfo(name: "e", type: TensorType(.float, nil))],
+                              nodes: [Node(name: "neg", opType: "Neg", inputs: ["x"], outputs: ["e"])])
+        var nodes: [Node]
+        if shapeCondition {
+            nodes = [Node(name: "shape", opType: "Shape", inputs: ["x"], outputs: ["s"]),
+                     Node(name: "rows", opType: "Gather", inputs: ["s", "zero"], outputs: ["n"], attributes: ["axis": .int(0)])]
+        } else {
+            nodes = [Node(name: "positive", opType: "Greater", inputs: ["x", "zerof"], outputs: ["p"]),
+                     Node(name: "nonzero", opType: "NonZero", inputs: ["p"], outputs: ["nz"]),
+                     Node(name: "shape", opType: "Shape", inputs: ["nz"], outputs: ["s"]),
+                     Node(name: "rows", opType: "Gather", inputs: ["s", "one"], outputs: ["n"], attributes: ["axis": .int(0)])]
+        }
+        nodes += [Node(name: "equal", opType: "Equal", inputs: ["n", "one"], outputs: ["cond"]),
+                  Node(name: "if", opType: "If", inputs: ["cond"], outputs: ["chosen"], attributes: ["then_branch": .graph(then), "else_branch": .graph(otherwise)]),
+                  Node(name: "matmul", opType: "MatMul", inputs: ["chosen", "w"], outputs: ["y"])]
+        let g = Graph(name: "conditioned", inputs: [ValueInfo(name: "x", type: TensorType(.float, [.symbol("n"), .known(8)]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))], nodes: nodes,
+                      initializers: [("w", try random([8, 4], &rng)), ("zero", try Tensor(int64s: [0], shape: [])), ("one", try Tensor(int64s: [1], shape: [])),
+                                     ("zerof", try Tensor(floats: [0], shape: []))])
+        return Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+    }
+
+    func testIfsOnShapesAreInlinedForEachPlan() throws {
+        var rng = SeededGenerator(seed: 14)
+        for shapeCondition in [true, false] {
+            let model = try conditionedModel(shapeCondition: shapeCondition)
+            let context = ExecutionContext(engine: try Engine(file: try EngineBuilder().build(model, name: "conditioned").file, name: "conditioned.anvil"))
+            for trial in 0..<8 {
+                // Rows 1 and 3 (then and else by shape); by data, one positive element or several.
+                let rows = trial % 2 == 0 ? 1 : 3
+                var x = try random([rows, 8], &rng)
+                if !shapeCondition, trial % 4 < 2 { x = try Tensor(floats: (0..<(rows * 8)).map { $0 == 5 ? 1 : -1 }, shape: [rows, 8]) }
+                let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
+                let actual = try context.run(["x": x])[0].value
+                let c = Comparison.compare(actual: actual, expected: expected, atol: 1e-5, rtol: 1e-4)
+                XCTAssertTrue(c.passed, "shape condition \(shapeCondition) trial \(trial): \(c)")
+                if trial >= 2 {
+                    // From the second run of a shape on: planned whole (the If inlined) only when the shapes decide it.
+                    XCTAssertNotNil(context.lastPlan, "trial \(trial)")
+                    XCTAssertEqual(context.interpretedLayers.isEmpty, shapeCondition, "shape condition \(shapeCondition) trial \(trial): \(context.interpretedLayers)")
+                }
+            }
+            XCTAssertEqual(context.plannedShapeCount, 2)
+            if shapeCondition {
+                // Caller memory needs a plan that assumes nothing.
+                XCTAssertThrowsError(try context.run(inputs: [], outputs: []))
+            }
+        }
+    }
+
     /// sum = Loop(n) { acc + x }: a body whose shapes stay the same is planned after its
     /// second iteration; grown = Loop(n) { Concat(acc, x) }: one whose shapes grow every
     /// iteration keeps running on the interpreter once its plans keep being evicted.
