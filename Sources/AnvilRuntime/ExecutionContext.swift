@@ -274,10 +274,14 @@ public final class ExecutionContext {
     /// (`PartialPlan`); nil, with `planFailure` set, when neither can be made.
     private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])], memoryPlan: StoredMemoryPlan? = nil) -> Planned? {
         let g = engine.graph
-        if specializeIfs, hasIfs, !unspecialized.contains(g.inputs.map { inputs[$0.name]?.shape ?? [] }),
-           let specialized = try? specializedPlan(inputs) {
-            planFailure = nil
-            return specialized
+        if specializeIfs, hasIfs, !unspecialized.contains(g.inputs.map { inputs[$0.name]?.shape ?? [] }) {
+            if let specialized = try? specializedPlan(inputs) {
+                planFailure = nil
+                return specialized
+            }
+            // No If the shapes decide, or a specialized graph the planner cannot take whole: as
+            // both follow from the graph rather than the shapes, later shapes are not tried.
+            specializeIfs = false
         }
         do {
             let plan = try ExecutionPlan(layers: g.layers, constants: engine.constants,
