@@ -224,7 +224,13 @@ public final class ExecutionContext {
     }
 
     /// What runs a layer on the interpreter, as reports name it.
-    func interpretedImplementation(of layer: String) -> String { fastLayers[layer]?.implementation ?? "reference" }
+    func interpretedImplementation(of layer: String) -> String {
+        if let fast = fastLayers[layer] { return fast.implementation }
+        return usePlan && bodyHolders.contains(layer) ? "control flow" : "reference"
+    }
+
+    /// The graph's layers that hold control-flow bodies (run on contexts of their own).
+    private lazy var bodyHolders = Set(engine.graph.layers.filter { !GraphInterpreter<EngineGraph>.subgraphs(of: $0).isEmpty }.map(\.name))
 
     /// The oneDNN kernel the interpreter made for a layer, if any.
     func fastKernel(of layer: String) -> KernelKind? {
@@ -345,9 +351,9 @@ public final class ExecutionContext {
                 if depth == 0 { self.observed?[name] = (value.dataType, value.shape) }
             }
         }
-        interpreter.runSubgraph = { _, depth, body, values, outer in
+        interpreter.runSubgraph = { layer, depth, body, values, outer in
             guard depth == 0, self.usePlan else { return nil }
-            return try self.runBody(body, values, outer)
+            return try self.runBody(of: layer.name, body, values, outer)
         }
         if profiling {
             interpreter.time = { layer, depth, ms in
@@ -363,7 +369,7 @@ public final class ExecutionContext {
     /// it once it has run twice with the same shapes: its layers then run on oneDNN and
     /// Swift kernels in an arena like any graph's, nested bodies likewise. A context that
     /// keeps meeting new shapes (a loop whose values grow) stops planning and interprets.
-    private func runBody(_ body: EngineGraph, _ values: [Tensor], _ outer: (String) throws -> Tensor?) throws -> [Tensor] {
+    private func runBody(of layer: String, _ body: EngineGraph, _ values: [Tensor], _ outer: (String) throws -> Tensor?) throws -> [Tensor] {
         let context: ExecutionContext
         if let existing = bodyContexts[ObjectIdentifier(body)] {
             context = existing
@@ -385,8 +391,22 @@ public final class ExecutionContext {
                 inputs[input.name] = value
             }
         }
-        return try context.run(inputs).map(\.value)
+        context.profiling = profiling
+        let before = profiling ? context.profile.map(\.milliseconds.count) : []
+        let results = try context.run(inputs).map(\.value)
+        if profiling {
+            // The body's layers that ran, under the layer holding the body (their time is part of its own).
+            for (i, entry) in context.profile.enumerated() where i >= before.count || entry.milliseconds.count > before[i] {
+                record([layer, body.name, entry.layer].joined(separator: Self.nestedLayerSeparator), entry.kernels, entry.milliseconds[entry.milliseconds.count - 1])
+            }
+        }
+        return results
     }
+
+    /// Joins a layer's name, its control-flow body's and a layer's in that body in the
+    /// profile ("If_12 ▸ else_branch ▸ /nms"): that time is part of the outer layer's, so
+    /// totals leave it out.
+    public static let nestedLayerSeparator = " ▸ "
 
     func currentStream() throws -> DNNLStream {
         if let enclosing { return try enclosing.currentStream() }

@@ -97,7 +97,8 @@ struct BenchSettings {
         if variance.squareRoot() > 0.1 * mean {
             print("Warning: the latency varies by more than 10% (coefficient of variation \(f(variance.squareRoot() / mean * 100))%); the machine may be busy.")
         }
-        let all = context.profile.reduce(0) { $0 + $1.milliseconds.reduce(0, +) }
+        // Layers inside control-flow bodies are part of the layer holding them: counted once.
+        let all = context.profile.filter { !$0.layer.contains(ExecutionContext.nestedLayerSeparator) }.reduce(0) { $0 + $1.milliseconds.reduce(0, +) }
         let profile = context.profile.sorted { $0.milliseconds.reduce(0, +) > $1.milliseconds.reduce(0, +) }.map { entry in
             let total = entry.milliseconds.reduce(0, +), sorted = entry.milliseconds.sorted()
             return (entry: entry, total: total, average: total / Double(sorted.count), median: sorted[sorted.count / 2], share: total / max(all, 1e-12) * 100)

@@ -66,6 +66,19 @@ final class ControlFlowTests: XCTestCase {
         // Both branches ran more than once with the same shapes: both are planned.
         XCTAssertEqual(context.bodies.run, 2)
         XCTAssertEqual(context.bodies.planned, 2)
+        // A profile shows the branch's layers under the If, on their own kernels.
+        context.profiling = true
+        for taken in [true, false, true] {
+            _ = try context.run(["x": try random([1, 8, 6, 6], &rng), "cond": try Tensor(bools: [taken], shape: [])])
+        }
+        let entries = Dictionary(context.profile.map { ($0.layer, $0) }, uniquingKeysWith: { a, _ in a })
+        XCTAssertEqual(entries["if"]?.kernels, "control flow")
+        XCTAssertEqual(entries["if"]?.milliseconds.count, 3)
+        let inner = context.profile.filter { $0.layer.hasPrefix("if" + ExecutionContext.nestedLayerSeparator) }
+        let convolutions = inner.filter { $0.layer.hasSuffix(ExecutionContext.nestedLayerSeparator + "conv") }
+        XCTAssertEqual(convolutions.map(\.layer).sorted(), ["if ▸ else ▸ conv", "if ▸ then ▸ conv"])
+        XCTAssertEqual(convolutions.map(\.milliseconds.count).sorted(), [1, 2])
+        XCTAssertTrue(inner.allSatisfy { $0.kernels != "reference" }, "\(inner.map { ($0.layer, $0.kernels) })")
     }
 
     func testConstantConditionInlinesTheBranchTaken() throws {

@@ -52,7 +52,7 @@ final class GraphInterpreterTests: XCTestCase {
         XCTAssertEqual(seen, ["a", "b", "t", "y", "a", "b", "e", "y"], "values of subgraphs are observed too")
     }
 
-    func testEngineInterpreterMatchesAndProfilesTopLevelLayersOnly() throws {
+    func testEngineInterpreterMatchesAndProfilesLayersAndTheirBodies() throws {
         let model = try Self.model()
         let engine = try Engine(file: try EngineBuilder().build(model, name: "if").file, name: "if.anvil")
         // All on the interpreter; then (the default) Relu and Neg on a partial plan, the If on the interpreter.
@@ -69,9 +69,13 @@ final class GraphInterpreterTests: XCTestCase {
                     XCTAssertEqual(context.interpretedLayers, ["if": "layer has subgraphs"])
                 }
             }
-            let topLevel = Set(engine.graph.layers.map(\.name))
-            XCTAssertEqual(Set(context.profile.map(\.layer)), topLevel)
-            XCTAssertTrue(context.profile.allSatisfy { $0.milliseconds.count == 3 }, "\(context.profile)")
+            // Top-level layers once per run; with plans, the If's branches' layers under it, per run of theirs.
+            let separator = ExecutionContext.nestedLayerSeparator
+            let outer = context.profile.filter { !$0.layer.contains(separator) }, nested = context.profile.filter { $0.layer.contains(separator) }
+            XCTAssertEqual(Set(outer.map(\.layer)), Set(engine.graph.layers.map(\.name)))
+            XCTAssertTrue(outer.allSatisfy { $0.milliseconds.count == 3 }, "\(context.profile)")
+            XCTAssertEqual(nested.map(\.milliseconds.count).reduce(0, +), usePlan ? 3 : 0, "\(nested)")
+            XCTAssertTrue(nested.allSatisfy { $0.layer.hasPrefix("if" + separator) }, "\(nested)")
         }
     }
 
