@@ -308,6 +308,15 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
         return try transformed(Strided(shape: newShape, strides: strides, count: n), shape: newShape)
     }
 
+    /// The blocks of `size` consecutive elements starting at the flat positions `starts`, one
+    /// after the other, in `newShape` (the caller checked that every block lies inside).
+    public func gatheringBlocks(at starts: [Int], size: Int, shape newShape: [Int]) throws -> Tensor {
+        guard starts.count * size == ShapeMath.elementCount(newShape), starts.allSatisfy({ $0 >= 0 && $0 + size <= count }) else {
+            throw AnvilError.invalidTensor(name: "", reason: "\(starts.count) blocks of \(size) elements do not fit \(newShape) from \(count) elements")
+        }
+        return try transformed(Blocks(starts: starts, size: size), shape: newShape)
+    }
+
     /// A tensor of `shape` holding this one-element tensor's value everywhere.
     public func repeated(shape newShape: [Int]) throws -> Tensor {
         guard count == 1, let n = ShapeMath.elementCount(newShape) else {
@@ -395,6 +404,26 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
                     }
                 }
                 initialized = count
+            }
+        }
+    }
+
+    struct Blocks: ElementArrayTransform {
+        let starts: [Int], size: Int
+        func apply<T>(_ a: [T]) -> [T] {
+            let n = starts.count * size
+            guard n > 0 else { return [] }
+            return [T](unsafeUninitializedCapacity: n) { out, initialized in
+                a.withUnsafeBufferPointer { source in
+                    let from = source.baseAddress!, to = out.baseAddress!
+                    if size <= 16 {
+                        // Small blocks (a box's four corners, single scores): element by element, no call per block.
+                        for (k, start) in starts.enumerated() { for j in 0..<size { (to + k * size + j).initialize(to: from[start + j]) } }
+                    } else {
+                        for (k, start) in starts.enumerated() { (to + k * size).initialize(from: from + start, count: size) }
+                    }
+                }
+                initialized = n
             }
         }
     }

@@ -119,7 +119,10 @@ final class ReferenceKernelTests: XCTestCase {
                 for (j, c) in coordinates.enumerated() { XCTAssertEqual((0..<rank).map { nz.int64s[$0 * coordinates.count + j] }, c) }
             }
         }
-        XCTAssertEqual(Indexing.blocks(at: [7, 2], size: 3), [7, 8, 9, 2, 3, 4])
+        let table = try Tensor(int64s: (0..<10).map { Int64($0) }, shape: [10])
+        XCTAssertEqual(try table.gatheringBlocks(at: [7, 2], size: 3, shape: [2, 3]).int64s, [7, 8, 9, 2, 3, 4])
+        XCTAssertEqual(try table.gatheringBlocks(at: [], size: 3, shape: [0, 3]).count, 0)
+        XCTAssertThrowsError(try table.gatheringBlocks(at: [8], size: 3, shape: [3]), "a block past the end")
         // Broadcasts as strided views: a column along rows, a row repeated, a scalar.
         let column = try Tensor(floats: [1, 2], shape: [2, 1])
         XCTAssertEqual(try Indexing.broadcast(column, to: [3, 2, 3]).floats, [1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2])

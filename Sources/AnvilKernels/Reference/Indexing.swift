@@ -32,19 +32,6 @@ public enum Indexing {
         }
     }
 
-    /// The flat positions of blocks of `size` consecutive elements starting at `starts`, in order.
-    public static func blocks(at starts: [Int], size: Int) -> [Int] {
-        let n = starts.count * size
-        return [Int](unsafeUninitializedCapacity: n) { out, initialized in
-            var i = 0
-            for s in starts {
-                for j in 0..<size { out[i + j] = s + j }
-                i += size
-            }
-            initialized = n
-        }
-    }
-
     /// Broadcasts a tensor to a shape (numpy rules; the caller checked compatibility).
     public static func broadcast(_ t: Tensor, to shape: [Int]) throws -> Tensor {
         if t.shape == shape { return t }

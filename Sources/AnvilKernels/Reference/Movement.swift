@@ -60,7 +60,7 @@ public enum Movement {
         starts.reserveCapacity(outer * ind.count)
         for o in 0..<outer { for k in ind { starts.append((o * n + k) * inner) } }
         let shape = Array(x.shape[..<axis]) + indices.shape + Array(x.shape[(axis + 1)...])
-        return try x.gathered(Indexing.blocks(at: starts, size: inner), shape: shape)
+        return try x.gatheringBlocks(at: starts, size: inner, shape: shape)
     }
 
     static func normalizedIndices(_ v: [Int64], bound: Int, op: String) throws -> [Int] {
@@ -133,18 +133,21 @@ public enum Movement {
         let batchCount = indices.shape[..<batchDims].reduce(1, *)
         let perBatch = indices.shape[batchDims..<(q - 1)].reduce(1, *)
         let batchStride = batchDims > 0 ? xs[batchDims - 1] : 0
-        var offsets: [Int] = []
-        for b in 0..<batchCount {
-            for j in 0..<perBatch {
-                var off = b * batchStride
-                for d in 0..<k {
-                    var i = Int(v[(b * perBatch + j) * k + d])
-                    let bound = x.shape[batchDims + d]
-                    if i < 0 { i += bound }
-                    guard i >= 0, i < bound else { throw AnvilError.invalidTensor(name: op, reason: "index \(v[(b * perBatch + j) * k + d]) is out of range for size \(bound)") }
-                    off += i * xs[batchDims + d]
+        let bounds = Array(x.shape[batchDims..<(batchDims + k)]), strides = Array(xs[batchDims..<(batchDims + k)])
+        var offsets = [Int](repeating: 0, count: batchCount * perBatch)
+        try v.withUnsafeBufferPointer { index in
+            for b in 0..<batchCount {
+                for j in 0..<perBatch {
+                    var off = b * batchStride
+                    let row = (b * perBatch + j) * k
+                    for d in 0..<k {
+                        var i = Int(index[row + d])
+                        if i < 0 { i += bounds[d] }
+                        guard i >= 0, i < bounds[d] else { throw AnvilError.invalidTensor(name: op, reason: "index \(index[row + d]) is out of range for size \(bounds[d])") }
+                        off += i * strides[d]
+                    }
+                    offsets[b * perBatch + j] = off
                 }
-                offsets.append(off)
             }
         }
         return (offsets, blockShape)
@@ -152,7 +155,7 @@ public enum Movement {
 
     public static func gatherND(_ x: Tensor, indices: Tensor, batchDims: Int) throws -> Tensor {
         let (offsets, blockShape) = try ndOffsets(x, indices: indices, batchDims: batchDims, op: "GatherND")
-        return try x.gathered(Indexing.blocks(at: offsets, size: blockShape.reduce(1, *)), shape: Array(indices.shape.dropLast()) + blockShape)
+        return try x.gatheringBlocks(at: offsets, size: blockShape.reduce(1, *), shape: Array(indices.shape.dropLast()) + blockShape)
     }
 
     public static func scatterND(_ x: Tensor, indices: Tensor, updates: Tensor, reduction: String) throws -> Tensor {
