@@ -62,6 +62,8 @@ final class RecurrentKernelTests: XCTestCase {
         cases.append(Case(clip: 0.5, inputForget: true))
         cases.append(Case(direction: "bidirectional", lengths: true, outputs: ["", "yh"]))
         cases.append(Case(states: true, outputs: ["y", "", "yc"]))
+        // An empty sequence: Y empty, the final states the initial ones.
+        cases.append(Case(direction: "bidirectional", seq: 0, states: true))
         // Large enough that one direction splits its hidden units between threads.
         cases.append(Case(seq: 3, batch: 8, input: 16, hidden: 128, states: true, lengths: true))
         var rng = SeededGenerator(seed: 21)
