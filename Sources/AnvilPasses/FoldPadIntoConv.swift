@@ -47,7 +47,7 @@ public struct FoldPadIntoConv: Pass {
     /// pad with value zero and known pads; nil otherwise.
     static func zeroPads(_ pad: Node, rank: Int, _ ctx: RewriteContext) -> [Int]? {
         func present(_ i: Int) -> Bool { i < pad.inputs.count && !pad.inputs[i].isEmpty }
-        guard let p = try? ConstantPad(opset: ctx.pass.opset(), attributes: AttributeReader(node: pad), rank: rank, present: present,
+        guard let p = try? KnownPad(opset: ctx.pass.opset(), attributes: AttributeReader(node: pad), rank: rank, present: present,
                                        input: { present($0) ? ctx.constant(pad.inputs[$0]) : nil }), p.value == 0 else { return nil }
         return p.pads
     }

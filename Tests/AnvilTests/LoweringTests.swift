@@ -392,7 +392,7 @@ final class LoweringTests: XCTestCase {
 
     /// Constant-mode Pad with constant pads (inputs from opset 11, attributes before,
     /// axes from opset 18) in the Swift kernel, against the reference.
-    func testConstantPad() throws {
+    func testConstantModePad() throws {
         var rng = SeededGenerator(seed: 20)
         for (trial, opset) in [2, 11, 13, 18, 19, 11].enumerated() {
             let shape = (0..<Int.random(in: 1...4, using: &rng)).map { _ in Int.random(in: 1...5, using: &rng) }
@@ -414,6 +414,22 @@ final class LoweringTests: XCTestCase {
                           outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
                           nodes: [Node(name: "test", opType: "Pad", inputs: inputs, outputs: ["y"], attributes: attributes)], initializers: initializers)
             try check(g, ["x": try random(shape, &rng)], kind: .pad, opset: opset, "Pad \(shape) \(pads) opset \(opset)")
+        }
+    }
+
+    /// Reflect, edge and wrap Pad (cropping too) in the Swift kernel, against the reference.
+    func testBorderModePad() throws {
+        var rng = SeededGenerator(seed: 24)
+        for trial in 0..<18 {
+            let mode = ["reflect", "edge", "wrap"][trial % 3], opset = mode == "wrap" ? 19 : [11, 13, 18][trial % 3]
+            let shape = (0..<Int.random(in: 1...4, using: &rng)).map { _ in Int.random(in: 1...5, using: &rng) }
+            // Amounts up to 3 beyond a side (more than the size: repeated reflections) and crops of one.
+            let pads = (0..<(2 * shape.count)).map { i in Int64(max(Int.random(in: -1...3, using: &rng), 1 - shape[i % shape.count])) }
+            let g = Graph(name: "pad", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "test", opType: "Pad", inputs: ["x", "pads"], outputs: ["y"], attributes: ["mode": .string(mode)])],
+                          initializers: [("pads", try Tensor(int64s: pads, shape: [pads.count]))])
+            try check(g, ["x": try random(shape, &rng)], kind: .pad, opset: opset, "Pad \(mode) \(shape) \(pads) opset \(opset)")
         }
     }
 

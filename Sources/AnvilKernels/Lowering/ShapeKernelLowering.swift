@@ -227,7 +227,9 @@ enum ShapeKernelLowering {
     static func pad(_ l: LayerLowering) throws -> LayerDecision? {
         guard let v = l.value(0), v.dataType != .string, !v.shape.isEmpty, let (t, outShape) = try? l.outputType(), t == v.dataType else { return nil }
         let rank = v.shape.count
-        guard let pad = try ConstantPad(opset: l.layer.opset, attributes: l.attributes, rank: rank, present: l.present, input: l.constant) else { return nil }
+        guard let pad = try KnownPad(opset: l.layer.opset, attributes: l.attributes, rank: rank, present: l.present, input: l.constant,
+                                        modes: ["constant", "reflect", "edge", "wrap"]) else { return nil }
+        if pad.mode != "constant" { return try borderPad(l, v, pad) }
         let (pads, fill) = (pad.pads, pad.value)
         guard pads.allSatisfy({ $0 >= 0 }), outShape == (0..<rank).map({ v.shape[$0] + pads[$0] + pads[rank + $0] }),
               v.shape.allSatisfy({ $0 > 0 }) else { return nil }
@@ -246,6 +248,36 @@ enum ShapeKernelLowering {
                 (target + offset * size).copyMemory(from: source + r * row, byteCount: row)
                 var d = rank - 2
                 while d >= 0 { index[d] += 1; if index[d] < inShape[d] { break }; index[d] = 0; d -= 1 }
+            }
+        })
+        return l.decided(.pad)
+    }
+
+    /// Pad in reflect, edge or wrap mode (pads may crop): for every output index of each
+    /// dimension, the input index it reads (`Movement.padSource`), found when the plan is
+    /// made; a run copies element by element along rows.
+    static func borderPad(_ l: LayerLowering, _ v: PlanValue, _ pad: KnownPad) throws -> LayerDecision? {
+        let rank = v.shape.count, inShape = v.shape
+        guard let (t, outShape) = try? l.outputType(), t == v.dataType, inShape.allSatisfy({ $0 > 0 }),
+              outShape == (0..<rank).map({ inShape[$0] + pad.pads[$0] + pad.pads[rank + $0] }), outShape.allSatisfy({ $0 > 0 }) else { return nil }
+        let strides = ShapeMath.strides(inShape)
+        // Per dimension, the input offset (index · stride) each output index reads.
+        let sources = (0..<rank).map { d in (0..<outShape[d]).map { o in (Movement.padSource(o - pad.pads[d], size: inShape[d], mode: pad.mode) ?? 0) * strides[d] } }
+        let x = try l.plan.plain(v), size = t.byteSize
+        let out = l.plan.newValue(l.layer.outputs[0], t, outShape)
+        let last = sources[rank - 1], outer = Array(sources.dropLast()), outerShape = Array(outShape.dropLast())
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            let source = p.address(x), target = p.address(out)
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: max(outer.count, 1)) { index in
+                index.initialize(repeating: 0)
+                for row in 0..<outerShape.reduce(1, *) {
+                    var base = 0
+                    for d in 0..<outer.count { base += outer[d][index[d]] }
+                    let to = target + row * last.count * size
+                    for (j, offset) in last.enumerated() { (to + j * size).copyMemory(from: source + (base + offset) * size, byteCount: size) }
+                    var d = outer.count - 1
+                    while d >= 0 { index[d] += 1; if index[d] < outerShape[d] { break }; index[d] = 0; d -= 1 }
+                }
             }
         })
         return l.decided(.pad)

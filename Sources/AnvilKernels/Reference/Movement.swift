@@ -179,6 +179,22 @@ public enum Movement {
     }
 
     /// Pad with mode "constant", "reflect", "edge" or "wrap"; pads are begins then ends per axis.
+    /// The index along a dimension of size `n` that Pad reads for index `i` of the unpadded
+    /// range (negative or past the end in the padding); nil where constant mode fills.
+    public static func padSource(_ i: Int, size n: Int, mode: String) -> Int? {
+        guard i < 0 || i >= n else { return i }
+        switch mode {
+        case "edge": return min(max(i, 0), n - 1)
+        case "reflect":
+            if n == 1 { return 0 }
+            let period = 2 * (n - 1)
+            let k = ((i % period) + period) % period
+            return k >= n ? period - k : k
+        case "wrap": return ((i % n) + n) % n
+        default: return nil
+        }
+    }
+
     public static func pad(_ x: Tensor, pads: [Int], mode: String, value: Tensor?) throws -> Tensor {
         let r = x.rank
         let outShape = (0..<r).map { x.shape[$0] + pads[$0] + pads[$0 + r] }
@@ -188,22 +204,7 @@ public enum Movement {
         Indexing.forEachIndex(outShape) { o in
             var s = 0
             for d in 0..<r {
-                var i = o[d] - pads[d]
-                let n = x.shape[d]
-                if i < 0 || i >= n {
-                    switch mode {
-                    case "edge": i = min(max(i, 0), n - 1)
-                    case "reflect":
-                        if n == 1 { i = 0 } else {
-                            let period = 2 * (n - 1)
-                            i = ((i % period) + period) % period
-                            if i >= n { i = period - i }
-                        }
-                    case "wrap": i = ((i % n) + n) % n
-                    default: s = -1
-                    }
-                }
-                if s < 0 { break }
+                guard let i = padSource(o[d] - pads[d], size: x.shape[d], mode: mode) else { s = -1; break }
                 s += i * xs[d]
             }
             idx.append(s)

@@ -1,19 +1,25 @@
 import AnvilCore
 
-/// A constant-mode Pad whose amounts and value are known before it runs, read the way
+/// A Pad whose mode, amounts and value are known before it runs, read the way
 /// every opset writes them: attributes `pads` (or Pad-1's `paddings`) and `value` before
 /// opset 11, constant inputs `pads` and `constant_value` from 11, and the `axes` input
 /// from 18. Used by the Pad lowering and by the pass that folds a Pad into a Conv.
-public struct ConstantPad: Equatable {
+public struct KnownPad: Equatable {
     /// Amounts over all axes, begins then ends (negative ones crop).
     public var pads: [Int]
     /// The fill value.
     public var value: Double
 
-    /// Nil when the mode is not constant or the amounts, value or axes are not constants.
-    /// `input(i)` gives the constant at input `i`, nil when absent or computed.
-    public init?(opset: Int, attributes a: AttributeReader, rank: Int, present: (Int) -> Bool, input: (Int) -> Tensor?) throws {
-        guard try a.string("mode", "constant") == "constant" else { return nil }
+    /// The mode: constant, reflect, edge or wrap.
+    public var mode = "constant"
+
+    /// Nil when the mode is not one of `modes` or the amounts, value or axes are not
+    /// constants. `input(i)` gives the constant at input `i`, nil when absent or computed.
+    public init?(opset: Int, attributes a: AttributeReader, rank: Int, present: (Int) -> Bool, input: (Int) -> Tensor?,
+                 modes: Set<String> = ["constant"]) throws {
+        let mode = try a.string("mode", "constant")
+        guard modes.contains(mode) else { return nil }
+        self.mode = mode
         var value = 0.0
         var pads: [Int]
         if opset < 11 {
