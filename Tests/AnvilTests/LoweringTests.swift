@@ -582,3 +582,51 @@ extension LoweringTests {
         XCTAssertTrue(built.warnings.contains { $0.contains("1x3x256x256") }, "\(built.warnings)")
     }
 }
+
+extension LoweringTests {
+    /// GatherND (batch_dims 0 and 1, negative and int32 indices), GatherElements along every
+    /// axis and CumSum (float and int64, exclusive, reversed) on their Swift kernels, against
+    /// the reference; an index out of range is refused with the layer named.
+    func testIndexingKernels() throws {
+        var rng = SeededGenerator(seed: 29)
+        func indices(_ shape: [Int], bound: Int, wide: Bool) throws -> Tensor {
+            let v = (0..<shape.reduce(1, *)).map { _ in Int64.random(in: -Int64(bound)..<Int64(bound), using: &rng) }
+            return try Tensor(wide ? .int64 : .int32, shape: shape, int64s: v)
+        }
+        func graph(_ op: String, _ x: [Int], _ xType: DataType, attributes: [String: Attribute], second: (String, Tensor)) -> Graph {
+            Graph(name: op, inputs: [ValueInfo(name: "x", type: TensorType(xType, shape: x))], outputs: [ValueInfo(name: "y", type: TensorType(xType, nil))],
+                  nodes: [Node(name: "test", opType: op, inputs: ["x", second.0], outputs: ["y"], attributes: attributes)], initializers: [second])
+        }
+        for trial in 0..<8 {
+            // GatherND: data [2, 3, 4, 5]; index tuples of depth 1...2 after batch_dims 0 or 1.
+            let batchDims = trial % 2, depth = 1 + trial % 3 / 2, data = [2, 3, 4, 5]
+            let idxShape = (batchDims == 1 ? [2] : []) + [Int.random(in: 1...3, using: &rng), depth]
+            var tuples = try indices(idxShape, bound: 3, wide: trial % 4 < 2)
+            tuples = try Tensor(tuples.dataType, shape: tuples.shape, int64s: tuples.int64s.enumerated().map { i, v in
+                let bound = Int64(data[batchDims + i % depth]); return ((v % bound) + bound) % bound - (i % 3 == 0 ? bound : 0)
+            })
+            try check(graph("GatherND", data, .float, attributes: ["batch_dims": .int(Int64(batchDims))], second: ("i", tuples)),
+                      ["x": try random(data, &rng)], kind: .gatherND, "GatherND trial \(trial) \(idxShape)")
+            // GatherElements along a random axis, indices no larger than the data off the axis.
+            let axis = trial % 3, shape = [3, 4, 2]
+            var idx = shape
+            idx[axis] = Int.random(in: 1...5, using: &rng)
+            try check(graph("GatherElements", shape, .float, attributes: ["axis": .int(Int64(axis))], second: ("i", try indices(idx, bound: shape[axis], wide: trial % 2 == 0))),
+                      ["x": try random(shape, &rng)], kind: .gatherElements, "GatherElements trial \(trial) axis \(axis)")
+            // CumSum of floats and int64s along a constant axis.
+            let type: DataType = trial % 2 == 0 ? .float : .int64
+            let values: Tensor = type == .float ? try random(shape, &rng) : try Tensor(int64s: (0..<24).map { _ in Int64.random(in: -9...9, using: &rng) }, shape: shape)
+            try check(graph("CumSum", shape, type, attributes: ["exclusive": .int(Int64(trial / 2 % 2)), "reverse": .int(Int64(trial / 4))],
+                            second: ("axis", try Tensor(int64s: [Int64(axis - 3 * (trial % 2))], shape: []))),
+                      ["x": values], kind: .cumulativeSum, "CumSum trial \(trial) \(type) axis \(axis)")
+        }
+        // An index out of range, only known when the layer runs.
+        let g = Graph(name: "gather", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [3, 2])), ValueInfo(name: "i", type: TensorType(.int64, shape: [2, 1]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "test", opType: "GatherND", inputs: ["x", "i"], outputs: ["y"])])
+        let context = try TestSupport.unoptimizedContext(Model(graph: g, opsets: [OpsetImport(domain: "", version: 13)]))
+        XCTAssertThrowsError(try context.run(["x": try random([3, 2], &rng), "i": try Tensor(int64s: [1, 3], shape: [2, 1])])) { error in
+            XCTAssertTrue("\(error)".contains("index 3 is outside [-3, 2]"), "\(error)")
+        }
+    }
+}

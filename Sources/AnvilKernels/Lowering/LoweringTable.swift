@@ -34,7 +34,7 @@ enum LoweringTable {
     static let entries: [LoweringEntry] = ConvolutionLowering.entries + MatMulLowering.entries + SwiftKernelLowering.entries
         + PoolingLowering.entries + EltwiseLowering.entries + BinaryLowering.entries + NormalizationLowering.entries
         + SoftmaxLowering.entries + ReductionLowering.entries + AttentionLowering.entries + MovementLowering.entries + ShapeKernelLowering.entries
-        + DetectionLowering.entries + RecurrentLowering.entries
+        + DetectionLowering.entries + RecurrentLowering.entries + IndexingLowering.entries
         + EltwiseLowering.fallbacks + SwiftKernelLowering.fallbacks + ShapeKernelLowering.fallbacks
 
     private static let byOp: [String: [LoweringEntry]] = {

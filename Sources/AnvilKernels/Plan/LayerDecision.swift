@@ -203,6 +203,10 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case dynamicQuantize = 42
     /// LSTM with its default activations (`SwiftLSTM`).
     case lstm = 43
+    /// GatherND, GatherElements, CumSum (`IndexingLowering`).
+    case gatherND = 44
+    case gatherElements = 45
+    case cumulativeSum = 46
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -211,7 +215,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
              .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme,
-             .roiAlign, .dynamicQuantize, .lstm: .swift
+             .roiAlign, .dynamicQuantize, .lstm, .gatherND, .gatherElements, .cumulativeSum: .swift
         default: .onednn
         }
     }
@@ -261,6 +265,9 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .instanceNormalization: "instance normalization"
         case .dynamicQuantize: "dynamic quantization"
         case .lstm: "lstm"
+        case .gatherND: "gather nd"
+        case .gatherElements: "gather elements"
+        case .cumulativeSum: "cumulative sum"
         }
     }
 }
