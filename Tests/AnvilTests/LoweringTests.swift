@@ -620,6 +620,19 @@ extension LoweringTests {
                             second: ("axis", try Tensor(int64s: [Int64(axis - 3 * (trial % 2))], shape: []))),
                       ["x": values], kind: .cumulativeSum, "CumSum trial \(trial) \(type) axis \(axis)")
         }
+        // TopK along every axis, largest and smallest, with ties (they go to the lower index).
+        for trial in 0..<6 {
+            let shape = [3, 7, 4], axis = trial % 3, k = [2, 5, 1][trial % 3], opset = trial == 5 ? 9 : 11
+            let values = try Tensor(floats: (0..<84).map { _ in Float(Int.random(in: -3...3, using: &rng)) }, shape: shape)
+            var attributes: [String: Attribute] = ["axis": .int(Int64(axis - 3 * (trial % 2))), "largest": .int(Int64(trial / 2 % 2))]
+            var inputs = ["x", "k"]
+            if opset < 10 { attributes["k"] = .int(Int64(k)); attributes["largest"] = nil; inputs = ["x"] }
+            let g = Graph(name: "topk", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: shape))],
+                          outputs: [ValueInfo(name: "v", type: TensorType(.float, nil)), ValueInfo(name: "i", type: TensorType(.int64, nil))],
+                          nodes: [Node(name: "test", opType: "TopK", inputs: inputs, outputs: ["v", "i"], attributes: attributes)],
+                          initializers: opset < 10 ? [] : [("k", try Tensor(int64s: [Int64(k)], shape: [1]))])
+            try check(g, ["x": values], kind: .topK, opset: opset, "TopK trial \(trial) axis \(axis) k \(k)")
+        }
         // An index out of range, only known when the layer runs.
         let g = Graph(name: "gather", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [3, 2])), ValueInfo(name: "i", type: TensorType(.int64, shape: [2, 1]))],
                       outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],

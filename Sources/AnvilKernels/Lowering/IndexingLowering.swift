@@ -1,14 +1,75 @@
 import AnvilCore
 
-/// Index arithmetic on Swift kernels over arena memory: GatherND, GatherElements and
-/// CumSum (the position ids, token lookups and index bookkeeping of transformer exports).
+/// Index arithmetic on Swift kernels over arena memory: GatherND, GatherElements, CumSum
+/// (the position ids, token lookups and index bookkeeping of transformer exports) and TopK
+/// (detectors' proposal selection).
 /// Indices are read and checked when the layer runs; elements of any fixed size are copied.
 enum IndexingLowering {
     static let entries = [
         LoweringEntry(kind: .gatherND, ops: ["GatherND"], output: .plain, lower: gatherND),
         LoweringEntry(kind: .gatherElements, ops: ["GatherElements"], output: .plain, lower: gatherElements),
         LoweringEntry(kind: .cumulativeSum, ops: ["CumSum"], output: .plain, lower: cumulativeSum),
+        LoweringEntry(kind: .topK, ops: ["TopK"], output: .plain, multipleOutputs: true, lower: topK),
     ]
+
+    /// TopK of floats along an axis: each slice's elements sorted by one integer key per
+    /// element (the value's order in its high half, largest first when asked, the index in
+    /// the low half: ties go to the lower index, as in the reference; NaN last). k comes
+    /// from the attribute or a constant, or from a computed input that must equal the
+    /// planned k when the layer runs.
+    static func topK(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = l.value(0), v.dataType == .float, !v.shape.isEmpty, l.layer.outputs.count == 2, !l.layer.outputs.contains(""),
+              let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", -1), rank: v.shape.count),
+              let (vt, shape) = try? l.outputType(0), vt == .float, let (it, indexShape) = try? l.outputType(1), it == .int64, indexShape == shape,
+              shape.count == v.shape.count else { return nil }
+        let k = shape[axis], n = v.shape[axis]
+        guard k <= n, n < 1 << 31, (0..<shape.count).allSatisfy({ $0 == axis || shape[$0] == v.shape[$0] }) else { return nil }
+        var kValue: PlanValue?
+        if l.layer.opset >= 10 {
+            if let c = l.constant(1) {
+                guard c.count == 1, Int(c.int64s[0]) == k else { return nil }
+            } else {
+                guard let kv = l.value(1), kv.dataType == .int64, kv.count == 1 else { return nil }
+                kValue = try l.plan.plain(kv)
+            }
+        } else {
+            guard try l.attributes.int("k") == k else { return nil }
+        }
+        let largest = try l.attributes.int("largest", 1) != 0, name = l.layer.name, kName = l.layer.inputs.count > 1 ? l.layer.inputs[1] : ""
+        let outer = v.shape[..<axis].reduce(1, *), inner = v.shape[(axis + 1)...].reduce(1, *)
+        let x = try l.plan.plain(v)
+        let values = l.plan.newValue(l.layer.outputs[0], .float, shape), indices = l.plan.newValue(l.layer.outputs[1], .int64, shape)
+        let keys = UnsafeMutableBufferPointer(start: l.plan.ownedInts(n), count: n)
+        l.plan.steps.append(SwiftStep(layer: name, reads: [x] + [kValue].compactMap { $0 }, writes: [values, indices]) { p in
+            if let kValue {
+                let runtime = Int(p.address(kValue).load(as: Int64.self))
+                guard runtime == k else { throw PlanMismatch(layer: name, value: kName, planned: [k], actual: [runtime]) }
+            }
+            var keys = keys
+            let source = p.address(x).assumingMemoryBound(to: Float.self)
+            let outValues = p.address(values).assumingMemoryBound(to: Float.self), outIndices = p.address(indices).assumingMemoryBound(to: Int64.self)
+            for o in 0..<outer {
+                for i in 0..<inner {
+                    for j in 0..<n {
+                        let value = source[(o * n + j) * inner + i]
+                        let bits = (value == 0 ? 0 : value).bitPattern
+                        var order = bits >> 31 == 1 ? ~bits : bits | 1 << 31
+                        if largest { order = ~order }
+                        if value.isNaN { order = .max }
+                        // Unsigned (order, index) as a signed integer that sorts the same way.
+                        keys[j] = Int(bitPattern: UInt(order) << 32 | UInt(j)) ^ Int.min
+                    }
+                    keys.sort()
+                    for j in 0..<k {
+                        let index = Int(UInt(bitPattern: keys[j] ^ Int.min) & 0xFFFF_FFFF)
+                        outValues[(o * k + j) * inner + i] = source[(o * n + index) * inner + i]
+                        outIndices[(o * k + j) * inner + i] = Int64(index)
+                    }
+                }
+            }
+        })
+        return l.decided(.topK)
+    }
 
     /// Index `k` of an int64 or int32 index tensor, made non-negative against `bound`; throws
     /// naming the layer when it lies outside [-bound, bound).

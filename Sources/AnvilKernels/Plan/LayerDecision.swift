@@ -207,6 +207,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case gatherND = 44
     case gatherElements = 45
     case cumulativeSum = 46
+    /// TopK of floats.
+    case topK = 47
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -215,7 +217,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
              .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme,
-             .roiAlign, .dynamicQuantize, .lstm, .gatherND, .gatherElements, .cumulativeSum: .swift
+             .roiAlign, .dynamicQuantize, .lstm, .gatherND, .gatherElements, .cumulativeSum, .topK: .swift
         default: .onednn
         }
     }
@@ -268,6 +270,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .gatherND: "gather nd"
         case .gatherElements: "gather elements"
         case .cumulativeSum: "cumulative sum"
+        case .topK: "top k"
         }
     }
 }
