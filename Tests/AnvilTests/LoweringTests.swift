@@ -633,6 +633,13 @@ extension LoweringTests {
                           initializers: opset < 10 ? [] : [("k", try Tensor(int64s: [Int64(k)], shape: [1]))])
             try check(g, ["x": values], kind: .topK, opset: opset, "TopK trial \(trial) axis \(axis) k \(k)")
         }
+        // Expand of a constant (a class token) to a shape computed from an input.
+        let expand = Graph(name: "expand", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [2, 3]))],
+                           outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                           nodes: [Node(name: "shape", opType: "Shape", inputs: ["x"], outputs: ["s"]),
+                                   Node(name: "test", opType: "Expand", inputs: ["token", "s"], outputs: ["y"])],
+                           initializers: [("token", try Tensor(floats: [1, 2, 3], shape: [1, 3]))])
+        try check(expand, ["x": try random([2, 3], &rng)], kind: .expand, "Expand of a constant")
         // An index out of range, only known when the layer runs.
         let g = Graph(name: "gather", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [3, 2])), ValueInfo(name: "i", type: TensorType(.int64, shape: [2, 1]))],
                       outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],

@@ -100,7 +100,7 @@ enum ShapeKernelLowering {
 
     /// Expand: a broadcast copy to the planned shape; a computed target is checked at run time.
     static func expand(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let v = l.value(0), v.dataType != .string, let target = try l.operand(1), isInteger(target.dataType),
+        guard let v = try l.operand(0), v.dataType != .string, let target = try l.operand(1), isInteger(target.dataType),
               let (t, shape) = try? l.outputType(), t == v.dataType, let walk = SwiftElementwise.Broadcast([v.shape], to: shape) else { return nil }
         let x = try l.plan.plain(v), size = t.byteSize, name = l.layer.name, output = l.layer.outputs[0]
         let out = l.plan.newValue(l.layer.outputs[0], t, shape)
