@@ -640,6 +640,16 @@ extension LoweringTests {
                                    Node(name: "test", opType: "Expand", inputs: ["token", "s"], outputs: ["y"])],
                            initializers: [("token", try Tensor(floats: [1, 2, 3], shape: [1, 3]))])
         try check(expand, ["x": try random([2, 3], &rng)], kind: .expand, "Expand of a constant")
+        // A float Range from a computed limit (a detector's grid): [0.5, 1.5, …] up to the width.
+        let range = Graph(name: "range", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [2, 7]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                          nodes: [Node(name: "shape", opType: "Shape", inputs: ["x"], outputs: ["s"]),
+                                  Node(name: "width", opType: "Gather", inputs: ["s", "one"], outputs: ["w"], attributes: ["axis": .int(0)]),
+                                  Node(name: "cast", opType: "Cast", inputs: ["w"], outputs: ["limit"], attributes: ["to": .int(1)]),
+                                  Node(name: "test", opType: "Range", inputs: ["start", "limit", "step"], outputs: ["y"])],
+                          initializers: [("one", try Tensor(int64s: [1], shape: [])), ("start", try Tensor(floats: [0.5], shape: [])),
+                                         ("step", try Tensor(floats: [0.75], shape: []))])
+        try check(range, ["x": try random([2, 7], &rng)], kind: .range, "float Range")
         // An index out of range, only known when the layer runs.
         let g = Graph(name: "gather", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [3, 2])), ValueInfo(name: "i", type: TensorType(.int64, shape: [2, 1]))],
                       outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],

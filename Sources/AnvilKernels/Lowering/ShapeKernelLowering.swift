@@ -52,10 +52,21 @@ enum ShapeKernelLowering {
     /// Range(start, limit, delta) of integers, its length checked against the plan at run time.
     static func range(_ l: LayerLowering) throws -> LayerDecision? {
         guard let start = try l.operand(0), let limit = try l.operand(1), let delta = try l.operand(2),
-              [start, limit, delta].allSatisfy({ isInteger($0.dataType) && $0.count == 1 && $0.dataType == start.dataType }),
+              [start, limit, delta].allSatisfy({ (isInteger($0.dataType) || $0.dataType == .float) && $0.count == 1 && $0.dataType == start.dataType }),
               let (t, outShape) = try? l.outputType(), t == start.dataType, outShape.count == 1 else { return nil }
         let out = l.plan.newValue(l.layer.outputs[0], t, outShape), name = l.layer.name, output = l.layer.outputs[0]
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [start, limit, delta], writes: [out]) { p in
+            if t == .float {
+                // As the reference: the count and every value computed in Double from the Float operands.
+                func value(_ v: PlanValue) -> Double { Double(p.address(v).load(as: Float.self)) }
+                let s = value(start), e = value(limit), d = value(delta)
+                guard d != 0 else { throw AnvilError.invalidNode(node: name, op: "Range", reason: "delta is 0") }
+                let q = (e - s) / d, count = max(0, Int(q) + (q.rounded(.up) > Double(Int(q)) ? 1 : 0))
+                guard count == outShape[0] else { throw PlanMismatch(layer: name, value: output, planned: outShape, actual: [count]) }
+                let target = p.address(out).assumingMemoryBound(to: Float.self)
+                for i in 0..<count { target[i] = Float(s + Double(i) * d) }
+                return
+            }
             let s = ints(start, p)[0], e = ints(limit, p)[0], d = ints(delta, p)[0]
             guard d != 0 else { throw AnvilError.invalidNode(node: name, op: "Range", reason: "delta is 0") }
             let count = max(0, (e - s + d + (d > 0 ? -1 : 1)) / d)
