@@ -650,6 +650,13 @@ extension LoweringTests {
                           initializers: [("one", try Tensor(int64s: [1], shape: [])), ("start", try Tensor(floats: [0.5], shape: [])),
                                          ("step", try Tensor(floats: [0.75], shape: []))])
         try check(range, ["x": try random([2, 7], &rng)], kind: .range, "float Range")
+        // Linear Resize to sizes computed at run time (a segmentation head back to the input's size).
+        let resize = Graph(name: "resize", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 3, 4, 6])),
+                                                    ValueInfo(name: "image", type: TensorType(.float, shape: [1, 3, 9, 14]))],
+                           outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                           nodes: [Node(name: "shape", opType: "Shape", inputs: ["image"], outputs: ["sizes"]),
+                                   Node(name: "test", opType: "Resize", inputs: ["x", "", "", "sizes"], outputs: ["y"], attributes: ["mode": .string("linear")])])
+        try check(resize, ["x": try random([1, 3, 4, 6], &rng), "image": try random([1, 3, 9, 14], &rng)], kind: .resize, exact: false, "Resize to computed sizes")
         // An index out of range, only known when the layer runs.
         let g = Graph(name: "gather", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [3, 2])), ValueInfo(name: "i", type: TensorType(.int64, shape: [2, 1]))],
                       outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],

@@ -77,7 +77,15 @@ enum MovementLowering {
             guard transform == "half_pixel" || (transform == "pytorch_half_pixel" && outShape[2...].allSatisfy({ $0 > 1 })) else { return nil }
             // ONNX maps coordinates with the given scales, oneDNN with the ratio of sizes:
             // the same only where the sizes are given, or the scales are exactly that ratio.
-            if !(l.present(3) && l.isConstant(3)) {
+            if l.present(3), !l.isConstant(3) {
+                // Sizes computed at run time (a dynamic export's Shape → Concat): those the plan was made for, checked when it runs.
+                guard let sizes = l.value(3), sizes.dataType == .int64, sizes.count == x.shape.count, try a.ints("axes") == nil else { return nil }
+                let values = try l.plan.plain(sizes), name = l.layer.name, output = l.layer.outputs[0]
+                l.plan.steps.append(SwiftStep(layer: name, reads: [values], writes: []) { p in
+                    let given = (0..<outShape.count).map { Int(p.address(values).load(fromByteOffset: 8 * $0, as: Int64.self)) }
+                    guard given == outShape else { throw PlanMismatch(layer: name, value: output, planned: outShape, actual: given) }
+                })
+            } else if !l.present(3) {
                 guard l.present(2), let scales = l.constant(2), scales.count == x.shape.count else { return nil }
                 for d in 2..<x.shape.count where Float(scales.double(at: d)) != Float(outShape[d]) / Float(x.shape[d]) { return nil }
             }
