@@ -657,6 +657,14 @@ extension LoweringTests {
                            nodes: [Node(name: "shape", opType: "Shape", inputs: ["image"], outputs: ["sizes"]),
                                    Node(name: "test", opType: "Resize", inputs: ["x", "", "", "sizes"], outputs: ["y"], attributes: ["mode": .string("linear")])])
         try check(resize, ["x": try random([1, 3, 4, 6], &rng), "image": try random([1, 3, 9, 14], &rng)], kind: .resize, exact: false, "Resize to computed sizes")
+        // Abs, Neg, Sign and Relu of int64 and int32, the most negative value included.
+        for (op, type) in [("Abs", DataType.int64), ("Neg", .int32), ("Sign", .int64), ("Relu", .int32)] {
+            let extreme: Int64 = type == .int64 ? .min : Int64(Int32.min)
+            let values = try Tensor(type, shape: [2, 4], int64s: [extreme, -7, -1, 0, 1, 5, 9, -3])
+            let unary = Graph(name: op, inputs: [ValueInfo(name: "x", type: TensorType(type, shape: [2, 4]))], outputs: [ValueInfo(name: "y", type: TensorType(type, nil))],
+                              nodes: [Node(name: "test", opType: op, inputs: ["x"], outputs: ["y"])])
+            try check(unary, ["x": values], kind: .integerArithmetic, "\(op) of \(type)")
+        }
         // An index out of range, only known when the layer runs.
         let g = Graph(name: "gather", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [3, 2])), ValueInfo(name: "i", type: TensorType(.int64, shape: [2, 1]))],
                       outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],

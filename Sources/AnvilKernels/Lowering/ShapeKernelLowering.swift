@@ -21,6 +21,7 @@ enum ShapeKernelLowering {
     /// Rows tried after the float kernels for the same ops.
     static let fallbacks = [
         LoweringEntry(kind: .integerArithmetic, ops: ["Add", "Sub", "Mul", "Div", "Max", "Min"], output: .plain, lower: integerArithmetic),
+        LoweringEntry(kind: .integerArithmetic, ops: ["Abs", "Neg", "Sign", "Relu"], output: .plain, lower: integerUnary),
         LoweringEntry(kind: .dynamicSlice, ops: ["Slice"], output: .plain, lower: dynamicSlice),
         LoweringEntry(kind: .swiftConcat, ops: ["Concat"], output: .plain, lower: concat),
     ]
@@ -105,6 +106,29 @@ enum ShapeKernelLowering {
         let out = l.plan.newValue(l.layer.outputs[0], t, shape)
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [a, b], writes: [out]) { p in
             SwiftElementwise.integerArithmetic(op, p.address(a), p.address(b), type: t, walk, into: p.address(out))
+        })
+        return l.decided(.integerArithmetic)
+    }
+
+    /// Abs, Neg, Sign and Relu of integers (T5's relative position buckets), wrapping as the
+    /// reference does (Abs and Neg of the most negative value give it back).
+    static func integerUnary(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let v = try l.operand(0), [.int8, .int32, .int64].contains(v.dataType), let (t, shape) = try? l.outputType(), t == v.dataType, shape == v.shape else { return nil }
+        let x = try l.plan.plain(v), op = l.layer.opType, count = v.count
+        let out = l.plan.newValue(l.layer.outputs[0], t, shape)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            let source = UnsafeRawPointer(p.address(x)), target = p.address(out)
+            for i in 0..<count {
+                let a = SwiftElementwise.integer(source, i, t)
+                let r: Int64
+                switch op {
+                case "Abs": r = a == .min ? a : Swift.abs(a)
+                case "Neg": r = 0 &- a
+                case "Sign": r = a.signum()
+                default: r = Swift.max(a, 0)
+                }
+                SwiftElementwise.store(r, target, i, t)
+            }
         })
         return l.decided(.integerArithmetic)
     }
