@@ -329,7 +329,7 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
     /// order, by `values`' blocks (`values` of the same element type, `positions.count · block`
     /// elements; the caller checked the positions).
     public func replacing(blocksAt positions: [Int], block: Int, with values: Tensor) throws -> Tensor {
-        guard values.dataType == dataType, values.count == positions.count * block else {
+        guard values.dataType == dataType, values.count == positions.count * block, positions.allSatisfy({ $0 >= 0 && $0 + block <= count }) else {
             throw AnvilError.invalidTensor(name: "", reason: "\(values.dataType)\(values.shape) cannot fill \(positions.count) blocks of \(block) \(dataType) elements")
         }
         return try transformed(Put(positions: positions, block: block, values: values.elementArray), shape: shape)

@@ -147,10 +147,12 @@ public struct PipelineRunner {
                     declared.append(ValueInfo(name: name, type: type ?? facts[name]?.type ?? graph.valueTypes[name] ?? TensorType(nil, nil)))
                 }
             }
-            let outerNames = Set(declared.map(\.name))
-            body.inputs += declared
+            // The body's own inputs keep only their element types while it is optimized: a Loop's
+            // carried values may change shape between iterations whatever the body declares.
+            let own = body.inputs
+            body.inputs = own.map { ValueInfo(name: $0.name, type: TensorType($0.type.elementType, nil)) } + declared
             let bodyModel = Model(graph: body, opsets: model.opsets, irVersion: model.irVersion)
-            defer { body.inputs.removeAll { outerNames.contains($0.name) } }
+            defer { body.inputs = own }
             let bodyContext = try runner.run(bodyModel)
             for o in bodyModel.opsets where model.opsetVersion(domain: o.domain) == nil { model.opsets.append(o) }
             for (pass, counts) in bodyContext.statistics {

@@ -88,7 +88,8 @@ public final class Engine: @unchecked Sendable {
         let constants = ConstantStore(chaining: sub.constants, to: graph.constants)
         let declared = Set(sub.inputs.map(\.name))
         let outer = GraphInterpreter<EngineGraph>.outerReferences(sub).filter { !constants.contains($0) && !declared.contains($0) }.sorted()
-        let inputs = sub.inputs + outer.map { ($0, TensorType(graph.valueTypes[$0]?.elementType, nil)) }
+        // Element types only: a Loop's carried values may change shape from iteration to iteration.
+        let inputs = sub.inputs.map { ($0.name, TensorType($0.type.elementType, nil)) } + outer.map { ($0, TensorType(graph.valueTypes[$0]?.elementType, nil)) }
         let bodyGraph = EngineGraph(name: sub.name, inputs: inputs, outputs: sub.outputs, constants: constants, layers: sub.layers)
         let made = try Engine(graph: bodyGraph, producer: producer, requiredFeatures: requiredFeatures, profile: ShapeProfile(), memoryPlan: nil,
                               name: sub.name, dnnl: dnnl, kernels: SharedKernels())

@@ -168,6 +168,14 @@ public final class ExecutionContext {
                 (lastPlan, lastPartial, lastGuarded) = (plan, nil, false)
                 return zip(names, try plan.run(inputs, stream: try currentStream(), profile: profile)).map { ($0, $1) }
             } catch let mismatch as PlanMismatch {
+                if case .specialized = planned {
+                    // The inlined branches met shapes other than planned: plan these shapes unspecialized.
+                    plans.removeValue(forKey: shapes)
+                    planOrder.removeAll { $0 == shapes }
+                    unspecialized.insert(shapes)
+                    if lastPlan === plan { (lastPlan, lastPartial) = (nil, nil) }
+                    return try run(inputs)
+                }
                 // A shape that depends on the data: these shapes run on the interpreter from now on.
                 planFailure = mismatch.description
                 remember(shapes, nil)
@@ -307,10 +315,16 @@ public final class ExecutionContext {
     /// shapes (`Specialization`), when it has such Ifs and the result can be planned whole;
     /// the types come from one more run of the specialized graph on the interpreter.
     private func specializedPlan(_ inputs: [String: Tensor]) throws -> Planned? {
-        guard let specialization = try Specialization.make(engine, inputs: inputs) else { return nil }
+        // The interpreter runs of specialization use the fast kernels (inlined layers' weights from the specialized graph's constants).
+        let fast: Specialization.FastKernels = { layer, context, constants in
+            guard let kernel = try self.fastLayer(layer, context, constants: constants) else { return nil }
+            return [try kernel.run(context, stream: try self.currentStream())]
+        }
+        guard let specialization = try Specialization.make(engine, inputs: inputs, fast: fast) else { return nil }
         let graph = specialization.graph
         var types: [String: (DataType, [Int])] = [:]
         var interpreter = GraphInterpreter<EngineGraph> { $0.opset }
+        interpreter.evaluateFast = { layer, depth, context in depth == 0 ? try fast(layer, context, graph.constants) : nil }
         interpreter.observe = { name, value, depth in if depth == 0 { types[name] = (value.dataType, value.shape) } }
         _ = try interpreter.run(graph, inputs: inputs)
         for (name, t) in inputs { types[name] = (t.dataType, t.shape) }
@@ -417,12 +431,12 @@ public final class ExecutionContext {
     }
 
     /// The layer's fast kernel for this input shape: reused, or created on first sight.
-    func fastLayer(_ layer: Layer, _ context: EvalContext) throws -> FastLayer? {
+    func fastLayer(_ layer: Layer, _ context: EvalContext, constants: ConstantStore? = nil) throws -> FastLayer? {
         guard let x = context.optionalInput(0), x.dataType == .float else { return nil }
         if let existing = fastLayers[layer.name], existing.inputShape == x.shape { return existing }
         let key = "\(layer.name)|\(x.shape)"
         guard !withoutFastLayer.contains(key) else { return nil }
-        guard let created = try FastLayer.make(layer, constants: engine.graph.constants, inputShape: x.shape, engine: engine.dnnl) else {
+        guard let created = try FastLayer.make(layer, constants: constants ?? engine.graph.constants, inputShape: x.shape, engine: engine.dnnl) else {
             withoutFastLayer.insert(key)
             return nil
         }

@@ -28,7 +28,8 @@ struct Specialization {
         "Resize": [1, 2, 3], "Upsample": [1], "Pad": [1, 3], "TopK": [1], "OneHot": [1], "Squeeze": [1], "Unsqueeze": [1],
         "Split": [1], "ReduceSum": [1], "ReduceMean": [1], "ReduceMax": [1], "ReduceMin": [1], "ReduceProd": [1], "ReduceL1": [1],
         "ReduceL2": [1], "ReduceLogSum": [1], "ReduceLogSumExp": [1], "ReduceSumSquare": [1], "CenterCropPad": [1], "Col2Im": [1, 2],
-        "DFT": [1, 2], "STFT": [1, 2, 3], "MaxUnpool": [2], "AffineGrid": [1],
+        "DFT": [1, 2], "STFT": [1, 2, 3], "MaxUnpool": [2], "AffineGrid": [1], "HannWindow": [0], "HammingWindow": [0],
+        "BlackmanWindow": [0], "MelWeightMatrix": [0, 1, 2], "SplitToSequence": [1], "EyeLike": [], "RandomNormalLike": [],
     ]
     /// Ops whose outputs' shapes depend on the data itself, or that hold subgraphs.
     static let dataShaped: Set<String> = ["NonZero", "NonMaxSuppression", "Unique", "Compress", "If", "Loop", "Scan", "StringSplit", "StringNormalizer"]
@@ -70,7 +71,11 @@ struct Specialization {
     /// `engine`'s graph for inputs like `inputs`, its shape-conditioned Ifs inlined (up to
     /// eight rounds, for Ifs inside inlined branches); nil when it has none. Each round runs
     /// the graph once on the interpreter to see the conditions.
-    static func make(_ engine: Engine, inputs: [String: Tensor]) throws -> Specialization? {
+    /// A context's oneDNN kernels for the interpreter's runs: results of a top-level layer
+    /// whose weights are in the given constants, nil for the reference kernel.
+    typealias FastKernels = (Layer, EvalContext, ConstantStore) throws -> [Tensor]?
+
+    static func make(_ engine: Engine, inputs: [String: Tensor], fast: FastKernels? = nil) throws -> Specialization? {
         let original = engine.graph
         var graph = original
         var guards: [(name: String, value: Bool)] = []
@@ -83,6 +88,8 @@ struct Specialization {
             var seen: [String: Tensor] = [:]
             var interpreter = GraphInterpreter<EngineGraph> { $0.opset }
             interpreter.observe = { name, value, depth in if depth == 0, conditions.contains(name) { seen[name] = value } }
+            let store = graph.constants
+            if let fast { interpreter.evaluateFast = { layer, depth, context in depth == 0 ? try fast(layer, context, store) : nil } }
             _ = try interpreter.run(graph, inputs: inputs)
             var taken: [String: Bool] = [:]
             for layer in ifs {
@@ -115,10 +122,18 @@ struct Specialization {
                 continue
             }
             let defined = branch.layers.flatMap(\.outputs).filter { !$0.isEmpty }
-            guard !defined.contains(where: used.contains), Set(defined).count == defined.count else {
+            // The branch's constants join the graph's: one of a name the graph already uses must
+            // be the very same constant (a small one the optimizer copied into the branch).
+            let clashing = branch.constants.names.contains { name in
+                guard used.contains(name) else { return false }
+                guard let mine = try? branch.constants.tensor(name), mine.count <= 4096, let theirs = try? constants.tensor(name) else { return true }
+                return mine != theirs
+            }
+            guard !clashing, !defined.contains(where: used.contains), Set(defined).count == defined.count else {
                 layers.append(layer)
                 continue
             }
+            used.formUnion(branch.constants.names)
             let branchName = then ? "then" : "else"
             for var inner in branch.layers {
                 inner.name = "\(layer.name)|\(branchName)|\(inner.name)"

@@ -156,13 +156,45 @@ final class ControlFlowTests: XCTestCase {
         }
     }
 
+    /// Two Ifs on the same shape condition whose then-branches hold different constants of
+    /// one name ("w", as two ONNX scopes may): the second is not inlined over the first's.
+    func testInlinedBranchesKeepTheirOwnConstants() throws {
+        var rng = SeededGenerator(seed: 16)
+        func branch(_ scale: Float, _ output: String) throws -> (Graph, Graph) {
+            (Graph(name: "then", outputs: [ValueInfo(name: output, type: TensorType(.float, nil))],
+                   nodes: [Node(name: "scale", opType: "Mul", inputs: ["x", "w"], outputs: [output])],
+                   initializers: [("w", try Tensor(floats: [scale, scale, scale, scale], shape: [4]))]),
+             Graph(name: "else", outputs: [ValueInfo(name: output + "_e", type: TensorType(.float, nil))],
+                   nodes: [Node(name: "same", opType: "Identity", inputs: ["x"], outputs: [output + "_e"])]))
+        }
+        let (then1, else1) = try branch(2, "t1"), (then2, else2) = try branch(3, "t2")
+        let g = Graph(name: "two", inputs: [ValueInfo(name: "x", type: TensorType(.float, [.symbol("n"), .known(4)]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "shape", opType: "Shape", inputs: ["x"], outputs: ["s"]),
+                              Node(name: "rows", opType: "Gather", inputs: ["s", "zero"], outputs: ["n"], attributes: ["axis": .int(0)]),
+                              Node(name: "equal", opType: "Equal", inputs: ["n", "one"], outputs: ["cond"]),
+                              Node(name: "if1", opType: "If", inputs: ["cond"], outputs: ["a"], attributes: ["then_branch": .graph(then1), "else_branch": .graph(else1)]),
+                              Node(name: "if2", opType: "If", inputs: ["cond"], outputs: ["b"], attributes: ["then_branch": .graph(then2), "else_branch": .graph(else2)]),
+                              Node(name: "sum", opType: "Add", inputs: ["a", "b"], outputs: ["y"])],
+                      initializers: [("zero", try Tensor(int64s: [0], shape: [])), ("one", try Tensor(int64s: [1], shape: []))])
+        let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let context = ExecutionContext(engine: try Engine(file: try EngineBuilder().build(model, name: "two").file, name: "two.anvil"))
+        for trial in 0..<4 {
+            let x = try random([trial % 2 == 0 ? 1 : 2, 4], &rng)
+            let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value
+            let c = Comparison.compare(actual: try context.run(["x": x])[0].value, expected: expected, atol: 1e-6, rtol: 1e-6)
+            XCTAssertTrue(c.passed, "trial \(trial): \(c)")
+        }
+    }
+
     /// sum = Loop(n) { acc + x }: a body whose shapes stay the same is planned after its
     /// second iteration; grown = Loop(n) { Concat(acc, x) }: one whose shapes grow every
     /// iteration keeps running on the interpreter once its plans keep being evicted.
     func loopModel(growing: Bool) -> Model {
         let body = Graph(name: "body",
                          inputs: [ValueInfo(name: "i", type: TensorType(.int64, shape: [])), ValueInfo(name: "keep", type: TensorType(.bool, shape: [])),
-                                  ValueInfo(name: "acc", type: TensorType(.float, nil))],
+                                  // Declared with the first iteration's shape, as exporters write it (the growing loop outgrows it).
+                                  ValueInfo(name: "acc", type: TensorType(.float, shape: [2, 3]))],
                          outputs: [ValueInfo(name: "keep_out", type: TensorType(.bool, shape: [])), ValueInfo(name: "acc_out", type: TensorType(.float, nil))],
                          nodes: [
                             Node(name: "keep", opType: "Identity", inputs: ["keep"], outputs: ["keep_out"]),

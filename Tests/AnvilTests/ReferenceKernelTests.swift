@@ -135,6 +135,13 @@ final class ReferenceKernelTests: XCTestCase {
         let replaced = try Tensor(floats: [0, 1, 2, 3, 4, 5], shape: [2, 3]).replacing(blocksAt: [4, 0], block: 2, with: try Tensor(floats: [9, 8, 7, 6], shape: [4]))
         XCTAssertEqual(replaced.floats, [7, 6, 2, 3, 9, 8])
         XCTAssertThrowsError(try Tensor(floats: [0, 1], shape: [2]).replacing(blocksAt: [0], block: 1, with: try Tensor(int64s: [1], shape: [1])))
+        XCTAssertThrowsError(try Tensor(floats: [0, 1], shape: [2]).replacing(blocksAt: [1], block: 2, with: try Tensor(floats: [1, 2], shape: [2])), "a block past the end")
+        // ScatterElements whose indices do not fit the data (larger off the axis, another rank) is refused.
+        let data = try Tensor(floats: [0, 0, 0, 0], shape: [2, 2])
+        XCTAssertThrowsError(try Movement.scatterElements(data, indices: try Tensor(int64s: [0, 0, 0, 0, 0, 0], shape: [3, 2]),
+                                                         updates: try Tensor(floats: [1, 2, 3, 4, 5, 6], shape: [3, 2]), axis: 1, reduction: "none"))
+        XCTAssertThrowsError(try Movement.scatterElements(data, indices: try Tensor(int64s: [0, 0, 0, 0, 0], shape: [5]),
+                                                         updates: try Tensor(floats: [1, 2, 3, 4, 5], shape: [5]), axis: 0, reduction: "none"))
     }
 
     func testWindowGeometryAutoPadAndCeilMode() throws {

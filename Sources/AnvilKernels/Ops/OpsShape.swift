@@ -215,6 +215,7 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
         let start = try ctx.input(0), limit = try ctx.input(1), delta = try ctx.input(2)
         let s = start.double(at: 0), l = limit.double(at: 0), d = delta.double(at: 0)
         guard d != 0 else { throw ctx.fail("delta is 0") }
+        guard ((l - s) / d).isFinite, Swift.abs((l - s) / d) < Double(1 << 31) else { throw ctx.fail("(limit - start) / delta is \((l - s) / d)") }
         let count = max(0, Int((l - s) / d) + (((l - s) / d).rounded(.up) > Double(Int((l - s) / d)) ? 1 : 0))
         guard count <= 1 << 31 else { throw ctx.fail("range of \(count) elements is too large") }
         if start.dataType.isInteger {

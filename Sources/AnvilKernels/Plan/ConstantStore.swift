@@ -22,8 +22,10 @@ public final class ConstantStore: @unchecked Sendable {
     /// The constants' names (with an enclosing scope's, for a chained store).
     public let names: [String]
     private let entries: [String: Entry]
-    /// The enclosing scope's constants, looked up after this store's own (a control-flow
+    /// For a chained store: the store whose constants come first (its decoded tensors shared,
+    /// not decoded again) and the enclosing scope's, looked up after them (a control-flow
     /// body planned on its own sees the constants of the graphs around it).
+    private let local: ConstantStore?
     private let parent: ConstantStore?
     private let packedByName: [String: [PackedWeights]]
     /// Keeps the memory the sources point into alive (an engine file's mapping).
@@ -69,28 +71,38 @@ public final class ConstantStore: @unchecked Sendable {
         self.entries = entries
         self.packedByName = byName
         self.owner = owner
+        self.local = nil
         self.parent = nil
     }
 
-    /// `local`'s constants, then `parent`'s (and its parents') for names `local` lacks.
+    /// `local`'s constants, then `parent`'s (and its parents') for names `local` lacks; both
+    /// stores are consulted, nothing is copied or decoded again.
     public init(chaining local: ConstantStore, to parent: ConstantStore) {
-        entries = local.entries
-        packedByName = local.packedByName
-        owner = local.owner
+        entries = [:]
+        packedByName = [:]
+        owner = nil
+        self.local = local
         self.parent = parent
         let own = Set(local.names)
         names = local.names + parent.names.filter { !own.contains($0) }
     }
 
-    public var count: Int { names.count }
-    public func contains(_ name: String) -> Bool { entries[name] != nil || parent?.contains(name) == true }
-    public func type(of name: String) -> (DataType, [Int])? { entries[name].map { ($0.type, $0.shape) } ?? parent?.type(of: name) }
+    /// The store holding `name` for a chained store (nil: look in this store's own entries).
+    private func holder(_ name: String) -> ConstantStore? {
+        guard let local, let parent else { return nil }
+        return local.contains(name) ? local : parent
+    }
 
-    /// Every prepacked weight the store holds (its own, not an enclosing scope's).
-    public var packed: [PackedWeights] { names.flatMap { packedByName[$0] ?? [] } }
+    public var count: Int { names.count }
+    public func contains(_ name: String) -> Bool { holder(name)?.contains(name) ?? (entries[name] != nil) }
+    public func type(of name: String) -> (DataType, [Int])? { holder(name).map { $0.type(of: name) } ?? entries[name].map { ($0.type, $0.shape) } }
+
+    /// Every prepacked weight the store holds (its own, or a chained store's first one's).
+    public var packed: [PackedWeights] { local?.packed ?? names.flatMap { packedByName[$0] ?? [] } }
     /// Whether the constant's plain values are absent (only prepacked).
     public func isPackedOnly(_ name: String) -> Bool {
-        guard let e = entries[name] else { return parent?.isPackedOnly(name) ?? false }
+        if let holder = holder(name) { return holder.isPackedOnly(name) }
+        guard let e = entries[name] else { return false }
         if case .packed = e.source { return true }
         return false
     }
@@ -99,7 +111,8 @@ public final class ConstantStore: @unchecked Sendable {
     public subscript(name: String) -> Tensor? { try? tensor(name) }
 
     public func tensor(_ name: String) throws -> Tensor? {
-        guard let e = entries[name] else { return try parent?.tensor(name) }
+        if let holder = holder(name) { return try holder.tensor(name) }
+        guard let e = entries[name] else { return nil }
         if case .tensor(let t) = e.source { return t }
         lock.lock()
         if let t = made[name] { lock.unlock(); return t }
@@ -120,14 +133,16 @@ public final class ConstantStore: @unchecked Sendable {
     /// The constant's little-endian bytes where they stay valid as long as the store
     /// (an engine file's mapping): kernels read them in place. Nil for other sources.
     public func stableBytes(_ name: String) -> UnsafeRawBufferPointer? {
-        guard let e = entries[name] else { return parent?.stableBytes(name) }
+        if let holder = holder(name) { return holder.stableBytes(name) }
+        guard let e = entries[name] else { return nil }
         if case .bytes(let b) = e.source { return b }
         return nil
     }
 
     /// The constant as a oneDNN kernel takes it: shape, prepacked copies, plain values on demand.
     public func weights(_ name: String) -> KernelWeights? {
-        guard let e = entries[name] else { return parent?.weights(name) }
+        if let holder = holder(name) { return holder.weights(name) }
+        guard let e = entries[name] else { return nil }
         return KernelWeights(name: name, dataType: e.type, shape: e.shape, packed: packedByName[name] ?? []) { [self] in
             guard let t = try tensor(name) else { throw AnvilError.invalidTensor(name: name, reason: "no such constant") }
             return t

@@ -73,6 +73,9 @@ public enum Movement {
 
     /// For each element of `indices`, the flat position in `x` it addresses along `axis`.
     static func elementPositions(_ x: Tensor, indices: Tensor, axis: Int, op: String) throws -> [Int] {
+        guard indices.rank == x.rank, (0..<x.rank).allSatisfy({ $0 == axis || indices.shape[$0] <= x.shape[$0] }) else {
+            throw AnvilError.invalidTensor(name: op, reason: "indices \(indices.shape) do not fit data \(x.shape) (the same rank, no larger off axis \(axis))")
+        }
         // The position of every index's own element in x (x's strides over the indices' shape),
         // with the index's coordinate along `axis` replaced by the index.
         var strides = ShapeMath.strides(x.shape)
