@@ -155,12 +155,8 @@ public final class ExecutionContext {
                     let computed = try plan.run(inputs, stream: try currentStream(), profile: profile)
                     let conditions = computed.suffix(guards.count)
                     guard zip(conditions, guards).allSatisfy({ $0.count == 1 && $0.dataType == .bool && $0.bools[0] == $1.value }) else {
-                        // A condition the plan took as fixed by the shapes changed: plan these shapes unspecialized.
-                        plans.removeValue(forKey: shapes)
-                        planOrder.removeAll { $0 == shapes }
-                        unspecialized.insert(shapes)
-                        if lastPlan === plan { (lastPlan, lastPartial) = (nil, nil) }
-                        return try run(inputs)
+                        // A condition the plan took as fixed by the shapes changed.
+                        return try replanUnspecialized(inputs, shapes: shapes, dropping: plan)
                     }
                     (lastPlan, lastPartial, lastGuarded) = (plan, nil, true)
                     return zip(names, computed.prefix(names.count)).map { ($0, $1) }
@@ -169,12 +165,8 @@ public final class ExecutionContext {
                 return zip(names, try plan.run(inputs, stream: try currentStream(), profile: profile)).map { ($0, $1) }
             } catch let mismatch as PlanMismatch {
                 if case .specialized = planned {
-                    // The inlined branches met shapes other than planned: plan these shapes unspecialized.
-                    plans.removeValue(forKey: shapes)
-                    planOrder.removeAll { $0 == shapes }
-                    unspecialized.insert(shapes)
-                    if lastPlan === plan { (lastPlan, lastPartial) = (nil, nil) }
-                    return try run(inputs)
+                    // The inlined branches met shapes other than planned.
+                    return try replanUnspecialized(inputs, shapes: shapes, dropping: plan)
                 }
                 // A shape that depends on the data: these shapes run on the interpreter from now on.
                 planFailure = mismatch.description
@@ -312,8 +304,7 @@ public final class ExecutionContext {
     }
 
     /// The plan of the graph with its shape-conditioned Ifs inlined for these inputs'
-    /// shapes (`Specialization`), when it has such Ifs and the result can be planned whole;
-    /// the types come from one more run of the specialized graph on the interpreter.
+    /// shapes (`Specialization`), when it has such Ifs and the result can be planned whole.
     private func specializedPlan(_ inputs: [String: Tensor]) throws -> Planned? {
         // The interpreter runs of specialization use the fast kernels (inlined layers' weights from the specialized graph's constants).
         let fast: Specialization.FastKernels = { layer, context, constants in
@@ -322,17 +313,21 @@ public final class ExecutionContext {
         }
         guard let specialization = try Specialization.make(engine, inputs: inputs, fast: fast) else { return nil }
         let graph = specialization.graph
-        var types: [String: (DataType, [Int])] = [:]
-        var interpreter = GraphInterpreter<EngineGraph> { $0.opset }
-        interpreter.evaluateFast = { layer, depth, context in depth == 0 ? try fast(layer, context, graph.constants) : nil }
-        interpreter.observe = { name, value, depth in if depth == 0 { types[name] = (value.dataType, value.shape) } }
-        _ = try interpreter.run(graph, inputs: inputs)
-        for (name, t) in inputs { types[name] = (t.dataType, t.shape) }
         let plan = try ExecutionPlan(layers: graph.layers, constants: graph.constants,
                                      inputs: graph.inputs.map { ($0.name, inputs[$0.name]!.dataType, inputs[$0.name]!.shape) },
-                                     outputs: graph.outputs.map(\.name) + specialization.guards.map(\.name), types: types,
+                                     outputs: graph.outputs.map(\.name) + specialization.guards.map(\.name), types: specialization.types,
                                      engine: engine.dnnl, shared: engine.kernels)
         return .specialized(plan, guards: specialization.guards)
+    }
+
+    /// Drops the specialized plan of these shapes and runs them again, planned without
+    /// specialization from now on.
+    private func replanUnspecialized(_ inputs: [String: Tensor], shapes: [[Int]], dropping plan: ExecutionPlan) throws -> [(name: String, value: Tensor)] {
+        plans.removeValue(forKey: shapes)
+        planOrder.removeAll { $0 == shapes }
+        unspecialized.insert(shapes)
+        if lastPlan === plan { (lastPlan, lastPartial) = (nil, nil) }
+        return try run(inputs)
     }
 
     /// Whether the graph holds an If at its top level.

@@ -12,7 +12,8 @@ import AnvilKernels
 /// so such a condition is fixed for it: the context finds the Ifs whose condition is
 /// computed only from constants and the shapes of values whose shapes do not depend on the
 /// data (`shapeDetermined`), runs the graph once to see which branch each takes, inlines
-/// those branches (then again for Ifs inside them) and plans the result. The plan still
+/// those branches (then again for Ifs inside them) and plans the result with the types
+/// one more run observes. The plan still
 /// computes every such condition and the context checks it on each run (`guards`): a
 /// condition that differs from the one planned makes it plan the graph unspecialized.
 struct Specialization {
@@ -21,6 +22,8 @@ struct Specialization {
     let graph: EngineGraph
     /// The conditions the inlined branches assume: value name and the branch taken.
     let guards: [(name: String, value: Bool)]
+    /// Every value's type in the specialized graph for these inputs (observed on its last run).
+    let types: [String: (DataType, [Int])]
 
     /// Ops whose outputs' shapes depend on the values of the inputs at these positions.
     static let valueShaped: [String: [Int]] = [
@@ -68,26 +71,32 @@ struct Specialization {
         return layers.filter { $0.opType == "If" && $0.domain.isEmpty && $0.inputs.first.map(determined.contains) == true }
     }
 
-    /// `engine`'s graph for inputs like `inputs`, its shape-conditioned Ifs inlined (up to
-    /// eight rounds, for Ifs inside inlined branches); nil when it has none. Each round runs
-    /// the graph once on the interpreter to see the conditions.
     /// A context's oneDNN kernels for the interpreter's runs: results of a top-level layer
     /// whose weights are in the given constants, nil for the reference kernel.
     typealias FastKernels = (Layer, EvalContext, ConstantStore) throws -> [Tensor]?
 
+    /// `engine`'s graph for inputs like `inputs`, its shape-conditioned Ifs inlined (up to
+    /// eight rounds, for Ifs inside inlined branches), with its values' types; nil when it
+    /// has none. Each round runs the graph once on the interpreter (with `fast` kernels) to
+    /// see the conditions; the last run, of the final graph, gives the types.
     static func make(_ engine: Engine, inputs: [String: Tensor], fast: FastKernels? = nil) throws -> Specialization? {
         let original = engine.graph
         var graph = original
         var guards: [(name: String, value: Bool)] = []
         let inputNames = original.inputs.map(\.name)
-        for _ in 0..<8 {
-            let ifs = candidates(graph.layers, inputs: inputNames, constants: graph.constants)
-            guard !ifs.isEmpty else { break }
-            // The conditions, from one run of the graph as it stands.
+        for round in 0...8 {
+            let ifs = round < 8 ? candidates(graph.layers, inputs: inputNames, constants: graph.constants) : []
+            if ifs.isEmpty, graph === original { return nil }
+            // One run of the graph as it stands: the conditions to settle, and every value's type.
             let conditions = Set(ifs.map { $0.inputs[0] })
             var seen: [String: Tensor] = [:]
+            var types: [String: (DataType, [Int])] = [:]
             var interpreter = GraphInterpreter<EngineGraph> { $0.opset }
-            interpreter.observe = { name, value, depth in if depth == 0, conditions.contains(name) { seen[name] = value } }
+            interpreter.observe = { name, value, depth in
+                guard depth == 0 else { return }
+                types[name] = (value.dataType, value.shape)
+                if conditions.contains(name) { seen[name] = value }
+            }
             let store = graph.constants
             if let fast { interpreter.evaluateFast = { layer, depth, context in depth == 0 ? try fast(layer, context, store) : nil } }
             _ = try interpreter.run(graph, inputs: inputs)
@@ -97,12 +106,16 @@ struct Specialization {
                 guard let value = try seen[cond] ?? graph.constants.tensor(cond), value.count == 1, value.dataType == .bool else { continue }
                 taken[layer.name] = value.bools[0]
             }
-            guard let next = inline(graph, taken: taken) else { break }
-            guards += ifs.compactMap { layer in taken[layer.name].map { (layer.inputs[0], $0) } }
-            graph = next
+            if !ifs.isEmpty, let next = inline(graph, taken: taken) {
+                guards += ifs.compactMap { layer in taken[layer.name].map { (layer.inputs[0], $0) } }
+                graph = next
+                continue
+            }
+            guard graph !== original else { return nil }
+            for (name, t) in inputs { types[name] = (t.dataType, t.shape) }
+            return Specialization(graph: graph, guards: guards, types: types)
         }
-        guard graph !== original else { return nil }
-        return Specialization(graph: graph, guards: guards)
+        return nil
     }
 
     /// `graph` with each If named in `taken` replaced by the branch it takes; nil when none

@@ -159,7 +159,8 @@ enum IndexingLowering {
         let out = l.plan.newValue(l.layer.outputs[0], type, v.shape)
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
             let source = UnsafeRawPointer(p.address(x)), target = p.address(out)
-            func run<T>(_ element: T.Type, zero: T, add: (T, T) -> T) {
+            /// The running sums of elements T in an accumulator A (Double for floats, as the reference).
+            func run<T, A>(_ zero: A, _ add: (A, T) -> A, _ store: (A) -> T) {
                 let s = source.assumingMemoryBound(to: T.self), t = target.assumingMemoryBound(to: T.self)
                 for o in 0..<outer {
                     for i in 0..<inner {
@@ -167,30 +168,17 @@ enum IndexingLowering {
                         for step in 0..<n {
                             let at = (o * n + (reverse ? n - 1 - step : step)) * inner + i
                             let value = s[at]
-                            if exclusive { t[at] = sum }
+                            if exclusive { t[at] = store(sum) }
                             sum = add(sum, value)
-                            if !exclusive { t[at] = sum }
+                            if !exclusive { t[at] = store(sum) }
                         }
                     }
                 }
             }
             switch type {
-            case .float:
-                let s = source.assumingMemoryBound(to: Float.self), t = target.assumingMemoryBound(to: Float.self)
-                for o in 0..<outer {
-                    for i in 0..<inner {
-                        var sum = 0.0
-                        for step in 0..<n {
-                            let at = (o * n + (reverse ? n - 1 - step : step)) * inner + i
-                            let value = Double(s[at])
-                            if exclusive { t[at] = Float(sum) }
-                            sum += value
-                            if !exclusive { t[at] = Float(sum) }
-                        }
-                    }
-                }
-            case .int32: run(Int32.self, zero: 0, add: { $0 &+ $1 })
-            default: run(Int64.self, zero: 0, add: { $0 &+ $1 })
+            case .float: run(0.0, { $0 + Double($1) }, { Float($0) })
+            case .int32: run(Int32(0), { $0 &+ $1 }, { $0 })
+            default: run(Int64(0), { $0 &+ $1 }, { $0 })
             }
         })
         return l.decided(.cumulativeSum)

@@ -60,11 +60,13 @@ enum ShapeKernelLowering {
             if t == .float {
                 // As the reference: the count and every value computed in Double from the Float operands.
                 func value(_ v: PlanValue) -> Double { Double(p.address(v).load(as: Float.self)) }
-                let s = value(start), e = value(limit), d = value(delta)
-                guard d != 0 else { throw AnvilError.invalidNode(node: name, op: "Range", reason: "delta is 0") }
-                let q = (e - s) / d
-                guard q.isFinite, Swift.abs(q) < Double(1 << 31) else { throw AnvilError.invalidNode(node: name, op: "Range", reason: "(limit - start) / delta is \(q)") }
-                let count = max(0, Int(q) + (q.rounded(.up) > Double(Int(q)) ? 1 : 0))
+                let s = value(start), d = value(delta)
+                let count: Int
+                do {
+                    count = try rangeCount(start: s, limit: value(limit), delta: d)
+                } catch AnvilError.invalidTensor(_, let reason) {
+                    throw AnvilError.invalidNode(node: name, op: "Range", reason: reason)
+                }
                 guard count == outShape[0] else { throw PlanMismatch(layer: name, value: output, planned: outShape, actual: [count]) }
                 let target = p.address(out).assumingMemoryBound(to: Float.self)
                 for i in 0..<count { target[i] = Float(s + Double(i) * d) }

@@ -68,11 +68,7 @@ enum SwiftKernelLowering {
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [t, i], writes: [out]) { p in
             let source = p.address(t), target = p.address(out), index = p.address(i)
             for k in 0..<count {
-                var row = wide ? Int(index.load(fromByteOffset: 8 * k, as: Int64.self)) : Int(index.load(fromByteOffset: 4 * k, as: Int32.self))
-                if row < 0 { row += rows }
-                guard row >= 0, row < rows else {
-                    throw AnvilError.invalidNode(node: name, op: "Gather", reason: "index \(row) is outside [-\(rows), \(rows - 1)]")
-                }
+                let row = try IndexingLowering.index(UnsafeRawPointer(index), k, wide: wide, bound: rows, layer: name, op: "Gather")
                 for o in 0..<outer {
                     (target + (o * count + k) * rowBytes).copyMemory(from: source + (o * rows + row) * rowBytes, byteCount: rowBytes)
                 }

@@ -214,10 +214,7 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
     b.add1("Range") { ctx in
         let start = try ctx.input(0), limit = try ctx.input(1), delta = try ctx.input(2)
         let s = start.double(at: 0), l = limit.double(at: 0), d = delta.double(at: 0)
-        guard d != 0 else { throw ctx.fail("delta is 0") }
-        guard ((l - s) / d).isFinite, Swift.abs((l - s) / d) < Double(1 << 31) else { throw ctx.fail("(limit - start) / delta is \((l - s) / d)") }
-        let count = max(0, Int((l - s) / d) + (((l - s) / d).rounded(.up) > Double(Int((l - s) / d)) ? 1 : 0))
-        guard count <= 1 << 31 else { throw ctx.fail("range of \(count) elements is too large") }
+        let count = try named(ctx) { try rangeCount(start: s, limit: l, delta: d) }
         if start.dataType.isInteger {
             let si = start.int64s[0], di = delta.int64s[0]
             return try Tensor(start.dataType, shape: [count], int64s: (0..<count).map { si + Int64($0) * di })
@@ -364,4 +361,13 @@ func unique(_ ctx: EvalContext) throws -> [Tensor] {
     if flat { y = try y.reshaped([chosen.count]) }
     return [y, try Tensor(int64s: chosen.map { Int64($0) }, shape: [chosen.count]),
             try Tensor(int64s: inverse.map { Int64(rank[$0]) }, shape: [n]), try Tensor(int64s: counts.map { Int64($0) }, shape: [counts.count])]
+}
+
+/// Range's element count: max(ceil((limit − start) / delta), 0), computed in Double; throws
+/// for a zero delta or a count that is not finite or beyond 2^31.
+func rangeCount(start s: Double, limit l: Double, delta d: Double) throws -> Int {
+    guard d != 0 else { throw AnvilError.invalidTensor(name: "Range", reason: "delta is 0") }
+    let q = (l - s) / d
+    guard q.isFinite, Swift.abs(q) < Double(1 << 31) else { throw AnvilError.invalidTensor(name: "Range", reason: "(limit - start) / delta is \(q)") }
+    return max(0, Int(q) + (q.rounded(.up) > Double(Int(q)) ? 1 : 0))
 }
