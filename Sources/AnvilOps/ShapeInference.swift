@@ -79,12 +79,13 @@ public struct ShapeInference {
         guard !equalSymbols.isEmpty else { return facts }
         // Symbols unified along the way name one size: every type says so.
         let union = equalSymbols
-        model.graph.forEachNodeRecursively { _, g in
+        // Each graph once (the main graph and every subgraph), not once per node.
+        var graphs = [model.graph]
+        model.graph.forEachNodeRecursively { node, _ in graphs += node.subgraphs }
+        for g in graphs {
             for (name, t) in g.valueTypes { g.valueTypes[name] = union.normalized(t) }
             for i in g.outputs.indices { g.outputs[i].type = union.normalized(g.outputs[i].type) }
         }
-        for (name, t) in model.graph.valueTypes { model.graph.valueTypes[name] = union.normalized(t) }
-        for i in model.graph.outputs.indices { model.graph.outputs[i].type = union.normalized(model.graph.outputs[i].type) }
         return facts.mapValues { union.normalized($0) }
     }
 
@@ -218,8 +219,12 @@ final class SymbolUnion {
     var isEmpty: Bool { parent.isEmpty }
 
     func find(_ s: String) -> String {
+        guard parent[s] != nil else { return s }
         var r = s
         while let p = parent[r], p != r { r = p }
+        // Path compression: every symbol on the way points at the representative.
+        var c = s
+        while let p = parent[c], p != r { parent[c] = r; c = p }
         return r
     }
 
