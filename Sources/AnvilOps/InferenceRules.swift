@@ -98,6 +98,15 @@ func inferredDimension(input: [Dim], others: [Dim]) -> Dim {
 /// Same type and shape as input 0.
 let sameAsInput: InferenceRule = { ctx in [ctx.input(0).type].map { ValueFacts(type: $0) } }
 
+/// A dimension that is a size (a symbol, or a known value not below zero).
+func isSize(_ d: Dim) -> Bool {
+    switch d {
+    case .symbol: true
+    case .known(let v): v >= 0
+    case .unknown: false
+    }
+}
+
 /// Arithmetic on shape vectors: Add/Sub/Mul/Div of known dims stay exact.
 func propagateArithmetic(_ ctx: InferContext, _ out: TensorType) -> [Dim]? {
     guard let a = ctx.input(0).dims, let b = ctx.input(1).dims, a.count == b.count || a.count == 1 || b.count == 1 else { return nil }
@@ -109,6 +118,11 @@ func propagateArithmetic(_ ctx: InferContext, _ out: TensorType) -> [Dim]? {
             if ctx.node.opType == "Mul", x == .known(1) { return y }
             if ["Add", "Sub"].contains(ctx.node.opType), y == .known(0) { return x }
             if ctx.node.opType == "Div", y == .known(1) { return x }
+            // Sums, products and quotients of sizes are sizes: a symbol of their own lets
+            // a Range or Reshape of them stay named (a mask length computed as numel / batch).
+            if ["Add", "Mul", "Div"].contains(ctx.node.opType), isSize(x), isSize(y), out.elementType?.isInteger == true {
+                return ctx.freshSymbol()
+            }
             return .unknown
         }
         switch ctx.node.opType {
@@ -280,7 +294,16 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         if let at = inferAt, let input {
             out[at] = inferredDimension(input: input, others: out.enumerated().filter { $0.offset != at }.map(\.element))
         }
-        return [facts(element, out)]
+        // The size -1 stands for is one size at run time even when it cannot be named from
+        // the input's: a symbol of its own lets a Shape of the result carry it on (torch's
+        // expand(-1, …) idiom compares it with -1).
+        if let at = inferAt, out[at] == .unknown { out[at] = ctx.freshSymbol() }
+        var result = facts(element, out)
+        // A shape value reshaped to a scalar or vector keeps its elements.
+        if out.count <= 1, let values = ctx.input(0).dims, out.first.map({ $0 == .known(values.count) }) ?? (values.count == 1) {
+            result.dims = values
+        }
+        return [result]
     }
     b.infer(["Transpose"]) { ctx in
         guard let x = ctx.dims(0) else { return [facts(ctx.type(0).elementType, nil)] }
@@ -301,7 +324,10 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
             return [out]
         }
         guard x.allSatisfy({ $0.value != nil }) else { return [facts(element, nil)] }
-        return [facts(element, x.filter { $0 != .known(1) })]
+        var out = facts(element, x.filter { $0 != .known(1) })
+        // A one-element shape vector squeezed to a scalar keeps its size (torch's sym_size).
+        if x == [.known(1)], let d = ctx.input(0).dims { out.dims = d }
+        return [out]
     }
     b.infer(["Unsqueeze"]) { ctx in
         let element = ctx.type(0).elementType

@@ -5,7 +5,7 @@ import AnvilOps
 
 /// Removes nodes that compute their input unchanged: Identity, inference-mode
 /// Dropout, Cast to the same type, shape ops to the same shape, identity and
-/// cancelling Transposes, zero Pad, full Slice, no-op Expand / Tile / Resize,
+/// cancelling Transposes (and those moving only size-1 axes become Reshapes), zero Pad, full Slice, no-op Expand / Tile / Resize,
 /// single-input Concat / Sum / Max / Min / Mean, single-output Split, and
 /// x + 0, x - 0, x · 1, x / 1, x ^ 1.
 public struct EliminateNoOps: Pass {
@@ -65,6 +65,20 @@ public struct EliminateNoOps: Pass {
         let merged = Node(name: node.name, opType: "Transpose", inputs: [inner.inputs[0]], outputs: node.outputs,
                           attributes: ["perm": .ints(composed.map { Int64($0) })], fusedFrom: inner.fusedFrom + node.fusedFrom)
         return Patch(statistic: "Transpose pair merged", remove: [inner, node], add: [merged])
+    },
+    // A Transpose that only moves axes of size 1 keeps the elements in order: a Reshape,
+    // which runs as a view instead of a copy (torch's MultiheadAttention swaps the
+    // batch and sequence axes of a batch of one).
+    RewriteRule("transpose of unit axes", roots: ["Transpose"]) { node, ctx in
+        guard node.domain.isEmpty, let perm = transposePerm(node, ctx), let dims = ctx.type(node.inputs[0]).dims, dims.count == perm.count,
+              perm != Array(perm.indices), let out = ctx.type(node.outputs[0]).dims, out.count == dims.count,
+              out.filter({ $0.value == nil }).count <= 1 else { return nil }
+        let moved = perm.filter { dims[$0] != .known(1) }
+        guard moved == moved.sorted() else { return nil }
+        let target = ctx.graph.freshName("\(node.name)_shape")
+        let shape = try Tensor(int64s: out.map { $0.value.map(Int64.init) ?? -1 }, shape: [out.count])
+        let reshape = Node(name: node.name, opType: "Reshape", inputs: [node.inputs[0], target], outputs: node.outputs, fusedFrom: node.fusedFrom)
+        return Patch(statistic: "Transpose of size-1 axes made a Reshape", remove: [node], add: [reshape], initializers: [(target, shape)])
     },
     RewriteRule("single-output split", roots: ["Split"]) { node, ctx in
         guard node.outputs.count == 1, sameType(ctx.type(node.inputs[0]), ctx.type(node.outputs[0])) else { return nil }

@@ -38,9 +38,64 @@ func fusableProducer(_ value: String, of root: Node, _ ctx: RewriteContext) -> N
 /// MatMul + Add of a constant bias along the last axis → Gemm (2-D input) or FusedMatMul.
 public struct FuseMatMulBias: Pass {
     public let name = "fuse-matmul-bias"
-    public let summary = "MatMul followed by a constant bias Add becomes Gemm (2-D) or one MatMul-with-bias"
+    public let summary = "MatMul followed by a constant bias Add becomes Gemm (2-D) or one MatMul-with-bias; a Gemm between a flattening and an unflattening Reshape becomes a MatMul on the unflattened input"
     public init() {}
-    public func run(_ context: PassContext) throws -> Bool { try RewriteDriver([Self.rule]).run(context) }
+    public func run(_ context: PassContext) throws -> Bool { try RewriteDriver([Self.flattenedGemm, Self.rule]).run(context) }
+
+    /// Reshape(x: [d…, e…] → [·, K]) → Gemm(W, C) → Reshape(→ [d…, N]) with e… making K, as
+    /// PyTorch's linear layers on 3-D input often export (addmm on a view): MatMul(x′, W) + C
+    /// on x′ = x with e… merged (x itself when e… is K alone), so that the bias, a following
+    /// activation and a residual Add fuse into the product, and a head merge before it is seen.
+    static let flattenedGemm = RewriteRule("flattened gemm", roots: ["Reshape"]) { node, ctx in
+        guard node.domain.isEmpty, let gemm = ctx.interior(node.inputs[0], "Gemm", readBy: node), gemm.inputs.count >= 2,
+              let flatten = ctx.producer(gemm.inputs[0]), flatten.opType == "Reshape", flatten.domain.isEmpty,
+              let x = ctx.type(flatten.inputs[0]).dims, let flat = ctx.type(flatten.outputs[0]).dims, flat.count == 2, let k = flat[1].value,
+              let out = ctx.type(node.outputs[0]).dims, out.count >= 3, x.count >= out.count, let n = out.last?.value,
+              zip(out.dropLast(), x).allSatisfy({ RecognizeAttention.sameDimension($0, $1) }),
+              x[(out.count - 1)...].reduce(Optional(1), { p, d in p.flatMap { p in d.value.map { p * $0 } } }) == k,
+              let w = ctx.constant(gemm.inputs[1]), w.dataType == .float, w.rank == 2
+        else { return nil }
+        let a = AttributeReader(node: gemm)
+        guard (try? a.int("transA", 0)) == 0, (try? a.float("alpha", 1)) == 1, let transB = try? a.int("transB", 0) == 1,
+              w.shape == (transB ? [n, k] : [k, n]) else { return nil }
+        var bias: Tensor?
+        if gemm.inputs.count > 2, !gemm.inputs[2].isEmpty {
+            guard (try? a.float("beta", 1)) == 1, let c = ctx.constant(gemm.inputs[2]), c.dataType == .float, c.count == n,
+                  c.shape.dropLast().allSatisfy({ $0 == 1 }) else { return nil }
+            bias = try c.reshaped([n])
+        }
+        var initializers: [(String, Tensor)] = []
+        var weights = gemm.inputs[1]
+        if transB {
+            let source = w.floats
+            var transposed = [Float](repeating: 0, count: source.count)
+            for row in 0..<n { for col in 0..<k { transposed[col * n + row] = source[row * k + col] } }
+            weights = ctx.graph.freshName("\(gemm.name)_weights")
+            initializers.append((weights, try Tensor(floats: transposed, shape: [k, n])))
+        }
+        // The flattening Reshape stays while something else reads it.
+        let flattenRemoved = ctx.uses.soleConsumer(flatten.outputs[0]) === gemm
+        var nodes: [Node] = []
+        // x's trailing dims that make K (a head merge's [H, D]) merge into one, leading dims copied.
+        var input = flatten.inputs[0]
+        if x.count > out.count {
+            let shape = ctx.graph.freshName("\(flatten.name)_shape"), merged = ctx.graph.freshName("\(flatten.name)_merged")
+            initializers.append((shape, try Tensor(int64s: Array(repeating: 0, count: out.count - 1) + [Int64(k)], shape: [out.count])))
+            nodes.append(Node(name: flattenRemoved ? flatten.name : "\(flatten.name)_merge", opType: "Reshape", inputs: [input, shape],
+                              outputs: [merged], fusedFrom: flattenRemoved ? flatten.fusedFrom : nil))
+            input = merged
+        }
+        let product = bias == nil ? node.outputs[0] : ctx.graph.freshName("\(gemm.name)_product")
+        nodes.append(Node(name: gemm.name, opType: "MatMul", inputs: [input, weights], outputs: [product],
+                          fusedFrom: (flattenRemoved && x.count == out.count ? flatten.fusedFrom : []) + gemm.fusedFrom))
+        if let bias {
+            let biasName = ctx.graph.freshName("\(gemm.name)_bias")
+            initializers.append((biasName, bias))
+            nodes.append(Node(name: "\(gemm.name)_add_bias", opType: "Add", inputs: [product, biasName], outputs: node.outputs, fusedFrom: node.fusedFrom))
+        }
+        let remove = flattenRemoved ? [flatten, gemm, node] : [gemm, node]
+        return Patch(statistic: "Reshape + Gemm + Reshape → MatMul", remove: remove, add: nodes, initializers: initializers)
+    }
 
     static let rule = RewriteRule("matmul + bias", roots: ["Add"]) { node, ctx in
         guard node.domain.isEmpty, node.inputs.count == 2 else { return nil }

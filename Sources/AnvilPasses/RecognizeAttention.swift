@@ -17,7 +17,28 @@ public struct RecognizeAttention: Pass {
     public let name = "recognize-attention"
     public let summary = "recognize scaled dot-product attention with its head reshapes and transposes"
     public init() {}
-    public func run(_ context: PassContext) throws -> Bool { try RewriteDriver([Self.rule]).run(context) }
+    public func run(_ context: PassContext) throws -> Bool { try RewriteDriver([Self.rule, Self.heads]).run(context) }
+
+    /// An Attention on [B, H, S, D] tensors whose Q, K and V are head splits of [B, S, H·D]
+    /// tensors and whose output is merged back takes the 3-D form instead, absorbing the
+    /// reshapes and transposes. Recognition meets this when the head reshapes' shapes
+    /// become known only after the scores were recognized (dynamic exports).
+    static let heads = RewriteRule("attention heads", roots: ["Attention"]) { root, ctx in
+        guard root.domain == anvilDomain || root.domain.isEmpty, (3...4).contains(root.inputs.count), root.outputs.count == 1,
+              root.attributes["q_num_heads"] == nil, root.attributes["kv_num_heads"] == nil,
+              let q = headSplit(root.inputs[0], perm: [0, 2, 1, 3], ctx)?.split, let k = headSplit(root.inputs[1], perm: [0, 2, 1, 3], ctx)?.split,
+              let v = headSplit(root.inputs[2], perm: [0, 2, 1, 3], ctx)?.split, k.heads == v.heads,
+              Set([root.inputs[0], root.inputs[1], root.inputs[2]]).count == 3,
+              [root.inputs[0], root.inputs[1], root.inputs[2]].allSatisfy({ ctx.uses.soleConsumer($0) === root }),
+              let merge = headMerge(root, ctx) else { return nil }
+        var attributes = root.attributes
+        attributes["q_num_heads"] = .int(Int64(q.heads))
+        attributes["kv_num_heads"] = .int(Int64(k.heads))
+        let matched = [root] + q.nodes + k.nodes + v.nodes + merge.nodes
+        let node = Node(name: root.name, opType: root.opType, domain: root.domain, inputs: [q.source, k.source, v.source] + root.inputs.dropFirst(3),
+                        outputs: merge.output, attributes: attributes, fusedFrom: provenance(matched, ctx))
+        return Patch(statistic: "attention heads absorbed", remove: matched, add: [node])
+    }
 
     static let rule = RewriteRule("attention", roots: ["MatMul"]) { root, ctx in
         guard root.domain.isEmpty, root.inputs.count == 2 else { return nil }
@@ -66,10 +87,10 @@ public struct RecognizeAttention: Pass {
         if let m = ctx.interior(kT, "Mul", readBy: qk), let (value, other) = constantOperand(m, ctx) { scale *= value; kT = other; matched.append(m) }
         let v = root.inputs[1]
         guard let qHeads = headSplit(q, perm: [0, 2, 1, 3], ctx), let vHeads = headSplit(v, perm: [0, 2, 1, 3], ctx),
-              let kTranspose = ctx.producer(kT), kTranspose.opType == "Transpose", ctx.uses.soleConsumer(kT) != nil else { return nil }
-        let kPerm = (try? AttributeReader(node: kTranspose).ints("perm")).flatMap { $0 }
-        // Kᵀ from [B, S, H, D] (perm 0,2,3,1) gives the 3-D form; from [B, H, S, D] (perm 0,1,3,2) the 4-D form.
-        let kHeads = kPerm == [0, 2, 3, 1] ? headReshape(kTranspose, ctx) : nil
+              let kReader = ctx.uses.soleConsumer(kT), let key = keyTranspose(kT, readBy: kReader, ctx) else { return nil }
+        // K in [B, S, H, D] gives the 3-D form when its head reshape is found; K in [B, H, S, D]
+        // gives it when K is itself a head split, and the 4-D form otherwise.
+        let kHeads = key.headsLast ? headReshape(key.nodes[0], ctx) : headSplit(key.k, perm: [0, 2, 1, 3], ctx)?.split
         let merge = headMerge(root, ctx)
         var attributes: [String: Attribute] = ["scale": .float(Float(scale))]
         let inputs: [String]
@@ -80,11 +101,11 @@ public struct RecognizeAttention: Pass {
             attributes["kv_num_heads"] = .int(Int64(kh.heads))
             inputs = [qh.source, kh.source, vh.source] + (mask.map { [$0] } ?? [])
             outputs = merge.output
-            matched += qh.nodes + [kTranspose] + kh.nodes + vh.nodes + merge.nodes
-        } else if kPerm == [0, 1, 3, 2] {
-            inputs = [q, kTranspose.inputs[0], v] + (mask.map { [$0] } ?? [])
+            matched += qh.nodes + key.nodes + kh.nodes + vh.nodes + merge.nodes
+        } else if !key.headsLast {
+            inputs = [q, key.k, v] + (mask.map { [$0] } ?? [])
             outputs = root.outputs
-            matched.append(kTranspose)
+            matched += key.nodes
         } else {
             return nil
         }
@@ -105,6 +126,29 @@ public struct RecognizeAttention: Pass {
     }
 
     struct Split { var source: String; var heads: Int; var nodes: [Node] }
+
+    /// Kᵀ of the scores traced back to K: Transpose(0,1,3,2) of K in [B, H, S, D];
+    /// Transpose(0,2,3,1) of K in [B, S, H, D] (`headsLast`; the transpose is the first
+    /// node); or, as the dynamo exporter writes it, Reshape to [B·H, S, D], Transpose(0,2,1)
+    /// and Reshape back to [B, H, D, S] of K in [B, H, S, D].
+    static func keyTranspose(_ kT: String, readBy reader: Node, _ ctx: RewriteContext) -> (k: String, headsLast: Bool, nodes: [Node])? {
+        if let t = ctx.interior(kT, "Transpose", readBy: reader) {
+            switch transposePerm(t, ctx) {
+            case [0, 1, 3, 2]: return (t.inputs[0], false, [t])
+            case [0, 2, 3, 1]: return (t.inputs[0], true, [t])
+            default: return nil
+            }
+        }
+        guard let back = ctx.interior(kT, "Reshape", readBy: reader), let t = ctx.interior(back.inputs[0], "Transpose", readBy: back),
+              transposePerm(t, ctx) == [0, 2, 1], let merge = ctx.interior(t.inputs[0], "Reshape", readBy: t),
+              let k = ctx.type(merge.inputs[0]).dims, k.count == 4, let merged = ctx.type(merge.outputs[0]).dims, merged.count == 3,
+              let out = ctx.type(back.outputs[0]).dims, out.count == 4,
+              sameDimension(merged[1], k[2]), sameDimension(merged[2], k[3]),
+              sameDimension(out[0], k[0]), sameDimension(out[1], k[1]), sameDimension(out[2], k[3]), sameDimension(out[3], k[2])
+        else { return nil }
+        // The merge keeps S and D as the last two axes, so it merges B and H; the split restores them.
+        return (merge.inputs[0], false, [back, t, merge])
+    }
 
     /// `value` = Transpose(perm)(Reshape(x, [B, S, H, D])) with x 3-D: the split, when found.
     static func headSplit(_ value: String, perm: [Int], _ ctx: RewriteContext) -> (split: Split?, ok: Bool)? {

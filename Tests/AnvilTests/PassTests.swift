@@ -42,6 +42,23 @@ final class PassTests: XCTestCase {
         return m.graph.nodes.count
     }
 
+    /// A Transpose that moves only axes of size 1 becomes a Reshape (a view); one that
+    /// reorders two larger axes stays.
+    func testTransposesOfUnitAxesBecomeReshapes() throws {
+        for (shape, perm, becomesReshape) in [([1, 5, 4], [1, 0, 2], true), ([2, 1, 3, 4], [0, 2, 1, 3], true),
+                                              ([1, 5, 4], [0, 2, 1], false), ([5, 1, 4], [2, 1, 0], false)] {
+            let build = { () -> Model in
+                var b = GraphBuilder()
+                let y = b.op("Relu", [b.op("Transpose", ["x"], ["perm": .ints(perm.map { Int64($0) })])])
+                return b.model(input: shape, output: y)
+            }
+            let m = build()
+            _ = try PassTesting.optimized(m, [EliminateNoOps(), EliminateDeadCode()])
+            XCTAssertEqual(m.graph.nodes.map(\.opType), [becomesReshape ? "Reshape" : "Transpose", "Relu"], "\(shape) \(perm)")
+            try PassTesting.assertPreservesOutputs(build, [EliminateNoOps(), EliminateDeadCode()])
+        }
+    }
+
     /// When the no-op's output is a graph output, its input's producer takes the name.
     func testNoOpFeedingAGraphOutputKeepsTheOutputName() throws {
         let g = Graph(name: "g", inputs: [ValueInfo(name: "x", type: f([4]))], outputs: [ValueInfo(name: "y", type: f([4]))],
@@ -303,6 +320,38 @@ final class FusionTests: XCTestCase {
             XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), [rank == 2 ? "ai.anvil.FusedGemm" : "ai.anvil.FusedMatMul"])
             if rank == 3 { try PassTesting.assertGolden(text, "matmul-bias-gelu") }
             try PassTesting.assertPreservesOutputs(build, passes)
+        }
+    }
+
+    /// PyTorch's linear layer on a view: Reshape to [B·S, K] → Gemm → Reshape to [B, S, N]
+    /// becomes a MatMul on the 3-D input, so bias, activation and residual fuse into it; a
+    /// 4-D input whose last two axes make K (merged heads) is merged by a Reshape first.
+    func testFlattenedGemmBecomesAFusedMatMul() throws {
+        let passes: [any Pass] = [FuseMatMulBias(), FuseResidualAdd(), FuseActivation(), EliminateDeadCode()]
+        for (trailing, transB, residual) in [([8], false, false), ([8], true, true), ([2, 4], true, false)] {
+            let build = { () -> Model in
+                var b = GraphBuilder()
+                let leading = b.op("Slice", [b.op("Shape", ["x"]), b.ints([0]), b.ints([2])])
+                let flat = b.op("Reshape", ["x", b.ints([-1, 8])])
+                let w = b.const((0..<64).map { Float(($0 * 3) % 11) / 11 - 0.5 }, [8, 8])
+                let gemm = b.op("Gemm", [flat, w, b.const((0..<8).map { Float($0) / 8 }, [8])], ["transB": .int(transB ? 1 : 0)])
+                let product = b.op("Reshape", [gemm, b.op("Concat", [leading, b.ints([8])], ["axis": .int(0)])])
+                let y = residual ? b.op("Add", [product, "x"]) : b.op("Relu", [product])
+                let m = b.model(input: [1, 1] + trailing, output: y, opset: 17)
+                m.graph.inputs[0].type = TensorType(.float, [.symbol("batch"), .symbol("sequence")] + trailing.map { .known($0) })
+                return m
+            }
+            let m = build()
+            _ = try PassTesting.optimized(m, passes)
+            let ops = m.graph.nodes.map(\.qualifiedOpType)
+            XCTAssertEqual(ops, (trailing.count > 1 ? ["Reshape"] : []) + ["ai.anvil.FusedMatMul"], "\(trailing)")
+            let fused = try XCTUnwrap(m.graph.nodes.last)
+            XCTAssertEqual(fused.inputs.count, residual ? 4 : 3, "bias (and residual) fused")
+            if !residual { XCTAssertEqual(try AttributeReader(node: fused).string("activation"), "Relu") }
+            var rng = SeededGenerator(seed: 7)
+            let shape = [3, 2] + trailing
+            let x = try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: shape)
+            try PassTesting.assertPreservesOutputs(build, passes, inputs: ["x": x])
         }
     }
 

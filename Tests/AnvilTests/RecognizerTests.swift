@@ -1,5 +1,6 @@
 import AnvilCore
 import AnvilIR
+import AnvilKernels
 import AnvilONNX
 import AnvilOps
 import AnvilPasses
@@ -15,6 +16,13 @@ struct GraphBuilder {
         counter += 1
         let name = "c\(counter)"
         initializers.append((name, try! Tensor(floats: values, shape: shape)))
+        return name
+    }
+
+    mutating func ints(_ values: [Int64], _ shape: [Int]? = nil) -> String {
+        counter += 1
+        let name = "i\(counter)"
+        initializers.append((name, try! Tensor(int64s: values, shape: shape ?? [values.count])))
         return name
     }
 
@@ -195,6 +203,71 @@ final class AttentionRecognizerTests: XCTestCase {
                            ValueInfo(name: "v", type: TensorType(.float, shape: [1, 2, 6, 4])),
                            ValueInfo(name: "mask", type: TensorType(.float, shape: [1, 1, 5, 6]))]
         return m
+    }
+
+    /// The dynamo exporter's attention on x: float[batch, sequence, 16]: heads split by
+    /// Reshapes to computed shapes, Kᵀ as Reshape([B·H, S, D]) → Transpose(0,2,1) →
+    /// Reshape([B, H, D, S]), √scale on Q and on Kᵀ, a NaN guard after the Softmax, and
+    /// the heads merged back by a Reshape to a computed shape.
+    func dynamoAttention() -> Model {
+        var b = GraphBuilder()
+        let shape = b.op("Shape", ["x"])
+        let leading = b.op("Slice", [shape, b.ints([0]), b.ints([2])])
+        let headsShape = b.op("Concat", [leading, b.ints([2, 8])], ["axis": .int(0)])
+        var heads: [String] = []
+        for seed in 0..<3 {
+            let w = b.const((0..<256).map { Float(($0 * 7 + seed * 13) % 17) / 17 - 0.5 }, [16, 16])
+            heads.append(b.op("Transpose", [b.op("Reshape", [b.op("MatMul", ["x", w]), headsShape])], ["perm": .ints([0, 2, 1, 3])]))
+        }
+        let kShape = b.op("Shape", [heads[1]])
+        let merged = b.op("Reshape", [heads[1], b.op("Concat", [b.ints([-1]), b.op("Slice", [kShape, b.ints([2]), b.ints([4])])], ["axis": .int(0)])])
+        let split = b.op("Concat", [b.op("Slice", [kShape, b.ints([0]), b.ints([2])]), b.ints([8]), b.op("Slice", [kShape, b.ints([2]), b.ints([3])])], ["axis": .int(0)])
+        let kT = b.op("Reshape", [b.op("Transpose", [merged], ["perm": .ints([0, 2, 1])]), split])
+        let root = b.const([Float(1 / 8.0.squareRoot()).squareRoot()])
+        let scores = b.op("MatMul", [b.op("Mul", [heads[0], root]), b.op("Mul", [kT, root])])
+        let p = b.op("Softmax", [scores], ["axis": .int(-1)])
+        let guarded = b.op("Where", [b.op("IsNaN", [p]), b.const([0]), p])
+        let o = b.op("Transpose", [b.op("MatMul", [guarded, heads[2]])], ["perm": .ints([0, 2, 1, 3])])
+        let y = b.op("Reshape", [o, b.op("Concat", [leading, b.ints([16])], ["axis": .int(0)])])
+        let m = b.model(input: [1, 1, 16], output: y, opset: 18)
+        m.graph.inputs[0].type = TensorType(.float, [.symbol("batch"), .symbol("sequence"), .known(16)])
+        return m
+    }
+
+    func testDynamoAttentionOnSymbolicShapesTakesTheThreeDimensionalForm() throws {
+        let m = dynamoAttention()
+        _ = try PassTesting.optimized(m, Pipelines.standard)
+        XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ["MatMul", "MatMul", "MatMul", "ai.anvil.Attention"])
+        XCTAssertEqual(try AttributeReader(node: m.graph.nodes.last!).int("q_num_heads"), 2)
+        for size in [2, 5] {
+            var rng = SeededGenerator(seed: UInt64(size))
+            let x = try Tensor(floats: (0..<(size * (size + 1) * 16)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [size, size + 1, 16])
+            try PassTesting.assertPreservesOutputs(dynamoAttention, Pipelines.standard, inputs: ["x": x])
+        }
+    }
+
+    /// An Attention on head-split [B, H, S, D] tensors (recognized before the head
+    /// reshapes' shapes were known, or written so by an exporter) takes the 3-D form.
+    func testAttentionAbsorbsHeadSplitsAndMerge() throws {
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let split = b.ints([1, 3, 2, 8])
+            var heads: [String] = []
+            for seed in 0..<3 {
+                let w = b.const((0..<256).map { Float(($0 * 5 + seed * 11) % 19) / 19 - 0.5 }, [16, 16])
+                heads.append(b.op("Transpose", [b.op("Reshape", [b.op("MatMul", ["x", w]), split])], ["perm": .ints([0, 2, 1, 3])]))
+            }
+            let o = b.op("Attention", heads, ["scale": .float(0.3)])
+            let y = b.op("Reshape", [b.op("Transpose", [o], ["perm": .ints([0, 2, 1, 3])]), b.ints([1, 3, 16])])
+            return b.model(input: [1, 3, 16], output: y, opset: 23)
+        }
+        let passes: [any Pass] = [RecognizeAttention(), EliminateDeadCode()]
+        let m = build()
+        _ = try PassTesting.optimized(m, passes)
+        XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ["MatMul", "MatMul", "MatMul", "Attention"])
+        XCTAssertEqual(try AttributeReader(node: m.graph.nodes.last!).int("kv_num_heads"), 2)
+        XCTAssertEqual(try AttributeReader(node: m.graph.nodes.last!).float("scale"), 0.3)
+        try PassTesting.assertPreservesOutputs(build, passes)
     }
 
     func testFourDimensionalAttention() throws {

@@ -88,6 +88,31 @@ final class SymbolicShapeTests: XCTestCase {
         }
     }
 
+    /// GPT-2's dynamo export computes the mask length as numel(mask) / batch and expands the
+    /// mask to [batch, 1, sequence, length]: the length, a Reshape's -1 that cannot be named
+    /// from the input, and a shape value squeezed or reshaped all stay symbols, so the
+    /// Expand's result keeps its rank and the attention after it is recognized.
+    func testSizesComputedFromSizesStaySymbols() throws {
+        let m = model { b, n in
+            let count = b.op("Mul", [b.op("Squeeze", [n]), b.op("Squeeze", [b.op("Gather", [b.op("Shape", ["x"]), self.int64(&b, "zeroIndex", [0], [1])], ["axis": .int(0)])])])
+            let length = b.op("Div", [count, self.int64(&b, "two", [2], [])])
+            let unknown = b.op("Reshape", ["x", self.int64(&b, "flat", [2, -1], [2])])
+            let target = b.op("Concat", [b.op("Reshape", [length, self.int64(&b, "asVector", [1], [1])]),
+                                         b.op("Gather", [b.op("Shape", [unknown]), self.int64(&b, "oneIndex", [1], [1])], ["axis": .int(0)])], ["axis": .int(0)])
+            return b.op("Expand", [self.int64(&b, "scalarOne", [1], [1, 1]), target])
+        }
+        var inference = ShapeInference(model: m)
+        let facts = try inference.run()
+        let y = try XCTUnwrap(facts["y"]?.type.dims)
+        XCTAssertEqual(y.count, 2)
+        XCTAssertTrue(y.allSatisfy { if case .symbol = $0 { true } else { false } }, "\(y)")
+        XCTAssertNotEqual(y[0], y[1])
+        // A difference of sizes can be negative: it gets no symbol.
+        let difference = model { b, n in b.op("Sub", [b.op("Squeeze", [n]), self.int64(&b, "ten", [10], [])]) }
+        var differenceInference = ShapeInference(model: difference)
+        XCTAssertEqual(try differenceInference.run()["y"]?.dims, [.unknown])
+    }
+
     /// Exporters name each input's dynamic axes apart (input_ids_d1, token_type_ids_d1);
     /// a broadcast of two of them says they are one size, and every type then says so.
     func testSymbolsABroadcastEquatesAreUnified() throws {
