@@ -89,8 +89,11 @@ func inferredDimension(input: [Dim], others: [Dim]) -> Dim {
         let numerator = remaining.reduce(1) { $0 * $1.value! }, denominator = unmatched.reduce(1) { $0 * $1.value! }
         return denominator > 0 && numerator % denominator == 0 ? .known(numerator / denominator) : .unknown
     }
-    if unmatched.isEmpty, remaining.filter({ $0 != .known(1) }).count == 1, let symbol = remaining.first(where: { $0.value == nil }) {
-        return symbol
+    // One symbol left once the known sizes cancel ([B, S, 768] to [B, -1, 12, 64] is S).
+    let symbols = remaining.filter { $0.value == nil }
+    if unmatchedKnown, symbols.count == 1, case .symbol = symbols[0],
+       remaining.compactMap(\.value).reduce(1, *) == unmatched.reduce(1, { $0 * $1.value! }) {
+        return symbols[0]
     }
     return .unknown
 }
@@ -234,6 +237,27 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
                                            dilations: ctx.attributes.ints("dilations"), pads: ctx.attributes.ints("pads"),
                                            autoPad: autoPad, ceilMode: ctx.attributes.int("ceil_mode", 0) != 0)
                 spatial = g.output.map { .known($0) }
+            } else if let autoPad = AutoPad(rawValue: pad), try ctx.attributes.ints("strides").map({ $0.count == kernel.count }) ?? true,
+                      try ctx.attributes.ints("dilations").map({ $0.count == kernel.count }) ?? true,
+                      try ctx.attributes.ints("pads").map({ $0.count == 2 * kernel.count }) ?? true {
+                // Symbolic sizes: an axis the window maps to itself (stride 1, "same" padding) keeps
+                // its symbol, another gets a symbol of its own (a size the input's decides).
+                let nd = kernel.count
+                let strides = try ctx.attributes.ints("strides"), dilations = try ctx.attributes.ints("dilations"), pads = try ctx.attributes.ints("pads")
+                let ceil = try ctx.attributes.int("ceil_mode", 0) != 0
+                func size(_ axis: Int, _ n: Int) throws -> Int {
+                    try WindowGeometry(input: [n], kernel: [kernel[axis]], strides: strides.map { [$0[axis]] }, dilations: dilations.map { [$0[axis]] },
+                                       pads: pads.map { [$0[axis], $0[axis + nd]] }, autoPad: autoPad, ceilMode: ceil).output[0]
+                }
+                for axis in 0..<nd {
+                    let d = x[axis + 2]
+                    if let n = d.value {
+                        spatial[axis] = .known(try size(axis, n))
+                    } else if case .symbol = d {
+                        let identity = (try? [61, 64, 97].allSatisfy { try size(axis, $0) == $0 }) ?? false
+                        spatial[axis] = identity ? d : ctx.freshSymbol()
+                    }
+                }
             }
         }
         let out = [x[0], channels] + spatial
@@ -400,7 +424,8 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
                 continue
             }
             guard let n = x[a].value else {
-                out[a] = (starts[k] == 0 && end >= Int(Int32.max) && step == 1) ? x[a] : .unknown
+                // Another slice of a symbolic axis is a size of its own (wav2vec2's x[:, :, :-1]).
+                out[a] = (starts[k] == 0 && end >= Int(Int32.max) && step == 1) ? x[a] : (x[a] == .unknown ? .unknown : ctx.freshSymbol())
                 continue
             }
             var s = starts[k] < 0 ? starts[k] + n : starts[k], e = end < 0 ? end + n : end

@@ -40,7 +40,7 @@ public struct RecognizeNormalizations: Pass {
                    let mean = ctx.interior(sub.inputs[1], "ReduceMean", readBy: sub), mean.inputs[0] == sub.inputs[0],
                    trailingAxis(mean, rank: rank, ctx) == axis, ctx.uses.useCount(numerator) == 2 {
                     let x = sub.inputs[0]
-                    guard let shape = ctx.type(x).concreteShape?.suffix(from: axis), let element = ctx.type(x).elementType, element.isFloatingPoint else { continue }
+                    guard let shape = normalizedShape(ctx.type(x), from: axis), let element = ctx.type(x).elementType, element.isFloatingPoint else { continue }
                     let ones = ctx.graph.freshName("\(node.name)_scale")
                     let matched = [mean, sub, square, meanOfSquares, add, sqrt] + extra + [node]
                     guard let ln = recognized("LayerNormalization", name: node.name, inputs: [x, ones], outputs: node.outputs,
@@ -50,7 +50,7 @@ public struct RecognizeNormalizations: Pass {
                 }
                 // RMSNorm: the numerator is x itself.
                 if ctx.producer(numerator)?.opType != "Sub" {
-                    guard let shape = ctx.type(numerator).concreteShape?.suffix(from: axis), let element = ctx.type(numerator).elementType, element.isFloatingPoint else { continue }
+                    guard let shape = normalizedShape(ctx.type(numerator), from: axis), let element = ctx.type(numerator).elementType, element.isFloatingPoint else { continue }
                     let ones = ctx.graph.freshName("\(node.name)_scale")
                     let matched = [square, meanOfSquares, add, sqrt] + extra + [node]
                     guard let rms = recognized("RMSNormalization", name: node.name, inputs: [numerator, ones], outputs: node.outputs,
@@ -102,6 +102,14 @@ public struct RecognizeNormalizations: Pass {
             return nil
         },
     ]
+
+    /// The sizes of the normalized axes (from `axis` on), which must be known; the
+    /// leading axes may be symbolic (batch and sequence of a dynamic export).
+    static func normalizedShape(_ type: TensorType, from axis: Int) -> [Int]? {
+        guard let dims = type.dims, axis <= dims.count else { return nil }
+        let sizes = dims[axis...].compactMap(\.value)
+        return sizes.count == dims.count - axis ? sizes : nil
+    }
 
     /// The node squaring `value` (Pow(v, 2) or Mul(v, v)), read only by `reader`.
     static func squareNode(_ squared: String, of value: String, reader: Node, _ ctx: RewriteContext) -> Node? {

@@ -113,6 +113,43 @@ final class SymbolicShapeTests: XCTestCase {
         XCTAssertEqual(try differenceInference.run()["y"]?.dims, [.unknown])
     }
 
+    /// wav2vec2's dynamic export: a 1-D convolution over a symbolic length, a "same" one
+    /// that keeps it, a slice dropping its last step, heads split by Reshape to [B, -1, H, D],
+    /// and a LayerNorm written out: every size stays named, so the LayerNorm is recognized.
+    func testConvolutionsSlicesAndHeadSplitsKeepSymbolicLengths() throws {
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let strided = b.op("Conv", ["x", b.const((0..<(4 * 2 * 3)).map { Float($0 % 7) / 7 - 0.4 }, [4, 2, 3])], ["strides": .ints([2])])
+            let same = b.op("Conv", [strided, b.const((0..<(4 * 4 * 3)).map { Float($0 % 5) / 5 - 0.3 }, [4, 4, 3])], ["pads": .ints([1, 1])])
+            let padded = b.op("Conv", [same, b.const((0..<(4 * 4 * 2)).map { Float($0 % 3) / 3 - 0.2 }, [4, 4, 2])], ["pads": .ints([1, 1])])
+            let sliced = b.op("Slice", [padded, b.ints([0]), b.ints([-1]), b.ints([2])])
+            let sum = b.op("Transpose", [b.op("Add", [same, sliced])], ["perm": .ints([0, 2, 1])])
+            let heads = b.op("Reshape", [sum, b.ints([0, -1, 2, 2])])
+            let merged = b.op("Reshape", [heads, b.ints([0, -1, 4])])
+            let mean = b.op("ReduceMean", [merged], ["axes": .ints([-1])])
+            let centred = b.op("Sub", [merged, mean])
+            let variance = b.op("ReduceMean", [b.op("Pow", [centred, b.const([2])])], ["axes": .ints([-1])])
+            let y = b.op("Div", [centred, b.op("Sqrt", [b.op("Add", [variance, b.const([1e-5])])])])
+            let m = b.model(input: [1, 2, 9], output: y, opset: 14)
+            m.graph.inputs[0].type = TensorType(.float, [.symbol("batch"), .known(2), .symbol("samples")])
+            return m
+        }
+        var inference = ShapeInference(model: build())
+        let facts = try inference.run()
+        let stridedLength = try XCTUnwrap(facts["v2"]?.type.dims?.last)
+        guard case .symbol(let name) = stridedLength else { return XCTFail("strided length \(stridedLength)") }
+        XCTAssertNotEqual(name, "samples")
+        XCTAssertEqual(facts["v4"]?.type.dims?.last, stridedLength, "a stride-1 'same' convolution keeps the length")
+        XCTAssertEqual(facts["y"]?.type.dims?.count, 3)
+        XCTAssertEqual(facts["y"]?.type.dims?[1], stridedLength, "slice, broadcast and head reshapes keep one symbol")
+        let m = build()
+        _ = try PassTesting.optimized(m, Pipelines.standard)
+        XCTAssertTrue(m.graph.nodes.contains { $0.opType == "LayerNormalization" }, "\(m.graph.nodes.map(\.opType))")
+        var rng = SeededGenerator(seed: 5)
+        let x = try Tensor(floats: (0..<(2 * 2 * 11)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [2, 2, 11])
+        try PassTesting.assertPreservesOutputs(build, Pipelines.standard, inputs: ["x": x], rtol: 1e-4)
+    }
+
     /// Exporters name each input's dynamic axes apart (input_ids_d1, token_type_ids_d1);
     /// a broadcast of two of them says they are one size, and every type then says so.
     func testSymbolsABroadcastEquatesAreUnified() throws {
