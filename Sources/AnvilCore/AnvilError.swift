@@ -1,3 +1,5 @@
+import Foundation
+
 /// Errors a user can cause, each naming what is wrong and where.
 public enum AnvilError: Error, CustomStringConvertible, Equatable {
     /// A file could not be read or written.
@@ -14,6 +16,9 @@ public enum AnvilError: Error, CustomStringConvertible, Equatable {
     case invalidTensor(name: String, reason: String)
     /// A command-line argument is wrong.
     case invalidArgument(String)
+    /// Memory a model or its inputs ask for exceeds the limit (`MemoryPolicy`); `bytes`
+    /// is nil when the size does not even fit a 64-bit count.
+    case memoryLimit(what: String, bytes: Int?, limit: Int)
 
     public var description: String {
         switch self {
@@ -25,6 +30,16 @@ public enum AnvilError: Error, CustomStringConvertible, Equatable {
             "node '\(node)': op \(domain.isEmpty ? "" : domain + ".")\(op) (opset \(version)) is not supported"
         case .invalidTensor(let name, let reason): "tensor '\(name)': \(reason)"
         case .invalidArgument(let message): message
+        case .memoryLimit(let what, let bytes, let limit):
+            "\(what) needs \(bytes.map(byteCount) ?? "more than 2^63 bytes"), above the memory limit of \(byteCount(limit)) (set it with --memoryLimit or \(MemoryPolicy.environmentVariable))"
         }
     }
+}
+
+/// A byte count for messages: "34359738400 bytes (32.0 GiB)".
+func byteCount(_ n: Int) -> String {
+    let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    var value = Double(n), unit = -1
+    while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+    return unit < 0 ? "\(n) bytes" : "\(n) bytes (\(String(format: "%.1f", value)) \(units[unit]))"
 }

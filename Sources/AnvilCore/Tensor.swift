@@ -130,9 +130,7 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
 
     /// A tensor of `type` and `shape` with every element zero (false, empty string).
     public static func zeros(_ type: DataType, shape: [Int]) throws -> Tensor {
-        guard let n = ShapeMath.elementCount(shape) else {
-            throw AnvilError.invalidTensor(name: "", reason: "shape \(shape) is invalid or has too many elements")
-        }
+        let n = try MemoryPolicy.checkedCount(shape, type, for: "a \(type) tensor")
         if type == .string { return try Tensor(shape: shape, storage: .string(Array(repeating: "", count: n))) }
         return try Tensor(type, shape: [], int64s: [0]).repeated(shape: shape)
     }
@@ -301,7 +299,8 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
     /// The strided view of this tensor's elements of `shape` and `strides` (in elements),
     /// as a tensor: a transpose permutes the strides, a broadcast sets some to 0.
     public func strided(shape newShape: [Int], strides: [Int]) throws -> Tensor {
-        guard strides.count == newShape.count, strides.allSatisfy({ $0 >= 0 }), let n = ShapeMath.elementCount(newShape),
+        let n = try MemoryPolicy.checkedCount(newShape, dataType, for: "a \(dataType) tensor")
+        guard strides.count == newShape.count, strides.allSatisfy({ $0 >= 0 }),
               n == 0 || zip(newShape, strides).reduce(0, { $0 + ($1.0 - 1) * $1.1 }) < count else {
             throw AnvilError.invalidTensor(name: "", reason: "strides \(strides) of shape \(newShape) do not fit \(count) elements")
         }
@@ -319,9 +318,10 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
 
     /// A tensor of `shape` holding this one-element tensor's value everywhere.
     public func repeated(shape newShape: [Int]) throws -> Tensor {
-        guard count == 1, let n = ShapeMath.elementCount(newShape) else {
+        guard count == 1 else {
             throw AnvilError.invalidTensor(name: "", reason: "cannot repeat \(dataType)\(shape) as \(newShape)")
         }
+        let n = try MemoryPolicy.checkedCount(newShape, dataType, for: "a \(dataType) tensor")
         return try transformed(Fill(count: n), shape: newShape)
     }
 

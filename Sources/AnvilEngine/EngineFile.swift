@@ -182,6 +182,8 @@ public struct EngineFile {
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw AnvilError.io(path: path, reason: "cannot be read (\(String(cString: strerror(errno))))") }
+        // A device or pipe has no size to trust (stat says 0 for /dev/zero): engines are files.
+        guard info.st_mode & S_IFMT == S_IFREG else { throw AnvilError.io(path: path, reason: "is not a regular file, expected an engine file") }
         let size = Int(info.st_size)
         if size > 0, let p = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0), p != MAP_FAILED {
             return FileBytes(UnsafeRawBufferPointer(start: p, count: size)) { munmap(UnsafeMutableRawPointer(mutating: $0.baseAddress), $0.count) }

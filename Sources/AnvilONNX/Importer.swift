@@ -66,23 +66,42 @@ public enum ONNXImporter {
         return (string(proto.pointee.name), t)
     }
 
-    /// Reads a whole file, refusing files larger than `limit`.
+    /// Reads a whole file, refusing files larger than `limit` (or the memory limit).
+    /// Devices are refused; pipes and other files are read in chunks up to the limit,
+    /// since their size is not known in advance (stat says 0 for /dev/zero).
     public static func readFile(_ path: String, limit: Int, what: String) throws -> [UInt8] {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw AnvilError.io(path: path, reason: "no such file")
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw AnvilError.io(path: path, reason: errno == ENOENT ? "no such file" : "cannot be read (\(String(cString: strerror(errno))))")
         }
-        guard !isDir.boolValue else { throw AnvilError.io(path: path, reason: "is a directory, expected a \(what) file") }
+        switch info.st_mode & S_IFMT {
+        case S_IFDIR: throw AnvilError.io(path: path, reason: "is a directory, expected a \(what) file")
+        case S_IFCHR, S_IFBLK: throw AnvilError.io(path: path, reason: "is a device, expected a \(what) file")
+        default: break
+        }
+        guard Int(info.st_size) <= limit else {
+            throw AnvilError.io(path: path, reason: "\(what) file is \(info.st_size) bytes, more than the limit of \(limit)")
+        }
+        try MemoryPolicy.check(Int(info.st_size), for: "reading \(path)")
+        let limit = min(limit, MemoryPolicy.limit)
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw AnvilError.io(path: path, reason: "cannot be opened for reading")
         }
         defer { try? handle.close() }
-        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        guard size <= limit else {
-            throw AnvilError.io(path: path, reason: "\(what) file is \(size) bytes, more than the limit of \(limit)")
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(info.st_size))
+        while true {
+            let chunk: Data
+            do { chunk = try handle.read(upToCount: 1 << 22) ?? Data() } catch {
+                throw AnvilError.io(path: path, reason: "cannot be read (\(error.localizedDescription))")
+            }
+            if chunk.isEmpty { break }
+            bytes.append(contentsOf: chunk)
+            guard bytes.count <= limit else {
+                throw AnvilError.io(path: path, reason: "\(what) file is more than the limit of \(limit) bytes")
+            }
         }
-        let data = try handle.readToEnd() ?? Data()
-        return [UInt8](data)
+        return bytes
     }
 }
 

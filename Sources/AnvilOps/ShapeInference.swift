@@ -124,6 +124,10 @@ public struct ShapeInference {
                         out.type = TensorType(out.type.elementType ?? declared.elementType, out.type.dims)
                     }
                 }
+                // A tensor the model fixes the size of must fit the memory limit.
+                if let shape = out.type.concreteShape {
+                    try MemoryPolicy.checkedCount(shape, out.type.elementType ?? .float, for: "node '\(node.name)' (\(node.opType)): output '\(name)'")
+                }
                 facts[name] = out
                 graph.valueTypes[name] = out.type
                 if let i = graph.outputs.firstIndex(where: { $0.name == name }) { graph.outputs[i].type = out.type }
@@ -153,28 +157,36 @@ public struct ShapeInference {
         guard let def = OpRegistry.lookup(domain: node.domain, opType: node.opType, opset: opset) else {
             return node.outputs.map { _ in .unknown }
         }
-        // Small all-constant nodes are evaluated: their outputs are then known exactly.
-        if !inputs.isEmpty, node.subgraphs.isEmpty, inputs.allSatisfy({ $0 == nil || $0?.constant != nil }),
-           inputs.compactMap({ $0?.constant?.count }).reduce(0, +) <= foldConstantsUpTo,
-           let values = try? def.evaluate(EvalContext(node: node, opset: opset, inputs: inputs.map { $0?.constant }, runSubgraph: { _, _ in [] })),
-           values.allSatisfy({ $0.count <= foldConstantsUpTo }) {
-            return values.map { ValueFacts(constant: $0) }
-        }
         if node.opType == "Constant", node.domain.isEmpty,
            let value = try? def.evaluate(EvalContext(node: node, opset: opset, inputs: [], runSubgraph: { _, _ in [] })) {
             return value.map { ValueFacts(constant: $0) }
         }
-        guard let rule = def.infer else { return node.outputs.map { _ in .unknown } }
-        var counter = symbolCounter
-        var context = InferContext(node: node, opset: opset, inputs: inputs) {
-            counter += 1
-            return .symbol("\(node.name):\(counter)")
+        func inferred() throws -> [ValueFacts] {
+            guard let rule = def.infer else { return node.outputs.map { _ in .unknown } }
+            var counter = symbolCounter
+            var context = InferContext(node: node, opset: opset, inputs: inputs) {
+                counter += 1
+                return .symbol("\(node.name):\(counter)")
+            }
+            let union = equalSymbols
+            context.unify = { union.unite($0, $1) }
+            let result = try rule(context)
+            symbolCounter = counter
+            return result
         }
-        let union = equalSymbols
-        context.unify = { union.unite($0, $1) }
-        let result = try rule(context)
-        symbolCounter = counter
-        return result
+        // Small all-constant nodes are evaluated: their outputs are then known exactly. Not
+        // when the rule says an output is large (a ConstantOfShape of 2^33 elements would be
+        // allocated before its size was checked).
+        if !inputs.isEmpty, node.subgraphs.isEmpty, inputs.allSatisfy({ $0 == nil || $0?.constant != nil }),
+           inputs.compactMap({ $0?.constant?.count }).reduce(0, +) <= foldConstantsUpTo {
+            let sizes = (try? inferred())?.map { $0.type.concreteShape.map { ShapeMath.elementCount($0) ?? Int.max } ?? 0 } ?? []
+            if sizes.allSatisfy({ $0 <= foldConstantsUpTo }),
+               let values = try? def.evaluate(EvalContext(node: node, opset: opset, inputs: inputs.map { $0?.constant }, runSubgraph: { _, _ in [] })),
+               values.allSatisfy({ $0.count <= foldConstantsUpTo }) {
+                return values.map { ValueFacts(constant: $0) }
+            }
+        }
+        return try inferred()
     }
 
     mutating func branchOutputs(_ node: Node, _ name: String, scope: [String: ValueFacts]) throws -> [ValueFacts] {

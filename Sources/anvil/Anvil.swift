@@ -28,13 +28,26 @@ struct Anvil: ParsableCommand {
         for w in warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
     }
 
-    /// Runs a command body, turning Anvil errors into a clear message and exit status 1.
-    static func guarded(_ body: () throws -> Void) throws {
+    /// Runs a command body, turning Anvil errors into a clear message and exit status 1;
+    /// the memory limit is set first.
+    static func guarded(_ limits: LimitOptions? = nil, _ body: () throws -> Void) throws {
         do {
+            try limits?.apply()
             try body()
         } catch let error as AnvilError {
             FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
             throw ExitCode(1)
         }
+    }
+}
+
+/// --memoryLimit, shared by every command that reads a model, an engine or tensors.
+struct LimitOptions: ParsableArguments {
+    @Option(name: .customLong("memoryLimit"), help: ArgumentHelp("Largest memory one tensor, folded constant or activation arena may take: bytes or 512M, 8G (default: 3/4 of physical memory, or ANVIL_MEMORY_LIMIT).",
+                               valueName: "size"))
+    var memoryLimit: String?
+
+    func apply() throws {
+        if let memoryLimit { MemoryPolicy.limit = try MemoryPolicy.parse(memoryLimit) }
     }
 }

@@ -151,8 +151,10 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("exportProfile"), help: "Write the per-layer profile as trtexec's JSON.") var exportProfile: String?
     @Flag(name: .customLong("dumpProfile"), help: "Print a per-layer profile: total, average and median time and share.") var dumpProfile = false
 
+    @OptionGroup var limits: LimitOptions
+
     func run() throws {
-        try Anvil.guarded {
+        try Anvil.guarded(limits) {
             try setThreads(threads)
             var settings = BenchSettings()
             settings.warmUp = warmUp

@@ -103,8 +103,10 @@ struct Build: ParsableCommand {
     @Option(name: .customLong("tacticSources"), help: "Tactic sources to enable (+) or disable (-), as in trtexec: -WINOGRAD keeps convolutions off oneDNN's Winograd kernels (slightly less accurate).")
     var tacticSources: String?
 
+    @OptionGroup var limits: LimitOptions
+
     func run() throws {
-        try Anvil.guarded {
+        try Anvil.guarded(limits) {
             try setThreads(threads)
             var settings = BuildSettings(model: model, output: output)
             settings.optimize = !noOptimize

@@ -40,6 +40,11 @@ func winogradAllowed(tacticSources: String?) throws -> Bool {
 func setThreads(_ threads: Int?) throws {
     guard let threads else { return }
     guard threads >= 1 else { throw AnvilError.invalidArgument("--threads must be at least 1, got \(threads)") }
+    // More threads than cores only contend; thousands make OpenMP fail to start them (a crash in libgomp).
+    let cores = ProcessInfo.processInfo.activeProcessorCount, cap = max(4 * cores, 64)
+    guard threads <= cap else {
+        throw AnvilError.invalidArgument("--threads \(threads) is more than \(cap) (this machine has \(cores) cores; at most max(4 × cores, 64) threads)")
+    }
     guard DNNLThreads.set(threads) else { throw AnvilError.invalidArgument("--threads: this oneDNN build's thread count cannot be set") }
 }
 

@@ -11,7 +11,8 @@ struct Exec: ParsableCommand {
         abstract: "Accept a trtexec command line: --onnx=, --saveEngine=, --loadEngine=, --shapes=, --iterations= ….",
         discussion: """
             Value flags: --onnx --saveEngine --loadEngine --shapes --minShapes --optShapes --maxShapes --iterations --warmUp
-            --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile --tacticSources (-WINOGRAD).
+            --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile --tacticSources (-WINOGRAD)
+            --memoryLimit (Anvil's: the largest memory one tensor or arena may take, e.g. 8G).
             Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch.
             GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and reduced precisions are refused.
             """)
@@ -20,7 +21,7 @@ struct Exec: ParsableCommand {
 
     static let valueFlags: Set<String> = ["onnx", "saveEngine", "loadEngine", "shapes", "minShapes", "optShapes", "maxShapes", "iterations",
                                           "warmUp", "duration", "avgRuns", "percentile", "exportTimes", "exportProfile", "exportLayerInfo",
-                                          "loadInputs", "threads", "timingCacheFile", "tacticSources"]
+                                          "loadInputs", "threads", "timingCacheFile", "tacticSources", "memoryLimit"]
     static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32"]
     static let gpuOnly: Set<String> = ["device", "useCudaGraph", "useSpinWait", "streams", "noDataTransfers", "useDLACore", "allowGPUFallback",
                                        "memPoolSize", "workspace", "useManagedMemory", "persistentCacheRatio", "maxAuxStreams", "dumpRefit",
@@ -67,6 +68,7 @@ struct Exec: ParsableCommand {
                 return v
             }
             func has(_ name: String) -> Bool { flags.contains { $0.name == name && $0.value == nil } }
+            if let limit = try one("memoryLimit") { MemoryPolicy.limit = try MemoryPolicy.parse(limit) }
             if let threads = try one("threads") {
                 guard let n = Int(threads) else { throw AnvilError.invalidArgument("--threads=\(threads) is not a number") }
                 try setThreads(n)

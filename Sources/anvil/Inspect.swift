@@ -108,8 +108,10 @@ struct Inspect: ParsableCommand {
         }
     }
 
+    @OptionGroup var limits: LimitOptions
+
     func run() throws {
-        try Anvil.guarded {
+        try Anvil.guarded(limits) {
             if isEngineFile(model) {
                 let engine = try Engine(path: model)
                 let size = (try? FileManager.default.attributesOfItem(atPath: model)[.size] as? Int) ?? 0

@@ -36,8 +36,10 @@ struct Optimize: ParsableCommand {
     @Option(help: "Fix input shapes before optimizing: name:AxBxC[,name:…] (trtexec's form). Without it dynamic axes stay dynamic.")
     var shapes: [String] = []
 
+    @OptionGroup var limits: LimitOptions
+
     func run() throws {
-        try Anvil.guarded {
+        try Anvil.guarded(limits) {
             let m = try ONNXImporter.load(path: model)
             let before = GraphSummary(m.graph)
             let fixed = try ShapeProfile.from(shapes: ShapeProfile.parse(shapes, flag: "--shapes"), min: [:], opt: [:], max: [:])

@@ -42,8 +42,10 @@ struct Run: ParsableCommand {
     @Flag(help: "Run an ONNX model on the reference executor (plain Swift kernels, no optimizer) instead of building an engine.")
     var referenceExecutor = false
 
+    @OptionGroup var limits: LimitOptions
+
     func run() throws {
-        try Anvil.guarded {
+        try Anvil.guarded(limits) {
             guard outputFormat == "pb" || outputFormat == "npy" else { throw AnvilError.invalidArgument("--output-format must be pb or npy, not '\(outputFormat)'") }
             let runner = try Runner.load(model, reference: referenceExecutor)
             var inputs: [String: Tensor] = [:]
@@ -89,9 +91,11 @@ struct Validate: ParsableCommand {
     @Option(help: "Relative tolerance.") var rtol: Double = 1e-3
     @Flag(help: "Run an ONNX model on the reference executor instead of building an engine.") var referenceExecutor = false
 
+    @OptionGroup var limits: LimitOptions
+
     func run() throws {
         var allPassed = true
-        try Anvil.guarded {
+        try Anvil.guarded(limits) {
             guard atol >= 0, rtol >= 0 else { throw AnvilError.invalidArgument("--atol and --rtol must be non-negative") }
             let runner = try Runner.load(model, reference: referenceExecutor)
             let baseline = try against.map { try Runner.load($0, reference: true) }

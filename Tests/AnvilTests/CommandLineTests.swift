@@ -159,6 +159,59 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// Issue 11's memory policy: a size the model asks for is checked before anything is
+    /// allocated, and every command fails naming the node, the size and the limit (these
+    /// aborted in the allocator or corrupted the heap), leaving nothing behind.
+    func testSizesAboveTheMemoryLimitAreRefusedWithTheNode() throws {
+        for (fixture, node) in [("huge_constant_of_shape", "fill"), ("enormous_constant_of_shape", "fill"), ("huge_expand", "expand"),
+                                ("huge_tile", "tile"), ("huge_range", "range")] {
+            let model = TestSupport.fixture("invalid/\(fixture).onnx")
+            let folder = try TestSupport.temporaryFolder()
+            // inspect reports the failed shape inference among its findings.
+            let inspect = try TestSupport.run(["inspect", model])
+            XCTAssertTrue(inspect.stdout.contains("Shape inference failed: node '\(node)'") && inspect.stdout.contains("memory limit"), inspect.stdout)
+            for args in [["optimize", model, "-o", folder + "/o.onnx"], ["build", model, "-o", folder + "/e.anvil"],
+                         ["run", model, "--output-dir", folder + "/out"] + (["huge_expand", "huge_tile"].contains(fixture)
+                             ? ["--input", "x=\(TestSupport.fixture("invalid/x_1x1.npy"))"] : [])] {
+                let r = try TestSupport.run(args)
+                XCTAssertEqual(r.status, 1, "\(args): \(r.stdout) \(r.stderr.prefix(400))")
+                XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("'\(node)'") && r.stderr.contains("memory limit"),
+                              "\(args): \(r.stderr.prefix(400))")
+            }
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), [], "\(fixture) left files behind")
+        }
+        // The limit is settable by flag and by environment; a malformed one is refused.
+        let model = TestSupport.fixture("cnn/model.onnx"), folder = try TestSupport.temporaryFolder()
+        let small = try TestSupport.run(["build", model, "-o", folder + "/e.anvil", "--memoryLimit", "4K"])
+        XCTAssertEqual(small.status, 1)
+        XCTAssertTrue(small.stderr.contains("memory limit of 4096 bytes"), small.stderr)
+        let environment = try TestSupport.run(["optimize", model, "-o", folder + "/o.onnx"], environment: [MemoryPolicy.environmentVariable: "4K"])
+        XCTAssertEqual(environment.status, 1)
+        XCTAssertTrue(environment.stderr.contains("memory limit of 4096 bytes"), environment.stderr)
+        let bad = try TestSupport.run(["inspect", model, "--memoryLimit", "lots"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("'lots' is not a positive size"), bad.stderr)
+        XCTAssertEqual(try TestSupport.run(["build", model, "-o", folder + "/e.anvil", "--memoryLimit", "1G"]).status, 0)
+    }
+
+    /// Reads are bounded: a device is refused by name (stat says 0 bytes for /dev/zero,
+    /// and reading it ran until the machine's memory was gone); --threads is capped.
+    func testDevicesAndAbsurdThreadCountsAreRefused() throws {
+        let engine = try TestSupport.temporaryFolder() + "/e.anvil"
+        XCTAssertEqual(try TestSupport.run(["build", TestSupport.fixture("invalid/valid_add.onnx"), "-o", engine]).status, 0)
+        for args in [["run", engine, "--input", "x=/dev/zero", "--output-dir", try TestSupport.temporaryFolder()], ["inspect", "/dev/zero"],
+                     ["run", "/dev/zero", "--output-dir", try TestSupport.temporaryFolder()], ["bench", "/dev/zero"]] {
+            let r = try TestSupport.run(args)
+            XCTAssertEqual(r.status, 1, "\(args)")
+            XCTAssertTrue(r.stderr.contains("/dev/zero") && (r.stderr.contains("is a device") || r.stderr.contains("not a regular file")), "\(args): \(r.stderr)")
+        }
+        for args in [["bench", engine, "--threads", "65536"], ["exec", "--loadEngine=\(engine)", "--threads=100000"]] {
+            let r = try TestSupport.run(args)
+            XCTAssertEqual(r.status, 1, "\(args)")
+            XCTAssertTrue(r.stderr.contains("--threads") && r.stderr.contains("cores"), "\(args): \(r.stderr)")
+        }
+    }
+
     func testValidateRefusesReferenceFoldersWithoutData() throws {
         let empty = try TestSupport.temporaryFolder()
         let r = try TestSupport.run(["validate", TestSupport.fixture("cnn/model.onnx"), "--reference", empty])

@@ -193,6 +193,8 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
             results = try evaluateFast?(node, depth, context) ?? def.evaluate(context)
         } catch AnvilError.invalidTensor(let name, let reason) {
             throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: name.isEmpty || name == node.opType ? reason : "\(name): \(reason)")
+        } catch AnvilError.memoryLimit(let what, let bytes, let limit) {
+            throw AnvilError.memoryLimit(what: "node '\(node.name)' (\(node.opType)): \(what)", bytes: bytes, limit: limit)
         }
         if let time { time(node, depth, Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6) }
         return results

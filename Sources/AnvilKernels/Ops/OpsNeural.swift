@@ -242,7 +242,7 @@ func registerNeural(_ b: inout KernelTableBuilder) {
             let strides = attrs.strides ?? Array(repeating: 1, count: nd), pads = attrs.pads ?? Array(repeating: 0, count: 2 * nd)
             out = Array(x.shape[0..<2]) + (0..<nd).map { (x.shape[$0 + 2] - 1) * strides[$0] + kernel[$0] - pads[$0] - pads[$0 + nd] }
         }
-        guard let n = ShapeMath.elementCount(out) else { throw ctx.fail("output shape \(out) is invalid") }
+        let n = try MemoryPolicy.checkedCount(out, x.dataType, for: "the output")
         var source = [Int](repeating: x.count, count: n)
         for (k, i) in indices.enumerated() {
             guard i >= 0, Int(i) < n else { throw ctx.fail("index \(i) is outside the output of \(n) elements") }

@@ -66,7 +66,7 @@ func registerResize(_ b: inout KernelTableBuilder) {
         } else {
             throw ctx.fail("one of scales and sizes must be given")
         }
-        guard ShapeMath.elementCount(output) != nil else { throw ctx.fail("output shape \(output) is too large") }
+        try MemoryPolicy.checkedCount(output, x.dataType, for: "the output")
         return try named(ctx) { try Resampling.resize(x, outputShape: output, scales: scales, roi: roi, p) }
     }
     b.add1("Upsample") { ctx in

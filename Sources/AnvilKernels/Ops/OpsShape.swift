@@ -206,7 +206,7 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
     }
     b.add1("ConstantOfShape") { ctx in
         let shape = try intsInput(ctx, 0)
-        guard shape.allSatisfy({ $0 >= 0 }), ShapeMath.elementCount(shape) != nil else { throw ctx.fail("shape \(shape) is invalid or too large") }
+        guard shape.allSatisfy({ $0 >= 0 }) else { throw ctx.fail("shape \(shape) has a negative dimension") }
         let value = try ctx.attributes.tensor("value") ?? Tensor(floats: [0], shape: [1])
         guard value.count == 1 else { throw ctx.fail("value must hold one element, has \(value.count)") }
         return try value.repeated(shape: shape)
@@ -215,6 +215,7 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
         let start = try ctx.input(0), limit = try ctx.input(1), delta = try ctx.input(2)
         let s = start.double(at: 0), l = limit.double(at: 0), d = delta.double(at: 0)
         let count = try named(ctx) { try rangeCount(start: s, limit: l, delta: d) }
+        try MemoryPolicy.checkedCount([count], start.dataType, for: "the range")
         if start.dataType.isInteger {
             let si = start.int64s[0], di = delta.int64s[0]
             return try Tensor(start.dataType, shape: [count], int64s: (0..<count).map { si + Int64($0) * di })
@@ -295,6 +296,7 @@ func registerShapeOps(_ b: inout KernelTableBuilder) {
         let rank = indices.rank + 1
         let axis = try ctx.axis(ctx.attributes.int("axis", -1), rank: rank)
         let idx = indices.doubles.map { Int(Tensor.int64(fromDouble: $0)) }
+        try MemoryPolicy.checkedCount(Array(indices.shape[..<axis]) + [depth] + Array(indices.shape[axis...]), values.dataType, for: "the output")
         let outer = indices.shape[..<axis].reduce(1, *), inner = indices.shape[axis...].reduce(1, *)
         var picks = [Int](repeating: 0, count: outer * depth * inner)
         for o in 0..<outer { for d in 0..<depth { for i in 0..<inner {

@@ -450,16 +450,21 @@ public final class ExecutionPlan {
         let (total, adopted) = MemoryPlanner.assign(&buffers, steps: lives, stored: stored)
         usesStoredMemoryPlan = adopted
         arenaBytes = total
+        // The new region first: when it cannot be had, the plan keeps its old one (freeing
+        // it first left a dangling pointer that deinit freed again).
+        let newArena = try Self.allocateRegion(total, "activation arena")
         free(arena)
-        arena = try Self.allocateRegion(total, "activation arena")
+        arena = newArena
         scratchpadBytes = steps.compactMap { ($0 as? PrimitiveStep)?.primitive.scratchpadBytes }.max() ?? 0
+        let newScratchpad = try Self.allocateRegion(scratchpadBytes, "scratchpad")
         free(scratchpad)
-        scratchpad = try Self.allocateRegion(scratchpadBytes, "scratchpad")
+        scratchpad = newScratchpad
     }
 
     /// 64-byte-aligned memory for the arena or scratchpad; an error, not a trap, when
     /// the system cannot give it (shapes from a damaged file can ask for anything).
     static func allocateRegion(_ bytes: Int, _ what: String) throws -> UnsafeMutableRawPointer {
+        try MemoryPolicy.check(bytes, for: "the \(what)")
         var p: UnsafeMutableRawPointer?
         guard posix_memalign(&p, 64, max(bytes, 64)) == 0, let p else {
             throw AnvilError.invalidArgument("cannot allocate \(bytes) bytes for the \(what)")

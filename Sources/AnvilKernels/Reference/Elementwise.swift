@@ -21,6 +21,8 @@ public enum Elementwise {
         guard let s = ShapeMath.broadcast(shapes) else {
             throw AnvilError.invalidTensor(name: op, reason: "shapes \(shapes.map { "\($0)" }.joined(separator: " and ")) cannot be broadcast together")
         }
+        // Each input is broadcast to the result before the elements are combined.
+        try MemoryPolicy.checkedCount(s, .int64, for: "the broadcast result")
         return s
     }
 

@@ -66,6 +66,7 @@ public enum Linear {
         let aBatch = Indexing.broadcastSource(Array(aShape.dropLast(2)), to: batch)
         let bBatch = Indexing.broadcastSource(Array(bShape.dropLast(2)), to: batch)
         var outShape = batch + [m, n]
+        try MemoryPolicy.checkedCount(outShape, a.dataType, for: "the product")
         if a.rank == 1 { outShape.remove(at: outShape.count - 2) }
         if b.rank == 1 { outShape.removeLast() }
         if a.dataType == .double || a.dataType.isInteger {

@@ -56,10 +56,11 @@ public enum Movement {
         let n = x.shape[axis]
         let ind = try normalizedIndices(indices.int64s, bound: n, op: "Gather")
         let outer = x.shape[..<axis].reduce(1, *), inner = x.shape[(axis + 1)...].reduce(1, *)
+        let shape = Array(x.shape[..<axis]) + indices.shape + Array(x.shape[(axis + 1)...])
+        try MemoryPolicy.checkedCount(shape, x.dataType, for: "Gather's output")
         var starts: [Int] = []
         starts.reserveCapacity(outer * ind.count)
         for o in 0..<outer { for k in ind { starts.append((o * n + k) * inner) } }
-        let shape = Array(x.shape[..<axis]) + indices.shape + Array(x.shape[(axis + 1)...])
         return try x.gatheringBlocks(at: starts, size: inner, shape: shape)
     }
 
@@ -170,7 +171,8 @@ public enum Movement {
         guard repeats.count == x.rank, repeats.allSatisfy({ $0 >= 0 }) else {
             throw AnvilError.invalidTensor(name: "Tile", reason: "repeats \(repeats) do not fit rank \(x.rank)")
         }
-        let outShape = zip(x.shape, repeats).map { $0 * $1 }
+        let outShape = try MemoryPolicy.shape(zip(x.shape, repeats).map { [$0, $1] }, combining: { $0.multipliedReportingOverflow(by: $1) },
+                                              x.dataType, for: "Tile's output")
         let xs = ShapeMath.strides(x.shape)
         var idx: [Int] = []
         Indexing.forEachIndex(outShape) { o in
@@ -200,8 +202,13 @@ public enum Movement {
 
     public static func pad(_ x: Tensor, pads: [Int], mode: String, value: Tensor?) throws -> Tensor {
         let r = x.rank
-        let outShape = (0..<r).map { x.shape[$0] + pads[$0] + pads[$0 + r] }
+        let outShape = try (0..<r).map { d -> Int in
+            let (a, o1) = x.shape[d].addingReportingOverflow(pads[d]), (b, o2) = a.addingReportingOverflow(pads[d + r])
+            guard !o1, !o2 else { throw AnvilError.invalidTensor(name: "Pad", reason: "pads \(pads) are too large") }
+            return b
+        }
         guard outShape.allSatisfy({ $0 >= 0 }) else { throw AnvilError.invalidTensor(name: "Pad", reason: "pads \(pads) remove more than the shape \(x.shape)") }
+        try MemoryPolicy.checkedCount(outShape, x.dataType, for: "Pad's output")
         let xs = ShapeMath.strides(x.shape)
         var idx: [Int] = []
         Indexing.forEachIndex(outShape) { o in
