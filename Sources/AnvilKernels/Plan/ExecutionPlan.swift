@@ -49,6 +49,8 @@ public final class ExecutionPlan {
     private var layerIndex = 0
     /// Whether some buffer has been placed inside another (then `dies` checks whole trees).
     private var nestedBuffers = false
+    /// Per buffer: how many of its names `lastRead(of:)` has seen, and their last reader.
+    private var lastReadCache: [Int: (count: Int, last: Int)] = [:]
     /// Copies of values reordered into other (non-plain) layouts, reused by later readers.
     private var layoutCopies: [String: [PlanValue]] = [:]
     /// What the current layer's lowering changed, undone when it does not fit after all.
@@ -258,12 +260,24 @@ public final class ExecutionPlan {
     /// whole tree of buffers under the same root: all of them must be dead.
     func dies(_ v: PlanValue) -> Bool {
         guard v.buffer >= 0, buffers[v.buffer].first >= 0 else { return false }
-        func dead(_ b: Int) -> Bool { buffers[b].names.allSatisfy { (lastUse[$0] ?? -1) <= layerIndex } }
+        func dead(_ b: Int) -> Bool { lastRead(of: b) <= layerIndex }
         guard dead(v.buffer) else { return false }
         guard nestedBuffers else { return true }
         func root(_ b: Int) -> Int { var b = b; while let p = buffers[b].parent { b = p.buffer }; return b }
         let r = root(v.buffer)
         return buffers.indices.allSatisfy { b in buffers[b].first < 0 || root(b) != r || dead(b) }
+    }
+
+    /// The last layer reading any value a buffer holds. Cached per buffer and extended as
+    /// names are added (a chain of in-place layers adds one per layer: scanning them all
+    /// on every check was quadratic); recomputed when a rollback removed names.
+    func lastRead(of b: Int) -> Int {
+        let names = buffers[b].names
+        var (count, last) = lastReadCache[b] ?? (0, -1)
+        if count > names.count { (count, last) = (0, -1) }
+        for name in names[count...] { last = max(last, lastUse[name] ?? -1) }
+        lastReadCache[b] = (names.count, last)
+        return last
     }
 
     /// A constant as a plan value (plain, storage owned by the plan).
@@ -394,13 +408,14 @@ public final class ExecutionPlan {
         while journal.count > entry {
             switch journal.removeLast() {
             case .value(let name, let previous): values[name] = previous
-            case .bufferName(let b): if b < bufferCount { buffers[b].names.removeLast() }
+            case .bufferName(let b): if b < bufferCount { buffers[b].names.removeLast(); lastReadCache[b] = nil }
             case .plainCopy(let name): plainCopies[name] = nil
             case .layoutCopy(let name): layoutCopies[name]?.removeLast()
             case .parent(let b): if b < bufferCount { buffers[b].parent = nil }
             }
         }
         steps.removeLast(steps.count - stepCount)
+        for b in bufferCount..<max(bufferCount, buffers.count) { lastReadCache[b] = nil }
         buffers.removeLast(buffers.count - bufferCount)
     }
 
