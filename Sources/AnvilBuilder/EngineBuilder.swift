@@ -96,7 +96,7 @@ public struct EngineBuilder {
         let meta = """
             {"producer":"anvil","model":"\(name.replacingOccurrences(of: "\"", with: "'"))","layers":\(graph.layers.count)}
             """
-        let producer = "anvil 0.1"
+        let producer = "anvil \(EngineFile.producerVersion)"
         let staging = try Engine(graph: graph, producer: producer, requiredFeatures: [], profile: profile, name: name)
         var compiled = try staging.compile(shapes: samples, types: types)
         // Without inferable types the runtime runs the graph once on zeros of the sample shapes;

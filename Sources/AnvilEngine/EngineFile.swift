@@ -42,6 +42,9 @@ public struct EngineFile {
         deinit { release(bytes) }
     }
 
+    /// Anvil's version, as engines record their producer and `anvil --version` prints it.
+    public static let producerVersion = "0.1"
+
     public init(producer: String, requiredFeatures: CPUFeatures, sections: [(tag: String, bytes: [UInt8])]) {
         self.producer = producer
         self.requiredFeatures = requiredFeatures
@@ -125,6 +128,9 @@ public struct EngineFile {
     /// the header fields and where each section lies.
     static func validate(_ bytes: UnsafeRawBufferPointer, file: String, hostFeatures: CPUFeatures) throws -> (EngineFile, [(tag: String, range: Range<Int>)]) {
         func fail(_ reason: String) -> AnvilError { .invalidModel(file: file, field: "engine", reason: reason) }
+        if bytes.count >= 8, bytes.count < headerSize, Array(bytes[0..<8]) == magic {
+            throw fail("truncated: \(bytes.count) bytes, shorter than the \(headerSize)-byte engine header")
+        }
         guard bytes.count >= headerSize, Array(bytes[0..<8]) == magic else {
             // ONNX files start with ModelProto field 1 (ir_version), tag byte 0x08.
             throw fail(bytes.first == 0x08 ? "this looks like an ONNX model, not an engine: build one with anvil build"

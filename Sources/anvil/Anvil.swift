@@ -1,4 +1,5 @@
 import AnvilCore
+import AnvilEngine
 import ArgumentParser
 import Foundation
 
@@ -7,6 +8,7 @@ struct Anvil: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "anvil",
         abstract: "Anvil: an ONNX optimizing compiler and runtime for CPUs.",
+        version: "anvil \(EngineFile.producerVersion)",
         subcommands: [Inspect.self, Run.self, Validate.self, Optimize.self, Build.self, Bench.self, Exec.self]
     )
 

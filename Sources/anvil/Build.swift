@@ -24,6 +24,7 @@ struct BuildSettings {
         let start = Date()
         func step(_ what: String) { if verbose { print(String(format: "[%6.2f s] ", Date().timeIntervalSince(start)) + what) } }
         step("importing \(model)")
+        try requireONNXModel(model, command: "build")
         let m = try ONNXImporter.load(path: model)
         var builder = EngineBuilder()
         builder.optimize = optimize

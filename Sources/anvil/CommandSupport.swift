@@ -48,6 +48,31 @@ func setThreads(_ threads: Int?) throws {
     guard DNNLThreads.set(threads) else { throw AnvilError.invalidArgument("--threads: this oneDNN build's thread count cannot be set") }
 }
 
+/// Creates an output folder (and its parents), or says why it cannot: a file in the
+/// way, no permission, a read-only file system.
+func makeFolder(_ path: String, flag: String) throws {
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+        guard isDirectory.boolValue else { throw AnvilError.io(path: path, reason: "\(flag): exists and is not a folder") }
+        guard access(path, W_OK) == 0 else { throw AnvilError.io(path: path, reason: "\(flag): the folder is not writable (\(String(cString: strerror(errno))))") }
+        return
+    }
+    do {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    } catch {
+        let underlying = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError
+        let reason = underlying.map { String(cString: strerror(Int32($0.code))) } ?? error.localizedDescription
+        throw AnvilError.io(path: path, reason: "\(flag): cannot create the folder (\(reason))")
+    }
+}
+
+/// Refuses an engine where an ONNX model is expected, naming what it is.
+func requireONNXModel(_ path: String, command: String) throws {
+    if isEngineFile(path) {
+        throw AnvilError.io(path: path, reason: "this is an Anvil engine, not an ONNX model: anvil \(command) takes ONNX models (run, bench and inspect take engines)")
+    }
+}
+
 /// True when the file starts with the engine magic.
 func isEngineFile(_ path: String) -> Bool {
     guard let handle = FileHandle(forReadingAtPath: path) else { return false }

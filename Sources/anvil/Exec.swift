@@ -54,6 +54,10 @@ struct Exec: ParsableCommand {
     }
 
     func run() throws {
+        if arguments.contains(where: { ["--help", "-h", "-help"].contains($0) }) {
+            print(Self.helpMessage())
+            return
+        }
         try Anvil.guarded {
             let flags = try Self.parse(arguments)
             func values(_ name: String) -> [String] { flags.filter { $0.name == name }.compactMap(\.value) }

@@ -40,6 +40,7 @@ struct Optimize: ParsableCommand {
 
     func run() throws {
         try Anvil.guarded(limits) {
+            try requireONNXModel(model, command: "optimize")
             let m = try ONNXImporter.load(path: model)
             let before = GraphSummary(m.graph)
             let fixed = try ShapeProfile.from(shapes: ShapeProfile.parse(shapes, flag: "--shapes"), min: [:], opt: [:], max: [:])

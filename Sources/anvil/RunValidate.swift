@@ -65,7 +65,7 @@ struct Run: ParsableCommand {
             } catch AnvilError.invalidTensor(let name, let reason) where files[name] != nil {
                 throw AnvilError.invalidTensor(name: name, reason: "\(reason) (read from \(files[name]!))")
             }
-            try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+            try makeFolder(outputDir, flag: "--output-dir")
             var written: [(path: String, bytes: [UInt8])] = []
             for (i, out) in outputs.enumerated() {
                 let safe = out.name.map { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." ? $0 : "_" }
@@ -87,8 +87,9 @@ struct Validate: ParsableCommand {
     @Argument(help: "The ONNX model (built into an engine in memory) or engine file.") var model: String
     @Option(help: "Folder with input_N.pb/output_N.pb, or with test_data_set_N folders.") var reference: String
     @Option(help: "Compare with this ONNX model (run by the reference executor on the same inputs) instead of the reference outputs.") var against: String?
-    @Option(help: "Absolute tolerance.") var atol: Double = 1e-5
-    @Option(help: "Relative tolerance.") var rtol: Double = 1e-3
+    // .unconditional: "--atol -1" reaches the check below instead of "Missing value".
+    @Option(parsing: .unconditional, help: "Absolute tolerance.") var atol: Double = 1e-5
+    @Option(parsing: .unconditional, help: "Relative tolerance.") var rtol: Double = 1e-3
     @Flag(help: "Run an ONNX model on the reference executor instead of building an engine.") var referenceExecutor = false
 
     @OptionGroup var limits: LimitOptions
@@ -96,7 +97,9 @@ struct Validate: ParsableCommand {
     func run() throws {
         var allPassed = true
         try Anvil.guarded(limits) {
-            guard atol >= 0, rtol >= 0 else { throw AnvilError.invalidArgument("--atol and --rtol must be non-negative") }
+            guard atol >= 0, atol.isFinite, rtol >= 0, rtol.isFinite else {
+                throw AnvilError.invalidArgument("--atol and --rtol must be finite and non-negative, got --atol \(atol) --rtol \(rtol)")
+            }
             let runner = try Runner.load(model, reference: referenceExecutor)
             let baseline = try against.map { try Runner.load($0, reference: true) }
             print("Running on the \(runner.description)" + (baseline.map { ", compared with the \($0.description)" } ?? ""))

@@ -212,6 +212,34 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// Issue 11's unclear messages: each now says what is wrong.
+    func testMistakesGetMessagesThatSayWhatIsWrong() throws {
+        let model = TestSupport.fixture("invalid/valid_add.onnx"), folder = try TestSupport.temporaryFolder()
+        let engine = folder + "/e.anvil"
+        XCTAssertEqual(try TestSupport.run(["build", model, "-o", engine]).status, 0)
+        let help = try TestSupport.run(["exec", "--help"])
+        XCTAssertEqual(help.status, 0, help.stderr)
+        XCTAssertTrue(help.stdout.contains("trtexec"), help.stdout)
+        let version = try TestSupport.run(["--version"])
+        XCTAssertEqual(version.status, 0)
+        XCTAssertTrue(version.stdout.hasPrefix("anvil "), version.stdout)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: engine))
+        try bytes.prefix(40).write(to: URL(fileURLWithPath: folder + "/short.anvil"))
+        let input = "x=\(TestSupport.fixture("invalid/x_ok.npy"))"
+        let cases: [(args: [String], mentions: String)] = [
+            (["build", engine, "-o", folder + "/again.anvil"], "this is an Anvil engine, not an ONNX model"),
+            (["optimize", engine, "-o", folder + "/o.onnx"], "this is an Anvil engine, not an ONNX model"),
+            (["inspect", folder + "/short.anvil"], "truncated: 40 bytes"),
+            (["validate", engine, "--reference", TestSupport.fixture("cnn"), "--atol", "-1"], "--atol and --rtol must be finite and non-negative"),
+            (["run", engine, "--input", input, "--output-dir", model], "exists and is not a folder"),
+        ]
+        for c in cases {
+            let r = try TestSupport.run(c.args)
+            XCTAssertEqual(r.status, 1, "\(c.args)")
+            XCTAssertTrue(r.stderr.contains(c.mentions), "\(c.args): \(r.stderr)")
+        }
+    }
+
     func testValidateRefusesReferenceFoldersWithoutData() throws {
         let empty = try TestSupport.temporaryFolder()
         let r = try TestSupport.run(["validate", TestSupport.fixture("cnn/model.onnx"), "--reference", empty])
