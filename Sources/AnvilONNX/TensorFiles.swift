@@ -23,22 +23,7 @@ public enum TensorFiles {
     /// Writes files atomically: all are written to temporary names first and renamed
     /// only when every one succeeded, so a failure leaves nothing half-written.
     public static func writeAll(_ files: [(path: String, bytes: [UInt8])]) throws {
-        var temps: [String] = []
-        do {
-            for f in files {
-                let tmp = f.path + ".tmp-\(getpid())"
-                guard FileManager.default.createFile(atPath: tmp, contents: Data(f.bytes)) else {
-                    throw AnvilError.io(path: f.path, reason: "cannot be written")
-                }
-                temps.append(tmp)
-            }
-            for (tmp, f) in zip(temps, files) {
-                if rename(tmp, f.path) != 0 { throw AnvilError.io(path: f.path, reason: "cannot be created (\(String(cString: strerror(errno))))") }
-            }
-        } catch {
-            for t in temps { try? FileManager.default.removeItem(atPath: t) }
-            throw error
-        }
+        try OutputFiles.write(files)
     }
 
     /// Serializes a TensorProto with raw_data (string tensors use string_data).

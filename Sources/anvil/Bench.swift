@@ -29,6 +29,13 @@ struct BenchSettings {
         }
     }
 
+    /// Refuses --exportTimes / --exportProfile naming the model, an input file or each other.
+    func requireDistinctOutputs(models: [(flag: String, path: String)]) throws {
+        let inputFiles = loadInputs.compactMap { spec in spec.lastIndex(of: ":").map { ("--loadInputs", String(spec[spec.index(after: $0)...])) } }
+        try OutputFiles.requireDistinct(outputs: [("--exportTimes", exportTimes), ("--exportProfile", exportProfile)].compactMap { flag, path in path.map { (flag, $0) } },
+                                        inputs: models + inputFiles)
+    }
+
     func inputs(for engine: Engine) throws -> [String: Tensor] {
         var inputs: [String: Tensor] = [:]
         for spec in loadInputs {
@@ -167,6 +174,7 @@ struct Bench: ParsableCommand {
             settings.exportTimes = exportTimes
             settings.exportProfile = exportProfile
             settings.dumpProfile = dumpProfile
+            try settings.requireDistinctOutputs(models: [("the model", model)])
             let start = Date()
             let engine: Engine
             if isEngineFile(model) {

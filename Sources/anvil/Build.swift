@@ -25,6 +25,10 @@ struct BuildSettings {
         func step(_ what: String) { if verbose { print(String(format: "[%6.2f s] ", Date().timeIntervalSince(start)) + what) } }
         step("importing \(model)")
         try requireONNXModel(model, command: "build")
+        // Checked before the build: a side output must not replace the model or another output.
+        try OutputFiles.requireDistinct(outputs: [("-o", output), ("--exportLayerInfo", exportLayerInfo), ("--timingCacheFile", timingCacheFile)]
+                                            .compactMap { flag, path in path.map { (flag, $0) } },
+                                        inputs: [("the model", model)])
         let m = try ONNXImporter.load(path: model)
         var builder = EngineBuilder()
         builder.optimize = optimize
@@ -48,24 +52,22 @@ struct BuildSettings {
             }
         }
         let bytes = try result.file.encoded()
-        if let output {
-            let a = URL(fileURLWithPath: model).standardizedFileURL.resolvingSymlinksInPath().path
-            let b = URL(fileURLWithPath: output).standardizedFileURL.resolvingSymlinksInPath().path
-            guard a != b else { throw AnvilError.io(path: output, reason: "is the input model; choose another output file") }
-        }
         let engine = result.engine
         let report = EngineReport(engine: engine, compiled: result.compiled, file: output ?? model, bytes: bytes.count,
                                   storedWeights: result.compiled.packedWeights, loaded: false)
+        // The engine and its side outputs: all written or none.
+        var files: [(path: String, bytes: [UInt8])] = []
         if let output {
             step("writing \(output)")
-            try TensorFiles.writeAll([(output, bytes)])
+            files.append((output, bytes))
         }
-        if let timingCacheFile { try TensorFiles.writeAll([(timingCacheFile, builder.timingCache.encoded())]) }
+        if let timingCacheFile { files.append((timingCacheFile, builder.timingCache.encoded())) }
         if let exportLayerInfo {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try TensorFiles.writeAll([(exportLayerInfo, Array(try encoder.encode(report)))])
+            files.append((exportLayerInfo, Array(try encoder.encode(report))))
         }
+        try TensorFiles.writeAll(files)
         let fused = result.graph.layers.filter { $0.fusedFrom.count > 1 }.count
         let slow = report.layers.filter { $0.slowPath != nil }
         print("Built \(output ?? "an engine in memory"): \(result.graph.layers.count) layers (\(fused) fused, \(report.layers.count - slow.count) on fast kernels, "

@@ -78,6 +78,14 @@ struct Exec: ParsableCommand {
                 try setThreads(n)
             }
             let onnx = try one("onnx"), load = try one("loadEngine")
+            // Every file written against every file read, before anything runs.
+            let models = [("--onnx", onnx), ("--loadEngine", load)].compactMap { flag, path in path.map { (flag, $0) } }
+            let inputFiles = values("loadInputs").flatMap { $0.split(separator: ",") }.compactMap { spec in
+                spec.lastIndex(of: ":").map { ("--loadInputs", String(spec[spec.index(after: $0)...])) }
+            }
+            try OutputFiles.requireDistinct(outputs: try ["saveEngine", "exportTimes", "exportProfile", "exportLayerInfo", "timingCacheFile"]
+                                                .compactMap { name in try one(name).map { ("--\(name)", $0) } },
+                                            inputs: models + inputFiles)
             let start = Date()
             let engine: Engine
             switch (onnx, load) {

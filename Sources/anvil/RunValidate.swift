@@ -67,11 +67,19 @@ struct Run: ParsableCommand {
             }
             try makeFolder(outputDir, flag: "--output-dir")
             var written: [(path: String, bytes: [UInt8])] = []
+            var taken = Set<String>()
             for (i, out) in outputs.enumerated() {
                 let safe = out.name.map { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." ? $0 : "_" }
-                let path = "\(outputDir)/\(safe.isEmpty ? "output_\(i)" : String(safe)).\(outputFormat)"
+                // Outputs whose names map to one file name ("a/b" and "a_b", or a name given twice) get _2, _3 ….
+                let base = safe.isEmpty ? "output_\(i)" : String(safe)
+                var stem = base, n = 1
+                while taken.contains(stem) { n += 1; stem = "\(base)_\(n)" }
+                taken.insert(stem)
+                let path = "\(outputDir)/\(stem).\(outputFormat)"
                 written.append((path, try TensorFiles.encode(out.value, name: out.name, forPath: path)))
             }
+            try OutputFiles.requireDistinct(outputs: written.map { ("--output-dir", $0.path) },
+                                            inputs: [("the model", model)] + files.values.map { ("--input", $0) })
             try TensorFiles.writeAll(written)
             print("Ran on the \(runner.description)")
             for (out, file) in zip(outputs, written) { print("\(out.name): \(out.value.dataType)\(out.value.shape) -> \(file.path)") }

@@ -240,6 +240,47 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// Issue 11's file safety: no output may replace an input or another output, a device
+    /// is written through and never replaced, and outputs whose names collide all get files.
+    func testOutputsNeverReplaceInputsDevicesOrEachOther() throws {
+        let folder = try TestSupport.temporaryFolder()
+        let model = folder + "/m.onnx", engine = folder + "/e.anvil"
+        try FileManager.default.copyItem(atPath: TestSupport.fixture("invalid/valid_add.onnx"), toPath: model)
+        let original = try Data(contentsOf: URL(fileURLWithPath: model))
+        XCTAssertEqual(try TestSupport.run(["build", model, "-o", engine]).status, 0)
+        let engineBytes = try Data(contentsOf: URL(fileURLWithPath: engine))
+        let cases: [(args: [String], mentions: String)] = [
+            (["build", model, "-o", folder + "/f.anvil", "--exportLayerInfo", model], "--exportLayerInfo \(model) is the same file as the model"),
+            (["build", model, "-o", folder + "/f.anvil", "--timingCacheFile", folder + "/f.anvil"], "is the same file as -o"),
+            (["build", model, "-o", folder + "/./m.onnx"], "is the same file as the model"),
+            (["bench", engine, "--exportTimes", engine], "--exportTimes \(engine) is the same file as the model"),
+            (["bench", engine, "--exportTimes", folder + "/p.json", "--exportProfile", folder + "/p.json"], "give each output its own file"),
+            (["exec", "--loadEngine=\(engine)", "--exportProfile=\(engine)"], "is the same file as --loadEngine"),
+            (["build", model, "-o", folder], "is a folder"),
+        ]
+        for c in cases {
+            let r = try TestSupport.run(c.args)
+            XCTAssertEqual(r.status, 1, "\(c.args)")
+            XCTAssertTrue(r.stderr.contains(c.mentions), "\(c.args): \(r.stderr)")
+        }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: model)), original, "the model was overwritten")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: engine)), engineBytes, "the engine was overwritten")
+        // Nothing hidden left behind (temporary files are .NAME.anvil-XXXXXX).
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder).sorted(), ["e.anvil", "m.onnx"])
+        // A device is written through, not replaced by a regular file.
+        XCTAssertEqual(try TestSupport.run(["build", model, "-o", "/dev/null"]).status, 0)
+        var info = stat()
+        XCTAssertEqual(stat("/dev/null", &info), 0)
+        XCTAssertEqual(info.st_mode & S_IFMT, S_IFCHR, "/dev/null is still a device")
+        // Outputs named "a/b" and "a_b" both get files.
+        let out = folder + "/out"
+        let r = try TestSupport.run(["run", TestSupport.fixture("invalid/colliding_outputs.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))",
+                                     "--output-dir", out, "--output-format", "npy"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).sorted(), ["a_b.npy", "a_b_2.npy"])
+        XCTAssertTrue(r.stdout.contains("a/b: float[2, 3] -> \(out)/a_b.npy") && r.stdout.contains("a_b: float[2, 3] -> \(out)/a_b_2.npy"), r.stdout)
+    }
+
     func testValidateRefusesReferenceFoldersWithoutData() throws {
         let empty = try TestSupport.temporaryFolder()
         let r = try TestSupport.run(["validate", TestSupport.fixture("cnn/model.onnx"), "--reference", empty])
