@@ -13,12 +13,20 @@ struct Anvil: ParsableCommand {
     )
 
     /// oneDNN's OpenMP threads must spin between layers, or every layer pays the
-    /// wake-up of sleeping threads (MobileNetV2 runs 1.6x slower). libgomp reads
-    /// OMP_WAIT_POLICY once, when it is loaded, so when the variable is unset the
-    /// tool sets it to ACTIVE and re-executes itself; set it (e.g. to PASSIVE) to opt out.
+    /// wake-up of sleeping threads (MobileNetV2 runs 1.6x slower), but not for ever:
+    /// under a CPU hog a thread spinning at a barrier for a descheduled one burns its
+    /// time slice, and ResNet-50 once took 784 ms instead of 33 (tools/bench-contention
+    /// --under-hog). libgomp reads its variables once, when it is loaded, so when
+    /// OMP_WAIT_POLICY is unset the tool sets it to ACTIVE with a bounded GOMP_SPINCOUNT
+    /// (30000 pauses, well under a millisecond, then sleep) and re-executes itself; set
+    /// either variable to choose otherwise.
+    static let spinCount = "30000"
+
     static func main() {
-        if ProcessInfo.processInfo.environment["OMP_WAIT_POLICY"] == nil, FileManager.default.fileExists(atPath: "/proc/self/exe") {
+        let environment = ProcessInfo.processInfo.environment
+        if environment["OMP_WAIT_POLICY"] == nil, FileManager.default.fileExists(atPath: "/proc/self/exe") {
             setenv("OMP_WAIT_POLICY", "ACTIVE", 1)
+            if environment["GOMP_SPINCOUNT"] == nil { setenv("GOMP_SPINCOUNT", spinCount, 1) }
             execv("/proc/self/exe", CommandLine.unsafeArgv)
             // execv returns only on failure: carry on with the default policy.
         }
