@@ -96,6 +96,14 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         guard let x = ctx.dims(0), x.count >= 3 else { return [facts(element, nil)] }
         let isConv = op.contains("Conv")
         let w = isConv ? ctx.dims(weightIndex) : nil
+        // Channels the weights do not fit can only fail at run time: refuse them here, with the node.
+        if isConv, let w, w.count == x.count, let c = x[1].value, let wc = w[1].value {
+            let group = try ctx.attributes.int("group", 1)
+            guard group >= 1, c == wc * group else {
+                throw ctx.fail("the input has \(c) channels, the weights [\(w.map(\.description).joined(separator: ", "))] with group \(group) take \(wc * max(group, 1))")
+            }
+            if let m = w[0].value, m % group != 0 { throw ctx.fail("\(m) output channels do not divide into \(group) groups") }
+        }
         let kernel = try ctx.attributes.ints("kernel_shape") ?? w.flatMap { w in w.count == x.count ? w.dropFirst(2).compactMap(\.value) : nil }
         let channels: Dim = isConv ? (w?.first ?? .unknown) : x[1]
         var spatial: [Dim] = Array(repeating: .unknown, count: x.count - 2)
@@ -192,6 +200,10 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         // the input's: a symbol of its own lets a Shape of the result carry it on (torch's
         // expand(-1, …) idiom compares it with -1).
         if let at = inferAt, out[at] == .unknown { out[at] = ctx.freshSymbol() }
+        if let input, let n = ShapeMath.elementCount(input.compactMap(\.value)), input.allSatisfy({ $0.value != nil }),
+           out.allSatisfy({ $0.value != nil }), let m = ShapeMath.elementCount(out.compactMap(\.value)), n != m {
+            throw ctx.fail("cannot reshape [\(input.map(\.description).joined(separator: ", "))] (\(n) elements) to [\(out.map(\.description).joined(separator: ", "))] (\(m) elements)")
+        }
         var result = facts(element, out)
         // A shape value reshaped to a scalar or vector keeps its elements.
         if out.count <= 1, let values = ctx.input(0).dims, out.first.map({ $0 == .known(values.count) }) ?? (values.count == 1) {

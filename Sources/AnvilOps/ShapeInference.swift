@@ -157,6 +157,17 @@ public struct ShapeInference {
         guard let def = OpRegistry.lookup(domain: node.domain, opType: node.opType, opset: opset) else {
             return node.outputs.map { _ in .unknown }
         }
+        // A node with more or fewer inputs or outputs than its op takes can only fail at run time.
+        if node.domain.isEmpty || node.domain == "ai.onnx", let arity = standardOpArity[node.opType] {
+            let inputs = (node.inputs.lastIndex { !$0.isEmpty } ?? -1) + 1, outputs = (node.outputs.lastIndex { !$0.isEmpty } ?? -1) + 1
+            func range(_ r: ClosedRange<Int>) -> String { r.upperBound == Int(Int32.max) ? "at least \(r.lowerBound)" : r.count == 1 ? "\(r.lowerBound)" : "\(r.lowerBound) to \(r.upperBound)" }
+            guard arity.inputs.contains(inputs) else {
+                throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "has \(inputs) inputs; \(node.opType) takes \(range(arity.inputs))")
+            }
+            guard arity.outputs.contains(outputs) || outputs == 0 && node.outputs.isEmpty == false else {
+                throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "has \(outputs) outputs; \(node.opType) gives \(range(arity.outputs))")
+            }
+        }
         if node.opType == "Constant", node.domain.isEmpty,
            let value = try? def.evaluate(EvalContext(node: node, opset: opset, inputs: [], runSubgraph: { _, _ in [] })) {
             return value.map { ValueFacts(constant: $0) }

@@ -281,6 +281,19 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("a/b: float[2, 3] -> \(out)/a_b.npy") && r.stdout.contains("a_b: float[2, 3] -> \(out)/a_b_2.npy"), r.stdout)
     }
 
+    /// A graph that can only fail at run time is refused at build time, the node named.
+    func testGraphsThatCannotRunAreRefusedAtBuildTime() throws {
+        let folder = try TestSupport.temporaryFolder()
+        for (fixture, mentions) in [("conv_channel_mismatch", "node 'conv1' (Conv): the input has 3 channels, the weights [4, 5, 3, 3] with group 1 take 5"),
+                                    ("impossible_reshape", "node 'reshape1' (Reshape): cannot reshape [1, 3, 8, 8] (192 elements) to [5, 7] (35 elements)"),
+                                    ("relu_two_inputs", "node 'relu1' (Relu): has 2 inputs; Relu takes 1")] {
+            let r = try TestSupport.run(["build", TestSupport.fixture("invalid/\(fixture).onnx"), "-o", folder + "/e.anvil"])
+            XCTAssertEqual(r.status, 1, fixture)
+            XCTAssertTrue(r.stderr.contains(mentions), "\(fixture): \(r.stderr)")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), [])
+    }
+
     func testValidateRefusesReferenceFoldersWithoutData() throws {
         let empty = try TestSupport.temporaryFolder()
         let r = try TestSupport.run(["validate", TestSupport.fixture("cnn/model.onnx"), "--reference", empty])

@@ -224,7 +224,7 @@ final class FoldScaleTests: XCTestCase {
         let cases: [(String, Model)] = [
             ("non-zero value", padConv(value: 1)),
             ("reflect mode", padConv(mode: "reflect")),
-            ("channel axis padded", padConv(pads: [0, 1, 0, 0, 0, 0, 1, 1])),
+            ("batch axis padded", padConv(pads: [1, 0, 0, 0, 0, 0, 1, 1])),
             ("negative pad crops", padConv(pads: [0, 0, 0, 0, 0, 0, -1, 1])),
         ]
         for (label, m) in cases {
