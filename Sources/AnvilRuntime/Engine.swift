@@ -14,6 +14,9 @@ public final class Engine: @unchecked Sendable {
     let dnnl: DNNLEngine
     /// oneDNN kernels with their prepacked weights, shared by all contexts.
     let kernels: SharedKernels
+    /// How many shared oneDNN kernels the engine holds now (at most `SharedKernels`'
+    /// bound of shapes per layer).
+    public var sharedKernelCount: Int { kernels.count }
 
     /// Reads an engine file (memory-mapped) and validates it.
     public convenience init(path: String) throws {

@@ -3,6 +3,7 @@ import AnvilCore
 import AnvilEngine
 import AnvilIR
 import AnvilKernels
+import AnvilONNX
 import AnvilOps
 import AnvilRuntime
 import XCTest
@@ -382,6 +383,40 @@ extension PlanTests {
 
     /// Timings within 3% of the fastest are a tie a shared machine cannot break: the
     /// structurally expected tactic wins it (oneDNN's own layout choice, Winograd last).
+    /// A constant at an odd offset (as inside an engine's graph section) is read through one
+    /// aligned copy the store keeps, not copied by every plan.
+    func testMisalignedConstantsAreRealignedOnce() throws {
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: 17, alignment: 16)
+        defer { raw.deallocate() }
+        let values: [Float] = [1.5, -2, 3.25, 4]
+        values.withUnsafeBytes { raw.baseAddress!.advanced(by: 1).copyMemory(from: $0.baseAddress!, byteCount: 16) }
+        let misaligned = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(raw)[1..<17])
+        let store = try ConstantStore([("w", .float, [4], .bytes(misaligned))], packed: [], owner: nil)
+        let first = try XCTUnwrap(store.alignedBytes("w")), second = try XCTUnwrap(store.alignedBytes("w"))
+        XCTAssertEqual(Int(bitPattern: first.baseAddress!) % 4, 0)
+        XCTAssertEqual(first.baseAddress, second.baseAddress, "one copy for every plan")
+        XCTAssertEqual(Array(first.bindMemory(to: Float.self)), values)
+        // Aligned bytes are read where they are.
+        let aligned = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(raw)[0..<16])
+        let direct = try ConstantStore([("w", .float, [4], .bytes(aligned))], packed: [], owner: nil)
+        XCTAssertEqual(direct.alignedBytes("w")?.baseAddress, aligned.baseAddress)
+    }
+
+    /// A dynamic engine fed many shapes keeps a bounded number of kernels: at most eight
+    /// shapes per layer, the least recently used dropped.
+    func testSharedKernelsKeepABoundedNumberOfShapesPerLayer() throws {
+        let built = try EngineBuilder().build(try ONNXImporter.load(path: TestSupport.fixture("transformer_dynamic/model.onnx")), name: "t")
+        let context = ExecutionContext(engine: built.engine)
+        var counts: [Int] = []
+        for sequence in 1...14 {
+            _ = try context.run(["hidden": try Tensor(floats: Array(repeating: 0.5, count: sequence * 64), shape: [1, sequence, 64]),
+                                 "mask": try Tensor(floats: Array(repeating: 1, count: sequence), shape: [1, sequence])])
+            counts.append(built.engine.sharedKernelCount)
+        }
+        XCTAssertGreaterThan(counts[7], counts[0], "each new shape makes kernels")
+        XCTAssertEqual(counts[13], counts[7], "beyond eight shapes per layer, old ones are dropped: \(counts)")
+    }
+
     func testTiedTimingsPreferTheExpectedTactic() throws {
         let preferred = ConvolutionTactic(layout: .preferred), nhwc = ConvolutionTactic(layout: .channelsLast)
         let winograd = ConvolutionTactic(layout: .preferred, algorithm: .winograd), plain = ConvolutionTactic(layout: .plain)

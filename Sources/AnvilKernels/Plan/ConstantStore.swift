@@ -32,6 +32,8 @@ public final class ConstantStore: @unchecked Sendable {
     private let owner: AnyObject?
     private let lock = NSLock()
     private var made: [String: Tensor] = [:]
+    /// Constants unpacked or realigned into store-owned memory (`stableBytes`, `alignedBytes`).
+    private var unpackedBytes: [String: UnsafeMutableRawBufferPointer] = [:]
     private var unpackEngine: DNNLEngine?
 
     /// Constants held as tensors.
@@ -136,7 +138,47 @@ public final class ConstantStore: @unchecked Sendable {
         if let holder = holder(name) { return holder.stableBytes(name) }
         guard let e = entries[name] else { return nil }
         if case .bytes(let b) = e.source { return b }
+        if case .packed = e.source { return try? materialized(name) }
         return nil
+    }
+
+    /// The constant's bytes aligned to its element size, where plans read them in place: the
+    /// file's bytes when they are aligned, else a copy the store makes once (constants lie at
+    /// any offset inside an engine's graph section; each plan of a dynamic engine copied
+    /// BERT's 89 MB embedding table for itself).
+    public func alignedBytes(_ name: String) -> UnsafeRawBufferPointer? {
+        guard let (type, _) = type(of: name), let stable = stableBytes(name), let base = stable.baseAddress else { return nil }
+        if Int(bitPattern: base) % max(type.byteSize, 1) == 0 { return stable }
+        if let holder = holder(name) { return holder.alignedBytes(name) }
+        return try? materialized(name)
+    }
+
+    /// A constant unpacked or copied once into 64-byte-aligned memory the store keeps.
+    private func materialized(_ name: String) throws -> UnsafeRawBufferPointer? {
+        lock.lock()
+        if let b = unpackedBytes[name] { lock.unlock(); return UnsafeRawBufferPointer(b) }
+        lock.unlock()
+        let copy: UnsafeMutableRawBufferPointer
+        if case .bytes(let source)? = entries[name]?.source {
+            copy = .allocate(byteCount: max(source.count, 1), alignment: 64)
+            if let base = source.baseAddress, source.count > 0 { copy.baseAddress!.copyMemory(from: base, byteCount: source.count) }
+        } else {
+            guard let t = try tensor(name), t.dataType != .string else { return nil }
+            let bytes = try t.littleEndianBytes()
+            copy = .allocate(byteCount: max(bytes.count, 1), alignment: 64)
+            copy.copyBytes(from: bytes)
+        }
+        let count = entries[name].map { e in (ShapeMath.elementCount(e.shape) ?? 0) * e.type.byteSize } ?? 0
+        lock.lock()
+        defer { lock.unlock() }
+        if let b = unpackedBytes[name] { copy.deallocate(); return UnsafeRawBufferPointer(b) }
+        let view = UnsafeMutableRawBufferPointer(rebasing: copy[0..<min(count, copy.count)])
+        unpackedBytes[name] = view
+        return UnsafeRawBufferPointer(view)
+    }
+
+    deinit {
+        for b in unpackedBytes.values { b.baseAddress.map { UnsafeMutableRawPointer($0).deallocate() } }
     }
 
     /// The constant as a oneDNN kernel takes it: shape, prepacked copies, plain values on demand.

@@ -291,13 +291,13 @@ public final class ExecutionPlan {
         return v
     }
 
-    /// A constant as a plan value: read in place from the engine file's mapping when
-    /// it is there (steps never write constants) and aligned to its element size (small
-    /// constants inside the graph section need not be), else copied into plan memory.
+    /// A constant as a plan value: read in place (steps never write constants) from the
+    /// engine file's mapping when aligned to its element size, else from the aligned copy
+    /// the constant store keeps for every plan (constants inside the graph section lie at
+    /// any offset), else copied into plan memory.
     func constantValue(_ name: String) throws -> PlanValue? {
         #if _endian(little)
-        if let (type, shape) = constants.type(of: name), let stable = constants.stableBytes(name), let base = stable.baseAddress,
-           Int(bitPattern: base) % max(type.byteSize, 1) == 0 {
+        if let (type, shape) = constants.type(of: name), let stable = constants.alignedBytes(name), let base = stable.baseAddress {
             let v = PlanValue(name: name, dataType: type, shape: shape, layout: nil, buffer: -1)
             if stable.count == v.byteCount {
                 v.constant = UnsafeMutableRawPointer(mutating: base)
