@@ -18,7 +18,10 @@ public enum MemoryPolicy {
     /// The default limit: ¾ of physical memory, or the environment variable's value (read
     /// once: reading the environment on every check made a 10k-layer build 2× slower).
     public static let defaultLimit: Int = {
-        if let text = ProcessInfo.processInfo.environment[environmentVariable], let value = try? parse(text) { return value }
+        if let text = ProcessInfo.processInfo.environment[environmentVariable] {
+            if let value = try? parse(text) { return value }
+            FileHandle.standardError.write(Data("warning: \(environmentVariable)='\(text)' is not a size such as 8G, 512M or 1073741824: ignored\n".utf8))
+        }
         var physical = ProcessInfo.processInfo.physicalMemory
         // An address-space limit (ulimit -v) bounds what the process can have, too.
         var rlim = rlimit()

@@ -17,7 +17,7 @@ public enum OutputFiles {
     /// Writes `files` as described above.
     public static func write(_ files: [(path: String, bytes: [UInt8])]) throws {
         var seen: [String: String] = [:]
-        for f in files {
+        for f in files where !isWrittenThrough(f.path) {
             let key = resolved(f.path)
             if let other = seen[key] {
                 throw AnvilError.io(path: f.path, reason: other == f.path ? "is written twice by this command" : "is the same file as \(other), also written by this command")
@@ -28,14 +28,12 @@ public enum OutputFiles {
         defer { for p in pending where !p.temp.isEmpty { unlink(p.temp); TemporaryFiles.forget(p.temp) } }
         var throughWrites: [(path: String, bytes: [UInt8])] = []
         for f in files {
+            if isWrittenThrough(f.path) { throughWrites.append(f); continue }
             var info = stat()
             if lstat(f.path, &info) == 0 {
                 switch info.st_mode & S_IFMT {
                 case S_IFREG: break
-                case S_IFLNK:
-                    // A link is replaced by the file, as a rename does; a link to a device is written through.
-                    if stat(f.path, &info) == 0, [S_IFCHR, S_IFIFO].contains(info.st_mode & S_IFMT) { throughWrites.append(f); continue }
-                case S_IFCHR, S_IFIFO: throughWrites.append(f); continue
+                case S_IFLNK: break  // a link to a regular file is replaced by the file, as a rename does
                 case S_IFDIR: throw AnvilError.io(path: f.path, reason: "is a folder; give a file name")
                 default: throw AnvilError.io(path: f.path, reason: "is not a regular file; refusing to replace it")
                 }
@@ -46,6 +44,13 @@ public enum OutputFiles {
             try writeAll(f.bytes, to: temp.descriptor, path: f.path)
         }
         for f in throughWrites {
+            // The process's own stdout and stderr are written on their descriptors, so what the
+            // command prints afterwards follows instead of overwriting (a redirected file).
+            if let standard = ["/dev/stdout": Int32(1), "/proc/self/fd/1": 1, "/dev/stderr": 2, "/proc/self/fd/2": 2][f.path] {
+                fflush(nil)
+                try writeAll(f.bytes, to: standard, path: f.path)
+                continue
+            }
             let fd = open(f.path, O_WRONLY)
             guard fd >= 0 else { throw AnvilError.io(path: f.path, reason: "cannot be opened for writing (\(reason(errno)))") }
             defer { close(fd) }
@@ -59,6 +64,17 @@ public enum OutputFiles {
             pending[i].temp = ""
         }
         pending.removeAll()
+    }
+
+    /// Whether a target is written through rather than replaced: an existing device or FIFO,
+    /// or a path under /dev or /proc (/dev/stdout is a link to /proc/self/fd/1, which may be
+    /// a redirected regular file: a temporary file in /dev renamed over the link would lose
+    /// the output).
+    static func isWrittenThrough(_ path: String) -> Bool {
+        if path.hasPrefix("/dev/") || path.hasPrefix("/proc/") { return FileManager.default.fileExists(atPath: path) }
+        var info = stat()
+        guard stat(path, &info) == 0 else { return false }
+        return [S_IFCHR, S_IFIFO].contains(info.st_mode & S_IFMT)
     }
 
     /// A path's identity for comparisons: the real path of its folder and its name.
@@ -76,7 +92,7 @@ public enum OutputFiles {
     public static func requireDistinct(outputs: [(flag: String, path: String)], inputs: [(flag: String, path: String)]) throws {
         let inputKeys = inputs.map { ($0.flag, resolved($0.path)) }
         var seen: [(String, String)] = []
-        for o in outputs {
+        for o in outputs where !isWrittenThrough(o.path) {
             let key = resolved(o.path)
             if let i = inputKeys.first(where: { $0.1 == key }) {
                 throw AnvilError.invalidArgument("\(o.flag) \(o.path) is the same file as \(i.0) (an input): refusing to overwrite it")

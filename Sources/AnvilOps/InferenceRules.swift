@@ -306,8 +306,12 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
                 continue
             }
             guard let n = x[a].value else {
-                // Another slice of a symbolic axis is a size of its own (wav2vec2's x[:, :, :-1]).
-                out[a] = (starts[k] == 0 && end >= Int(Int32.max) && step == 1) ? x[a] : (x[a] == .unknown ? .unknown : ctx.freshSymbol())
+                // A slice whose length follows the axis (counted from the end: wav2vec2's
+                // x[:, :, :-1], or x[:, 1:]) is a size of its own. One between two non-negative
+                // constants (x[:, 0:1]) may be shorter than its bounds say and, being possibly 1,
+                // must not get a symbol a broadcast would merge with another: unknown.
+                let followsAxis = step == 1 && (starts[k] < 0 || end < 0 || (starts[k] > 0 && end >= Int(Int32.max)))
+                out[a] = (starts[k] == 0 && end >= Int(Int32.max) && step == 1) ? x[a] : (x[a] != .unknown && followsAxis ? ctx.freshSymbol() : .unknown)
                 continue
             }
             var s = starts[k] < 0 ? starts[k] + n : starts[k], e = end < 0 ? end + n : end
@@ -444,7 +448,10 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         let element = ctx.type(0).elementType
         let start = ctx.input(0).constant.map { $0.double(at: 0) }, delta = ctx.input(2).constant.map { $0.double(at: 0) }
         if let limit = ctx.input(1).constant.map({ $0.double(at: 0) }), let start, let delta, delta != 0 {
-            return [facts(element, [.known(max(0, Int(((limit - start) / delta).rounded(.up))))])]
+            guard let count = Int(exactly: max(0, ((limit - start) / delta).rounded(.up))) else {
+                throw ctx.fail("range from \(start) to \(limit) by \(delta) has no finite length")
+            }
+            return [facts(element, [.known(count)])]
         }
         if start == 0, delta == 1, let n = ctx.input(1).dims?.first, ctx.input(1).dims?.count == 1, n != .unknown {
             return [facts(element, [n])]

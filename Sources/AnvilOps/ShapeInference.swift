@@ -161,8 +161,9 @@ public struct ShapeInference {
         if node.domain.isEmpty || node.domain == "ai.onnx", let arity = standardOpArity[node.opType] {
             let inputs = (node.inputs.lastIndex { !$0.isEmpty } ?? -1) + 1, outputs = (node.outputs.lastIndex { !$0.isEmpty } ?? -1) + 1
             func range(_ r: ClosedRange<Int>) -> String { r.upperBound == Int(Int32.max) ? "at least \(r.lowerBound)" : r.count == 1 ? "\(r.lowerBound)" : "\(r.lowerBound) to \(r.upperBound)" }
-            guard arity.inputs.contains(inputs) else {
-                throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "has \(inputs) inputs; \(node.opType) takes \(range(arity.inputs))")
+            // Empty inputs count toward the fewest (a Loop's M and cond may be ""), not toward the most.
+            guard node.inputs.count >= arity.inputs.lowerBound, inputs <= arity.inputs.upperBound else {
+                throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "has \(node.inputs.count < arity.inputs.lowerBound ? node.inputs.count : inputs) inputs; \(node.opType) takes \(range(arity.inputs))")
             }
             guard arity.outputs.contains(outputs) || outputs == 0 && node.outputs.isEmpty == false else {
                 throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "has \(outputs) outputs; \(node.opType) gives \(range(arity.outputs))")

@@ -70,9 +70,10 @@ public struct EliminateNoOps: Pass {
     // which runs as a view instead of a copy (torch's MultiheadAttention swaps the
     // batch and sequence axes of a batch of one).
     RewriteRule("transpose of unit axes", roots: ["Transpose"]) { node, ctx in
-        guard node.domain.isEmpty, let perm = transposePerm(node, ctx), let dims = ctx.type(node.inputs[0]).dims, dims.count == perm.count,
-              perm != Array(perm.indices), let out = ctx.type(node.outputs[0]).dims, out.count == dims.count,
-              out.filter({ $0.value == nil }).count <= 1 else { return nil }
+        // Reshape takes its shape as an input from opset 5; a 0 in it would copy a dim (no allowzero).
+        guard node.domain.isEmpty, ctx.pass.opset() >= 5, let perm = transposePerm(node, ctx), let dims = ctx.type(node.inputs[0]).dims,
+              dims.count == perm.count, perm != Array(perm.indices), let out = ctx.type(node.outputs[0]).dims, out.count == dims.count,
+              out.filter({ $0.value == nil }).count <= 1, !out.contains(.known(0)) else { return nil }
         let moved = perm.filter { dims[$0] != .known(1) }
         guard moved == moved.sorted() else { return nil }
         let target = ctx.graph.freshName("\(node.name)_shape")

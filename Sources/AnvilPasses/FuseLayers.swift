@@ -56,7 +56,7 @@ public struct FuseMatMulBias: Pass {
               let w = ctx.constant(gemm.inputs[1]), w.dataType == .float, w.rank == 2
         else { return nil }
         let a = AttributeReader(node: gemm)
-        guard (try? a.int("transA", 0)) == 0, (try? a.float("alpha", 1)) == 1, let transB = try? a.int("transB", 0) == 1,
+        guard ctx.pass.opset() >= 5, (try? a.int("transA", 0)) == 0, (try? a.float("alpha", 1)) == 1, let transB = try? a.int("transB", 0) != 0,
               w.shape == (transB ? [n, k] : [k, n]) else { return nil }
         var bias: Tensor?
         if gemm.inputs.count > 2, !gemm.inputs[2].isEmpty {

@@ -68,6 +68,9 @@ func makeFolder(_ path: String, flag: String) throws {
 
 /// Refuses an engine where an ONNX model is expected, naming what it is.
 func requireONNXModel(_ path: String, command: String) throws {
+    // Only a regular file is peeked at: reading a pipe's first bytes would take them from the importer.
+    var info = stat()
+    guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return }
     if isEngineFile(path) {
         throw AnvilError.io(path: path, reason: "this is an Anvil engine, not an ONNX model: anvil \(command) takes ONNX models (run, bench and inspect take engines)")
     }

@@ -267,11 +267,24 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: engine)), engineBytes, "the engine was overwritten")
         // Nothing hidden left behind (temporary files are .NAME.anvil-XXXXXX).
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder).sorted(), ["e.anvil", "m.onnx"])
-        // A device is written through, not replaced by a regular file.
-        XCTAssertEqual(try TestSupport.run(["build", model, "-o", "/dev/null"]).status, 0)
+        // A device is written through, not replaced by a regular file, and may take several outputs.
+        XCTAssertEqual(try TestSupport.run(["build", model, "-o", "/dev/null", "--exportLayerInfo", "/dev/null"]).status, 0)
         var info = stat()
         XCTAssertEqual(stat("/dev/null", &info), 0)
         XCTAssertEqual(info.st_mode & S_IFMT, S_IFCHR, "/dev/null is still a device")
+        // /dev/stdout redirected to a file is written through (it links to /proc/self/fd/1).
+        let redirected = folder + "/stdout.anvil"
+        FileManager.default.createFile(atPath: redirected, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestSupport.anvil)
+        process.arguments = ["build", model, "-o", "/dev/stdout"]
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: redirected))
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: redirected)).prefix(8), Data(EngineFile.magic), "the engine went to the redirected stdout")
+        try FileManager.default.removeItem(atPath: redirected)
         // Outputs named "a/b" and "a_b" both get files.
         let out = folder + "/out"
         let r = try TestSupport.run(["run", TestSupport.fixture("invalid/colliding_outputs.onnx"), "--input", "x=\(TestSupport.fixture("invalid/x_ok.npy"))",

@@ -46,7 +46,8 @@ final class PassTests: XCTestCase {
     /// reorders two larger axes stays.
     func testTransposesOfUnitAxesBecomeReshapes() throws {
         for (shape, perm, becomesReshape) in [([1, 5, 4], [1, 0, 2], true), ([2, 1, 3, 4], [0, 2, 1, 3], true),
-                                              ([1, 5, 4], [0, 2, 1], false), ([5, 1, 4], [2, 1, 0], false)] {
+                                              ([1, 5, 4], [0, 2, 1], false), ([5, 1, 4], [2, 1, 0], false),
+                                              ([1, 0, 5], [1, 0, 2], false)] {
             let build = { () -> Model in
                 var b = GraphBuilder()
                 let y = b.op("Relu", [b.op("Transpose", ["x"], ["perm": .ints(perm.map { Int64($0) })])])

@@ -150,6 +150,23 @@ final class SymbolicShapeTests: XCTestCase {
         try PassTesting.assertPreservesOutputs(build, Pipelines.standard, inputs: ["x": x], rtol: 1e-4)
     }
 
+    /// x − x[:, 0:1] on a symbolic axis: the slice may be 1 long, so it gets no symbol a
+    /// broadcast could merge with the axis's (that made it look like a no-op, and x − x = 0).
+    func testShortSlicesAreNotMergedWithTheirAxis() throws {
+        let build = { () -> Model in
+            self.model { b, _ in
+                let first = b.op("Slice", ["x", self.int64(&b, "s0", [0], [1]), self.int64(&b, "e1", [1], [1]), self.int64(&b, "a1", [1], [1])])
+                return b.op("Sub", ["x", first])
+            }
+        }
+        let m = build()
+        _ = try PassTesting.optimized(m, Pipelines.standard)
+        XCTAssertTrue(m.graph.nodes.contains { $0.opType == "Slice" }, "\(m.graph.nodes.map(\.opType))")
+        var rng = SeededGenerator(seed: 9)
+        let x = try Tensor(floats: (0..<(2 * 3 * 8)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [2, 3, 8])
+        try PassTesting.assertPreservesOutputs(build, Pipelines.standard, inputs: ["x": x])
+    }
+
     /// Exporters name each input's dynamic axes apart (input_ids_d1, token_type_ids_d1);
     /// a broadcast of two of them says they are one size, and every type then says so.
     func testSymbolsABroadcastEquatesAreUnified() throws {
