@@ -75,13 +75,20 @@ public struct ShapeInference {
     /// Runs inference over the main graph; returns the facts of every value.
     @discardableResult
     public mutating func run() throws -> [String: ValueFacts] {
+        // Each graph once (the main graph and every subgraph), not once per node.
+        var graphs = [model.graph]
+        model.graph.forEachNodeRecursively { node, _ in graphs += node.subgraphs }
+        // The fresh symbols ("node:N") a previous run recorded number that run's sizes: a value
+        // this run cannot name would adopt one through its recorded type, and this run may give
+        // the same name (unnamed nodes) to another size. They go; this run makes its own.
+        for g in graphs {
+            for (name, t) in g.valueTypes where t.dims?.contains(where: isFreshSymbol) == true { g.valueTypes[name] = withoutFreshSymbols(t) }
+            for i in g.outputs.indices { g.outputs[i].type = withoutFreshSymbols(g.outputs[i].type) }
+        }
         let facts = try infer(model.graph, outer: [:])
         guard !equalSymbols.isEmpty else { return facts }
         // Symbols unified along the way name one size: every type says so.
         let union = equalSymbols
-        // Each graph once (the main graph and every subgraph), not once per node.
-        var graphs = [model.graph]
-        model.graph.forEachNodeRecursively { node, _ in graphs += node.subgraphs }
         for g in graphs {
             for (name, t) in g.valueTypes { g.valueTypes[name] = union.normalized(t) }
             for i in g.outputs.indices { g.outputs[i].type = union.normalized(g.outputs[i].type) }
@@ -206,6 +213,19 @@ public struct ShapeInference {
         let facts = try infer(g, outer: scope)
         return g.outputs.map { facts[$0.name] ?? ValueFacts(type: $0.type) }
     }
+}
+
+/// Whether a dimension is a symbol shape inference made up ("node:N"), not one a model declares.
+func isFreshSymbol(_ d: Dim) -> Bool {
+    guard case .symbol(let s) = d, let colon = s.lastIndex(of: ":") else { return false }
+    let counter = s[s.index(after: colon)...]
+    return !counter.isEmpty && counter.allSatisfy(\.isASCII) && counter.allSatisfy(\.isNumber)
+}
+
+/// `t` with its made-up symbols unknown.
+func withoutFreshSymbols(_ t: TensorType) -> TensorType {
+    guard let dims = t.dims, dims.contains(where: isFreshSymbol) else { return t }
+    return TensorType(t.elementType, dims.map { isFreshSymbol($0) ? .unknown : $0 })
 }
 
 /// The more specific of two compatible types, nil when they conflict.

@@ -167,6 +167,23 @@ final class SymbolicShapeTests: XCTestCase {
         try PassTesting.assertPreservesOutputs(build, Pipelines.standard, inputs: ["x": x])
     }
 
+    /// Symbols a previous run made up are not adopted by a value this run cannot name (the
+    /// next run may give the same name, "node:N", to another size).
+    func testMadeUpSymbolsOfAnEarlierRunAreForgotten() throws {
+        let g = Graph(name: "g", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [4])),
+                                          ValueInfo(name: "s", type: TensorType(.int64, shape: [2]))],
+                      outputs: [ValueInfo(name: "y", type: .unknown)],
+                      nodes: [Node(name: "", opType: "Reshape", inputs: ["x", "s"], outputs: ["r"]),
+                              Node(name: "", opType: "Relu", inputs: ["r"], outputs: ["y"])])
+        let m = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        m.graph.valueTypes["r"] = TensorType(.float, [.symbol(":3"), .symbol(":4")])
+        m.graph.outputs[0].type = TensorType(.float, [.symbol(":3"), .known(2)])
+        var inference = ShapeInference(model: m)
+        let facts = try inference.run()
+        XCTAssertEqual(facts["r"]?.type, TensorType(.float, [.unknown, .unknown]))
+        XCTAssertEqual(facts["y"]?.type, TensorType(.float, [.unknown, .known(2)]), "a model's own dims stay")
+    }
+
     /// Exporters name each input's dynamic axes apart (input_ids_d1, token_type_ids_d1);
     /// a broadcast of two of them says they are one size, and every type then says so.
     func testSymbolsABroadcastEquatesAreUnified() throws {
