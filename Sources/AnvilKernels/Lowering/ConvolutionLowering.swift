@@ -104,7 +104,7 @@ enum ConvolutionLowering {
     static func prepare(_ l: LayerLowering, inputShape: [Int]) -> (() throws -> Void)? {
         guard let spec = try? ConvolutionSpec(l.layer, constants: l.plan.constants, inputShape: inputShape) else { return nil }
         let tactic = tactic(l.layer), engine = l.plan.engine, shared = l.plan.shared
-        return { _ = try shared.kernel(spec.sharingKey(tactic)) { try spec.make(tactic, engine: engine) } }
+        return { _ = try shared.kernel(spec.sharingKey(tactic), layer: spec.layer) { try spec.make(tactic, engine: engine) } }
     }
 
     static func convolution(_ l: LayerLowering) throws -> LayerDecision? {
@@ -120,7 +120,7 @@ enum ConvolutionLowering {
                                                                group: spec.group).filter { $0 != decided }
         var made: (ConvolutionTactic, DNNLConvolution)?
         for candidate in tactics {
-            guard let conv = try? l.plan.shared.kernel(spec.sharingKey(candidate), make: { try spec.make(candidate, engine: engine) }),
+            guard let conv = try? l.plan.shared.kernel(spec.sharingKey(candidate), layer: spec.layer, make: { try spec.make(candidate, engine: engine) }),
                   !conv.kernel.primitive.isReference else { continue }
             made = (candidate, conv)
             break
@@ -174,7 +174,7 @@ enum ConvolutionLowering {
            let decision = try patchDeconvolution(l, x: x, weights: w, bias: bias, kernel: kernel, outShape: outShape) {
             return decision
         }
-        let deconv = try l.plan.shared.kernel("deconv|\(l.layer.name)|\(x.shape)") {
+        let deconv = try l.plan.shared.kernel("deconv|\(l.layer.name)|\(x.shape)", layer: l.layer.name) {
             try DNNLDeconvolution(engine: engine, inputShape: x.shape, weights: w, bias: bias, outputShape: outShape, strides: strides,
                                   dilations: dilations, padsBegin: padsBegin, padsEnd: padsEnd, group: group)
         }
@@ -201,7 +201,7 @@ enum ConvolutionLowering {
         let co = w.shape[1], (kh, kw) = (kernel[0], kernel[1]), channels = co * kh * kw
         guard outShape == [n, co, h * kh, width * kw], channels > 0 else { return nil }
         let engine = l.plan.engine
-        let conv = try l.plan.shared.kernel("patchdeconv|\(l.layer.name)|\(x.shape)") { () throws -> DNNLConvolution in
+        let conv = try l.plan.shared.kernel("patchdeconv|\(l.layer.name)|\(x.shape)", layer: l.layer.name) { () throws -> DNNLConvolution in
             // ONNX's [Ci, Co, kh, kw] as [(i, j, co), Ci, 1, 1]; the bias repeated per patch position.
             let source = try w.plain().floats, b = bias?.floats ?? [Float](repeating: 0, count: co)
             var packed = [Float](repeating: 0, count: channels * ci)

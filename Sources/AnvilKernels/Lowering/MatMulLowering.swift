@@ -63,7 +63,7 @@ enum MatMulLowering {
     static func prepare(_ l: LayerLowering, inputShape: [Int]) -> (() throws -> Void)? {
         guard let spec = try? MatMulSpec(l.layer, constants: l.plan.constants, inputShape: inputShape) else { return nil }
         let engine = l.plan.engine, shared = l.plan.shared
-        return { _ = try shared.kernel(spec.sharingKey) { try spec.make(engine: engine) } }
+        return { _ = try shared.kernel(spec.sharingKey, layer: spec.layer) { try spec.make(engine: engine) } }
     }
 
     static func matmul(_ l: LayerLowering) throws -> LayerDecision? {
@@ -73,7 +73,7 @@ enum MatMulLowering {
         let (_, shape) = try l.outputType()
         guard shape.reduce(1, *) == spec.m * spec.n else { return nil }
         let engine = l.plan.engine
-        let mm = try l.plan.shared.kernel(spec.sharingKey) { try spec.make(engine: engine) }
+        let mm = try l.plan.shared.kernel(spec.sharingKey, layer: spec.layer) { try spec.make(engine: engine) }
         let primitive = mm.kernel.primitive
         let src = try l.plan.plain(x)
         let (out, copies) = try residualValue.map { try l.residualDestination(l.plan.plain($0), layout: plainDescriptor(shape), notSharing: src) }

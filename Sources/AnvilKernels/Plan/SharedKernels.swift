@@ -4,53 +4,42 @@ import Foundation
 /// Kernels shared by every execution context of an engine: a oneDNN convolution or
 /// matmul holds its prepacked weights, so contexts share one per layer and shape.
 ///
-/// Keys are "kind|layer|shape…": a dynamic engine meets a new shape per input size, and
-/// each kernel holds JIT code and may hold its own packed weights, so at most
-/// `variantsPerLayer` shapes of one layer are kept (as many as a context keeps plans), the
+/// A dynamic engine meets a new shape per input size, and each kernel holds JIT code and
+/// may hold its own packed weights, so at most `variantsPerLayer` kernels of one layer
+/// (its shapes and tactics) are kept (as many as a context keeps plans), the
 /// least recently used dropped first: a server fed every sequence length would otherwise
 /// keep them all. A plan still holding a dropped kernel keeps it alive until the plan goes.
 public final class SharedKernels: @unchecked Sendable {
     private let lock = NSLock()
     private var kernels: [String: AnyObject] = [:]
-    /// Per "kind|layer": its keys, least recently used first.
-    private var variants: [Substring: [String]] = [:]
+    /// Per layer: its kernels' keys, least recently used first.
+    private var variants: [String: [String]] = [:]
     public let variantsPerLayer: Int
 
     public init(variantsPerLayer: Int = 8) { self.variantsPerLayer = max(1, variantsPerLayer) }
 
     /// The kernel for `key`, made on first request. Making runs outside the lock so
     /// several kernels can be made at once; if two threads race, the first kept wins.
-    func kernel<K: AnyObject>(_ key: String, make: () throws -> K) throws -> K {
+    func kernel<K: AnyObject>(_ key: String, layer: String, make: () throws -> K) throws -> K {
         lock.lock()
-        if let k = kernels[key] as? K { touch(key); lock.unlock(); return k }
+        if let k = kernels[key] as? K { touch(key, layer); lock.unlock(); return k }
         lock.unlock()
         let made = try make()
         lock.lock()
         defer { lock.unlock() }
-        if let k = kernels[key] as? K { touch(key); return k }
+        if let k = kernels[key] as? K { touch(key, layer); return k }
         kernels[key] = made
-        touch(key)
+        touch(key, layer)
         return made
     }
 
-    /// Marks `key` most recently used and drops its layer's oldest variants beyond the bound (lock held).
-    private func touch(_ key: String) {
-        let group = Self.group(key)
-        var keys = variants[group] ?? []
+    /// Marks `key` most recently used and drops its layer's oldest kernels beyond the bound (lock held).
+    private func touch(_ key: String, _ layer: String) {
+        var keys = variants[layer] ?? []
         if let i = keys.firstIndex(of: key) { keys.remove(at: i) }
         keys.append(key)
         while keys.count > variantsPerLayer { kernels[keys.removeFirst()] = nil }
-        variants[group] = keys
-    }
-
-    /// "kind|layer" of a "kind|layer|shape…" key.
-    static func group(_ key: String) -> Substring {
-        var bars = 0
-        for i in key.indices where key[i] == "|" {
-            bars += 1
-            if bars == 2 { return key[..<i] }
-        }
-        return key[...]
+        variants[layer] = keys
     }
 
     /// Number of kernels held (for reports).
