@@ -42,6 +42,8 @@ public enum OutputFiles {
             pending.append((temp.path, f.path))
             defer { close(temp.descriptor) }
             try writeAll(f.bytes, to: temp.descriptor, path: f.path)
+            // On disk before the rename makes it the target: a crash leaves the old file or the new one.
+            guard fsync(temp.descriptor) == 0 else { throw AnvilError.io(path: f.path, reason: "cannot be written (\(reason(errno)))") }
         }
         for f in throughWrites {
             // The process's own stdout and stderr are written on their descriptors, so what the
@@ -123,7 +125,7 @@ public enum OutputFiles {
         guard fd >= 0 else { throw AnvilError.io(path: path, reason: "cannot be written (\(reason(errno)))") }
         let temp = String(cString: template)
         TemporaryFiles.remember(temp)
-        fchmod(fd, 0o644 & ~currentUmask())
+        fchmod(fd, 0o644 & ~processUmask)
         return (temp, fd)
     }
 
@@ -137,11 +139,12 @@ public enum OutputFiles {
         }
     }
 
-    static func currentUmask() -> mode_t {
-        let mask = umask(0)
+    /// The process's umask, read once (reading it means setting it for a moment).
+    static let processUmask: mode_t = {
+        let mask = umask(0o022)
         umask(mask)
         return mask
-    }
+    }()
 }
 
 /// Temporary files being written, removed if SIGINT or SIGTERM ends the process first.
@@ -157,6 +160,11 @@ enum TemporaryFiles {
             installed = true
             slots.initialize(repeating: nil, count: capacity)
             for signal in [SIGINT, SIGTERM] {
+                // A signal the process was told to ignore (nohup, a parent's SIG_IGN) stays ignored.
+                var previous = sigaction()
+                sigaction(signal, nil, &previous)
+                if let handler = previous.__sigaction_handler.sa_handler,
+                   unsafeBitCast(handler, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self) { continue }
                 var action = sigaction()
                 action.__sigaction_handler.sa_handler = { code in
                     for i in 0..<TemporaryFiles.capacity { if let p = TemporaryFiles.slots[i] { unlink(p) } }
