@@ -73,19 +73,6 @@ public enum MemoryPolicy {
         }
     }
 
-    /// An output shape whose every dimension combines two sizes (`combine` reports
-    /// overflow: Tile's d · r), checked as `checkedCount` does.
-    public static func shape(_ operands: [[Int]], combining combine: (Int, Int) -> (partialValue: Int, overflow: Bool),
-                             _ type: DataType, for what: @autoclosure () -> String) throws -> [Int] {
-        let shape = try operands.map { pair -> Int in
-            let (v, overflow) = combine(pair[0], pair[1])
-            guard !overflow else { throw AnvilError.memoryLimit(what: what(), bytes: nil, limit: limit) }
-            return v
-        }
-        try checkedCount(shape, type, for: what())
-        return shape
-    }
-
     /// The element count of a tensor of `shape` and `type`, after checking its bytes
     /// against the limit (and its dims for validity).
     @discardableResult

@@ -4,6 +4,14 @@ public enum Dim: Hashable, Sendable, CustomStringConvertible {
     case symbol(String)
     case unknown
 
+    /// Whether this is a symbol shape inference made up ("node:N": a size the data or the
+    /// computation decides), not one a model declares.
+    public var isMadeUp: Bool {
+        guard case .symbol(let s) = self, let colon = s.lastIndex(of: ":") else { return false }
+        let counter = s[s.index(after: colon)...]
+        return !counter.isEmpty && counter.allSatisfy { ("0"..."9").contains($0) }
+    }
+
     /// The size if known.
     public var value: Int? {
         if case .known(let v) = self { return v }

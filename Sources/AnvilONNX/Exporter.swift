@@ -80,13 +80,8 @@ public enum ONNXExporter {
     /// Writes a model file atomically: a temporary file renamed into place, never
     /// over the input, nothing left behind on failure.
     public static func write(_ model: Model, to path: String, refusing input: String? = nil) throws {
-        if let input {
-            let a = URL(fileURLWithPath: input).standardizedFileURL.resolvingSymlinksInPath().path
-            let b = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
-            guard a != b else { throw AnvilError.io(path: path, reason: "is the input model; choose another output file") }
-        }
-        let bytes = try encode(model)
-        try TensorFiles.writeAll([(path, bytes)])
+        if let input { try OutputFiles.requireDistinct(outputs: [("the output", path)], inputs: [("the input model", input)]) }
+        try OutputFiles.write([(path, try encode(model))])
     }
 
     static func graph(_ g: Graph, into w: inout ProtoWriter, functions: inout FunctionExport) throws {

@@ -20,12 +20,6 @@ public enum TensorFiles {
         path.hasSuffix(".npy") ? try NumPy.encode(tensor) : try encodeTensorProto(tensor, name: name)
     }
 
-    /// Writes files atomically: all are written to temporary names first and renamed
-    /// only when every one succeeded, so a failure leaves nothing half-written.
-    public static func writeAll(_ files: [(path: String, bytes: [UInt8])]) throws {
-        try OutputFiles.write(files)
-    }
-
     /// Serializes a TensorProto with raw_data (string tensors use string_data).
     public static func encodeTensorProto(_ tensor: Tensor, name: String) throws -> [UInt8] {
         var proto = Onnx__TensorProto()

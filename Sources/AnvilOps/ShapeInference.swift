@@ -82,7 +82,7 @@ public struct ShapeInference {
         // this run cannot name would adopt one through its recorded type, and this run may give
         // the same name (unnamed nodes) to another size. They go; this run makes its own.
         for g in graphs {
-            for (name, t) in g.valueTypes where t.dims?.contains(where: isFreshSymbol) == true { g.valueTypes[name] = withoutFreshSymbols(t) }
+            for (name, t) in g.valueTypes where t.dims?.contains(where: \.isMadeUp) == true { g.valueTypes[name] = withoutFreshSymbols(t) }
             for i in g.outputs.indices { g.outputs[i].type = withoutFreshSymbols(g.outputs[i].type) }
         }
         let facts = try infer(model.graph, outer: [:])
@@ -215,17 +215,10 @@ public struct ShapeInference {
     }
 }
 
-/// Whether a dimension is a symbol shape inference made up ("node:N"), not one a model declares.
-func isFreshSymbol(_ d: Dim) -> Bool {
-    guard case .symbol(let s) = d, let colon = s.lastIndex(of: ":") else { return false }
-    let counter = s[s.index(after: colon)...]
-    return !counter.isEmpty && counter.allSatisfy(\.isASCII) && counter.allSatisfy(\.isNumber)
-}
-
 /// `t` with its made-up symbols unknown.
 func withoutFreshSymbols(_ t: TensorType) -> TensorType {
-    guard let dims = t.dims, dims.contains(where: isFreshSymbol) else { return t }
-    return TensorType(t.elementType, dims.map { isFreshSymbol($0) ? .unknown : $0 })
+    guard let dims = t.dims, dims.contains(where: \.isMadeUp) else { return t }
+    return TensorType(t.elementType, dims.map { $0.isMadeUp ? .unknown : $0 })
 }
 
 /// The more specific of two compatible types, nil when they conflict.

@@ -33,11 +33,7 @@ final class PartialPlan {
         // ones shape inference names "node:N" for sizes only the data decides (NonZero's count).
         var inputSymbols = Set<String>()
         for (_, t) in graph.inputs { for case .symbol(let s) in t.dims ?? [] { inputSymbols.insert(s) } }
-        func fresh(_ symbol: String) -> Bool {
-            guard !inputSymbols.contains(symbol), let colon = symbol.lastIndex(of: ":") else { return false }
-            let counter = symbol[symbol.index(after: colon)...]
-            return !counter.isEmpty && counter.allSatisfy { ("0"..."9").contains($0) }
-        }
+        func fresh(_ symbol: String) -> Bool { !inputSymbols.contains(symbol) && Dim.symbol(symbol).isMadeUp }
         func static_(_ name: String) -> Bool {
             guard types[name] != nil, let dims = graph.valueTypes[name]?.dims else { return false }
             return dims.allSatisfy { d in

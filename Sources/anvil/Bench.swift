@@ -29,11 +29,15 @@ struct BenchSettings {
         }
     }
 
+    /// The files --loadInputs names ("name:file"), as inputs no output may overwrite.
+    static func inputFiles(_ loadInputs: [String]) -> [(flag: String, path: String)] {
+        loadInputs.compactMap { spec in spec.lastIndex(of: ":").map { ("--loadInputs", String(spec[spec.index(after: $0)...])) } }
+    }
+
     /// Refuses --exportTimes / --exportProfile naming the model, an input file or each other.
     func requireDistinctOutputs(models: [(flag: String, path: String)]) throws {
-        let inputFiles = loadInputs.compactMap { spec in spec.lastIndex(of: ":").map { ("--loadInputs", String(spec[spec.index(after: $0)...])) } }
         try OutputFiles.requireDistinct(outputs: [("--exportTimes", exportTimes), ("--exportProfile", exportProfile)].compactMap { flag, path in path.map { (flag, $0) } },
-                                        inputs: models + inputFiles)
+                                        inputs: models + Self.inputFiles(loadInputs))
     }
 
     func inputs(for engine: Engine) throws -> [String: Tensor] {
@@ -131,7 +135,7 @@ struct BenchSettings {
             }
             files.append((exportProfile, Array(("[\n" + rows.joined(separator: ",\n") + "\n]\n").utf8)))
         }
-        try TensorFiles.writeAll(files)
+        try OutputFiles.write(files)
     }
 
     func jsonString(_ s: String) -> String {

@@ -67,7 +67,7 @@ struct BuildSettings {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             files.append((exportLayerInfo, Array(try encoder.encode(report))))
         }
-        try TensorFiles.writeAll(files)
+        try OutputFiles.write(files)
         let fused = result.graph.layers.filter { $0.fusedFrom.count > 1 }.count
         let slow = report.layers.filter { $0.slowPath != nil }
         print("Built \(output ?? "an engine in memory"): \(result.graph.layers.count) layers (\(fused) fused, \(report.layers.count - slow.count) on fast kernels, "

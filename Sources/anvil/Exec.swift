@@ -80,12 +80,10 @@ struct Exec: ParsableCommand {
             let onnx = try one("onnx"), load = try one("loadEngine")
             // Every file written against every file read, before anything runs.
             let models = [("--onnx", onnx), ("--loadEngine", load)].compactMap { flag, path in path.map { (flag, $0) } }
-            let inputFiles = values("loadInputs").flatMap { $0.split(separator: ",") }.compactMap { spec in
-                spec.lastIndex(of: ":").map { ("--loadInputs", String(spec[spec.index(after: $0)...])) }
-            }
+            let loadInputs = values("loadInputs").flatMap { $0.split(separator: ",").map(String.init) }
             try OutputFiles.requireDistinct(outputs: try ["saveEngine", "exportTimes", "exportProfile", "exportLayerInfo", "timingCacheFile"]
                                                 .compactMap { name in try one(name).map { ("--\(name)", $0) } },
-                                            inputs: models + inputFiles)
+                                            inputs: models + BenchSettings.inputFiles(loadInputs))
             let start = Date()
             let engine: Engine
             switch (onnx, load) {
@@ -110,7 +108,7 @@ struct Exec: ParsableCommand {
             bench.duration = try number("duration", 3.0)
             bench.avgRuns = try number("avgRuns", 10)
             if let p = try one("percentile") { bench.percentiles = try BenchSettings.percentiles(p) }
-            bench.loadInputs = values("loadInputs").flatMap { $0.split(separator: ",").map(String.init) }
+            bench.loadInputs = loadInputs
             // With --loadEngine, --shapes picks the shapes of the run (as in trtexec).
             if load != nil { bench.shapes = try ShapeProfile.parse(values("shapes"), flag: "--shapes") }
             bench.exportTimes = try one("exportTimes")

@@ -41,6 +41,7 @@ struct Optimize: ParsableCommand {
     func run() throws {
         try Anvil.guarded(limits) {
             try requireONNXModel(model, command: "optimize")
+            try OutputFiles.requireDistinct(outputs: [("-o", output)], inputs: [("the model", model)])
             let m = try ONNXImporter.load(path: model)
             let before = GraphSummary(m.graph)
             let fixed = try ShapeProfile.from(shapes: ShapeProfile.parse(shapes, flag: "--shapes"), min: [:], opt: [:], max: [:])

@@ -80,7 +80,7 @@ struct Run: ParsableCommand {
             }
             try OutputFiles.requireDistinct(outputs: written.map { ("--output-dir", $0.path) },
                                             inputs: [("the model", model)] + files.values.map { ("--input", $0) })
-            try TensorFiles.writeAll(written)
+            try OutputFiles.write(written)
             print("Ran on the \(runner.description)")
             for (out, file) in zip(outputs, written) { print("\(out.name): \(out.value.dataType)\(out.value.shape) -> \(file.path)") }
         }

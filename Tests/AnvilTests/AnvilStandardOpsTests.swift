@@ -130,7 +130,7 @@ enum ExportChecks {
                 let path = set + "/output_\(i).pb"
                 files.append((path, try TensorFiles.encode(output.value, name: output.name, forPath: path)))
             }
-            try TensorFiles.writeAll(files)
+            try OutputFiles.write(files)
         }
     }
 

@@ -136,7 +136,7 @@ final class ImporterTests: XCTestCase {
         for (i, t) in tensors.enumerated() {
             for ext in ["pb", "npy"] {
                 let path = "\(folder)/t\(i).\(ext)"
-                try TensorFiles.writeAll([(path, TensorFiles.encode(t, name: "t\(i)", forPath: path))])
+                try OutputFiles.write([(path, TensorFiles.encode(t, name: "t\(i)", forPath: path))])
                 let back = try TensorFiles.read(path)
                 XCTAssertEqual(back.tensor, t, "\(ext) round trip of \(t)")
                 if ext == "pb" { XCTAssertEqual(back.name, "t\(i)") }
@@ -144,7 +144,7 @@ final class ImporterTests: XCTestCase {
         }
         let strings = try Tensor(shape: [2], storage: .string(["a", "héllo"]))
         let path = "\(folder)/s.pb"
-        try TensorFiles.writeAll([(path, TensorFiles.encode(strings, name: "s", forPath: path))])
+        try OutputFiles.write([(path, TensorFiles.encode(strings, name: "s", forPath: path))])
         XCTAssertEqual(try TensorFiles.read(path).tensor, strings)
     }
 

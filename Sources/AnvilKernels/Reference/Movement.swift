@@ -171,8 +171,12 @@ public enum Movement {
         guard repeats.count == x.rank, repeats.allSatisfy({ $0 >= 0 }) else {
             throw AnvilError.invalidTensor(name: "Tile", reason: "repeats \(repeats) do not fit rank \(x.rank)")
         }
-        let outShape = try MemoryPolicy.shape(zip(x.shape, repeats).map { [$0, $1] }, combining: { $0.multipliedReportingOverflow(by: $1) },
-                                              x.dataType, for: "Tile's output")
+        let outShape = try zip(x.shape, repeats).map { d, r -> Int in
+            let (n, overflow) = d.multipliedReportingOverflow(by: r)
+            guard !overflow else { throw AnvilError.invalidTensor(name: "Tile", reason: "repeats \(repeats) of \(x.shape) give a size that does not fit 64 bits") }
+            return n
+        }
+        try MemoryPolicy.checkedCount(outShape, x.dataType, for: "Tile's output")
         let xs = ShapeMath.strides(x.shape)
         var idx: [Int] = []
         Indexing.forEachIndex(outShape) { o in
