@@ -136,7 +136,10 @@ public final class ExecutionContext {
         if profiling { profiledRuns += 1 }
         let names = g.outputs.map(\.name)
         guard usePlan else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
-        let shapes = g.inputs.map { inputs[$0.name]?.shape ?? [] }
+        // Inputs holding NaN or ±∞ run on plans of their own, whose kernels keep them as ONNX
+        // says (ExecutionPlan.assumesFiniteInputs); the key's extra entry tells them apart.
+        let finite = !inputs.values.contains(where: NonFinite.anyIn)
+        let shapes = g.inputs.map { inputs[$0.name]?.shape ?? [] } + (finite ? [] : [[-1]])
         if let entry = plans[shapes] {
             touch(shapes)
             guard let planned = entry else { return zip(names, try interpret(inputs)).map { ($0, $1) } }
@@ -186,7 +189,7 @@ public final class ExecutionContext {
             sightings[shapes] = nil
         }
         // First sight of these shapes: plan from the build-time shapes, or observe them.
-        if let types = staticTypes(inputs), let planned = makePlan(inputs, types: types, memoryPlan: engine.memoryPlan) {
+        if let types = staticTypes(inputs), let planned = makePlan(inputs, types: types, memoryPlan: finite ? engine.memoryPlan : nil, finite: finite) {
             remember(shapes, planned)
             return try run(inputs)
         }
@@ -194,7 +197,7 @@ public final class ExecutionContext {
         let results = try interpret(inputs)
         let types = observed ?? [:]
         observed = nil
-        remember(shapes, makePlan(inputs, types: types))
+        remember(shapes, makePlan(inputs, types: types, finite: finite))
         return zip(names, results).map { ($0, $1) }
     }
 
@@ -206,7 +209,8 @@ public final class ExecutionContext {
         if let types = types ?? staticTypes(inputs) {
             var all = types
             for (name, t) in inputs { all[name] = (t.dataType, t.shape) }
-            let planned = makePlan(inputs, types: all, memoryPlan: engine.memoryPlan)
+            let finite = !inputs.values.contains(where: NonFinite.anyIn)
+            let planned = makePlan(inputs, types: all, memoryPlan: finite ? engine.memoryPlan : nil, finite: finite)
             lastPlan = planned?.plan
             if case .partial(let p)? = planned { lastPartial = p } else { lastPartial = nil }
             if case .specialized? = planned { lastGuarded = true } else { lastGuarded = false }
@@ -251,7 +255,23 @@ public final class ExecutionContext {
         guard !lastGuarded else {
             throw AnvilError.invalidArgument("the plan of these shapes takes the branches its If conditions chose and checks them on every run: run it with tensors")
         }
-        try plan.run(inputs: inputs, outputs: outputs, stream: try currentStream())
+        guard plan.assumesFiniteInputs, plan.holdsNonFinite(inputs) else {
+            return try plan.run(inputs: inputs, outputs: outputs, stream: try currentStream())
+        }
+        // NaN or ±∞: the plan for finite inputs would not keep them. These inputs run as
+        // tensors on a plan that does; the next finite run takes the fast plan again.
+        let fast = (lastPlan, lastPartial, lastGuarded)
+        defer { (lastPlan, lastPartial, lastGuarded) = fast }
+        let names = engine.graph.inputs.map(\.name)
+        let results = try run(Dictionary(uniqueKeysWithValues: zip(names, try plan.inputTensors(inputs))))
+        for ((name, value), buffer) in zip(results, outputs) {
+            try value.withHostBytes { raw in
+                guard raw.count == buffer.count else {
+                    throw AnvilError.invalidTensor(name: name, reason: "output buffer has \(buffer.count) bytes, the result has \(raw.count)")
+                }
+                if let to = buffer.baseAddress, let from = raw.baseAddress { to.copyMemory(from: from, byteCount: raw.count) }
+            }
+        }
     }
 
     /// Executes only the oneDNN primitives of the last run's plan (a baseline for measurements).
@@ -278,10 +298,10 @@ public final class ExecutionContext {
 
     /// The plan of the whole graph; failing that, of the part the planner can take
     /// (`PartialPlan`); nil, with `planFailure` set, when neither can be made.
-    private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])], memoryPlan: StoredMemoryPlan? = nil) -> Planned? {
+    private func makePlan(_ inputs: [String: Tensor], types: [String: (DataType, [Int])], memoryPlan: StoredMemoryPlan? = nil, finite: Bool) -> Planned? {
         let g = engine.graph
         if specializeIfs, hasIfs, !unspecialized.contains(g.inputs.map { inputs[$0.name]?.shape ?? [] }) {
-            if let specialized = try? specializedPlan(inputs) {
+            if let specialized = try? specializedPlan(inputs, finite: finite) {
                 planFailure = nil
                 return specialized
             }
@@ -293,19 +313,19 @@ public final class ExecutionContext {
             let plan = try ExecutionPlan(layers: g.layers, constants: engine.constants,
                                          inputs: g.inputs.map { ($0.name, inputs[$0.name]!.dataType, inputs[$0.name]!.shape) },
                                          outputs: g.outputs.map(\.name), types: types, engine: engine.dnnl, shared: engine.kernels,
-                                         memoryPlan: memoryPlan)
+                                         memoryPlan: memoryPlan, finiteInputs: finite)
             planFailure = nil
             return .whole(plan)
         } catch {
             planFailure = "\(error)"
         }
-        guard let partial = try? PartialPlan.make(engine, inputs: inputs, types: types) else { return nil }
+        guard let partial = try? PartialPlan.make(engine, inputs: inputs, types: types, finite: finite) else { return nil }
         return .partial(partial)
     }
 
     /// The plan of the graph with its shape-conditioned Ifs inlined for these inputs'
     /// shapes (`Specialization`), when it has such Ifs and the result can be planned whole.
-    private func specializedPlan(_ inputs: [String: Tensor]) throws -> Planned? {
+    private func specializedPlan(_ inputs: [String: Tensor], finite: Bool) throws -> Planned? {
         // The interpreter runs of specialization use the fast kernels (inlined layers' weights from the specialized graph's constants).
         let fast: Specialization.FastKernels = { layer, context, constants in
             guard let kernel = try self.fastLayer(layer, context, constants: constants) else { return nil }
@@ -316,7 +336,7 @@ public final class ExecutionContext {
         let plan = try ExecutionPlan(layers: graph.layers, constants: graph.constants,
                                      inputs: graph.inputs.map { ($0.name, inputs[$0.name]!.dataType, inputs[$0.name]!.shape) },
                                      outputs: graph.outputs.map(\.name) + specialization.guards.map(\.name), types: specialization.types,
-                                     engine: engine.dnnl, shared: engine.kernels)
+                                     engine: engine.dnnl, shared: engine.kernels, finiteInputs: finite)
         return .specialized(plan, guards: specialization.guards)
     }
 

@@ -65,7 +65,7 @@ final class PartialPlan {
 
     /// The partial plan for inputs of these shapes; nil when no layer worth planning
     /// qualifies or the planner fails (the whole graph then runs on the interpreter).
-    static func make(_ engine: Engine, inputs: [String: Tensor], types: [String: (DataType, [Int])]) throws -> PartialPlan? {
+    static func make(_ engine: Engine, inputs: [String: Tensor], types: [String: (DataType, [Int])], finite: Bool) throws -> PartialPlan? {
         let graph = engine.graph
         let (layers, reasons) = split(graph, types: types)
         guard !layers.isEmpty, !reasons.isEmpty else { return nil }
@@ -85,7 +85,7 @@ final class PartialPlan {
         var all = types
         for (name, t) in inputs { all[name] = (t.dataType, t.shape) }
         let plan = try ExecutionPlan(layers: layers, constants: engine.constants, inputs: planInputs, outputs: boundary, types: all,
-                                     engine: engine.dnnl, shared: engine.kernels)
+                                     engine: engine.dnnl, shared: engine.kernels, finiteInputs: finite)
         return PartialPlan(plan: plan, planned: planned, boundary: boundary, reasons: reasons)
     }
 }

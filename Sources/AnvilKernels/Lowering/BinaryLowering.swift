@@ -63,8 +63,13 @@ enum BinaryLowering {
         let inPlace = l.plan.dies(a) && a.buffer != b.buffer
         let out = inPlace ? l.plan.alias(l.layer.outputs[0], of: a, type: t, shape: shape, layout: a.layout)
                           : l.plan.newValue(l.layer.outputs[0], t, shape, layout: a.layout)
+        let mark = l.plan.steps.count
         try l.emit(.binary, PrimitiveStep(layer: l.layer.name, primitive: primitive,
                                           arguments: [(DNNL_ARG_SRC_0, a, src0), (DNNL_ARG_SRC_1, b, src1), (DNNL_ARG_DST, out, dst)]))
+        // oneDNN's max and min return the other operand for a NaN in the first: NaN goes to the reference.
+        if l.op == "Max" || l.op == "Min" {
+            try l.plan.guardNonFinite(l.layer, from: mark, scanning: [a, b], .nan, inputs: [a, b], outputs: [out])
+        }
         return l.decided(.binary)
     }
 

@@ -47,6 +47,9 @@ struct ConvolutionSpec {
     let kernel: [Int]
     let group: Int
     let postOps: PostOps
+    /// Whether a fused ReLU or Clip must keep NaN (`DNNLAttributes.clip`); the planner
+    /// clears it where no NaN can reach the layer.
+    var exactNonFinite = true
 
     /// Nil when oneDNN's convolution does not take the layer with this input shape:
     /// not a convolution, weights or bias not constant float, shapes that do not fit.
@@ -79,11 +82,16 @@ struct ConvolutionSpec {
     }
 
     /// The key under which contexts share the kernel of a tactic.
-    func sharingKey(_ tactic: ConvolutionTactic) -> String { "conv|\(layer)|\(inputShape)|\(tactic.layout.rawValue)|\(tactic.algorithm.rawValue)" }
+    func sharingKey(_ tactic: ConvolutionTactic) -> String {
+        "conv|\(layer)|\(inputShape)|\(tactic.layout.rawValue)|\(tactic.algorithm.rawValue)" + (exactActivation ? "|exact" : "")
+    }
+
+    /// Whether the fused activation takes its NaN-keeping form.
+    var exactActivation: Bool { exactNonFinite && DNNLAttributes.hasFiniteForm(postOps.activation) }
 
     func make(_ tactic: ConvolutionTactic, engine: DNNLEngine) throws -> DNNLConvolution {
         try DNNLConvolution(engine: engine, inputShape: inputShape, weights: weights, bias: bias, geometry: geometry, group: group,
-                            activation: postOps.activation, residual: postOps.residual, tactic: tactic)
+                            activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic)
     }
 }
 
@@ -102,15 +110,17 @@ enum ConvolutionLowering {
     }
 
     static func prepare(_ l: LayerLowering, inputShape: [Int]) -> (() throws -> Void)? {
-        guard let spec = try? ConvolutionSpec(l.layer, constants: l.plan.constants, inputShape: inputShape) else { return nil }
+        guard var spec = try? ConvolutionSpec(l.layer, constants: l.plan.constants, inputShape: inputShape) else { return nil }
+        spec.exactNonFinite = l.plan.exactNonFinite(l.layer)
         let tactic = tactic(l.layer), engine = l.plan.engine, shared = l.plan.shared
         return { _ = try shared.kernel(spec.sharingKey(tactic), layer: spec.layer) { try spec.make(tactic, engine: engine) } }
     }
 
     static func convolution(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let x = l.value(0), x.dataType == .float, let spec = try ConvolutionSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else {
+        guard let x = l.value(0), x.dataType == .float, var spec = try ConvolutionSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else {
             return nil
         }
+        spec.exactNonFinite = l.plan.exactNonFinite(l.layer)
         let residualValue = l.present(3) ? l.value(3) : nil
         if l.present(3) && residualValue == nil { return nil }
         // The decided tactic; where oneDNN has only its reference implementation for it
@@ -130,19 +140,11 @@ enum ConvolutionLowering {
         }
         // The values' layouts are at their shapes; the primitive reads and writes through its own
         // descriptors (1-D ones for a one-wide convolution, `DNNLConvolution`), the same bytes.
-        let primitive = conv.kernel.primitive
-        let kernelSource = primitive.query(dnnl_query_src_md), kernelDestination = primitive.query(dnnl_query_dst_md)
         let src = try l.plan.inLayout(x, conv.inputDescriptor.descriptor)
         let dstLayout = conv.outputDescriptor.descriptor
         let (out, copies) = try residualValue.map { try l.residualDestination($0, layout: dstLayout, notSharing: src) }
             ?? (l.plan.newValue(l.layer.outputs[0], .float, conv.outputShape, layout: dstLayout), [])
-        try l.emit(.convolution, PrimitiveStep(layer: l.layer.name, primitive: primitive,
-                                               arguments: [(DNNL_ARG_SRC, src, kernelSource), (DNNL_ARG_DST, out, kernelDestination)],
-                                               fixed: try conv.kernel.constantArguments(), copies: copies))
-        for step in conv.activationSteps {
-            try l.emit(.convolution, PrimitiveStep(layer: l.layer.name, primitive: step,
-                                                   arguments: [(DNNL_ARG_SRC, out, kernelDestination), (DNNL_ARG_DST, out, kernelDestination)]))
-        }
+        for step in try conv.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.convolution, step) }
         // The decision keeps the requested layout: "preferred" stays oneDNN's choice on every CPU and shape.
         return LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout, postOps: spec.postOps)
     }

@@ -8,14 +8,14 @@ enum EltwiseLowering {
     /// linear step then a clip), from its attributes or constant inputs; nil when oneDNN has none.
     typealias Steps = [(dnnl_alg_kind_t, Float, Float)]
     static let algorithms: [String: @Sendable (LayerLowering) throws -> Steps?] = [
-        "Relu": { _ in [(dnnl_eltwise_relu, 0, 0)] },
+        "Relu": { l in DNNLAttributes.clip(0, .infinity, exactNonFinite: l.plan.exactNonFinite(l.layer)) },
         "LeakyRelu": { l in [(dnnl_eltwise_relu, try l.attributes.float("alpha", 0.01), Float(0))] },
         "Sigmoid": { _ in [(dnnl_eltwise_logistic, 0, 0)] },
         "Tanh": { _ in [(dnnl_eltwise_tanh, 0, 0)] },
         "Elu": { l in [(dnnl_eltwise_elu, try l.attributes.float("alpha", 1), Float(0))] },
         "HardSwish": { _ in [(dnnl_eltwise_hardswish, 0, 0)] },
         "anvil.HardSwish": { _ in [(dnnl_eltwise_hardswish, 0, 0)] },
-        "HardSigmoid": { l in [(dnnl_eltwise_linear, try l.attributes.float("alpha", 0.2), try l.attributes.float("beta", 0.5)), (dnnl_eltwise_clip_v2, 0, 1)] },
+        "HardSigmoid": { l in [(dnnl_eltwise_linear, try l.attributes.float("alpha", 0.2), try l.attributes.float("beta", 0.5))] + DNNLAttributes.clip(0, 1, exactNonFinite: l.plan.exactNonFinite(l.layer)) },
         "Mish": { _ in [(dnnl_eltwise_mish, 0, 0)] },
         "Exp": { _ in [(dnnl_eltwise_exp, 0, 0)] },
         "Sqrt": { _ in [(dnnl_eltwise_sqrt, 0, 0)] },
@@ -56,7 +56,7 @@ enum EltwiseLowering {
             if l.present(2) { guard let t = l.constant(2), t.dataType == .float, t.count == 1 else { return nil }; hi = t.floats[0] }
         }
         guard lo <= hi else { return nil }
-        return [(dnnl_eltwise_clip_v2, lo, hi)]
+        return DNNLAttributes.clip(lo, hi, exactNonFinite: l.plan.exactNonFinite(l.layer))
     }
 
     static func eltwise(_ l: LayerLowering) throws -> LayerDecision? {
@@ -84,11 +84,14 @@ enum EltwiseLowering {
         }
         let data = try x.descriptor()
         let out = l.inPlaceOutput(over: x)
+        let mark = l.plan.steps.count
         for (i, primitive) in made.enumerated() {
             // Later steps work in place on the output.
             try l.emit(.eltwise, PrimitiveStep(layer: l.layer.name, primitive: primitive,
                                                arguments: [(DNNL_ARG_SRC, i == 0 ? x : out, data), (DNNL_ARG_DST, out, data)]))
         }
+        // oneDNN's exp clamps its argument with a max and a min first, taking NaN to +∞.
+        if l.op == "Exp" { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [x], .nan, inputs: [x], outputs: [out]) }
         return l.decided(.eltwise)
     }
 }

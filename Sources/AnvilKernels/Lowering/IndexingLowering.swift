@@ -14,7 +14,7 @@ enum IndexingLowering {
 
     /// TopK of floats along an axis: each slice's elements sorted by one integer key per
     /// element (the value's order in its high half, largest first when asked, the index in
-    /// the low half: ties go to the lower index, as in the reference; NaN last). k comes
+    /// the low half: ties go to the lower index, as in the reference; NaN ranks above every number). k comes
     /// from the attribute or a constant, or from a computed input that must equal the
     /// planned k when the layer runs.
     static func topK(_ l: LayerLowering) throws -> LayerDecision? {
@@ -55,7 +55,7 @@ enum IndexingLowering {
                         let bits = (value == 0 ? 0 : value).bitPattern
                         var order = bits >> 31 == 1 ? ~bits : bits | 1 << 31
                         if largest { order = ~order }
-                        if value.isNaN { order = .max }
+                        if value.isNaN { order = largest ? 0 : .max }
                         // Unsigned (order, index) as a signed integer that sorts the same way.
                         keys[j] = Int(bitPattern: UInt(order) << 32 | UInt(j)) ^ Int.min
                     }

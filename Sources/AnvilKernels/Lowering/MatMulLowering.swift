@@ -15,6 +15,11 @@ struct MatMulSpec {
     let postOps: PostOps
     /// The shape of the product: the input's leading dimensions and N.
     let outputShape: [Int]
+    /// Whether a fused ReLU or Clip must keep NaN (`DNNLAttributes.clip`); the planner
+    /// clears it where no NaN can reach the layer.
+    var exactNonFinite = true
+    /// Whether the fused activation takes its NaN-keeping form.
+    var exactActivation: Bool { exactNonFinite && DNNLAttributes.hasFiniteForm(postOps.activation) }
 
     /// Nil when oneDNN's matmul does not take the layer with this input shape.
     init?(_ layer: Layer, constants: ConstantStore, inputShape: [Int]) throws {
@@ -44,11 +49,11 @@ struct MatMulSpec {
     }
 
     /// The key under which contexts share the kernel.
-    var sharingKey: String { "matmul|\(layer)|\(m)" }
+    var sharingKey: String { "matmul|\(layer)|\(m)" + (exactActivation ? "|exact" : "") }
 
     func make(engine: DNNLEngine) throws -> DNNLMatMul {
         try DNNLMatMul(engine: engine, m: m, weights: weights, transposedWeights: transposed, alpha: alpha, bias: bias,
-                       activation: postOps.activation, residual: postOps.residual)
+                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual)
     }
 }
 
@@ -61,27 +66,25 @@ enum MatMulLowering {
     ]
 
     static func prepare(_ l: LayerLowering, inputShape: [Int]) -> (() throws -> Void)? {
-        guard let spec = try? MatMulSpec(l.layer, constants: l.plan.constants, inputShape: inputShape) else { return nil }
+        guard var spec = try? MatMulSpec(l.layer, constants: l.plan.constants, inputShape: inputShape) else { return nil }
+        spec.exactNonFinite = l.plan.exactNonFinite(l.layer)
         let engine = l.plan.engine, shared = l.plan.shared
         return { _ = try shared.kernel(spec.sharingKey, layer: spec.layer) { try spec.make(engine: engine) } }
     }
 
     static func matmul(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let x = l.value(0), x.dataType == .float, let spec = try MatMulSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else { return nil }
+        guard let x = l.value(0), x.dataType == .float, var spec = try MatMulSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else { return nil }
+        spec.exactNonFinite = l.plan.exactNonFinite(l.layer)
         let residualValue = l.present(3) ? l.value(3) : nil
         if l.present(3) && residualValue == nil { return nil }
         let (_, shape) = try l.outputType()
         guard shape.reduce(1, *) == spec.m * spec.n else { return nil }
         let engine = l.plan.engine
         let mm = try l.plan.shared.kernel(spec.sharingKey, layer: spec.layer) { try spec.make(engine: engine) }
-        let primitive = mm.kernel.primitive
         let src = try l.plan.plain(x)
         let (out, copies) = try residualValue.map { try l.residualDestination(l.plan.plain($0), layout: plainDescriptor(shape), notSharing: src) }
             ?? (l.plan.newValue(l.layer.outputs[0], .float, shape), [])
-        try l.emit(.matmul, PrimitiveStep(layer: l.layer.name, primitive: primitive,
-                                          arguments: [(DNNL_ARG_SRC, src, primitive.query(dnnl_query_src_md)),
-                                                      (DNNL_ARG_DST, out, primitive.query(dnnl_query_dst_md))],
-                                          fixed: try mm.kernel.constantArguments(), copies: copies))
+        for step in try mm.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.matmul, step) }
         return l.decided(.matmul, postOps: spec.postOps)
     }
 

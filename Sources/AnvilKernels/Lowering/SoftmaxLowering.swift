@@ -20,7 +20,10 @@ enum SoftmaxLowering {
         var desc = dnnl_softmax_v2_desc_t()
         try check(dnnl_softmax_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_softmax_accurate, &data, &data, Int32(axis)), "describing the softmax")
         let primitive = try DNNLPrimitive(desc, attributes: DNNLAttributes(), engine: l.plan.engine, what: "softmax")
-        try l.emit(.softmax, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, data), (DNNL_ARG_DST, l.inPlaceOutput(over: x), data)]))
+        let mark = l.plan.steps.count, out = l.inPlaceOutput(over: x)
+        try l.emit(.softmax, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, data), (DNNL_ARG_DST, out, data)]))
+        // A row holding NaN or +∞ is all NaN in the reference; oneDNN gives zeros and finite values.
+        try l.plan.guardNonFinite(l.layer, from: mark, scanning: [x], .nanOrPositiveInfinity, inputs: [x], outputs: [out])
         return l.decided(.softmax)
     }
 }

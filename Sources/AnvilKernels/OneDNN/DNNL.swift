@@ -176,7 +176,7 @@ func memoryDescriptor(_ dims: [Int], _ tag: dnnl_format_tag_t, _ type: dnnl_data
 final class DNNLAttributes {
     let handle: dnnl_primitive_attr_t
 
-    init(sum: Bool = false, activation: Activation? = nil, scale: Float? = nil, add: dnnl_memory_desc_t? = nil) throws {
+    init(sum: Bool = false, activation: Activation? = nil, exactNonFinite: Bool = true, scale: Float? = nil, add: dnnl_memory_desc_t? = nil) throws {
         var attr: dnnl_primitive_attr_t?
         try check(dnnl_primitive_attr_create(&attr), "creating primitive attributes")
         handle = attr!
@@ -189,7 +189,7 @@ final class DNNLAttributes {
         defer { dnnl_post_ops_destroy(ops) }
         if var add { try check(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &add), "appending a binary addition") }
         if sum { try check(dnnl_post_ops_append_sum(ops, 1), "appending the residual sum") }
-        for (alg, alpha, beta) in try Self.eltwise(activation) {
+        for (alg, alpha, beta) in try Self.eltwise(activation, exactNonFinite: exactNonFinite) {
             try check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, beta), "appending the activation")
         }
         try check(dnnl_primitive_attr_set_post_ops(handle, ops), "setting post-ops")
@@ -197,16 +197,60 @@ final class DNNLAttributes {
 
     deinit { dnnl_primitive_attr_destroy(handle) }
 
-    /// The eltwise post-ops computing an activation.
-    static func eltwise(_ a: Activation?) throws -> [(dnnl_alg_kind_t, Float, Float)] {
+    /// The eltwise steps clamping to [lo, hi]. oneDNN's relu (α = 0), clip and bounded relu
+    /// are one x86 max or min, which returns the bound for NaN: exact on every other value
+    /// (±∞ included), so they serve when the input holds no NaN (`exactNonFinite` false).
+    /// Otherwise the steps keep NaN NaN as ONNX Runtime's Relu and Clip do: oneDNN's ELU
+    /// with α = 0 is relu(x) exactly (x where x > 0, else 0 · (eˣ − 1): NaN for NaN, −0
+    /// for −∞), + 0 turns its −0 into 0, and a bound other than 0 is a shift around it,
+    /// min(y, hi) = hi − relu(hi − y), exact up to the rounding of hi − y (half an ulp of
+    /// hi). That form costs an exponential per element: MobileNetV2's ReLU6 convolutions
+    /// took 1.7× as long.
+    static func clip(_ lo: Float, _ hi: Float, exactNonFinite: Bool) -> [(dnnl_alg_kind_t, Float, Float)] {
+        let hasLow = lo > -.greatestFiniteMagnitude, hasHigh = hi < .greatestFiniteMagnitude
+        guard exactNonFinite else {
+            return !hasLow && !hasHigh ? [(dnnl_eltwise_linear, 1, 0)] : lo == 0 && !hasHigh ? [(dnnl_eltwise_relu, 0, 0)] : [(dnnl_eltwise_clip_v2, lo, hi)]
+        }
+        let relu: (dnnl_alg_kind_t, Float, Float) = (dnnl_eltwise_elu, 0, 0)
+        var steps: [(dnnl_alg_kind_t, Float, Float)] = []
+        if hasLow {
+            // max(x, lo) = relu(x − lo) + lo; the bound is added back by the last step.
+            if lo != 0 { steps.append((dnnl_eltwise_linear, 1, -lo)) }
+            steps.append(relu)
+            if !hasHigh { return steps + [(dnnl_eltwise_linear, 1, lo)] }
+        }
+        guard hasHigh else { return steps.isEmpty ? [(dnnl_eltwise_linear, 1, 0)] : steps }
+        // y = max(x, lo) − lo, so min(y + lo, hi) = hi − relu((hi − lo) − y).
+        let shift = hasLow ? hi - lo : hi
+        return steps + [(dnnl_eltwise_linear, -1, shift), relu, (dnnl_eltwise_linear, -1, hi)]
+    }
+
+    /// Whether oneDNN computes these eltwise steps right as post-ops: its JIT kernels give
+    /// every `linear` step of a chain the first one's coefficients (seen on convolutions
+    /// and matmuls), so a chain with two different ones runs as separate steps instead.
+    static func fusable(_ steps: [(dnnl_alg_kind_t, Float, Float)]) -> Bool {
+        let linear = steps.filter { $0.0 == dnnl_eltwise_linear }
+        return linear.allSatisfy { $0.1 == linear[0].1 && $0.2 == linear[0].2 }
+    }
+
+    /// Whether an activation has a faster form for inputs without NaN (`clip`).
+    static func hasFiniteForm(_ a: Activation?) -> Bool {
+        switch a {
+        case .relu?, .clip?, .hardSigmoid?: true
+        default: false
+        }
+    }
+
+    /// The eltwise post-ops computing an activation; `exactNonFinite` as in `clip`.
+    static func eltwise(_ a: Activation?, exactNonFinite: Bool) throws -> [(dnnl_alg_kind_t, Float, Float)] {
         guard let a else { return [] }
         switch a {
-        case .relu: return [(dnnl_eltwise_relu, 0, 0)]
+        case .relu: return clip(0, .infinity, exactNonFinite: exactNonFinite)
         case .leakyRelu(let alpha): return [(dnnl_eltwise_relu, alpha, 0)]
-        case .clip(let lo, let hi): return [(dnnl_eltwise_clip, lo, hi)]
+        case .clip(let lo, let hi): return clip(lo, hi, exactNonFinite: exactNonFinite)
         case .sigmoid: return [(dnnl_eltwise_logistic, 0, 0)]
         case .tanh: return [(dnnl_eltwise_tanh, 0, 0)]
-        case .hardSigmoid(let alpha, let beta): return [(dnnl_eltwise_linear, alpha, beta), (dnnl_eltwise_clip, 0, 1)]
+        case .hardSigmoid(let alpha, let beta): return [(dnnl_eltwise_linear, alpha, beta)] + clip(0, 1, exactNonFinite: exactNonFinite)
         case .hardSwish: return [(dnnl_eltwise_hardswish, 0, 0)]
         case .elu(let alpha): return [(dnnl_eltwise_elu, alpha, 0)]
         case .mish: return [(dnnl_eltwise_mish, 0, 0)]

@@ -13,15 +13,13 @@ public final class DNNLConvolution {
     /// one-wide convolution run as 1-D are not the primitive's own).
     private(set) var sourceLayout: dnnl_memory_desc_t
     private(set) var destinationLayout: dnnl_memory_desc_t
-    /// In-place eltwise primitives applying the activation after the convolution, when
-    /// the kernel cannot fuse it (oneDNN's Winograd kernels fuse ReLU but not SiLU).
-    let activationSteps: [DNNLPrimitive]
 
     /// Builds the primitive for one input shape.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, geometry g: WindowGeometry,
-                            group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
+                            group: Int, activation: Activation?, exactNonFinite: Bool = true, residual: Bool,
+                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
         try self.init(engine: engine, inputShape: inputShape, weights: KernelWeights(weights), bias: bias, geometry: g, group: group,
-                      activation: activation, residual: residual, tactic: tactic)
+                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic)
     }
 
     /// Builds the primitive for one input shape, using prepacked weights in place when one fits.
@@ -31,20 +29,20 @@ public final class DNNLConvolution {
     /// over H: the same bytes in every channel layout, and oneDNN's kernels vectorize
     /// along the last spatial dimension, which a width of 1 starves.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                            group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
+                            group: Int, activation: Activation?, exactNonFinite: Bool = true, residual: Bool,
+                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
         if let squeezed = try? DNNLConvolution(squeezingWidthOf: inputShape, engine: engine, weights: weights, bias: bias, geometry: g, group: group,
-                                               activation: activation, residual: residual, tactic: tactic) {
+                                               activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic) {
             self.init(squeezed)
         } else {
             try self.init(engine: engine, shape: inputShape, weights: weights, bias: bias, geometry: g, group: group,
-                          activation: activation, residual: residual, tactic: tactic)
+                          activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic)
         }
     }
 
     private init(_ other: DNNLConvolution) {
         outputShape = other.outputShape
         kernel = other.kernel
-        activationSteps = other.activationSteps
         sourceLayout = other.sourceLayout
         destinationLayout = other.destinationLayout
     }
@@ -53,7 +51,7 @@ public final class DNNLConvolution {
     /// the 2-D shapes; nil (or an error) when the convolution is not one wide or a
     /// layout has no 2-D equivalent.
     private convenience init?(squeezingWidthOf inputShape: [Int], engine: DNNLEngine, weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                              group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic) throws {
+                              group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic) throws {
         guard inputShape.count == 4, inputShape[3] == 1, weights.rank == 4, weights.shape[3] == 1, g.output.count == 2, g.output[1] == 1,
               g.padsBegin.count == 2, g.padsBegin[1] == 0, g.padsEnd.count == 2, g.padsEnd[1] == 0, tactic.algorithm == .direct else { return nil }
         let narrow = KernelWeights(name: weights.name, dataType: weights.dataType, shape: Array(weights.shape.prefix(3)), packed: weights.packed,
@@ -62,7 +60,7 @@ public final class DNNLConvolution {
         (line.kernel, line.strides, line.dilations) = ([g.kernel[0]], [g.strides[0]], [g.dilations[0]])
         (line.padsBegin, line.padsEnd, line.output) = ([g.padsBegin[0]], [g.padsEnd[0]], [g.output[0]])
         try self.init(engine: engine, shape: Array(inputShape.prefix(3)), weights: narrow, bias: bias, geometry: line, group: group,
-                      activation: activation, residual: residual, tactic: tactic)
+                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic)
         // The same layouts one dimension wider.
         guard let source = try Layout.restated(sourceLayout, shape: Array(inputShape.prefix(3)), as: inputShape),
               let destination = try Layout.restated(destinationLayout, shape: outputShape, as: outputShape + [1]) else { return nil }
@@ -72,7 +70,7 @@ public final class DNNLConvolution {
     }
 
     private init(engine: DNNLEngine, shape inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                 group: Int, activation: Activation?, residual: Bool, tactic: ConvolutionTactic) throws {
+                 group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] == weights.shape[1] * group, weights.shape[0] % group == 0 else {
@@ -100,32 +98,19 @@ public final class DNNLConvolution {
         let pb = g.padsBegin.map { Int64($0) }, pe = g.padsEnd.map { Int64($0) }
         try check(anvil_dnnl_conv_desc(&desc, &srcDesc, &anyWeights, &biasDesc, &dstDesc, Int32(spatial), s, d, pb, pe, winograd ? 1 : 0), "describing the convolution")
         let biasValues = bias?.floats ?? Array(repeating: 0, count: cout), count = outputShape.reduce(1, *)
-        func make(_ fused: Activation?) throws -> DNNLWeightedPrimitive {
-            try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: fused, residual: residual, weights: weights,
+        func make(separately: Bool) throws -> DNNLWeightedPrimitive {
+            try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: activation, exactNonFinite: exactNonFinite,
+                                      separateActivation: separately, residual: residual, weights: weights,
                                       userWeights: userWeights, bias: biasValues, biasDescriptor: biasDesc, outputCount: count)
         }
         do {
-            kernel = try make(activation)
-            activationSteps = []
+            kernel = try make(separately: false)
         } catch where winograd && activation != nil {
             // Winograd without the activation, which then runs in place on the output.
-            kernel = try make(nil)
-            var out = kernel.primitive.query(dnnl_query_dst_md)
-            activationSteps = try DNNLAttributes.eltwise(activation).map { alg, alpha, beta in
-                var op = dnnl_eltwise_desc_t()
-                try check(dnnl_eltwise_forward_desc_init(&op, dnnl_forward_inference, alg, &out, alpha, beta), "describing the activation")
-                return try DNNLPrimitive(op, attributes: DNNLAttributes(), engine: engine, what: "activation")
-            }
+            kernel = try make(separately: true)
         }
         sourceLayout = kernel.primitive.query(dnnl_query_src_md)
         destinationLayout = kernel.primitive.query(dnnl_query_dst_md)
-    }
-
-    /// Applies the separate activation steps, if any, to `output` (in the primitive's destination layout).
-    private func activate(stream: DNNLStream, output: UnsafeMutableRawPointer) throws {
-        guard !activationSteps.isEmpty else { return }
-        let memory = try DNNLMemory(kernel.primitive.query(dnnl_query_dst_md), engine: kernel.engine, data: output)
-        for step in activationSteps { try step.execute(stream, [(DNNL_ARG_SRC, memory), (DNNL_ARG_DST, memory)]) }
     }
 
     /// The layout the primitive reads its input in (at the input's shape).
@@ -136,23 +121,17 @@ public final class DNNLConvolution {
     /// Runs on `stream`. With a residual, `residual` is added before the activation.
     public func run(stream: DNNLStream, input: UnsafePointer<Float>, residual: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) throws {
         try kernel.run(stream: stream, input: input, residual: residual, output: output, what: "Conv")
-        try activate(stream: stream, output: UnsafeMutableRawPointer(output))
     }
 
     /// Runs on buffers already in the primitive's layouts; with a residual, `output`
     /// must already hold it (the sum post-op accumulates into the destination).
     func runInPlace(stream: DNNLStream, input: UnsafeMutableRawPointer, output: UnsafeMutableRawPointer) throws {
         try kernel.execute(stream: stream, input: input, output: output)
-        try activate(stream: stream, output: output)
     }
 
     /// Convenience: runs on tensors (allocates the output).
     public func run(stream: DNNLStream, _ x: Tensor, residual: Tensor? = nil) throws -> Tensor {
-        let y = try kernel.run(stream: stream, x, residual: residual, outputShape: outputShape, what: "Conv")
-        guard !activationSteps.isEmpty else { return y }
-        var values = y.floats
-        try values.withUnsafeMutableBytes { try activate(stream: stream, output: $0.baseAddress!) }
-        return try Tensor(floats: values, shape: outputShape)
+        try kernel.run(stream: stream, x, residual: residual, outputShape: outputShape, what: "Conv")
     }
 }
 

@@ -12,14 +12,14 @@ public final class DNNLMatMul {
 
     /// `weights` is K×N, or N×K when `transposedWeights` (Gemm's transB); `alpha` scales it.
     public convenience init(engine: DNNLEngine, m: Int, weights: Tensor, transposedWeights: Bool = false, alpha: Float = 1,
-                            bias: Tensor?, activation: Activation?, residual: Bool) throws {
+                            bias: Tensor?, activation: Activation?, exactNonFinite: Bool = true, residual: Bool) throws {
         try self.init(engine: engine, m: m, weights: KernelWeights(weights), transposedWeights: transposedWeights, alpha: alpha,
-                      bias: bias, activation: activation, residual: residual)
+                      bias: bias, activation: activation, exactNonFinite: exactNonFinite, residual: residual)
     }
 
     /// As above, using prepacked weights in place when one fits.
     public init(engine: DNNLEngine, m: Int, weights: KernelWeights, transposedWeights: Bool = false, alpha: Float = 1,
-                bias: Tensor?, activation: Activation?, residual: Bool) throws {
+                bias: Tensor?, activation: Activation?, exactNonFinite: Bool = true, residual: Bool) throws {
         guard weights.rank == 2, m > 0 else {
             throw AnvilError.invalidTensor(name: "MatMul", reason: "weights must be 2-D and M positive, got \(weights.shape), M = \(m)")
         }
@@ -34,7 +34,7 @@ public final class DNNLMatMul {
         var desc = dnnl_matmul_desc_t()
         try check(dnnl_matmul_desc_init(&desc, &src, &anyWeights, &biasDesc, &dst), "describing the matmul")
         // W is K×N; "ba" reads an N×K matrix as its transpose.
-        kernel = try DNNLWeightedPrimitive(desc, what: "matmul", engine: engine, activation: activation, residual: residual,
+        kernel = try DNNLWeightedPrimitive(desc, what: "matmul", engine: engine, activation: activation, exactNonFinite: exactNonFinite, residual: residual,
                                            weights: weights.scaled(alpha),
                                            userWeights: try memoryDescriptor([k, n], transposedWeights ? dnnl_ba : dnnl_ab),
                                            bias: bias?.floats ?? Array(repeating: 0, count: n), biasDescriptor: biasDesc, outputCount: m * n)

@@ -19,14 +19,28 @@ final class DNNLWeightedPrimitive {
     let bias: UnsafeMutableBufferPointer<Float>
     /// Elements of the destination.
     let outputCount: Int
+    /// In-place eltwise primitives applying the activation after the primitive, when it is
+    /// not fused: a kernel that cannot fuse it (oneDNN's Winograd convolutions fuse ReLU but
+    /// not SiLU, `separateActivation`) or a chain oneDNN computes wrongly (`DNNLAttributes.fusable`).
+    let activationSteps: [DNNLPrimitive]
 
     /// Creates the primitive for `operation` (a oneDNN op descriptor), then takes the
     /// weights in its preferred layout: a prepacked copy from the engine file when one
     /// has that layout (used in place), else `weights` (row-major, described by
     /// `userWeights`) reordered into it.
-    init<Operation>(_ operation: Operation, what: String, engine: DNNLEngine, activation: Activation?, residual: Bool,
+    init<Operation>(_ operation: Operation, what: String, engine: DNNLEngine, activation: Activation?, exactNonFinite: Bool = true,
+                    separateActivation: Bool = false, residual: Bool,
                     weights: KernelWeights, userWeights: dnnl_memory_desc_t, bias: [Float], biasDescriptor: dnnl_memory_desc_t, outputCount: Int) throws {
-        primitive = try DNNLPrimitive(operation, attributes: try DNNLAttributes(sum: residual, activation: activation), engine: engine, what: what)
+        let steps = try DNNLAttributes.eltwise(activation, exactNonFinite: exactNonFinite)
+        let fused = !separateActivation && DNNLAttributes.fusable(steps)
+        primitive = try DNNLPrimitive(operation, attributes: try DNNLAttributes(sum: residual, activation: fused ? activation : nil, exactNonFinite: exactNonFinite),
+                                      engine: engine, what: what)
+        var out = primitive.query(dnnl_query_dst_md)
+        activationSteps = fused ? [] : try steps.map { alg, alpha, beta in
+            var op = dnnl_eltwise_desc_t()
+            try check(dnnl_eltwise_forward_desc_init(&op, dnnl_forward_inference, alg, &out, alpha, beta), "describing the activation")
+            return try DNNLPrimitive(op, attributes: DNNLAttributes(), engine: engine, what: "activation")
+        }
         self.engine = engine
         self.residual = residual
         weightDescriptor = primitive.query(dnnl_query_weights_md)
@@ -72,6 +86,16 @@ final class DNNLWeightedPrimitive {
         let src = try DNNLMemory(primitive.query(dnnl_query_src_md), engine: engine, data: input)
         let dst = try DNNLMemory(primitive.query(dnnl_query_dst_md), engine: engine, data: output)
         try primitive.execute(stream, [(DNNL_ARG_SRC, src), (DNNL_ARG_DST, dst)] + constantArguments())
+        for step in activationSteps { try step.execute(stream, [(DNNL_ARG_SRC, dst), (DNNL_ARG_DST, dst)]) }
+    }
+
+    /// Plan steps for the layer: the primitive on `source` into `destination`, then the
+    /// separate activation steps in place.
+    func planSteps(layer: String, source: PlanValue, destination: PlanValue, copies: [(from: PlanValue, to: PlanValue)]) throws -> [PrimitiveStep] {
+        let dst = primitive.query(dnnl_query_dst_md)
+        return [PrimitiveStep(layer: layer, primitive: primitive, arguments: [(DNNL_ARG_SRC, source, primitive.query(dnnl_query_src_md)), (DNNL_ARG_DST, destination, dst)],
+                              fixed: try constantArguments(), copies: copies)]
+            + activationSteps.map { PrimitiveStep(layer: layer, primitive: $0, arguments: [(DNNL_ARG_SRC, destination, dst), (DNNL_ARG_DST, destination, dst)]) }
     }
 
     /// Runs on plain buffers, copying the residual into the output first.

@@ -41,7 +41,7 @@ func registerElementwise(_ b: inout KernelTableBuilder) {
     }
     b.add1("Celu") { ctx in
         let alpha = Double(try ctx.attributes.float("alpha", 1))
-        return try ctx.input(0).mapFloating { Swift.max(0, $0) + Swift.min(0, alpha * (Foundation.exp($0 / alpha) - 1)) }
+        return try ctx.input(0).mapFloating { $0.isNaN ? $0 : Swift.max(0, $0) + Swift.min(0, alpha * (Foundation.exp($0 / alpha) - 1)) }
     }
     b.add1("Selu") { ctx in
         let alpha = Double(try ctx.attributes.float("alpha", 1.67326319217681884765625))
@@ -54,7 +54,7 @@ func registerElementwise(_ b: inout KernelTableBuilder) {
     }
     b.add1("HardSigmoid") { ctx in
         let alpha = Double(try ctx.attributes.float("alpha", 0.2)), beta = Double(try ctx.attributes.float("beta", 0.5))
-        return try ctx.input(0).mapFloating { Swift.max(0, Swift.min(1, alpha * $0 + beta)) }
+        return try ctx.input(0).mapFloating { $0.isNaN ? $0 : Swift.max(0, Swift.min(1, alpha * $0 + beta)) }
     }
     b.add1("HardSwish") { ctx in
         try ctx.input(0).mapFloating { $0 * Swift.max(0, Swift.min(1, $0 / 6 + 0.5)) }

@@ -35,6 +35,8 @@ public final class ConstantStore: @unchecked Sendable {
     /// Constants unpacked or realigned into store-owned memory (`stableBytes`, `alignedBytes`).
     private var unpackedBytes: [String: UnsafeMutableRawBufferPointer] = [:]
     private var unpackEngine: DNNLEngine?
+    /// `holdsNonFinite`'s answers so far.
+    private var nonFinite: [String: Bool] = [:]
 
     /// Constants held as tensors.
     public convenience init(_ tensors: [(name: String, value: Tensor)]) {
@@ -151,6 +153,28 @@ public final class ConstantStore: @unchecked Sendable {
         if Int(bitPattern: base) % max(type.byteSize, 1) == 0 { return stable }
         if let holder = holder(name) { return holder.alignedBytes(name) }
         return try? materialized(name)
+    }
+
+    /// Whether a constant holds NaN or ±∞, found once per store. Weights held only
+    /// prepacked are read in their packed layout, whose padding is zero.
+    public func holdsNonFinite(_ name: String) -> Bool {
+        if let holder = holder(name) { return holder.holdsNonFinite(name) }
+        guard let e = entries[name], [.float, .double, .float16, .bfloat16].contains(e.type) else { return false }
+        lock.lock()
+        if let known = nonFinite[name] { lock.unlock(); return known }
+        lock.unlock()
+        let found: Bool
+        switch e.source {
+        case .bytes(let b) where e.type == .float: found = b.baseAddress.map { NonFinite.nonFiniteFloats($0, count: b.count / 4) } ?? false
+        case .packed where e.type == .float:
+            let data = packedByName[name]?.first?.data
+            found = data?.baseAddress.map { NonFinite.nonFiniteFloats($0, count: data!.count / 4) } ?? false
+        default: found = (try? tensor(name)).flatMap { $0 }.map(NonFinite.anyIn) ?? false
+        }
+        lock.lock()
+        nonFinite[name] = found
+        lock.unlock()
+        return found
     }
 
     /// A constant unpacked or copied once into 64-byte-aligned memory the store keeps.

@@ -57,14 +57,25 @@ public final class ExecutionPlan {
     private var journal: [JournalEntry] = []
     private enum JournalEntry { case value(String, PlanValue?), bufferName(Int), plainCopy(String), layoutCopy(String), parent(Int) }
 
+    /// Whether the plan is only for inputs without NaN or ±∞: then its fused ReLU and Clip,
+    /// max pooling, softmax, Max, Min and Exp take oneDNN's fastest forms, which handle NaN
+    /// otherwise than ONNX says, wherever no NaN or infinity can reach them
+    /// (`reachedByNonFinite`). Callers check the inputs (`NonFinite.anyIn`) and run inputs
+    /// that hold NaN or ±∞ on a plan made without this promise.
+    public let assumesFiniteInputs: Bool
+    /// Values that may hold NaN or ±∞ even when the inputs do not (for a plan that assumes finite inputs).
+    let reachedByNonFinite: Set<String>
+
     /// Plans `layers` for inputs of the given shapes. `types` gives every value's
     /// element type and shape for these inputs (recorded at build time or observed).
     /// A layer with a decision is instantiated as decided; one without (while
     /// building) takes the first kernel of the lowering table that fits it.
     public init(layers: [Layer], constants: ConstantStore, inputs: [(name: String, type: DataType, shape: [Int])],
                 outputs: [String], types: [String: (DataType, [Int])], engine: DNNLEngine, shared: SharedKernels,
-                memoryPlan stored: StoredMemoryPlan? = nil) throws {
+                memoryPlan stored: StoredMemoryPlan? = nil, finiteInputs: Bool = false) throws {
         self.engine = engine
+        assumesFiniteInputs = finiteInputs
+        reachedByNonFinite = finiteInputs ? Self.reachedByNonFinite(layers, constants: constants) : []
         self.shared = shared
         self.constants = constants
         self.types = types
@@ -178,7 +189,7 @@ public final class ExecutionPlan {
     /// Executes only the plan's oneDNN primitives, once each, in order: the baseline
     /// of what oneDNN itself costs in a run (its calls allocate their argument maps).
     public func executePrimitivesOnly(stream: DNNLStream) throws {
-        for case let step as PrimitiveStep in steps { try step.execute(stream) }
+        for step in primitiveSteps { try step.execute(stream) }
         try stream.wait()
     }
 
@@ -470,7 +481,7 @@ public final class ExecutionPlan {
         let newArena = try Self.allocateRegion(total, "activation arena")
         free(arena)
         arena = newArena
-        scratchpadBytes = steps.compactMap { ($0 as? PrimitiveStep)?.primitive.scratchpadBytes }.max() ?? 0
+        scratchpadBytes = primitiveSteps.map(\.primitive.scratchpadBytes).max() ?? 0
         let newScratchpad = try Self.allocateRegion(scratchpadBytes, "scratchpad")
         free(scratchpad)
         scratchpad = newScratchpad
@@ -540,5 +551,10 @@ public final class ExecutionPlan {
     func layout(of name: String) -> Layout? { values[name].map { Layout.of($0.layout, shape: $0.shape) } }
 
     /// Whether any step runs a oneDNN primitive (the engine then needs the instruction set it was planned for).
-    public var usesOneDNN: Bool { steps.contains { $0 is PrimitiveStep } }
+    public var usesOneDNN: Bool { !primitiveSteps.isEmpty }
+
+    /// The oneDNN steps, those inside non-finite guards included.
+    var primitiveSteps: [PrimitiveStep] {
+        steps.flatMap { step -> [PlanStep] in (step as? NonFiniteGuardStep)?.fast ?? [step] }.compactMap { $0 as? PrimitiveStep }
+    }
 }

@@ -168,10 +168,12 @@ public enum TacticSelector {
                 let inputLayout = layoutOf[input] ?? .plain
                 guard layer.decision.map({ $0.kernel == .convolution }) ?? true, let (t, shape) = types[input], t == .float,
                       sweep == 0 || measured[layer.name] != nil,
-                      let spec = try? ConvolutionSpec(layer, constants: constants, inputShape: shape) else {
+                      var spec = try? ConvolutionSpec(layer, constants: constants, inputShape: shape) else {
                     for o in layer.outputs { layoutOf[o] = LoweringTable.outputLayout(of: layer, input: inputLayout) }
                     continue
                 }
+                // Timed as runs on finite inputs take it (ExecutionPlan.assumesFiniteInputs).
+                spec.exactNonFinite = false
                 if sweep == 0 {
                     measured[layer.name] = measure(spec, winograd: winograd, cache: cache, machine: machine, engine: engine, stream: stream)
                     if let p = probe, let load = p.load() {

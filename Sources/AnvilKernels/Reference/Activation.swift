@@ -71,7 +71,7 @@ public enum Activation: Sendable, Equatable {
         case .leakyRelu(let a): return x < 0 ? x * Double(a) : x
         case .sigmoid: return x >= 0 ? 1 / (1 + Foundation.exp(-x)) : Foundation.exp(x) / (1 + Foundation.exp(x))
         case .tanh: return Foundation.tanh(x)
-        case .hardSigmoid(let a, let b): return max(0, min(1, Double(a) * x + Double(b)))
+        case .hardSigmoid(let a, let b): return x.isNaN ? x : max(0, min(1, Double(a) * x + Double(b)))
         case .hardSwish: return x * max(0, min(1, x / 6 + 0.5))
         case .elu(let a): return x < 0 ? Double(a) * (Foundation.exp(x) - 1) : x
         case .mish: return x * Foundation.tanh(x > 30 ? x : Foundation.log1p(Foundation.exp(x)))

@@ -24,11 +24,9 @@ public enum Linear {
                 let arow = a + i * lda
                 var p = 0
                 while p < k {
-                    let av = arow[p]
-                    if av != 0 {
-                        let brow = b + p * ldb
-                        for j in 0..<n { crow[j] += av * brow[j] }
-                    }
+                    // No skipping of zeros: 0 · NaN and 0 · ∞ are NaN.
+                    let av = arow[p], brow = b + p * ldb
+                    for j in 0..<n { crow[j] += av * brow[j] }
                     p += 1
                 }
             }
@@ -46,7 +44,6 @@ public enum Linear {
         for i in 0..<m {
             for p in 0..<k {
                 let av = a[aOffset + i * k + p]
-                if av == 0 { continue }
                 for j in 0..<n { c[i * n + j] += av * b[bOffset + p * n + j] }
             }
         }

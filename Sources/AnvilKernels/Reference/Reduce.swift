@@ -132,7 +132,7 @@ public enum Reduce {
         return integer ? try Tensor(x.dataType, shape: x.shape, int64s: oi) : try Tensor(x.dataType, shape: x.shape, doubles: od)
     }
 
-    /// TopK along an axis; ties keep the lower index first.
+    /// TopK along an axis; ties keep the lower index first, NaN ranks above every number.
     public static func topK(_ x: Tensor, k: Int, axis: Int, largest: Bool, sorted: Bool) throws -> (Tensor, Tensor) {
         let outer = x.shape[..<axis].reduce(1, *), n = x.shape[axis], inner = x.shape[(axis + 1)...].reduce(1, *)
         guard k >= 0, k <= n else { throw AnvilError.invalidTensor(name: "TopK", reason: "k = \(k) is outside 0...\(n)") }
@@ -146,6 +146,8 @@ public enum Reduce {
             for i in 0..<inner {
                 let order = (0..<n).sorted { a, b in
                     let x = v[(o * n + a) * inner + i], y = v[(o * n + b) * inner + i]
+                    // NaN ranks above every number (numpy's and PyTorch's order).
+                    if x.isNaN || y.isNaN { return x.isNaN && y.isNaN ? a < b : (largest ? x.isNaN : y.isNaN) }
                     if x == y { return a < b }
                     return largest ? x > y : x < y
                 }
