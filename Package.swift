@@ -44,10 +44,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // libFuzzer targets (tools/fuzz builds them with coverage, AddressSanitizer and libFuzzer;
+        // a plain build links without libFuzzer, whose driver the C shim declares weak).
+        .target(name: "CFuzzDriver"),
+        .target(name: "AnvilFuzzTargets", dependencies: ["AnvilCore", "AnvilEngine", "AnvilONNX", "AnvilOps", "AnvilRuntime"]),
+        .executableTarget(name: "anvil-fuzz", dependencies: ["AnvilFuzzTargets", "CFuzzDriver"]),
         // Test support: counts the process's heap allocations (defines malloc and relatives).
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .testTarget(name: "AnvilTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilKernels", "AnvilPasses", "AnvilEngine",
-                                                       "AnvilRuntime", "AnvilBuilder", "CAllocationCounter"],
+                                                       "AnvilRuntime", "AnvilBuilder", "AnvilFuzzTargets", "CAllocationCounter"],
                     exclude: ["Golden"]),
         .testTarget(name: "ConformanceTests", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilONNX", "AnvilPasses", "AnvilBuilder", "AnvilRuntime", "AnvilEngine"],
                     exclude: ["manifest.txt"]),

@@ -112,6 +112,16 @@ public struct EngineFile {
         return out
     }
 
+    /// `bytes` with the header's file length and checksum made to match them (nothing else
+    /// changed): lets the engine fuzzer's mutations reach the sections behind the checksum.
+    public static func resealed(_ bytes: [UInt8]) -> [UInt8] {
+        guard bytes.count >= headerSize, Array(bytes[0..<8]) == magic else { return bytes }
+        var out = bytes
+        put(UInt64(out.count), at: 48, in: &out)
+        put(out.withUnsafeBytes { fileChecksum($0) }, at: 24, in: &out)
+        return out
+    }
+
     /// Reads and validates an engine held in memory (`file` names it in errors); the
     /// bytes are copied into a 64-byte-aligned buffer its sections are read from in place.
     public static func decode(_ bytes: UnsafeRawBufferPointer, file: String, hostFeatures: CPUFeatures = .host) throws -> EngineFile {

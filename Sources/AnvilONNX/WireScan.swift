@@ -47,7 +47,8 @@ enum WireScan {
             case 1: position += 8
             case 5: position += 4
             case 2:
-                guard let length = varint(), length <= UInt64(top.end - position) else { return deepest }
+                // A fixed-size field or varint may have run past the enclosing message's end.
+                guard let length = varint(), position <= top.end, length <= UInt64(top.end - position) else { return deepest }
                 let end = position + Int(length)
                 if let sub = messageField(top.descriptor, field) {
                     stack.append((end, sub))

@@ -86,6 +86,9 @@ final class OpFixtureTests: XCTestCase {
         let parameters = try RoiAlignParameters(AttributeReader(node: Node(name: "r", opType: "RoiAlign", inputs: [], outputs: [])), opset: 16)
         XCTAssertThrowsError(try parameters.check(x: [2, 3, 0, 6], rois: [2, 4], batchIndices: [2]))
         XCTAssertNoThrow(try parameters.check(x: [2, 3, 0, 6], rois: [0, 4], batchIndices: [0]))
+        // A sampling grid above the bound is refused as the attribute is read (a fuzzed engine asked for billions of samples per bin).
+        let dense = Node(name: "r", opType: "RoiAlign", inputs: [], outputs: [], attributes: ["sampling_ratio": .int(Int64(RoiAlignParameters.maximumGrid + 1))])
+        XCTAssertThrowsError(try RoiAlignParameters(AttributeReader(node: dense), opset: 16))
 
         // Values only the run sees: the reference kernel and the engine's Swift kernel.
         let model = roiAlignModel()

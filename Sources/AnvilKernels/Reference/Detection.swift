@@ -133,7 +133,9 @@ public struct RoiAlignParameters: Sendable, Equatable {
         outputWidth = try a.int("output_width", 1)
         guard outputHeight > 0, outputWidth > 0 else { throw fail("output_height \(outputHeight) and output_width \(outputWidth) must be positive") }
         samplingRatio = try a.int("sampling_ratio", 0)
-        guard samplingRatio >= 0 else { throw fail("sampling_ratio \(samplingRatio) is negative") }
+        guard samplingRatio >= 0, samplingRatio <= Self.maximumGrid else {
+            throw fail("sampling_ratio \(samplingRatio) is outside 0...\(Self.maximumGrid)")
+        }
         spatialScale = try a.float("spatial_scale", 1)
         guard spatialScale.isFinite else { throw fail("spatial_scale \(spatialScale) is not finite") }
         let transform = opset >= 16 ? try a.string("coordinate_transformation_mode", "half_pixel") : "output_half_pixel"
@@ -143,9 +145,11 @@ public struct RoiAlignParameters: Sendable, Equatable {
         halfPixel = transform == "half_pixel"
     }
 
-    /// The largest sampling grid per bin axis a roi may ask for (an adaptive grid follows the
-    /// roi's size, which a damaged or hostile rois tensor can make arbitrarily large).
-    public static let maximumGrid = 1 << 16
+    /// The largest sampling grid per bin axis (an adaptive grid follows the roi's size, which
+    /// a damaged or hostile rois tensor can make arbitrarily large; a grid of n × n samples
+    /// costs n² bilinear reads per bin: 1024 bounds one bin to a million). Real detectors
+    /// ask for 2 or an adaptive grid of a few dozen.
+    public static let maximumGrid = 1 << 10
 
     /// One roi's geometry in the feature map: its scaled start, bin size and sampling grid.
     public struct Roi<T: BinaryFloatingPoint> {
