@@ -18,7 +18,14 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// checksum made to match).
     case engine
 
+    /// The memory limit while a target runs (inputs may ask for any size; the memory policy
+    /// must refuse them, and the fuzzer's own limit is 2 GB).
+    public static let memoryLimit = 256 << 20
+
     public func run(_ bytes: [UInt8]) {
+        let previous = MemoryPolicy.limit
+        MemoryPolicy.limit = Self.memoryLimit
+        defer { MemoryPolicy.limit = previous }
         switch self {
         case .onnx:
             guard let model = try? ONNXImporter.decodeModel(bytes, file: "fuzz.onnx", folder: nil) else { return }

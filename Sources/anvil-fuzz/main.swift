@@ -10,14 +10,18 @@ import Foundation
 nonisolated(unsafe) var target = FuzzTarget.onnx
 
 var arguments = CommandLine.arguments
-guard arguments.count >= 2, let chosen = FuzzTarget(rawValue: arguments[1]) else {
+// The target is the first argument; libFuzzer's fork and merge modes start this binary again
+// with its own flags only, so it also passes to them through the environment.
+if arguments.count >= 2, let chosen = FuzzTarget(rawValue: arguments[1]) {
+    target = chosen
+    arguments.remove(at: 1)
+    setenv("ANVIL_FUZZ_TARGET", chosen.rawValue, 1)
+} else if let name = ProcessInfo.processInfo.environment["ANVIL_FUZZ_TARGET"], let chosen = FuzzTarget(rawValue: name) {
+    target = chosen
+} else {
     FileHandle.standardError.write(Data("usage: anvil-fuzz \(FuzzTarget.allCases.map(\.rawValue).joined(separator: "|")) [libFuzzer flags] [corpus folders]\n".utf8))
     exit(2)
 }
-target = chosen
-arguments.remove(at: 1)
-// Models and engines may ask for any size: the memory policy refuses what is above this.
-if ProcessInfo.processInfo.environment["ANVIL_MEMORY_LIMIT"] == nil { setenv("ANVIL_MEMORY_LIMIT", "256M", 1) }
 
 var argc = Int32(arguments.count)
 var cStrings: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]

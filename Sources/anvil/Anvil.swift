@@ -9,7 +9,7 @@ struct Anvil: ParsableCommand {
         commandName: "anvil",
         abstract: "Anvil: an ONNX optimizing compiler and runtime for CPUs.",
         version: "anvil \(EngineFile.producerVersion)",
-        subcommands: [Inspect.self, Run.self, Validate.self, Optimize.self, Build.self, Bench.self, Exec.self]
+        subcommands: [Inspect.self, Run.self, Validate.self, Optimize.self, Build.self, Bench.self, Exec.self, Soak.self]
     )
 
     /// oneDNN's OpenMP threads must spin between layers, or every layer pays the

@@ -19,6 +19,18 @@ static void note(void) {
 void anvil_allocations_start(void) { atomic_store(&allocations, 0); atomic_store(&counting, 1); }
 long anvil_allocations_stop(void) { atomic_store(&counting, 0); return atomic_load(&allocations); }
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define ANVIL_SANITIZED_BUILD 1
+#endif
+#endif
+
+#ifdef ANVIL_SANITIZED_BUILD
+// The sanitizers' runtimes own malloc: nothing is counted (tools/sanitize).
+int anvil_allocations_counted(void) { return 0; }
+#else
+int anvil_allocations_counted(void) { return 1; }
+
 void *malloc(size_t n) { note(); return __libc_malloc(n); }
 void *calloc(size_t n, size_t size) { note(); return __libc_calloc(n, size); }
 void *realloc(void *p, size_t n) { note(); return __libc_realloc(p, n); }
@@ -32,3 +44,4 @@ int posix_memalign(void **out, size_t alignment, size_t n) {
     *out = p;
     return 0;
 }
+#endif

@@ -77,8 +77,12 @@ public final class DNNLStream {
 final class DNNLMemory {
     let handle: dnnl_memory_t
     var descriptor: dnnl_memory_desc_t
+    /// What owns `data` when that is not the caller (a kernel's packed weights): kept alive as
+    /// long as this memory object, which a plan may hold after the kernel left its cache.
+    private let owner: AnyObject?
 
-    init(_ descriptor: dnnl_memory_desc_t, engine: DNNLEngine, data: UnsafeMutableRawPointer? = nil) throws {
+    init(_ descriptor: dnnl_memory_desc_t, engine: DNNLEngine, data: UnsafeMutableRawPointer? = nil, owner: AnyObject? = nil) throws {
+        self.owner = owner
         var md = descriptor
         var m: dnnl_memory_t?
         // DNNL_MEMORY_NONE: the data handle is set before each execution.

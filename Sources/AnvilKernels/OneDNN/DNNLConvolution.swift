@@ -81,6 +81,9 @@ public final class DNNLConvolution {
         guard g.output.count == spatial, ShapeMath.elementCount(outputShape) != nil, ShapeMath.elementCount(inputShape) != nil else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "output \(outputShape) of input \(inputShape) is impossible")
         }
+        // Sizes a damaged or hostile engine may hold: refused before oneDNN is asked for a kernel.
+        _ = try MemoryPolicy.checkedCount(outputShape, .float, for: "the convolution's output")
+        _ = try MemoryPolicy.checkedCount(weights.shape, .float, for: "the convolution's weights")
         let winograd = tactic.algorithm == .winograd
         // A layout outside the vocabulary cannot be asked for: oneDNN's choice then.
         let tag = tactic.layout == .plain ? [dnnl_ncw, dnnl_nchw, dnnl_ncdhw][spatial - 1] : tactic.layout.formatTag(rank: inputShape.count) ?? dnnl_format_tag_any

@@ -27,6 +27,7 @@ public final class DNNLMatMul {
         n = transposedWeights ? weights.shape[0] : weights.shape[1]
         self.m = m
         if let bias, bias.count != n { throw AnvilError.invalidTensor(name: "MatMul", reason: "bias has \(bias.count) values for N = \(n)") }
+        _ = try MemoryPolicy.checkedCount([m, n], .float, for: "the matmul's output")
         var src = try memoryDescriptor([m, k], dnnl_ab)
         var anyWeights = try memoryDescriptor([k, n], dnnl_format_tag_any)
         var biasDesc = try memoryDescriptor([1, n], dnnl_ab)

@@ -72,10 +72,12 @@ final class DNNLWeightedPrimitive {
         bias.deallocate()
     }
 
-    /// Memory objects for the weights and bias (the source and destination come from the caller).
+    /// Memory objects for the weights and bias (the source and destination come from the caller);
+    /// they keep this kernel, which owns the weights and bias, alive (a plan's steps hold them
+    /// after the shared kernel cache may have dropped it).
     func constantArguments() throws -> [(Int32, DNNLMemory)] {
-        [(DNNL_ARG_WEIGHTS, try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights)),
-         (DNNL_ARG_BIAS, try DNNLMemory(biasDescriptor, engine: engine, data: UnsafeMutableRawPointer(bias.baseAddress!)))]
+        [(DNNL_ARG_WEIGHTS, try DNNLMemory(weightDescriptor, engine: engine, data: packedWeights, owner: self)),
+         (DNNL_ARG_BIAS, try DNNLMemory(biasDescriptor, engine: engine, data: UnsafeMutableRawPointer(bias.baseAddress!), owner: self))]
     }
 
     var implementation: String { primitive.implementation }
@@ -109,7 +111,18 @@ final class DNNLWeightedPrimitive {
 
     /// Runs on tensors, allocating the output of `shape`.
     func run(stream: DNNLStream, _ x: Tensor, residual: Tensor?, outputShape shape: [Int], what: String) throws -> Tensor {
-        var out = [Float](repeating: 0, count: outputCount)
+        // The kernel reads exactly its planned sizes: a tensor of another size (a damaged engine's) is refused.
+        var src = primitive.query(dnnl_query_src_md)
+        guard x.count * MemoryLayout<Float>.size == anvil_dnnl_md_size(&src) else {
+            throw AnvilError.invalidTensor(name: what, reason: "input \(x.shape) does not fit the kernel (\(anvil_dnnl_md_size(&src) / 4) values)")
+        }
+        if let residual, residual.count != outputCount {
+            throw AnvilError.invalidTensor(name: what, reason: "residual \(residual.shape) has \(residual.count) values, the output \(outputCount)")
+        }
+        var out = [Float](repeating: 0, count: try MemoryPolicy.checkedCount(shape, .float, for: "\(what)'s output"))
+        guard out.count == outputCount else {
+            throw AnvilError.invalidTensor(name: what, reason: "output \(shape) does not fit the kernel (\(outputCount) values)")
+        }
         let input = x.floats, sum = residual?.floats
         try input.withUnsafeBufferPointer { i in
             try out.withUnsafeMutableBufferPointer { o in

@@ -84,7 +84,7 @@ enum SwiftRoiAlign {
         let problem = Problem(layer: layer, n: n, c: c, h: h, w: w, rois: count, parameters: parameters, addressing: addressing, wideIndices: true)
         let (data, boxes, indices) = (try Movement.transpose(x, perm: [0, 2, 3, 1]).floats, rois.floats, batchIndices.int64s)
         var scratch = [Float](repeating: 0, count: scratchRow(c: c, addressing: addressing) * ProcessInfo.processInfo.activeProcessorCount)
-        var y = [Float](repeating: 0, count: count * c * parameters.outputHeight * parameters.outputWidth)
+        var y = [Float](repeating: 0, count: try MemoryPolicy.checkedCount([count, c, parameters.outputHeight, parameters.outputWidth], .float, for: "RoiAlign's output"))
         try data.withUnsafeBufferPointer { xp in
             try boxes.withUnsafeBufferPointer { rp in
                 try indices.withUnsafeBytes { ip in

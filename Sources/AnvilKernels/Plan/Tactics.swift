@@ -55,6 +55,9 @@ public final class TimingCache {
         return e
     }
 
+    /// Whether some key satisfies `test`.
+    func holds(_ test: (String) -> Bool) -> Bool { entries.keys.contains(where: test) }
+
     /// Records a measured entry.
     func store(_ key: String, _ e: Entry) {
         measured += 1
@@ -100,7 +103,12 @@ public enum TacticSelector {
                                                 progress: ((Int, Int) -> Void)? = nil) -> [String: ConvolutionTactic] {
         guard let stream = try? DNNLStream(engine: engine) else { return [:] }
         let threads = anvil_parallel_threads()
-        var singleThreaded = singleThreaded, probe: LoadProbe? = singleThreaded ? nil : LoadProbe()
+        // A cache holding this graph's timings taken on one thread (by a build that found the
+        // machine busy, which then timed every layer so) is reused as it is: the rebuild measures
+        // nothing, whatever the load now.
+        let firstSpec = layers.lazy.compactMap { l in types[l.inputs.first ?? ""].flatMap { try? ConvolutionSpec(l, constants: constants, inputShape: $0.1) } }.first
+        let oneThreadCache = firstSpec.map { spec in cache.holds { $0.hasPrefix("conv|\(machine)|1thread|\(spec.timingKey)|") } } ?? false
+        var singleThreaded = singleThreaded || oneThreadCache, probe: LoadProbe? = singleThreaded ? nil : LoadProbe()
         if singleThreaded { anvil_set_threads(1) }
         defer { if singleThreaded { anvil_set_threads(threads) } }
         var machine = singleThreaded ? machine + "|1thread" : machine

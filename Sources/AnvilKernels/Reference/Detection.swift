@@ -234,7 +234,7 @@ extension Detection {
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let data = x.doubles.map { T($0) }, boxes = rois.doubles.map { T($0) }, batches = batchIndices.int64s
         let (oh, ow) = (p.outputHeight, p.outputWidth)
-        var y = [Double](repeating: 0, count: rois.shape[0] * c * oh * ow)
+        var y = [Double](repeating: 0, count: try MemoryPolicy.checkedCount([rois.shape[0], c, oh, ow], .double, for: "RoiAlign's output"))
         for r in 0..<rois.shape[0] {
             guard batches[r] >= 0, batches[r] < n else {
                 throw AnvilError.invalidTensor(name: "RoiAlign", reason: "batch_indices[\(r)] = \(batches[r]) is outside [0, \(n - 1)] (X has \(n) images)")

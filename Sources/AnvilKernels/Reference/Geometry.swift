@@ -33,6 +33,12 @@ public struct WindowGeometry: Sendable, Equatable {
         guard s.allSatisfy({ $0 > 0 }), d.allSatisfy({ $0 > 0 }), kernel.allSatisfy({ $0 > 0 }), p.allSatisfy({ $0 >= 0 }) else {
             throw AnvilError.invalidTensor(name: "window", reason: "kernel \(kernel), strides \(s) and dilations \(d) must be positive and pads \(p) non-negative")
         }
+        // Bounds that keep the arithmetic below from overflowing (a damaged or hostile model's
+        // attributes may hold any 64-bit value; no real window comes near them).
+        let largest = Int(Int32.max)
+        guard (kernel + s + d + p).allSatisfy({ $0 <= largest }), input.allSatisfy({ $0 >= 0 && $0 <= 1 << 40 }) else {
+            throw AnvilError.invalidTensor(name: "window", reason: "kernel \(kernel), strides \(s), dilations \(d) or pads \(p) exceed \(largest), or input \(input) is impossible")
+        }
         var out = [Int](repeating: 0, count: n)
         for i in 0..<n {
             let span = (kernel[i] - 1) * d[i] + 1

@@ -119,7 +119,10 @@ public enum Linear {
         let cinG = cin / group, coutG = cout / group
         let kSize = g.kernel.reduce(1, *), outSize = g.output.reduce(1, *), inSize = spatialIn.reduce(1, *)
         let rows = cinG * kSize
-        let table = im2colTable(spatialIn: spatialIn, g: g)
+        // A kernel or output of hostile size: refused before the im2col buffers are allocated.
+        _ = try MemoryPolicy.checkedCount([batch, cout] + g.output, .float, for: "Conv's output")
+        _ = try MemoryPolicy.checkedCount([rows, outSize], .float, for: "Conv's im2col columns")
+        let table = try im2colTable(spatialIn: spatialIn, g: g)
         let xs = x.floats, ws = w.floats, bs = bias?.floats
         var out = [Float](repeating: 0, count: batch * cout * outSize)
         var cols = [Float](repeating: 0, count: rows * outSize)
@@ -159,8 +162,9 @@ public enum Linear {
     }
 
     /// For each (kernel offset, output position), the flat input position it reads, or -1 in padding.
-    static func im2colTable(spatialIn: [Int], g: WindowGeometry) -> [Int] {
+    static func im2colTable(spatialIn: [Int], g: WindowGeometry) throws -> [Int] {
         let nd = spatialIn.count
+        _ = try MemoryPolicy.checkedCount(g.kernel + g.output, .int64, for: "the im2col table")
         let kSize = g.kernel.reduce(1, *), outSize = g.output.reduce(1, *)
         let inStrides = ShapeMath.strides(spatialIn)
         var table = [Int](repeating: -1, count: kSize * outSize)
@@ -260,7 +264,7 @@ extension Linear {
         let spatial = Array(xShape[2...])
         let cinG = cin / group, coutG = cout / group
         let kSize = g.kernel.reduce(1, *), outSize = g.output.reduce(1, *), inSize = spatial.reduce(1, *)
-        let table = im2colTable(spatialIn: spatial, g: g)
+        let table = try im2colTable(spatialIn: spatial, g: g)
         var out = [Int64](repeating: 0, count: batch * cout * outSize)
         for nb in 0..<batch { for gi in 0..<group { for oc in 0..<coutG {
             let co = gi * coutG + oc

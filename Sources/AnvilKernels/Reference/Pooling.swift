@@ -5,7 +5,7 @@ public enum Pooling {
     /// Max pooling; also returns the flat indices (row-major, or column-major per
     /// spatial plane when `columnMajorIndices`) of the chosen elements.
     public static func maxPool(_ x: Tensor, geometry g: WindowGeometry, columnMajorIndices: Bool = false) throws -> (Tensor, Tensor) {
-        let (planes, inSize, outSize, table) = layout(x, g)
+        let (planes, inSize, outSize, table) = try layout(x, g)
         let kSize = g.kernel.reduce(1, *)
         let xs = x.doubles
         var out = [Double](repeating: 0, count: planes * outSize)
@@ -43,7 +43,7 @@ public enum Pooling {
 
     /// Average pooling; padding counts toward the divisor when `countIncludePad`.
     public static func averagePool(_ x: Tensor, geometry g: WindowGeometry, countIncludePad: Bool) throws -> Tensor {
-        let (planes, inSize, outSize, table) = layout(x, g)
+        let (planes, inSize, outSize, table) = try layout(x, g)
         let kSize = g.kernel.reduce(1, *)
         let xs = x.doubles
         // With count_include_pad the divisor counts explicit padding but not the
@@ -84,7 +84,7 @@ public enum Pooling {
 
     /// Lp pooling: (Σ|x|^p)^(1/p) over each window.
     public static func lpPool(_ x: Tensor, geometry g: WindowGeometry, p: Double) throws -> Tensor {
-        let (planes, inSize, outSize, table) = layout(x, g)
+        let (planes, inSize, outSize, table) = try layout(x, g)
         let kSize = g.kernel.reduce(1, *)
         let xs = x.doubles
         var out = [Double](repeating: 0, count: planes * outSize)
@@ -119,9 +119,10 @@ public enum Pooling {
         return try Tensor(x.dataType, shape: Array(x.shape[0..<2]) + Array(repeating: 1, count: x.rank - 2), doubles: out)
     }
 
-    static func layout(_ x: Tensor, _ g: WindowGeometry) -> (Int, Int, Int, [Int]) {
+    static func layout(_ x: Tensor, _ g: WindowGeometry) throws -> (Int, Int, Int, [Int]) {
         let spatial = Array(x.shape[2...])
-        return (x.shape[0] * x.shape[1], spatial.reduce(1, *), g.output.reduce(1, *), Linear.im2colTable(spatialIn: spatial, g: g))
+        _ = try MemoryPolicy.checkedCount(Array(x.shape[0..<2]) + g.output, x.dataType, for: "the pooling's output")
+        return (x.shape[0] * x.shape[1], spatial.reduce(1, *), g.output.reduce(1, *), try Linear.im2colTable(spatialIn: spatial, g: g))
     }
 }
 

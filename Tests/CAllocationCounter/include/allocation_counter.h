@@ -7,5 +7,7 @@
 void anvil_allocations_start(void);
 /// Stops counting; returns the allocations made since the start.
 long anvil_allocations_stop(void);
+/// 1 when allocations are counted; 0 in a sanitizer build, whose runtime owns malloc.
+int anvil_allocations_counted(void);
 
 #endif
