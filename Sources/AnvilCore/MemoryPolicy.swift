@@ -65,11 +65,15 @@ public enum MemoryPolicy {
         return overflow ? nil : bytes
     }
 
-    /// Throws when `bytes` (nil: too large to count) exceed the limit.
+    /// Bytes the caller already holds (the layer interpreter's live values, set around each
+    /// node it runs): a new allocation must fit beside them.
+    @TaskLocal public static var held = 0
+
+    /// Throws when `bytes` (nil: too large to count) exceed the limit, less what is `held`.
     public static func check(_ bytes: Int?, for what: @autoclosure () -> String) throws {
-        let limit = self.limit
-        guard let bytes, bytes <= limit else {
-            throw AnvilError.memoryLimit(what: what(), bytes: bytes, limit: limit)
+        let limit = self.limit, held = Self.held
+        guard let bytes, bytes <= limit - min(held, limit) else {
+            throw AnvilError.memoryLimit(what: held > 0 ? "\(what()), beside \(held) bytes of live values" : what(), bytes: bytes, limit: limit)
         }
     }
 

@@ -467,3 +467,8 @@ public struct Tensor: Sendable, Hashable, CustomStringConvertible {
         }
     }
 }
+
+extension Tensor {
+    /// Bytes its values take (strings counted at 16 bytes each, their inline size).
+    public var byteCount: Int { count * (dataType == .string ? 16 : dataType.byteSize) }
+}

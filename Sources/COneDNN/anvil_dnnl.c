@@ -177,10 +177,29 @@ struct anvil_parallel_job {
     int (*num_threads)(void);
 };
 
+/* ThreadSanitizer does not see libgomp's fork and join (libgomp is not instrumented): the
+   team's start and end are told to it as happens-before edges (tools/sanitize thread). */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ANVIL_TSAN 1
+#endif
+#endif
+#ifdef ANVIL_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define ANVIL_HAPPENS_BEFORE(p) __tsan_release(p)
+#define ANVIL_HAPPENS_AFTER(p) __tsan_acquire(p)
+#else
+#define ANVIL_HAPPENS_BEFORE(p) ((void)(p))
+#define ANVIL_HAPPENS_AFTER(p) ((void)(p))
+#endif
+
 static void anvil_parallel_team(void *data) {
     struct anvil_parallel_job *job = data;
+    ANVIL_HAPPENS_AFTER(job);
     int t = job->thread_num(), n = job->num_threads();
     for (int part = t; part < job->parts; part += n) job->fn(job->context, part);
+    ANVIL_HAPPENS_BEFORE(&job->parts);
 }
 
 /* libgomp's entry points: libdnnl links OpenMP (libgomp on Debian), so they are looked up
@@ -221,5 +240,7 @@ void anvil_parallel(int parts, anvil_part_fn fn, void *context) {
         return;
     }
     struct anvil_parallel_job job = {fn, context, parts, gomp_thread_num, gomp_num_threads};
+    ANVIL_HAPPENS_BEFORE(&job);
     gomp_start(anvil_parallel_team, &job, (unsigned)team, 0);
+    ANVIL_HAPPENS_AFTER(&job.parts);
 }

@@ -140,3 +140,50 @@ final class GraphInterpreterTests: XCTestCase {
         }, inputs: good), "node 'add' (Add): values out of range")
     }
 }
+
+/// The memory policy counts what the interpreter holds: the values still alive when a node
+/// runs, and every buffer a kernel holds at once (a 1000 × 512 MiniLM under `ulimit -v`
+/// aborted in Where's index arrays, each under the limit, together above it).
+final class InterpreterMemoryTests: XCTestCase {
+    func withLimit(_ bytes: Int, _ body: () throws -> Void) rethrows {
+        let previous = MemoryPolicy.limit
+        MemoryPolicy.limit = bytes
+        defer { MemoryPolicy.limit = previous }
+        try body()
+    }
+
+    func testAKernelsBuffersTogetherMustFit() throws {
+        let g = Graph(name: "where", inputs: [ValueInfo(name: "c", type: TensorType(.bool, shape: [4096, 1])),
+                                              ValueInfo(name: "x", type: TensorType(.float, shape: [1, 4096]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "select", opType: "Where", inputs: ["c", "x", "zero"], outputs: ["y"])],
+                      initializers: [("zero", try Tensor(floats: [0], shape: [1]))])
+        let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let feeds = ["c": try Tensor(bools: (0..<4096).map { $0 % 2 == 0 }, shape: [4096, 1]), "x": try Tensor(floats: [Float](repeating: 1, count: 4096), shape: [1, 4096])]
+        // Each index array (128 MiB) fits under 400 MiB; all of Where's buffers (about 470 MiB) do not.
+        try withLimit(400 << 20) {
+            XCTAssertThrowsError(try ReferenceExecutor(model: model).run(feeds)) { error in
+                XCTAssertTrue("\(error)".contains("node 'select'") && "\(error)".contains("Where over [4096, 4096]"), "\(error)")
+            }
+        }
+    }
+
+    func testValuesAliveCountAgainstEachAllocation() throws {
+        // Three 16 MiB values alive at once under a 40 MiB limit: the third is refused, naming what is held.
+        let g = Graph(name: "chain", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 2048]))],
+                      outputs: [ValueInfo(name: "y", type: TensorType(.float, nil))],
+                      nodes: [Node(name: "expand", opType: "Expand", inputs: ["x", "shape"], outputs: ["a"]),
+                              Node(name: "neg1", opType: "Neg", inputs: ["a"], outputs: ["b"]),
+                              Node(name: "neg2", opType: "Neg", inputs: ["b"], outputs: ["c"]),
+                              Node(name: "sum", opType: "Sum", inputs: ["a", "b", "c"], outputs: ["y"])],
+                      initializers: [("shape", try Tensor(int64s: [2048, 2048], shape: [2]))])
+        let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 17)])
+        let feeds = ["x": try Tensor(floats: [Float](repeating: 1, count: 2048), shape: [1, 2048])]
+        try withLimit(40 << 20) {
+            XCTAssertThrowsError(try ReferenceExecutor(model: model).run(feeds)) { error in
+                XCTAssertTrue("\(error)".contains("live values") || "\(error)".contains("values alive"), "\(error)")
+            }
+        }
+        XCTAssertEqual(try ReferenceExecutor(model: model).run(feeds)[0].value.shape, [2048, 2048])
+    }
+}

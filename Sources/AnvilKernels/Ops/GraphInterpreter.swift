@@ -135,6 +135,8 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
     /// Executes one graph: `bound` holds its inputs, `outer` the enclosing graphs' values.
     func execute(_ graph: Graph, bound: [String: Tensor], outer: Scope?, depth: Int, schedules: Schedules, skipping: Set<String> = []) throws -> [Tensor] {
         var env = bound
+        /// Bytes of the values this run made and still holds.
+        var held = 0
         func lookup(_ name: String) throws -> Tensor? { try env[name] ?? graph.constant(name) ?? outer?.lookup(name) }
         let releases = schedules.releases(graph)
         for (i, node) in graph.nodesInOrder.enumerated() {
@@ -151,17 +153,27 @@ public struct GraphInterpreter<Graph: InterpretableGraph> {
                 return v
             }
             // The scope is a temporary: `env` is not copied when it changes after the node.
-            let results = try evaluate(node, def, opset: opset, inputs: args, depth: depth, schedules: schedules,
-                                       scope: Scope(values: env, graph: graph, parent: outer))
+            // The memory policy counts the values alive here against each allocation the node makes.
+            let results = try MemoryPolicy.$held.withValue(MemoryPolicy.held + held) {
+                try evaluate(node, def, opset: opset, inputs: args, depth: depth, schedules: schedules,
+                             scope: Scope(values: env, graph: graph, parent: outer))
+            }
             let wanted = node.outputs.filter { !$0.isEmpty }.count
             guard results.count >= wanted || results.count >= node.outputs.count else {
                 throw AnvilError.invalidNode(node: node.name, op: node.opType, reason: "produced \(results.count) outputs, the node names \(node.outputs.count)")
             }
             for (name, value) in zip(node.outputs, results) where !name.isEmpty {
+                if let old = env[name], bound[name] == nil { held -= old.byteCount }
                 env[name] = value
+                held += value.byteCount
                 observe?(name, value, depth)
             }
-            for name in releases[i] where bound[name] == nil { env[name] = nil }
+            for name in releases[i] where bound[name] == nil {
+                if let value = env.removeValue(forKey: name) { held -= value.byteCount }
+            }
+            if MemoryPolicy.held + held > MemoryPolicy.limit {
+                throw AnvilError.memoryLimit(what: "the values alive after node '\(node.name)'", bytes: MemoryPolicy.held + held, limit: MemoryPolicy.limit)
+            }
         }
         return try graph.outputNames.map { name in
             guard let v = try lookup(name) else {

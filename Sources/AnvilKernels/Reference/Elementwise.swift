@@ -92,6 +92,10 @@ public enum Elementwise {
     public static func select(_ c: Tensor, _ x: Tensor, _ y: Tensor) throws -> Tensor {
         try requireSameType(x, y, op: "Where")
         let shape = try broadcastShape([c.shape, x.shape, y.shape], op: "Where")
+        // Everything this kernel holds at once: the condition, three index arrays, the joined values and the result.
+        let n = shape.reduce(1, *), element = max(x.dataType.byteSize, 1)
+        try MemoryPolicy.check(MemoryPolicy.bytes(count: n, elementSize: 1 + 3 * 8 + element).flatMap { b in
+            MemoryPolicy.bytes(count: x.count + y.count, elementSize: element).map { b + $0 } }, for: "Where over \(shape)")
         let cond = try Indexing.broadcast(c, to: shape).bools
         let xs = Indexing.broadcastSource(x.shape, to: shape)
         let ys = Indexing.broadcastSource(y.shape, to: shape)
