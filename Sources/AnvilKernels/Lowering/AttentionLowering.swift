@@ -85,6 +85,7 @@ enum AttentionLowering {
         }
         let scores = l.plan.newValue(l.layer.name + "#scores", .float, [batch, heads, block, sk])
         var stepsByRows: [Int: Steps] = [:]
+        let mark = l.plan.steps.count
         var row = 0
         while row < s {
             let rows = min(block, s - row)
@@ -118,6 +119,11 @@ enum AttentionLowering {
                                                  arguments: [(DNNL_ARG_SRC, scores, made.scores), (DNNL_ARG_WEIGHTS, v, g.v), (DNNL_ARG_DST, yBlock, made.y)]))
             row += rows
         }
+        // Non-finite queries, keys or values, or a NaN in the mask (−∞ there is an ordinary mask), run on
+        // the reference: oneDNN's softmax turns rows holding NaN or +∞ into zeros and finite values, and
+        // NonFiniteTests saw this kernel give finite results where ∞ in V should have made NaN.
+        try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(q, .any), (k, .any), (v, .any)] + (mask.map { [($0, .nan)] } ?? []),
+                                  inputs: [q, k, v] + (l.present(3) ? [mask] : []), outputs: [out])
         return l.decided(.attention)
     }
 

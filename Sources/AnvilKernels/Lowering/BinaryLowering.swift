@@ -68,7 +68,7 @@ enum BinaryLowering {
                                           arguments: [(DNNL_ARG_SRC_0, a, src0), (DNNL_ARG_SRC_1, b, src1), (DNNL_ARG_DST, out, dst)]))
         // oneDNN's max and min return the other operand for a NaN in the first: NaN goes to the reference.
         if l.op == "Max" || l.op == "Min" {
-            try l.plan.guardNonFinite(l.layer, from: mark, scanning: [a, b], .nan, inputs: [a, b], outputs: [out])
+            try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(a, .nan), (b, .nan)], inputs: [a, b], outputs: [out])
         }
         return l.decided(.binary)
     }

@@ -91,7 +91,7 @@ enum EltwiseLowering {
                                                arguments: [(DNNL_ARG_SRC, i == 0 ? x : out, data), (DNNL_ARG_DST, out, data)]))
         }
         // oneDNN's exp clamps its argument with a max and a min first, taking NaN to +∞.
-        if l.op == "Exp" { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [x], .nan, inputs: [x], outputs: [out]) }
+        if l.op == "Exp" { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(x, .nan)], inputs: [x], outputs: [out]) }
         return l.decided(.eltwise)
     }
 }

@@ -56,7 +56,7 @@ enum PoolingLowering {
         let mark = l.plan.steps.count
         try l.emit(.pooling, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, src), (DNNL_ARG_DST, out, dstLayout)]))
         // oneDNN's max drops a NaN unless it comes last in the window: NaN windows go to the reference.
-        if alg == dnnl_pooling_max { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [x], .nan, inputs: [x], outputs: [out]) }
+        if alg == dnnl_pooling_max { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(x, .nan)], inputs: [x], outputs: [out]) }
         return l.decided(.pooling)
     }
 }

@@ -23,7 +23,7 @@ enum SoftmaxLowering {
         let mark = l.plan.steps.count, out = l.inPlaceOutput(over: x)
         try l.emit(.softmax, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, data), (DNNL_ARG_DST, out, data)]))
         // A row holding NaN or +∞ is all NaN in the reference; oneDNN gives zeros and finite values.
-        try l.plan.guardNonFinite(l.layer, from: mark, scanning: [x], .nanOrPositiveInfinity, inputs: [x], outputs: [out])
+        try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(x, .nanOrPositiveInfinity)], inputs: [x], outputs: [out])
         return l.decided(.softmax)
     }
 }

@@ -6,7 +6,7 @@ import COneDNN
 /// the first is NaN); its softmax also needs a row holding +∞ to come out NaN, as
 /// ONNX Runtime and the reference give it.
 public enum NonFinite {
-    case nan, nanOrPositiveInfinity
+    case nan, nanOrPositiveInfinity, any
 
     /// Whether `count` floats at `p` (any alignment) hold a value of this kind: the exact
     /// test runs only when `nonFiniteFloats` finds something.
@@ -14,7 +14,7 @@ public enum NonFinite {
         guard Self.nonFiniteFloats(p, count: count) else { return false }
         for j in 0..<count {
             let x = p.loadUnaligned(fromByteOffset: j * 4, as: Float.self)
-            if x.isNaN || (self == .nanOrPositiveInfinity && x == .infinity) { return true }
+            if x.isNaN || (self == .nanOrPositiveInfinity && x == .infinity) || (self == .any && x.isInfinite) { return true }
         }
         return false
     }
@@ -47,19 +47,18 @@ public enum NonFinite {
 /// and the reference's NaN and infinity semantics on the rest.
 final class NonFiniteGuardStep: PlanStep {
     let fast: [PlanStep]
-    let scanned: [PlanValue]
-    let kind: NonFinite
+    /// The values scanned before each run, each for what its kernel gets wrong.
+    let scanned: [(value: PlanValue, kind: NonFinite)]
     let node: Layer
     let definition: KernelDefinition
     /// The layer's inputs as the fast kernel reads them (any layout), nil when absent.
     let inputs: [PlanValue?]
     let outputs: [PlanValue]
 
-    init(_ node: Layer, definition: KernelDefinition, fast: [PlanStep], scanning scanned: [PlanValue], kind: NonFinite,
+    init(_ node: Layer, definition: KernelDefinition, fast: [PlanStep], scanning scanned: [(value: PlanValue, kind: NonFinite)],
          inputs: [PlanValue?], outputs: [PlanValue]) {
         self.fast = fast
         self.scanned = scanned
-        self.kind = kind
         self.node = node
         self.definition = definition
         self.inputs = inputs
@@ -74,7 +73,7 @@ final class NonFiniteGuardStep: PlanStep {
     }
 
     override func run(_ plan: ExecutionPlan, stream: DNNLStream) throws {
-        let special = scanned.contains { v in
+        let special = scanned.contains { v, kind in
             kind.occurs(in: plan.address(v), count: v.byteCount / MemoryLayout<Float>.size)
         }
         guard special else {
@@ -98,9 +97,9 @@ final class NonFiniteGuardStep: PlanStep {
 
 extension ExecutionPlan {
     /// Wraps the steps appended since `mark` (one layer's fast kernel) in a guard that
-    /// runs the layer's reference kernel when a scanned value holds `kind`; not where no
+    /// runs the layer's reference kernel when a scanned value holds its kind; not where no
     /// NaN or infinity can reach the layer (`exactNonFinite`).
-    func guardNonFinite(_ layer: Layer, from mark: Int, scanning: [PlanValue], _ kind: NonFinite,
+    func guardNonFinite(_ layer: Layer, from mark: Int, scanning: [(value: PlanValue, kind: NonFinite)],
                         inputs: [PlanValue?], outputs: [PlanValue]) throws {
         guard exactNonFinite(layer) else { return }
         guard let definition = KernelRegistry.lookup(domain: layer.domain, opType: layer.opType, opset: layer.opset) else {
@@ -108,8 +107,7 @@ extension ExecutionPlan {
         }
         let fast = Array(steps[mark...])
         steps.removeLast(steps.count - mark)
-        steps.append(NonFiniteGuardStep(layer, definition: definition, fast: fast, scanning: scanning, kind: kind,
-                                        inputs: inputs, outputs: outputs))
+        steps.append(NonFiniteGuardStep(layer, definition: definition, fast: fast, scanning: scanning, inputs: inputs, outputs: outputs))
     }
 
     /// A value's contents as a plain tensor, reordered out of a blocked layout (made at

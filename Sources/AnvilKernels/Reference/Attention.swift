@@ -97,7 +97,8 @@ public enum AttentionKernel {
                     if p.qkOutputMode == 3 { qkOut[((b * hq + h) * sq + i) * skv + j] = row[j] }
                 }
                 let yBase = ((b * hq + h) * sq + i) * dv
-                for j in 0..<skv where row[j] != 0 {
+                // Every term, zero weights too: 0 · ∞ and 0 · NaN in V are NaN, as in a matrix product.
+                for j in 0..<skv {
                     let vBase = ((b * v.heads + kh) * skv + j) * dv
                     for t in 0..<dv { y[yBase + t] += row[j] * v.values[vBase + t] }
                 }
