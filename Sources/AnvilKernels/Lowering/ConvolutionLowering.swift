@@ -66,7 +66,8 @@ struct ConvolutionSpec {
         let attrs = try WindowAttributes(context)
         kernel = attrs.kernelShape ?? Array(w.shape[2...])
         geometry = try attrs.geometry(context, input: Array(inputShape[2...]), kernel: kernel)
-        guard geometry.output.allSatisfy({ $0 > 0 }), inputShape[1] == w.shape[1] * attrs.group else { return nil }
+        // Divided, not multiplied: a hostile group would overflow the product.
+        guard geometry.output.allSatisfy({ $0 > 0 }), attrs.group > 0, inputShape[1] % attrs.group == 0, inputShape[1] / attrs.group == w.shape[1] else { return nil }
         self.layer = layer.name
         self.inputShape = inputShape
         weights = w

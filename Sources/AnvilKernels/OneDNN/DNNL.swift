@@ -156,6 +156,7 @@ final class DNNLPrimitive {
         var scratch: UnsafeMutableRawPointer?
         var scratchMemory: DNNLMemory?
         if scratchpadBytes > 0 {
+            try MemoryPolicy.check(scratchpadBytes, for: "the scratchpad of a \(implementation) kernel")
             scratch = UnsafeMutableRawPointer.allocate(byteCount: scratchpadBytes, alignment: 64)
             scratchMemory = try DNNLMemory(query(dnnl_query_scratchpad_md), engine: stream.engine, data: scratch)
             list.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: scratchMemory!.handle))

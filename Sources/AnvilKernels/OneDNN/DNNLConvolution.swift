@@ -73,7 +73,7 @@ public final class DNNLConvolution {
                  group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
-              inputShape[1] == weights.shape[1] * group, weights.shape[0] % group == 0 else {
+              inputShape[1] % group == 0, inputShape[1] / group == weights.shape[1], weights.shape[0] % group == 0 else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "weights \(weights.shape) do not fit input \(inputShape) with group \(group)")
         }
         let cout = weights.shape[0]
@@ -150,7 +150,7 @@ final class DNNLDeconvolution {
          padsBegin: [Int], padsEnd: [Int], group: Int) throws {
         let spatial = inputShape.count - 2
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0, weights.shape[0] == inputShape[1],
-              inputShape[1] % group == 0, outputShape[1] == weights.shape[1] * group, padsEnd.allSatisfy({ $0 >= 0 }) else {
+              inputShape[1] % group == 0, outputShape[1] % group == 0, outputShape[1] / group == weights.shape[1], padsEnd.allSatisfy({ $0 >= 0 }) else {
             throw AnvilError.invalidTensor(name: "oneDNN", reason: "ConvTranspose weights \(weights.shape) do not fit input \(inputShape)")
         }
         self.outputShape = outputShape

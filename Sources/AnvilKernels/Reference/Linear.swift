@@ -113,7 +113,7 @@ public enum Linear {
     public static func conv(_ x: Tensor, _ w: Tensor, _ bias: Tensor?, geometry g: WindowGeometry, group: Int) throws -> Tensor {
         let batch = x.shape[0], cin = x.shape[1], cout = w.shape[0]
         let spatialIn = Array(x.shape[2...])
-        guard group > 0, cin % group == 0, cout % group == 0, w.shape[1] * group == cin else {
+        guard group > 0, cin % group == 0, cout % group == 0, cin / group == w.shape[1] else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "weight \(w.shape) does not fit input channels \(cin) with group \(group)")
         }
         let cinG = cin / group, coutG = cout / group
@@ -191,7 +191,8 @@ public enum Linear {
     public static func convTranspose(_ x: Tensor, _ w: Tensor, _ bias: Tensor?, strides: [Int], dilations: [Int],
                                      padsBegin: [Int], outputSpatial: [Int], group: Int) throws -> Tensor {
         let batch = x.shape[0], cin = x.shape[1]
-        guard group > 0, cin % group == 0, w.shape[0] == cin else {
+        // group ≤ channels keeps Cout = Cout/group · group within the weights' size.
+        guard group > 0, group <= max(cin, 1), cin % group == 0, w.shape[0] == cin else {
             throw AnvilError.invalidTensor(name: "ConvTranspose", reason: "weight \(w.shape) does not fit input channels \(cin) with group \(group)")
         }
         let coutG = w.shape[1], cout = coutG * group, cinG = cin / group
@@ -258,7 +259,7 @@ extension Linear {
     /// subtracted, accumulation in Int64. `w` is [cout, cin/group, k...].
     public static func convInteger(_ x: [Int64], xShape: [Int], _ w: [Int64], wShape: [Int], geometry g: WindowGeometry, group: Int) throws -> [Int64] {
         let batch = xShape[0], cin = xShape[1], cout = wShape[0]
-        guard group > 0, cin % group == 0, cout % group == 0, wShape[1] * group == cin else {
+        guard group > 0, cin % group == 0, cout % group == 0, cin / group == wShape[1] else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "weight \(wShape) does not fit input channels \(cin) with group \(group)")
         }
         let spatial = Array(xShape[2...])
