@@ -180,15 +180,7 @@ struct Bench: ParsableCommand {
             settings.dumpProfile = dumpProfile
             try settings.requireDistinctOutputs(models: [("the model", model)])
             let start = Date()
-            let engine: Engine
-            if isEngineFile(model) {
-                engine = try Engine(path: model)
-            } else {
-                // The engine just built, with the kernels its compilation made.
-                let built = try EngineBuilder().build(try ONNXImporter.load(path: model), name: model)
-                Anvil.warn(built.warnings)
-                engine = built.engine
-            }
+            let engine = try engineOrBuilt(model)
             try settings.bench(engine, loadTime: Date().timeIntervalSince(start))
         }
     }

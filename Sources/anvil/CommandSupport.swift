@@ -76,6 +76,15 @@ func requireONNXModel(_ path: String, command: String) throws {
     }
 }
 
+/// The engine in `path`: an engine file loaded, or an ONNX model built in memory (the engine
+/// just built, with the kernels its compilation made), its build warnings printed.
+func engineOrBuilt(_ path: String) throws -> Engine {
+    if isEngineFile(path) { return try Engine(path: path) }
+    let built = try EngineBuilder().build(try ONNXImporter.load(path: path), name: path)
+    Anvil.warn(built.warnings)
+    return built.engine
+}
+
 /// True when the file starts with the engine magic.
 func isEngineFile(_ path: String) -> Bool {
     guard let handle = FileHandle(forReadingAtPath: path) else { return false }

@@ -34,14 +34,7 @@ struct Soak: ParsableCommand {
             }
             let perStream = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / streams)
             try setThreads(perStream)
-            let engine: Engine
-            if isEngineFile(model) {
-                engine = try Engine(path: model)
-            } else {
-                let built = try EngineBuilder().build(try ONNXImporter.load(path: model), name: model)
-                Anvil.warn(built.warnings)
-                engine = built.engine
-            }
+            let engine = try engineOrBuilt(model)
             let sets = try makeInputSets(engine)
             // The expected results, on a thread of its own like the streams': each set twice on a fresh
             // context. A dynamic engine's first run of new shapes goes through the layer interpreter

@@ -173,3 +173,18 @@ final class SharedKernelEvictionTests: XCTestCase {
         XCTAssertGreaterThan(engine.sharedKernelCount, 0)
     }
 }
+
+/// `anvil soak`: streams on one engine, every result checked; bad flags refused.
+final class SoakCommandTests: XCTestCase {
+    func testSoakRunsAndRefusesBadSizes() throws {
+        let model = TestSupport.fixture("transformer_dynamic/model.onnx")
+        let good = try TestSupport.run(["soak", model, "--streams", "2", "--duration", "1", "--sizes", "sequence=3..9"])
+        XCTAssertEqual(good.status, 0, good.stderr)
+        XCTAssertTrue(good.stdout.contains("Mismatches: 0, errors: 0") && good.stdout.contains("Steady"), good.stdout)
+        for (sizes, message) in [("sequence=9..3", "SYMBOL=LO..HI"), ("nothing=1..2", "which no input's shape has")] {
+            let bad = try TestSupport.run(["soak", model, "--duration", "1", "--sizes", sizes])
+            XCTAssertEqual(bad.status, 1, sizes)
+            XCTAssertTrue(bad.stderr.contains(message), "\(sizes): \(bad.stderr)")
+        }
+    }
+}
