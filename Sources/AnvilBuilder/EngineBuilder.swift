@@ -25,6 +25,10 @@ public struct EngineBuilder {
     public var winograd = true
     /// Timings to reuse and extend (--timingCacheFile).
     public var timingCache = TimingCache()
+    /// Which layers compute in a reduced precision (--bf16, --layerPrecisions); FP32 by default.
+    public var precision = PrecisionPolicy()
+    /// The CPU the engine is built for (its features decide which precisions are offered).
+    public var host = CPUFeatures.host
     /// Reports tactic-timing progress: layers done, layers in all.
     public var progress: ((Int, Int) -> Void)?
     public init() {}
@@ -66,6 +70,7 @@ public struct EngineBuilder {
         for input in model.graph.inputs where model.graph.initializers[input.name] == nil { model.graph.valueTypes[input.name] = input.type }
         model.graph.inputs = declared
         let graph = try Self.convert(model.graph, model: model)
+        try precision.apply(to: graph, host: host)
         // Every value's concrete type for the shapes the engine is compiled for: the profile's
         // optimal ones, else dynamic sizes of 64 (larger where a model needs more, e.g. audio).
         var samples = sampleShapes(model.graph, size: ShapeProfile.sampleSize)
@@ -120,7 +125,10 @@ public struct EngineBuilder {
         for i in graph.layers.indices { graph.layers[i].decision = compiled.decisions[graph.layers[i].name] }
         // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks
         // them. Winograd-transformed weights cannot be read back, so theirs stay plain as well.
-        let packedOnly = Set(compiled.packedWeights.filter(\.isUnpackable).map(\.constant))
+        // BF16 copies are the constant rounded: they stand for it only when BF16 layers alone read it.
+        var fp32Readers: Set<String> = []
+        for layer in graph.layers where layer.decision?.precision != .bf16 { fp32Readers.formUnion(layer.inputs) }
+        let packedOnly = Set(compiled.packedWeights.filter { $0.isUnpackable && ($0.packedType == .float || !fp32Readers.contains($0.constant)) }.map(\.constant))
         let file = try EngineFormat.file(for: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, metadata: Array(meta.utf8),
                                    profile: profile, weights: compiled.packedWeights, packedOnly: packedOnly, memoryPlan: compiled.memoryPlan)
         return Result(file: file, statistics: context, engine: try staging.recording(compiled), compiled: compiled, warnings: model.warnings)
@@ -175,7 +183,7 @@ public struct EngineBuilder {
         for i in graph.layers.indices {
             guard let tactic = chosen[graph.layers[i].name] else { continue }
             graph.layers[i].decision = LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout,
-                                                     postOps: try PostOps(graph.layers[i]))
+                                                     precision: graph.layers[i].decision?.precision ?? .fp32, postOps: try PostOps(graph.layers[i]))
         }
         guard let load else { return nil }
         return "other processes were using \(Int((load * 100).rounded()))% of the CPU when tactics were timed: timed on one thread, "

@@ -177,7 +177,7 @@ public final class Engine: @unchecked Sendable {
         let usesOneDNN = (plan?.usesOneDNN ?? false) || !weights.isEmpty || decisions.values.contains { $0.kernel.family == .onednn }
         let required: CPUFeatures
         switch usesOneDNN ? DNNLInstructionSet.effective : .older {
-        case .avx512Core: required = [.avx512Core]
+        case .avx512Core: required = decisions.values.contains { $0.precision == .bf16 } ? [.avx512Core, .avx512Bf16] : [.avx512Core]
         case .avx2: required = [.avx2]
         case .older: required = []
         }

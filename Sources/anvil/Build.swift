@@ -18,6 +18,8 @@ struct BuildSettings {
     var timingCacheFile: String?
     /// Tactic sources turned on or off (--tacticSources): Winograd convolutions.
     var winograd = true
+    /// Reduced precision (--bf16, --layerPrecisions).
+    var precision = PrecisionPolicy()
 
     /// Builds (and writes, when `output` is set) the engine; prints progress and a summary.
     func build() throws -> Engine {
@@ -34,6 +36,7 @@ struct BuildSettings {
         builder.optimize = optimize
         builder.profile = profile
         builder.winograd = winograd
+        builder.precision = precision
         if let timingCacheFile, FileManager.default.fileExists(atPath: timingCacheFile) {
             let bytes = try ONNXImporter.readFile(timingCacheFile, limit: 1 << 28, what: "timing cache")
             builder.timingCache = try TimingCache(contentsOf: bytes, file: timingCacheFile)
@@ -105,6 +108,10 @@ struct Build: ParsableCommand {
     var timingCacheFile: String?
     @Option(name: .customLong("tacticSources"), help: "Tactic sources to enable (+) or disable (-), as in trtexec: -WINOGRAD keeps convolutions off oneDNN's Winograd kernels (slightly less accurate).")
     var tacticSources: String?
+    @Flag(help: "Let convolutions compute in BF16 (AVX-512 BF16; the first and last stay FP32). Without it the engine is FP32.")
+    var bf16 = false
+    @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16[,…] (a layer or an ONNX node fused into it).")
+    var layerPrecisions: [String] = []
 
     @OptionGroup var limits: LimitOptions
 
@@ -118,6 +125,7 @@ struct Build: ParsableCommand {
             settings.exportLayerInfo = exportLayerInfo
             settings.timingCacheFile = timingCacheFile
             settings.winograd = try winogradAllowed(tacticSources: tacticSources)
+            settings.precision = PrecisionPolicy(bf16: bf16, layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(layerPrecisions))
             _ = try settings.build()
         }
     }

@@ -160,7 +160,7 @@ final class NonFiniteTests: XCTestCase {
     /// for finite inputs must still treat as ONNX says (the layers it reaches are exact).
     func testValuesMadeNonFiniteInsideTheGraphStayExact() throws {
         var rng = SeededGenerator(seed: 3)
-        var g = try fused("Conv", activation: "Relu", rng: &rng)
+        let g = try fused("Conv", activation: "Relu", rng: &rng)
         g.nodes.insert(Node(name: "log", opType: "Log", inputs: ["x0"], outputs: ["x"]), at: 0)
         g.inputs = [ValueInfo(name: "x0", type: TensorType(.float, shape: [1, 5, 9, 11]))]
         let model = Model(graph: g, opsets: [OpsetImport(domain: "", version: 19)])

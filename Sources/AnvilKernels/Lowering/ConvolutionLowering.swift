@@ -50,6 +50,8 @@ struct ConvolutionSpec {
     /// Whether a fused ReLU or Clip must keep NaN (`DNNLAttributes.clip`); the planner
     /// clears it where no NaN can reach the layer.
     var exactNonFinite = true
+    /// FP32, or BF16 (activations and weights; bias and accumulation FP32) when the decision asks for it.
+    var precision: Precision = .fp32
 
     /// Nil when oneDNN's convolution does not take the layer with this input shape:
     /// not a convolution, weights or bias not constant float, shapes that do not fit.
@@ -73,6 +75,7 @@ struct ConvolutionSpec {
         weights = w
         group = attrs.group
         postOps = try layer.decision.flatMap { $0.kernel == .convolution ? $0.postOps : nil } ?? PostOps(layer)
+        if let d = layer.decision, d.kernel == .convolution, d.precision == .bf16 { precision = .bf16 }
     }
 
     /// What decides its timing: shapes, window, group, fused work.
@@ -80,11 +83,12 @@ struct ConvolutionSpec {
         let g = geometry
         return "x\(inputShape)w\(weights.shape)g\(group)s\(g.strides)d\(g.dilations)p\(g.padsBegin)\(g.padsEnd)"
             + "b\(postOps.bias ? 1 : 0)a\(postOps.activation.map { "\($0)" } ?? "-")r\(postOps.residual ? 1 : 0)"
+            + (precision == .fp32 ? "" : "p\(precision)")
     }
 
     /// The key under which contexts share the kernel of a tactic.
     func sharingKey(_ tactic: ConvolutionTactic) -> String {
-        "conv|\(layer)|\(inputShape)|\(tactic.layout.rawValue)|\(tactic.algorithm.rawValue)" + (exactActivation ? "|exact" : "")
+        "conv|\(layer)|\(inputShape)|\(tactic.layout.rawValue)|\(tactic.algorithm.rawValue)|\(precision.rawValue)" + (exactActivation ? "|exact" : "")
     }
 
     /// Whether the fused activation takes its NaN-keeping form.
@@ -92,7 +96,8 @@ struct ConvolutionSpec {
 
     func make(_ tactic: ConvolutionTactic, engine: DNNLEngine) throws -> DNNLConvolution {
         try DNNLConvolution(engine: engine, inputShape: inputShape, weights: weights, bias: bias, geometry: geometry, group: group,
-                            activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic)
+                            activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic,
+                            precision: precision)
     }
 }
 
@@ -118,11 +123,13 @@ enum ConvolutionLowering {
     }
 
     static func convolution(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let x = l.value(0), x.dataType == .float, var spec = try ConvolutionSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else {
+        // Read as stored: a BF16 input feeds a BF16 convolution without a reorder (and an FP32
+        // one through a reorder into its layout, which converts).
+        guard let x = l.storedValue(0), x.dataType == .float, var spec = try ConvolutionSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else {
             return nil
         }
         spec.exactNonFinite = l.plan.exactNonFinite(l.layer)
-        let residualValue = l.present(3) ? l.value(3) : nil
+        let residualValue = l.present(3) ? l.storedValue(3) : nil
         if l.present(3) && residualValue == nil { return nil }
         // The decided tactic; where oneDNN has only its reference implementation for it
         // (these shapes were not timed), the other tactics in turn.
@@ -147,7 +154,7 @@ enum ConvolutionLowering {
             ?? (l.plan.newValue(l.layer.outputs[0], .float, conv.outputShape, layout: dstLayout), [])
         for step in try conv.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.convolution, step) }
         // The decision keeps the requested layout: "preferred" stays oneDNN's choice on every CPU and shape.
-        return LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout, postOps: spec.postOps)
+        return LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout, precision: spec.precision, postOps: spec.postOps)
     }
 
     /// ConvTranspose with explicit (or no) pads on oneDNN's deconvolution; the

@@ -101,7 +101,16 @@ struct LayerLowering {
         i < layer.inputs.count ? plan.constants.weights(layer.inputs[i]) : nil
     }
     func isConstant(_ i: Int) -> Bool { i < layer.inputs.count && plan.constants.contains(layer.inputs[i]) }
+    /// Input `i` in its own element type: a float value a reduced-precision layer stored in
+    /// BF16 comes reordered to FP32 (kernels that read BF16 themselves take `storedValue`).
+    /// Nil when absent or constant.
     func value(_ i: Int) -> PlanValue? {
+        guard let v = storedValue(i) else { return nil }
+        return v.isReduced ? try? plan.full(v) : v
+    }
+
+    /// Input `i` as stored, possibly narrower than its type (for kernels that read BF16).
+    func storedValue(_ i: Int) -> PlanValue? {
         i < layer.inputs.count && !layer.inputs[i].isEmpty ? plan.values[layer.inputs[i]] : nil
     }
     func present(_ i: Int) -> Bool { layer.present(i) }
@@ -116,8 +125,12 @@ struct LayerLowering {
 
     /// The decision this lowering implements: `kind`, with the layout the output got.
     func decided(_ kind: KernelKind, algorithm: Algorithm = .direct, postOps: PostOps = .none) -> LayerDecision {
-        LayerDecision(kernel: kind, algorithm: algorithm, layout: plan.layout(of: layer.outputs[0]) ?? .plain, precision: .fp32, postOps: postOps)
+        LayerDecision(kernel: kind, algorithm: algorithm, layout: plan.layout(of: layer.outputs[0]) ?? .plain,
+                      precision: plan.precision(of: layer.outputs[0]), postOps: postOps)
     }
+
+    /// The precision the layer's decision asks for (FP32 when undecided).
+    var requestedPrecision: Precision { layer.decision?.precision ?? .fp32 }
 
     /// Appends a oneDNN step; refuses oneDNN's reference implementations, so the
     /// planner tries the next kernel.

@@ -326,7 +326,7 @@ extension ExecutionPlan {
             guard let tag = layout.formatTag(rank: shape.count) else { return false }
             out = try memoryDescriptor(shape, tag)
         }
-        let result = PlanValue(name: name, dataType: .float, shape: shape, layout: Self.isPlain(out, shape) ? nil : out, buffer: -1)
+        let result = PlanValue(name: name, dataType: .float, shape: shape, layout: Self.isPlain(out, shape, .float) ? nil : out, buffer: -1)
         // Where each part's channels go, and where its root buffer would go for that.
         var slots: [(slot: Int, descriptor: dnnl_memory_desc_t, root: Int, place: Int?)] = []
         var placements: [Int: Int] = [:]

@@ -17,9 +17,9 @@ public final class DNNLConvolution {
     /// Builds the primitive for one input shape.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: Tensor, bias: Tensor?, geometry g: WindowGeometry,
                             group: Int, activation: Activation?, exactNonFinite: Bool = true, residual: Bool,
-                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
+                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain), precision: Precision = .fp32) throws {
         try self.init(engine: engine, inputShape: inputShape, weights: KernelWeights(weights), bias: bias, geometry: g, group: group,
-                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic)
+                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision)
     }
 
     /// Builds the primitive for one input shape, using prepacked weights in place when one fits.
@@ -30,13 +30,14 @@ public final class DNNLConvolution {
     /// along the last spatial dimension, which a width of 1 starves.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                             group: Int, activation: Activation?, exactNonFinite: Bool = true, residual: Bool,
-                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain)) throws {
+                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain), precision: Precision = .fp32) throws {
         if let squeezed = try? DNNLConvolution(squeezingWidthOf: inputShape, engine: engine, weights: weights, bias: bias, geometry: g, group: group,
-                                               activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic) {
+                                               activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic,
+                                               precision: precision) {
             self.init(squeezed)
         } else {
             try self.init(engine: engine, shape: inputShape, weights: weights, bias: bias, geometry: g, group: group,
-                          activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic)
+                          activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision)
         }
     }
 
@@ -51,7 +52,8 @@ public final class DNNLConvolution {
     /// the 2-D shapes; nil (or an error) when the convolution is not one wide or a
     /// layout has no 2-D equivalent.
     private convenience init?(squeezingWidthOf inputShape: [Int], engine: DNNLEngine, weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                              group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic) throws {
+                              group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
+                              precision: Precision) throws {
         guard inputShape.count == 4, inputShape[3] == 1, weights.rank == 4, weights.shape[3] == 1, g.output.count == 2, g.output[1] == 1,
               g.padsBegin.count == 2, g.padsBegin[1] == 0, g.padsEnd.count == 2, g.padsEnd[1] == 0, tactic.algorithm == .direct else { return nil }
         let narrow = KernelWeights(name: weights.name, dataType: weights.dataType, shape: Array(weights.shape.prefix(3)), packed: weights.packed,
@@ -60,7 +62,7 @@ public final class DNNLConvolution {
         (line.kernel, line.strides, line.dilations) = ([g.kernel[0]], [g.strides[0]], [g.dilations[0]])
         (line.padsBegin, line.padsEnd, line.output) = ([g.padsBegin[0]], [g.padsEnd[0]], [g.output[0]])
         try self.init(engine: engine, shape: Array(inputShape.prefix(3)), weights: narrow, bias: bias, geometry: line, group: group,
-                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic)
+                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision)
         // The same layouts one dimension wider.
         guard let source = try Layout.restated(sourceLayout, shape: Array(inputShape.prefix(3)), as: inputShape),
               let destination = try Layout.restated(destinationLayout, shape: outputShape, as: outputShape + [1]) else { return nil }
@@ -70,8 +72,16 @@ public final class DNNLConvolution {
     }
 
     private init(engine: DNNLEngine, shape inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                 group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic) throws {
+                 group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
+                 precision: Precision) throws {
         let spatial = inputShape.count - 2
+        // BF16: activations and weights in BF16, the bias and the accumulation in FP32.
+        let type: dnnl_data_type_t
+        switch precision {
+        case .fp32: type = dnnl_f32
+        case .bf16: type = dnnl_bf16
+        case .fp16, .int8: throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) convolution")
+        }
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] % group == 0, inputShape[1] / group == weights.shape[1], weights.shape[0] % group == 0 else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "weights \(weights.shape) do not fit input \(inputShape) with group \(group)")
@@ -87,13 +97,13 @@ public final class DNNLConvolution {
         let winograd = tactic.algorithm == .winograd
         // A layout outside the vocabulary cannot be asked for: oneDNN's choice then.
         let tag = tactic.layout == .plain ? [dnnl_ncw, dnnl_nchw, dnnl_ncdhw][spatial - 1] : tactic.layout.formatTag(rank: inputShape.count) ?? dnnl_format_tag_any
-        let src = try memoryDescriptor(inputShape, tag)
-        let dst = try memoryDescriptor(outputShape, tag)
+        let src = try memoryDescriptor(inputShape, tag, type)
+        let dst = try memoryDescriptor(outputShape, tag, type)
         // Grouped weights are [g, cout/g, cin/g, k…]: the same bytes as ONNX's [cout, cin/g, k…].
         let weightDims = group > 1 ? [group, cout / group] + Array(weights.shape.dropFirst()) : weights.shape
         let userTags: [dnnl_format_tag_t] = group > 1 ? [dnnl_goiw, dnnl_goihw, dnnl_goidhw] : [dnnl_oiw, dnnl_oihw, dnnl_oidhw]
         let userWeights = try memoryDescriptor(weightDims, userTags[spatial - 1])
-        var anyWeights = try memoryDescriptor(weightDims, dnnl_format_tag_any)
+        var anyWeights = try memoryDescriptor(weightDims, dnnl_format_tag_any, type)
         var biasDesc = try memoryDescriptor([cout], dnnl_x)
         var srcDesc = src, dstDesc = dst
         var desc = dnnl_convolution_desc_t()

@@ -102,6 +102,9 @@ final class DNNLWeightedPrimitive {
 
     /// Runs on plain buffers, copying the residual into the output first.
     func run(stream: DNNLStream, input: UnsafePointer<Float>, residual: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>, what: String) throws {
+        guard primitive.query(dnnl_query_src_md).data_type == dnnl_f32 else {
+            throw AnvilError.invalidTensor(name: what, reason: "the kernel reads BF16, not FP32 buffers")
+        }
         if self.residual {
             guard let residual else { throw AnvilError.invalidTensor(name: what, reason: "residual input missing") }
             output.update(from: residual, count: outputCount)
@@ -113,16 +116,19 @@ final class DNNLWeightedPrimitive {
     func run(stream: DNNLStream, _ x: Tensor, residual: Tensor?, outputShape shape: [Int], what: String) throws -> Tensor {
         // The kernel reads exactly its planned sizes: a tensor of another size (a damaged engine's) is refused.
         var src = primitive.query(dnnl_query_src_md)
-        guard x.count * MemoryLayout<Float>.size == anvil_dnnl_md_size(&src) else {
-            throw AnvilError.invalidTensor(name: what, reason: "input \(x.shape) does not fit the kernel (\(anvil_dnnl_md_size(&src) / 4) values)")
+        let bf16 = src.data_type == dnnl_bf16, elementBytes = bf16 ? 2 : 4
+        guard x.count * elementBytes == anvil_dnnl_md_size(&src) else {
+            throw AnvilError.invalidTensor(name: what, reason: "input \(x.shape) does not fit the kernel (\(anvil_dnnl_md_size(&src) / elementBytes) values)")
         }
         if let residual, residual.count != outputCount {
             throw AnvilError.invalidTensor(name: what, reason: "residual \(residual.shape) has \(residual.count) values, the output \(outputCount)")
         }
-        var out = [Float](repeating: 0, count: try MemoryPolicy.checkedCount(shape, .float, for: "\(what)'s output"))
-        guard out.count == outputCount else {
+        let count = try MemoryPolicy.checkedCount(shape, .float, for: "\(what)'s output")
+        guard count == outputCount else {
             throw AnvilError.invalidTensor(name: what, reason: "output \(shape) does not fit the kernel (\(outputCount) values)")
         }
+        if bf16 { return try runBF16(stream: stream, x, residual: residual, outputShape: shape) }
+        var out = [Float](repeating: 0, count: count)
         let input = x.floats, sum = residual?.floats
         try input.withUnsafeBufferPointer { i in
             try out.withUnsafeMutableBufferPointer { o in
@@ -134,5 +140,16 @@ final class DNNLWeightedPrimitive {
             }
         }
         return try Tensor(floats: out, shape: shape)
+    }
+
+    /// A BF16 kernel on FP32 tensors: the input (and residual) rounded to BF16, the output widened.
+    private func runBF16(stream: DNNLStream, _ x: Tensor, residual: Tensor?, outputShape shape: [Int]) throws -> Tensor {
+        var input = x.floats.map(BFloat16Bits.fromFloat)
+        var out = residual.map { $0.floats.map(BFloat16Bits.fromFloat) } ?? [UInt16](repeating: 0, count: outputCount)
+        try input.withUnsafeMutableBytes { i in
+            try out.withUnsafeMutableBytes { o in try execute(stream: stream, input: i.baseAddress!, output: o.baseAddress!) }
+        }
+        try stream.wait()
+        return try Tensor(floats: out.map(BFloat16Bits.toFloat), shape: shape)
     }
 }

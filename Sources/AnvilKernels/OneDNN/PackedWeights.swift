@@ -61,15 +61,23 @@ public struct PackedWeights: @unchecked Sendable {
     /// a reason when they do not fit.
     public func problem(type: DataType, shape: [Int]) -> String? {
         guard let (user, userExtent) = user.descriptor, let userDims = self.user.dims, let packedDims = self.packed.dims else { return "has an invalid layout" }
-        guard type == .float, user.data_type == dnnl_f32, packed.values[1] == Int64(dnnl_f32.rawValue) else { return "is not FP32" }
+        guard type == .float, user.data_type == dnnl_f32 else { return "is not FP32" }
+        guard let element = packedType, element == .float || element == .bfloat16 else { return "is packed neither as FP32 nor as BF16" }
         guard let count = ShapeMath.elementCount(shape), userDims == packedDims, ShapeMath.elementCount(userDims.map { Int($0) }) == count,
               userExtent <= count * 4 else { return "does not fit the constant's shape \(shape)" }
         // Winograd weights are only used in place by a kernel whose own layout (and size) matches.
         if packed.isWinograd { return nil }
         guard let (_, packedExtent) = packed.descriptor else { return "has an invalid layout" }
         // A packed layout covers at least its elements (this also bounds what unpacking allocates).
-        guard packedExtent >= count * 4, packedExtent <= data.count else { return "has \(data.count) bytes for layout of \(packedExtent)" }
+        guard packedExtent >= count * element.byteSize, packedExtent <= data.count else { return "has \(data.count) bytes for layout of \(packedExtent)" }
         return nil
+    }
+
+    /// The element type of the packed copy: FP32, or BF16 for a BF16 kernel's (whose
+    /// unpacked values are the constant rounded to BF16).
+    public var packedType: DataType? {
+        let code = packed.values.count > 1 ? packed.values[1] : -1
+        return code == Int64(dnnl_f32.rawValue) ? .float : code == Int64(dnnl_bf16.rawValue) ? .bfloat16 : nil
     }
 
     /// Whether the plain constant can be reordered back from these bytes (not from Winograd weights).

@@ -218,7 +218,7 @@ public final class ExecutionPlan {
     // MARK: Values and buffers
 
     func newValue(_ name: String, _ type: DataType, _ shape: [Int], layout: dnnl_memory_desc_t? = nil) -> PlanValue {
-        let v = PlanValue(name: name, dataType: type, shape: shape, layout: layout.flatMap { Self.isPlain($0, shape) ? nil : $0 }, buffer: buffers.count)
+        let v = PlanValue(name: name, dataType: type, shape: shape, layout: layout.flatMap { Self.isPlain($0, shape, type) ? nil : $0 }, buffer: buffers.count)
         buffers.append(ArenaBuffer(bytes: v.byteCount, first: steps.count, last: steps.count, names: [name]))
         journal.append(.value(name, values[name]))
         values[name] = v
@@ -227,7 +227,7 @@ public final class ExecutionPlan {
 
     /// A view of `source`'s storage (a reshape, a split part, an in-place result).
     func alias(_ name: String, of source: PlanValue, type: DataType, shape: [Int], layout: dnnl_memory_desc_t? = nil, byteOffset: Int = 0) -> PlanValue {
-        let v = PlanValue(name: name, dataType: type, shape: shape, layout: layout.flatMap { Self.isPlain($0, shape) ? nil : $0 },
+        let v = PlanValue(name: name, dataType: type, shape: shape, layout: layout.flatMap { Self.isPlain($0, shape, type) ? nil : $0 },
                           buffer: source.buffer, offset: source.offset + byteOffset)
         v.constant = source.constant
         if v.buffer >= 0 { addName(name, to: v.buffer) }
@@ -249,6 +249,13 @@ public final class ExecutionPlan {
         journal.append(.parent(b))
     }
 
+    /// Whether `d` is the row-major layout of `shape` with elements of `type` (a plain BF16
+    /// descriptor of a float value is not: the value is stored narrower).
+    static func isPlain(_ d: dnnl_memory_desc_t, _ shape: [Int], _ type: DataType) -> Bool {
+        dnnlType(type) == d.data_type && isPlain(d, shape)
+    }
+
+    /// Whether `d` is row-major for `shape`, whatever its element type.
     static func isPlain(_ d: dnnl_memory_desc_t, _ shape: [Int]) -> Bool {
         guard var p = try? plainDescriptor(shape, .float) else { return false }
         var a = d
@@ -346,13 +353,20 @@ public final class ExecutionPlan {
     /// `v` in layout `d`: itself or a reordered copy.
     func inLayout(_ v: PlanValue, _ d: dnnl_memory_desc_t) throws -> PlanValue {
         if try v.stored(as: d) { return v }
-        if Self.isPlain(d, v.shape) { return try plain(v) }
+        if Self.isPlain(d, v.shape, v.dataType) { return try plain(v) }
         // One copy per layout however many layers read it (a feature map feeding several branches).
         if let copy = try layoutCopies[v.name]?.first(where: { try $0.stored(as: d) }) { return copy }
         let copy = try reordered(v, to: d, name: v.name + "#\(steps.count)")
         layoutCopies[v.name, default: []].append(copy)
         journal.append(.layoutCopy(v.name))
         return copy
+    }
+
+    /// `v` in its own element type: a float value a reduced-precision layer stored in BF16
+    /// reordered to FP32 in the same layout (once per value); other values as they are.
+    func full(_ v: PlanValue) throws -> PlanValue {
+        guard v.isReduced, let layout = v.layout, let t = dnnlType(v.dataType) else { return v }
+        return try inLayout(v, retyped(layout, t))
     }
 
     private func reordered(_ v: PlanValue, to d: dnnl_memory_desc_t, name: String) throws -> PlanValue {
@@ -532,7 +546,8 @@ public final class ExecutionPlan {
     /// How a value is stored, in TensorRT's "Format/Datatype" wording; nil for constants and unknown names.
     public func format(of name: String) -> String? {
         guard let v = values[name] else { return nil }
-        let type = v.dataType == .float ? "FP32" : v.dataType.description.uppercased()
+        let stored = v.storedType
+        let type = stored == .float ? "FP32" : stored == .bfloat16 ? "BF16" : stored == .float16 ? "FP16" : stored.description.uppercased()
         switch Layout.of(v.layout, shape: v.shape) {
         case .plain: return "Row major linear \(type)"
         case .blocked8, .blocked16: return "Channel major \(type) format where channel % \(Layout.of(v.layout, shape: v.shape).channelBlock!) == 0"
@@ -546,6 +561,16 @@ public final class ExecutionPlan {
 
     /// The element type a value has in this plan.
     public func dataType(of name: String) -> DataType? { values[name]?.dataType }
+
+    /// The precision a value is stored in: BF16 or FP16 for a float value kept narrower, else FP32
+    /// (whatever the value's own type: integer and boolean values are not reduced).
+    func precision(of name: String) -> Precision {
+        switch values[name]?.storedType {
+        case .bfloat16 where values[name]?.dataType == .float: .bf16
+        case .float16 where values[name]?.dataType == .float: .fp16
+        default: .fp32
+        }
+    }
 
     /// The layout a value has in this plan.
     func layout(of name: String) -> Layout? { values[name].map { Layout.of($0.layout, shape: $0.shape) } }

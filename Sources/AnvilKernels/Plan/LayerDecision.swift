@@ -87,7 +87,8 @@ public enum Layout: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     static func restated(_ descriptor: dnnl_memory_desc_t?, shape: [Int], as other: [Int]) throws -> dnnl_memory_desc_t? {
         let layout = of(descriptor, shape: shape)
         guard layout == .plain || layout.formatTag(rank: other.count) != nil else { return nil }
-        return try layout.descriptor(other)
+        // The same element type (a BF16 tensor stays BF16).
+        return try layout.descriptor(other).map { retyped($0, descriptor?.data_type ?? dnnl_f32) }
     }
 
     /// The descriptor of a float tensor of `shape` in this layout (`preferred`: oneDNN's "any").

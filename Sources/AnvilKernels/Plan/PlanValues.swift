@@ -74,6 +74,12 @@ final class PlanValue {
     var count: Int { shape.reduce(1, *) }
     var isPlain: Bool { layout == nil }
 
+    /// The element type in memory: the layout's (BF16 for a float value a reduced-precision
+    /// layer wrote), else the value's own.
+    var storedType: DataType { layout.flatMap { anvilType($0.data_type) } ?? dataType }
+    /// Whether it is stored in a narrower type than its own (a float value kept in BF16).
+    var isReduced: Bool { storedType != dataType }
+
     /// Bytes it occupies (blocked layouts pad channels).
     var byteCount: Int {
         if var l = layout { return anvil_dnnl_md_size(&l) }
@@ -104,6 +110,26 @@ func dnnlType(_ t: DataType) -> dnnl_data_type_t? {
     case .uint8: dnnl_u8
     default: nil
     }
+}
+
+/// The Anvil element type of a oneDNN one.
+func anvilType(_ t: dnnl_data_type_t) -> DataType? {
+    switch t {
+    case dnnl_f32: .float
+    case dnnl_f16: .float16
+    case dnnl_bf16: .bfloat16
+    case dnnl_s32: .int32
+    case dnnl_s8: .int8
+    case dnnl_u8: .uint8
+    default: nil
+    }
+}
+
+/// The descriptor `d` with elements of type `t` (the same layout: strides count elements).
+func retyped(_ d: dnnl_memory_desc_t, _ t: dnnl_data_type_t) -> dnnl_memory_desc_t {
+    var out = d
+    out.data_type = t
+    return out
 }
 
 /// Row-major descriptor of a shape (a scalar is described as [1]).

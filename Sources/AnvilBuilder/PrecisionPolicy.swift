@@ -1,0 +1,92 @@
+import AnvilCore
+import AnvilEngine
+import AnvilKernels
+
+/// Which layers may compute in a reduced precision, as trtexec's --bf16 and
+/// --layerPrecisions say. FP32 unless asked: the builder never lowers precision on its
+/// own. Convolutions take BF16 under `bf16`, except the first and the last of the graph
+/// (the layers that see the raw input and make the final scores are the most sensitive,
+/// TensorRT's advice too) unless `keepEnds` is off; a layer the user names in
+/// `layerPrecisions` always takes the precision given, fused layers included (named by
+/// the layer or by any ONNX node fused into it).
+public struct PrecisionPolicy: Sendable, Equatable {
+    /// BF16 convolutions (oneDNN's AVX-512 BF16 kernels).
+    public var bf16 = false
+    /// Per layer or ONNX node name, the precision it must take.
+    public var layerPrecisions: [String: Precision] = [:]
+    /// Whether the first and the last weighted layers stay FP32 under `bf16`.
+    public var keepEnds = true
+
+    public init(bf16: Bool = false, layerPrecisions: [String: Precision] = [:], keepEnds: Bool = true) {
+        self.bf16 = bf16
+        self.layerPrecisions = layerPrecisions
+        self.keepEnds = keepEnds
+    }
+
+    /// Whether every layer stays FP32.
+    public var isFP32: Bool { !bf16 && layerPrecisions.values.allSatisfy { $0 == .fp32 } }
+
+    /// Parses --layerPrecisions: "name:fp32,other:bf16" (names may contain ':' and '/': the last ':' separates).
+    public static func parseLayerPrecisions(_ specs: [String]) throws -> [String: Precision] {
+        var out: [String: Precision] = [:]
+        for spec in specs.flatMap({ $0.split(separator: ",").map(String.init) }) where !spec.isEmpty {
+            guard let colon = spec.lastIndex(of: ":"), colon != spec.startIndex else {
+                throw AnvilError.invalidArgument("--layerPrecisions: '\(spec)' is not name:precision")
+            }
+            let name = String(spec[..<colon]), word = spec[spec.index(after: colon)...].lowercased()
+            guard let precision = Precision.allCases.first(where: { $0.description.lowercased() == word }) else {
+                throw AnvilError.invalidArgument("--layerPrecisions: '\(word)' for '\(name)' is not a precision (fp32, bf16, fp16, int8)")
+            }
+            guard out[name] == nil || out[name] == precision else {
+                throw AnvilError.invalidArgument("--layerPrecisions: '\(name)' is given two precisions")
+            }
+            out[name] = precision
+        }
+        return out
+    }
+
+    /// Decides each layer's precision and records it in its decision (a convolution taking
+    /// BF16 gets a convolution decision tactic timing then completes). Throws for names
+    /// that match no layer, precisions no kernel of the layer offers, and BF16 on a CPU
+    /// without AVX-512 BF16.
+    func apply(to graph: EngineGraph, host: CPUFeatures = .host) throws {
+        if isFP32 { return }
+        let weighted = graph.layers.indices.filter { Self.isConvolution(graph.layers[$0]) }
+        let ends: Set<Int> = keepEnds ? Set([weighted.first, weighted.last].compactMap { $0 }) : []
+        var matched: Set<String> = []
+        var reduced = false
+        for i in weighted {
+            let layer = graph.layers[i]
+            var precision: Precision = bf16 && !ends.contains(i) ? .bf16 : .fp32
+            for name in [layer.name] + layer.fusedFrom {
+                guard let asked = layerPrecisions[name] else { continue }
+                matched.insert(name)
+                precision = asked
+            }
+            guard precision == .fp32 || precision == .bf16 else {
+                throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' cannot run in \(precision) (this Anvil has FP32 and BF16 convolutions)")
+            }
+            reduced = reduced || precision != .fp32
+            graph.layers[i].decision = LayerDecision(kernel: .convolution, layout: .preferred, precision: precision, postOps: try PostOps(layer))
+        }
+        // Names of other layers: FP32 is what they run in; anything else is not offered.
+        for i in graph.layers.indices where !weighted.contains(i) {
+            let layer = graph.layers[i]
+            for name in [layer.name] + layer.fusedFrom {
+                guard let asked = layerPrecisions[name] else { continue }
+                matched.insert(name)
+                guard asked == .fp32 else {
+                    throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' (\(layer.opType)) has no \(asked) kernel in this Anvil; only convolutions take BF16")
+                }
+            }
+        }
+        if let unknown = layerPrecisions.keys.filter({ !matched.contains($0) }).sorted().first {
+            throw AnvilError.invalidArgument("--layerPrecisions: no layer or ONNX node is named '\(unknown)' (after optimization; see anvil inspect for the names)")
+        }
+        if reduced, !host.contains(.avx512Bf16) {
+            throw AnvilError.invalidArgument("BF16 needs a CPU with AVX-512 BF16 instructions (avx512_bf16 in /proc/cpuinfo); this CPU has \(host)")
+        }
+    }
+
+    static func isConvolution(_ layer: Layer) -> Bool { layer.opKey == "Conv" || layer.opKey == "anvil.FusedConv" }
+}

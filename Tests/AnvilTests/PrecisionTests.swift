@@ -1,0 +1,148 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilEngine
+import AnvilIR
+import AnvilKernels
+import AnvilONNX
+import AnvilOps
+import AnvilRuntime
+import Foundation
+import XCTest
+
+/// Reduced precision: FP32 unless asked; under --bf16 the convolutions (not the first and
+/// last) compute in BF16 and keep BF16 activations between them; the precision is part of
+/// each layer's decision, in the engine file and in the reports; --layerPrecisions is obeyed.
+final class PrecisionTests: XCTestCase {
+    let cnn = TestSupport.fixture("cnn/model.onnx")
+
+    func build(_ path: String, _ policy: PrecisionPolicy) throws -> (Model, EngineBuilder.Result) {
+        try XCTSkipUnless(CPUFeatures.host.contains(.avx512Bf16), "this CPU has no AVX-512 BF16")
+        let model = try ONNXImporter.load(path: path)
+        var builder = EngineBuilder()
+        builder.precision = policy
+        return (model, try builder.build(model, name: "cnn"))
+    }
+
+    static func cosine(_ a: [Float], _ b: [Float]) -> Double {
+        let dot = zip(a, b).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        let na = a.reduce(0.0) { $0 + Double($1) * Double($1) }, nb = b.reduce(0.0) { $0 + Double($1) * Double($1) }
+        return dot / (na.squareRoot() * nb.squareRoot())
+    }
+
+    func convolutions(_ engine: Engine) -> [Layer] {
+        engine.graph.layers.filter { $0.opType == "Conv" || $0.opType == "FusedConv" }
+    }
+
+    func testDefaultBuildIsFP32Everywhere() throws {
+        let model = try ONNXImporter.load(path: cnn)
+        let result = try EngineBuilder().build(model, name: "cnn")
+        XCTAssertTrue(result.graph.layers.allSatisfy { $0.decision?.precision == .fp32 })
+        XCTAssertFalse(result.file.requiredFeatures.contains(.avx512Bf16))
+    }
+
+    func testBF16ConvolutionsAreRecordedAndStayClose() throws {
+        let (model, result) = try build(cnn, PrecisionPolicy(bf16: true, keepEnds: false))
+        let convs = convolutions(result.engine)
+        XCTAssertGreaterThanOrEqual(convs.count, 3)
+        XCTAssertTrue(convs.allSatisfy { $0.decision?.precision == .bf16 }, "\(convs.map { "\($0.name): \($0.decision!)" })")
+        XCTAssertTrue(result.file.requiredFeatures.contains(.avx512Bf16))
+        // BF16 activations flow between the convolutions: the plan stores their outputs in BF16.
+        let plan = try XCTUnwrap(result.compiled.plan)
+        let stored = convs.compactMap { plan.format(of: $0.outputs[0]) }
+        XCTAssertTrue(stored.contains { $0.contains("BF16") }, "\(stored)")
+
+        let inputs = try PassTesting.randomInputs(model.graph, seed: 3)
+        let expected = try ReferenceExecutor(model: model).run(inputs)[0].value.floats
+        // The engine as written to disk and read back: the same decisions and numbers.
+        let bytes = try result.file.encoded()
+        let loaded = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "cnn.anvil") }, name: "cnn.anvil")
+        XCTAssertEqual(convolutions(loaded).map { $0.decision?.precision }, convs.map { $0.decision?.precision })
+        let planned = try ExecutionContext(engine: loaded).run(inputs)[0].value.floats
+        let built = try ExecutionContext(engine: result.engine).run(inputs)[0].value.floats
+        XCTAssertEqual(planned, built)
+        XCTAssertNotEqual(planned, expected, "BF16 must round somewhere")
+        XCTAssertGreaterThan(Self.cosine(planned, expected), 0.999)
+        // The layer interpreter (control-flow graphs, first sight of some shapes) runs the same BF16 kernels.
+        let interpreter = ExecutionContext(engine: loaded)
+        interpreter.usePlan = false
+        XCTAssertGreaterThan(Self.cosine(try interpreter.run(inputs)[0].value.floats, expected), 0.999)
+    }
+
+    func testFirstAndLastConvolutionsStayFP32() throws {
+        let (_, result) = try build(cnn, PrecisionPolicy(bf16: true))
+        let precisions = convolutions(result.engine).map { $0.decision!.precision }
+        XCTAssertEqual(precisions.first, .fp32)
+        XCTAssertEqual(precisions.last, .fp32)
+        XCTAssertTrue(precisions.dropFirst().dropLast().allSatisfy { $0 == .bf16 }, "\(precisions)")
+        XCTAssertTrue(precisions.contains(.bf16))
+    }
+
+    func testLayerPrecisionsAreObeyedForFusedLayers() throws {
+        let model = try ONNXImporter.load(path: cnn)
+        let firstConvNode = try XCTUnwrap(model.graph.nodes.first { $0.opType == "Conv" }).name
+        // Named by the ONNX node, which the optimizer fused into a FusedConv: BF16 without --bf16.
+        let (_, result) = try build(cnn, PrecisionPolicy(layerPrecisions: [firstConvNode: .bf16]))
+        let convs = convolutions(result.engine)
+        let first = try XCTUnwrap(convs.first { $0.fusedFrom.contains(firstConvNode) || $0.name == firstConvNode })
+        XCTAssertEqual(first.decision?.precision, .bf16)
+        XCTAssertTrue(convs.filter { $0.name != first.name }.allSatisfy { $0.decision?.precision == .fp32 })
+        // And the reverse: everything BF16 but that node.
+        let (_, back) = try build(cnn, PrecisionPolicy(bf16: true, layerPrecisions: [firstConvNode: .fp32], keepEnds: false))
+        let backConvs = convolutions(back.engine)
+        XCTAssertEqual(backConvs.first { $0.fusedFrom.contains(firstConvNode) || $0.name == firstConvNode }?.decision?.precision, .fp32)
+        XCTAssertEqual(backConvs.filter { $0.decision?.precision == .bf16 }.count, backConvs.count - 1)
+    }
+
+    func testBadPrecisionRequestsAreRefusedByName() throws {
+        try XCTSkipUnless(CPUFeatures.host.contains(.avx512Bf16), "this CPU has no AVX-512 BF16")
+        let model = try ONNXImporter.load(path: cnn)
+        func failure(_ policy: PrecisionPolicy) -> String {
+            var builder = EngineBuilder()
+            builder.precision = policy
+            do { _ = try builder.build(model, name: "cnn"); return "" } catch { return "\(error)" }
+        }
+        XCTAssertTrue(failure(PrecisionPolicy(layerPrecisions: ["no_such_layer": .bf16])).contains("no_such_layer"))
+        let conv = model.graph.nodes.first { $0.opType == "Conv" }!.name
+        XCTAssertTrue(failure(PrecisionPolicy(layerPrecisions: [conv: .int8])).contains("INT8"))
+        let gemm = try XCTUnwrap(model.graph.nodes.first { $0.opType == "Gemm" }).name
+        XCTAssertTrue(failure(PrecisionPolicy(layerPrecisions: [gemm: .bf16])).contains("only convolutions"))
+        XCTAssertThrowsError(try PrecisionPolicy.parseLayerPrecisions(["conv"]))
+        XCTAssertThrowsError(try PrecisionPolicy.parseLayerPrecisions(["conv:fp64"]))
+        XCTAssertThrowsError(try PrecisionPolicy.parseLayerPrecisions(["a:fp32,a:bf16"]))
+        XCTAssertEqual(try PrecisionPolicy.parseLayerPrecisions(["/a/Conv:bf16,b:FP32"]), ["/a/Conv": .bf16, "b": .fp32])
+    }
+
+    func testBF16NeedsTheCPUFeature() throws {
+        let model = try ONNXImporter.load(path: cnn)
+        var builder = EngineBuilder()
+        builder.host = [.avx2, .avx512Core]
+        builder.precision = PrecisionPolicy(bf16: true)
+        XCTAssertThrowsError(try builder.build(model, name: "cnn")) { error in
+            XCTAssertTrue("\(error)".contains("avx512_bf16"), "\(error)")
+        }
+        // Nothing reduced, nothing needed.
+        builder.precision = PrecisionPolicy()
+        XCTAssertNoThrow(try builder.build(model, name: "cnn"))
+    }
+
+    func testCommandLineBuildsAndShowsBF16() throws {
+        try XCTSkipUnless(CPUFeatures.host.contains(.avx512Bf16), "this CPU has no AVX-512 BF16")
+        let folder = try TestSupport.temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let engine = folder + "/cnn.anvil"
+        let built = try TestSupport.run(["build", cnn, "-o", engine, "--bf16"])
+        XCTAssertEqual(built.status, 0, built.stderr)
+        let inspect = try TestSupport.run(["inspect", engine])
+        XCTAssertTrue(inspect.stdout.contains("] BF16"), inspect.stdout)
+        XCTAssertTrue(inspect.stdout.contains("avx512_core_bf16"), inspect.stdout)
+        let refused = try TestSupport.run(["build", cnn, "-o", folder + "/x.anvil", "--layerPrecisions", "nothing:bf16"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("'nothing'"), refused.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/x.anvil"))
+        let exec = try TestSupport.run(["exec", "--onnx=\(cnn)", "--bf16", "--skipInference", "--saveEngine=\(folder)/e.anvil"])
+        XCTAssertEqual(exec.status, 0, exec.stderr)
+        let int8 = try TestSupport.run(["exec", "--onnx=\(cnn)", "--int8"])
+        XCTAssertNotEqual(int8.status, 0)
+        XCTAssertTrue(int8.stderr.contains("--int8"), int8.stderr)
+    }
+}
