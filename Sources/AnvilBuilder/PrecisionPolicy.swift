@@ -4,13 +4,13 @@ import AnvilKernels
 
 /// Which layers may compute in a reduced precision, as trtexec's --bf16 and
 /// --layerPrecisions say. FP32 unless asked: the builder never lowers precision on its
-/// own. Convolutions take BF16 under `bf16`, except the first and the last of the graph
-/// (the layers that see the raw input and make the final scores are the most sensitive,
-/// TensorRT's advice too) unless `keepEnds` is off; a layer the user names in
+/// own. Weighted layers (convolutions, and matrix products with constant weights) take
+/// BF16 under `bf16`, except the first and the last of the graph (the layers that see
+/// the raw input and make the final scores are the most sensitive) unless `keepEnds` is off; a layer the user names in
 /// `layerPrecisions` always takes the precision given, fused layers included (named by
 /// the layer or by any ONNX node fused into it).
 public struct PrecisionPolicy: Sendable, Equatable {
-    /// BF16 convolutions (oneDNN's AVX-512 BF16 kernels).
+    /// BF16 convolutions and matrix products (oneDNN's AVX-512 BF16 kernels).
     public var bf16 = false
     /// Per layer or ONNX node name, the precision it must take.
     public var layerPrecisions: [String: Precision] = [:]
@@ -51,7 +51,7 @@ public struct PrecisionPolicy: Sendable, Equatable {
     /// without AVX-512 BF16.
     func apply(to graph: EngineGraph, host: CPUFeatures = .host) throws {
         if isFP32 { return }
-        let weighted = graph.layers.indices.filter { Self.isConvolution(graph.layers[$0]) }
+        let weighted = graph.layers.indices.filter { Self.kernel(of: graph.layers[$0], graph.constants) != nil }
         let ends: Set<Int> = keepEnds ? Set([weighted.first, weighted.last].compactMap { $0 }) : []
         var matched: Set<String> = []
         var reduced = false
@@ -64,10 +64,12 @@ public struct PrecisionPolicy: Sendable, Equatable {
                 precision = asked
             }
             guard precision == .fp32 || precision == .bf16 else {
-                throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' cannot run in \(precision) (this Anvil has FP32 and BF16 convolutions)")
+                throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' cannot run in \(precision) (this Anvil has FP32 and BF16 kernels)")
             }
             reduced = reduced || precision != .fp32
-            graph.layers[i].decision = LayerDecision(kernel: .convolution, layout: .preferred, precision: precision, postOps: try PostOps(layer))
+            let kind = Self.kernel(of: layer, graph.constants)!
+            graph.layers[i].decision = LayerDecision(kernel: kind, layout: kind == .convolution ? .preferred : .plain, precision: precision,
+                                                     postOps: try PostOps(layer))
         }
         // Names of other layers: FP32 is what they run in; anything else is not offered.
         for i in graph.layers.indices where !weighted.contains(i) {
@@ -76,7 +78,8 @@ public struct PrecisionPolicy: Sendable, Equatable {
                 guard let asked = layerPrecisions[name] else { continue }
                 matched.insert(name)
                 guard asked == .fp32 else {
-                    throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' (\(layer.opType)) has no \(asked) kernel in this Anvil; only convolutions take BF16")
+                    throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' (\(layer.opType)) has no \(asked) kernel in this Anvil; "
+                                                     + "only convolutions and matrix products with constant weights take BF16")
                 }
             }
         }
@@ -88,5 +91,15 @@ public struct PrecisionPolicy: Sendable, Equatable {
         }
     }
 
-    static func isConvolution(_ layer: Layer) -> Bool { layer.opKey == "Conv" || layer.opKey == "anvil.FusedConv" }
+    /// The kernel that runs a weighted layer in a reduced precision: oneDNN's convolution, or
+    /// its matmul for a product with constant 2-D float weights; nil for other layers.
+    static func kernel(of layer: Layer, _ constants: ConstantStore) -> KernelKind? {
+        switch layer.opKey {
+        case "Conv", "anvil.FusedConv": return .convolution
+        case "MatMul", "anvil.FusedMatMul", "Gemm", "anvil.FusedGemm":
+            guard layer.inputs.count > 1, let w = constants.weights(layer.inputs[1]), w.dataType == .float, w.rank == 2 else { return nil }
+            return .matmul
+        default: return nil
+        }
+    }
 }

@@ -108,7 +108,7 @@ struct Build: ParsableCommand {
     var timingCacheFile: String?
     @Option(name: .customLong("tacticSources"), help: "Tactic sources to enable (+) or disable (-), as in trtexec: -WINOGRAD keeps convolutions off oneDNN's Winograd kernels (slightly less accurate).")
     var tacticSources: String?
-    @Flag(help: "Let convolutions compute in BF16 (AVX-512 BF16; the first and last stay FP32). Without it the engine is FP32.")
+    @Flag(help: "Let convolutions and matrix products with constant weights compute in BF16 (AVX-512 BF16; the first and last stay FP32). Without it the engine is FP32.")
     var bf16 = false
     @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16[,…] (a layer or an ONNX node fused into it).")
     var layerPrecisions: [String] = []

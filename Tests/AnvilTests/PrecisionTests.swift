@@ -68,11 +68,32 @@ final class PrecisionTests: XCTestCase {
         XCTAssertGreaterThan(Self.cosine(try interpreter.run(inputs)[0].value.floats, expected), 0.999)
     }
 
-    func testFirstAndLastConvolutionsStayFP32() throws {
+    func testBF16MatrixProductsOnADynamicTransformer() throws {
+        let path = TestSupport.fixture("transformer_dynamic/model.onnx")
+        let (model, result) = try build(path, PrecisionPolicy(bf16: true, keepEnds: false))
+        let products = result.graph.layers.filter { $0.decision?.kernel == .matmul }
+        XCTAssertGreaterThanOrEqual(products.count, 2)
+        XCTAssertTrue(products.allSatisfy { $0.decision?.precision == .bf16 }, "\(products.map { "\($0.name): \($0.decision!)" })")
+        let bytes = try result.file.encoded()
+        let engine = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "t.anvil") }, name: "t.anvil")
+        let context = ExecutionContext(engine: engine)
+        // Two sequence lengths: new shapes plan BF16 kernels of their own.
+        for seed in [5, 6] as [UInt64] {
+            let inputs = try PassTesting.randomInputs(model.graph, seed: seed, symbolSize: Int(seed) + 3)
+            let expected = try ReferenceExecutor(model: model).run(inputs)[0].value.floats
+            let actual = try context.run(inputs)[0].value.floats
+            XCTAssertNotEqual(actual, expected, "BF16 must round somewhere")
+            XCTAssertGreaterThan(Self.cosine(actual, expected), 0.999)
+        }
+    }
+
+    func testFirstAndLastWeightedLayersStayFP32() throws {
         let (_, result) = try build(cnn, PrecisionPolicy(bf16: true))
-        let precisions = convolutions(result.engine).map { $0.decision!.precision }
+        let weighted = result.graph.layers.filter { [.convolution, .matmul].contains($0.decision?.kernel) }
+        let precisions = weighted.map { $0.decision!.precision }
         XCTAssertEqual(precisions.first, .fp32)
         XCTAssertEqual(precisions.last, .fp32)
+        XCTAssertEqual(weighted.last?.decision?.kernel, .matmul, "the classifier")
         XCTAssertTrue(precisions.dropFirst().dropLast().allSatisfy { $0 == .bf16 }, "\(precisions)")
         XCTAssertTrue(precisions.contains(.bf16))
     }
@@ -104,8 +125,8 @@ final class PrecisionTests: XCTestCase {
         XCTAssertTrue(failure(PrecisionPolicy(layerPrecisions: ["no_such_layer": .bf16])).contains("no_such_layer"))
         let conv = model.graph.nodes.first { $0.opType == "Conv" }!.name
         XCTAssertTrue(failure(PrecisionPolicy(layerPrecisions: [conv: .int8])).contains("INT8"))
-        let gemm = try XCTUnwrap(model.graph.nodes.first { $0.opType == "Gemm" }).name
-        XCTAssertTrue(failure(PrecisionPolicy(layerPrecisions: [gemm: .bf16])).contains("only convolutions"))
+        let pool = try XCTUnwrap(model.graph.nodes.first { $0.opType.hasSuffix("Pool") }).name
+        XCTAssertTrue(failure(PrecisionPolicy(layerPrecisions: [pool: .bf16])).contains("only convolutions and matrix products"))
         XCTAssertThrowsError(try PrecisionPolicy.parseLayerPrecisions(["conv"]))
         XCTAssertThrowsError(try PrecisionPolicy.parseLayerPrecisions(["conv:fp64"]))
         XCTAssertThrowsError(try PrecisionPolicy.parseLayerPrecisions(["a:fp32,a:bf16"]))

@@ -20,6 +20,8 @@ struct MatMulSpec {
     var exactNonFinite = true
     /// Whether the fused activation takes its NaN-keeping form.
     var exactActivation: Bool { exactNonFinite && DNNLAttributes.hasFiniteForm(postOps.activation) }
+    /// FP32, or BF16 (input and weights; output FP32) when the decision asks for it.
+    var precision: Precision = .fp32
 
     /// Nil when oneDNN's matmul does not take the layer with this input shape.
     init?(_ layer: Layer, constants: ConstantStore, inputShape: [Int]) throws {
@@ -46,14 +48,15 @@ struct MatMulSpec {
         weights = w
         outputShape = Array(inputShape.dropLast()) + [n]
         postOps = try layer.decision.flatMap { $0.kernel == .matmul ? $0.postOps : nil } ?? PostOps(layer)
+        if let d = layer.decision, d.kernel == .matmul, d.precision == .bf16 { precision = .bf16 }
     }
 
     /// The key under which contexts share the kernel.
-    var sharingKey: String { "matmul|\(layer)|\(m)" + (exactActivation ? "|exact" : "") }
+    var sharingKey: String { "matmul|\(layer)|\(m)|\(precision.rawValue)" + (exactActivation ? "|exact" : "") }
 
     func make(engine: DNNLEngine) throws -> DNNLMatMul {
         try DNNLMatMul(engine: engine, m: m, weights: weights, transposedWeights: transposed, alpha: alpha, bias: bias,
-                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual)
+                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, precision: precision)
     }
 }
 
@@ -73,7 +76,7 @@ enum MatMulLowering {
     }
 
     static func matmul(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let x = l.value(0), x.dataType == .float, var spec = try MatMulSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else { return nil }
+        guard let x = l.storedValue(0), x.dataType == .float, var spec = try MatMulSpec(l.layer, constants: l.plan.constants, inputShape: x.shape) else { return nil }
         spec.exactNonFinite = l.plan.exactNonFinite(l.layer)
         let residualValue = l.present(3) ? l.value(3) : nil
         if l.present(3) && residualValue == nil { return nil }
@@ -81,11 +84,14 @@ enum MatMulLowering {
         guard shape.reduce(1, *) == spec.m * spec.n else { return nil }
         let engine = l.plan.engine
         let mm = try l.plan.shared.kernel(spec.sharingKey, layer: spec.layer) { try spec.make(engine: engine) }
-        let src = try l.plan.plain(x)
+        // A BF16 kernel reads its input as row-major BF16 (one conversion per value, shared by its readers).
+        let src = spec.precision == .bf16 ? try l.plan.inLayout(x, plainDescriptor(x.shape, .bfloat16)) : try l.plan.plain(x)
         let (out, copies) = try residualValue.map { try l.residualDestination(l.plan.plain($0), layout: plainDescriptor(shape), notSharing: src) }
             ?? (l.plan.newValue(l.layer.outputs[0], .float, shape), [])
         for step in try mm.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.matmul, step) }
-        return l.decided(.matmul, postOps: spec.postOps)
+        var decision = l.decided(.matmul, postOps: spec.postOps)
+        decision.precision = spec.precision
+        return decision
     }
 
     /// MatMul of two runtime tensors (or a constant of rank above 2), batch

@@ -18,8 +18,9 @@ public final class DNNLMatMul {
     }
 
     /// As above, using prepacked weights in place when one fits.
+    /// `precision` BF16: input and weights in BF16, the bias, accumulation and output in FP32.
     public init(engine: DNNLEngine, m: Int, weights: KernelWeights, transposedWeights: Bool = false, alpha: Float = 1,
-                bias: Tensor?, activation: Activation?, exactNonFinite: Bool = true, residual: Bool) throws {
+                bias: Tensor?, activation: Activation?, exactNonFinite: Bool = true, residual: Bool, precision: Precision = .fp32) throws {
         guard weights.rank == 2, m > 0 else {
             throw AnvilError.invalidTensor(name: "MatMul", reason: "weights must be 2-D and M positive, got \(weights.shape), M = \(m)")
         }
@@ -28,8 +29,10 @@ public final class DNNLMatMul {
         self.m = m
         if let bias, bias.count != n { throw AnvilError.invalidTensor(name: "MatMul", reason: "bias has \(bias.count) values for N = \(n)") }
         _ = try MemoryPolicy.checkedCount([m, n], .float, for: "the matmul's output")
-        var src = try memoryDescriptor([m, k], dnnl_ab)
-        var anyWeights = try memoryDescriptor([k, n], dnnl_format_tag_any)
+        guard precision == .fp32 || precision == .bf16 else { throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) matmul") }
+        let type = precision == .bf16 ? dnnl_bf16 : dnnl_f32
+        var src = try memoryDescriptor([m, k], dnnl_ab, type)
+        var anyWeights = try memoryDescriptor([k, n], dnnl_format_tag_any, type)
         var biasDesc = try memoryDescriptor([1, n], dnnl_ab)
         var dst = try memoryDescriptor([m, n], dnnl_ab)
         var desc = dnnl_matmul_desc_t()

@@ -142,9 +142,18 @@ final class DNNLWeightedPrimitive {
         return try Tensor(floats: out, shape: shape)
     }
 
-    /// A BF16 kernel on FP32 tensors: the input (and residual) rounded to BF16, the output widened.
+    /// A BF16 kernel on FP32 tensors: the input rounded to BF16; the output (and the residual it
+    /// starts from) in the kernel's output type, BF16 or FP32, widened.
     private func runBF16(stream: DNNLStream, _ x: Tensor, residual: Tensor?, outputShape shape: [Int]) throws -> Tensor {
         var input = x.floats.map(BFloat16Bits.fromFloat)
+        if primitive.query(dnnl_query_dst_md).data_type == dnnl_f32 {
+            var out = residual?.floats ?? [Float](repeating: 0, count: outputCount)
+            try input.withUnsafeMutableBytes { i in
+                try out.withUnsafeMutableBytes { o in try execute(stream: stream, input: i.baseAddress!, output: o.baseAddress!) }
+            }
+            try stream.wait()
+            return try Tensor(floats: out, shape: shape)
+        }
         var out = residual.map { $0.floats.map(BFloat16Bits.fromFloat) } ?? [UInt16](repeating: 0, count: outputCount)
         try input.withUnsafeMutableBytes { i in
             try out.withUnsafeMutableBytes { o in try execute(stream: stream, input: i.baseAddress!, output: o.baseAddress!) }
