@@ -113,7 +113,7 @@ public final class DNNLConvolution {
         let biasValues = bias?.floats ?? Array(repeating: 0, count: cout), count = outputShape.reduce(1, *)
         func make(separately: Bool) throws -> DNNLWeightedPrimitive {
             try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: activation, exactNonFinite: exactNonFinite,
-                                      separateActivation: separately, residual: residual, weights: weights,
+                                      separateActivation: separately, residual: residual, reducedPrecision: precision != .fp32, weights: weights,
                                       userWeights: userWeights, bias: biasValues, biasDescriptor: biasDesc, outputCount: count)
         }
         do {

@@ -39,6 +39,7 @@ public final class DNNLMatMul {
         try check(dnnl_matmul_desc_init(&desc, &src, &anyWeights, &biasDesc, &dst), "describing the matmul")
         // W is K×N; "ba" reads an N×K matrix as its transpose.
         kernel = try DNNLWeightedPrimitive(desc, what: "matmul", engine: engine, activation: activation, exactNonFinite: exactNonFinite, residual: residual,
+                                           reducedPrecision: precision != .fp32,
                                            weights: weights.scaled(alpha),
                                            userWeights: try memoryDescriptor([k, n], transposedWeights ? dnnl_ba : dnnl_ab),
                                            bias: bias?.floats ?? Array(repeating: 0, count: n), biasDescriptor: biasDesc, outputCount: m * n)
