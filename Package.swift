@@ -25,6 +25,8 @@ let package = Package(
             providers: [.apt(["libprotobuf-c-dev"])]
         ),
         .target(name: "CONNX", dependencies: ["CProtobufC"]),
+        // zlib (Debian zlib1g-dev): inflating .npz archives written by numpy.savez_compressed.
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         // oneDNN (Debian libdnnl-dev, which ships no pkg-config file): headers under
         // /usr/include/oneapi/dnnl, library libdnnl.
         .target(name: "COneDNN", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("dl")]),
@@ -34,7 +36,7 @@ let package = Package(
         .target(name: "AnvilRuntime", dependencies: ["AnvilCore", "AnvilKernels", "AnvilEngine"]),
         .target(name: "AnvilIR", dependencies: ["AnvilCore"]),
         .target(name: "AnvilOps", dependencies: ["AnvilCore", "AnvilIR", "AnvilKernels"]),
-        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "CONNX"]),
+        .target(name: "AnvilONNX", dependencies: ["AnvilCore", "AnvilIR", "CONNX", "CZlib"]),
         .target(name: "AnvilPasses", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilKernels"]),
         .target(name: "AnvilBuilder", dependencies: ["AnvilCore", "AnvilIR", "AnvilOps", "AnvilPasses", "AnvilEngine", "AnvilRuntime", "AnvilKernels"]),
         .executableTarget(

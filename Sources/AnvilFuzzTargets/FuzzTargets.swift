@@ -12,7 +12,7 @@ import AnvilRuntime
 public enum FuzzTarget: String, CaseIterable, Sendable {
     /// An ONNX model: decoded, then shape inference as `anvil inspect` runs it.
     case onnx
-    /// A tensor file: as an ONNX TensorProto (.pb) and as NumPy (.npy).
+    /// A tensor file: as an ONNX TensorProto (.pb), as NumPy (.npy) and as a NumPy archive (.npz).
     case tensor
     /// An engine file: decoded, loaded and planned as `anvil run` does (also with its
     /// checksum made to match).
@@ -34,6 +34,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .tensor:
             _ = try? ONNXImporter.decodeTensor(bytes, file: "fuzz.pb")
             _ = try? NumPy.decode(bytes, file: "fuzz.npy")
+            _ = try? NumPyArchive.decode(bytes, file: "fuzz.npz")
         case .engine:
             // As given (the header's checks), then with the length and checksum made to match
             // (so that mutations reach the sections and the planner).

@@ -2,17 +2,33 @@ import AnvilCore
 import CONNX
 import Foundation
 
-/// Reads and writes tensor files: ONNX TensorProto (`.pb`) and NumPy (`.npy`).
+/// Reads and writes tensor files: ONNX TensorProto (`.pb`) and NumPy (`.npy`); reads NumPy archives (`.npz`).
 public enum TensorFiles {
     /// Largest tensor file accepted.
     public static let maxFileBytes = 16 << 30
 
-    /// Reads a tensor; the format follows the extension (.npy, otherwise TensorProto).
-    /// Returns the name stored in the file ("" for .npy).
-    public static func read(_ path: String) throws -> (name: String, tensor: Tensor) {
+    /// Reads a tensor; the format follows the extension (.npy, .npz, otherwise TensorProto).
+    /// Returns the name stored in the file ("" for .npy). From an .npz archive: the member
+    /// named `member`, else its only member.
+    public static func read(_ path: String, member: String? = nil) throws -> (name: String, tensor: Tensor) {
+        if path.hasSuffix(".npz") {
+            let all = try readAll(path)
+            if let member, let found = all.first(where: { $0.name == member }) { return found }
+            guard all.count == 1 else {
+                throw AnvilError.invalidTensor(name: member ?? path, reason: "\(path) holds \(all.count) arrays (\(all.map(\.name).joined(separator: ", ")))"
+                                                + (member.map { ", none named '\($0)'" } ?? ""))
+            }
+            return all[0]
+        }
         let bytes = try ONNXImporter.readFile(path, limit: maxFileBytes, what: "tensor")
         if path.hasSuffix(".npy") { return ("", try NumPy.decode(bytes, file: path)) }
         return try ONNXImporter.decodeTensor(bytes, file: path)
+    }
+
+    /// Every tensor of a file: the members of an .npz archive in order, else the one tensor.
+    public static func readAll(_ path: String) throws -> [(name: String, tensor: Tensor)] {
+        guard path.hasSuffix(".npz") else { return [try read(path)] }
+        return try NumPyArchive.decode(try ONNXImporter.readFile(path, limit: maxFileBytes, what: "tensor archive"), file: path)
     }
 
     /// Serializes a tensor in the format the extension names.

@@ -24,6 +24,22 @@ public struct TestDataSet {
         return TestDataSet(folder: folder, inputs: try numbered("input"), outputs: try numbered("output"))
     }
 
+    /// A data set from one .npz archive: members named after the model's inputs are the
+    /// inputs, those named after its outputs the expected outputs (numpy's positional
+    /// arr_N names are refused: the names must say which is which).
+    public static func archive(_ path: String, inputs: [String], outputs: [String]) throws -> TestDataSet {
+        var result = TestDataSet(folder: path, inputs: [], outputs: [])
+        for (name, tensor) in try TensorFiles.readAll(path) {
+            if inputs.contains(name) { result.inputs.append((name, tensor)) }
+            else if outputs.contains(name) { result.outputs.append((name, tensor)) }
+            else {
+                throw AnvilError.invalidTensor(name: name, reason: "\(path) holds '\(name)', which names neither an input (\(inputs.joined(separator: ", "))) "
+                                               + "nor an output (\(outputs.joined(separator: ", "))) of the model")
+            }
+        }
+        return result
+    }
+
     /// The data-set folders under `path`: the folder itself when it holds input_0 or
     /// output_0 files, else its `test_data_set_N` subfolders in numeric order.
     public static func folders(under path: String) throws -> [String] {

@@ -53,6 +53,21 @@ public final class Engine: @unchecked Sendable {
                    name: "", dnnl: dnnl, kernels: kernels)
     }
 
+    /// The engine with every layer's output marked as a graph output, as Polygraphy's
+    /// --mark-all does: the same layers, decisions and kernels; a value that would have been
+    /// overwritten in place by a later layer keeps its own storage.
+    public func markingAllOutputs() throws -> Engine {
+        var outputs = graph.outputs
+        var seen = Set(outputs.map(\.name))
+        for layer in graph.layers {
+            for o in layer.outputs where !o.isEmpty && seen.insert(o).inserted { outputs.append((o, graph.valueTypes[o] ?? .unknown)) }
+        }
+        let marked = EngineGraph(name: graph.name, inputs: graph.inputs, outputs: outputs, constants: graph.constants, layers: graph.layers,
+                                 valueTypes: graph.valueTypes)
+        return try Engine(graph: marked, producer: producer, requiredFeatures: requiredFeatures, profile: profile, memoryPlan: nil,
+                          name: "", dnnl: dnnl, kernels: kernels)
+    }
+
     private init(graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, profile: ShapeProfile, memoryPlan: StoredMemoryPlan?,
                  name: String, dnnl: DNNLEngine, kernels: SharedKernels) throws {
         self.graph = graph

@@ -48,7 +48,7 @@ struct BenchSettings {
             guard engine.inputs.contains(where: { $0.name == name }) else {
                 throw AnvilError.invalidArgument("--loadInputs names '\(name)', which is not an input (inputs: \(engine.inputs.map(\.name).joined(separator: ", ")))")
             }
-            inputs[name] = try TensorFiles.read(String(spec[spec.index(after: colon)...])).tensor
+            inputs[name] = try TensorFiles.read(String(spec[spec.index(after: colon)...]), member: name).tensor
         }
         for name in shapes.keys where !engine.inputs.contains(where: { $0.name == name }) {
             throw AnvilError.invalidArgument("--shapes names '\(name)', which is not an input (inputs: \(engine.inputs.map(\.name).joined(separator: ", ")))")

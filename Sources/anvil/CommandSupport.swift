@@ -97,6 +97,9 @@ func isEngineFile(_ path: String) -> Bool {
 /// executor on an ONNX model.
 struct Runner {
     let inputNames: [String]
+    let outputNames: [String]
+    /// The engine it runs (nil on the reference executor).
+    var engine: Engine? = nil
     /// What runs the model, for the first line of `run` and `validate`.
     let description: String
     let run: ([String: Tensor]) throws -> [(name: String, value: Tensor)]
@@ -117,12 +120,15 @@ struct Runner {
             let slow = built.compiled.decisions.values.filter(\.isSlowPath).count
             return engine(built.engine, "engine built in memory from \(path) (\(built.graph.layers.count) layers, \(slow) on slow paths)")
         }
-        return Runner(inputNames: executor.model.graph.runtimeInputs.map(\.name), description: "reference executor on \(path)") { try executor.run($0) }
+        return Runner(inputNames: executor.model.graph.runtimeInputs.map(\.name), outputNames: executor.model.graph.outputs.map(\.name),
+                      description: "reference executor on \(path)") { try executor.run($0) }
     }
 
     static func engine(_ engine: Engine, _ description: String) -> Runner {
         let context = ExecutionContext(engine: engine)
-        return Runner(inputNames: engine.inputs.map(\.name), description: description) { try context.run($0) }
+        return Runner(inputNames: engine.inputs.map(\.name), outputNames: engine.outputs.map(\.name), engine: engine, description: description) {
+            try context.run($0)
+        }
     }
 }
 

@@ -36,7 +36,7 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a model once on inputs from files and write its outputs.")
 
     @Argument(help: "The ONNX model (built into an engine in memory) or engine file.") var model: String
-    @Option(name: .long, help: "An input as name=FILE (.pb TensorProto or .npy); repeat for each input.") var input: [String] = []
+    @Option(name: .long, help: "An input as name=FILE (.pb TensorProto, .npy, or .npz: its array of that name, or its only one); repeat for each input.") var input: [String] = []
     @Option(name: .long, help: "Folder for the outputs (created if missing).") var outputDir: String
     @Option(help: "Output file format: pb or npy.") var outputFormat: String = "pb"
     @Flag(help: "Run an ONNX model on the reference executor (plain Swift kernels, no optimizer) instead of building an engine.")
@@ -56,7 +56,7 @@ struct Run: ParsableCommand {
                 }
                 let name = String(spec[..<eq]), file = String(spec[spec.index(after: eq)...])
                 guard inputs[name] == nil else { throw AnvilError.invalidArgument("--input '\(name)' is given twice") }
-                inputs[name] = try TensorFiles.read(file).tensor
+                inputs[name] = try TensorFiles.read(file, member: name).tensor
                 files[name] = file
             }
             let outputs: [(name: String, value: Tensor)]
@@ -85,64 +85,4 @@ struct Run: ParsableCommand {
             for (out, file) in zip(outputs, written) { print("\(out.name): \(out.value.dataType)\(out.value.shape) -> \(file.path)") }
         }
     }
-}
-
-struct Validate: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Run a model on reference inputs and compare with reference outputs.",
-        discussion: "An element fails only where its absolute error exceeds --atol and its relative error exceeds --rtol. Exit status 0 only if every output of every data set passes.")
-
-    @Argument(help: "The ONNX model (built into an engine in memory) or engine file.") var model: String
-    @Option(help: "Folder with input_N.pb/output_N.pb, or with test_data_set_N folders.") var reference: String
-    @Option(help: "Compare with this ONNX model (run by the reference executor on the same inputs) instead of the reference outputs.") var against: String?
-    // .unconditional: "--atol -1" reaches the check below instead of "Missing value".
-    @Option(parsing: .unconditional, help: "Absolute tolerance.") var atol: Double = 1e-5
-    @Option(parsing: .unconditional, help: "Relative tolerance.") var rtol: Double = 1e-3
-    @Flag(help: "Run an ONNX model on the reference executor instead of building an engine.") var referenceExecutor = false
-
-    @OptionGroup var limits: LimitOptions
-
-    func run() throws {
-        var allPassed = true
-        try Anvil.guarded(limits) {
-            guard atol >= 0, atol.isFinite, rtol >= 0, rtol.isFinite else {
-                throw AnvilError.invalidArgument("--atol and --rtol must be finite and non-negative, got --atol \(atol) --rtol \(rtol)")
-            }
-            let runner = try Runner.load(model, reference: referenceExecutor)
-            let baseline = try against.map { try Runner.load($0, reference: true) }
-            print("Running on the \(runner.description)" + (baseline.map { ", compared with the \($0.description)" } ?? ""))
-            for folder in try TestDataSet.folders(under: reference) {
-                var data = try TestDataSet.load(folder)
-                let inputs = try bindInputs(data.inputs, declared: runner.inputNames, origin: folder)
-                if let baseline {
-                    data.outputs = try baseline.run(inputs).map { ($0.name, $0.value) }
-                }
-                guard !data.outputs.isEmpty else { throw AnvilError.io(path: folder, reason: "holds no output_N.pb reference outputs") }
-                let start = Date()
-                let actual = try runner.run(inputs)
-                let ms = Date().timeIntervalSince(start) * 1000
-                print("\(folder) (\(String(format: "%.1f", ms)) ms)")
-                for (i, expected) in data.outputs.enumerated() {
-                    let match = actual.first { $0.name == expected.name } ?? (i < actual.count ? actual[i] : nil)
-                    guard let match else {
-                        print("  output \(i) '\(expected.name)': FAIL (the model has no such output)")
-                        allPassed = false
-                        continue
-                    }
-                    let c = Comparison.compare(actual: match.value, expected: expected.tensor, atol: atol, rtol: rtol)
-                    let verdict = c.passed ? "PASS" : "FAIL"
-                    if let why = c.structuralError {
-                        print("  \(match.name): \(verdict) (\(why))")
-                    } else {
-                        print("  \(match.name): max abs error \(fmt(c.maxAbsoluteError)), max rel error \(fmt(c.maxRelativeError)), \(c.mismatches)/\(c.count) outside tolerance: \(verdict)")
-                    }
-                    allPassed = allPassed && c.passed
-                }
-            }
-            print(allPassed ? "PASSED (atol \(atol), rtol \(rtol))" : "FAILED (atol \(atol), rtol \(rtol))")
-        }
-        if !allPassed { throw ExitCode(1) }
-    }
-
-    func fmt(_ v: Double) -> String { String(format: "%.3g", v) }
 }
