@@ -29,6 +29,11 @@ public struct EngineBuilder {
     public var precision = PrecisionPolicy()
     /// The CPU the engine is built for (its features decide which precisions are offered).
     public var host = CPUFeatures.host
+    /// How close to the FP32 engine a reduced-precision engine must stay on `calibration`
+    /// (--accuracyBudget); layers are moved back to FP32 until it holds.
+    public var budget: AccuracyBudget?
+    /// Input samples the budget is measured on (--calib).
+    public var calibration: [[String: Tensor]] = []
     /// Reports tactic-timing progress: layers done, layers in all.
     public var progress: ((Int, Int) -> Void)?
     public init() {}
@@ -43,10 +48,19 @@ public struct EngineBuilder {
         /// What shape inference found questionable but not fatal (declared shapes the computation contradicts).
         public let warnings: [String]
         public var graph: EngineGraph { engine.graph }
+        /// Under an accuracy budget: each weighted layer's precision and why, and the budget's
+        /// measure on the calibration data (cosine, relative error or agreement).
+        public var precisionChoices: [PrecisionChoice] = []
+        public var measuredBudget: Double? = nil
     }
 
     /// Builds an engine from `source`, which is left as it is.
     public func build(_ source: Model, name: String) throws -> Result {
+        if let budget {
+            var (result, choices, measured) = try buildWithinBudget(source, name: name, budget: budget, calibration: calibration)
+            (result.precisionChoices, result.measuredBudget) = (choices, measured)
+            return result
+        }
         let missing = ReferenceExecutor(model: source).unsupportedNodes()
         guard missing.isEmpty else {
             throw AnvilError.invalidModel(file: name, field: "graph", reason: "cannot build: \(missing.count) nodes use unsupported ops: \(missing.joined(separator: ", "))")

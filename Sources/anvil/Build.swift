@@ -20,6 +20,10 @@ struct BuildSettings {
     var winograd = true
     /// Reduced precision (--bf16, --layerPrecisions).
     var precision = PrecisionPolicy()
+    /// --calib, --accuracyBudget and --best.
+    var calib: String?
+    var budget: AccuracyBudget?
+    var best = false
 
     /// Builds (and writes, when `output` is set) the engine; prints progress and a summary.
     func build() throws -> Engine {
@@ -37,6 +41,21 @@ struct BuildSettings {
         builder.profile = profile
         builder.winograd = winograd
         builder.precision = precision
+        if best {
+            // The fastest precision per layer that keeps the budget: BF16 wherever it holds.
+            builder.precision.bf16 = true
+            builder.budget = budget ?? .cosine(0.999)
+        } else {
+            builder.budget = budget
+        }
+        if builder.budget != nil {
+            guard let calib else { throw AnvilError.invalidArgument("\(best ? "--best" : "--accuracyBudget") measures accuracy on calibration data: give --calib DIR") }
+            guard !builder.precision.isFP32 else { throw AnvilError.invalidArgument("--accuracyBudget: nothing is reduced; add --bf16 or --best") }
+            builder.calibration = try CalibrationData.load(calib, inputs: m.graph.runtimeInputs.map { ($0.name, $0.type) }).samples.map(\.inputs)
+            step("read \(builder.calibration.count) calibration samples from \(calib)")
+        } else if calib != nil {
+            throw AnvilError.invalidArgument("--calib is read by --accuracyBudget and --best (INT8 calibration is not built yet)")
+        }
         if let timingCacheFile, FileManager.default.fileExists(atPath: timingCacheFile) {
             let bytes = try ONNXImporter.readFile(timingCacheFile, limit: 1 << 28, what: "timing cache")
             builder.timingCache = try TimingCache(contentsOf: bytes, file: timingCacheFile)
@@ -71,6 +90,14 @@ struct BuildSettings {
             files.append((exportLayerInfo, Array(try encoder.encode(report))))
         }
         try OutputFiles.write(files)
+        if let measured = result.measuredBudget, let budget = builder.budget {
+            let reduced = result.precisionChoices.filter { $0.precision != .fp32 }.count
+            print("Precision: \(reduced) of \(result.precisionChoices.count) weighted layers in BF16 within the budget \(budget) "
+                  + "(measured \(String(format: "%.6g", measured)) on \(builder.calibration.count) calibration samples against the FP32 engine)")
+            for c in result.precisionChoices where verbose || c.reason.hasPrefix("moved back") {
+                print("  \(c.layer): \(c.precision) (\(c.reason))")
+            }
+        }
         let fused = result.graph.layers.filter { $0.fusedFrom.count > 1 }.count
         let slow = report.layers.filter { $0.slowPath != nil }
         print("Built \(output ?? "an engine in memory"): \(result.graph.layers.count) layers (\(fused) fused, \(report.layers.count - slow.count) on fast kernels, "
@@ -112,6 +139,10 @@ struct Build: ParsableCommand {
     var bf16 = false
     @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16[,…] (a layer or an ONNX node fused into it).")
     var layerPrecisions: [String] = []
+    @Flag(help: "Per layer, the fastest precision that keeps the accuracy budget (default cosine=0.999) on --calib data.") var best = false
+    @Option(help: "Calibration data: test_data_set_N folders, input_N.pb/.npy files or .npz archives of the model's inputs.") var calib: String?
+    @Option(name: .customLong("accuracyBudget"), help: "cosine=C, rtol=R or top1=P against the FP32 engine on --calib data; layers that hurt most go back to FP32 until it holds.")
+    var accuracyBudget: String?
 
     @OptionGroup var limits: LimitOptions
 
@@ -126,6 +157,8 @@ struct Build: ParsableCommand {
             settings.timingCacheFile = timingCacheFile
             settings.winograd = try winogradAllowed(tacticSources: tacticSources)
             settings.precision = PrecisionPolicy(bf16: bf16, layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(layerPrecisions))
+            (settings.calib, settings.best) = (calib, best)
+            settings.budget = try accuracyBudget.map(AccuracyBudget.parse)
             _ = try settings.build()
         }
     }
