@@ -114,11 +114,17 @@ struct BenchSettings {
             let total = entry.milliseconds.reduce(0, +), sorted = entry.milliseconds.sorted()
             return (entry: entry, total: total, average: total / Double(sorted.count), median: sorted[sorted.count / 2], share: total / max(all, 1e-12) * 100)
         }
+        // Each layer's precision as inspect names it (nested layers of control-flow bodies have none).
+        let layers = Dictionary(engine.graph.layers.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        func precision(_ name: String) -> String? {
+            layers[name].map { EngineReport.precision($0, $0.decision, plan: context.lastPlan, types: engine.graph.valueTypes) }
+        }
         if dumpProfile {
             print("\n=== Profile (\(records.count) runs) ===")
-            print("   Time(ms)   Avg(ms) Median(ms)  Time(%)  Layer")
+            print("   Time(ms)   Avg(ms) Median(ms)  Time(%)  Layer [kernel] precision")
             for p in profile {
-                print(String(format: "%11.2f %9.3f %10.3f %8.1f  ", p.total, p.average, p.median, p.share) + "\(p.entry.layer) [\(p.entry.kernels)]")
+                print(String(format: "%11.2f %9.3f %10.3f %8.1f  ", p.total, p.average, p.median, p.share) + "\(p.entry.layer) [\(p.entry.kernels)]"
+                      + (precision(p.entry.layer).map { " \($0)" } ?? ""))
             }
         }
         var files: [(String, [UInt8])] = []
@@ -131,7 +137,8 @@ struct BenchSettings {
         if let exportProfile {
             let rows = ["  { \"count\" : \(records.count) }"] + profile.map {
                 "  { \"name\" : \(jsonString($0.entry.layer)), \"timeMs\" : \($0.total), \"averageMs\" : \($0.average), \"medianMs\" : \($0.median), "
-                    + "\"percentage\" : \($0.share), \"tactic\" : \(jsonString($0.entry.kernels)) }"
+                    + "\"percentage\" : \($0.share), \"tactic\" : \(jsonString($0.entry.kernels))"
+                    + (precision($0.entry.layer).map { ", \"precision\" : \(jsonString($0)) }" } ?? " }")
             }
             files.append((exportProfile, Array(("[\n" + rows.joined(separator: ",\n") + "\n]\n").utf8)))
         }

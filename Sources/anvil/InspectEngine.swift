@@ -87,6 +87,14 @@ struct EngineReport: Encodable {
     /// The report of `engine` as `compiled` planned it on this CPU (`Engine.compile`, which
     /// the builder and inspect both call). `storedWeights` are the WEIGHTS the file holds;
     /// `loaded` says whether the engine was read from a file (its kernels then use them in place).
+    /// A layer's precision as every report names it: its decision's for floating-point
+    /// outputs, else the output's element type (integer and boolean layers compute in their own types).
+    static func precision(_ l: Layer, _ decision: LayerDecision?, plan: ExecutionPlan?, types: [String: TensorType]) -> String {
+        if let output = l.outputs.first(where: { !$0.isEmpty }), let element = plan?.dataType(of: output) ?? types[output]?.elementType,
+           !element.isFloatingPoint { return element.description.uppercased() }
+        return (decision?.precision ?? .fp32).description
+    }
+
     init(engine: Engine, compiled: CompiledEngine, file: String, bytes: Int, storedWeights: [PackedWeights], loaded: Bool) {
         self.file = file
         producer = engine.producer
@@ -94,13 +102,7 @@ struct EngineReport: Encodable {
         self.bytes = bytes
         let plan = compiled.plan, failure = compiled.planFailure
         let types = engine.graph.valueTypes
-        /// A layer's precision: its decision's for floating-point outputs, else the output's
-        /// element type (integer and boolean layers compute in their own types).
-        func precision(_ l: Layer, _ decision: LayerDecision?) -> String {
-            if let output = l.outputs.first(where: { !$0.isEmpty }), let element = plan?.dataType(of: output) ?? types[output]?.elementType,
-               !element.isFloatingPoint { return element.description.uppercased() }
-            return (decision?.precision ?? .fp32).description
-        }
+        func precision(_ l: Layer, _ decision: LayerDecision?) -> String { Self.precision(l, decision, plan: plan, types: types) }
         func tensor(_ name: String, declared: TensorType? = nil) -> Tensor {
             let dims = plan?.shape(of: name).map { $0.map(String.init) } ?? (declared ?? types[name])?.dims?.map(\.description) ?? ["?"]
             let type = (declared ?? types[name])?.elementType

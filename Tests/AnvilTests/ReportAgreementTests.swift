@@ -1,3 +1,4 @@
+import AnvilEngine
 import Foundation
 import XCTest
 
@@ -16,6 +17,10 @@ final class ReportAgreementTests: XCTestCase {
             (TestSupport.fixture("dynamic_batch/model.onnx"), ["--shapes", "image:3x1x28x28"], false),
             (TestSupport.fixture("if_branch/model.onnx"), [], false),
         ]
+        // BF16 layers: the same precision in every report.
+        if CPUFeatures.host.contains(.avx512Bf16) {
+            cases += [(TestSupport.fixture("cnn/model.onnx"), ["--bf16"], true), (TestSupport.fixture("transformer/model.onnx"), ["--bf16"], true)]
+        }
         for name in ["resnet50", "mobilenetv2", "yolov8n", "minilm"] {
             let path = "\(TestSupport.root)/models/\(name)/model.onnx"
             if FileManager.default.fileExists(atPath: path) { cases.append((path, [], true)) }
@@ -56,8 +61,11 @@ final class ReportAgreementTests: XCTestCase {
         let bl = try XCTUnwrap(b["Layers"] as? [[String: Any]]), il = try XCTUnwrap(i["Layers"] as? [[String: Any]])
         XCTAssertEqual(bl.count, il.count, what)
         let profile = try XCTUnwrap(try json(folder + "/profile.json") as? [[String: Any]])
-        var profiled: [String: String] = [:]
-        for row in profile { if let name = row["name"] as? String, let tactic = row["tactic"] as? String { profiled[name] = tactic } }
+        var profiled: [String: String] = [:], profiledPrecision: [String: String] = [:]
+        for row in profile {
+            if let name = row["name"] as? String, let tactic = row["tactic"] as? String { profiled[name] = tactic }
+            if let name = row["name"] as? String, let precision = row["precision"] as? String { profiledPrecision[name] = precision }
+        }
         for (x, y) in zip(bl, il) {
             let name = try XCTUnwrap(x["Name"] as? String)
             XCTAssertEqual(name, y["Name"] as? String, what)
@@ -68,7 +76,8 @@ final class ReportAgreementTests: XCTestCase {
             // Layers with steps appear in the profile under the same kernels (views run nothing).
             if tactic != "view (no copy)" {
                 XCTAssertEqual(profiled[name], tactic, "\(what): layer \(name) in the profile")
-                XCTAssertTrue(bench.stdout.contains("\(name) [\(tactic)]"), "\(what): layer \(name) in --dumpProfile")
+                XCTAssertEqual(profiledPrecision[name], y["Precision"] as? String, "\(what): layer \(name)'s precision in the profile")
+                XCTAssertTrue(bench.stdout.contains("\(name) [\(tactic)] \(y["Precision"]!)"), "\(what): layer \(name) in --dumpProfile")
             }
             let kernel = try XCTUnwrap(y["Kernel"] as? String)
             XCTAssertTrue(text.stdout.contains("\(name): \(y["LayerType"]!) [\(kernel): \(tactic)]"), "\(what): layer \(name) in inspect's text")
