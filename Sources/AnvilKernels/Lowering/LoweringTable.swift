@@ -129,9 +129,6 @@ struct LayerLowering {
                       precision: plan.precision(of: layer.outputs[0]), postOps: postOps)
     }
 
-    /// The precision the layer's decision asks for (FP32 when undecided).
-    var requestedPrecision: Precision { layer.decision?.precision ?? .fp32 }
-
     /// Appends a oneDNN step; refuses oneDNN's reference implementations, so the
     /// planner tries the next kernel.
     func emit(_ kind: KernelKind, _ step: PrimitiveStep) throws {

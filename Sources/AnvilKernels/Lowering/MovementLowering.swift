@@ -38,6 +38,8 @@ enum MovementLowering {
             var dst = try memoryDescriptor(shape, dnnl_format_tag_any)
             var pd: dnnl_primitive_desc_t?
             let attributes = try DNNLAttributes()
+            DNNLPrimitive.creation.enter(exclusive: false)
+            defer { DNNLPrimitive.creation.leave() }
             try check(dnnl_concat_primitive_desc_create(&pd, &dst, Int32(sources.count), Int32(axis), &sources, attributes.handle, l.plan.engine.handle),
                       "describing the concat")
             return try DNNLPrimitive(descriptor: pd!)

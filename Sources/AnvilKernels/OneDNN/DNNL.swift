@@ -1,5 +1,6 @@
 import AnvilCore
 import COneDNN
+import Foundation
 
 /// Turns a oneDNN status into a Swift error naming the call that failed.
 @inline(__always)
@@ -119,15 +120,27 @@ final class DNNLPrimitive {
         scratchpadBytes = anvil_dnnl_scratchpad_size(descriptor)
     }
 
-    /// Creates the primitive for an op descriptor (`operation`, a dnnl_*_desc_t) with `attributes`.
-    convenience init<Operation>(_ operation: Operation, attributes: DNNLAttributes, engine: DNNLEngine, what: String) throws {
+    /// Creates the primitive for an op descriptor (`operation`, a dnnl_*_desc_t) with `attributes`;
+    /// `reducedPrecision` when it computes in BF16 (made alone: `creation`).
+    convenience init<Operation>(_ operation: Operation, attributes: DNNLAttributes, engine: DNNLEngine, what: String,
+                                reducedPrecision: Bool = false) throws {
         var op = operation
         var pd: dnnl_primitive_desc_t?
+        Self.creation.enter(exclusive: reducedPrecision)
+        defer { Self.creation.leave() }
         try withUnsafePointer(to: &op) { p in
             try check(dnnl_primitive_desc_create(&pd, UnsafeRawPointer(p), attributes.handle, engine.handle, nil), "choosing a \(what) implementation")
         }
         try self.init(descriptor: pd!)
     }
+
+    /// Every primitive is made holding this lock: shared by FP32 primitives, alone by those that
+    /// touch BF16. oneDNN 2.6 made a kernel wrongly, for the life of the process, when the
+    /// process's first BF16 kernel was made on another thread at the same time (ResNet-50
+    /// --bf16: its FP32 stem convolution off in about one process in six, never with one thread
+    /// or with creation serialized; `PrecisionTests`). FP32 primitives, never seen to interfere
+    /// with each other, are still made side by side (planning makes kernels on all cores).
+    static let creation = SharedLock()
 
     deinit {
         dnnl_primitive_destroy(handle)
@@ -291,8 +304,31 @@ func prepack(_ values: [Float], from user: dnnl_memory_desc_t, to packed: dnnl_m
 func reorderPrimitive(from: dnnl_memory_desc_t, to: dnnl_memory_desc_t, engine: DNNLEngine) throws -> DNNLPrimitive {
     var pd: dnnl_primitive_desc_t?
     var a = from, b = to
+    DNNLPrimitive.creation.enter(exclusive: from.data_type == dnnl_bf16 || to.data_type == dnnl_bf16)
+    defer { DNNLPrimitive.creation.leave() }
     let attributes = try DNNLAttributes()
     try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine.handle, &b, engine.handle, attributes.handle), "preparing a reorder")
     return try DNNLPrimitive(descriptor: pd!)
 }
 
+/// A readers-writer lock: many holders sharing it, or one alone.
+final class SharedLock: @unchecked Sendable {
+    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+
+    init() {
+        lock = .allocate(capacity: 1)
+        lock.initialize(to: pthread_rwlock_t())
+        pthread_rwlock_init(lock, nil)
+    }
+
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    func enter(exclusive: Bool) {
+        if exclusive { pthread_rwlock_wrlock(lock) } else { pthread_rwlock_rdlock(lock) }
+    }
+
+    func leave() { pthread_rwlock_unlock(lock) }
+}

@@ -5,8 +5,6 @@ import Foundation
 /// What convolution and matmul share: a oneDNN primitive with prepacked constant
 /// weights, a bias, and a residual sum and activation fused as post-ops.
 final class DNNLWeightedPrimitive {
-    /// Taken shared while an FP32 kernel is made, alone while a BF16 one is (see `init`).
-    static let creation = SharedLock()
     let primitive: DNNLPrimitive
     let engine: DNNLEngine
     /// Whether the destination must hold the residual before execution (sum post-op).
@@ -37,14 +35,7 @@ final class DNNLWeightedPrimitive {
         let steps = try DNNLAttributes.eltwise(activation, exactNonFinite: exactNonFinite)
         let fused = !separateActivation && DNNLAttributes.fusable(steps)
         let attributes = try DNNLAttributes(sum: residual, activation: fused ? activation : nil, exactNonFinite: exactNonFinite)
-        // oneDNN 2.6 made a kernel wrongly, for the life of the process, when the process's first
-        // BF16 kernel was made on another thread at the same time (ResNet-50 --bf16: its FP32 stem
-        // convolution off in about one process in six, never with one thread or with creation
-        // serialized; PrecisionTests). FP32 kernels, never seen to interfere with each other,
-        // are still made side by side.
-        Self.creation.enter(exclusive: reducedPrecision)
-        defer { Self.creation.leave() }
-        primitive = try DNNLPrimitive(operation, attributes: attributes, engine: engine, what: what)
+        primitive = try DNNLPrimitive(operation, attributes: attributes, engine: engine, what: what, reducedPrecision: reducedPrecision)
         var out = primitive.query(dnnl_query_dst_md)
         activationSteps = fused ? [] : try steps.map { alg, alpha, beta in
             var op = dnnl_eltwise_desc_t()
@@ -171,26 +162,4 @@ final class DNNLWeightedPrimitive {
         try stream.wait()
         return try Tensor(floats: out.map(BFloat16Bits.toFloat), shape: shape)
     }
-}
-
-/// A readers-writer lock: many holders sharing it, or one alone.
-final class SharedLock: @unchecked Sendable {
-    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
-
-    init() {
-        lock = .allocate(capacity: 1)
-        lock.initialize(to: pthread_rwlock_t())
-        pthread_rwlock_init(lock, nil)
-    }
-
-    deinit {
-        pthread_rwlock_destroy(lock)
-        lock.deallocate()
-    }
-
-    func enter(exclusive: Bool) {
-        if exclusive { pthread_rwlock_wrlock(lock) } else { pthread_rwlock_rdlock(lock) }
-    }
-
-    func leave() { pthread_rwlock_unlock(lock) }
 }
