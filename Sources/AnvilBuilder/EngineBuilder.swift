@@ -65,6 +65,7 @@ public struct EngineBuilder {
         guard missing.isEmpty else {
             throw AnvilError.invalidModel(file: name, field: "graph", reason: "cannot build: \(missing.count) nodes use unsupported ops: \(missing.joined(separator: ", "))")
         }
+        try QuantizationCheck.check(source, file: name)
         try profile.check(against: source.graph.runtimeInputs.map { ($0.name, $0.type) })
         let model = source.copy()
         // Fixed shapes become part of the graph, so the optimizer folds what depends on them.

@@ -158,6 +158,46 @@ final class PrecisionTests: XCTestCase {
         XCTAssertEqual(backConvs.filter { $0.decision?.precision == .bf16 }.count, backConvs.count - 1)
     }
 
+    /// Q/DQ nodes whose parameters can only give wrong numbers are refused with the node named:
+    /// by the builder when they are constants, when the node runs otherwise.
+    func testBadQuantizationParametersAreRefusedByNode() throws {
+        func model(_ op: String, x: DataType, scale: Tensor, zeroPoint: Tensor?, constantNode: Bool = false) -> Model {
+            var nodes: [Node] = []
+            var initializers: [(String, Tensor)] = zeroPoint.map { [("zp", $0)] } ?? []
+            if constantNode {
+                nodes.append(Node(name: "scale_constant", opType: "Constant", inputs: [], outputs: ["s"], attributes: ["value": .tensor(scale)]))
+            } else {
+                initializers.append(("s", scale))
+            }
+            nodes.append(Node(name: "the_\(op)", opType: op, inputs: ["x", "s"] + (zeroPoint == nil ? [] : ["zp"]), outputs: ["y"]))
+            let graph = Graph(name: "q", inputs: [ValueInfo(name: "x", type: TensorType(x, shape: [2, 3]))],
+                              outputs: [ValueInfo(name: "y", type: TensorType(op == "QuantizeLinear" ? (zeroPoint?.dataType ?? .uint8) : .float, nil))],
+                              nodes: nodes, initializers: initializers)
+            return Model(graph: graph, opsets: [OpsetImport(domain: "", version: 19)])
+        }
+        let u8 = try Tensor(.uint8, shape: [], int64s: [3])
+        let cases: [(Model, String)] = [
+            (model("QuantizeLinear", x: .float, scale: try Tensor(floats: [0], shape: []), zeroPoint: u8), "its scale holds 0.0"),
+            (model("QuantizeLinear", x: .float, scale: try Tensor(floats: [.nan], shape: []), zeroPoint: nil, constantNode: true), "its scale holds nan"),
+            (model("DequantizeLinear", x: .uint8, scale: try Tensor(floats: [.infinity], shape: []), zeroPoint: u8), "its scale holds inf"),
+            (model("DequantizeLinear", x: .int32, scale: try Tensor(floats: [0.5], shape: []), zeroPoint: try Tensor(.int32, shape: [], int64s: [4])),
+             "the zero point of int32 input must be 0"),
+        ]
+        for (m, message) in cases {
+            XCTAssertThrowsError(try EngineBuilder().build(m, name: "q.onnx")) { error in
+                XCTAssertTrue("\(error)".contains("node 'the_") && "\(error)".contains(message), "\(error)")
+            }
+            // The reference executor (no builder) refuses it when the node runs.
+            let x = m.graph.inputs[0].type.elementType == .float ? try Tensor(floats: [1, 2, 3, 4, 5, 6], shape: [2, 3])
+                                                                : try Tensor(m.graph.inputs[0].type.elementType!, shape: [2, 3], int64s: [1, 2, 3, 4, 5, 6])
+            XCTAssertThrowsError(try ReferenceExecutor(model: m).run(["x": x])) { error in
+                XCTAssertTrue("\(error)".contains("the_") && "\(error)".contains(message), "\(error)")
+            }
+        }
+        // A good one builds and runs.
+        XCTAssertNoThrow(try EngineBuilder().build(model("QuantizeLinear", x: .float, scale: try Tensor(floats: [0.5], shape: []), zeroPoint: u8), name: "q.onnx"))
+    }
+
     func testBadPrecisionRequestsAreRefusedByName() throws {
         try XCTSkipUnless(CPUFeatures.host.contains(.avx512Bf16), "this CPU has no AVX-512 BF16")
         let model = try ONNXImporter.load(path: cnn)

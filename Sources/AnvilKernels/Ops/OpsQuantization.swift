@@ -23,6 +23,20 @@ func quantParameter(_ ctx: EvalContext, _ p: Tensor, like x: Tensor, axis: Int, 
     return out
 }
 
+/// What is wrong with a QuantizeLinear or DequantizeLinear node's parameters, nil when
+/// nothing: a scale of 0, NaN or ±∞ (every quantized value would be 0, NaN or saturated),
+/// or a nonzero zero point for int32 input, which the specification fixes at 0. Checked
+/// when the node runs and, for constant parameters, by the builder before anything is built.
+public func quantizationProblem(scale: Tensor, zeroPoint: Tensor?, input: DataType?) -> String? {
+    if scale.dataType.isFloatingPoint, let i = scale.doubles.firstIndex(where: { $0 == 0 || !$0.isFinite }) {
+        return "its scale holds \(scale.doubles[i]) at index \(i): scales must be finite and nonzero"
+    }
+    if input == .int32, let zeroPoint, let i = zeroPoint.doubles.firstIndex(where: { $0 != 0 }) {
+        return "its zero point holds \(zeroPoint.doubles[i]) at index \(i) for int32 input: the zero point of int32 input must be 0"
+    }
+    return nil
+}
+
 /// Range of an integer quantized type.
 func quantRange(_ t: DataType) -> (Double, Double)? {
     switch t {
@@ -43,6 +57,7 @@ func registerQuantization(_ b: inout KernelTableBuilder) {
         let outType = zp?.dataType ?? requested ?? .uint8
         guard let (lo, hi) = quantRange(outType) else { throw ctx.fail("quantizing to \(outType) is not supported") }
         let axis = try ctx.attributes.int("axis", 1), block = try ctx.attributes.int("block_size", 0)
+        if let problem = quantizationProblem(scale: scale, zeroPoint: zp, input: nil) { throw ctx.fail(problem) }
         let s = try quantParameter(ctx, scale, like: x, axis: axis, blockSize: block)
         let z = try zp.map { try quantParameter(ctx, $0, like: x, axis: axis, blockSize: block) } ?? Array(repeating: 0, count: x.count)
         let xs = x.doubles
@@ -55,6 +70,7 @@ func registerQuantization(_ b: inout KernelTableBuilder) {
     b.add1("DequantizeLinear", since: 10) { ctx in
         let x = try ctx.input(0), scale = try ctx.input(1)
         let axis = try ctx.attributes.int("axis", 1), block = try ctx.attributes.int("block_size", 0)
+        if let problem = quantizationProblem(scale: scale, zeroPoint: ctx.optionalInput(2), input: x.dataType) { throw ctx.fail(problem) }
         let s = try quantParameter(ctx, scale, like: x, axis: axis, blockSize: block)
         let z = try ctx.optionalInput(2).map { try quantParameter(ctx, $0, like: x, axis: axis, blockSize: block) } ?? Array(repeating: 0, count: x.count)
         let xs = x.doubles
