@@ -77,6 +77,19 @@ public enum MemoryPolicy {
         }
     }
 
+    /// Bytes of several buffers held at once, as (element count, bytes per element); nil when
+    /// the sum would overflow.
+    public static func total(_ buffers: [(count: Int, bytes: Int)]) -> Int? {
+        var sum = 0
+        for (count, bytes) in buffers {
+            let (size, o1) = count.multipliedReportingOverflow(by: bytes)
+            let (next, o2) = sum.addingReportingOverflow(size)
+            if o1 || o2 { return nil }
+            sum = next
+        }
+        return sum
+    }
+
     /// The element count of a tensor of `shape` and `type`, after checking its bytes
     /// against the limit (and its dims for validity).
     @discardableResult

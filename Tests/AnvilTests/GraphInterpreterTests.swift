@@ -168,6 +168,28 @@ final class InterpreterMemoryTests: XCTestCase {
         }
     }
 
+    func testConvolutionAndPoolingBuffersTogetherMustFit() throws {
+        // A 5×5 convolution of 16 channels over 256×256 with 64 outputs: its output (16 MiB), im2col
+        // columns (100 MiB) and table (13 MiB) each fit under 120 MiB; together they do not.
+        let x = try Tensor(floats: [Float](repeating: 1, count: 16 * 256 * 256), shape: [1, 16, 256, 256])
+        let w = try Tensor(floats: [Float](repeating: 0.5, count: 64 * 16 * 25), shape: [64, 16, 5, 5])
+        let g = try WindowGeometry(input: [256, 256], kernel: [5, 5], strides: nil, dilations: nil, pads: [2, 2, 2, 2], autoPad: .notSet)
+        try withLimit(120 << 20) {
+            XCTAssertThrowsError(try Linear.conv(x, w, nil, geometry: g, group: 1)) { error in
+                XCTAssertTrue("\(error)".contains("Conv's output, im2col columns and table together"), "\(error)")
+            }
+        }
+        // Max pooling with a 9×9 window: its table (42 MiB) fits under 60 MiB; with the input widened
+        // to Double (8 MiB), the results and indices (16 MiB) and the output (4 MiB) it does not.
+        let pool = try WindowGeometry(input: [256, 256], kernel: [9, 9], strides: nil, dilations: nil, pads: [4, 4, 4, 4], autoPad: .notSet)
+        try withLimit(60 << 20) {
+            XCTAssertThrowsError(try Pooling.maxPool(x, geometry: pool)) { error in
+                XCTAssertTrue("\(error)".contains("the pooling's buffers together"), "\(error)")
+            }
+        }
+        try withLimit(1 << 30) { XCTAssertNoThrow(try Linear.conv(x, w, nil, geometry: g, group: 1)) }
+    }
+
     func testValuesAliveCountAgainstEachAllocation() throws {
         // Three 16 MiB values alive at once under a 40 MiB limit: the third is refused, naming what is held.
         let g = Graph(name: "chain", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 2048]))],

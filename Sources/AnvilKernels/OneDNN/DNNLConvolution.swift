@@ -94,6 +94,11 @@ public final class DNNLConvolution {
         // Sizes a damaged or hostile engine may hold: refused before oneDNN is asked for a kernel.
         _ = try MemoryPolicy.checkedCount(outputShape, .float, for: "the convolution's output")
         _ = try MemoryPolicy.checkedCount(weights.shape, .float, for: "the convolution's weights")
+        // oneDNN 2.6 sizes some of a kernel's own tables by the row width (about 512 bytes per
+        // output column, made again for each implementation it considers: a fuzzed engine 2 million
+        // columns wide made it allocate 4 GB under a 256 MB limit). Counted as 1 KiB per column.
+        let width = max(inputShape.last ?? 0, outputShape.last ?? 0)
+        try MemoryPolicy.check(MemoryPolicy.total([(width, 1024)]), for: "oneDNN's working memory for a convolution \(width) wide")
         let winograd = tactic.algorithm == .winograd
         // A layout outside the vocabulary cannot be asked for: oneDNN's choice then.
         let tag = tactic.layout == .plain ? [dnnl_ncw, dnnl_nchw, dnnl_ncdhw][spatial - 1] : tactic.layout.formatTag(rank: inputShape.count) ?? dnnl_format_tag_any

@@ -120,8 +120,12 @@ public enum Linear {
         let kSize = g.kernel.reduce(1, *), outSize = g.output.reduce(1, *), inSize = spatialIn.reduce(1, *)
         let rows = cinG * kSize
         // A kernel or output of hostile size: refused before the im2col buffers are allocated.
-        _ = try MemoryPolicy.checkedCount([batch, cout] + g.output, .float, for: "Conv's output")
-        _ = try MemoryPolicy.checkedCount([rows, outSize], .float, for: "Conv's im2col columns")
+        let outputs = try MemoryPolicy.checkedCount([batch, cout] + g.output, .float, for: "Conv's output")
+        let columns = try MemoryPolicy.checkedCount([rows, outSize], .float, for: "Conv's im2col columns")
+        let entries = try MemoryPolicy.checkedCount(g.kernel + g.output, .int64, for: "the im2col table")
+        // All three are held at once (each alone under the limit was not enough: a fuzzed engine
+        // took 900 MB under a 256 MB limit).
+        try MemoryPolicy.check(MemoryPolicy.total([(outputs, 4), (columns, 4), (entries, 8)]), for: "Conv's output, im2col columns and table together")
         let table = try im2colTable(spatialIn: spatialIn, g: g)
         let xs = x.floats, ws = w.floats, bs = bias?.floats
         var out = [Float](repeating: 0, count: batch * cout * outSize)

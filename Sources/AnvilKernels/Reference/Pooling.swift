@@ -121,7 +121,11 @@ public enum Pooling {
 
     static func layout(_ x: Tensor, _ g: WindowGeometry) throws -> (Int, Int, Int, [Int]) {
         let spatial = Array(x.shape[2...])
-        _ = try MemoryPolicy.checkedCount(Array(x.shape[0..<2]) + g.output, x.dataType, for: "the pooling's output")
+        let outputs = try MemoryPolicy.checkedCount(Array(x.shape[0..<2]) + g.output, x.dataType, for: "the pooling's output")
+        let entries = try MemoryPolicy.checkedCount(g.kernel + g.output, .int64, for: "the pooling's window table")
+        // Held at once: the input widened to Double, the Double results and indices, the output, the table.
+        try MemoryPolicy.check(MemoryPolicy.total([(x.count, 8), (outputs, 8 + 8 + x.dataType.byteSize), (entries, 8)]),
+                               for: "the pooling's buffers together")
         return (x.shape[0] * x.shape[1], spatial.reduce(1, *), g.output.reduce(1, *), try Linear.im2colTable(spatialIn: spatial, g: g))
     }
 }
