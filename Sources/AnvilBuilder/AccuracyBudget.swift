@@ -45,11 +45,7 @@ public enum AccuracyBudget: Sendable, Equatable, CustomStringConvertible {
         case .cosine(let c):
             worst = 1
             for (a, r) in zip(actual.joined(), reference.joined()) where r.dataType.isFloatingPoint {
-                let x = a.doubles, y = r.doubles
-                var dot = 0.0, nx = 0.0, ny = 0.0
-                for i in x.indices { dot += x[i] * y[i]; nx += x[i] * x[i]; ny += y[i] * y[i] }
-                let cos = nx == 0 && ny == 0 ? 1 : (nx == 0 || ny == 0 || !dot.isFinite ? 0 : dot / (nx.squareRoot() * ny.squareRoot()))
-                worst = Swift.min(worst, cos)
+                worst = Swift.min(worst, OutputComparison.cosine(a.doubles, r.doubles))
             }
             return (worst, worst >= c)
         case .relativeError(let bound):
@@ -63,15 +59,9 @@ public enum AccuracyBudget: Sendable, Equatable, CustomStringConvertible {
             return (worst, worst <= bound)
         case .top1(let share):
             var rows = 0, agree = 0
-            for (a, r) in zip(actual.joined(), reference.joined()) where r.dataType.isFloatingPoint && (1...2).contains(r.rank) {
-                let classes = r.shape.last ?? 0
-                guard classes >= 2 else { continue }
-                let x = a.doubles, y = r.doubles
-                for row in 0..<(y.count / classes) {
-                    let span = (row * classes)..<((row + 1) * classes)
-                    rows += 1
-                    if x[span].indices.max(by: { x[$0] < x[$1] }) == y[span].indices.max(by: { y[$0] < y[$1] }) { agree += 1 }
-                }
+            for (a, r) in zip(actual.joined(), reference.joined()) where r.dataType.isFloatingPoint {
+                guard let agreement = OutputComparison.topAgreement(a.doubles, r.doubles, shape: r.shape) else { continue }
+                (rows, agree) = (rows + agreement.rows, agree + agreement.top1)
             }
             guard rows > 0 else { throw AnvilError.invalidArgument("--accuracyBudget top1 needs a classifier-like output ([C] or [N, C] scores); the model has none") }
             let value = Double(agree) / Double(rows)
@@ -103,6 +93,9 @@ extension EngineBuilder {
         (fp32.precision, fp32.budget) = (PrecisionPolicy(), nil)
         let reference = try fp32.build(source, name: name).engine
         let referenceOutputs = try calibration.map { try ExecutionContext(engine: reference).run($0).map(\.value) }
+        // The FP32 engine's layer outputs on the first samples, which rank the reduced layers.
+        let sample = Array(calibration.prefix(2))
+        let referenceLayers = try sample.map { try reference.layerOutputs($0) }
         var search = self
         (search.timeTactics, search.budget) = (false, nil)
         var movedBack: [String: String] = [:]
@@ -120,15 +113,12 @@ extension EngineBuilder {
                 && !$0.fusedFrom.contains { precision.layerPrecisions[$0] != nil } }
             if holds || reduced.isEmpty { break }
             // The error each reduced layer adds, on the first samples.
-            let sample = calibration.prefix(2)
-            let markedReference = try reference.markingAllOutputs(), markedCandidate = try candidate.markingAllOutputs()
             var added: [String: Double] = [:]
-            for inputs in sample {
-                let r = Dictionary(try ExecutionContext(engine: markedReference).run(inputs).map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
-                let c = Dictionary(try ExecutionContext(engine: markedCandidate).run(inputs).map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+            for (inputs, r) in zip(sample, referenceLayers) {
+                let c = try candidate.layerOutputs(inputs)
                 func error(_ value: String) -> Double {
                     guard let x = c[value], let y = r[value], x.count == y.count, x.dataType.isFloatingPoint else { return 0 }
-                    return 1 - ((try? AccuracyBudget.cosine(0).measure([[x]], [[y]]).value) ?? 0)
+                    return 1 - OutputComparison.cosine(x.doubles, y.doubles)
                 }
                 for layer in candidate.graph.layers {
                     let own = (layer.outputs.first.map(error) ?? 0) - (layer.inputs.map(error).max() ?? 0)

@@ -72,7 +72,8 @@ public struct PrecisionPolicy: Sendable, Equatable {
                                                      postOps: try PostOps(layer))
         }
         // Names of other layers: FP32 is what they run in; anything else is not offered.
-        for i in graph.layers.indices where !weighted.contains(i) {
+        let weightedSet = Set(weighted)
+        for i in graph.layers.indices where !weightedSet.contains(i) {
             let layer = graph.layers[i]
             for name in [layer.name] + layer.fusedFrom {
                 guard let asked = layerPrecisions[name] else { continue }

@@ -156,24 +156,36 @@ public struct OutputComparison: Codable, Sendable {
             result.passed = a.isEmpty || result.requiredAtol <= atol || result.requiredRtol <= rtol
         }
         if actual.dataType.isFloatingPoint, !a.isEmpty {
-            var dot = 0.0, na = 0.0, ne = 0.0
-            for i in a.indices { dot += a[i] * e[i]; na += a[i] * a[i]; ne += e[i] * e[i] }
-            result.cosine = na == 0 && ne == 0 ? 1 : (na == 0 || ne == 0 ? 0 : dot / (na.squareRoot() * ne.squareRoot()))
-            let classes = expected.shape.last ?? 0
-            if (expected.shape.count == 1 || expected.shape.count == 2), classes >= 2 {
-                let rows = a.count / classes
-                var top1 = 0, overlap = 0
-                for r in 0..<rows {
-                    let ra = Array(a[(r * classes)..<((r + 1) * classes)]), re = Array(e[(r * classes)..<((r + 1) * classes)])
-                    let ta = Self.top(ra, 5), te = Self.top(re, 5)
-                    if ta.first == te.first { top1 += 1 }
-                    overlap += Set(ta).intersection(te).count
-                }
-                result.top1Agreement = Double(top1) / Double(rows)
-                if classes >= 5 { result.top5Overlap = Double(overlap) / Double(rows * 5) }
+            result.cosine = Self.cosine(a, e)
+            if let agreement = Self.topAgreement(a, e, shape: expected.shape) {
+                result.top1Agreement = Double(agreement.top1) / Double(agreement.rows)
+                if expected.shape.last! >= 5 { result.top5Overlap = Double(agreement.top5) / Double(agreement.rows * 5) }
             }
         }
         return result
+    }
+
+    /// Cosine similarity of two vectors: 1 for two zero vectors, 0 for one zero vector or a
+    /// non-finite product.
+    public static func cosine(_ a: [Double], _ b: [Double]) -> Double {
+        var dot = 0.0, na = 0.0, nb = 0.0
+        for i in a.indices { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i] }
+        if na == 0 && nb == 0 { return 1 }
+        return na == 0 || nb == 0 || !dot.isFinite ? 0 : dot / (na.squareRoot() * nb.squareRoot())
+    }
+
+    /// For classifier-like scores ([C] or [N, C], C ≥ 2): the rows, how many agree on the top
+    /// class, and the sum over rows of the top-5 sets' overlap; nil for other shapes.
+    public static func topAgreement(_ a: [Double], _ e: [Double], shape: [Int]) -> (rows: Int, top1: Int, top5: Int)? {
+        guard shape.count == 1 || shape.count == 2, let classes = shape.last, classes >= 2, a.count == e.count else { return nil }
+        let rows = e.count / classes
+        var top1 = 0, overlap = 0
+        for r in 0..<rows {
+            let ta = top(Array(a[(r * classes)..<((r + 1) * classes)]), 5), te = top(Array(e[(r * classes)..<((r + 1) * classes)]), 5)
+            if ta.first == te.first { top1 += 1 }
+            overlap += Set(ta).intersection(te).count
+        }
+        return rows > 0 ? (rows, top1, overlap) : nil
     }
 
     /// Indices of the `k` largest values, largest first (NaN ranks highest, as TopK does).

@@ -68,6 +68,12 @@ public final class Engine: @unchecked Sendable {
                           name: "", dnnl: dnnl, kernels: kernels)
     }
 
+    /// Every layer's output for `inputs`, by value name, computed by the marked engine
+    /// (`markingAllOutputs`).
+    public func layerOutputs(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
+        Dictionary(try ExecutionContext(engine: try markingAllOutputs()).run(inputs).map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+    }
+
     private init(graph: EngineGraph, producer: String, requiredFeatures: CPUFeatures, profile: ShapeProfile, memoryPlan: StoredMemoryPlan?,
                  name: String, dnnl: DNNLEngine, kernels: SharedKernels) throws {
         self.graph = graph

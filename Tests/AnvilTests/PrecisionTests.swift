@@ -24,11 +24,7 @@ final class PrecisionTests: XCTestCase {
         return (model, try builder.build(model, name: "cnn"))
     }
 
-    static func cosine(_ a: [Float], _ b: [Float]) -> Double {
-        let dot = zip(a, b).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
-        let na = a.reduce(0.0) { $0 + Double($1) * Double($1) }, nb = b.reduce(0.0) { $0 + Double($1) * Double($1) }
-        return dot / (na.squareRoot() * nb.squareRoot())
-    }
+    static func cosine(_ a: [Float], _ b: [Float]) -> Double { OutputComparison.cosine(a.map(Double.init), b.map(Double.init)) }
 
     func convolutions(_ engine: Engine) -> [Layer] {
         engine.graph.layers.filter { $0.opType == "Conv" || $0.opType == "FusedConv" }

@@ -147,19 +147,19 @@ final class DNNLWeightedPrimitive {
     /// starts from) in the kernel's output type, BF16 or FP32, widened.
     private func runBF16(stream: DNNLStream, _ x: Tensor, residual: Tensor?, outputShape shape: [Int]) throws -> Tensor {
         var input = x.floats.map(BFloat16Bits.fromFloat)
-        if primitive.query(dnnl_query_dst_md).data_type == dnnl_f32 {
-            var out = residual?.floats ?? [Float](repeating: 0, count: outputCount)
+        func run<Element>(into out: inout [Element]) throws {
             try input.withUnsafeMutableBytes { i in
-                try out.withUnsafeMutableBytes { o in try execute(stream: stream, input: i.baseAddress!, output: o.baseAddress!) }
+                try out.withUnsafeMutableBytes { o in try self.execute(stream: stream, input: i.baseAddress!, output: o.baseAddress!) }
             }
             try stream.wait()
+        }
+        if primitive.query(dnnl_query_dst_md).data_type == dnnl_f32 {
+            var out = residual?.floats ?? [Float](repeating: 0, count: outputCount)
+            try run(into: &out)
             return try Tensor(floats: out, shape: shape)
         }
         var out = residual.map { $0.floats.map(BFloat16Bits.fromFloat) } ?? [UInt16](repeating: 0, count: outputCount)
-        try input.withUnsafeMutableBytes { i in
-            try out.withUnsafeMutableBytes { o in try execute(stream: stream, input: i.baseAddress!, output: o.baseAddress!) }
-        }
-        try stream.wait()
+        try run(into: &out)
         return try Tensor(floats: out.map(BFloat16Bits.toFloat), shape: shape)
     }
 }
