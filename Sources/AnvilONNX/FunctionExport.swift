@@ -77,6 +77,30 @@ struct FunctionExport {
                 if i.count > 2, !i[2].isEmpty { y = op("Add", [y, i[2]]) }
                 if i.count > 3, !i[3].isEmpty { y = op("Add", [y, i[3]]) }
                 activation(y, node, output: o[0])
+            case "FusedQLinearConv":
+                // Dequantized inputs (the weights and the int32 bias per output channel), the float
+                // Conv, the dequantized residual, the activation, quantized once.
+                var attributes = a
+                for k in ["activation", "activation_alpha", "activation_beta"] { attributes[k] = nil }
+                var inputs = [op("DequantizeLinear", [i[0], i[1], i[2]]), op("DequantizeLinear", [i[3], i[4], i[5]], ["axis": .int(0)])]
+                if i.count > 8, !i[8].isEmpty { inputs.append(op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])) }
+                var y = op("Conv", inputs, attributes)
+                if i.count > 12, !i[12].isEmpty {
+                    let inner = Array(i[12...]).reversedTrim()
+                    y = op("DequantizeLinear", [op("QuantizeLinear", [y] + inner)] + inner)
+                }
+                if i.count > 9, !i[9].isEmpty { y = op("Add", [y, op("DequantizeLinear", Array(i[9..<min(i.count, 12)]).reversedTrim())]) }
+                counter += 1
+                let activated = "t\(counter)"
+                activation(y, node, output: activated)
+                _ = op("QuantizeLinear", [activated, i[6], i[7]], output: o[0])
+            case "FusedQLinearMatMul":
+                let product = op("MatMul", [op("DequantizeLinear", [i[0], i[1], i[2]]), op("DequantizeLinear", [i[3], i[4], i[5]], ["axis": .int(1)])])
+                let y = i.count > 8 && !i[8].isEmpty ? op("Add", [product, op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])]) : product
+                counter += 1
+                let activated = "t\(counter)"
+                activation(y, node, output: activated)
+                _ = op("QuantizeLinear", [activated, i[6], i[7]], output: o[0])
             case "SiLU":
                 _ = op("Mul", [i[0], op("Sigmoid", [i[0]])], output: o[0])
             case "HardSwish":

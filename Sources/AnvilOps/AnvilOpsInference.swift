@@ -5,12 +5,12 @@ import AnvilKernels
 /// Shape inference of Anvil's own ops: that of the standard op they extend.
 func registerAnvilInference(_ b: inout RegistryBuilder) {
     let sameSemantics = anvilStandardOps.keys.map { ($0, $0) }
-    for (op, standardOp) in [("FusedConv", "Conv"), ("FusedGemm", "Gemm"), ("FusedMatMul", "MatMul"), ("SiLU", "Relu")] + sameSemantics {
+    for (op, standardOp) in [("FusedConv", "Conv"), ("FusedGemm", "Gemm"), ("FusedMatMul", "MatMul"), ("SiLU", "Relu"), ("FusedQLinearConv", "QLinearConv"), ("FusedQLinearMatMul", "QLinearMatMul")] + sameSemantics {
         let rule = b.rule(standardOp)
         b.infer([op], domain: anvilDomain) { ctx in
             guard let rule else { return [.unknown] }
             let opset = anvilStandardOps[op] ?? 17
-            var inner = InferContext(node: ctx.node, opset: opset, inputs: Array(ctx.inputs.prefix(op == "FusedMatMul" ? 2 : ctx.inputs.count)), freshSymbol: ctx.freshSymbol)
+            var inner = InferContext(node: ctx.node, opset: opset, inputs: Array(ctx.inputs.prefix(op == "FusedMatMul" ? 2 : op == "FusedQLinearConv" ? 9 : op == "FusedQLinearMatMul" ? 8 : ctx.inputs.count)), freshSymbol: ctx.freshSymbol)
             inner.unify = ctx.unify
             return try rule(inner)
         }

@@ -67,11 +67,11 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
     }
     b.infer(["CastLike"]) { ctx in [facts(ctx.type(1).elementType, ctx.dims(0))] }
     b.infer(["MatMul", "MatMulInteger", "QLinearMatMul"]) { ctx in
-        let q = ctx.node.opType == "QLinearMatMul"
+        let q = ctx.node.opType.hasSuffix("QLinearMatMul")
         let (ia, ib) = q ? (0, 3) : (0, 1)
         let element: DataType? = switch ctx.node.opType {
         case "MatMulInteger": .int32
-        case "QLinearMatMul": ctx.type(7).elementType ?? ctx.type(0).elementType
+        case "QLinearMatMul", "FusedQLinearMatMul": ctx.type(7).elementType ?? ctx.type(0).elementType
         default: ctx.type(0).elementType
         }
         guard var a = ctx.dims(ia), var c = ctx.dims(ib), !a.isEmpty, !c.isEmpty else { return [facts(element, nil)] }
@@ -91,8 +91,9 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
     }
     b.infer(["Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"]) { ctx in
         let op = ctx.node.opType
-        let weightIndex = op == "QLinearConv" ? 3 : 1
-        let element: DataType? = op == "ConvInteger" ? .int32 : (op == "QLinearConv" ? ctx.type(7).elementType ?? ctx.type(0).elementType : ctx.type(0).elementType)
+        let quantized = op.hasSuffix("QLinearConv")
+        let weightIndex = quantized ? 3 : 1
+        let element: DataType? = op == "ConvInteger" ? .int32 : (quantized ? ctx.type(7).elementType ?? ctx.type(0).elementType : ctx.type(0).elementType)
         guard let x = ctx.dims(0), x.count >= 3 else { return [facts(element, nil)] }
         let isConv = op.contains("Conv")
         let w = isConv ? ctx.dims(weightIndex) : nil

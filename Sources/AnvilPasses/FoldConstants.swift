@@ -6,8 +6,9 @@ import AnvilOps
 /// Evaluates nodes whose inputs are all known at build time and replaces them by
 /// initializers: Constant nodes, weight transforms, and the Shape → Gather →
 /// Unsqueeze → Concat → Reshape chains exporters emit, once shape inference knows
-/// the shapes. Outputs larger than the fold limit stay as nodes. DequantizeLinear
-/// of weights is kept: it marks a quantized model's structure.
+/// the shapes. Outputs larger than the fold limit stay as nodes. DequantizeLinear of
+/// weights folds too: fold-quantized-layers, which runs first, has already taken the
+/// ones an INT8 kernel reads; the rest feed float layers.
 public struct FoldConstants: Pass {
     public let name = "fold-constants"
     public let summary = "replace nodes computable at build time (including shape arithmetic) by initializers"
@@ -20,8 +21,7 @@ public struct FoldConstants: Pass {
         var constants = graph.initializers.filter { name, _ in !graph.runtimeInputs.contains { $0.name == name } }
         var kept: [Node] = []
         for node in graph.nodes {
-            guard node.subgraphs.isEmpty, node.opType != "DequantizeLinear" || !node.domain.isEmpty,
-                  let def = OpRegistry.lookup(domain: node.domain, opType: node.opType, opset: context.opset(node.domain)) else {
+            guard node.subgraphs.isEmpty, let def = OpRegistry.lookup(domain: node.domain, opType: node.opType, opset: context.opset(node.domain)) else {
                 kept.append(node)
                 continue
             }

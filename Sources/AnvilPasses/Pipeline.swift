@@ -7,6 +7,7 @@ public enum Pipelines {
     /// Every pass, in pipeline order.
     public static var standard: [any Pass] {
         [
+            FoldQuantizedLayers(),
             FoldConstants(),
             InlineConstantIf(),
             LowerIntegerLinear(),

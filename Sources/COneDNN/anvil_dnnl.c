@@ -244,3 +244,27 @@ void anvil_parallel(int parts, anvil_part_fn fn, void *context) {
     gomp_start(anvil_parallel_team, &job, (unsigned)team, 0);
     ANVIL_HAPPENS_AFTER(&job.parts);
 }
+
+/* QuantizeLinear with one scale and zero point: round(x / scale) to nearest even plus the
+   zero point, saturated to the 8-bit range; NaN gives 0. Rounding adds and subtracts
+   1.5 * 2^23 (exact round-to-nearest-even for |q| < 2^22, after clamping), so that the
+   loop vectorizes without SSE4.1's round instruction. */
+static inline float quantize_one(float x, float scale, float zero_point, float lo, float hi) {
+    float q = x / scale;
+    if (q != q) return 0.0f;
+    q = q < -65536.0f ? -65536.0f : (q > 65536.0f ? 65536.0f : q);
+    q = (q + 12582912.0f) - 12582912.0f;
+    q += zero_point;
+    return q < lo ? lo : (q > hi ? hi : q);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void anvil_quantize_linear(const float *x, int64_t count, float scale, float zero_point, int is_signed, void *out) {
+    if (is_signed) {
+        int8_t *y = (int8_t *)out;
+        for (int64_t i = 0; i < count; i++) y[i] = (int8_t)(int32_t)quantize_one(x[i], scale, zero_point, -128.0f, 127.0f);
+    } else {
+        uint8_t *y = (uint8_t *)out;
+        for (int64_t i = 0; i < count; i++) y[i] = (uint8_t)(int32_t)quantize_one(x[i], scale, zero_point, 0.0f, 255.0f);
+    }
+}

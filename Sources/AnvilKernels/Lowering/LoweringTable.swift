@@ -31,7 +31,7 @@ struct LoweringEntry: Sendable {
 /// plan. Rows are in order of preference: an undecided layer takes the first row that
 /// serves its op and fits it, the reference kernel when none does.
 enum LoweringTable {
-    static let entries: [LoweringEntry] = ConvolutionLowering.entries + MatMulLowering.entries + SwiftKernelLowering.entries
+    static let entries: [LoweringEntry] = ConvolutionLowering.entries + QuantizedLowering.entries + MatMulLowering.entries + SwiftKernelLowering.entries
         + PoolingLowering.entries + EltwiseLowering.entries + BinaryLowering.entries + NormalizationLowering.entries
         + SoftmaxLowering.entries + ReductionLowering.entries + AttentionLowering.entries + MovementLowering.entries + ShapeKernelLowering.entries
         + DetectionLowering.entries + RecurrentLowering.entries + IndexingLowering.entries

@@ -8,7 +8,9 @@ enum PoolingLowering {
     ]
 
     static func pooling(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let input = l.value(0), input.dataType == .float, (3...5).contains(input.shape.count) else { return nil }
+        // Floats; 8-bit integers (quantized models) for max pooling, which needs no rescaling.
+        guard let input = l.value(0), input.dataType == .float || ([.uint8, .int8].contains(input.dataType) && l.op.hasSuffix("MaxPool")),
+              (3...5).contains(input.shape.count), let elementType = dnnlType(input.dataType) else { return nil }
         var x = input
         let spatial = Array(x.shape[2...])
         let (_, outShape) = try l.outputType()
@@ -39,7 +41,7 @@ enum PoolingLowering {
         }
         func make(_ x: PlanValue) throws -> (DNNLPrimitive, dnnl_memory_desc_t) {
             var src = try x.descriptor()
-            var dst = try memoryDescriptor(outShape, dnnl_format_tag_any)
+            var dst = try memoryDescriptor(outShape, dnnl_format_tag_any, elementType)
             var desc = dnnl_pooling_v2_desc_t()
             try check(anvil_dnnl_pool_desc(&desc, alg, &src, &dst, Int32(spatial.count), strides.map { Int64($0) }, kernel.map { Int64($0) },
                                            dilations.map { Int64($0) }, padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the pooling")
@@ -52,11 +54,13 @@ enum PoolingLowering {
             (primitive, src) = try make(x)
         }
         let dstLayout = primitive.query(dnnl_query_dst_md)
-        let out = l.plan.newValue(l.layer.outputs[0], .float, outShape, layout: dstLayout)
+        let out = l.plan.newValue(l.layer.outputs[0], input.dataType, outShape, layout: dstLayout)
         let mark = l.plan.steps.count
         try l.emit(.pooling, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_SRC, x, src), (DNNL_ARG_DST, out, dstLayout)]))
         // oneDNN's max drops a NaN unless it comes last in the window: NaN windows go to the reference.
-        if alg == dnnl_pooling_max { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(x, .nan)], inputs: [x], outputs: [out]) }
-        return l.decided(.pooling)
+        if alg == dnnl_pooling_max, input.dataType == .float { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(x, .nan)], inputs: [x], outputs: [out]) }
+        var decision = l.decided(.pooling)
+        if input.dataType != .float { decision.precision = .int8 }
+        return decision
     }
 }

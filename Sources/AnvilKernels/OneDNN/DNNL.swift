@@ -189,12 +189,41 @@ func memoryDescriptor(_ dims: [Int], _ tag: dnnl_format_tag_t, _ type: dnnl_data
     return md
 }
 
+/// How an 8-bit kernel requantizes, as oneDNN's attributes say it: the destination is
+/// `outputScales · (accumulator + bias) + sumScale · (destination − sumZeroPoint)`, then
+/// the activation, then `+ destinationZeroPoint`, rounded to nearest even and saturated;
+/// the source is read as `source − sourceZeroPoint`. A reorder computes
+/// `outputScales · (source − sourceZeroPoint) + destinationZeroPoint`.
+public struct DNNLQuantization: Sendable {
+    /// One scale, or one per output channel.
+    public var outputScales: [Float]
+    public var sourceZeroPoint: Int32 = 0
+    public var destinationZeroPoint: Int32 = 0
+    public var sumScale: Float = 1
+    public var sumZeroPoint: Int32 = 0
+    /// A convolution's 8-bit source and destination types (u8 or s8).
+    public var sourceType = dnnl_u8
+    public var destinationType = dnnl_u8
+    /// A quantization of the result before the residual sum, as a model quantizes a
+    /// convolution's output that it then adds: the output scales then lead to that
+    /// quantization's units, the result is rounded and clamped to [low, high] (its range less
+    /// its zero point), and multiplied by `rescale` into the destination's units.
+    public var intermediate: (low: Float, high: Float, rescale: Float)?
+
+    public init(outputScales: [Float], sourceZeroPoint: Int32 = 0, destinationZeroPoint: Int32 = 0) {
+        self.outputScales = outputScales
+        self.sourceZeroPoint = sourceZeroPoint
+        self.destinationZeroPoint = destinationZeroPoint
+    }
+}
+
 /// Primitive attributes: user scratchpad mode, and post-ops expressing a fused
 /// output scale, binary addition (attention masks), residual sum and activation.
 final class DNNLAttributes {
     let handle: dnnl_primitive_attr_t
 
-    init(sum: Bool = false, activation: Activation? = nil, exactNonFinite: Bool = true, scale: Float? = nil, add: dnnl_memory_desc_t? = nil) throws {
+    init(sum: Bool = false, activation: Activation? = nil, exactNonFinite: Bool = true, scale: Float? = nil, add: dnnl_memory_desc_t? = nil,
+         quantization: DNNLQuantization? = nil) throws {
         var attr: dnnl_primitive_attr_t?
         try check(dnnl_primitive_attr_create(&attr), "creating primitive attributes")
         handle = attr!
@@ -202,11 +231,28 @@ final class DNNLAttributes {
         if var scale {
             try check(dnnl_primitive_attr_set_output_scales(handle, 1, 0, &scale), "setting the output scale")
         }
+        if let q = quantization {
+            // One scale for the whole output (mask 0) or one per channel, dimension 1 (mask 2).
+            try check(dnnl_primitive_attr_set_output_scales(handle, Int64(q.outputScales.count), q.outputScales.count == 1 ? 0 : 2, q.outputScales),
+                      "setting the output scales")
+            for (arg, zero) in [(DNNL_ARG_SRC, q.sourceZeroPoint), (DNNL_ARG_DST, q.destinationZeroPoint)] where zero != 0 {
+                var z = zero
+                try check(dnnl_primitive_attr_set_zero_points(handle, arg, 1, 0, &z), "setting a zero point")
+            }
+        }
         var ops: dnnl_post_ops_t?
         try check(dnnl_post_ops_create(&ops), "creating post-ops")
         defer { dnnl_post_ops_destroy(ops) }
         if var add { try check(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &add), "appending a binary addition") }
-        if sum { try check(dnnl_post_ops_append_sum(ops, 1), "appending the residual sum") }
+        if let inner = quantization?.intermediate {
+            try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_round, 0, 0), "appending a rounding")
+            try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_clip, inner.low, inner.high), "appending a saturation")
+            try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_linear, inner.rescale, 0), "appending a rescaling")
+        }
+        if sum {
+            let q = quantization ?? DNNLQuantization(outputScales: [1])
+            try check(dnnl_post_ops_append_sum_v3(ops, q.sumScale, q.sumZeroPoint, dnnl_data_type_undef), "appending the residual sum")
+        }
         for (alg, alpha, beta) in try Self.eltwise(activation, exactNonFinite: exactNonFinite) {
             try check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, beta), "appending the activation")
         }
@@ -301,12 +347,12 @@ func prepack(_ values: [Float], from user: dnnl_memory_desc_t, to packed: dnnl_m
 }
 
 /// A reorder primitive between two layouts (user scratchpad mode).
-func reorderPrimitive(from: dnnl_memory_desc_t, to: dnnl_memory_desc_t, engine: DNNLEngine) throws -> DNNLPrimitive {
+func reorderPrimitive(from: dnnl_memory_desc_t, to: dnnl_memory_desc_t, engine: DNNLEngine, quantization: DNNLQuantization? = nil) throws -> DNNLPrimitive {
     var pd: dnnl_primitive_desc_t?
     var a = from, b = to
     DNNLPrimitive.creation.enter(exclusive: from.data_type == dnnl_bf16 || to.data_type == dnnl_bf16)
     defer { DNNLPrimitive.creation.leave() }
-    let attributes = try DNNLAttributes()
+    let attributes = try DNNLAttributes(quantization: quantization)
     try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine.handle, &b, engine.handle, attributes.handle), "preparing a reorder")
     return try DNNLPrimitive(descriptor: pd!)
 }

@@ -30,14 +30,16 @@ public final class DNNLConvolution {
     /// along the last spatial dimension, which a width of 1 starves.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                             group: Int, activation: Activation?, exactNonFinite: Bool = true, residual: Bool,
-                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain), precision: Precision = .fp32) throws {
+                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain), precision: Precision = .fp32,
+                            quantization: DNNLQuantization? = nil) throws {
         if let squeezed = try? DNNLConvolution(squeezingWidthOf: inputShape, engine: engine, weights: weights, bias: bias, geometry: g, group: group,
                                                activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic,
-                                               precision: precision) {
+                                               precision: precision, quantization: quantization) {
             self.init(squeezed)
         } else {
             try self.init(engine: engine, shape: inputShape, weights: weights, bias: bias, geometry: g, group: group,
-                          activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision)
+                          activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision,
+                          quantization: quantization)
         }
     }
 
@@ -53,7 +55,7 @@ public final class DNNLConvolution {
     /// layout has no 2-D equivalent.
     private convenience init?(squeezingWidthOf inputShape: [Int], engine: DNNLEngine, weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                               group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
-                              precision: Precision) throws {
+                              precision: Precision, quantization: DNNLQuantization?) throws {
         guard inputShape.count == 4, inputShape[3] == 1, weights.rank == 4, weights.shape[3] == 1, g.output.count == 2, g.output[1] == 1,
               g.padsBegin.count == 2, g.padsBegin[1] == 0, g.padsEnd.count == 2, g.padsEnd[1] == 0, tactic.algorithm == .direct else { return nil }
         let narrow = KernelWeights(name: weights.name, dataType: weights.dataType, shape: Array(weights.shape.prefix(3)), packed: weights.packed,
@@ -62,7 +64,8 @@ public final class DNNLConvolution {
         (line.kernel, line.strides, line.dilations) = ([g.kernel[0]], [g.strides[0]], [g.dilations[0]])
         (line.padsBegin, line.padsEnd, line.output) = ([g.padsBegin[0]], [g.padsEnd[0]], [g.output[0]])
         try self.init(engine: engine, shape: Array(inputShape.prefix(3)), weights: narrow, bias: bias, geometry: line, group: group,
-                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision)
+                      activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision,
+                      quantization: quantization)
         // The same layouts one dimension wider.
         guard let source = try Layout.restated(sourceLayout, shape: Array(inputShape.prefix(3)), as: inputShape),
               let destination = try Layout.restated(destinationLayout, shape: outputShape, as: outputShape + [1]) else { return nil }
@@ -73,14 +76,16 @@ public final class DNNLConvolution {
 
     private init(engine: DNNLEngine, shape inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                  group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
-                 precision: Precision) throws {
+                 precision: Precision, quantization: DNNLQuantization?) throws {
         let spatial = inputShape.count - 2
-        // BF16: activations and weights in BF16, the bias and the accumulation in FP32.
-        let type: dnnl_data_type_t
-        switch precision {
-        case .fp32: type = dnnl_f32
-        case .bf16: type = dnnl_bf16
-        case .fp16, .int8: throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) convolution")
+        // BF16: activations and weights in BF16, the bias and the accumulation in FP32. INT8: 8-bit
+        // activations (the quantization's types), s8 weights, FP32 bias in accumulator units.
+        let (sourceType, weightType, destinationType): (dnnl_data_type_t, dnnl_data_type_t, dnnl_data_type_t)
+        switch (precision, quantization) {
+        case (.fp32, nil): (sourceType, weightType, destinationType) = (dnnl_f32, dnnl_f32, dnnl_f32)
+        case (.bf16, nil): (sourceType, weightType, destinationType) = (dnnl_bf16, dnnl_bf16, dnnl_bf16)
+        case (.int8, let q?): (sourceType, weightType, destinationType) = (q.sourceType, dnnl_s8, q.destinationType)
+        default: throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) convolution")
         }
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] % group == 0, inputShape[1] / group == weights.shape[1], weights.shape[0] % group == 0 else {
@@ -102,13 +107,13 @@ public final class DNNLConvolution {
         let winograd = tactic.algorithm == .winograd
         // A layout outside the vocabulary cannot be asked for: oneDNN's choice then.
         let tag = tactic.layout == .plain ? [dnnl_ncw, dnnl_nchw, dnnl_ncdhw][spatial - 1] : tactic.layout.formatTag(rank: inputShape.count) ?? dnnl_format_tag_any
-        let src = try memoryDescriptor(inputShape, tag, type)
-        let dst = try memoryDescriptor(outputShape, tag, type)
+        let src = try memoryDescriptor(inputShape, tag, sourceType)
+        let dst = try memoryDescriptor(outputShape, tag, destinationType)
         // Grouped weights are [g, cout/g, cin/g, k…]: the same bytes as ONNX's [cout, cin/g, k…].
         let weightDims = group > 1 ? [group, cout / group] + Array(weights.shape.dropFirst()) : weights.shape
         let userTags: [dnnl_format_tag_t] = group > 1 ? [dnnl_goiw, dnnl_goihw, dnnl_goidhw] : [dnnl_oiw, dnnl_oihw, dnnl_oidhw]
         let userWeights = try memoryDescriptor(weightDims, userTags[spatial - 1])
-        var anyWeights = try memoryDescriptor(weightDims, dnnl_format_tag_any, type)
+        var anyWeights = try memoryDescriptor(weightDims, dnnl_format_tag_any, weightType)
         var biasDesc = try memoryDescriptor([cout], dnnl_x)
         var srcDesc = src, dstDesc = dst
         var desc = dnnl_convolution_desc_t()
@@ -118,7 +123,8 @@ public final class DNNLConvolution {
         let biasValues = bias?.floats ?? Array(repeating: 0, count: cout), count = outputShape.reduce(1, *)
         func make(separately: Bool) throws -> DNNLWeightedPrimitive {
             try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: activation, exactNonFinite: exactNonFinite,
-                                      separateActivation: separately, residual: residual, reducedPrecision: precision != .fp32, weights: weights,
+                                      separateActivation: separately, residual: residual, reducedPrecision: precision != .fp32,
+                                      quantization: quantization, weights: weights,
                                       userWeights: userWeights, bias: biasValues, biasDescriptor: biasDesc, outputCount: count)
         }
         do {

@@ -20,7 +20,8 @@ public final class DNNLMatMul {
     /// As above, using prepacked weights in place when one fits.
     /// `precision` BF16: input and weights in BF16, the bias, accumulation and output in FP32.
     public init(engine: DNNLEngine, m: Int, weights: KernelWeights, transposedWeights: Bool = false, alpha: Float = 1,
-                bias: Tensor?, activation: Activation?, exactNonFinite: Bool = true, residual: Bool, precision: Precision = .fp32) throws {
+                bias: Tensor?, activation: Activation?, exactNonFinite: Bool = true, residual: Bool, precision: Precision = .fp32,
+                quantization: DNNLQuantization? = nil) throws {
         guard weights.rank == 2, m > 0 else {
             throw AnvilError.invalidTensor(name: "MatMul", reason: "weights must be 2-D and M positive, got \(weights.shape), M = \(m)")
         }
@@ -29,17 +30,23 @@ public final class DNNLMatMul {
         self.m = m
         if let bias, bias.count != n { throw AnvilError.invalidTensor(name: "MatMul", reason: "bias has \(bias.count) values for N = \(n)") }
         _ = try MemoryPolicy.checkedCount([m, n], .float, for: "the matmul's output")
-        guard precision == .fp32 || precision == .bf16 else { throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) matmul") }
-        let type = precision == .bf16 ? dnnl_bf16 : dnnl_f32
-        var src = try memoryDescriptor([m, k], dnnl_ab, type)
-        var anyWeights = try memoryDescriptor([k, n], dnnl_format_tag_any, type)
+        // INT8: 8-bit input and output (the quantization's types), s8 weights, FP32 bias in accumulator units.
+        let (sourceType, weightType, destinationType): (dnnl_data_type_t, dnnl_data_type_t, dnnl_data_type_t)
+        switch (precision, quantization) {
+        case (.fp32, nil): (sourceType, weightType, destinationType) = (dnnl_f32, dnnl_f32, dnnl_f32)
+        case (.bf16, nil): (sourceType, weightType, destinationType) = (dnnl_bf16, dnnl_bf16, dnnl_f32)
+        case (.int8, let q?): (sourceType, weightType, destinationType) = (q.sourceType, dnnl_s8, q.destinationType)
+        default: throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) matmul")
+        }
+        var src = try memoryDescriptor([m, k], dnnl_ab, sourceType)
+        var anyWeights = try memoryDescriptor([k, n], dnnl_format_tag_any, weightType)
         var biasDesc = try memoryDescriptor([1, n], dnnl_ab)
-        var dst = try memoryDescriptor([m, n], dnnl_ab)
+        var dst = try memoryDescriptor([m, n], dnnl_ab, destinationType)
         var desc = dnnl_matmul_desc_t()
         try check(dnnl_matmul_desc_init(&desc, &src, &anyWeights, &biasDesc, &dst), "describing the matmul")
         // W is K×N; "ba" reads an N×K matrix as its transpose.
         kernel = try DNNLWeightedPrimitive(desc, what: "matmul", engine: engine, activation: activation, exactNonFinite: exactNonFinite, residual: residual,
-                                           reducedPrecision: precision != .fp32,
+                                           reducedPrecision: precision != .fp32, quantization: quantization,
                                            weights: weights.scaled(alpha),
                                            userWeights: try memoryDescriptor([k, n], transposedWeights ? dnnl_ba : dnnl_ab),
                                            bias: bias?.floats ?? Array(repeating: 0, count: n), biasDescriptor: biasDesc, outputCount: m * n)

@@ -30,11 +30,11 @@ final class DNNLWeightedPrimitive {
     /// has that layout (used in place), else `weights` (row-major, described by
     /// `userWeights`) reordered into it.
     init<Operation>(_ operation: Operation, what: String, engine: DNNLEngine, activation: Activation?, exactNonFinite: Bool = true,
-                    separateActivation: Bool = false, residual: Bool, reducedPrecision: Bool = false,
+                    separateActivation: Bool = false, residual: Bool, reducedPrecision: Bool = false, quantization: DNNLQuantization? = nil,
                     weights: KernelWeights, userWeights: dnnl_memory_desc_t, bias: [Float], biasDescriptor: dnnl_memory_desc_t, outputCount: Int) throws {
         let steps = try DNNLAttributes.eltwise(activation, exactNonFinite: exactNonFinite)
         let fused = !separateActivation && DNNLAttributes.fusable(steps)
-        let attributes = try DNNLAttributes(sum: residual, activation: fused ? activation : nil, exactNonFinite: exactNonFinite)
+        let attributes = try DNNLAttributes(sum: residual, activation: fused ? activation : nil, exactNonFinite: exactNonFinite, quantization: quantization)
         primitive = try DNNLPrimitive(operation, attributes: attributes, engine: engine, what: what, reducedPrecision: reducedPrecision)
         var out = primitive.query(dnnl_query_dst_md)
         activationSteps = fused ? [] : try steps.map { alg, alpha, beta in
@@ -57,7 +57,8 @@ final class DNNLWeightedPrimitive {
             ownsWeights = true
         }
         packedWeights = data
-        if weights.exact, !weights.name.isEmpty, let user, let packed {
+        // Float constants only: 8-bit weights are stored as they are and packed when the engine loads.
+        if weights.exact, weights.dataType == .float, !weights.name.isEmpty, let user, let packed {
             storable = PackedWeights(constant: weights.name, user: user, packed: packed, data: UnsafeRawBufferPointer(start: data, count: bytes))
         } else {
             storable = nil

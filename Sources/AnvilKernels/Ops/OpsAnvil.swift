@@ -6,6 +6,14 @@ import AnvilCore
 // - FusedConv(X, W, B?, Sum?), FusedGemm(A, B, C?, Sum?), FusedMatMul(A, B, Bias?, Sum?):
 //   the standard op, plus bias, plus the residual `Sum`, then `activation`
 //   (with `activation_alpha`, `activation_beta`), as oneDNN post-ops compute it.
+// - FusedQLinearConv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point,
+//   B?, Sum?, sum_scale?, sum_zero_point?, inner_scale?, inner_zero_point?): QLinearConv whose
+//   real result (quantized and dequantized with inner_scale and inner_zero_point first, when
+//   given) gets the dequantized `Sum` added and `activation` applied, then is quantized with
+//   y_scale and y_zero_point.
+// - FusedQLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
+//   B?): QLinearMatMul plus an int32 bias per column (in units of a_scale · b_scale), then
+//   `activation`, quantized once.
 // - Gelu, HardSwish, LayerNormalization, RMSNormalization, Attention: the standard
 //   op's semantics for models whose opset predates it; SiLU: x · sigmoid(x).
 
@@ -56,6 +64,32 @@ func registerAnvilOps(_ b: inout KernelTableBuilder) {
             y = try Elementwise.arithmetic(y, bias, op: "FusedMatMul", float: +, integer: &+)
         }
         return try finishFused(ctx, y, sumInput: 3)
+    }
+    b.add1("FusedQLinearConv", domain: anvilDomain) { ctx in
+        // QLinearConv's real result (through its own quantization first, where the model has
+        // one), plus the dequantized residual, then the activation, then quantized.
+        var (real, shape) = try quantizedConvolution(ctx)
+        if let innerScale = ctx.optionalInput(12) {
+            let s = try innerScale.double(at: 0), z = Double(ctx.optionalInput(13)?.int64s.first ?? 0)
+            let inner = try requantize(ctx, real, shape: shape, scale: s, zeroPoint: ctx.optionalInput(13), like: .uint8)
+            real = inner.doubles.map { ($0 - z) * s }
+        }
+        if let sum = ctx.optionalInput(9) {
+            guard sum.shape == shape else { throw ctx.fail("residual input \(sum.shape) does not match the output \(shape)") }
+            let scale = try ctx.input(10).double(at: 0), zero = Double(ctx.optionalInput(11)?.int64s.first ?? 0)
+            for (i, v) in sum.doubles.enumerated() { real[i] += (v - zero) * scale }
+        }
+        if let activation = try fusedActivation(ctx) {
+            real = try activation.apply(Tensor(.double, shape: shape, doubles: real)).doubles
+        }
+        return try requantize(ctx, real, shape: shape, scale: try ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: .uint8)
+    }
+    b.add1("FusedQLinearMatMul", domain: anvilDomain) { ctx in
+        var (real, shape) = try quantizedMatMul(ctx, bias: ctx.optionalInput(8))
+        if let activation = try fusedActivation(ctx) {
+            real = try activation.apply(Tensor(.double, shape: shape, doubles: real)).doubles
+        }
+        return try requantize(ctx, real, shape: shape, scale: try ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: .uint8)
     }
     b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
     for (op, opset) in anvilStandardOps {

@@ -111,38 +111,31 @@ func registerQuantization(_ b: inout KernelTableBuilder) {
         return try Tensor(.int32, shape: [x.shape[0], w.shape[0]] + g.output, int64s: y)
     }
     b.add1("QLinearConv", since: 10) { ctx in
-        let x = try ctx.input(0), w = try ctx.input(3), yZero = ctx.optionalInput(7)
-        let attrs = try WindowAttributes(ctx)
-        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
-        let xv = try subtractZeroPoint(ctx, x, ctx.input(2), axis: 1, perRow: false)
-        let wv = try subtractZeroPoint(ctx, w, ctx.input(5), axis: 0, perRow: false)
-        var acc = try named(ctx) { try Linear.convInteger(xv, xShape: x.shape, wv, wShape: w.shape, geometry: g, group: attrs.group) }
-        let cout = w.shape[0], outSize = g.output.reduce(1, *)
-        if let bias = ctx.optionalInput(8) {
-            let bv = bias.int64s
-            guard bv.count == cout else { throw ctx.fail("bias has \(bv.count) values for \(cout) output channels") }
-            for i in 0..<acc.count { acc[i] += bv[(i / outSize) % cout] }
-        }
-        let xs = try ctx.input(1).double(at: 0)
-        let ws = try ctx.input(4).doubles
-        guard ws.count == 1 || ws.count == cout else { throw ctx.fail("w_scale has \(ws.count) values for \(cout) output channels") }
-        let ys = try ctx.input(6).double(at: 0)
-        let real = acc.indices.map { Double(acc[$0]) * xs * ws[ws.count == 1 ? 0 : ($0 / outSize) % cout] }
-        return try requantize(ctx, real, shape: [x.shape[0], cout] + g.output, scale: ys, zeroPoint: yZero, like: x.dataType)
+        let (real, shape) = try quantizedConvolution(ctx)
+        return try requantize(ctx, real, shape: shape, scale: try ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: .uint8)
     }
     b.add1("QLinearMatMul", since: 10) { ctx in
-        let a = try ctx.input(0), bm = try ctx.input(3)
-        let av = try subtractZeroPoint(ctx, a, ctx.input(2), axis: a.rank - 2, perRow: true)
-        let bv = try subtractZeroPoint(ctx, bm, ctx.input(5), axis: bm.rank - 1, perRow: false)
-        let r = try named(ctx) { try Linear.matmulInteger(av, aShape: a.shape, bv, bShape: bm.shape) }
-        let aScale = try ctx.input(1).doubles, bScale = try ctx.input(4).doubles
-        let n = r.shape.last ?? 1, m = r.shape.count >= 2 ? r.shape[r.shape.count - 2] : 1
-        let real = r.values.indices.map { i -> Double in
-            let row = (i / n) % m, col = i % n
-            return Double(r.values[i]) * aScale[aScale.count == 1 ? 0 : row] * bScale[bScale.count == 1 ? 0 : col]
-        }
-        return try requantize(ctx, real, shape: r.shape, scale: ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: a.dataType)
+        let (real, shape) = try quantizedMatMul(ctx)
+        return try requantize(ctx, real, shape: shape, scale: ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: try ctx.input(0).dataType)
     }
+}
+
+/// QLinearMatMul's result before requantization, in real units; with `bias` (int32, one per
+/// column, in units of a_scale · b_scale) added.
+func quantizedMatMul(_ ctx: EvalContext, bias: Tensor? = nil) throws -> (real: [Double], shape: [Int]) {
+    let a = try ctx.input(0), bm = try ctx.input(3)
+    let av = try subtractZeroPoint(ctx, a, ctx.input(2), axis: a.rank - 2, perRow: true)
+    let bv = try subtractZeroPoint(ctx, bm, ctx.input(5), axis: bm.rank - 1, perRow: false)
+    let r = try named(ctx) { try Linear.matmulInteger(av, aShape: a.shape, bv, bShape: bm.shape) }
+    let aScale = try ctx.input(1).doubles, bScale = try ctx.input(4).doubles
+    let n = r.shape.last ?? 1, m = r.shape.count >= 2 ? r.shape[r.shape.count - 2] : 1
+    let b = bias?.int64s
+    if let b, b.count != n { throw ctx.fail("bias has \(b.count) values for \(n) columns") }
+    let real = r.values.indices.map { i -> Double in
+        let row = (i / n) % m, col = i % n
+        return Double(r.values[i] + (b?[col] ?? 0)) * aScale[aScale.count == 1 ? 0 : row] * bScale[bScale.count == 1 ? 0 : col]
+    }
+    return (real, r.shape)
 }
 
 /// The integer values of `t` minus its zero point, which is a scalar or one value
@@ -170,4 +163,27 @@ func requantize(_ ctx: EvalContext, _ real: [Double], shape: [Int], scale: Doubl
         return r.isNaN ? Int64(z) : Int64(min(max(r, lo), hi))
     }
     return try Tensor(type, shape: shape, int64s: q)
+}
+
+/// QLinearConv's result before requantization, in real units: the exact integer convolution of
+/// the inputs less their zero points, plus the int32 bias, times x_scale · w_scale (per
+/// output channel).
+func quantizedConvolution(_ ctx: EvalContext) throws -> (real: [Double], shape: [Int]) {
+    let x = try ctx.input(0), w = try ctx.input(3)
+    let attrs = try WindowAttributes(ctx)
+    let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
+    let xv = try subtractZeroPoint(ctx, x, ctx.input(2), axis: 1, perRow: false)
+    let wv = try subtractZeroPoint(ctx, w, ctx.input(5), axis: 0, perRow: false)
+    var acc = try named(ctx) { try Linear.convInteger(xv, xShape: x.shape, wv, wShape: w.shape, geometry: g, group: attrs.group) }
+    let cout = w.shape[0], outSize = g.output.reduce(1, *)
+    if let bias = ctx.optionalInput(8) {
+        let bv = bias.int64s
+        guard bv.count == cout else { throw ctx.fail("bias has \(bv.count) values for \(cout) output channels") }
+        for i in 0..<acc.count { acc[i] += bv[(i / outSize) % cout] }
+    }
+    let xs = try ctx.input(1).double(at: 0)
+    let ws = try ctx.input(4).doubles
+    guard ws.count == 1 || ws.count == cout else { throw ctx.fail("w_scale has \(ws.count) values for \(cout) output channels") }
+    let real = acc.indices.map { Double(acc[$0]) * xs * ws[ws.count == 1 ? 0 : ($0 / outSize) % cout] }
+    return (real, [x.shape[0], cout] + g.output)
 }

@@ -210,6 +210,15 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case cumulativeSum = 46
     /// TopK of floats.
     case topK = 47
+    /// QLinearConv and FusedQLinearConv: 8-bit activations and weights, 32-bit accumulation,
+    /// requantized by output scales (oneDNN's INT8 convolution).
+    case quantizedConvolution = 48
+    /// QuantizeLinear with one scale and zero point (Swift: divides, as the specification does).
+    case quantize = 49
+    /// QLinearMatMul and FusedQLinearMatMul with constant int8 weights (oneDNN's INT8 matmul).
+    case quantizedMatmul = 50
+    /// DequantizeLinear of 8-bit values with one scale and zero point: a scaling reorder.
+    case dequantize = 51
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -218,7 +227,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
              .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme,
-             .roiAlign, .dynamicQuantize, .lstm, .gatherND, .gatherElements, .cumulativeSum, .topK: .swift
+             .roiAlign, .dynamicQuantize, .lstm, .gatherND, .gatherElements, .cumulativeSum, .topK, .quantize: .swift
         default: .onednn
         }
     }
@@ -272,6 +281,10 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .gatherElements: "gather elements"
         case .cumulativeSum: "cumulative sum"
         case .topK: "top k"
+        case .quantizedConvolution: "quantized convolution"
+        case .quantize: "quantize"
+        case .quantizedMatmul: "quantized matmul"
+        case .dequantize: "dequantize"
         }
     }
 }

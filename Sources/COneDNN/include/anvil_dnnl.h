@@ -71,4 +71,8 @@ void anvil_parallel(int parts, anvil_part_fn fn, void *context);
 /// The number of threads `anvil_parallel` would use (OpenMP's maximum; 1 without OpenMP).
 int anvil_parallel_threads(void);
 
+/// QuantizeLinear's arithmetic on `count` floats: round(x / scale) to nearest even plus the zero
+/// point, saturated to int8 (is_signed) or uint8; NaN gives 0.
+void anvil_quantize_linear(const float *x, int64_t count, float scale, float zero_point, int is_signed, void *out);
+
 #endif

@@ -1,0 +1,260 @@
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+import AnvilOps
+
+/// Explicit quantization, as TensorRT honours it: the QuantizeLinear / DequantizeLinear
+/// pairs a quantizer wrote (ONNX Runtime's quantize_static, PyTorch, NNCF) are folded
+/// into the layers between them, which then compute on 8-bit integers:
+///
+/// - DQ(x) → Conv(DQ(w), DQ(b)?) → [Relu | Clip] → Q becomes QLinearConv (the standard op),
+///   or Anvil's FusedQLinearConv where the activation changes the result (a Relu whose
+///   quantization range reaches below 0, a Clip inside it);
+/// - DQ(a) + DQ(b) → [Relu] → Q, where a is a quantized convolution read only there,
+///   becomes that convolution with the residual b summed in its requantization (after the
+///   convolution's own output quantization, which the kernel rounds and saturates in its
+///   post-ops, so the result is the model's);
+/// - DQ(a) → MatMul or Gemm(DQ(w), DQ(b)?) → [Relu | Clip] → Q with constant int8 weights
+///   becomes QLinearMatMul, or Anvil's FusedQLinearMatMul with the int32 bias (and activation);
+/// - DQ(x) → MaxPool → Q with the same scale and zero point becomes MaxPool on x.
+///
+/// The weights' DequantizeLinear is left in place for the convolution to read the int8
+/// weights; the pass runs before constant folding, which would otherwise turn it into
+/// float weights. What it does not fold keeps its exact float semantics.
+public struct FoldQuantizedLayers: Pass {
+    public let name = "fold-quantized-layers"
+    public let summary = "fold QuantizeLinear/DequantizeLinear pairs into INT8 convolutions (residual sum, ReLU) and max pooling"
+    public init() {}
+    public func run(_ context: PassContext) throws -> Bool {
+        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.maxPool]).run(context)
+    }
+
+    /// One quantization of a tensor: its scale and zero point names and values.
+    struct Quantization {
+        var scale: String
+        var zero: String?
+        var scaleValue: Double
+        var zeroValue: Int64
+        var type: DataType
+
+        /// The quantized range's lower end in real units.
+        var lowest: Double { (Double(type == .uint8 ? 0 : -128) - Double(zeroValue)) * scaleValue }
+        var highest: Double { (Double(type == .uint8 ? 255 : 127) - Double(zeroValue)) * scaleValue }
+
+        func same(as other: Quantization) -> Bool { scaleValue == other.scaleValue && zeroValue == other.zeroValue && type == other.type }
+    }
+
+    /// The per-tensor parameters of a QuantizeLinear or DequantizeLinear: one finite positive
+    /// float scale and one 8-bit zero point (absent: uint8 0), constant. `type` is the
+    /// quantized element type when known from elsewhere.
+    static func parameters(_ node: Node, _ ctx: RewriteContext, type known: DataType?) -> Quantization? {
+        guard node.domain.isEmpty, node.inputs.count >= 2, let s = ctx.constant(node.inputs[1]), s.dataType == .float, s.count == 1,
+              let scale = s.doubles.first, scale.isFinite, scale > 0,
+              (try? AttributeReader(node: node).int("block_size", 0)) == 0, (try? AttributeReader(node: node).int("saturate", 1)) == 1 else { return nil }
+        var zero: Int64 = 0, type = known ?? .uint8
+        if node.inputs.count > 2, !node.inputs[2].isEmpty {
+            guard let z = ctx.constant(node.inputs[2]), z.count == 1 else { return nil }
+            zero = z.int64s[0]
+            type = z.dataType
+        } else if let requested = try? AttributeReader(node: node).int("output_dtype"), node.opType == "QuantizeLinear" {
+            guard let t = DataType(rawValue: Int32(clamping: requested)) else { return nil }
+            type = t
+        }
+        guard [.uint8, .int8].contains(type), known.map({ $0 == type }) ?? true else { return nil }
+        return Quantization(scale: node.inputs[1], zero: node.inputs.count > 2 && !node.inputs[2].isEmpty ? node.inputs[2] : nil,
+                            scaleValue: scale, zeroValue: zero, type: type)
+    }
+
+    /// The DequantizeLinear producing `value` from an 8-bit tensor, with its parameters.
+    static func dequantized(_ value: String, _ ctx: RewriteContext) -> (node: Node, input: String, q: Quantization)? {
+        guard let dq = ctx.producer(value), dq.opType == "DequantizeLinear", let type = ctx.type(dq.inputs[0]).elementType,
+              let q = parameters(dq, ctx, type: type) else { return nil }
+        return (dq, dq.inputs[0], q)
+    }
+
+    /// A zero point's name: the node's own, or a new constant 0 of `type`.
+    static func zeroName(_ q: Quantization, _ ctx: RewriteContext, _ initializers: inout [(String, Tensor)], like: String) throws -> String {
+        if let z = q.zero { return z }
+        let name = ctx.graph.freshName("\(like)_zero_point")
+        initializers.append((name, try Tensor(q.type, shape: [], int64s: [0])))
+        return name
+    }
+
+    /// The activation between a layer and its QuantizeLinear: nil when there is none; `drop` when
+    /// the quantization's own saturation computes it (a Relu or Clip whose bounds lie outside the
+    /// quantized range); else its fused attributes.
+    enum ActivationFold { case none, drop, fused([String: Attribute]) }
+    static func activation(_ node: Node?, _ q: Quantization, _ ctx: RewriteContext) -> ActivationFold? {
+        guard let node else { return ActivationFold.none }
+        guard node.domain.isEmpty else { return nil }
+        var lo = -Double.infinity, hi = Double.infinity
+        switch node.opType {
+        case "Relu": lo = 0
+        case "Clip":
+            if let a = try? AttributeReader(node: node), ctx.pass.opset() < 11 {
+                lo = Double((try? a.float("min", -.greatestFiniteMagnitude)) ?? -.greatestFiniteMagnitude)
+                hi = Double((try? a.float("max", .greatestFiniteMagnitude)) ?? .greatestFiniteMagnitude)
+            } else {
+                for (i, bound) in [(1, "min"), (2, "max")] where node.inputs.count > i && !node.inputs[i].isEmpty {
+                    guard let v = ctx.constant(node.inputs[i]), v.count == 1, let d = v.doubles.first else { return nil }
+                    if bound == "min" { lo = d } else { hi = d }
+                }
+            }
+        default: return nil
+        }
+        if lo <= q.lowest && hi >= q.highest { return .drop }
+        if node.opType == "Relu" { return .fused(["activation": .string("Relu")]) }
+        return .fused(["activation": .string("Clip"), "activation_alpha": .float(Float(lo)), "activation_beta": .float(Float(hi))])
+    }
+
+    /// The node before a QuantizeLinear and the activation between them, each read only by the next.
+    static func layerBefore(_ q: Node, _ ctx: RewriteContext) -> (layer: Node, activation: Node?)? {
+        guard let p = ctx.producer(q.inputs[0]), ctx.uses.soleConsumer(p.outputs[0]) === q else { return nil }
+        if p.domain.isEmpty, p.opType == "Relu" || p.opType == "Clip", let inner = ctx.producer(p.inputs[0]), ctx.uses.soleConsumer(inner.outputs[0]) === p {
+            return (inner, p)
+        }
+        return (p, nil)
+    }
+
+    static let convolution = RewriteRule("quantized conv", roots: ["QuantizeLinear"]) { q, ctx in
+        guard let (conv, act) = layerBefore(q, ctx), conv.opType == "Conv", conv.domain.isEmpty, conv.outputs.count == 1, conv.inputs.count >= 2,
+              let x = dequantized(conv.inputs[0], ctx), let out = parameters(q, ctx, type: nil),
+              let wdq = ctx.producer(conv.inputs[1]), wdq.opType == "DequantizeLinear", wdq.domain.isEmpty, wdq.inputs.count >= 2,
+              let w = ctx.constant(wdq.inputs[0]), w.dataType == .int8, w.rank >= 3, let ws = ctx.constant(wdq.inputs[1]), ws.dataType == .float,
+              ws.count == 1 || (ws.count == w.shape[0] && ws.rank == 1 && (try? AttributeReader(node: wdq).int("axis", 1)) == 0),
+              let fusedActivation = activation(act, out, ctx) else { return nil }
+        if wdq.inputs.count > 2, !wdq.inputs[2].isEmpty {
+            guard let z = ctx.constant(wdq.inputs[2]), z.dataType == .int8, z.int64s.allSatisfy({ $0 == 0 }) else { return nil }
+        }
+        if case .fused = fusedActivation, ctx.pass.standardOnly { return nil }
+        var initializers: [(String, Tensor)] = []
+        let cout = w.shape[0]
+        guard let bias = try accumulatorBias(conv.inputs.count > 2 ? conv.inputs[2] : nil, channels: cout, scales: ws.doubles.map { $0 * x.q.scaleValue },
+                                             ctx, &initializers, like: conv.name) else { return nil }
+        var wz = wdq.inputs.count > 2 && !wdq.inputs[2].isEmpty ? wdq.inputs[2] : ""
+        if wz.isEmpty {
+            wz = ctx.graph.freshName("\(conv.name)_weight_zero_point")
+            initializers.append((wz, try Tensor(.int8, shape: [], int64s: [0])))
+        }
+        let inputs = [x.input, x.q.scale, try zeroName(x.q, ctx, &initializers, like: x.input), wdq.inputs[0], wdq.inputs[1], wz,
+                      out.scale, try zeroName(out, ctx, &initializers, like: q.outputs[0]), bias]
+        let trimmed = bias.isEmpty ? Array(inputs.dropLast()) : inputs
+        let removed = [conv] + (act.map { [$0] } ?? []) + [q]
+        let fusedFrom = removed.flatMap(\.fusedFrom)
+        let node: Node
+        if case .fused(let extra) = fusedActivation {
+            ctx.pass.useAnvilDomain()
+            node = Node(name: conv.name, opType: "FusedQLinearConv", domain: anvilDomain, inputs: trimmed, outputs: q.outputs,
+                        attributes: conv.attributes.merging(extra) { $1 }, fusedFrom: fusedFrom)
+        } else {
+            node = Node(name: conv.name, opType: "QLinearConv", inputs: trimmed, outputs: q.outputs, attributes: conv.attributes, fusedFrom: fusedFrom)
+        }
+        return Patch(statistic: "DQ → Conv → Q → QLinearConv", remove: removed, add: [node], initializers: initializers)
+    }
+
+    /// The int32 bias of a quantized layer in accumulator units: ONNX Runtime's DequantizeLinear of
+    /// an int32 constant with exactly that scale as it is, a float constant rounded; "" when absent,
+    /// nil when neither.
+    static func accumulatorBias(_ value: String?, channels: Int, scales: [Double], _ ctx: RewriteContext,
+                                _ initializers: inout [(String, Tensor)], like: String) throws -> String? {
+        guard let value, !value.isEmpty else { return "" }
+        if let bdq = ctx.producer(value), bdq.opType == "DequantizeLinear", let b = ctx.constant(bdq.inputs[0]), b.dataType == .int32,
+           b.count == channels, let bs = ctx.constant(bdq.inputs[1]), bs.count == 1 || bs.count == channels,
+           zip(bs.doubles, bs.count == 1 ? [scales[0]] : scales).allSatisfy({ abs($0 - $1) <= 1e-6 * $1 }),
+           bdq.inputs.count < 3 || bdq.inputs[2].isEmpty || ctx.constant(bdq.inputs[2])?.int64s.allSatisfy({ $0 == 0 }) == true {
+            return bdq.inputs[0]
+        }
+        guard let b = ctx.constant(value), b.dataType == .float, b.count == channels else { return nil }
+        let values = b.doubles.enumerated().map { i, v in (v / scales[scales.count == 1 ? 0 : i]).rounded() }
+        guard values.allSatisfy({ abs($0) < Double(1 << 31) }) else { return nil }
+        let name = ctx.graph.freshName("\(like)_bias_int32")
+        initializers.append((name, try Tensor(.int32, shape: [channels], int64s: values.map { Int64($0) })))
+        return name
+    }
+
+    static let matmul = RewriteRule("quantized matmul", roots: ["QuantizeLinear"]) { q, ctx in
+        guard let (mm, act) = layerBefore(q, ctx), mm.opType == "MatMul" || mm.opType == "Gemm", mm.domain.isEmpty, mm.outputs.count == 1,
+              mm.inputs.count >= 2, let a = dequantized(mm.inputs[0], ctx), let aRank = ctx.type(a.input).rank, aRank >= 2,
+              let out = parameters(q, ctx, type: nil), let wdq = ctx.producer(mm.inputs[1]), wdq.opType == "DequantizeLinear", wdq.domain.isEmpty,
+              wdq.inputs.count >= 2, let w = ctx.constant(wdq.inputs[0]), w.dataType == .int8, w.rank == 2,
+              let ws = ctx.constant(wdq.inputs[1]), ws.dataType == .float, let fusedActivation = activation(act, out, ctx) else { return nil }
+        let gemm = mm.opType == "Gemm", reader = AttributeReader(node: mm)
+        let transposed = gemm && (try? reader.int("transB", 0)) != 0
+        if gemm {
+            guard aRank == 2, (try? reader.int("transA", 0)) == 0, (try? reader.float("alpha", 1)) == 1, (try? reader.float("beta", 1)) == 1 else { return nil }
+        } else if mm.inputs.count > 2 {
+            return nil
+        }
+        let (k, n) = transposed ? (w.shape[1], w.shape[0]) : (w.shape[0], w.shape[1])
+        // Scales along the columns (N): axis 0 of Gemm's N×K weights, axis 1 of K×N ones.
+        let axis = (try? AttributeReader(node: wdq).int("axis", 1)) ?? 1
+        guard ws.count == 1 || (ws.count == n && ws.rank == 1 && (axis == (transposed ? 0 : 1) || (!transposed && axis == -1))) else { return nil }
+        if wdq.inputs.count > 2, !wdq.inputs[2].isEmpty {
+            guard let z = ctx.constant(wdq.inputs[2]), z.dataType == .int8, z.int64s.allSatisfy({ $0 == 0 }) else { return nil }
+        }
+        var initializers: [(String, Tensor)] = []
+        guard let bias = try accumulatorBias(gemm && mm.inputs.count > 2 ? mm.inputs[2] : nil, channels: n, scales: ws.doubles.map { $0 * a.q.scaleValue },
+                                             ctx, &initializers, like: mm.name) else { return nil }
+        if case .fused = fusedActivation, ctx.pass.standardOnly { return nil }
+        if !bias.isEmpty, ctx.pass.standardOnly { return nil }
+        var weights = wdq.inputs[0]
+        if transposed {
+            let v = w.int64s
+            weights = ctx.graph.freshName("\(wdq.inputs[0])_kn")
+            initializers.append((weights, try Tensor(.int8, shape: [k, n], int64s: (0..<(k * n)).map { v[($0 % n) * k + $0 / n] })))
+        }
+        let wz = ctx.graph.freshName("\(mm.name)_weight_zero_point")
+        initializers.append((wz, try Tensor(.int8, shape: ws.shape, int64s: Array(repeating: 0, count: ws.count))))
+        let inputs = [a.input, a.q.scale, try zeroName(a.q, ctx, &initializers, like: a.input), weights, wdq.inputs[1], wz,
+                      out.scale, try zeroName(out, ctx, &initializers, like: q.outputs[0])]
+        let removed = [mm] + (act.map { [$0] } ?? []) + [q]
+        let fusedFrom = removed.flatMap(\.fusedFrom)
+        if case .none = fusedActivation, bias.isEmpty {
+            let node = Node(name: mm.name, opType: "QLinearMatMul", inputs: inputs, outputs: q.outputs, fusedFrom: fusedFrom)
+            return Patch(statistic: "DQ → MatMul → Q → QLinearMatMul", remove: removed, add: [node], initializers: initializers)
+        }
+        var attributes: [String: Attribute] = [:]
+        if case .fused(let extra) = fusedActivation { attributes = extra }
+        ctx.pass.useAnvilDomain()
+        let node = Node(name: mm.name, opType: "FusedQLinearMatMul", domain: anvilDomain, inputs: inputs + [bias], outputs: q.outputs,
+                        attributes: attributes, fusedFrom: fusedFrom)
+        return Patch(statistic: "DQ → \(mm.opType) → Q → FusedQLinearMatMul", remove: removed, add: [node], initializers: initializers)
+    }
+
+    static let residual = RewriteRule("quantized residual", roots: ["QuantizeLinear"]) { q, ctx in
+        guard !ctx.pass.standardOnly, let (add, act) = layerBefore(q, ctx), add.opType == "Add", add.domain.isEmpty, add.inputs.count == 2,
+              add.inputs[0] != add.inputs[1], let out = parameters(q, ctx, type: nil), let fusedActivation = activation(act, out, ctx) else { return nil }
+        for side in [0, 1] {
+            guard let mine = dequantized(add.inputs[side], ctx), let other = dequantized(add.inputs[1 - side], ctx),
+                  ctx.uses.soleConsumer(mine.node.outputs[0]) === add, let conv = ctx.producer(mine.input),
+                  ctx.uses.soleConsumer(conv.outputs[0]) === mine.node, other.q.type == out.type,
+                  ctx.type(add.outputs[0]).dims == ctx.type(other.input).dims, ctx.type(other.input).dims != nil else { continue }
+            // A convolution that has neither a residual nor an activation yet (the sum comes before the activation).
+            let plain = conv.domain.isEmpty && conv.opType == "QLinearConv"
+            let fusedPlain = conv.domain == anvilDomain && conv.opType == "FusedQLinearConv" && conv.inputs.count <= 9 && conv.attributes["activation"] == nil
+            guard plain || fusedPlain, conv.inputs.count >= 8 else { continue }
+            var initializers: [(String, Tensor)] = []
+            var inputs = Array(conv.inputs.prefix(6)) + [out.scale, try zeroName(out, ctx, &initializers, like: q.outputs[0])]
+            inputs.append(conv.inputs.count > 8 ? conv.inputs[8] : "")
+            inputs += [other.input, other.q.scale, try zeroName(other.q, ctx, &initializers, like: other.input)]
+            // The convolution's own output quantization stays, as the model has it: rounded before the sum.
+            inputs += [conv.inputs[6], conv.inputs[7]]
+            var attributes = conv.attributes
+            if case .fused(let extra) = fusedActivation { attributes.merge(extra) { $1 } }
+            ctx.pass.useAnvilDomain()
+            let removed = [conv, mine.node, add] + (act.map { [$0] } ?? []) + [q]
+            let node = Node(name: conv.name, opType: "FusedQLinearConv", domain: anvilDomain, inputs: inputs, outputs: q.outputs,
+                            attributes: attributes, fusedFrom: removed.flatMap(\.fusedFrom))
+            return Patch(statistic: "QLinearConv + DQ → Add → Q → FusedQLinearConv", remove: removed, add: [node], initializers: initializers)
+        }
+        return nil
+    }
+
+    static let maxPool = RewriteRule("quantized max pool", roots: ["QuantizeLinear"]) { q, ctx in
+        guard ctx.pass.opset() >= 12, let (pool, act) = layerBefore(q, ctx), act == nil, pool.opType == "MaxPool", pool.domain.isEmpty,
+              pool.outputs.count == 1, let x = dequantized(pool.inputs[0], ctx), let out = parameters(q, ctx, type: nil), out.same(as: x.q) else { return nil }
+        let node = Node(name: pool.name, opType: "MaxPool", inputs: [x.input], outputs: q.outputs, attributes: pool.attributes,
+                        fusedFrom: pool.fusedFrom + q.fusedFrom)
+        return Patch(statistic: "DQ → MaxPool → Q → MaxPool", remove: [pool, q], add: [node])
+    }
+}

@@ -1,0 +1,111 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilEngine
+import AnvilIR
+import AnvilKernels
+import AnvilONNX
+import AnvilOps
+import AnvilPasses
+import AnvilRuntime
+import Foundation
+import XCTest
+
+/// Explicit quantization (fixtures/quantized, tools/make-quantized-fixtures: a small residual
+/// CNN quantized by ONNX Runtime's quantize_static): the Q/DQ pairs fold into INT8
+/// convolutions and matrix products on oneDNN, nothing runs on a reference kernel, and the
+/// outputs are ONNX Runtime's exactly (both honour every rounding the model asks for).
+final class QuantizedModelTests: XCTestCase {
+    func model(_ name: String) throws -> Model { try ONNXImporter.load(path: TestSupport.fixture("quantized/\(name)/model.onnx")) }
+
+    /// Feeds and ONNX Runtime's outputs of a fixture's data sets.
+    func dataSets(_ name: String, _ model: Model) throws -> [(feeds: [String: Tensor], expected: [Tensor])] {
+        try TestDataSet.folders(under: TestSupport.fixture("quantized/\(name)")).map { folder in
+            let data = try TestDataSet.load(folder)
+            var feeds: [String: Tensor] = [:]
+            for (input, value) in zip(model.graph.inputs, data.inputs) { feeds[input.name] = value.tensor }
+            return (feeds, data.outputs.map(\.tensor))
+        }
+    }
+
+    func testQDQModelsRunOnINT8KernelsAndMatchOnnxRuntime() throws {
+        // Unsigned and signed activations, per-channel and per-tensor weight scales.
+        for name in ["qdq_resnet", "qdq_resnet_s8", "qdq_tensor_scales"] {
+            let model = try model(name)
+            let built = try EngineBuilder().build(model, name: name)
+            let layers = built.graph.layers
+            XCTAssertTrue(layers.allSatisfy { $0.decision?.isSlowPath == false }, "\(name): \(layers.filter { $0.decision?.isSlowPath != false }.map(\.name))")
+            let convolutions = layers.filter { $0.decision?.kernel == .quantizedConvolution }
+            XCTAssertEqual(convolutions.count, 8, name)
+            XCTAssertTrue(convolutions.allSatisfy { $0.decision?.precision == .int8 }, name)
+            // Both residual additions fold into the convolution before them.
+            XCTAssertEqual(convolutions.filter { $0.decision?.postOps.residual == true }.count, 2, name)
+            XCTAssertEqual(layers.filter { $0.decision?.kernel == .quantizedMatmul }.count, 1, "\(name): the classifier's Gemm")
+            XCTAssertEqual(layers.filter { $0.opType == "MaxPool" }.first?.decision?.precision, .int8, "\(name): max pooling on 8-bit values")
+            // Read back from the file's bytes, as from disk.
+            let loaded = try Engine(file: try built.file.encoded().withUnsafeBytes { try EngineFile.decode($0, file: name) }, name: name)
+            let context = ExecutionContext(engine: loaded)
+            for (feeds, expected) in try dataSets(name, model) {
+                for _ in 0..<2 {
+                    let actual = try context.run(feeds)
+                    XCTAssertEqual(actual[0].value.floats, expected[0].floats, "\(name): ONNX Runtime's output exactly")
+                }
+                // The reference executor on the model as written agrees as well.
+                XCTAssertEqual(try ReferenceExecutor(model: model).run(feeds)[0].value.floats, expected[0].floats, name)
+            }
+        }
+    }
+
+    func testFoldedGraphMatchesTheModelOnTheReferenceExecutor() throws {
+        // The optimized graph (QLinearConv, FusedQLinearConv with residual and inner
+        // quantization, FusedQLinearMatMul) computes what the Q/DQ model does: the fused ops'
+        // reference kernels are checked against ONNX Runtime's numbers, kernel by kernel.
+        let model = try model("qdq_resnet")
+        let optimized = model.copy()
+        let context = try PipelineRunner().run(optimized)
+        let ops = Set(optimized.graph.nodes.map(\.opType))
+        XCTAssertTrue(ops.isSuperset(of: ["QLinearConv", "FusedQLinearConv", "FusedQLinearMatMul"]), "\(ops)")
+        XCTAssertFalse(ops.contains("Conv"), "\(ops)")
+        XCTAssertNotNil(context.statistics["fold-quantized-layers"])
+        for (feeds, expected) in try dataSets("qdq_resnet", model) {
+            XCTAssertEqual(try ReferenceExecutor(model: optimized).run(feeds)[0].value.floats, expected[0].floats)
+        }
+    }
+
+    func testOptimizedModelExportsBodiesOnnxRuntimeRuns() throws {
+        // Anvil's quantized ops leave `anvil optimize` as functions of standard ops
+        // (DequantizeLinear, Conv, QuantizeLinear …): ONNX Runtime runs the export and gets its own numbers.
+        let folder = try TestSupport.temporaryFolder(), optimized = folder + "/optimized.onnx"
+        let result = try TestSupport.run(["optimize", TestSupport.fixture("quantized/qdq_resnet/model.onnx"), "-o", optimized])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(try ONNXImporter.load(path: optimized).graph.nodes.contains { $0.opType == "FusedQLinearConv" })
+        XCTAssertEqual(try ExportChecks.onnxRuntimeStatus(optimized, reference: TestSupport.fixture("quantized/qdq_resnet")), 0)
+    }
+
+    func testQuantizeLinearDividesAsTheSpecificationSays() throws {
+        // x / scale rounds differently from x · (1 / scale) at ties, which inputs on a grid
+        // (images: pixel / 255) hit often; QuantizeLinear's kernel must divide.
+        let scale: Float = 0.01960784, values: [Float] = (0..<256).map { Float($0) / 255 * 5 - 2.5 } + [.nan, .infinity, -.infinity, 1e9, -1e9]
+        let graph = Graph(name: "q", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [values.count]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [values.count]))],
+                          nodes: [Node(name: "q", opType: "QuantizeLinear", inputs: ["x", "s", "z"], outputs: ["q"]),
+                                  Node(name: "dq", opType: "DequantizeLinear", inputs: ["q", "s", "z"], outputs: ["y"])])
+        graph.setInitializer("s", try Tensor(floats: [scale], shape: []))
+        graph.setInitializer("z", try Tensor(.uint8, shape: [], int64s: [128]))
+        let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+        let built = try TestSupport.unoptimized(model)
+        XCTAssertEqual(built.graph.layers.map { $0.decision?.kernel }, [.quantize, .dequantize])
+        let actual = try ExecutionContext(engine: built.engine).run(["x": try Tensor(floats: values, shape: [values.count])])[0].value.floats
+        let expected = values.map { v -> Float in
+            let q = v.isNaN ? 0 : min(max((v / scale).rounded(.toNearestOrEven) + 128, 0), 255)
+            return (q - 128) * scale
+        }
+        XCTAssertEqual(actual, expected)
+    }
+
+    func testQOperatorModelsNamingMicrosoftOpsAreRefusedClearly() throws {
+        // ONNX Runtime's QOperator format uses com.microsoft ops (QLinearAdd, QGemm …) Anvil does not have yet.
+        let result = try TestSupport.run(["build", TestSupport.fixture("quantized/qoperator_resnet/model.onnx"), "-o", try TestSupport.temporaryFolder() + "/q.anvil"])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.stderr.contains("com.microsoft.QLinearAdd"), result.stderr)
+    }
+}
