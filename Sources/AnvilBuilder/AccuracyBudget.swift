@@ -109,8 +109,9 @@ extension EngineBuilder {
             let outputs = try calibration.map { try context.run($0).map(\.value) }
             let (value, holds) = try budget.measure(outputs, referenceOutputs)
             measured = value
+            // The weighted layers in BF16 or INT8 (not the max poolings and quantizations around INT8 ones).
             let reduced = candidate.graph.layers.filter { ($0.decision?.precision ?? .fp32) != .fp32 && precision.layerPrecisions[$0.name] == nil
-                && !$0.fusedFrom.contains { precision.layerPrecisions[$0] != nil } }
+                && !$0.fusedFrom.contains { precision.layerPrecisions[$0] != nil } && PrecisionPolicy.isWeighted($0, candidate.graph.constants) }
             if holds || reduced.isEmpty { break }
             // The error each reduced layer adds, on the first samples.
             var added: [String: Double] = [:]
@@ -143,7 +144,7 @@ extension EngineBuilder {
                                              + "\(String(format: "%.6g", value)) on the calibration data (layers pinned by --layerPrecisions stay as given)")
         }
         let choices = result.graph.layers.compactMap { layer -> PrecisionChoice? in
-            guard let d = layer.decision, PrecisionPolicy.kernel(of: layer, result.graph.constants) != nil else { return nil }
+            guard let d = layer.decision, PrecisionPolicy.isWeighted(layer, result.graph.constants) else { return nil }
             let asked = ([layer.name] + layer.fusedFrom).contains { precision.layerPrecisions[$0] != nil }
             let reason = movedBack[layer.name] ?? (asked ? "--layerPrecisions" : d.precision == .fp32 ? "first or last weighted layer" : "within the budget")
             return PrecisionChoice(layer: layer.name, precision: d.precision, reason: reason)

@@ -32,10 +32,17 @@ public struct EngineBuilder {
     /// How close to the FP32 engine a reduced-precision engine must stay on `calibration`
     /// (--accuracyBudget); layers are moved back to FP32 until it holds.
     public var budget: AccuracyBudget?
-    /// Input samples the budget is measured on (--calib).
+    /// Input samples the budget is measured on and INT8 calibrates on (--calib).
     public var calibration: [[String: Tensor]] = []
+    /// INT8's activation ranges: given (a calibration cache), or measured on `calibration`
+    /// by `calibrationMethod` when the precision policy asks for INT8.
+    public var int8Calibration: Int8Calibration?
+    public var calibrationMethod = CalibrationMethod.percentile
+    public var calibrationPercentile = 99.99
     /// Reports tactic-timing progress: layers done, layers in all.
     public var progress: ((Int, Int) -> Void)?
+    /// Reports calibration progress: samples run, samples to run.
+    public var calibrationProgress: ((Int, Int) -> Void)?
     public init() {}
 
     public struct Result {
@@ -52,10 +59,30 @@ public struct EngineBuilder {
         /// measure on the calibration data (cosine, relative error or agreement).
         public var precisionChoices: [PrecisionChoice] = []
         public var measuredBudget: Double? = nil
+        /// The INT8 ranges the build used (for --calibCache), and the layers made INT8.
+        public var int8Calibration: Int8Calibration? = nil
+        public var int8Layers: [String] = []
+    }
+
+    /// The INT8 ranges: given, or measured by the FP32 engine of `source` on `calibration`.
+    func calibrated(_ source: Model, name: String) throws -> Int8Calibration {
+        if let int8Calibration { return int8Calibration }
+        guard !calibration.isEmpty else { throw AnvilError.invalidArgument("INT8 needs calibration data (--calib DIR) or a calibration cache (--calibCache FILE)") }
+        var fp32 = self
+        (fp32.precision, fp32.budget, fp32.timeTactics) = (PrecisionPolicy(), nil, false)
+        let engine = try fp32.build(source, name: name).engine
+        return try Int8Calibration.measure(engine, samples: calibration, method: calibrationMethod, percentile: calibrationPercentile,
+                                           progress: calibrationProgress)
     }
 
     /// Builds an engine from `source`, which is left as it is.
     public func build(_ source: Model, name: String) throws -> Result {
+        // INT8 calibrates once, before anything else (the budget's rounds reuse the ranges).
+        if precision.needsInt8, int8Calibration == nil {
+            var calibrated = self
+            calibrated.int8Calibration = try self.calibrated(source, name: name)
+            return try calibrated.build(source, name: name)
+        }
         if let budget {
             var (result, choices, measured) = try buildWithinBudget(source, name: name, budget: budget, calibration: calibration)
             (result.precisionChoices, result.measuredBudget) = (choices, measured)
@@ -74,6 +101,10 @@ public struct EngineBuilder {
             model.graph.inputs[i].type = TensorType(e, shape: profile.opt[input.name]!)
         }
         let context = optimize ? try PipelineRunner(options: pipeline).run(model) : nil
+        var int8Layers: [String] = []
+        if precision.needsInt8, let int8Calibration {
+            int8Layers = try Int8Quantizer(calibration: int8Calibration, policy: precision).apply(model)
+        }
         // Record every value's type, for the optimal shapes, for the runtime's plan.
         let declared = model.graph.inputs
         for (i, input) in model.graph.inputs.enumerated() {
@@ -146,7 +177,9 @@ public struct EngineBuilder {
         let packedOnly = Set(compiled.packedWeights.filter { $0.isUnpackable && ($0.packedType == .float || !fp32Readers.contains($0.constant)) }.map(\.constant))
         let file = try EngineFormat.file(for: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, metadata: Array(meta.utf8),
                                    profile: profile, weights: compiled.packedWeights, packedOnly: packedOnly, memoryPlan: compiled.memoryPlan)
-        return Result(file: file, statistics: context, engine: try staging.recording(compiled), compiled: compiled, warnings: model.warnings)
+        var result = Result(file: file, statistics: context, engine: try staging.recording(compiled), compiled: compiled, warnings: model.warnings)
+        (result.int8Calibration, result.int8Layers) = (int8Calibration, int8Layers)
+        return result
     }
 
     /// The input shapes an engine is compiled for at build time: the profile's optimal

@@ -12,19 +12,25 @@ import AnvilKernels
 public struct PrecisionPolicy: Sendable, Equatable {
     /// BF16 convolutions and matrix products (oneDNN's AVX-512 BF16 kernels).
     public var bf16 = false
+    /// INT8 convolutions and matrix products, calibrated (`Int8Quantizer`).
+    public var int8 = false
     /// Per layer or ONNX node name, the precision it must take.
     public var layerPrecisions: [String: Precision] = [:]
     /// Whether the first and the last weighted layers stay FP32 under `bf16`.
     public var keepEnds = true
 
-    public init(bf16: Bool = false, layerPrecisions: [String: Precision] = [:], keepEnds: Bool = true) {
+    public init(bf16: Bool = false, int8: Bool = false, layerPrecisions: [String: Precision] = [:], keepEnds: Bool = true) {
         self.bf16 = bf16
+        self.int8 = int8
         self.layerPrecisions = layerPrecisions
         self.keepEnds = keepEnds
     }
 
     /// Whether every layer stays FP32.
-    public var isFP32: Bool { !bf16 && layerPrecisions.values.allSatisfy { $0 == .fp32 } }
+    public var isFP32: Bool { !bf16 && !int8 && layerPrecisions.values.allSatisfy { $0 == .fp32 } }
+
+    /// Whether any layer may compute in INT8 (the build then calibrates).
+    public var needsInt8: Bool { int8 || layerPrecisions.values.contains(.int8) }
 
     /// Parses --layerPrecisions: "name:fp32,other:bf16" (names may contain ':' and '/': the last ':' separates).
     public static func parseLayerPrecisions(_ specs: [String]) throws -> [String: Precision] {
@@ -64,7 +70,7 @@ public struct PrecisionPolicy: Sendable, Equatable {
                 precision = asked
             }
             guard precision == .fp32 || precision == .bf16 else {
-                throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' cannot run in \(precision) (this Anvil has FP32 and BF16 kernels)")
+                throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' cannot run in \(precision) (this Anvil has FP32, BF16 and INT8 kernels)")
             }
             reduced = reduced || precision != .fp32
             let kind = Self.kernel(of: layer, graph.constants)!
@@ -75,12 +81,14 @@ public struct PrecisionPolicy: Sendable, Equatable {
         let weightedSet = Set(weighted)
         for i in graph.layers.indices where !weightedSet.contains(i) {
             let layer = graph.layers[i]
+            // A layer the INT8 quantizer made takes INT8 as asked.
+            let quantized = ["anvil.FusedQLinearConv", "anvil.FusedQLinearMatMul", "QLinearConv", "QLinearMatMul"].contains(layer.opKey)
             for name in [layer.name] + layer.fusedFrom {
                 guard let asked = layerPrecisions[name] else { continue }
                 matched.insert(name)
-                guard asked == .fp32 else {
+                guard asked == .fp32 || (asked == .int8 && quantized) else {
                     throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' (\(layer.opType)) has no \(asked) kernel in this Anvil; "
-                                                     + "only convolutions and matrix products with constant weights take BF16")
+                                                     + "only convolutions and matrix products with constant weights take BF16 or INT8")
                 }
             }
         }
@@ -90,6 +98,12 @@ public struct PrecisionPolicy: Sendable, Equatable {
         if reduced, !host.contains(.avx512Bf16) {
             throw AnvilError.invalidArgument("BF16 needs a CPU with AVX-512 BF16 instructions (avx512_bf16 in /proc/cpuinfo); this CPU has \(host)")
         }
+    }
+
+    /// Whether a layer is a convolution or a matrix product with constant weights, in FP32,
+    /// BF16 or INT8 (what --bf16 and --int8 reduce).
+    public static func isWeighted(_ layer: Layer, _ constants: ConstantStore) -> Bool {
+        kernel(of: layer, constants) != nil || ["anvil.FusedQLinearConv", "anvil.FusedQLinearMatMul", "QLinearConv", "QLinearMatMul"].contains(layer.opKey)
     }
 
     /// The kernel that runs a weighted layer in a reduced precision: oneDNN's convolution, or

@@ -89,18 +89,15 @@ struct FunctionExport {
                     let inner = Array(i[12...]).reversedTrim()
                     y = op("DequantizeLinear", [op("QuantizeLinear", [y] + inner)] + inner)
                 }
-                if i.count > 9, !i[9].isEmpty { y = op("Add", [y, op("DequantizeLinear", Array(i[9..<min(i.count, 12)]).reversedTrim())]) }
-                counter += 1
-                let activated = "t\(counter)"
-                activation(y, node, output: activated)
-                _ = op("QuantizeLinear", [activated, i[6], i[7]], output: o[0])
+                if i.count > 9, !i[9].isEmpty {
+                    let float = i.count < 11 || i[10].isEmpty
+                    y = op("Add", [y, float ? i[9] : op("DequantizeLinear", Array(i[9..<min(i.count, 12)]).reversedTrim())])
+                }
+                quantizedEnd(y, node, i, o)
             case "FusedQLinearMatMul":
                 let product = op("MatMul", [op("DequantizeLinear", [i[0], i[1], i[2]]), op("DequantizeLinear", [i[3], i[4], i[5]], ["axis": .int(1)])])
                 let y = i.count > 8 && !i[8].isEmpty ? op("Add", [product, op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])]) : product
-                counter += 1
-                let activated = "t\(counter)"
-                activation(y, node, output: activated)
-                _ = op("QuantizeLinear", [activated, i[6], i[7]], output: o[0])
+                quantizedEnd(y, node, i, o)
             case "SiLU":
                 _ = op("Mul", [i[0], op("Sigmoid", [i[0]])], output: o[0])
             case "HardSwish":
@@ -114,6 +111,16 @@ struct FunctionExport {
             default:
                 throw AnvilError.invalidNode(node: node.name, op: node.qualifiedOpType, reason: "has no standard-op body for export")
             }
+        }
+
+        /// The activation, then QuantizeLinear with y_scale and y_zero_point (inputs 6, 7), or
+        /// (without y_scale) the activation's floats as the output.
+        mutating func quantizedEnd(_ y: String, _ node: Node, _ i: [String], _ o: [String]) {
+            guard i.count > 6, !i[6].isEmpty else { activation(y, node, output: o[0]); return }
+            counter += 1
+            let activated = "t\(counter)"
+            activation(y, node, output: activated)
+            _ = op("QuantizeLinear", [activated] + Array(i[6..<min(i.count, 8)]).reversedTrim(), output: o[0])
         }
 
         mutating func activation(_ x: String, _ node: Node, output: String) {

@@ -71,6 +71,7 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         let (ia, ib) = q ? (0, 3) : (0, 1)
         let element: DataType? = switch ctx.node.opType {
         case "MatMulInteger": .int32
+        case "FusedQLinearMatMul" where ctx.node.inputs.count < 7 || ctx.node.inputs[6].isEmpty: .float
         case "QLinearMatMul", "FusedQLinearMatMul": ctx.type(7).elementType ?? ctx.type(0).elementType
         default: ctx.type(0).elementType
         }
@@ -93,7 +94,10 @@ func registerInferenceRules(_ b: inout RegistryBuilder) {
         let op = ctx.node.opType
         let quantized = op.hasSuffix("QLinearConv")
         let weightIndex = quantized ? 3 : 1
-        let element: DataType? = op == "ConvInteger" ? .int32 : (quantized ? ctx.type(7).elementType ?? ctx.type(0).elementType : ctx.type(0).elementType)
+        // Anvil's fused form without y_scale writes floats.
+        let floatResult = op == "FusedQLinearConv" && (ctx.node.inputs.count < 7 || ctx.node.inputs[6].isEmpty)
+        let element: DataType? = op == "ConvInteger" ? .int32 : floatResult ? .float
+            : (quantized ? ctx.type(7).elementType ?? ctx.type(0).elementType : ctx.type(0).elementType)
         guard let x = ctx.dims(0), x.count >= 3 else { return [facts(element, nil)] }
         let isConv = op.contains("Conv")
         let w = isConv ? ctx.dims(weightIndex) : nil

@@ -227,7 +227,7 @@ public struct FoldQuantizedLayers: Pass {
         for side in [0, 1] {
             guard let mine = dequantized(add.inputs[side], ctx), let other = dequantized(add.inputs[1 - side], ctx),
                   ctx.uses.soleConsumer(mine.node.outputs[0]) === add, let conv = ctx.producer(mine.input),
-                  ctx.uses.soleConsumer(conv.outputs[0]) === mine.node, other.q.type == out.type,
+                  ctx.uses.soleConsumer(conv.outputs[0]) === mine.node,
                   ctx.type(add.outputs[0]).dims == ctx.type(other.input).dims, ctx.type(other.input).dims != nil else { continue }
             // A convolution that has neither a residual nor an activation yet (the sum comes before the activation).
             let plain = conv.domain.isEmpty && conv.opType == "QLinearConv"

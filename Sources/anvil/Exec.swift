@@ -14,23 +14,23 @@ struct Exec: ParsableCommand {
             Value flags: --onnx --saveEngine --loadEngine --shapes --minShapes --optShapes --maxShapes --iterations --warmUp
             --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile --tacticSources (-WINOGRAD)
             --memoryLimit (Anvil's: the largest memory one tensor or arena may take, e.g. 8G).
-            --layerPrecisions=name:fp32|bf16,…
-            Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch --bf16.
-            GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and precisions other than FP32 and BF16 are refused.
+            --layerPrecisions=name:fp32|bf16|int8,… --calib=<INT8 calibration cache, as anvil build --calibCache writes>
+            Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch --bf16 --int8.
+            GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and precisions other than FP32, BF16 and INT8 are refused.
             """)
 
     @Argument(parsing: .captureForPassthrough, help: "trtexec flags.") var arguments: [String] = []
 
     static let valueFlags: Set<String> = ["onnx", "saveEngine", "loadEngine", "shapes", "minShapes", "optShapes", "maxShapes", "iterations",
                                           "warmUp", "duration", "avgRuns", "percentile", "exportTimes", "exportProfile", "exportLayerInfo",
-                                          "loadInputs", "threads", "timingCacheFile", "tacticSources", "memoryLimit", "layerPrecisions"]
-    static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32", "bf16"]
+                                          "loadInputs", "threads", "timingCacheFile", "tacticSources", "memoryLimit", "layerPrecisions", "calib"]
+    static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32", "bf16", "int8"]
     static let gpuOnly: Set<String> = ["device", "useCudaGraph", "useSpinWait", "streams", "noDataTransfers", "useDLACore", "allowGPUFallback",
                                        "memPoolSize", "workspace", "useManagedMemory", "persistentCacheRatio", "maxAuxStreams", "dumpRefit",
                                        "refit", "versionCompatible", "hardwareCompatibilityLevel", "plugins", "staticPlugins", "dynamicPlugins",
                                        "safe", "consistency", "stronglyTyped", "builderOptimizationLevel", "sparsity",
                                        "useRuntime", "leanDLLPath", "excludeLeanRuntime"]
-    static let unsupportedPrecision: Set<String> = ["fp16", "int8", "fp8", "int4", "best", "calib", "precisionConstraints",
+    static let unsupportedPrecision: Set<String> = ["fp16", "fp8", "int4", "best", "precisionConstraints",
                                                     "layerOutputTypes", "inputIOFormats", "outputIOFormats"]
 
     /// Parses `--name=value` and `--name` into (name, value?) pairs, refusing what does not apply.
@@ -44,7 +44,7 @@ struct Exec: ParsableCommand {
             let value = body.contains("=") ? String(body.drop { $0 != "=" }.dropFirst()) : nil
             if gpuOnly.contains(name) { throw AnvilError.invalidArgument("--\(name) is a GPU-only trtexec flag; Anvil runs on the CPU") }
             if unsupportedPrecision.contains(name) {
-                throw AnvilError.invalidArgument("--\(name): this precision is not supported by this Anvil yet (it builds FP32 and, with --bf16, BF16 convolutions)")
+                throw AnvilError.invalidArgument("--\(name): this precision is not supported by this Anvil yet (it builds FP32, and BF16 or INT8 convolutions and matrix products)")
             }
             switch (valueFlags.contains(name), switches.contains(name), value) {
             case (true, _, .some), (_, true, .none): return (name, value)
@@ -96,7 +96,15 @@ struct Exec: ParsableCommand {
                 build.exportLayerInfo = try one("exportLayerInfo")
                 build.timingCacheFile = try one("timingCacheFile")
                 build.winograd = try winogradAllowed(tacticSources: try one("tacticSources"))
-                build.precision = PrecisionPolicy(bf16: has("bf16"), layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(values("layerPrecisions")))
+                build.precision = PrecisionPolicy(bf16: has("bf16"), int8: has("int8"), layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(values("layerPrecisions")))
+                // trtexec's --calib names a calibration cache (anvil build --int8 --calib DIR --calibCache FILE writes one).
+                if let cache = try one("calib") {
+                    guard build.precision.needsInt8 else { throw AnvilError.invalidArgument("--calib=\(cache) is an INT8 calibration cache: it needs --int8") }
+                    guard FileManager.default.fileExists(atPath: cache) else { throw AnvilError.invalidArgument("--calib=\(cache): no such calibration cache") }
+                    build.calibrationCache = cache
+                } else if build.precision.needsInt8 {
+                    throw AnvilError.invalidArgument("--int8 needs --calib=<calibration cache> (anvil build --int8 --calib DIR --calibCache FILE writes one)")
+                }
                 engine = try build.build()
             case (nil, let path?):
                 guard try one("saveEngine") == nil else { throw AnvilError.invalidArgument("--saveEngine needs --onnx (the engine is already built)") }

@@ -105,7 +105,7 @@ final class AccuracyBudgetTests: XCTestCase {
         XCTAssertEqual(best.status, 0, best.stderr)
         XCTAssertTrue(best.stdout.contains("within the budget cosine ≥ 0.999"), best.stdout)
         for (arguments, message) in [(["--best"], "give --calib DIR"), (["--bf16", "--accuracyBudget", "cosine=0.99"], "give --calib DIR"),
-                                     (["--calib", calib], "--calib is read by --accuracyBudget and --best"),
+                                     (["--calib", calib], "--calib is read by --int8, --accuracyBudget and --best"),
                                      (["--accuracyBudget", "cosine=0.99", "--calib", calib], "nothing is reduced"),
                                      (["--best", "--calib", calib, "--accuracyBudget", "cosine=2"], "must lie in [-1, 1]"),
                                      (["--best", "--calib", calib, "--accuracyBudget", "psnr=30"], "'psnr' is not cosine, rtol or top1")] {

@@ -31,10 +31,15 @@ struct QuantizedConvolutionSpec {
         activation = p.activation
         var q = p.quantization
         residual = layer.opKey == "anvil.FusedQLinearConv" && layer.present(9)
-        if residual {
-            guard let r = residualType, r == p.outputType, let rs = p.scales(10), let rz = p.zeroPoint(11, r) else { return nil }
+        if residual, p.outputType == .float {
+            // A float residual summed into a float result (sum_scale absent).
+            guard residualType == .float, !layer.present(10), !layer.present(12) else { return nil }
+        } else if residual {
+            // An 8-bit residual, signed or not, summed into an 8-bit result.
+            guard let r = residualType, [.uint8, .int8].contains(r), let rs = p.scales(10), let rz = p.zeroPoint(11, r) else { return nil }
             q.sumScale = Float(rs[0] / p.outputScale)
             q.sumZeroPoint = rz
+            if r != p.outputType { q.sumType = r == .uint8 ? dnnl_u8 : dnnl_s8 }
             // The convolution's own output quantization before the sum (inputs 12, 13), when the model has one.
             if layer.present(12) {
                 guard let inner = p.scales(12), let innerType = layer.present(13) ? constants[layer.inputs[13]]?.dataType : .uint8,
@@ -95,9 +100,11 @@ struct QuantizedLinearParameters {
         }
         let scales = { (i: Int, count: Int) in Self.scales(constant(i), count: count) }
         let zeroPoint = { (i: Int, type: DataType) in Self.zeroPoint(layer.present(i), constant(i), type) }
-        guard let outputType = layer.present(7) ? constant(7)?.dataType : .uint8, [.uint8, .int8].contains(outputType),
-              let xs = scales(1, 1), let ws = scales(4, channels), let ys = scales(6, 1),
-              let xz = zeroPoint(2, input), let yz = zeroPoint(7, outputType) else { return nil }
+        // Anvil's fused forms may leave y_scale out: the layer then writes its real result as floats.
+        let floatOutput = layer.domain == anvilDomain && !layer.present(6)
+        guard let outputType = floatOutput ? .float : layer.present(7) ? constant(7)?.dataType : .uint8, [.uint8, .int8, .float].contains(outputType),
+              let xs = scales(1, 1), let ws = scales(4, channels), let ys = floatOutput ? [1] : scales(6, 1),
+              let xz = zeroPoint(2, input), let yz = floatOutput ? 0 : zeroPoint(7, outputType) else { return nil }
         if layer.present(8) {
             guard let b = constant(8), b.dataType == .int32, b.count == channels else { return nil }
             bias = try Tensor(floats: b.floats, shape: [channels])
@@ -106,7 +113,7 @@ struct QuantizedLinearParameters {
         }
         var q = DNNLQuantization(outputScales: ws.map { Float(xs[0] * $0 / ys[0]) }, sourceZeroPoint: xz, destinationZeroPoint: yz)
         q.sourceType = input == .uint8 ? dnnl_u8 : dnnl_s8
-        q.destinationType = outputType == .uint8 ? dnnl_u8 : dnnl_s8
+        q.destinationType = outputType == .uint8 ? dnnl_u8 : outputType == .int8 ? dnnl_s8 : dnnl_f32
         quantization = q
         self.outputType = outputType
         outputScale = ys[0]
@@ -189,8 +196,17 @@ enum QuantizedLowering {
         if conv.kernel.primitive.isReference { throw SlowImplementation(kind: .quantizedConvolution, implementation: conv.implementation) }
         let src = try l.plan.inLayout(x, conv.inputDescriptor.descriptor)
         let dstLayout = conv.outputDescriptor.descriptor
-        let (out, copies) = try residualValue.map { try l.residualDestination($0, layout: dstLayout, notSharing: src) }
-            ?? (l.plan.newValue(l.layer.outputs[0], spec.outputType, conv.outputShape, layout: dstLayout), [])
+        let out: PlanValue
+        var copies: [(from: PlanValue, to: PlanValue)] = []
+        // The sum post-op reads the residual from the destination, in its own type (s8 bytes in a
+        // u8 destination): its storage becomes the output's when nothing reads it later.
+        if let r = residualValue, case let residual = try l.plan.inLayout(r, retyped(dstLayout, dnnlType(r.dataType) ?? dstLayout.data_type)),
+           l.plan.dies(residual), residual.buffer != src.buffer, residual.constant == nil {
+            out = l.plan.alias(l.layer.outputs[0], of: residual, type: spec.outputType, shape: conv.outputShape, layout: dstLayout)
+        } else {
+            out = l.plan.newValue(l.layer.outputs[0], spec.outputType, conv.outputShape, layout: dstLayout)
+            if let r = residualValue { copies = [(try l.plan.inLayout(r, retyped(dstLayout, dnnlType(r.dataType) ?? dstLayout.data_type)), out)] }
+        }
         for step in try conv.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.quantizedConvolution, step) }
         return LayerDecision(kernel: .quantizedConvolution, layout: .channelsLast, precision: .int8,
                              postOps: PostOps(bias: spec.bias != nil, residual: spec.residual, activation: spec.activation))

@@ -201,9 +201,13 @@ public struct DNNLQuantization: Sendable {
     public var destinationZeroPoint: Int32 = 0
     public var sumScale: Float = 1
     public var sumZeroPoint: Int32 = 0
-    /// A convolution's 8-bit source and destination types (u8 or s8).
+    /// A convolution's 8-bit source type (u8 or s8), and its destination's (u8, s8, or f32
+    /// for a layer whose readers take floats).
     public var sourceType = dnnl_u8
     public var destinationType = dnnl_u8
+    /// The residual's type when it differs from the destination's (s8 summed into a u8
+    /// destination: the same bytes, read as signed); undefined for the destination's own.
+    public var sumType = dnnl_data_type_undef
     /// A quantization of the result before the residual sum, as a model quantizes a
     /// convolution's output that it then adds: the output scales then lead to that
     /// quantization's units, the result is rounded and clamped to [low, high] (its range less
@@ -251,7 +255,7 @@ final class DNNLAttributes {
         }
         if sum {
             let q = quantization ?? DNNLQuantization(outputScales: [1])
-            try check(dnnl_post_ops_append_sum_v3(ops, q.sumScale, q.sumZeroPoint, dnnl_data_type_undef), "appending the residual sum")
+            try check(dnnl_post_ops_append_sum_v3(ops, q.sumScale, q.sumZeroPoint, q.sumType), "appending the residual sum")
         }
         for (alg, alpha, beta) in try Self.eltwise(activation, exactNonFinite: exactNonFinite) {
             try check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, beta), "appending the activation")

@@ -10,10 +10,11 @@ import AnvilCore
 //   B?, Sum?, sum_scale?, sum_zero_point?, inner_scale?, inner_zero_point?): QLinearConv whose
 //   real result (quantized and dequantized with inner_scale and inner_zero_point first, when
 //   given) gets the dequantized `Sum` added and `activation` applied, then is quantized with
-//   y_scale and y_zero_point.
+//   y_scale and y_zero_point (without y_scale: the real result, as floats; a residual
+//   without sum_scale is then floats too).
 // - FusedQLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
 //   B?): QLinearMatMul plus an int32 bias per column (in units of a_scale · b_scale), then
-//   `activation`, quantized once.
+//   `activation`, quantized once (without y_scale: the real result, as floats).
 // - Gelu, HardSwish, LayerNormalization, RMSNormalization, Attention: the standard
 //   op's semantics for models whose opset predates it; SiLU: x · sigmoid(x).
 
@@ -43,6 +44,15 @@ func finishFused(_ ctx: EvalContext, _ y: Tensor, sumInput: Int) throws -> Tenso
     }
     if let activation = try fusedActivation(ctx) { out = try activation.apply(out) }
     return out
+}
+
+/// The end of FusedQLinearConv and FusedQLinearMatMul: the activation on the real result,
+/// then quantized with y_scale and y_zero_point (inputs 6, 7), or, without y_scale, floats.
+func quantizedResult(_ ctx: EvalContext, _ real: [Double], shape: [Int]) throws -> Tensor {
+    var real = real
+    if let activation = try fusedActivation(ctx) { real = try activation.apply(Tensor(.double, shape: shape, doubles: real)).doubles }
+    guard let scale = ctx.optionalInput(6) else { return try Tensor(.float, shape: shape, doubles: real) }
+    return try requantize(ctx, real, shape: shape, scale: try scale.double(at: 0), zeroPoint: ctx.optionalInput(7), like: .uint8)
 }
 
 /// The definition of a standard op, for ai.anvil ops with the same semantics.
@@ -76,20 +86,15 @@ func registerAnvilOps(_ b: inout KernelTableBuilder) {
         }
         if let sum = ctx.optionalInput(9) {
             guard sum.shape == shape else { throw ctx.fail("residual input \(sum.shape) does not match the output \(shape)") }
-            let scale = try ctx.input(10).double(at: 0), zero = Double(ctx.optionalInput(11)?.int64s.first ?? 0)
+            // A quantized residual with its scale and zero point, or (sum_scale absent) floats.
+            let scale = try ctx.optionalInput(10)?.double(at: 0) ?? 1, zero = Double(ctx.optionalInput(11)?.int64s.first ?? 0)
             for (i, v) in sum.doubles.enumerated() { real[i] += (v - zero) * scale }
         }
-        if let activation = try fusedActivation(ctx) {
-            real = try activation.apply(Tensor(.double, shape: shape, doubles: real)).doubles
-        }
-        return try requantize(ctx, real, shape: shape, scale: try ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: .uint8)
+        return try quantizedResult(ctx, real, shape: shape)
     }
     b.add1("FusedQLinearMatMul", domain: anvilDomain) { ctx in
-        var (real, shape) = try quantizedMatMul(ctx, bias: ctx.optionalInput(8))
-        if let activation = try fusedActivation(ctx) {
-            real = try activation.apply(Tensor(.double, shape: shape, doubles: real)).doubles
-        }
-        return try requantize(ctx, real, shape: shape, scale: try ctx.input(6).double(at: 0), zeroPoint: ctx.optionalInput(7), like: .uint8)
+        let (real, shape) = try quantizedMatMul(ctx, bias: ctx.optionalInput(8))
+        return try quantizedResult(ctx, real, shape: shape)
     }
     b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
     for (op, opset) in anvilStandardOps {
