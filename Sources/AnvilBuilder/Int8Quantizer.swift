@@ -16,7 +16,7 @@ import AnvilKernels
 /// A QuantizeLinear goes where a float tensor enters the quantized layers, a
 /// DequantizeLinear where an 8-bit one leaves them. Layers stay FP32 when they are the
 /// first or last weighted layer (unless pinned INT8), pinned FP32, or not quantizable
-/// (an activation other than ReLU or Clip, a tensor calibration did not see).
+/// (a fused HardSigmoid, a tensor calibration did not see).
 struct Int8Quantizer {
     let calibration: Int8Calibration
     let policy: PrecisionPolicy
@@ -178,7 +178,7 @@ struct Int8Quantizer {
     /// Why a weighted layer cannot be made INT8 (nil: it can).
     func unquantizable(_ w: Weighted) -> String? {
         let activation = try? AttributeReader(node: w.node).string("activation")
-        if let a = activation ?? nil, !a.isEmpty, a != "Relu", a != "Clip" { return "its fused \(a) has no INT8 form (ReLU and Clip do)" }
+        if let a = activation ?? nil, ["HardSigmoid"].contains(a) { return "its fused \(a) has no INT8 form" }
         if w.isConv, !(3...5).contains(w.weights.rank) { return "a \(w.weights.rank)-D convolution" }
         let channels = w.isConv ? w.weights.shape[0] : w.weights.shape[1]
         if let b = w.bias, b.count != channels { return "a bias of \(b.count) values for \(channels) channels" }

@@ -3,6 +3,7 @@ import AnvilCore
 import AnvilEngine
 import AnvilIR
 import AnvilKernels
+import AnvilOps
 import AnvilONNX
 import AnvilRuntime
 import Foundation
@@ -151,6 +152,42 @@ final class Int8CalibrationTests: XCTestCase {
             XCTAssertNotEqual(r.status, 0)
             XCTAssertTrue(r.stderr.contains(message), "\(arguments): \(r.stderr)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/c.anvil"))
+        }
+    }
+
+    func testActivationsThatDoNotCommuteWithScalingRunOnRealValues() throws {
+        // Conv → SiLU → Conv → GELU (as x · sigmoid(x) and the erf formula, which the optimizer
+        // recognizes and fuses): 8-bit output of the first, float output of the last, both INT8.
+        var rng = SeededGenerator(seed: 11)
+        func random(_ shape: [Int], _ scale: Float) throws -> Tensor {
+            try Tensor(floats: (0..<shape.reduce(1, *)).map { _ in Float.random(in: -scale...scale, using: &rng) }, shape: shape)
+        }
+        let graph = Graph(name: "act", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 8, 12, 12]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [1, 16, 12, 12]))],
+                          nodes: [Node(name: "conv1", opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["c1"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                                  Node(name: "sig", opType: "Sigmoid", inputs: ["c1"], outputs: ["s1"]),
+                                  Node(name: "silu", opType: "Mul", inputs: ["c1", "s1"], outputs: ["a1"]),
+                                  Node(name: "conv2", opType: "Conv", inputs: ["a1", "w2", "b2"], outputs: ["c2"]),
+                                  Node(name: "gelu", opType: "Gelu", inputs: ["c2"], outputs: ["y"])])
+        for (name, t) in [("w1", try random([16, 8, 3, 3], 0.3)), ("b1", try random([16], 0.2)), ("w2", try random([16, 16, 1, 1], 0.4)), ("b2", try random([16], 0.2))] {
+            graph.setInitializer(name, t)
+        }
+        let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 20)])
+        var builder = EngineBuilder()
+        builder.precision = PrecisionPolicy(layerPrecisions: ["conv1": .int8, "conv2": .int8])
+        builder.calibration = try (0..<8).map { _ in ["x": try random([1, 8, 12, 12], 2)] }
+        let result = try builder.build(model, name: "act")
+        let layers = result.graph.layers.filter { $0.decision?.kernel == .quantizedConvolution }
+        XCTAssertEqual(layers.count, 2, "\(result.graph.layers.map { "\($0.name): \($0.opType)" })")
+        XCTAssertEqual(layers.compactMap { $0.decision?.postOps.activation.map { "\($0)" } }.count, 2, "\(layers.map { $0.decision! })")
+        let plan = try XCTUnwrap(result.compiled.plan)
+        XCTAssertTrue([.uint8, .int8].contains(plan.dataType(of: layers[0].outputs[0])), "the first hands 8 bits to the second")
+        let context = ExecutionContext(engine: result.engine)
+        for _ in 0..<3 {
+            let feed = ["x": try random([1, 8, 12, 12], 2)]
+            let expected = try ReferenceExecutor(model: model).run(feed)[0].value
+            let actual = try context.run(feed)[0].value
+            XCTAssertGreaterThan(OutputComparison.cosine(actual.doubles, expected.doubles), 0.999)
         }
     }
 }

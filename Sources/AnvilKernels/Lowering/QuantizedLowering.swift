@@ -37,7 +37,7 @@ struct QuantizedConvolutionSpec {
         } else if residual {
             // An 8-bit residual, signed or not, summed into an 8-bit result.
             guard let r = residualType, [.uint8, .int8].contains(r), let rs = p.scales(10), let rz = p.zeroPoint(11, r) else { return nil }
-            q.sumScale = Float(rs[0] / p.outputScale)
+            q.sumScale = Float(rs[0] / p.unitScale)
             q.sumZeroPoint = rz
             if r != p.outputType { q.sumType = r == .uint8 ? dnnl_u8 : dnnl_s8 }
             // The convolution's own output quantization before the sum (inputs 12, 13), when the model has one.
@@ -46,7 +46,7 @@ struct QuantizedConvolutionSpec {
                       let range = quantRange(innerType), let z = p.zeroPoint(13, innerType),
                       let xs = p.scales(1), let ws = p.scales(4, count: w.shape[0]) else { return nil }
                 q.outputScales = ws.map { Float(xs[0] * $0 / inner[0]) }
-                q.intermediate = (Float(range.0) - Float(z), Float(range.1) - Float(z), Float(inner[0] / p.outputScale))
+                q.intermediate = (Float(range.0) - Float(z), Float(range.1) - Float(z), Float(inner[0] / p.unitScale))
             }
         }
         let cout = w.shape[0], outputType = p.outputType
@@ -86,7 +86,9 @@ struct QuantizedLinearParameters {
     let activation: Activation?
     let quantization: DNNLQuantization
     let outputType: DataType
-    let outputScale: Double
+    /// What one unit of the kernel's result is before the final scale: y_scale, or 1 (real
+    /// units) when an activation that does not commute with scaling comes first.
+    let unitScale: Double
 
     /// `channels`: the weights' output channels (Conv) or columns (MatMul), which w_scale and the bias may run along.
     init?(_ layer: Layer, constants: ConstantStore, input: DataType, weights w: KernelWeights, channels: Int) throws {
@@ -114,16 +116,24 @@ struct QuantizedLinearParameters {
         var q = DNNLQuantization(outputScales: ws.map { Float(xs[0] * $0 / ys[0]) }, sourceZeroPoint: xz, destinationZeroPoint: yz)
         q.sourceType = input == .uint8 ? dnnl_u8 : dnnl_s8
         q.destinationType = outputType == .uint8 ? dnnl_u8 : outputType == .int8 ? dnnl_s8 : dnnl_f32
-        quantization = q
         self.outputType = outputType
-        outputScale = ys[0]
-        // The activation acts on the requantized value before its zero point: in units of y_scale.
+        // ReLU and Clip act on the requantized value before its zero point (in units of y_scale);
+        // another activation acts on the real result, then a final scale by 1 / y_scale follows.
         switch try layer.domain == anvilDomain ? fusedActivation(layer.evalContext) : nil {
         case nil: activation = nil
         case .relu?: activation = .relu
         case .clip(let lo, let hi)?: activation = .clip(min: Float(Double(lo) / ys[0]), max: Float(Double(hi) / ys[0]))
-        default: return nil
+        case let other?:
+            // One eltwise step without a linear one, which the final scale's linear step would disturb (`DNNLAttributes.fusable`).
+            guard let steps = try? DNNLAttributes.eltwise(other, exactNonFinite: false), steps.count == 1, steps[0].0 != dnnl_eltwise_linear else { return nil }
+            activation = other
+            if !floatOutput {
+                q.outputScales = ws.map { Float(xs[0] * $0) }
+                q.finalScale = Float(1 / ys[0])
+            }
         }
+        unitScale = q.finalScale == nil ? ys[0] : 1
+        quantization = q
     }
 
     /// A scale: one (or `count`) finite positive float(s).

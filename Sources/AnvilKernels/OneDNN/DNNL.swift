@@ -213,6 +213,9 @@ public struct DNNLQuantization: Sendable {
     /// quantization's units, the result is rounded and clamped to [low, high] (its range less
     /// its zero point), and multiplied by `rescale` into the destination's units.
     public var intermediate: (low: Float, high: Float, rescale: Float)?
+    /// A scale after the activation (1 / y_scale), when the activation acts on real values
+    /// (GELU, SiLU …: the output scales then stop at real units).
+    public var finalScale: Float?
 
     public init(outputScales: [Float], sourceZeroPoint: Int32 = 0, destinationZeroPoint: Int32 = 0) {
         self.outputScales = outputScales
@@ -259,6 +262,9 @@ final class DNNLAttributes {
         }
         for (alg, alpha, beta) in try Self.eltwise(activation, exactNonFinite: exactNonFinite) {
             try check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, beta), "appending the activation")
+        }
+        if let scale = quantization?.finalScale {
+            try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_linear, scale, 0), "appending the output scale")
         }
         try check(dnnl_primitive_attr_set_post_ops(handle, ops), "setting post-ops")
     }

@@ -34,6 +34,10 @@ final class DNNLWeightedPrimitive {
                     weights: KernelWeights, userWeights: dnnl_memory_desc_t, bias: [Float], biasDescriptor: dnnl_memory_desc_t, outputCount: Int) throws {
         let steps = try DNNLAttributes.eltwise(activation, exactNonFinite: exactNonFinite)
         let fused = !separateActivation && DNNLAttributes.fusable(steps)
+        // An 8-bit result has no separate activation step: the activation must be a post-op.
+        if quantization != nil, !fused, activation != nil {
+            throw AnvilError.invalidTensor(name: "oneDNN", reason: "the activation of an INT8 \(what) must be one fused post-op")
+        }
         let attributes = try DNNLAttributes(sum: residual, activation: fused ? activation : nil, exactNonFinite: exactNonFinite, quantization: quantization)
         primitive = try DNNLPrimitive(operation, attributes: attributes, engine: engine, what: what, reducedPrecision: reducedPrecision)
         var out = primitive.query(dnnl_query_dst_md)
