@@ -78,11 +78,11 @@ public struct PrecisionChoice: Sendable, Equatable {
 }
 
 extension EngineBuilder {
-    /// Builds with the precision policy, then moves the layers that hurt most back to FP32
-    /// until `budget` holds on `calibration` against the FP32 engine: each round ranks the
-    /// reduced layers by the error they add themselves (1 − cosine of their output against
-    /// the FP32 engine's, less the worst of their inputs', with every layer output marked)
-    /// and moves back the worst quarter. Returns the final engine, what each weighted layer
+    /// Builds with the precision policy, then moves the layers that hurt most to a higher
+    /// precision (INT8 → BF16 where BF16 is allowed, else → FP32) until `budget` holds on
+    /// `calibration` against the FP32 engine: each round ranks the reduced layers by the
+    /// error they add themselves (1 − cosine of their output against the FP32 engine's, less
+    /// the worst of their inputs', with every layer output marked) and moves the worst quarter. Returns the final engine, what each weighted layer
     /// got and why, and the budget measured.
     func buildWithinBudget(_ source: Model, name: String, budget: AccuracyBudget, calibration: [[String: Tensor]]) throws
         -> (Result, choices: [PrecisionChoice], measured: Double) {
@@ -98,17 +98,25 @@ extension EngineBuilder {
         let referenceLayers = try sample.map { try reference.layerOutputs($0) }
         var search = self
         (search.timeTactics, search.budget) = (false, nil)
-        var movedBack: [String: String] = [:]
+        // Layers moved to a higher precision: INT8 → BF16 (when BF16 is allowed) → FP32.
+        var movedBack: [String: (precision: Precision, reason: String)] = [:]
         var measured = 0.0
-        for round in 1... {
+        /// Builds with the layers moved so far (and `extra`) and measures the budget.
+        func attempt(_ extra: [String: (precision: Precision, reason: String)]) throws -> (engine: Engine, value: Double, holds: Bool) {
             var policy = precision
-            for layer in movedBack.keys { policy.layerPrecisions[layer] = .fp32 }
+            for (layer, moved) in movedBack.merging(extra, uniquingKeysWith: { $1 }) { policy.layerPrecisions[layer] = moved.precision }
             search.precision = policy
             let candidate = try search.build(source, name: name).engine
             let context = ExecutionContext(engine: candidate)
-            let outputs = try calibration.map { try context.run($0).map(\.value) }
-            let (value, holds) = try budget.measure(outputs, referenceOutputs)
-            measured = value
+            let (value, holds) = try budget.measure(try calibration.map { try context.run($0).map(\.value) }, referenceOutputs)
+            return (candidate, value, holds)
+        }
+        // Each round: rank the reduced layers by the error they add, then find by bisection the
+        // fewest of the worst that, moved one precision up, make the budget hold; when even all
+        // of them do not, move them all and go on from there (BF16 → FP32).
+        var (candidate, value, holds) = try attempt([:])
+        measured = value
+        for round in 1... {
             // The weighted layers in BF16 or INT8 (not the max poolings and quantizations around INT8 ones).
             let reduced = candidate.graph.layers.filter { ($0.decision?.precision ?? .fp32) != .fp32 && precision.layerPrecisions[$0.name] == nil
                 && !$0.fusedFrom.contains { precision.layerPrecisions[$0] != nil } && PrecisionPolicy.isWeighted($0, candidate.graph.constants) }
@@ -127,26 +135,46 @@ extension EngineBuilder {
                 }
             }
             let ranked = reduced.sorted { (added[$0.name] ?? 0) > (added[$1.name] ?? 0) }
-            for layer in ranked.prefix(Swift.max(1, reduced.count / 4)) {
-                movedBack[layer.name] = "moved back in round \(round): adds \(String(format: "%.2g", Swift.max(0, added[layer.name] ?? 0))) to 1 − cosine"
+            func moves(_ k: Int) -> [String: (precision: Precision, reason: String)] {
+                Dictionary(uniqueKeysWithValues: ranked.prefix(k).map { layer in
+                    let next: Precision = layer.decision?.precision == .int8 && precision.bf16 && host.contains(.avx512Bf16) ? .bf16 : .fp32
+                    return (layer.name, (next, "moved to \(next) in round \(round): adds \(String(format: "%.2g", Swift.max(0, added[layer.name] ?? 0))) to 1 − cosine"))
+                })
             }
+            // The smallest k that holds, in (low, high]; high = all moved is tried first.
+            var all = try attempt(moves(ranked.count))
+            guard all.holds else {
+                movedBack.merge(moves(ranked.count)) { $1 }
+                (candidate, value, holds) = all
+                measured = value
+                continue
+            }
+            var (low, high) = (0, ranked.count)
+            while high - low > 1 {
+                let mid = (low + high) / 2
+                let probe = try attempt(moves(mid))
+                if probe.holds { (high, all) = (mid, probe) } else { low = mid }
+            }
+            movedBack.merge(moves(high)) { $1 }
+            (candidate, value, holds) = all
+            measured = value
         }
         var final = self
         final.budget = nil
-        for layer in movedBack.keys { final.precision.layerPrecisions[layer] = .fp32 }
+        for (layer, moved) in movedBack { final.precision.layerPrecisions[layer] = moved.precision }
         let result = try final.build(source, name: name)
         // Measured again on the engine as built (its tactics may round otherwise than the search's).
         let context = ExecutionContext(engine: result.engine)
-        let (value, holds) = try budget.measure(try calibration.map { try context.run($0).map(\.value) }, referenceOutputs)
-        measured = value
-        guard holds else {
+        let built = try budget.measure(try calibration.map { try context.run($0).map(\.value) }, referenceOutputs)
+        measured = built.value
+        guard built.holds else {
             throw AnvilError.invalidArgument("the accuracy budget \(budget) cannot be met: with every layer it could move back in FP32 the engine measures "
-                                             + "\(String(format: "%.6g", value)) on the calibration data (layers pinned by --layerPrecisions stay as given)")
+                                             + "\(String(format: "%.6g", built.value)) on the calibration data (layers pinned by --layerPrecisions stay as given)")
         }
         let choices = result.graph.layers.compactMap { layer -> PrecisionChoice? in
             guard let d = layer.decision, PrecisionPolicy.isWeighted(layer, result.graph.constants) else { return nil }
             let asked = ([layer.name] + layer.fusedFrom).contains { precision.layerPrecisions[$0] != nil }
-            let reason = movedBack[layer.name] ?? (asked ? "--layerPrecisions" : d.precision == .fp32 ? "first or last weighted layer" : "within the budget")
+            let reason = movedBack[layer.name]?.reason ?? (asked ? "--layerPrecisions" : d.precision == .fp32 ? "first or last weighted layer" : "within the budget")
             return PrecisionChoice(layer: layer.name, precision: d.precision, reason: reason)
         }
         return (result, choices, measured)

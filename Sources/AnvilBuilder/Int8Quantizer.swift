@@ -73,9 +73,11 @@ struct Int8Quantizer {
             return result
         }
         func readsEightBits(_ c: Node, _ t: String) -> Bool {
-            if let w = chosen[c.name] { return c.inputs[0] == t || (w.residual == t && readInEightBits(c.outputs[0])) }
+            if let w = chosen[c.name] { return c.inputs[0] == t || (w.residual == t && writesEightBits(w)) }
             return isMaxPool(c) && readInEightBits(c.outputs[0])
         }
+        // A matrix product with a residual sums it in floats (its result then stays float).
+        func writesEightBits(_ w: Weighted) -> Bool { (w.isConv || w.residual == nil) && readInEightBits(w.node.outputs[0]) }
         var quantized: [String: Quantized] = [:]
         var nodes: [Node] = []
         func parameters(_ t: String) throws -> (Float, DataType) {
@@ -113,7 +115,7 @@ struct Int8Quantizer {
         }
         for node in graph.nodes {
             if let w = chosen[node.name] {
-                let out = node.outputs[0], eight = readInEightBits(out)
+                let out = node.outputs[0], eight = writesEightBits(w)
                 let x = try eightBits(node.inputs[0])
                 let residual: String? = try w.residual.map { r in eight ? try eightBits(r).name : r }
                 let y = eight ? try producedInEightBits(out) : nil
@@ -155,16 +157,16 @@ struct Int8Quantizer {
         case ("Conv", false), ("FusedConv", true):
             return Weighted(node: node, isConv: true, weights: w, bias: bias, residual: fused ? input(3) : nil)
         case ("MatMul", false), ("FusedMatMul", true), ("Gemm", false), ("FusedGemm", true):
-            guard w.rank == 2, input(3) == nil else { return nil }
+            guard w.rank == 2 else { return nil }
             let reader = AttributeReader(node: node)
             if node.opType.hasSuffix("Gemm") {
                 guard (try? reader.int("transA", 0)) == 0, (try? reader.float("alpha", 1)) == 1, (try? reader.float("beta", 1)) == 1 else { return nil }
                 // Gemm's N×K weights (transB) as K×N.
                 if (try? reader.int("transB", 0)) != 0, let t = try? Self.transposed(w) {
-                    return Weighted(node: node, isConv: false, weights: t, bias: bias, residual: nil)
+                    return Weighted(node: node, isConv: false, weights: t, bias: bias, residual: fused ? input(3) : nil)
                 }
             }
-            return Weighted(node: node, isConv: false, weights: w, bias: bias, residual: nil)
+            return Weighted(node: node, isConv: false, weights: w, bias: bias, residual: fused ? input(3) : nil)
         default:
             return nil
         }

@@ -96,7 +96,8 @@ struct FunctionExport {
                 quantizedEnd(y, node, i, o)
             case "FusedQLinearMatMul":
                 let product = op("MatMul", [op("DequantizeLinear", [i[0], i[1], i[2]]), op("DequantizeLinear", [i[3], i[4], i[5]], ["axis": .int(1)])])
-                let y = i.count > 8 && !i[8].isEmpty ? op("Add", [product, op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])]) : product
+                var y = i.count > 8 && !i[8].isEmpty ? op("Add", [product, op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])]) : product
+                if i.count > 9, !i[9].isEmpty { y = op("Add", [y, i[9]]) }
                 quantizedEnd(y, node, i, o)
             case "SiLU":
                 _ = op("Mul", [i[0], op("Sigmoid", [i[0]])], output: o[0])

@@ -129,7 +129,7 @@ struct BuildSettings {
             let reduced = result.precisionChoices.filter { $0.precision != .fp32 }.count
             print("Precision: \(reduced) of \(result.precisionChoices.count) weighted layers reduced (\(Self.counts(result.precisionChoices))) within the budget \(budget) "
                   + "(measured \(String(format: "%.6g", measured)) on \(builder.calibration.count) calibration samples against the FP32 engine)")
-            for c in result.precisionChoices where verbose || c.reason.hasPrefix("moved back") {
+            for c in result.precisionChoices where verbose || c.reason.hasPrefix("moved") {
                 print("  \(c.layer): \(c.precision) (\(c.reason))")
             }
         }

@@ -78,7 +78,7 @@ final class AccuracyBudgetTests: XCTestCase {
         builder.budget = .relativeError(0)
         let strict = try builder.build(model, name: "cnn")
         XCTAssertFalse(strict.precisionChoices.isEmpty)
-        XCTAssertTrue(strict.precisionChoices.allSatisfy { $0.precision == .fp32 && $0.reason.hasPrefix("moved back in round") }, "\(strict.precisionChoices)")
+        XCTAssertTrue(strict.precisionChoices.allSatisfy { $0.precision == .fp32 && $0.reason.hasPrefix("moved to FP32 in round") }, "\(strict.precisionChoices)")
         XCTAssertEqual(strict.measuredBudget, 0)
         // A user's --layerPrecisions pin is kept whatever the budget: a budget it breaks stops the build …
         let pinned = loose.precisionChoices[0].layer

@@ -173,15 +173,19 @@ enum QuantizedLowering {
         let k = w.shape[0], n = w.shape[1], m = x.count / k
         let (_, shape) = try l.outputType()
         guard m > 0, shape == Array(x.shape.dropLast()) + [n] else { return nil }
+        // A float residual into a float result (the sum post-op).
+        let residual = l.layer.domain == anvilDomain && l.present(9) ? l.value(9) : nil
+        if l.layer.domain == anvilDomain && l.present(9) && (residual?.dataType != .float || p.outputType != .float) { return nil }
         let engine = l.plan.engine
         let mm = try l.plan.shared.kernel("qmatmul|\(l.layer.name)|\(m)", layer: l.layer.name) {
-            try DNNLMatMul(engine: engine, m: m, weights: w, bias: p.bias, activation: p.activation, exactNonFinite: false, residual: false,
+            try DNNLMatMul(engine: engine, m: m, weights: w, bias: p.bias, activation: p.activation, exactNonFinite: false, residual: residual != nil,
                            precision: .int8, quantization: p.quantization)
         }
         let src = try l.plan.plain(x)
-        let out = l.plan.newValue(l.layer.outputs[0], p.outputType, shape)
-        for step in try mm.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: []) { try l.emit(.quantizedMatmul, step) }
-        return LayerDecision(kernel: .quantizedMatmul, precision: .int8, postOps: PostOps(bias: p.bias != nil, activation: p.activation))
+        let (out, copies) = try residual.map { try l.residualDestination(l.plan.plain($0), layout: plainDescriptor(shape), notSharing: src) }
+            ?? (l.plan.newValue(l.layer.outputs[0], p.outputType, shape), [])
+        for step in try mm.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.quantizedMatmul, step) }
+        return LayerDecision(kernel: .quantizedMatmul, precision: .int8, postOps: PostOps(bias: p.bias != nil, residual: residual != nil, activation: p.activation))
     }
 
     static func spec(_ l: LayerLowering, input: PlanValue) throws -> QuantizedConvolutionSpec? {

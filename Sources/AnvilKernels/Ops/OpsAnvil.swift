@@ -13,8 +13,9 @@ import AnvilCore
 //   y_scale and y_zero_point (without y_scale: the real result, as floats; a residual
 //   without sum_scale is then floats too).
 // - FusedQLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
-//   B?): QLinearMatMul plus an int32 bias per column (in units of a_scale · b_scale), then
-//   `activation`, quantized once (without y_scale: the real result, as floats).
+//   B?, Sum?): QLinearMatMul plus an int32 bias per column (in units of a_scale · b_scale), then
+//   `activation`, quantized once (without y_scale: the real result, as floats, to which a
+//   float Sum may be added before the activation).
 // - Gelu, HardSwish, LayerNormalization, RMSNormalization, Attention: the standard
 //   op's semantics for models whose opset predates it; SiLU: x · sigmoid(x).
 
@@ -93,7 +94,12 @@ func registerAnvilOps(_ b: inout KernelTableBuilder) {
         return try quantizedResult(ctx, real, shape: shape)
     }
     b.add1("FusedQLinearMatMul", domain: anvilDomain) { ctx in
-        let (real, shape) = try quantizedMatMul(ctx, bias: ctx.optionalInput(8))
+        var (real, shape) = try quantizedMatMul(ctx, bias: ctx.optionalInput(8))
+        // A float residual (the result then is float too).
+        if let sum = ctx.optionalInput(9) {
+            guard sum.shape == shape, ctx.optionalInput(6) == nil else { throw ctx.fail("a residual \(sum.shape) needs a float result of its shape \(shape)") }
+            for (i, v) in sum.doubles.enumerated() { real[i] += v }
+        }
         return try quantizedResult(ctx, real, shape: shape)
     }
     b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
