@@ -24,6 +24,7 @@ public enum OpRegistry {
         registerDetectionInference(&b)
         registerRecurrentInference(&b)
         registerAnvilInference(&b)
+        registerMicrosoftQuantizedInference(&b)
         return b.rules
     }()
 

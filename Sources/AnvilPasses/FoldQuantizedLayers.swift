@@ -18,6 +18,10 @@ import AnvilOps
 ///   becomes QLinearMatMul, or Anvil's FusedQLinearMatMul with the int32 bias (and activation);
 /// - DQ(x) → MaxPool → Q with the same scale and zero point becomes MaxPool on x.
 ///
+/// ONNX Runtime's QOperator form gets the same: QLinearAdd of a QLinearConv's output becomes
+/// its residual, QGemm a FusedQLinearMatMul, QLinearGlobalAveragePool the standard
+/// DequantizeLinear → GlobalAveragePool → QuantizeLinear (`FoldQuantizedLayers+Microsoft`).
+///
 /// The weights' DequantizeLinear is left in place for the convolution to read the int8
 /// weights; the pass runs before constant folding, which would otherwise turn it into
 /// float weights. What it does not fold keeps its exact float semantics.
@@ -26,7 +30,7 @@ public struct FoldQuantizedLayers: Pass {
     public let summary = "fold QuantizeLinear/DequantizeLinear pairs into INT8 convolutions (residual sum, ReLU) and max pooling"
     public init() {}
     public func run(_ context: PassContext) throws -> Bool {
-        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.maxPool]).run(context)
+        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.maxPool] + Self.microsoftRules).run(context)
     }
 
     /// One quantization of a tensor: its scale and zero point names and values.

@@ -28,8 +28,9 @@ final class QuantizedModelTests: XCTestCase {
     }
 
     func testQDQModelsRunOnINT8KernelsAndMatchOnnxRuntime() throws {
-        // Unsigned and signed activations, per-channel and per-tensor weight scales.
-        for name in ["qdq_resnet", "qdq_resnet_s8", "qdq_tensor_scales"] {
+        // Unsigned and signed activations, per-channel and per-tensor weight scales, and ONNX
+        // Runtime's QOperator form (QLinearConv with com.microsoft QLinearAdd, QLinearGlobalAveragePool, QGemm).
+        for name in ["qdq_resnet", "qdq_resnet_s8", "qdq_tensor_scales", "qoperator_resnet"] {
             let model = try model(name)
             let built = try EngineBuilder().build(model, name: name)
             let layers = built.graph.layers
@@ -102,10 +103,29 @@ final class QuantizedModelTests: XCTestCase {
         XCTAssertEqual(actual, expected)
     }
 
-    func testQOperatorModelsNamingMicrosoftOpsAreRefusedClearly() throws {
-        // ONNX Runtime's QOperator format uses com.microsoft ops (QLinearAdd, QGemm …) Anvil does not have yet.
-        let result = try TestSupport.run(["build", TestSupport.fixture("quantized/qoperator_resnet/model.onnx"), "-o", try TestSupport.temporaryFolder() + "/q.anvil"])
-        XCTAssertNotEqual(result.status, 0)
-        XCTAssertTrue(result.stderr.contains("com.microsoft.QLinearAdd"), result.stderr)
+    func testMicrosoftQuantizedOpsDequantizeComputeAndQuantize() throws {
+        // Each com.microsoft QLinear op equals dequantize → the float op → quantize, computed here by hand.
+        let x: [Float] = [0, 3, 17, 128, 200, 255, 90, 40], zx: Float = 100, sx: Float = 0.05, sy: Float = 0.03, zy: Float = 20
+        func quantize(_ v: Float) -> Float { min(max((v / sy).rounded(.toNearestOrEven) + zy, 0), 255) }
+        func run(_ op: String, _ attributes: [String: Attribute] = [:], extra: [(String, Tensor)] = [], inputs: [String], shape: [Int] = [1, 2, 2, 2]) throws -> [Float] {
+            let graph = Graph(name: op, inputs: [ValueInfo(name: "x", type: TensorType(.uint8, shape: [1, 2, 2, 2]))],
+                              outputs: [ValueInfo(name: "y", type: TensorType(.uint8, shape: shape))],
+                              nodes: [Node(name: "n", opType: op, domain: microsoftDomain, inputs: inputs, outputs: ["y"], attributes: attributes)])
+            for (name, t) in [("sx", try Tensor(floats: [sx], shape: [])), ("zx", try Tensor(.uint8, shape: [], int64s: [Int64(zx)])),
+                              ("sy", try Tensor(floats: [sy], shape: [])), ("zy", try Tensor(.uint8, shape: [], int64s: [Int64(zy)]))] + extra {
+                graph.setInitializer(name, t)
+            }
+            let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17), OpsetImport(domain: microsoftDomain, version: 1)])
+            let feed = ["x": try Tensor(.uint8, shape: [1, 2, 2, 2], int64s: x.map { Int64($0) })]
+            return try ReferenceExecutor(model: model).run(feed)[0].value.floats
+        }
+        let real = x.map { ($0 - zx) * sx }
+        XCTAssertEqual(try run("QLinearMul", inputs: ["x", "sx", "zx", "x", "sx", "zx", "sy", "zy"]), real.map { quantize($0 * $0) })
+        XCTAssertEqual(try run("QLinearSigmoid", inputs: ["x", "sx", "zx", "sy", "zy"]), real.map { quantize(1 / (1 + exp(-$0))) })
+        XCTAssertEqual(try run("QLinearLeakyRelu", ["alpha": .float(0.1)], inputs: ["x", "sx", "zx", "sy", "zy"]), real.map { quantize($0 < 0 ? 0.1 * $0 : $0) })
+        XCTAssertEqual(try run("QLinearConcat", ["axis": .int(1)], inputs: ["sy", "zy", "x", "sx", "zx", "x", "sx", "zx"], shape: [1, 4, 2, 2]),
+                       (real + real).map(quantize))
+        let pooled = try run("QLinearAveragePool", ["kernel_shape": .ints([2, 2])], inputs: ["x", "sx", "zx", "sy", "zy"], shape: [1, 2, 1, 1])
+        XCTAssertEqual(pooled, [quantize(real[0..<4].reduce(0, +) / 4), quantize(real[4..<8].reduce(0, +) / 4)])
     }
 }

@@ -168,6 +168,7 @@ public enum KernelRegistry {
         registerShapeOps(&b)
         registerControlFlow(&b)
         registerQuantization(&b)
+        registerMicrosoftQuantized(&b)
         registerResize(&b)
         registerAttention(&b)
         registerRecurrent(&b)
