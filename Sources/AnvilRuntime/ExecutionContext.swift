@@ -447,7 +447,7 @@ public final class ExecutionContext {
 
     /// The layer's fast kernel for this input shape: reused, or created on first sight.
     func fastLayer(_ layer: Layer, _ context: EvalContext, constants: ConstantStore? = nil) throws -> FastLayer? {
-        guard let x = context.optionalInput(0), x.dataType == .float else { return nil }
+        guard let x = context.optionalInput(0), [.float, .uint8, .int8].contains(x.dataType) else { return nil }
         if let existing = fastLayers[layer.name], existing.inputShape == x.shape { return existing }
         let key = "\(layer.name)|\(x.shape)"
         guard !withoutFastLayer.contains(key) else { return nil }

@@ -128,4 +128,29 @@ final class QuantizedModelTests: XCTestCase {
         let pooled = try run("QLinearAveragePool", ["kernel_shape": .ints([2, 2])], inputs: ["x", "sx", "zx", "sy", "zy"], shape: [1, 2, 1, 1])
         XCTAssertEqual(pooled, [quantize(real[0..<4].reduce(0, +) / 4), quantize(real[4..<8].reduce(0, +) / 4)])
     }
+
+    func testQuantizedConvolutionsInsideControlFlowRunOnINT8Kernels() throws {
+        // The Q/DQ network as both branches of an If on a runtime flag: the layer interpreter runs
+        // the branch, its quantized convolutions on oneDNN's INT8 kernels (channels-last), not the reference.
+        let inner = try model("qdq_resnet")
+        func branch() -> Graph {
+            let g = inner.graph.copy()
+            g.inputs = []
+            return g
+        }
+        let graph = Graph(name: "if", inputs: inner.graph.inputs + [ValueInfo(name: "flag", type: TensorType(.bool, shape: []))],
+                          outputs: inner.graph.outputs,
+                          nodes: [Node(name: "if", opType: "If", inputs: ["flag"], outputs: inner.graph.outputs.map(\.name),
+                                       attributes: ["then_branch": .graph(branch()), "else_branch": .graph(branch())])])
+        let model = Model(graph: graph, opsets: inner.opsets)
+        let context = ExecutionContext(engine: try EngineBuilder().build(model, name: "if").engine)
+        context.profiling = true
+        for (feeds, expected) in try dataSets("qdq_resnet", inner) {
+            var f = feeds
+            f["flag"] = try Tensor(.bool, shape: [], int64s: [1])
+            XCTAssertEqual(try context.run(f)[0].value.floats, expected[0].floats)
+        }
+        let kernels = context.profile.map(\.kernels)
+        XCTAssertTrue(kernels.contains { $0.contains("vnni") }, "\(kernels)")
+    }
 }
