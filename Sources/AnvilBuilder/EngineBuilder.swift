@@ -77,6 +77,7 @@ public struct EngineBuilder {
 
     /// Builds an engine from `source`, which is left as it is.
     public func build(_ source: Model, name: String) throws -> Result {
+        try precision.checkFP16(host: host)
         // INT8 calibrates once, before anything else (the budget's rounds reuse the ranges).
         if precision.needsInt8, int8Calibration == nil {
             var calibrated = self

@@ -14,6 +14,8 @@ public struct PrecisionPolicy: Sendable, Equatable {
     public var bf16 = false
     /// INT8 convolutions and matrix products, calibrated (`Int8Quantizer`).
     public var int8 = false
+    /// FP16 (--fp16): refused, naming why (`checkFP16`).
+    public var fp16 = false
     /// Per layer or ONNX node name, the precision it must take.
     public var layerPrecisions: [String: Precision] = [:]
     /// Whether the first and the last weighted layers stay FP32 under `bf16`.
@@ -27,7 +29,21 @@ public struct PrecisionPolicy: Sendable, Equatable {
     }
 
     /// Whether every layer stays FP32.
-    public var isFP32: Bool { !bf16 && !int8 && layerPrecisions.values.allSatisfy { $0 == .fp32 } }
+    public var isFP32: Bool { !bf16 && !int8 && !fp16 && layerPrecisions.values.allSatisfy { $0 == .fp32 } }
+
+    /// FP16 asked for (--fp16 or a layer pinned fp16) is refused with the reason: a CPU without
+    /// AVX-512 FP16 has no FP16 arithmetic (its 16-bit float arithmetic is BF16, and FP16
+    /// storage would only add a conversion before and after every layer); on one with it,
+    /// this Anvil's oneDNN 2.6 FP16 kernels are not enabled (they could not be tested on the
+    /// machines it is built on).
+    func checkFP16(host: CPUFeatures) throws {
+        guard fp16 || layerPrecisions.values.contains(.fp16) else { return }
+        guard host.contains(.avx512Fp16) else {
+            throw AnvilError.invalidArgument("FP16 arithmetic needs a CPU with AVX-512 FP16 (avx512_fp16 in /proc/cpuinfo); this CPU has \(host). "
+                                             + "Its 16-bit floating-point arithmetic is BF16: build with --bf16 (or --best)")
+        }
+        throw AnvilError.invalidArgument("FP16 kernels are not enabled in this Anvil (oneDNN 2.6's AVX-512 FP16 kernels are untested): build with --bf16 (or --best)")
+    }
 
     /// Whether any layer may compute in INT8 (the build then calibrates).
     public var needsInt8: Bool { int8 || layerPrecisions.values.contains(.int8) }
@@ -57,6 +73,7 @@ public struct PrecisionPolicy: Sendable, Equatable {
     /// without AVX-512 BF16.
     func apply(to graph: EngineGraph, host: CPUFeatures = .host) throws {
         if isFP32 { return }
+        try checkFP16(host: host)
         let weighted = graph.layers.indices.filter { Self.kernel(of: graph.layers[$0], graph.constants) != nil }
         let ends: Set<Int> = keepEnds ? Set([weighted.first, weighted.last].compactMap { $0 }) : []
         var matched: Set<String> = []

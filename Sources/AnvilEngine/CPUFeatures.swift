@@ -12,9 +12,11 @@ public struct CPUFeatures: OptionSet, Sendable, CustomStringConvertible {
     public static let avx512Vnni = CPUFeatures(rawValue: 1 << 2)
     public static let avx512Bf16 = CPUFeatures(rawValue: 1 << 3)
     public static let amx = CPUFeatures(rawValue: 1 << 4)
+    /// AVX-512 FP16 arithmetic (Intel Sapphire Rapids and later).
+    public static let avx512Fp16 = CPUFeatures(rawValue: 1 << 5)
 
     static let names: [(CPUFeatures, String)] = [(.avx2, "avx2"), (.avx512Core, "avx512_core"), (.avx512Vnni, "avx512_core_vnni"),
-                                                 (.avx512Bf16, "avx512_core_bf16"), (.amx, "amx")]
+                                                 (.avx512Bf16, "avx512_core_bf16"), (.amx, "amx"), (.avx512Fp16, "avx512_core_fp16")]
 
     public var description: String {
         let parts = Self.names.filter { contains($0.0) }.map(\.1)
@@ -33,6 +35,7 @@ public struct CPUFeatures: OptionSet, Sendable, CustomStringConvertible {
         if f.contains(.avx512Core), flags.contains("avx512_vnni") { f.insert(.avx512Vnni) }
         if f.contains(.avx512Core), flags.contains("avx512_bf16") { f.insert(.avx512Bf16) }
         if flags.contains("amx_tile") { f.insert(.amx) }
+        if f.contains(.avx512Core), flags.contains("avx512_fp16") { f.insert(.avx512Fp16) }
         return f
     }()
 }

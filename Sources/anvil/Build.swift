@@ -178,6 +178,7 @@ struct Build: ParsableCommand {
     var bf16 = false
     @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16[,…] (a layer or an ONNX node fused into it).")
     var layerPrecisions: [String] = []
+    @Flag(help: "FP16: refused on CPUs without AVX-512 FP16 (this Anvil computes 16-bit floats in BF16: use --bf16).") var fp16 = false
     @Flag(help: "Let convolutions and matrix products with constant weights compute in INT8 (u8/s8 activations, s8 weights per channel), calibrated on --calib data; the first and last stay FP32.")
     var int8 = false
     @Option(name: .customLong("calibMethod"), help: "INT8 calibration: minmax, entropy (TensorRT's KL divergence) or percentile (default).")
@@ -204,6 +205,7 @@ struct Build: ParsableCommand {
             settings.timingCacheFile = timingCacheFile
             settings.winograd = try winogradAllowed(tacticSources: tacticSources)
             settings.precision = PrecisionPolicy(bf16: bf16, int8: int8, layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(layerPrecisions))
+            settings.precision.fp16 = fp16
             guard let method = CalibrationMethod(rawValue: calibMethod) else {
                 throw AnvilError.invalidArgument("--calibMethod '\(calibMethod)' is not minmax, entropy or percentile")
             }

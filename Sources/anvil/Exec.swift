@@ -24,13 +24,13 @@ struct Exec: ParsableCommand {
     static let valueFlags: Set<String> = ["onnx", "saveEngine", "loadEngine", "shapes", "minShapes", "optShapes", "maxShapes", "iterations",
                                           "warmUp", "duration", "avgRuns", "percentile", "exportTimes", "exportProfile", "exportLayerInfo",
                                           "loadInputs", "threads", "timingCacheFile", "tacticSources", "memoryLimit", "layerPrecisions", "calib"]
-    static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32", "bf16", "int8"]
+    static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32", "bf16", "int8", "fp16"]
     static let gpuOnly: Set<String> = ["device", "useCudaGraph", "useSpinWait", "streams", "noDataTransfers", "useDLACore", "allowGPUFallback",
                                        "memPoolSize", "workspace", "useManagedMemory", "persistentCacheRatio", "maxAuxStreams", "dumpRefit",
                                        "refit", "versionCompatible", "hardwareCompatibilityLevel", "plugins", "staticPlugins", "dynamicPlugins",
                                        "safe", "consistency", "stronglyTyped", "builderOptimizationLevel", "sparsity",
                                        "useRuntime", "leanDLLPath", "excludeLeanRuntime"]
-    static let unsupportedPrecision: Set<String> = ["fp16", "fp8", "int4", "best", "precisionConstraints",
+    static let unsupportedPrecision: Set<String> = ["fp8", "int4", "best", "precisionConstraints",
                                                     "layerOutputTypes", "inputIOFormats", "outputIOFormats"]
 
     /// Parses `--name=value` and `--name` into (name, value?) pairs, refusing what does not apply.
@@ -97,6 +97,7 @@ struct Exec: ParsableCommand {
                 build.timingCacheFile = try one("timingCacheFile")
                 build.winograd = try winogradAllowed(tacticSources: try one("tacticSources"))
                 build.precision = PrecisionPolicy(bf16: has("bf16"), int8: has("int8"), layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(values("layerPrecisions")))
+                build.precision.fp16 = has("fp16")
                 // trtexec's --calib names a calibration cache (anvil build --int8 --calib DIR --calibCache FILE writes one).
                 if let cache = try one("calib") {
                     guard build.precision.needsInt8 else { throw AnvilError.invalidArgument("--calib=\(cache) is an INT8 calibration cache: it needs --int8") }

@@ -246,4 +246,22 @@ final class PrecisionTests: XCTestCase {
         XCTAssertNotEqual(int8.status, 0)
         XCTAssertTrue(int8.stderr.contains("--int8"), int8.stderr)
     }
+
+    func testFP16IsRefusedNamingTheMissingFeature() throws {
+        // No FP16 arithmetic without AVX-512 FP16: refused naming it and pointing to BF16, for
+        // --fp16 and for a layer pinned fp16; on a CPU that has it, refused as not enabled.
+        let model = try ONNXImporter.load(path: cnn)
+        let conv = try XCTUnwrap(model.graph.nodes.first { $0.opType == "Conv" }).name
+        for policy in [PrecisionPolicy(), PrecisionPolicy(layerPrecisions: [conv: .fp16])] {
+            var builder = EngineBuilder()
+            builder.precision = policy
+            builder.precision.fp16 = policy.layerPrecisions.isEmpty
+            builder.host = [.avx2, .avx512Core, .avx512Vnni, .avx512Bf16]
+            XCTAssertThrowsError(try builder.build(model, name: "cnn")) { error in
+                XCTAssertTrue("\(error)".contains("avx512_fp16") && "\(error)".contains("--bf16"), "\(error)")
+            }
+            builder.host.insert(.avx512Fp16)
+            XCTAssertThrowsError(try builder.build(model, name: "cnn")) { error in XCTAssertTrue("\(error)".contains("not enabled"), "\(error)") }
+        }
+    }
 }
