@@ -99,6 +99,9 @@ struct FunctionExport {
                 var y = i.count > 8 && !i[8].isEmpty ? op("Add", [product, op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])]) : product
                 if i.count > 9, !i[9].isEmpty { y = op("Add", [y, i[9]]) }
                 quantizedEnd(y, node, i, o)
+            case "QuantizedLookup":
+                // Gather(table, x as an index): an int8 x is negative where the table's byte order puts it last.
+                _ = op("Gather", [i[1], op("Cast", [i[0]], ["to": .int(Int64(DataType.int32.rawValue))])], ["axis": .int(0)], output: o[0])
             case "SiLU":
                 _ = op("Mul", [i[0], op("Sigmoid", [i[0]])], output: o[0])
             case "HardSwish":

@@ -15,4 +15,5 @@ func registerAnvilInference(_ b: inout RegistryBuilder) {
             return try rule(inner)
         }
     }
+    b.infer(["QuantizedLookup"], domain: anvilDomain) { ctx in [facts(ctx.type(1).elementType, ctx.dims(0))] }
 }

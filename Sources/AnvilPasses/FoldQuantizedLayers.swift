@@ -30,7 +30,7 @@ public struct FoldQuantizedLayers: Pass {
     public let summary = "fold QuantizeLinear/DequantizeLinear pairs into INT8 convolutions (residual sum, ReLU) and max pooling"
     public init() {}
     public func run(_ context: PassContext) throws -> Bool {
-        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.maxPool] + Self.microsoftRules).run(context)
+        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.maxPool, Self.lookup] + Self.microsoftRules).run(context)
     }
 
     /// One quantization of a tensor: its scale and zero point names and values.

@@ -153,4 +153,46 @@ final class QuantizedModelTests: XCTestCase {
         let kernels = context.profile.map(\.kernels)
         XCTAssertTrue(kernels.contains { $0.contains("vnni") }, "\(kernels)")
     }
+
+    func testQuantizedElementwiseChainsBecomeOneLookup() throws {
+        // QDQ SiLU as ONNX Runtime writes it: DQ(x) → Sigmoid → Q → DQ, Mul(DQ(x), ·) → Q, and a
+        // HardSwish on an int8 tensor: each a QuantizedLookup whose result is the model's exactly.
+        for type in [DataType.uint8, .int8] {
+            let graph = Graph(name: "silu", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [2, 300]))],
+                              outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [2, 300])), ValueInfo(name: "h", type: TensorType(.float, shape: [2, 300]))],
+                              nodes: [Node(name: "qx", opType: "QuantizeLinear", inputs: ["x", "sx", "zx"], outputs: ["xq"]),
+                                      Node(name: "dqx", opType: "DequantizeLinear", inputs: ["xq", "sx", "zx"], outputs: ["xf"]),
+                                      Node(name: "sig", opType: "Sigmoid", inputs: ["xf"], outputs: ["s"]),
+                                      Node(name: "qs", opType: "QuantizeLinear", inputs: ["s", "ss", "zs"], outputs: ["sq"]),
+                                      Node(name: "dqs", opType: "DequantizeLinear", inputs: ["sq", "ss", "zs"], outputs: ["sf"]),
+                                      Node(name: "mul", opType: "Mul", inputs: ["xf", "sf"], outputs: ["m"]),
+                                      Node(name: "qm", opType: "QuantizeLinear", inputs: ["m", "sm", "zm"], outputs: ["mq"]),
+                                      Node(name: "dqm", opType: "DequantizeLinear", inputs: ["mq", "sm", "zm"], outputs: ["y"]),
+                                      Node(name: "hs", opType: "HardSwish", inputs: ["xf"], outputs: ["hf"]),
+                                      Node(name: "qh", opType: "QuantizeLinear", inputs: ["hf", "sm", "zm"], outputs: ["hq"]),
+                                      Node(name: "dqh", opType: "DequantizeLinear", inputs: ["hq", "sm", "zm"], outputs: ["h"])])
+            let zero: Int64 = type == .uint8 ? 128 : 0
+            for (name, t) in [("sx", try Tensor(floats: [0.04], shape: [])), ("zx", try Tensor(type, shape: [], int64s: [zero])),
+                              ("ss", try Tensor(floats: [1.0 / 255], shape: [])), ("zs", try Tensor(.uint8, shape: [], int64s: [0])),
+                              ("sm", try Tensor(floats: [0.03], shape: [])), ("zm", try Tensor(type, shape: [], int64s: [zero / 4]))] {
+                graph.setInitializer(name, t)
+            }
+            let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+            let built = try EngineBuilder().build(model, name: "silu")
+            XCTAssertEqual(built.graph.layers.filter { $0.opType == "QuantizedLookup" }.count, 2, "\(type): \(built.graph.layers.map(\.opType))")
+            XCTAssertFalse(built.graph.layers.contains { $0.opType == "Sigmoid" || $0.opType == "Mul" || $0.opType == "HardSwish" })
+            var rng = SeededGenerator(seed: 3)
+            let feed = ["x": try Tensor(floats: (0..<600).map { _ in Float.random(in: -6...6, using: &rng) }, shape: [2, 300])]
+            let expected = try ReferenceExecutor(model: model).run(feed)
+            let actual = try ExecutionContext(engine: built.engine).run(feed)
+            for (a, e) in zip(actual, expected) { XCTAssertEqual(a.value.floats, e.value.floats, "\(type) \(a.name)") }
+            // The optimized model's export (Gather from the table) runs in ONNX Runtime to the same numbers.
+            let folder = try TestSupport.temporaryFolder()
+            defer { try? FileManager.default.removeItem(atPath: folder) }
+            try ExportChecks.writeWithReference(model, inputs: [feed], folder: folder)
+            let optimize = try TestSupport.run(["optimize", folder + "/model.onnx", "-o", folder + "/optimized.onnx"])
+            XCTAssertEqual(optimize.status, 0, optimize.stderr)
+            XCTAssertEqual(try ExportChecks.onnxRuntimeStatus(folder + "/optimized.onnx", reference: folder + "/reference"), 0, "\(type)")
+        }
+    }
 }

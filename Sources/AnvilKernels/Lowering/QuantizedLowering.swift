@@ -161,9 +161,28 @@ enum QuantizedLowering {
     static let entries = [
         LoweringEntry(kind: .quantizedConvolution, ops: ["QLinearConv", "anvil.FusedQLinearConv"], output: .plain, lower: convolution, prepare: prepare),
         LoweringEntry(kind: .quantizedMatmul, ops: ["QLinearMatMul", "anvil.FusedQLinearMatMul"], output: .plain, lower: matmul),
+        LoweringEntry(kind: .quantizedLookup, ops: ["anvil.QuantizedLookup"], output: .input, lower: lookup),
         LoweringEntry(kind: .quantize, ops: ["QuantizeLinear"], output: .input, lower: quantize),
         LoweringEntry(kind: .dequantize, ops: ["DequantizeLinear"], output: .input, lower: quantize),
     ]
+
+    /// QuantizedLookup: every stored byte (padding of a blocked layout included) through the
+    /// 256-entry table, in the input's layout.
+    static func lookup(_ l: LayerLowering) throws -> LayerDecision? {
+        guard let x = l.storedValue(0), [.uint8, .int8].contains(x.dataType), let table = l.constant(1), table.count == 256,
+              [.uint8, .int8].contains(table.dataType), let target = dnnlType(table.dataType) else { return nil }
+        let entries = table.int64s.map { UInt8(truncatingIfNeeded: $0) }
+        let layout = try x.layout.map { retyped($0, target) } ?? plainDescriptor(x.shape, table.dataType)
+        let out = l.plan.newValue(l.layer.outputs[0], table.dataType, x.shape, layout: layout)
+        let count = x.byteCount
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            let from = p.address(x).assumingMemoryBound(to: UInt8.self), to = p.address(out).assumingMemoryBound(to: UInt8.self)
+            entries.withUnsafeBufferPointer { t in for i in 0..<count { to[i] = t[Int(from[i])] } }
+        })
+        var decision = l.decided(.quantizedLookup)
+        decision.precision = .int8
+        return decision
+    }
 
     /// A quantized matrix product with constant int8 weights [K, N] (scales per column or one),
     /// the input's leading dimensions folded into M; row-major 8-bit input and output.

@@ -16,6 +16,8 @@ import AnvilCore
 //   B?, Sum?): QLinearMatMul plus an int32 bias per column (in units of a_scale · b_scale), then
 //   `activation`, quantized once (without y_scale: the real result, as floats, to which a
 //   float Sum may be added before the activation).
+// - QuantizedLookup(x, table): table[x's byte] (256 entries in byte order, so an int8 −1 reads
+//   entry 255; the output's type): an 8-bit tensor's elementwise computation made a table.
 // - Gelu, HardSwish, LayerNormalization, RMSNormalization, Attention: the standard
 //   op's semantics for models whose opset predates it; SiLU: x · sigmoid(x).
 
@@ -101,6 +103,12 @@ func registerAnvilOps(_ b: inout KernelTableBuilder) {
             for (i, v) in sum.doubles.enumerated() { real[i] += v }
         }
         return try quantizedResult(ctx, real, shape: shape)
+    }
+    b.add1("QuantizedLookup", domain: anvilDomain) { ctx in
+        let x = try ctx.input(0), table = try ctx.input(1)
+        guard table.count == 256, [.uint8, .int8].contains(x.dataType) else { throw ctx.fail("a lookup takes an 8-bit input and 256 table entries") }
+        let entries = table.int64s
+        return try Tensor(table.dataType, shape: x.shape, int64s: x.int64s.map { entries[Int(UInt8(truncatingIfNeeded: $0))] })
     }
     b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
     for (op, opset) in anvilStandardOps {

@@ -219,6 +219,8 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case quantizedMatmul = 50
     /// DequantizeLinear of 8-bit values with one scale and zero point: a scaling reorder.
     case dequantize = 51
+    /// QuantizedLookup: 8-bit values through a 256-entry table (Swift).
+    case quantizedLookup = 52
 
     /// The family of kernels this kind belongs to.
     public var family: KernelFamily {
@@ -227,7 +229,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .view: .view
         case .globalAveragePool, .outerSoftmax, .gather, .channelAffine, .cast, .logical, .select, .broadcastArithmetic, .shape, .range, .compare,
              .integerArithmetic, .expand, .dynamicSlice, .swiftReduction, .constantOfShape, .swiftConcat, .exactMath, .pad, .argExtreme,
-             .roiAlign, .dynamicQuantize, .lstm, .gatherND, .gatherElements, .cumulativeSum, .topK, .quantize: .swift
+             .roiAlign, .dynamicQuantize, .lstm, .gatherND, .gatherElements, .cumulativeSum, .topK, .quantize, .quantizedLookup: .swift
         default: .onednn
         }
     }
@@ -285,6 +287,7 @@ public enum KernelKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .quantize: "quantize"
         case .quantizedMatmul: "quantized matmul"
         case .dequantize: "dequantize"
+        case .quantizedLookup: "quantized lookup"
         }
     }
 }
