@@ -254,11 +254,22 @@ public struct FoldQuantizedLayers: Pass {
         return nil
     }
 
-    static let maxPool = RewriteRule("quantized max pool", roots: ["QuantizeLinear"]) { q, ctx in
-        guard ctx.pass.opset() >= 12, let (pool, act) = layerBefore(q, ctx), act == nil, pool.opType == "MaxPool", pool.domain.isEmpty,
-              pool.outputs.count == 1, let x = dequantized(pool.inputs[0], ctx), let out = parameters(q, ctx, type: nil), out.same(as: x.q) else { return nil }
-        let node = Node(name: pool.name, opType: "MaxPool", inputs: [x.input], outputs: q.outputs, attributes: pool.attributes,
-                        fusedFrom: pool.fusedFrom + q.fusedFrom)
-        return Patch(statistic: "DQ → MaxPool → Q → MaxPool", remove: [pool, q], add: [node])
+    /// Ops that move or select values without arithmetic, with the input that carries the data
+    /// (nil: every input, Concat's); an 8-bit kernel takes each.
+    static let movement: [String: Int?] = ["MaxPool": 0, "Concat": nil, "Reshape": 0, "Flatten": 0, "Squeeze": 0, "Unsqueeze": 0]
+
+    /// DQ(x…) → MaxPool, Concat, Reshape … → Q, every x with the output's scale and zero point:
+    /// the op on the 8-bit tensors (exact: it only moves or selects values).
+    static let maxPool = RewriteRule("quantized data movement", roots: ["QuantizeLinear"]) { q, ctx in
+        guard ctx.pass.opset() >= 13, let (op, act) = layerBefore(q, ctx), act == nil, op.domain.isEmpty, let entry = movement[op.opType],
+              op.outputs.count == 1, let out = parameters(q, ctx, type: nil) else { return nil }
+        let data = entry.map { [$0] } ?? Array(op.inputs.indices)
+        var inputs = op.inputs
+        for i in data {
+            guard i < op.inputs.count, let x = dequantized(op.inputs[i], ctx), out.same(as: x.q) else { return nil }
+            inputs[i] = x.input
+        }
+        let node = Node(name: op.name, opType: op.opType, inputs: inputs, outputs: q.outputs, attributes: op.attributes, fusedFrom: op.fusedFrom + q.fusedFrom)
+        return Patch(statistic: "DQ → \(op.opType) → Q → \(op.opType)", remove: [op, q], add: [node])
     }
 }

@@ -176,8 +176,11 @@ enum QuantizedLowering {
         let out = l.plan.newValue(l.layer.outputs[0], table.dataType, x.shape, layout: layout)
         let count = x.byteCount
         l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
-            let from = p.address(x).assumingMemoryBound(to: UInt8.self), to = p.address(out).assumingMemoryBound(to: UInt8.self)
-            entries.withUnsafeBufferPointer { t in for i in 0..<count { to[i] = t[Int(from[i])] } }
+            let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
+            Parallel.ranges(count, parts: Parallel.parts(forElements: count)) { range in
+                let source = UnsafePointer<UInt8>(bitPattern: from)!, target = UnsafeMutablePointer<UInt8>(bitPattern: to)!
+                entries.withUnsafeBufferPointer { t in for i in range { target[i] = t[Int(source[i])] } }
+            }
         })
         var decision = l.decided(.quantizedLookup)
         decision.precision = .int8
@@ -274,7 +277,11 @@ enum QuantizedLowering {
             // Every stored element, padding of a blocked layout included (the same layout, one byte each).
             let count = x.byteCount / 4, signed = outType == .int8
             l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
-                anvil_quantize_linear(p.address(x).assumingMemoryBound(to: Float.self), Int64(count), s, Float(z), signed ? 1 : 0, p.address(out))
+                let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
+                Parallel.ranges(count, parts: Parallel.parts(forElements: count)) { range in
+                    anvil_quantize_linear(UnsafePointer<Float>(bitPattern: from)! + range.lowerBound, Int64(range.count), s, Float(z), signed ? 1 : 0,
+                                          UnsafeMutableRawPointer(bitPattern: to)! + range.lowerBound)
+                }
             })
         }
         // Quantizing writes 8-bit values (an INT8 layer); dequantizing writes floats.
