@@ -268,3 +268,22 @@ void anvil_quantize_linear(const float *x, int64_t count, float scale, float zer
         for (int64_t i = 0; i < count; i++) y[i] = (uint8_t)(int32_t)quantize_one(x[i], scale, zero_point, 0.0f, 255.0f);
     }
 }
+
+/* The same on an [n, channels, spatial] float tensor (row-major) into a channels-last one
+   ([n, spatial, channels]), for channels [c0, c1): reads run along the spatial axis. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t c0, int64_t c1,
+                                         float scale, float zero_point, int is_signed, void *out) {
+    for (int64_t b = 0; b < n; b++) {
+        for (int64_t c = c0; c < c1; c++) {
+            const float *from = x + (b * channels + c) * spatial;
+            if (is_signed) {
+                int8_t *to = (int8_t *)out + b * spatial * channels + c;
+                for (int64_t p = 0; p < spatial; p++) to[p * channels] = (int8_t)(int32_t)quantize_one(from[p], scale, zero_point, -128.0f, 127.0f);
+            } else {
+                uint8_t *to = (uint8_t *)out + b * spatial * channels + c;
+                for (int64_t p = 0; p < spatial; p++) to[p * channels] = (uint8_t)(int32_t)quantize_one(from[p], scale, zero_point, 0.0f, 255.0f);
+            }
+        }
+    }
+}

@@ -266,13 +266,27 @@ enum QuantizedLowering {
               let target = dnnlType(outType) else { return nil }
         let z = Int32(zero?.int64s.first ?? 0)
         let source = try x.descriptor()
-        let layout = try x.layout.map { retyped($0, target) } ?? plainDescriptor(shape, outType)
+        // A plain [N, C, spatial…] float input is quantized straight into channels-last, the
+        // layout the INT8 kernels read; otherwise the output keeps the input's layout.
+        let transposing = !dequantize && x.isPlain && (3...5).contains(shape.count)
+        let layout = try transposing ? memoryDescriptor(shape, Layout.channelsLast.formatTag(rank: shape.count)!, target)
+            : x.layout.map { retyped($0, target) } ?? plainDescriptor(shape, outType)
         let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
         if dequantize {
             let primitive = try reorderPrimitive(from: source, to: layout, engine: l.plan.engine,
                                                  quantization: DNNLQuantization(outputScales: [s], sourceZeroPoint: z))
             try l.emit(.dequantize, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_FROM, x, source), (DNNL_ARG_TO, out, layout)],
                                                 implementation: "reorder"))
+        } else if transposing {
+            let (n, channels, spatial) = (shape[0], shape[1], shape[2...].reduce(1, *)), signed = outType == .int8
+            l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+                let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
+                Parallel.ranges(channels, parts: Parallel.parts(forElements: x.count)) { range in
+                    anvil_quantize_linear_channels_last(UnsafePointer<Float>(bitPattern: from)!, Int64(n), Int64(channels), Int64(spatial),
+                                                        Int64(range.lowerBound), Int64(range.upperBound), s, Float(z), signed ? 1 : 0,
+                                                        UnsafeMutableRawPointer(bitPattern: to)!)
+                }
+            })
         } else {
             // Every stored element, padding of a blocked layout included (the same layout, one byte each).
             let count = x.byteCount / 4, signed = outType == .int8
