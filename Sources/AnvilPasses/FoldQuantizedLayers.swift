@@ -30,7 +30,7 @@ public struct FoldQuantizedLayers: Pass {
     public let summary = "fold QuantizeLinear/DequantizeLinear pairs into INT8 convolutions (residual sum, ReLU) and max pooling"
     public init() {}
     public func run(_ context: PassContext) throws -> Bool {
-        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.maxPool, Self.lookup] + Self.microsoftRules).run(context)
+        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.movement, Self.lookup] + Self.microsoftRules).run(context)
     }
 
     /// One quantization of a tensor: its scale and zero point names and values.
@@ -176,6 +176,21 @@ public struct FoldQuantizedLayers: Pass {
         return name
     }
 
+    /// A quantized product's int8 weights as K×N (Gemm's N×K transposed into a new constant) and
+    /// a zero weight zero point shaped like the scales.
+    static func productWeights(_ name: String, _ w: Tensor, transposed: Bool, scales: Tensor, layer: String, _ ctx: RewriteContext,
+                               _ initializers: inout [(String, Tensor)]) throws -> (weights: String, zeroPoint: String) {
+        var weights = name
+        if transposed {
+            let (n, k) = (w.shape[0], w.shape[1]), v = w.int64s
+            weights = ctx.graph.freshName("\(name)_kn")
+            initializers.append((weights, try Tensor(.int8, shape: [k, n], int64s: (0..<(k * n)).map { v[($0 % n) * k + $0 / n] })))
+        }
+        let zero = ctx.graph.freshName("\(layer)_weight_zero_point")
+        initializers.append((zero, try Tensor(.int8, shape: scales.shape, int64s: Array(repeating: 0, count: scales.count))))
+        return (weights, zero)
+    }
+
     static let matmul = RewriteRule("quantized matmul", roots: ["QuantizeLinear"]) { q, ctx in
         guard let (mm, act) = layerBefore(q, ctx), mm.opType == "MatMul" || mm.opType == "Gemm", mm.domain.isEmpty, mm.outputs.count == 1,
               mm.inputs.count >= 2, let a = dequantized(mm.inputs[0], ctx), let aRank = ctx.type(a.input).rank, aRank >= 2,
@@ -201,14 +216,7 @@ public struct FoldQuantizedLayers: Pass {
                                              ctx, &initializers, like: mm.name) else { return nil }
         if case .fused = fusedActivation, ctx.pass.standardOnly { return nil }
         if !bias.isEmpty, ctx.pass.standardOnly { return nil }
-        var weights = wdq.inputs[0]
-        if transposed {
-            let v = w.int64s
-            weights = ctx.graph.freshName("\(wdq.inputs[0])_kn")
-            initializers.append((weights, try Tensor(.int8, shape: [k, n], int64s: (0..<(k * n)).map { v[($0 % n) * k + $0 / n] })))
-        }
-        let wz = ctx.graph.freshName("\(mm.name)_weight_zero_point")
-        initializers.append((wz, try Tensor(.int8, shape: ws.shape, int64s: Array(repeating: 0, count: ws.count))))
+        let (weights, wz) = try productWeights(wdq.inputs[0], w, transposed: transposed, scales: ws, layer: mm.name, ctx, &initializers)
         let inputs = [a.input, a.q.scale, try zeroName(a.q, ctx, &initializers, like: a.input), weights, wdq.inputs[1], wz,
                       out.scale, try zeroName(out, ctx, &initializers, like: q.outputs[0])]
         let removed = [mm] + (act.map { [$0] } ?? []) + [q]
@@ -256,12 +264,12 @@ public struct FoldQuantizedLayers: Pass {
 
     /// Ops that move or select values without arithmetic, with the input that carries the data
     /// (nil: every input, Concat's); an 8-bit kernel takes each.
-    static let movement: [String: Int?] = ["MaxPool": 0, "Concat": nil, "Reshape": 0, "Flatten": 0, "Squeeze": 0, "Unsqueeze": 0]
+    static let movementOps: [String: Int?] = ["MaxPool": 0, "Concat": nil, "Reshape": 0, "Flatten": 0, "Squeeze": 0, "Unsqueeze": 0]
 
     /// DQ(x…) → MaxPool, Concat, Reshape … → Q, every x with the output's scale and zero point:
     /// the op on the 8-bit tensors (exact: it only moves or selects values).
-    static let maxPool = RewriteRule("quantized data movement", roots: ["QuantizeLinear"]) { q, ctx in
-        guard ctx.pass.opset() >= 13, let (op, act) = layerBefore(q, ctx), act == nil, op.domain.isEmpty, let entry = movement[op.opType],
+    static let movement = RewriteRule("quantized data movement", roots: ["QuantizeLinear"]) { q, ctx in
+        guard ctx.pass.opset() >= 13, let (op, act) = layerBefore(q, ctx), act == nil, op.domain.isEmpty, let entry = movementOps[op.opType],
               op.outputs.count == 1, let out = parameters(q, ctx, type: nil) else { return nil }
         let data = entry.map { [$0] } ?? Array(op.inputs.indices)
         var inputs = op.inputs

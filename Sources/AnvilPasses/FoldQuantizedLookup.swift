@@ -51,9 +51,8 @@ extension FoldQuantizedLayers {
             chain[ObjectIdentifier(p)] = p
             return p.inputs.filter { !$0.isEmpty }.allSatisfy(visit)
         }
-        guard visit(q.inputs[0]), let source, chain.count >= 2 || (chain.count == 1 && leaves.isEmpty) else { return nil }
-        // Not the plain DQ → Q of an exact requantization (nothing to gain) unless something computes in between.
-        guard chain.values.contains(where: { $0.opType != "DequantizeLinear" && $0.opType != "QuantizeLinear" }) else { return nil }
+        // Something computes between the DequantizeLinear and q (a plain requantization has nothing to gain).
+        guard visit(q.inputs[0]), let source, chain.values.contains(where: { $0.opType != "DequantizeLinear" && $0.opType != "QuantizeLinear" }) else { return nil }
         // Every value the chain makes is read only inside it (its first DequantizeLinears may have other readers: they stay).
         let members = Set(chain.keys).union([ObjectIdentifier(q)])
         var removable: [Node] = []
@@ -76,7 +75,7 @@ extension FoldQuantizedLayers {
             guard let definition = OpRegistry.lookup(domain: "", opType: node.opType, opset: ctx.pass.opset()) else { return nil }
             let inputs: [Tensor?] = node.inputs.map { $0.isEmpty ? nil : values[$0] ?? ctx.constant($0) }
             guard let result = try? definition.evaluate(EvalContext(node: node, opset: ctx.pass.opset(), inputs: inputs) { _, _ in [] }).first,
-                  result.count == 256 || (node === q && result.count == 256) else { return nil }
+                  result.count == 256 else { return nil }
             values[node.outputs[0]] = result
         }
         guard let table = values[q.outputs[0]], table.dataType == out.type else { return nil }

@@ -55,7 +55,7 @@ extension FoldQuantizedLayers {
         let reader = AttributeReader(node: gemm)
         guard (try? reader.int("transA", 0)) == 0, (try? reader.float("alpha", 1)) == 1 else { return nil }
         let transposed = (try? reader.int("transB", 0)) != 0
-        let (k, n) = transposed ? (w.shape[1], w.shape[0]) : (w.shape[0], w.shape[1])
+        let n = transposed ? w.shape[0] : w.shape[1]
         guard ws.count == 1 || ws.count == n else { return nil }
         if gemm.inputs.count > 5, !gemm.inputs[5].isEmpty {
             guard let z = ctx.constant(gemm.inputs[5]), z.int64s.allSatisfy({ $0 == 0 }) else { return nil }
@@ -64,14 +64,7 @@ extension FoldQuantizedLayers {
             guard let c = ctx.constant(gemm.inputs[6]), c.dataType == .int32, c.count == n else { return nil }
         }
         var initializers: [(String, Tensor)] = []
-        var weights = gemm.inputs[3]
-        if transposed {
-            let v = w.int64s
-            weights = ctx.graph.freshName("\(gemm.inputs[3])_kn")
-            initializers.append((weights, try Tensor(.int8, shape: [k, n], int64s: (0..<(k * n)).map { v[($0 % n) * k + $0 / n] })))
-        }
-        let wz = ctx.graph.freshName("\(gemm.name)_weight_zero_point")
-        initializers.append((wz, try Tensor(.int8, shape: ws.shape, int64s: Array(repeating: 0, count: ws.count))))
+        let (weights, wz) = try productWeights(gemm.inputs[3], w, transposed: transposed, scales: ws, layer: gemm.name, ctx, &initializers)
         func input(_ i: Int) -> String { i < gemm.inputs.count ? gemm.inputs[i] : "" }
         var inputs = [input(0), input(1), input(2), weights, input(4), wz, input(7), input(8), input(6)]
         while inputs.last == "" { inputs.removeLast() }

@@ -217,6 +217,19 @@ public struct DNNLQuantization: Sendable {
     /// (GELU, SiLU …: the output scales then stop at real units).
     public var finalScale: Float?
 
+    /// The source, weight and destination types of a weighted kernel in `precision`: FP32; BF16
+    /// (a BF16 destination, or FP32 where `floatBF16Result`); INT8 with `quantization`'s 8-bit
+    /// types and s8 weights. Anything else has no kernel.
+    static func types(_ precision: Precision, _ quantization: DNNLQuantization?, floatBF16Result: Bool = false,
+                      what: String) throws -> (source: dnnl_data_type_t, weights: dnnl_data_type_t, destination: dnnl_data_type_t) {
+        switch (precision, quantization) {
+        case (.fp32, nil): return (dnnl_f32, dnnl_f32, dnnl_f32)
+        case (.bf16, nil): return (dnnl_bf16, dnnl_bf16, floatBF16Result ? dnnl_f32 : dnnl_bf16)
+        case (.int8, let q?): return (q.sourceType, dnnl_s8, q.destinationType)
+        default: throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) \(what)")
+        }
+    }
+
     public init(outputScales: [Float], sourceZeroPoint: Int32 = 0, destinationZeroPoint: Int32 = 0) {
         self.outputScales = outputScales
         self.sourceZeroPoint = sourceZeroPoint

@@ -80,13 +80,7 @@ public final class DNNLConvolution {
         let spatial = inputShape.count - 2
         // BF16: activations and weights in BF16, the bias and the accumulation in FP32. INT8: 8-bit
         // activations (the quantization's types), s8 weights, FP32 bias in accumulator units.
-        let (sourceType, weightType, destinationType): (dnnl_data_type_t, dnnl_data_type_t, dnnl_data_type_t)
-        switch (precision, quantization) {
-        case (.fp32, nil): (sourceType, weightType, destinationType) = (dnnl_f32, dnnl_f32, dnnl_f32)
-        case (.bf16, nil): (sourceType, weightType, destinationType) = (dnnl_bf16, dnnl_bf16, dnnl_bf16)
-        case (.int8, let q?): (sourceType, weightType, destinationType) = (q.sourceType, dnnl_s8, q.destinationType)
-        default: throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) convolution")
-        }
+        let (sourceType, weightType, destinationType) = try DNNLQuantization.types(precision, quantization, what: "convolution")
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] % group == 0, inputShape[1] / group == weights.shape[1], weights.shape[0] % group == 0 else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "weights \(weights.shape) do not fit input \(inputShape) with group \(group)")

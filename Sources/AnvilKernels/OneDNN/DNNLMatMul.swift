@@ -31,13 +31,7 @@ public final class DNNLMatMul {
         if let bias, bias.count != n { throw AnvilError.invalidTensor(name: "MatMul", reason: "bias has \(bias.count) values for N = \(n)") }
         _ = try MemoryPolicy.checkedCount([m, n], .float, for: "the matmul's output")
         // INT8: 8-bit input and output (the quantization's types), s8 weights, FP32 bias in accumulator units.
-        let (sourceType, weightType, destinationType): (dnnl_data_type_t, dnnl_data_type_t, dnnl_data_type_t)
-        switch (precision, quantization) {
-        case (.fp32, nil): (sourceType, weightType, destinationType) = (dnnl_f32, dnnl_f32, dnnl_f32)
-        case (.bf16, nil): (sourceType, weightType, destinationType) = (dnnl_bf16, dnnl_bf16, dnnl_f32)
-        case (.int8, let q?): (sourceType, weightType, destinationType) = (q.sourceType, dnnl_s8, q.destinationType)
-        default: throw AnvilError.invalidTensor(name: "oneDNN", reason: "no \(precision) matmul")
-        }
+        let (sourceType, weightType, destinationType) = try DNNLQuantization.types(precision, quantization, floatBF16Result: true, what: "matmul")
         var src = try memoryDescriptor([m, k], dnnl_ab, sourceType)
         var anyWeights = try memoryDescriptor([k, n], dnnl_format_tag_any, weightType)
         var biasDesc = try memoryDescriptor([1, n], dnnl_ab)

@@ -102,13 +102,8 @@ func registerQuantization(_ b: inout KernelTableBuilder) {
         return try Tensor(.int32, shape: r.shape, int64s: r.values)
     }
     b.add1("ConvInteger", since: 10) { ctx in
-        let x = try ctx.input(0), w = try ctx.input(1)
-        let attrs = try WindowAttributes(ctx)
-        let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
-        let xv = try subtractZeroPoint(ctx, x, ctx.optionalInput(2), axis: 1, perRow: false)
-        let wv = try subtractZeroPoint(ctx, w, ctx.optionalInput(3), axis: 0, perRow: false)
-        let y = try named(ctx) { try Linear.convInteger(xv, xShape: x.shape, wv, wShape: w.shape, geometry: g, group: attrs.group) }
-        return try Tensor(.int32, shape: [x.shape[0], w.shape[0]] + g.output, int64s: y)
+        let (y, shape) = try integerConvolution(ctx, x: 0, xZero: 2, w: 1, wZero: 3)
+        return try Tensor(.int32, shape: shape, int64s: y)
     }
     b.add1("QLinearConv", since: 10) { ctx in
         let (real, shape) = try quantizedConvolution(ctx)
@@ -169,13 +164,8 @@ func requantize(_ ctx: EvalContext, _ real: [Double], shape: [Int], scale: Doubl
 /// the inputs less their zero points, plus the int32 bias, times x_scale · w_scale (per
 /// output channel).
 func quantizedConvolution(_ ctx: EvalContext) throws -> (real: [Double], shape: [Int]) {
-    let x = try ctx.input(0), w = try ctx.input(3)
-    let attrs = try WindowAttributes(ctx)
-    let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
-    let xv = try subtractZeroPoint(ctx, x, ctx.input(2), axis: 1, perRow: false)
-    let wv = try subtractZeroPoint(ctx, w, ctx.input(5), axis: 0, perRow: false)
-    var acc = try named(ctx) { try Linear.convInteger(xv, xShape: x.shape, wv, wShape: w.shape, geometry: g, group: attrs.group) }
-    let cout = w.shape[0], outSize = g.output.reduce(1, *)
+    var (acc, shape) = try integerConvolution(ctx, x: 0, xZero: 2, w: 3, wZero: 5)
+    let cout = shape[1], outSize = shape[2...].reduce(1, *)
     if let bias = ctx.optionalInput(8) {
         let bv = bias.int64s
         guard bv.count == cout else { throw ctx.fail("bias has \(bv.count) values for \(cout) output channels") }
@@ -185,5 +175,17 @@ func quantizedConvolution(_ ctx: EvalContext) throws -> (real: [Double], shape: 
     let ws = try ctx.input(4).doubles
     guard ws.count == 1 || ws.count == cout else { throw ctx.fail("w_scale has \(ws.count) values for \(cout) output channels") }
     let real = acc.indices.map { Double(acc[$0]) * xs * ws[ws.count == 1 ? 0 : ($0 / outSize) % cout] }
-    return (real, [x.shape[0], cout] + g.output)
+    return (real, shape)
+}
+
+/// The exact integer convolution of inputs `x` and `w` less their zero points (absent: 0), with
+/// the op's window attributes: the int32-range sums and the output shape.
+func integerConvolution(_ ctx: EvalContext, x xi: Int, xZero: Int, w wi: Int, wZero: Int) throws -> (values: [Int64], shape: [Int]) {
+    let x = try ctx.input(xi), w = try ctx.input(wi)
+    let attrs = try WindowAttributes(ctx)
+    let g = try attrs.geometry(ctx, input: Array(x.shape[2...]), kernel: attrs.kernelShape ?? Array(w.shape[2...]))
+    let xv = try subtractZeroPoint(ctx, x, ctx.optionalInput(xZero), axis: 1, perRow: false)
+    let wv = try subtractZeroPoint(ctx, w, ctx.optionalInput(wZero), axis: 0, perRow: false)
+    let y = try named(ctx) { try Linear.convInteger(xv, xShape: x.shape, wv, wShape: w.shape, geometry: g, group: attrs.group) }
+    return (y, [x.shape[0], w.shape[0]] + g.output)
 }
