@@ -98,7 +98,7 @@ extension EngineBuilder {
         let referenceLayers = try sample.map { try reference.layerOutputs($0) }
         var search = self
         (search.timeTactics, search.budget) = (false, nil)
-        // Layers moved to a higher precision: INT8 → BF16 (when BF16 is allowed) → FP32.
+        // Layers moved to a higher precision: INT8 → BF16 or FP16 (when allowed) → FP32.
         var movedBack: [String: (precision: Precision, reason: String)] = [:]
         var measured = 0.0
         /// Builds with the layers moved so far (and `extra`) and measures the budget.
@@ -137,7 +137,8 @@ extension EngineBuilder {
             let ranked = reduced.sorted { (added[$0.name] ?? 0) > (added[$1.name] ?? 0) }
             func moves(_ k: Int) -> [String: (precision: Precision, reason: String)] {
                 Dictionary(uniqueKeysWithValues: ranked.prefix(k).map { layer in
-                    let next: Precision = layer.decision?.precision == .int8 && precision.bf16 && host.contains(.avx512Bf16) ? .bf16 : .fp32
+                    let int8 = layer.decision?.precision == .int8
+                    let next: Precision = int8 && precision.bf16 && host.contains(.avx512Bf16) ? .bf16 : int8 && precision.fp16 ? .fp16 : .fp32
                     return (layer.name, (next, "moved to \(next) in round \(round): adds \(String(format: "%.2g", Swift.max(0, added[layer.name] ?? 0))) to 1 − cosine"))
                 })
             }

@@ -77,7 +77,6 @@ public struct EngineBuilder {
 
     /// Builds an engine from `source`, which is left as it is.
     public func build(_ source: Model, name: String) throws -> Result {
-        try precision.checkFP16(host: host)
         // INT8 calibrates once, before anything else (the budget's rounds reuse the ranges).
         if precision.needsInt8, int8Calibration == nil {
             var calibrated = self
@@ -172,9 +171,10 @@ public struct EngineBuilder {
         for i in graph.layers.indices { graph.layers[i].decision = compiled.decisions[graph.layers[i].name] }
         // Weights stored prepacked are not stored plain too: a layer that needs them plain unpacks
         // them. Winograd-transformed weights cannot be read back, so theirs stay plain as well.
-        // BF16 copies are the constant rounded: they stand for it only when BF16 layers alone read it.
+        // BF16 and FP16 copies are the constant rounded: they stand for it only when layers of
+        // that precision alone read it.
         var fp32Readers: Set<String> = []
-        for layer in graph.layers where layer.decision?.precision != .bf16 { fp32Readers.formUnion(layer.inputs) }
+        for layer in graph.layers where ![.bf16, .fp16].contains(layer.decision?.precision) { fp32Readers.formUnion(layer.inputs) }
         let packedOnly = Set(compiled.packedWeights.filter { $0.isUnpackable && ($0.packedType == .float || !fp32Readers.contains($0.constant)) }.map(\.constant))
         let file = try EngineFormat.file(for: graph, producer: producer, requiredFeatures: compiled.requiredFeatures, metadata: Array(meta.utf8),
                                    profile: profile, weights: compiled.packedWeights, packedOnly: packedOnly, memoryPlan: compiled.memoryPlan)

@@ -2,48 +2,42 @@ import AnvilCore
 import AnvilEngine
 import AnvilKernels
 
-/// Which layers may compute in a reduced precision, as trtexec's --bf16 and
+/// Which layers may compute in a reduced precision, as trtexec's --bf16, --fp16 and
 /// --layerPrecisions say. FP32 unless asked: the builder never lowers precision on its
 /// own. Weighted layers (convolutions, and matrix products with constant weights) take
-/// BF16 under `bf16`, except the first and the last of the graph (the layers that see
-/// the raw input and make the final scores are the most sensitive) unless `keepEnds` is off; a layer the user names in
-/// `layerPrecisions` always takes the precision given, fused layers included (named by
-/// the layer or by any ONNX node fused into it).
+/// BF16 under `bf16` (else FP16 under `fp16`), except the first and the last of the graph
+/// (the layers that see the raw input and make the final scores are the most sensitive)
+/// unless `keepEnds` is off; a layer the user names in `layerPrecisions` always takes the
+/// precision given, fused layers included (named by the layer or by any ONNX node fused
+/// into it).
+///
+/// FP16 is storage: an FP16 layer's weights are rounded to FP16 and stored so (half the
+/// bytes in the engine file), and it computes in FP32 from FP32 activations: CPUs without
+/// AVX-512 FP16 have no FP16 arithmetic, and oneDNN 2.6 has no FP16 kernel for them (its
+/// only FP16 conversion there is the scalar reference reorder), so FP16 activations would
+/// add a conversion pass before and after every layer and save nothing (docs/precision.md).
 public struct PrecisionPolicy: Sendable, Equatable {
     /// BF16 convolutions and matrix products (oneDNN's AVX-512 BF16 kernels).
     public var bf16 = false
     /// INT8 convolutions and matrix products, calibrated (`Int8Quantizer`).
     public var int8 = false
-    /// FP16 (--fp16): refused, naming why (`checkFP16`).
+    /// FP16 weight storage for convolutions and matrix products (FP32 arithmetic).
     public var fp16 = false
     /// Per layer or ONNX node name, the precision it must take.
     public var layerPrecisions: [String: Precision] = [:]
     /// Whether the first and the last weighted layers stay FP32 under `bf16`.
     public var keepEnds = true
 
-    public init(bf16: Bool = false, int8: Bool = false, layerPrecisions: [String: Precision] = [:], keepEnds: Bool = true) {
+    public init(bf16: Bool = false, int8: Bool = false, fp16: Bool = false, layerPrecisions: [String: Precision] = [:], keepEnds: Bool = true) {
         self.bf16 = bf16
         self.int8 = int8
+        self.fp16 = fp16
         self.layerPrecisions = layerPrecisions
         self.keepEnds = keepEnds
     }
 
     /// Whether every layer stays FP32.
     public var isFP32: Bool { !bf16 && !int8 && !fp16 && layerPrecisions.values.allSatisfy { $0 == .fp32 } }
-
-    /// FP16 asked for (--fp16 or a layer pinned fp16) is refused with the reason: a CPU without
-    /// AVX-512 FP16 has no FP16 arithmetic (its 16-bit float arithmetic is BF16, and FP16
-    /// storage would only add a conversion before and after every layer); on one with it,
-    /// this Anvil's oneDNN 2.6 FP16 kernels are not enabled (they could not be tested on the
-    /// machines it is built on).
-    func checkFP16(host: CPUFeatures) throws {
-        guard fp16 || layerPrecisions.values.contains(.fp16) else { return }
-        guard host.contains(.avx512Fp16) else {
-            throw AnvilError.invalidArgument("FP16 arithmetic needs a CPU with AVX-512 FP16 (avx512_fp16 in /proc/cpuinfo); this CPU has \(host). "
-                                             + "Its 16-bit floating-point arithmetic is BF16: build with --bf16 (or --best)")
-        }
-        throw AnvilError.invalidArgument("FP16 kernels are not enabled in this Anvil (oneDNN 2.6's AVX-512 FP16 kernels are untested): build with --bf16 (or --best)")
-    }
 
     /// Whether any layer may compute in INT8 (the build then calibrates).
     public var needsInt8: Bool { int8 || layerPrecisions.values.contains(.int8) }
@@ -73,23 +67,22 @@ public struct PrecisionPolicy: Sendable, Equatable {
     /// without AVX-512 BF16.
     func apply(to graph: EngineGraph, host: CPUFeatures = .host) throws {
         if isFP32 { return }
-        try checkFP16(host: host)
         let weighted = graph.layers.indices.filter { Self.kernel(of: graph.layers[$0], graph.constants) != nil }
         let ends: Set<Int> = keepEnds ? Set([weighted.first, weighted.last].compactMap { $0 }) : []
         var matched: Set<String> = []
         var reduced = false
         for i in weighted {
             let layer = graph.layers[i]
-            var precision: Precision = bf16 && !ends.contains(i) ? .bf16 : .fp32
+            var precision: Precision = ends.contains(i) ? .fp32 : bf16 ? .bf16 : fp16 ? .fp16 : .fp32
             for name in [layer.name] + layer.fusedFrom {
                 guard let asked = layerPrecisions[name] else { continue }
                 matched.insert(name)
                 precision = asked
             }
-            guard precision == .fp32 || precision == .bf16 else {
-                throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' cannot run in \(precision) (this Anvil has FP32, BF16 and INT8 kernels)")
+            guard precision != .int8 else {
+                throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' was not quantized, so it cannot run in INT8 (INT8 needs --int8 calibration data, and its input a calibrated range)")
             }
-            reduced = reduced || precision != .fp32
+            reduced = reduced || precision == .bf16
             let kind = Self.kernel(of: layer, graph.constants)!
             graph.layers[i].decision = LayerDecision(kernel: kind, layout: kind == .convolution ? .preferred : .plain, precision: precision,
                                                      postOps: try PostOps(layer))
@@ -105,7 +98,7 @@ public struct PrecisionPolicy: Sendable, Equatable {
                 matched.insert(name)
                 guard asked == .fp32 || (asked == .int8 && quantized) else {
                     throw AnvilError.invalidArgument("--layerPrecisions: layer '\(layer.name)' (\(layer.opType)) has no \(asked) kernel in this Anvil; "
-                                                     + "only convolutions and matrix products with constant weights take BF16 or INT8")
+                                                     + "only convolutions and matrix products with constant weights take BF16, FP16 or INT8")
                 }
             }
         }
@@ -118,7 +111,7 @@ public struct PrecisionPolicy: Sendable, Equatable {
     }
 
     /// Whether a layer is a convolution or a matrix product with constant weights, in FP32,
-    /// BF16 or INT8 (what --bf16 and --int8 reduce).
+    /// BF16, FP16 or INT8 (what --bf16, --fp16 and --int8 reduce).
     public static func isWeighted(_ layer: Layer, _ constants: ConstantStore) -> Bool {
         kernel(of: layer, constants) != nil || ["anvil.FusedQLinearConv", "anvil.FusedQLinearMatMul", "QLinearConv", "QLinearMatMul"].contains(layer.opKey)
     }

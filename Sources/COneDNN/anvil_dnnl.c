@@ -287,3 +287,16 @@ void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t chan
         }
     }
 }
+
+/* IEEE half precision <-> single, rounding to nearest even (F16C instructions where the CPU has them). */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void anvil_f16_to_f32(const uint16_t *x, int64_t count, float *out) {
+    const _Float16 *h = (const _Float16 *)x;
+    for (int64_t i = 0; i < count; i++) out[i] = (float)h[i];
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void anvil_f32_to_f16(const float *x, int64_t count, uint16_t *out) {
+    _Float16 *h = (_Float16 *)out;
+    for (int64_t i = 0; i < count; i++) h[i] = (_Float16)x[i];
+}

@@ -81,7 +81,7 @@ struct BuildSettings {
                 throw AnvilError.invalidArgument(builder.budget != nil ? "\(best ? "--best" : "--accuracyBudget") measures accuracy on calibration data: give --calib DIR"
                                                  : "--int8 calibrates on sample inputs: give --calib DIR (or an existing --calibCache)")
             }
-            guard !builder.precision.isFP32 else { throw AnvilError.invalidArgument("--accuracyBudget: nothing is reduced; add --bf16, --int8 or --best") }
+            guard !builder.precision.isFP32 else { throw AnvilError.invalidArgument("--accuracyBudget: nothing is reduced; add --bf16, --fp16, --int8 or --best") }
             builder.calibration = try CalibrationData.load(calib, inputs: m.graph.runtimeInputs.map { ($0.name, $0.type) }).samples.map(\.inputs)
             step("read \(builder.calibration.count) calibration samples from \(calib)")
         } else if calib != nil, !int8 {
@@ -176,9 +176,10 @@ struct Build: ParsableCommand {
     var tacticSources: String?
     @Flag(help: "Let convolutions and matrix products with constant weights compute in BF16 (AVX-512 BF16; the first and last stay FP32). Without it the engine is FP32.")
     var bf16 = false
-    @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16[,…] (a layer or an ONNX node fused into it).")
+    @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16|fp16|int8[,…] (a layer or an ONNX node fused into it).")
     var layerPrecisions: [String] = []
-    @Flag(help: "FP16: refused on CPUs without AVX-512 FP16 (this Anvil computes 16-bit floats in BF16: use --bf16).") var fp16 = false
+    @Flag(help: "Store the weights of convolutions and matrix products in FP16 (half the bytes); they compute in FP32, from FP32 activations (docs/precision.md). The first and last stay FP32; --bf16 wins where both are given.")
+    var fp16 = false
     @Flag(help: "Let convolutions and matrix products with constant weights compute in INT8 (u8/s8 activations, s8 weights per channel), calibrated on --calib data; the first and last stay FP32.")
     var int8 = false
     @Option(name: .customLong("calibMethod"), help: "INT8 calibration: minmax, entropy (TensorRT's KL divergence) or percentile (default).")
@@ -204,8 +205,7 @@ struct Build: ParsableCommand {
             settings.exportLayerInfo = exportLayerInfo
             settings.timingCacheFile = timingCacheFile
             settings.winograd = try winogradAllowed(tacticSources: tacticSources)
-            settings.precision = PrecisionPolicy(bf16: bf16, int8: int8, layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(layerPrecisions))
-            settings.precision.fp16 = fp16
+            settings.precision = PrecisionPolicy(bf16: bf16, int8: int8, fp16: fp16, layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(layerPrecisions))
             guard let method = CalibrationMethod(rawValue: calibMethod) else {
                 throw AnvilError.invalidArgument("--calibMethod '\(calibMethod)' is not minmax, entropy or percentile")
             }

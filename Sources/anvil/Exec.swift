@@ -14,9 +14,10 @@ struct Exec: ParsableCommand {
             Value flags: --onnx --saveEngine --loadEngine --shapes --minShapes --optShapes --maxShapes --iterations --warmUp
             --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile --tacticSources (-WINOGRAD)
             --memoryLimit (Anvil's: the largest memory one tensor or arena may take, e.g. 8G).
-            --layerPrecisions=name:fp32|bf16|int8,… --calib=<INT8 calibration cache, as anvil build --calibCache writes>
-            Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch --bf16 --int8.
-            GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and precisions other than FP32, BF16 and INT8 are refused.
+            --layerPrecisions=name:fp32|bf16|fp16|int8,… --calib=<INT8 calibration cache, as anvil build --calibCache writes>
+            Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch --bf16 --fp16 --int8.
+            --fp16 stores weights in FP16 and computes in FP32 (docs/precision.md).
+            GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and precisions other than FP32, BF16, FP16 and INT8 are refused.
             """)
 
     @Argument(parsing: .captureForPassthrough, help: "trtexec flags.") var arguments: [String] = []
@@ -44,7 +45,7 @@ struct Exec: ParsableCommand {
             let value = body.contains("=") ? String(body.drop { $0 != "=" }.dropFirst()) : nil
             if gpuOnly.contains(name) { throw AnvilError.invalidArgument("--\(name) is a GPU-only trtexec flag; Anvil runs on the CPU") }
             if unsupportedPrecision.contains(name) {
-                throw AnvilError.invalidArgument("--\(name): this precision is not supported by this Anvil yet (it builds FP32, and BF16 or INT8 convolutions and matrix products)")
+                throw AnvilError.invalidArgument("--\(name): this precision is not supported by this Anvil yet (it builds FP32, and BF16, FP16 or INT8 convolutions and matrix products)")
             }
             switch (valueFlags.contains(name), switches.contains(name), value) {
             case (true, _, .some), (_, true, .none): return (name, value)
@@ -96,8 +97,8 @@ struct Exec: ParsableCommand {
                 build.exportLayerInfo = try one("exportLayerInfo")
                 build.timingCacheFile = try one("timingCacheFile")
                 build.winograd = try winogradAllowed(tacticSources: try one("tacticSources"))
-                build.precision = PrecisionPolicy(bf16: has("bf16"), int8: has("int8"), layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(values("layerPrecisions")))
-                build.precision.fp16 = has("fp16")
+                build.precision = PrecisionPolicy(bf16: has("bf16"), int8: has("int8"), fp16: has("fp16"),
+                                                  layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(values("layerPrecisions")))
                 // trtexec's --calib names a calibration cache (anvil build --int8 --calib DIR --calibCache FILE writes one).
                 if let cache = try one("calib") {
                     guard build.precision.needsInt8 else { throw AnvilError.invalidArgument("--calib=\(cache) is an INT8 calibration cache: it needs --int8") }

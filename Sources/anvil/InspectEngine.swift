@@ -119,9 +119,22 @@ struct EngineReport: Encodable {
         let store = engine.graph.constants
         var constants: [String: (dataType: DataType, count: Int)] = [:]
         for name in store.names { if let (t, shape) = store.type(of: name) { constants[name] = (t, shape.reduce(1, *)) } }
+        // A BF16 or FP16 layer's weights (its second input) are stored in that type when no
+        // other layer reads them (the bias stays FP32): the bytes count as stored.
+        var readers: [String: Set<Precision>] = [:]
+        for l in engine.graph.layers {
+            let p = (compiled.decisions[l.name] ?? l.decision)?.precision ?? .fp32
+            for (i, name) in l.inputs.enumerated() where constants[name] != nil { readers[name, default: []].insert(i == 1 && [.bf16, .fp16].contains(p) ? p : .fp32) }
+        }
+        func storedType(_ name: String) -> DataType {
+            guard let c = constants[name], c.dataType == .float, let r = readers[name], r.count == 1 else { return constants[name]?.dataType ?? .float }
+            return r.first == .bf16 ? .bfloat16 : r.first == .fp16 ? .float16 : .float
+        }
+        func storedBytes(_ name: String) -> Int { (constants[name]?.count ?? 0) * max(storedType(name).byteSize, 1) }
         layers = engine.graph.layers.map { l in
-            let weights = l.inputs.compactMap { constants[$0] }
-            let weightBytes = weights.reduce(0) { $0 + $1.count * max($1.dataType.byteSize, 1) }
+            let weightNames = l.inputs.filter { constants[$0] != nil }
+            let weights = weightNames.compactMap { constants[$0] }
+            let weightBytes = weightNames.reduce(0) { $0 + storedBytes($1) }
             let decision = compiled.decisions[l.name] ?? l.decision
             return LayerInfo(name: l.name, layerType: l.domain.isEmpty ? l.opType : "\(l.domain).\(l.opType)",
                              inputs: l.inputs.filter { !$0.isEmpty && constants[$0] == nil }.map { tensor($0) },
@@ -129,10 +142,11 @@ struct EngineReport: Encodable {
                              kernel: decision?.description ?? "undecided", tacticName: compiled.implementations[l.name] ?? "reference",
                              slowPath: decision.map { $0.isSlowPath ? $0.slowPathReason ?? "reference kernel" : nil } ?? "undecided",
                              precision: precision(l, decision),
-                             weights: weights.isEmpty ? nil : Weights(type: weights[0].dataType.description, count: weights.reduce(0) { $0 + $1.count }, bytes: weightBytes),
+                             weights: weights.isEmpty ? nil : Weights(type: storedType(l.inputs.count > 1 && constants[l.inputs[1]] != nil ? l.inputs[1] : weightNames[0]).description,
+                                                                                     count: weights.reduce(0) { $0 + $1.count }, bytes: weightBytes),
                              metadata: l.fusedFrom.joined(separator: " + "), fusedFrom: l.fusedFrom)
         }
-        constantBytes = constants.values.reduce(0) { $0 + $1.count * max($1.dataType.byteSize, 1) }
+        constantBytes = constants.keys.reduce(0) { $0 + storedBytes($1) }
         let usage = engine.weightsInPlace
         prepackedWeights = PrepackedWeights(entries: storedWeights.count, bytes: storedWeights.reduce(0) { $0 + $1.data.count },
                                             kernelsUsingThemInPlace: loaded ? usage.inPlace : nil, kernels: usage.kernels)

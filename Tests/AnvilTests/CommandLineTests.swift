@@ -504,7 +504,6 @@ extension BuildCommandTests {
         XCTAssertEqual(shares, 100, accuracy: 0.01)
         for (flags, message) in [(["--loadEngine=" + engine, "--useCudaGraph"], "--useCudaGraph is a GPU-only"),
                                  (["--loadEngine=" + engine, "--device=0"], "--device is a GPU-only"),
-                                 (["--onnx=" + TestSupport.fixture("cnn/model.onnx"), "--fp16"], "AVX-512 FP16"),
                                  (["--onnx=" + TestSupport.fixture("cnn/model.onnx"), "--fp8"], "--fp8"),
                                  (["--loadEngine=" + engine, "--bogus"], "unknown flag --bogus"),
                                  (["--loadEngine=" + engine, "--iterations=many"], "--iterations=many is not a number"),

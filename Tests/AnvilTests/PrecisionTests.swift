@@ -247,21 +247,55 @@ final class PrecisionTests: XCTestCase {
         XCTAssertTrue(int8.stderr.contains("--int8"), int8.stderr)
     }
 
-    func testFP16IsRefusedNamingTheMissingFeature() throws {
-        // No FP16 arithmetic without AVX-512 FP16: refused naming it and pointing to BF16, for
-        // --fp16 and for a layer pinned fp16; on a CPU that has it, refused as not enabled.
+    func testFP16StoresWeightsInHalfPrecisionAndComputesInFP32() throws {
+        // --fp16 on a CPU without FP16 arithmetic: the weighted layers keep their weights in FP16
+        // (stored once, in half the bytes) and compute in FP32; nothing beyond AVX-512 is required.
         let model = try ONNXImporter.load(path: cnn)
-        let conv = try XCTUnwrap(model.graph.nodes.first { $0.opType == "Conv" }).name
-        for policy in [PrecisionPolicy(), PrecisionPolicy(layerPrecisions: [conv: .fp16])] {
-            var builder = EngineBuilder()
-            builder.precision = policy
-            builder.precision.fp16 = policy.layerPrecisions.isEmpty
-            builder.host = [.avx2, .avx512Core, .avx512Vnni, .avx512Bf16]
-            XCTAssertThrowsError(try builder.build(model, name: "cnn")) { error in
-                XCTAssertTrue("\(error)".contains("avx512_fp16") && "\(error)".contains("--bf16"), "\(error)")
-            }
-            builder.host.insert(.avx512Fp16)
-            XCTAssertThrowsError(try builder.build(model, name: "cnn")) { error in XCTAssertTrue("\(error)".contains("not enabled"), "\(error)") }
+        var builder = EngineBuilder()
+        builder.precision = PrecisionPolicy(fp16: true, keepEnds: false)
+        builder.host = [.avx2, .avx512Core]
+        let result = try builder.build(model, name: "cnn")
+        let weighted = result.graph.layers.filter { PrecisionPolicy.isWeighted($0, result.graph.constants) }
+        XCTAssertEqual(Set(weighted.compactMap(\.decision?.kernel)), [.convolution, .matmul])
+        XCTAssertTrue(weighted.allSatisfy { $0.decision?.precision == .fp16 }, "\(weighted.map { "\($0.name): \($0.decision!)" })")
+        XCTAssertFalse(result.file.requiredFeatures.contains(.avx512Bf16))
+        XCTAssertFalse(weighted.contains { $0.decision?.algorithm == .winograd }, "Winograd weights are not FP16 values")
+
+        let bytes = try result.file.encoded()
+        let loaded = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "cnn.anvil") }, name: "cnn.anvil")
+        XCTAssertEqual(loaded.graph.layers.map { $0.decision?.precision }, result.graph.layers.map { $0.decision?.precision })
+        for layer in weighted {
+            let weights = layer.inputs[1]
+            let stored = loaded.graph.constants.packed.filter { $0.constant == weights }
+            XCTAssertEqual(stored.map(\.packedType), [.float16], weights)
+            XCTAssertTrue(loaded.graph.constants.isPackedOnly(weights), "\(weights) is stored plain as well")
         }
+        let fp32Weights = try XCTUnwrap(EngineBuilder().build(model, name: "cnn").file.section("WEIGHTS")).count
+        XCTAssertLessThan(Double(try XCTUnwrap(result.file.section("WEIGHTS")).count), 0.6 * Double(fp32Weights))
+
+        // The engine as loaded computes what the build did; FP16 weights round less than BF16's.
+        let inputs = try PassTesting.randomInputs(model.graph, seed: 7)
+        let expected = try ReferenceExecutor(model: model).run(inputs)[0].value.floats
+        let planned = try ExecutionContext(engine: loaded).run(inputs)[0].value.floats
+        XCTAssertEqual(planned, try ExecutionContext(engine: result.engine).run(inputs)[0].value.floats)
+        XCTAssertNotEqual(planned, expected, "FP16 weights must round somewhere")
+        XCTAssertGreaterThan(Self.cosine(planned, expected), 0.99999)
+        let interpreter = ExecutionContext(engine: loaded)
+        interpreter.usePlan = false
+        XCTAssertGreaterThan(Self.cosine(try interpreter.run(inputs)[0].value.floats, expected), 0.99999)
+        if CPUFeatures.host.contains(.avx512Bf16) {
+            let (_, bf16) = try build(cnn, PrecisionPolicy(bf16: true, keepEnds: false))
+            let bf16Error = zip(try ExecutionContext(engine: bf16.engine).run(inputs)[0].value.floats, expected).map { abs($0 - $1) }.max()!
+            XCTAssertLessThan(zip(planned, expected).map { abs($0 - $1) }.max()!, bf16Error / 4)
+        }
+
+        // A single layer pinned FP16 in an FP32 build; FP16 on a layer without weights is refused.
+        let conv = try XCTUnwrap(model.graph.nodes.first { $0.opType == "Conv" }).name
+        builder.precision = PrecisionPolicy(layerPrecisions: [conv: .fp16])
+        let pinned = try builder.build(model, name: "cnn").graph.layers.filter { PrecisionPolicy.isWeighted($0, result.graph.constants) }
+        XCTAssertEqual(pinned.filter { $0.decision?.precision == .fp16 }.map(\.fusedFrom.first), [conv])
+        let pool = try XCTUnwrap(model.graph.nodes.first { $0.opType == "MaxPool" }).name
+        builder.precision = PrecisionPolicy(layerPrecisions: [pool: .fp16])
+        XCTAssertThrowsError(try builder.build(model, name: "cnn")) { error in XCTAssertTrue("\(error)".contains("no FP16 kernel"), "\(error)") }
     }
 }

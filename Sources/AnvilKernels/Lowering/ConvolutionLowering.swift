@@ -50,8 +50,11 @@ struct ConvolutionSpec {
     /// Whether a fused ReLU or Clip must keep NaN (`DNNLAttributes.clip`); the planner
     /// clears it where no NaN can reach the layer.
     var exactNonFinite = true
-    /// FP32, or BF16 (activations and weights; bias and accumulation FP32) when the decision asks for it.
+    /// FP32; BF16 (activations and weights; bias and accumulation FP32) or FP16 (weights stored
+    /// in FP16, arithmetic in FP32: `arithmetic`) when the decision asks for it.
     var precision: Precision = .fp32
+    /// The precision the kernel computes in: FP16 layers compute in FP32 (no FP16 kernels here).
+    var arithmetic: Precision { precision == .fp16 ? .fp32 : precision }
 
     /// Nil when oneDNN's convolution does not take the layer with this input shape:
     /// not a convolution, weights or bias not constant float, shapes that do not fit.
@@ -75,7 +78,7 @@ struct ConvolutionSpec {
         weights = w
         group = attrs.group
         postOps = try layer.decision.flatMap { $0.kernel == .convolution ? $0.postOps : nil } ?? PostOps(layer)
-        if let d = layer.decision, d.kernel == .convolution, d.precision == .bf16 { precision = .bf16 }
+        if let d = layer.decision, d.kernel == .convolution, d.precision == .bf16 || d.precision == .fp16 { precision = d.precision }
     }
 
     /// What decides its timing: shapes, window, group, fused work.
@@ -83,7 +86,7 @@ struct ConvolutionSpec {
         let g = geometry
         return "x\(inputShape)w\(weights.shape)g\(group)s\(g.strides)d\(g.dilations)p\(g.padsBegin)\(g.padsEnd)"
             + "b\(postOps.bias ? 1 : 0)a\(postOps.activation.map { "\($0)" } ?? "-")r\(postOps.residual ? 1 : 0)"
-            + (precision == .fp32 ? "" : "p\(precision)")
+            + (arithmetic == .fp32 ? "" : "p\(arithmetic)")
     }
 
     /// The key under which contexts share the kernel of a tactic.
@@ -95,9 +98,9 @@ struct ConvolutionSpec {
     var exactActivation: Bool { exactNonFinite && DNNLAttributes.hasFiniteForm(postOps.activation) }
 
     func make(_ tactic: ConvolutionTactic, engine: DNNLEngine) throws -> DNNLConvolution {
-        try DNNLConvolution(engine: engine, inputShape: inputShape, weights: weights, bias: bias, geometry: geometry, group: group,
-                            activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic,
-                            precision: precision)
+        try DNNLConvolution(engine: engine, inputShape: inputShape, weights: precision == .fp16 ? weights.halved() : weights, bias: bias, geometry: geometry,
+                            group: group, activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic,
+                            precision: arithmetic)
     }
 }
 

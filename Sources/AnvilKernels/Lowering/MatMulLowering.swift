@@ -20,7 +20,8 @@ struct MatMulSpec {
     var exactNonFinite = true
     /// Whether the fused activation takes its NaN-keeping form.
     var exactActivation: Bool { exactNonFinite && DNNLAttributes.hasFiniteForm(postOps.activation) }
-    /// FP32, or BF16 (input and weights; output FP32) when the decision asks for it.
+    /// FP32; BF16 (input and weights; output FP32) or FP16 (weights stored in FP16, arithmetic
+    /// in FP32) when the decision asks for it.
     var precision: Precision = .fp32
 
     /// Nil when oneDNN's matmul does not take the layer with this input shape.
@@ -48,15 +49,15 @@ struct MatMulSpec {
         weights = w
         outputShape = Array(inputShape.dropLast()) + [n]
         postOps = try layer.decision.flatMap { $0.kernel == .matmul ? $0.postOps : nil } ?? PostOps(layer)
-        if let d = layer.decision, d.kernel == .matmul, d.precision == .bf16 { precision = .bf16 }
+        if let d = layer.decision, d.kernel == .matmul, d.precision == .bf16 || d.precision == .fp16 { precision = d.precision }
     }
 
     /// The key under which contexts share the kernel.
     var sharingKey: String { "matmul|\(layer)|\(m)|\(precision.rawValue)" + (exactActivation ? "|exact" : "") }
 
     func make(engine: DNNLEngine) throws -> DNNLMatMul {
-        try DNNLMatMul(engine: engine, m: m, weights: weights, transposedWeights: transposed, alpha: alpha, bias: bias,
-                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, precision: precision)
+        try DNNLMatMul(engine: engine, m: m, weights: precision == .fp16 ? weights.halved() : weights, transposedWeights: transposed, alpha: alpha, bias: bias,
+                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, precision: precision == .fp16 ? .fp32 : precision)
     }
 }
 

@@ -15,6 +15,8 @@ final class DNNLWeightedPrimitive {
     let ownsWeights: Bool
     /// The packed weights as an engine file can store them; nil when they cannot be stored.
     let storable: PackedWeights?
+    /// The FP16 copy `storable` points to, when this kernel made it.
+    private var halfBuffer: UnsafeMutableRawPointer?
     let biasDescriptor: dnnl_memory_desc_t
     /// The bias values, 64-byte aligned, at a fixed address for prebound memory objects.
     let bias: UnsafeMutableBufferPointer<Float>
@@ -52,10 +54,18 @@ final class DNNLWeightedPrimitive {
         var target = weightDescriptor
         let bytes = anvil_dnnl_md_size(&target)
         let user = LayoutCode(userWeights), packed = LayoutCode(weightDescriptor)
+        // FP16 storage: the same layout with 2-byte elements (Winograd's transformed weights keep FP32).
+        let halfLayout = weights.half && weightDescriptor.data_type == dnnl_f32 && packed?.isWinograd == false ? packed.flatMap { $0.retyped(dnnl_f16) } : nil
         let data: UnsafeMutableRawPointer
+        var halfCopy: PackedWeights?
         if let user, let packed, let stored = weights.packed.first(where: { $0.user == user && $0.packed == packed && $0.data.count >= bytes }) {
             data = UnsafeMutableRawPointer(mutating: stored.data.baseAddress!)
             ownsWeights = false
+        } else if let user, let halfLayout, let stored = weights.packed.first(where: { $0.user == user && $0.packed == halfLayout && $0.data.count >= bytes / 2 }) {
+            data = .allocate(byteCount: max(bytes, 64), alignment: 64)
+            anvil_f16_to_f32(stored.data.baseAddress!.assumingMemoryBound(to: UInt16.self), Int64(bytes / 4), data.assumingMemoryBound(to: Float.self))
+            ownsWeights = true
+            halfCopy = stored
         } else {
             data = try prepack(try weights.plain().floats, from: userWeights, to: weightDescriptor, engine: engine)
             ownsWeights = true
@@ -63,7 +73,18 @@ final class DNNLWeightedPrimitive {
         packedWeights = data
         // Float constants only: 8-bit weights are stored as they are and packed when the engine loads.
         if weights.exact, weights.dataType == .float, !weights.name.isEmpty, let user, let packed {
-            storable = PackedWeights(constant: weights.name, user: user, packed: packed, data: UnsafeRawBufferPointer(start: data, count: bytes))
+            if let halfLayout {
+                if halfCopy == nil {
+                    // The packed values are FP16 values already (`KernelWeights.halved`): narrowing is exact.
+                    let half = UnsafeMutableRawPointer.allocate(byteCount: max(bytes / 2, 64), alignment: 64)
+                    anvil_f32_to_f16(data.assumingMemoryBound(to: Float.self), Int64(bytes / 4), half.assumingMemoryBound(to: UInt16.self))
+                    halfBuffer = half
+                    halfCopy = PackedWeights(constant: weights.name, user: user, packed: halfLayout, data: UnsafeRawBufferPointer(start: half, count: bytes / 2))
+                }
+                storable = halfCopy
+            } else {
+                storable = PackedWeights(constant: weights.name, user: user, packed: packed, data: UnsafeRawBufferPointer(start: data, count: bytes))
+            }
         } else {
             storable = nil
         }
@@ -75,6 +96,7 @@ final class DNNLWeightedPrimitive {
 
     deinit {
         if ownsWeights { packedWeights.deallocate() }
+        halfBuffer?.deallocate()
         bias.deallocate()
     }
 

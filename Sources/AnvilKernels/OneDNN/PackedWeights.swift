@@ -33,6 +33,15 @@ public struct LayoutCode: Hashable, Sendable, Comparable {
     /// layout, but never decoded into a descriptor (no reorder leads back to plain).
     public var isWinograd: Bool { values.first == -1 }
 
+    /// The same layout with elements of `type` (a blocked layout's offsets count elements, so
+    /// the copy converted element by element has this layout); nil for Winograd weights.
+    func retyped(_ type: dnnl_data_type_t) -> LayoutCode? {
+        guard !isWinograd, values.count > 1 else { return nil }
+        var v = values
+        v[1] = Int64(type.rawValue)
+        return LayoutCode(values: v)
+    }
+
     /// The dimensions the code records; nil when it is too short for its rank.
     var dims: [Int64]? {
         let (rankAt, dimsAt) = isWinograd ? (2, 3) : (0, 2)
@@ -62,7 +71,7 @@ public struct PackedWeights: @unchecked Sendable {
     public func problem(type: DataType, shape: [Int]) -> String? {
         guard let (user, userExtent) = user.descriptor, let userDims = self.user.dims, let packedDims = self.packed.dims else { return "has an invalid layout" }
         guard type == .float, user.data_type == dnnl_f32 else { return "is not FP32" }
-        guard let element = packedType, element == .float || element == .bfloat16 else { return "is packed neither as FP32 nor as BF16" }
+        guard let element = packedType else { return "is packed neither as FP32, BF16 nor FP16" }
         guard let count = ShapeMath.elementCount(shape), userDims == packedDims, ShapeMath.elementCount(userDims.map { Int($0) }) == count,
               userExtent <= count * 4 else { return "does not fit the constant's shape \(shape)" }
         // Winograd weights are only used in place by a kernel whose own layout (and size) matches.
@@ -73,11 +82,16 @@ public struct PackedWeights: @unchecked Sendable {
         return nil
     }
 
-    /// The element type of the packed copy: FP32, or BF16 for a BF16 kernel's (whose
-    /// unpacked values are the constant rounded to BF16).
+    /// The element type of the packed copy: FP32; BF16 for a BF16 kernel's; FP16 for an FP16
+    /// layer's (widened to FP32 when the engine loads). The unpacked values of a BF16 or FP16
+    /// copy are the constant rounded to that type.
     public var packedType: DataType? {
-        let code = packed.values.count > 1 ? packed.values[1] : -1
-        return code == Int64(dnnl_f32.rawValue) ? .float : code == Int64(dnnl_bf16.rawValue) ? .bfloat16 : nil
+        switch packed.values.count > 1 ? packed.values[1] : -1 {
+        case Int64(dnnl_f32.rawValue): .float
+        case Int64(dnnl_bf16.rawValue): .bfloat16
+        case Int64(dnnl_f16.rawValue): .float16
+        default: nil
+        }
     }
 
     /// Whether the plain constant can be reordered back from these bytes (not from Winograd weights).
@@ -109,6 +123,9 @@ public struct KernelWeights: @unchecked Sendable {
     let packed: [PackedWeights]
     /// Whether a kernel's packed copy is a reorder of the constant (not scaled), so a file may store it.
     let exact: Bool
+    /// FP16 storage (an FP16 layer's): the values are the constant rounded to FP16, and the
+    /// file stores the packed copy in FP16, widened to FP32 for the kernel when it loads.
+    private(set) var half = false
 
     public init(name: String, dataType: DataType, shape: [Int], packed: [PackedWeights], plain: @escaping () throws -> Tensor) {
         self.init(name: name, dataType: dataType, shape: shape, packed: packed, exact: true, plain: plain)
@@ -130,10 +147,31 @@ public struct KernelWeights: @unchecked Sendable {
 
     public var rank: Int { shape.count }
 
+    /// The same weights rounded to FP16 and stored so (an FP16 layer's).
+    func halved() -> KernelWeights {
+        let plain = self.plain, shape = self.shape
+        var copy = KernelWeights(name: name, dataType: dataType, shape: shape, packed: packed, exact: exact) { try Tensor(floats: HalfFloats.rounded(try plain().floats), shape: shape) }
+        copy.half = true
+        return copy
+    }
+
     /// The same weights scaled by `alpha` (Gemm's α): prepacked copies no longer apply.
     func scaled(_ alpha: Float) -> KernelWeights {
         guard alpha != 1 else { return self }
         let plain = self.plain, shape = self.shape
-        return KernelWeights(name: name, dataType: dataType, shape: shape, packed: [], exact: false) { try Tensor(floats: try plain().floats.map { $0 * alpha }, shape: shape) }
+        var copy = KernelWeights(name: name, dataType: dataType, shape: shape, packed: [], exact: false) { try Tensor(floats: try plain().floats.map { $0 * alpha }, shape: shape) }
+        copy.half = half
+        return copy
+    }
+}
+
+/// IEEE half-precision conversions of float buffers (F16C where the CPU has it).
+enum HalfFloats {
+    /// The values rounded to FP16 (nearest even), as floats.
+    static func rounded(_ values: [Float]) -> [Float] {
+        var half = [UInt16](repeating: 0, count: values.count), out = [Float](repeating: 0, count: values.count)
+        anvil_f32_to_f16(values, Int64(values.count), &half)
+        anvil_f16_to_f32(half, Int64(values.count), &out)
+        return out
     }
 }

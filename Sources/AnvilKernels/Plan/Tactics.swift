@@ -238,10 +238,12 @@ public enum TacticSelector {
     }
 
     /// Every candidate's time for one convolution: from the cache, or measured with the others, interleaved.
+    /// FP16 layers take no Winograd tactic: its transformed weights are not FP16 values and would
+    /// be stored in FP32 beside the plain constant, four times the bytes FP16 storage is for.
     static func measure(_ spec: ConvolutionSpec, winograd: Bool, cache: TimingCache, machine: String, engine: DNNLEngine,
                         stream: DNNLStream) -> [(tactic: ConvolutionTactic, entry: TimingCache.Entry)] {
         let candidates = ConvolutionTactic.candidates(kernel: spec.kernel, strides: spec.geometry.strides, dilations: spec.geometry.dilations, group: spec.group)
-            .filter { winograd || $0.algorithm != .winograd }
+            .filter { (winograd && spec.precision != .fp16) || $0.algorithm != .winograd }
         let key = { (tactic: ConvolutionTactic) in "conv|\(machine)|\(spec.timingKey)|\(tactic)" }
         var entries: [ConvolutionTactic: TimingCache.Entry] = [:]
         for tactic in candidates { if let e = cache.cached(key(tactic)) { entries[tactic] = e } }

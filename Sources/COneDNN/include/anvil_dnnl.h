@@ -80,4 +80,10 @@ void anvil_quantize_linear(const float *x, int64_t count, float scale, float zer
 void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t c0, int64_t c1,
                                          float scale, float zero_point, int is_signed, void *out);
 
+/// IEEE half-precision values widened to single precision (exact).
+void anvil_f16_to_f32(const uint16_t *x, int64_t count, float *out);
+
+/// Single-precision values rounded to half precision (nearest even; overflow gives infinity, NaN stays NaN).
+void anvil_f32_to_f16(const float *x, int64_t count, uint16_t *out);
+
 #endif
