@@ -232,7 +232,8 @@ public struct EngineBuilder {
         for i in graph.layers.indices {
             guard let tactic = chosen[graph.layers[i].name] else { continue }
             graph.layers[i].decision = LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout,
-                                                     precision: graph.layers[i].decision?.precision ?? .fp32, postOps: try PostOps(graph.layers[i]))
+                                                     precision: graph.layers[i].decision?.precision ?? .fp32,
+                                                     outputPrecision: graph.layers[i].decision?.outputPrecision, postOps: try PostOps(graph.layers[i]))
         }
         guard let load else { return nil }
         return "other processes were using \(Int((load * 100).rounded()))% of the CPU when tactics were timed: timed on one thread, "

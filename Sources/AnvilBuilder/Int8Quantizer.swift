@@ -12,7 +12,7 @@ import AnvilKernels
 /// - 8-bit outputs where another quantized layer (or a max pooling leading to one) reads
 ///   them, so INT8 layers hand 8-bit tensors to each other (residual sums included) and the
 ///   requantization happens in the producing kernel; float outputs where only float layers
-///   read them.
+///   read them; --layerOutputTypes overrides either way.
 /// A QuantizeLinear goes where a float tensor enters the quantized layers, a
 /// DequantizeLinear where an 8-bit one leaves them. Layers stay FP32 when they are the
 /// first or last weighted layer (unless pinned INT8), pinned FP32, or not quantizable
@@ -48,13 +48,19 @@ struct Int8Quantizer {
         if !weighted.isEmpty, !graph.nodes.contains(where: { $0.outputs.contains { calibration.ranges[$0] != nil } }) {
             throw AnvilError.invalidArgument("INT8 calibration has no range for any tensor of this model (a calibration cache made for another model or build?)")
         }
+        /// What a table asks of a node: under its name or a fused node's, else under "*" (`own` false).
+        func asked(_ table: [String: Precision], _ node: Node) -> (precision: Precision, own: Bool)? {
+            ([node.name] + node.fusedFrom).compactMap { table[$0] }.last.map { ($0, true) } ?? table["*"].map { ($0, false) }
+        }
         for w in weighted {
-            let names = [w.node.name] + w.node.fusedFrom
-            let asked = names.compactMap { policy.layerPrecisions[$0] }.last
-            guard asked == .int8 || (asked == nil && policy.int8 && !ends.contains(w.node.name)) else { continue }
+            let pinned = asked(policy.layerPrecisions, w.node)
+            guard pinned?.precision == .int8 || (pinned == nil && policy.int8 && !ends.contains(w.node.name)) else { continue }
             if let reason = unquantizable(w) {
-                if asked == .int8 { throw AnvilError.invalidArgument("--layerPrecisions: layer '\(w.node.name)' cannot run in INT8: \(reason)") }
+                if pinned?.own == true { throw AnvilError.invalidArgument("--layerPrecisions: layer '\(w.node.name)' cannot run in INT8: \(reason)") }
                 continue
+            }
+            if let out = asked(policy.layerOutputTypes, w.node), out.own, out.precision == .int8, !w.isConv, w.residual != nil {
+                throw AnvilError.invalidArgument("--layerOutputTypes: layer '\(w.node.name)' cannot write INT8: an INT8 matrix product sums its residual in FP32")
             }
             chosen[w.node.name] = w
         }
@@ -76,8 +82,16 @@ struct Int8Quantizer {
             if let w = chosen[c.name] { return c.inputs[0] == t || (w.residual == t && writesEightBits(w)) }
             return isMaxPool(c) && readInEightBits(c.outputs[0])
         }
-        // A matrix product with a residual sums it in floats (its result then stays float).
-        func writesEightBits(_ w: Weighted) -> Bool { (w.isConv || w.residual == nil) && readInEightBits(w.node.outputs[0]) }
+        // A matrix product with a residual sums it in floats (its result then stays float);
+        // --layerOutputTypes decides where it names the layer (or "*").
+        func writesEightBits(_ w: Weighted) -> Bool {
+            guard w.isConv || w.residual == nil else { return false }
+            switch asked(policy.layerOutputTypes, w.node)?.precision {
+            case .fp32?: return false
+            case .int8?: return true
+            default: return readInEightBits(w.node.outputs[0])
+            }
+        }
         var quantized: [String: Quantized] = [:]
         var nodes: [Node] = []
         func parameters(_ t: String) throws -> (Float, DataType) {

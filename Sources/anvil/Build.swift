@@ -176,8 +176,10 @@ struct Build: ParsableCommand {
     var tacticSources: String?
     @Flag(help: "Let convolutions and matrix products with constant weights compute in BF16 (AVX-512 BF16; the first and last stay FP32). Without it the engine is FP32.")
     var bf16 = false
-    @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16|fp16|int8[,…] (a layer or an ONNX node fused into it).")
+    @Option(name: .customLong("layerPrecisions"), help: "Per-layer precision, always obeyed: name:fp32|bf16|fp16|int8[,…] (a layer or an ONNX node fused into it; \"*\" for every layer, own names winning).")
     var layerPrecisions: [String] = []
+    @Option(name: .customLong("layerOutputTypes"), help: "Per-layer output type, always obeyed: name:fp32|bf16|int8[,…] (\"*\" for every layer): a BF16 convolution writing FP32, a BF16 matrix product writing BF16, an INT8 layer writing FP32 or INT8.")
+    var layerOutputTypes: [String] = []
     @Flag(help: "Store the weights of convolutions and matrix products in FP16 (half the bytes); they compute in FP32, from FP32 activations (docs/precision.md). The first and last stay FP32; --bf16 wins where both are given.")
     var fp16 = false
     @Flag(help: "Let convolutions and matrix products with constant weights compute in INT8 (u8/s8 activations, s8 weights per channel), calibrated on --calib data; the first and last stay FP32.")
@@ -206,6 +208,7 @@ struct Build: ParsableCommand {
             settings.timingCacheFile = timingCacheFile
             settings.winograd = try winogradAllowed(tacticSources: tacticSources)
             settings.precision = PrecisionPolicy(bf16: bf16, int8: int8, fp16: fp16, layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(layerPrecisions))
+            settings.precision.layerOutputTypes = try PrecisionPolicy.parseLayerPrecisions(layerOutputTypes, flag: "--layerOutputTypes")
             guard let method = CalibrationMethod(rawValue: calibMethod) else {
                 throw AnvilError.invalidArgument("--calibMethod '\(calibMethod)' is not minmax, entropy or percentile")
             }

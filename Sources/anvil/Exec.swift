@@ -14,7 +14,7 @@ struct Exec: ParsableCommand {
             Value flags: --onnx --saveEngine --loadEngine --shapes --minShapes --optShapes --maxShapes --iterations --warmUp
             --duration --avgRuns --percentile --exportTimes --exportProfile --exportLayerInfo --loadInputs --threads=N --timingCacheFile --tacticSources (-WINOGRAD)
             --memoryLimit (Anvil's: the largest memory one tensor or arena may take, e.g. 8G).
-            --layerPrecisions=name:fp32|bf16|fp16|int8,… --calib=<INT8 calibration cache, as anvil build --calibCache writes>
+            --layerPrecisions=name:fp32|bf16|fp16|int8,… --layerOutputTypes=name:fp32|bf16|int8,… --calib=<INT8 calibration cache, as anvil build --calibCache writes>
             Switches: --dumpProfile --verbose --skipInference --separateProfileRun --threads --explicitBatch --bf16 --fp16 --int8.
             --fp16 stores weights in FP16 and computes in FP32 (docs/precision.md).
             GPU-only flags (--device, --useCudaGraph, --streams, --useDLACore …) and precisions other than FP32, BF16, FP16 and INT8 are refused.
@@ -24,7 +24,7 @@ struct Exec: ParsableCommand {
 
     static let valueFlags: Set<String> = ["onnx", "saveEngine", "loadEngine", "shapes", "minShapes", "optShapes", "maxShapes", "iterations",
                                           "warmUp", "duration", "avgRuns", "percentile", "exportTimes", "exportProfile", "exportLayerInfo",
-                                          "loadInputs", "threads", "timingCacheFile", "tacticSources", "memoryLimit", "layerPrecisions", "calib"]
+                                          "loadInputs", "threads", "timingCacheFile", "tacticSources", "memoryLimit", "layerPrecisions", "layerOutputTypes", "calib"]
     static let switches: Set<String> = ["dumpProfile", "verbose", "skipInference", "separateProfileRun", "threads", "explicitBatch", "noTF32", "bf16", "int8", "fp16"]
     static let gpuOnly: Set<String> = ["device", "useCudaGraph", "useSpinWait", "streams", "noDataTransfers", "useDLACore", "allowGPUFallback",
                                        "memPoolSize", "workspace", "useManagedMemory", "persistentCacheRatio", "maxAuxStreams", "dumpRefit",
@@ -32,7 +32,7 @@ struct Exec: ParsableCommand {
                                        "safe", "consistency", "stronglyTyped", "builderOptimizationLevel", "sparsity",
                                        "useRuntime", "leanDLLPath", "excludeLeanRuntime"]
     static let unsupportedPrecision: Set<String> = ["fp8", "int4", "best", "precisionConstraints",
-                                                    "layerOutputTypes", "inputIOFormats", "outputIOFormats"]
+                                                    "inputIOFormats", "outputIOFormats"]
 
     /// Parses `--name=value` and `--name` into (name, value?) pairs, refusing what does not apply.
     static func parse(_ arguments: [String]) throws -> [(name: String, value: String?)] {
@@ -99,6 +99,7 @@ struct Exec: ParsableCommand {
                 build.winograd = try winogradAllowed(tacticSources: try one("tacticSources"))
                 build.precision = PrecisionPolicy(bf16: has("bf16"), int8: has("int8"), fp16: has("fp16"),
                                                   layerPrecisions: try PrecisionPolicy.parseLayerPrecisions(values("layerPrecisions")))
+                build.precision.layerOutputTypes = try PrecisionPolicy.parseLayerPrecisions(values("layerOutputTypes"), flag: "--layerOutputTypes")
                 // trtexec's --calib names a calibration cache (anvil build --int8 --calib DIR --calibCache FILE writes one).
                 if let cache = try one("calib") {
                     guard build.precision.needsInt8 else { throw AnvilError.invalidArgument("--calib=\(cache) is an INT8 calibration cache: it needs --int8") }

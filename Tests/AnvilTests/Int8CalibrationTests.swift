@@ -127,6 +127,44 @@ final class Int8CalibrationTests: XCTestCase {
         XCTAssertThrowsError(try build { $0.calibration = [] }) { error in XCTAssertTrue("\(error)".contains("--calib"), "\(error)") }
     }
 
+    func testLayerOutputTypesAndWildcardsAreObeyed() throws {
+        let normal = try build { _ in }
+        let plan = try XCTUnwrap(normal.compiled.plan)
+        let int8 = normal.graph.layers.filter { $0.decision?.precision == .int8 && $0.decision?.kernel == .quantizedConvolution }
+        func eightBit(_ r: EngineBuilder.Result, _ layer: String) throws -> Bool {
+            let l = try XCTUnwrap(r.graph.layers.first { $0.name == layer })
+            return [.uint8, .int8].contains(try XCTUnwrap(r.compiled.plan).dataType(of: l.outputs[0]))
+        }
+        let writer = try XCTUnwrap(int8.first { [.uint8, .int8].contains(plan.dataType(of: $0.outputs[0])) }).name
+        let floatWriter = try XCTUnwrap(int8.first { plan.dataType(of: $0.outputs[0]) == .float }).name
+        // One layer writing FP32 where it wrote 8 bits, one writing 8 bits where it wrote FP32.
+        let swapped = try build { $0.precision.layerOutputTypes = [writer: .fp32, floatWriter: .int8] }
+        XCTAssertFalse(try eightBit(swapped, writer))
+        XCTAssertTrue(try eightBit(swapped, floatWriter))
+        // "*": every INT8 layer writes FP32, so each quantizes its own input.
+        let float = try build { $0.precision.layerOutputTypes = ["*": .fp32] }
+        XCTAssertEqual(float.int8Layers.count, 7)
+        XCTAssertTrue(try float.int8Layers.allSatisfy { try !eightBit(float, $0) })
+        XCTAssertGreaterThanOrEqual(float.graph.layers.filter { $0.opType == "QuantizeLinear" }.count, 6)
+        for result in [swapped, float] {
+            for (actual, (_, expected)) in zip(try outputs(result), try dataSets()) {
+                XCTAssertGreaterThan(OutputComparison.cosine(actual.map(Double.init), expected.doubles), 0.99)
+            }
+        }
+        // "*:int8" precision takes the first and last layers too; a layer's own name wins over "*".
+        let stem = try XCTUnwrap(normal.graph.layers.first { $0.decision?.kernel == .convolution }).fusedFrom[0]
+        let all = try build { $0.precision.layerPrecisions = ["*": .int8, stem: .fp32] }
+        XCTAssertEqual(all.int8Layers.count, 8, "\(all.int8Layers)")
+        XCTAssertFalse(all.int8Layers.contains(stem))
+        // An 8-bit output asked of an FP32 layer, and FP16 outputs, are refused by name.
+        XCTAssertThrowsError(try build { $0.precision.layerOutputTypes = [stem: .int8] }) { error in
+            XCTAssertTrue("\(error)".contains("cannot write INT8"), "\(error)")
+        }
+        XCTAssertThrowsError(try build { $0.precision.layerOutputTypes = [writer: .fp16] }) { error in
+            XCTAssertTrue("\(error)".contains("cannot write FP16"), "\(error)")
+        }
+    }
+
     func testCommandLineWritesAndReusesTheCalibrationCache() throws {
         let folder = try TestSupport.temporaryFolder()
         defer { try? FileManager.default.removeItem(atPath: folder) }

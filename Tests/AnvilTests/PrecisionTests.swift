@@ -24,6 +24,9 @@ final class PrecisionTests: XCTestCase {
         return (model, try builder.build(model, name: "cnn"))
     }
 
+    /// Whether the plan keeps a value in BF16 (its format names the type).
+    static func storedBF16(_ plan: ExecutionPlan, _ value: String) -> Bool { plan.format(of: value)?.contains("BF16") == true }
+
     static func cosine(_ a: [Float], _ b: [Float]) -> Double { OutputComparison.cosine(a.map(Double.init), b.map(Double.init)) }
 
     func convolutions(_ engine: Engine) -> [Layer] {
@@ -245,6 +248,53 @@ final class PrecisionTests: XCTestCase {
         let int8 = try TestSupport.run(["exec", "--onnx=\(cnn)", "--int8"])
         XCTAssertNotEqual(int8.status, 0)
         XCTAssertTrue(int8.stderr.contains("--int8"), int8.stderr)
+    }
+
+    func testLayerOutputTypesSetWhatBF16LayersWrite() throws {
+        // A BF16 convolution writing FP32, in the file and in the plan; "*" makes them all do so.
+        let model = try ONNXImporter.load(path: cnn)
+        let (_, bf16) = try build(cnn, PrecisionPolicy(bf16: true, keepEnds: false))
+        let convs = convolutions(bf16.engine)
+        let first = try XCTUnwrap(convs.first), plan = try XCTUnwrap(bf16.compiled.plan)
+        XCTAssertTrue(Self.storedBF16(plan, first.outputs[0]))
+        var policy = PrecisionPolicy(bf16: true, keepEnds: false)
+        policy.layerOutputTypes = [first.fusedFrom[0]: .fp32]
+        let (_, one) = try build(cnn, policy)
+        let bytes = try one.file.encoded()
+        let loaded = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "cnn.anvil") }, name: "cnn.anvil")
+        XCTAssertEqual(loaded.graph.layers.first { $0.name == first.name }?.decision?.outputPrecision, .fp32)
+        XCTAssertFalse(Self.storedBF16(try XCTUnwrap(one.compiled.plan), first.outputs[0]))
+        XCTAssertTrue(Self.storedBF16(try XCTUnwrap(one.compiled.plan), convs[1].outputs[0]))
+        let inputs = try PassTesting.randomInputs(model.graph, seed: 3)
+        let expected = try ReferenceExecutor(model: model).run(inputs)[0].value.floats
+        XCTAssertGreaterThan(Self.cosine(try ExecutionContext(engine: loaded).run(inputs)[0].value.floats, expected), 0.999)
+        policy.layerOutputTypes = ["*": .fp32]
+        let (_, all) = try build(cnn, policy)
+        let allPlan = try XCTUnwrap(all.compiled.plan)
+        XCTAssertFalse(convolutions(all.engine).contains { Self.storedBF16(allPlan, $0.outputs[0]) })
+
+        // A BF16 matrix product writing BF16 (its default is FP32), at two sequence lengths.
+        let path = TestSupport.fixture("transformer_dynamic/model.onnx")
+        let transformer = try ONNXImporter.load(path: path)
+        let (_, products) = try build(path, PrecisionPolicy(bf16: true, keepEnds: false))
+        let product = try XCTUnwrap(products.graph.layers.first { $0.decision?.kernel == .matmul && $0.decision?.postOps.residual == false })
+        policy = PrecisionPolicy(bf16: true, keepEnds: false)
+        policy.layerOutputTypes = [product.name: .bf16]
+        let (_, written) = try build(path, policy)
+        XCTAssertTrue(Self.storedBF16(try XCTUnwrap(written.compiled.plan), product.outputs[0]))
+        let context = ExecutionContext(engine: written.engine)
+        for seed in [5, 6] as [UInt64] {
+            let inputs = try PassTesting.randomInputs(transformer.graph, seed: seed, symbolSize: Int(seed) + 3)
+            let expected = try ReferenceExecutor(model: transformer).run(inputs)[0].value.floats
+            XCTAssertGreaterThan(Self.cosine(try context.run(inputs)[0].value.floats, expected), 0.999)
+        }
+        // Refused by name: BF16 from an FP32 layer, FP16, INT8 without INT8 layers, unknown names.
+        for (table, message) in [([first.name: Precision.bf16], "computes in FP32"), ([first.name: .fp16], "cannot write FP16"),
+                                  ([first.name: .int8], "only INT8 layers write 8 bits"), (["nowhere": .fp32], "'nowhere'")] {
+            var builder = EngineBuilder()
+            builder.precision.layerOutputTypes = table
+            XCTAssertThrowsError(try builder.build(model, name: "cnn")) { error in XCTAssertTrue("\(error)".contains(message), "\(table): \(error)") }
+        }
     }
 
     func testFP16StoresWeightsInHalfPrecisionAndComputesInFP32() throws {

@@ -55,6 +55,10 @@ struct ConvolutionSpec {
     var precision: Precision = .fp32
     /// The precision the kernel computes in: FP16 layers compute in FP32 (no FP16 kernels here).
     var arithmetic: Precision { precision == .fp16 ? .fp32 : precision }
+    /// The output type --layerOutputTypes set (a BF16 convolution writing FP32); nil: the precision's.
+    var outputPrecision: Precision?
+    /// Whether a BF16 convolution writes FP32.
+    var floatOutput: Bool { precision == .bf16 && outputPrecision == .fp32 }
 
     /// Nil when oneDNN's convolution does not take the layer with this input shape:
     /// not a convolution, weights or bias not constant float, shapes that do not fit.
@@ -78,7 +82,7 @@ struct ConvolutionSpec {
         weights = w
         group = attrs.group
         postOps = try layer.decision.flatMap { $0.kernel == .convolution ? $0.postOps : nil } ?? PostOps(layer)
-        if let d = layer.decision, d.kernel == .convolution, d.precision == .bf16 || d.precision == .fp16 { precision = d.precision }
+        if let d = layer.decision, d.kernel == .convolution, d.precision == .bf16 || d.precision == .fp16 { (precision, outputPrecision) = (d.precision, d.outputPrecision) }
     }
 
     /// What decides its timing: shapes, window, group, fused work.
@@ -86,12 +90,13 @@ struct ConvolutionSpec {
         let g = geometry
         return "x\(inputShape)w\(weights.shape)g\(group)s\(g.strides)d\(g.dilations)p\(g.padsBegin)\(g.padsEnd)"
             + "b\(postOps.bias ? 1 : 0)a\(postOps.activation.map { "\($0)" } ?? "-")r\(postOps.residual ? 1 : 0)"
-            + (arithmetic == .fp32 ? "" : "p\(arithmetic)")
+            + (arithmetic == .fp32 ? "" : "p\(arithmetic)") + (floatOutput ? "oFP32" : "")
     }
 
     /// The key under which contexts share the kernel of a tactic.
     func sharingKey(_ tactic: ConvolutionTactic) -> String {
         "conv|\(layer)|\(inputShape)|\(tactic.layout.rawValue)|\(tactic.algorithm.rawValue)|\(precision.rawValue)" + (exactActivation ? "|exact" : "")
+            + (floatOutput ? "|f32out" : "")
     }
 
     /// Whether the fused activation takes its NaN-keeping form.
@@ -100,7 +105,7 @@ struct ConvolutionSpec {
     func make(_ tactic: ConvolutionTactic, engine: DNNLEngine) throws -> DNNLConvolution {
         try DNNLConvolution(engine: engine, inputShape: inputShape, weights: precision == .fp16 ? weights.halved() : weights, bias: bias, geometry: geometry,
                             group: group, activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic,
-                            precision: arithmetic)
+                            precision: arithmetic, floatOutput: floatOutput)
     }
 }
 
@@ -157,7 +162,8 @@ enum ConvolutionLowering {
             ?? (l.plan.newValue(l.layer.outputs[0], .float, conv.outputShape, layout: dstLayout), [])
         for step in try conv.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.convolution, step) }
         // The decision keeps the requested layout: "preferred" stays oneDNN's choice on every CPU and shape.
-        return LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout, precision: spec.precision, postOps: spec.postOps)
+        return LayerDecision(kernel: .convolution, algorithm: tactic.algorithm, layout: tactic.layout, precision: spec.precision,
+                             outputPrecision: spec.outputPrecision, postOps: spec.postOps)
     }
 
     /// ConvTranspose with explicit (or no) pads on oneDNN's deconvolution; the

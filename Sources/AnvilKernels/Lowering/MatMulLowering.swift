@@ -23,6 +23,9 @@ struct MatMulSpec {
     /// FP32; BF16 (input and weights; output FP32) or FP16 (weights stored in FP16, arithmetic
     /// in FP32) when the decision asks for it.
     var precision: Precision = .fp32
+    /// The output type --layerOutputTypes set (a BF16 product writing BF16); nil: the precision's.
+    var outputPrecision: Precision?
+    var bf16Output: Bool { precision == .bf16 && outputPrecision == .bf16 }
 
     /// Nil when oneDNN's matmul does not take the layer with this input shape.
     init?(_ layer: Layer, constants: ConstantStore, inputShape: [Int]) throws {
@@ -49,15 +52,16 @@ struct MatMulSpec {
         weights = w
         outputShape = Array(inputShape.dropLast()) + [n]
         postOps = try layer.decision.flatMap { $0.kernel == .matmul ? $0.postOps : nil } ?? PostOps(layer)
-        if let d = layer.decision, d.kernel == .matmul, d.precision == .bf16 || d.precision == .fp16 { precision = d.precision }
+        if let d = layer.decision, d.kernel == .matmul, d.precision == .bf16 || d.precision == .fp16 { (precision, outputPrecision) = (d.precision, d.outputPrecision) }
     }
 
     /// The key under which contexts share the kernel.
-    var sharingKey: String { "matmul|\(layer)|\(m)|\(precision.rawValue)" + (exactActivation ? "|exact" : "") }
+    var sharingKey: String { "matmul|\(layer)|\(m)|\(precision.rawValue)" + (exactActivation ? "|exact" : "") + (bf16Output ? "|bf16out" : "") }
 
     func make(engine: DNNLEngine) throws -> DNNLMatMul {
         try DNNLMatMul(engine: engine, m: m, weights: precision == .fp16 ? weights.halved() : weights, transposedWeights: transposed, alpha: alpha, bias: bias,
-                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, precision: precision == .fp16 ? .fp32 : precision)
+                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, precision: precision == .fp16 ? .fp32 : precision,
+                       bf16Output: bf16Output)
     }
 }
 
@@ -87,11 +91,12 @@ enum MatMulLowering {
         let mm = try l.plan.shared.kernel(spec.sharingKey, layer: spec.layer) { try spec.make(engine: engine) }
         // A BF16 kernel reads its input as row-major BF16 (one conversion per value, shared by its readers).
         let src = spec.precision == .bf16 ? try l.plan.inLayout(x, plainDescriptor(x.shape, .bfloat16)) : try l.plan.plain(x)
-        let (out, copies) = try residualValue.map { try l.residualDestination(l.plan.plain($0), layout: plainDescriptor(shape), notSharing: src) }
-            ?? (l.plan.newValue(l.layer.outputs[0], .float, shape), [])
+        let dstLayout = try plainDescriptor(shape, spec.bf16Output ? .bfloat16 : .float)
+        let (out, copies) = try residualValue.map { try l.residualDestination(l.plan.plain($0), layout: dstLayout, notSharing: src) }
+            ?? (l.plan.newValue(l.layer.outputs[0], .float, shape, layout: dstLayout), [])
         for step in try mm.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.matmul, step) }
         var decision = l.decided(.matmul, postOps: spec.postOps)
-        decision.precision = spec.precision
+        (decision.precision, decision.outputPrecision) = (spec.precision, spec.outputPrecision)
         return decision
     }
 

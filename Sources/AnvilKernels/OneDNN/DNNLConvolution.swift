@@ -30,16 +30,16 @@ public final class DNNLConvolution {
     /// along the last spatial dimension, which a width of 1 starves.
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                             group: Int, activation: Activation?, exactNonFinite: Bool = true, residual: Bool,
-                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain), precision: Precision = .fp32,
+                            tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain), precision: Precision = .fp32, floatOutput: Bool = false,
                             quantization: DNNLQuantization? = nil) throws {
         if let squeezed = try? DNNLConvolution(squeezingWidthOf: inputShape, engine: engine, weights: weights, bias: bias, geometry: g, group: group,
                                                activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic,
-                                               precision: precision, quantization: quantization) {
+                                               precision: precision, floatOutput: floatOutput, quantization: quantization) {
             self.init(squeezed)
         } else {
             try self.init(engine: engine, shape: inputShape, weights: weights, bias: bias, geometry: g, group: group,
                           activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision,
-                          quantization: quantization)
+                          floatOutput: floatOutput, quantization: quantization)
         }
     }
 
@@ -55,7 +55,7 @@ public final class DNNLConvolution {
     /// layout has no 2-D equivalent.
     private convenience init?(squeezingWidthOf inputShape: [Int], engine: DNNLEngine, weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                               group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
-                              precision: Precision, quantization: DNNLQuantization?) throws {
+                              precision: Precision, floatOutput: Bool, quantization: DNNLQuantization?) throws {
         guard inputShape.count == 4, inputShape[3] == 1, weights.rank == 4, weights.shape[3] == 1, g.output.count == 2, g.output[1] == 1,
               g.padsBegin.count == 2, g.padsBegin[1] == 0, g.padsEnd.count == 2, g.padsEnd[1] == 0, tactic.algorithm == .direct else { return nil }
         let narrow = KernelWeights(name: weights.name, dataType: weights.dataType, shape: Array(weights.shape.prefix(3)), packed: weights.packed,
@@ -65,7 +65,7 @@ public final class DNNLConvolution {
         (line.padsBegin, line.padsEnd, line.output) = ([g.padsBegin[0]], [g.padsEnd[0]], [g.output[0]])
         try self.init(engine: engine, shape: Array(inputShape.prefix(3)), weights: narrow, bias: bias, geometry: line, group: group,
                       activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic, precision: precision,
-                      quantization: quantization)
+                      floatOutput: floatOutput, quantization: quantization)
         // The same layouts one dimension wider.
         guard let source = try Layout.restated(sourceLayout, shape: Array(inputShape.prefix(3)), as: inputShape),
               let destination = try Layout.restated(destinationLayout, shape: outputShape, as: outputShape + [1]) else { return nil }
@@ -76,11 +76,12 @@ public final class DNNLConvolution {
 
     private init(engine: DNNLEngine, shape inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                  group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
-                 precision: Precision, quantization: DNNLQuantization?) throws {
+                 precision: Precision, floatOutput: Bool, quantization: DNNLQuantization?) throws {
         let spatial = inputShape.count - 2
-        // BF16: activations and weights in BF16, the bias and the accumulation in FP32. INT8: 8-bit
-        // activations (the quantization's types), s8 weights, FP32 bias in accumulator units.
-        let (sourceType, weightType, destinationType) = try DNNLQuantization.types(precision, quantization, what: "convolution")
+        // BF16: activations and weights in BF16 (the output too, unless `floatOutput`), the bias and
+        // the accumulation in FP32. INT8: 8-bit activations (the quantization's types), s8 weights,
+        // FP32 bias in accumulator units.
+        let (sourceType, weightType, destinationType) = try DNNLQuantization.types(precision, quantization, floatBF16Result: floatOutput, what: "convolution")
         guard (1...3).contains(spatial), weights.rank == inputShape.count, group > 0,
               inputShape[1] % group == 0, inputShape[1] / group == weights.shape[1], weights.shape[0] % group == 0 else {
             throw AnvilError.invalidTensor(name: "Conv", reason: "weights \(weights.shape) do not fit input \(inputShape) with group \(group)")

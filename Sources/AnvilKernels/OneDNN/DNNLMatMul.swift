@@ -18,10 +18,11 @@ public final class DNNLMatMul {
     }
 
     /// As above, using prepacked weights in place when one fits.
-    /// `precision` BF16: input and weights in BF16, the bias, accumulation and output in FP32.
+    /// `precision` BF16: input and weights in BF16, the bias, accumulation and output in FP32
+    /// (the output in BF16 with `bf16Output`).
     public init(engine: DNNLEngine, m: Int, weights: KernelWeights, transposedWeights: Bool = false, alpha: Float = 1,
                 bias: Tensor?, activation: Activation?, exactNonFinite: Bool = true, residual: Bool, precision: Precision = .fp32,
-                quantization: DNNLQuantization? = nil) throws {
+                bf16Output: Bool = false, quantization: DNNLQuantization? = nil) throws {
         guard weights.rank == 2, m > 0 else {
             throw AnvilError.invalidTensor(name: "MatMul", reason: "weights must be 2-D and M positive, got \(weights.shape), M = \(m)")
         }
@@ -31,7 +32,7 @@ public final class DNNLMatMul {
         if let bias, bias.count != n { throw AnvilError.invalidTensor(name: "MatMul", reason: "bias has \(bias.count) values for N = \(n)") }
         _ = try MemoryPolicy.checkedCount([m, n], .float, for: "the matmul's output")
         // INT8: 8-bit input and output (the quantization's types), s8 weights, FP32 bias in accumulator units.
-        let (sourceType, weightType, destinationType) = try DNNLQuantization.types(precision, quantization, floatBF16Result: true, what: "matmul")
+        let (sourceType, weightType, destinationType) = try DNNLQuantization.types(precision, quantization, floatBF16Result: !bf16Output, what: "matmul")
         var src = try memoryDescriptor([m, k], dnnl_ab, sourceType)
         var anyWeights = try memoryDescriptor([k, n], dnnl_format_tag_any, weightType)
         var biasDesc = try memoryDescriptor([1, n], dnnl_ab)

@@ -346,16 +346,21 @@ public struct LayerDecision: Sendable, Equatable {
     /// The layout the layer's kernel runs in (its output's layout).
     public var layout: Layout
     public var precision: Precision
+    /// The type of the output when --layerOutputTypes sets it (a BF16 convolution writing FP32,
+    /// a BF16 matrix product writing BF16); nil: the precision's own (BF16 for a BF16
+    /// convolution, FP32 for a BF16 matrix product, the precision otherwise).
+    public var outputPrecision: Precision?
     public var postOps: PostOps
     /// Why the layer runs on a slow path (the reference kernel), for reports.
     public var slowPathReason: String?
 
     public init(kernel: KernelKind, algorithm: Algorithm = .direct, layout: Layout = .plain, precision: Precision = .fp32,
-                postOps: PostOps = .none, slowPathReason: String? = nil) {
+                outputPrecision: Precision? = nil, postOps: PostOps = .none, slowPathReason: String? = nil) {
         self.kernel = kernel
         self.algorithm = algorithm
         self.layout = layout
         self.precision = precision
+        self.outputPrecision = outputPrecision
         self.postOps = postOps
         self.slowPathReason = slowPathReason
     }
