@@ -281,7 +281,7 @@ enum QuantizedLowering {
             let (n, channels, spatial) = (shape[0], shape[1], shape[2...].reduce(1, *)), signed = outType == .int8
             l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
                 let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
-                Parallel.ranges(channels, parts: Parallel.parts(forElements: x.count)) { range in
+                Parallel.ranges(spatial, parts: Parallel.parts(forElements: x.count)) { range in
                     anvil_quantize_linear_channels_last(UnsafePointer<Float>(bitPattern: from)!, Int64(n), Int64(channels), Int64(spatial),
                                                         Int64(range.lowerBound), Int64(range.upperBound), s, Float(z), signed ? 1 : 0,
                                                         UnsafeMutableRawPointer(bitPattern: to)!)

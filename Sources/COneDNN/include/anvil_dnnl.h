@@ -76,8 +76,8 @@ int anvil_parallel_threads(void);
 void anvil_quantize_linear(const float *x, int64_t count, float scale, float zero_point, int is_signed, void *out);
 
 /// The same from a row-major [n, channels, spatial] tensor into a channels-last [n, spatial, channels]
-/// one, for the channels [c0, c1).
-void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t c0, int64_t c1,
+/// one, for the positions [p0, p1) of every channel.
+void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t p0, int64_t p1,
                                          float scale, float zero_point, int is_signed, void *out);
 
 /// IEEE half-precision values widened to single precision (exact).
