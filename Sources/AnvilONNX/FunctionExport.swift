@@ -35,7 +35,10 @@ struct FunctionExport {
         let formalOutputs = node.outputs.enumerated().map { "out\($0.offset)" }
         var body = Body(opset: defaultOpset)
         try body.build(node, inputs: formalInputs, outputs: formalOutputs)
-        functions.append(Function(name: name, inputs: formalInputs.filter { !$0.isEmpty }, outputs: formalOutputs,
+        // Calls bind inputs by position: every position up to the last present one is declared,
+        // an absent one (a FusedMatMul's missing bias before its residual) unused by the body.
+        let declared = (0..<((node.inputs.lastIndex { !$0.isEmpty } ?? -1) + 1)).map { "in\($0)" }
+        functions.append(Function(name: name, inputs: declared, outputs: formalOutputs,
                                   attributes: node.attributes.keys.sorted(), nodes: body.nodes, anvilOp: node.opType))
         bySignature[signature] = name
         return name

@@ -111,6 +111,31 @@ final class AnvilStandardOpsExportTests: XCTestCase {
     }
 }
 
+/// A fused op whose optional middle input is absent (a FusedMatMul with a residual and no
+/// bias, as T5's attention output projection fuses) exports a function that declares every
+/// position, so ONNX Runtime binds the residual where it belongs.
+final class FusedOpExportTests: XCTestCase {
+    func testAbsentMiddleInputKeepsTheLaterOnesInPlace() throws {
+        let inputs = [ValueInfo(name: "x", type: TensorType(.float, shape: [2, 4])), ValueInfo(name: "w", type: TensorType(.float, shape: [4, 3])),
+                      ValueInfo(name: "r", type: TensorType(.float, shape: [2, 3]))]
+        let node = Node(name: "n", opType: "FusedMatMul", domain: anvilDomain, inputs: ["x", "w", "", "r"], outputs: ["y"],
+                        attributes: ["activation": .string("Relu")])
+        let model = Model(graph: Graph(name: "g", inputs: inputs, outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [2, 3]))], nodes: [node]),
+                          opsets: [OpsetImport(domain: "", version: 17), OpsetImport(domain: anvilDomain, version: 1)])
+        var rng = SeededGenerator(seed: 9)
+        var feed: [String: Tensor] = [:]
+        for input in inputs {
+            let dims = input.type.concreteShape!
+            feed[input.name] = try Tensor(floats: (0..<dims.reduce(1, *)).map { _ in Float.random(in: -2...2, using: &rng) }, shape: dims)
+        }
+        let folder = try TestSupport.temporaryFolder()
+        try ExportChecks.writeWithReference(model, inputs: [feed], folder: folder)
+        XCTAssertEqual(try ONNXImporter.load(path: folder + "/model.onnx").graph.nodes.map(\.inputs), [["x", "w", "", "r"]])
+        XCTAssertEqual(try ExportChecks.onnxRuntimeStatus(folder + "/model.onnx", reference: folder + "/reference"), 0,
+                       "onnx.checker or ONNX Runtime refused the export or disagreed")
+    }
+}
+
 /// Writes models with reference data and checks them with ONNX Runtime.
 enum ExportChecks {
     /// Writes `model` to folder/model.onnx and, under folder/reference, one
