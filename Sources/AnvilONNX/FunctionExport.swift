@@ -106,7 +106,7 @@ struct FunctionExport {
                 // Gather(table, x as an index): an int8 x is negative where the table's byte order puts it last.
                 _ = op("Gather", [i[1], op("Cast", [i[0]], ["to": .int(Int64(DataType.int32.rawValue))])], ["axis": .int(0)], output: o[0])
             case "SiLU":
-                _ = op("Mul", [i[0], op("Sigmoid", [i[0]])], output: o[0])
+                swish(i[0], alpha: a["alpha"].flatMap { if case .float(let v) = $0 { v } else { nil } } ?? 1, output: o[0])
             case "HardSwish":
                 hardSwish(i[0], output: o[0])
             case "Gelu":
@@ -146,9 +146,15 @@ struct FunctionExport {
             case "Mish":
                 _ = op("Mul", [x, op("Tanh", [op("Softplus", [x])])], output: output)
             case "SiLU": _ = op("Mul", [x, op("Sigmoid", [x])], output: output)
+            case "Swish": swish(x, alpha: alpha ?? 1, output: output)
             case "Gelu", "GeluTanh": gelu(x, tanh: name == "GeluTanh", output: output)
             default: _ = op("Identity", [x], output: output)
             }
+        }
+
+        /// x · sigmoid(α · x) (Swish only from opset 24).
+        mutating func swish(_ x: String, alpha: Float, output: String) {
+            _ = op("Mul", [x, op("Sigmoid", [alpha == 1 ? x : op("Mul", [x, constant([alpha])])])], output: output)
         }
 
         /// HardSwish, before opset 14 as x · HardSigmoid(x; α = 1/6, β = 1/2).

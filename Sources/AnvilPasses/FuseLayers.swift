@@ -184,8 +184,9 @@ public struct FuseActivation: Pass {
         case "Tanh": return .tanh
         case "HardSwish": return .hardSwish
         case "Mish": return .mish
-        case "SiLU": return isAnvil ? .silu : nil
-        case "Swish": return (try? a.float("alpha", 1)) == 1 ? .silu : nil
+        case "SiLU", "Swish":
+            guard node.opType == "Swish" || isAnvil, let alpha = try? a.float("alpha", 1) else { return nil }
+            return alpha == 1 ? .silu : .swish(alpha: alpha)
         case "LeakyRelu": return .leakyRelu(alpha: (try? a.float("alpha", 0.01)) ?? 0.01)
         case "Elu": return .elu(alpha: (try? a.float("alpha", 1)) ?? 1)
         case "HardSigmoid": return .hardSigmoid(alpha: (try? a.float("alpha", 0.2)) ?? 0.2, beta: (try? a.float("beta", 0.5)) ?? 0.5)

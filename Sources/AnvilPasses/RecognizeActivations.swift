@@ -7,7 +7,7 @@ import AnvilOps
 /// - GELU, erf form: x · 0.5 · (1 + erf(x / √2)), any order of the products;
 /// - GELU, tanh form: 0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)));
 /// - HardSwish: x · relu6(x + 3) / 6 and x · HardSigmoid(x) with α = 1/6, β = 1/2;
-/// - SiLU: x · sigmoid(x).
+/// - SiLU: x · sigmoid(x), and x · sigmoid(α · x) (Swish; CLIP's quick GELU has α = 1.702).
 /// Each becomes the standard op where the model's opset has it (Gelu 20, HardSwish 14,
 /// Swish 24), else Anvil's op of the same semantics.
 public struct RecognizeActivations: Pass {
@@ -66,16 +66,25 @@ public struct RecognizeActivations: Pass {
         RewriteRule("silu", roots: ["Mul"]) { node, ctx in
             guard node.domain.isEmpty, node.inputs.count == 2 else { return nil }
             for side in [0, 1] {
-                guard let sigmoid = ctx.interior(node.inputs[side], "Sigmoid", readBy: node), sigmoid.inputs[0] == node.inputs[1 - side] else { continue }
+                guard let sigmoid = ctx.interior(node.inputs[side], "Sigmoid", readBy: node) else { continue }
                 let x = node.inputs[1 - side]
+                // x · sigmoid(x), or x · sigmoid(α · x) (CLIP's quick GELU, α = 1.702).
+                var alpha: Float = 1, matched = [sigmoid, node]
+                if sigmoid.inputs[0] != x {
+                    guard let scale = ctx.interior(sigmoid.inputs[0], "Mul", readBy: sigmoid), scale.inputs.count == 2, scale.inputs.contains(x),
+                          let c = scale.inputs.first(where: { $0 != x }).flatMap({ ctx.scalar($0) }), c.isFinite, c != 0 else { continue }
+                    alpha = Float(c)
+                    matched.insert(scale, at: 0)
+                }
+                let fused = matched.flatMap(\.fusedFrom), attributes: [String: Attribute] = alpha == 1 ? [:] : ["alpha": .float(alpha)]
                 if ctx.pass.opset() >= 24 {
-                    return Patch(statistic: "SiLU recognized", remove: [sigmoid, node],
-                                 add: [Node(name: node.name, opType: "Swish", inputs: [x], outputs: node.outputs, fusedFrom: sigmoid.fusedFrom + node.fusedFrom)])
+                    return Patch(statistic: "SiLU recognized", remove: matched,
+                                 add: [Node(name: node.name, opType: "Swish", inputs: [x], outputs: node.outputs, attributes: attributes, fusedFrom: fused)])
                 }
                 guard !ctx.pass.standardOnly else { return nil }
                 ctx.pass.useAnvilDomain()
-                return Patch(statistic: "SiLU recognized", remove: [sigmoid, node],
-                             add: [Node(name: node.name, opType: "SiLU", domain: anvilDomain, inputs: [x], outputs: node.outputs, fusedFrom: sigmoid.fusedFrom + node.fusedFrom)])
+                return Patch(statistic: "SiLU recognized", remove: matched,
+                             add: [Node(name: node.name, opType: "SiLU", domain: anvilDomain, inputs: [x], outputs: node.outputs, attributes: attributes, fusedFrom: fused)])
             }
             return nil
         },

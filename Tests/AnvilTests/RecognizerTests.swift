@@ -106,6 +106,38 @@ final class RecognizerTests: XCTestCase {
         }, expect: ["ai.anvil.SiLU"], golden: "silu")
     }
 
+    /// CLIP's quick GELU, x · sigmoid(1.702 · x): Swish with α = 1.702 (the standard op from
+    /// opset 24, Anvil's SiLU with an alpha before), fused into the matrix product before it,
+    /// run by oneDNN's swish and exported with a body ONNX Runtime runs.
+    func testQuickGeluIsSwishWithAlpha() throws {
+        for (opset, op) in [(17, "ai.anvil.SiLU"), (24, "Swish")] {
+            try check({
+                var b = GraphBuilder()
+                let y = b.op("Mul", ["x", b.op("Sigmoid", [b.op("Mul", [b.const([1.702]), "x"])])])
+                return b.model(input: [2, 6], output: y, opset: opset)
+            }, expect: [op])
+        }
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let h = b.op("MatMul", ["x", b.const((0..<24).map { Float($0 % 7) / 7 - 0.4 }, [6, 4])])
+            let y = b.op("Mul", [h, b.op("Sigmoid", [b.op("Mul", [h, b.const([1.702])])])])
+            return b.model(input: [3, 6], output: y)
+        }
+        let model = build()
+        _ = try PassTesting.optimized(model, Pipelines.standard)
+        XCTAssertEqual(model.graph.nodes.map(\.qualifiedOpType), ["ai.anvil.FusedMatMul"])
+        XCTAssertEqual(Activation(name: "Swish", alpha: 1.702, beta: nil), .swish(alpha: 1.702))
+        try PassTesting.assertPreservesOutputs(build, Pipelines.standard)
+        let x = try Tensor(floats: (0..<18).map { Float($0) / 3 - 3 }, shape: [3, 6])
+        let folder = try TestSupport.temporaryFolder()
+        try ExportChecks.writeWithReference(model, inputs: [["x": x]], folder: folder)
+        XCTAssertEqual(try ExportChecks.onnxRuntimeStatus(folder + "/model.onnx", reference: folder + "/reference"), 0)
+        let built = try TestSupport.run(["build", folder + "/model.onnx", "-o", folder + "/e.anvil"])
+        XCTAssertTrue(built.stdout.contains(", 0 on slow paths)"), built.stdout + built.stderr)
+        let run = try TestSupport.run(["validate", folder + "/e.anvil", "--reference", folder + "/reference"])
+        XCTAssertEqual(run.status, 0, run.stdout + run.stderr)
+    }
+
     /// A pattern whose interior value is read elsewhere must not be rewritten.
     func testSharedInteriorValuesBlockRecognition() throws {
         var b = GraphBuilder()

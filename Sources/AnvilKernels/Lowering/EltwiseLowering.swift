@@ -23,7 +23,8 @@ enum EltwiseLowering {
         "Neg": { _ in [(dnnl_eltwise_linear, -1, 0)] },
         "Gelu": gelu,
         "anvil.Gelu": gelu,
-        "anvil.SiLU": { _ in [(dnnl_eltwise_swish, 1, 0)] },
+        "anvil.SiLU": { l in [(dnnl_eltwise_swish, try l.attributes.float("alpha", 1), Float(0))] },
+        "Swish": { l in [(dnnl_eltwise_swish, try l.attributes.float("alpha", 1), Float(0))] },
         "Clip": clip,
     ]
 

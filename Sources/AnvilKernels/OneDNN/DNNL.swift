@@ -344,6 +344,7 @@ final class DNNLAttributes {
         case .gelu: return [(dnnl_eltwise_gelu_erf, 0, 0)]
         case .geluTanh: return [(dnnl_eltwise_gelu_tanh, 0, 0)]
         case .silu: return [(dnnl_eltwise_swish, 1, 0)]
+        case .swish(let alpha): return [(dnnl_eltwise_swish, alpha, 0)]
         }
     }
 }

@@ -110,7 +110,11 @@ func registerAnvilOps(_ b: inout KernelTableBuilder) {
         let entries = table.int64s
         return try Tensor(table.dataType, shape: x.shape, int64s: x.int64s.map { entries[Int(UInt8(truncatingIfNeeded: $0))] })
     }
-    b.add1("SiLU", domain: anvilDomain) { ctx in try Activation.silu.apply(ctx.input(0)) }
+    // x · sigmoid(α · x), α = 1 unless the attribute says otherwise (CLIP's quick GELU).
+    b.add1("SiLU", domain: anvilDomain) { ctx in
+        let alpha = try ctx.attributes.float("alpha", 1)
+        return try (alpha == 1 ? Activation.silu : .swish(alpha: alpha)).apply(ctx.input(0))
+    }
     for (op, opset) in anvilStandardOps {
         b.add(op, domain: anvilDomain) { ctx in
             try standard(op).evaluate(ctx.with(opset: opset, inputs: ctx.inputs))

@@ -401,6 +401,7 @@ extension Activation {
         case .gelu: (10, 0, 0)
         case .geluTanh: (11, 0, 0)
         case .silu: (12, 0, 0)
+        case .swish(let a): (13, a, 0)
         }
     }
 
@@ -419,6 +420,7 @@ extension Activation {
         case 10: self = .gelu
         case 11: self = .geluTanh
         case 12: self = .silu
+        case 13: self = .swish(alpha: alpha)
         default: return nil
         }
     }

@@ -16,6 +16,8 @@ public enum Activation: Sendable, Equatable {
     case gelu
     case geluTanh
     case silu
+    /// x · sigmoid(α · x) for α ≠ 1 (SiLU is α = 1): CLIP's quick GELU is α = 1.702.
+    case swish(alpha: Float)
 
     /// Parses the attribute form: a name and up to two parameters.
     public init?(name: String, alpha: Float?, beta: Float?) {
@@ -31,7 +33,7 @@ public enum Activation: Sendable, Equatable {
         case "Mish": self = .mish
         case "Gelu": self = .gelu
         case "GeluTanh": self = .geluTanh
-        case "SiLU": self = .silu
+        case "SiLU", "Swish": self = (alpha ?? 1) == 1 ? .silu : .swish(alpha: alpha!)
         default: return nil
         }
     }
@@ -51,6 +53,7 @@ public enum Activation: Sendable, Equatable {
         case .gelu: ("Gelu", nil, nil)
         case .geluTanh: ("GeluTanh", nil, nil)
         case .silu: ("SiLU", nil, nil)
+        case .swish(let a): ("Swish", a, nil)
         }
     }
 
@@ -78,6 +81,9 @@ public enum Activation: Sendable, Equatable {
         case .gelu: return 0.5 * x * (1 + Foundation.erf(x / 2.0.squareRoot()))
         case .geluTanh: return 0.5 * x * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x)))
         case .silu: return x >= 0 ? x / (1 + Foundation.exp(-x)) : x * Foundation.exp(x) / (1 + Foundation.exp(x))
+        case .swish(let a):
+            let z = Double(a) * x
+            return z >= 0 ? x / (1 + Foundation.exp(-z)) : x * Foundation.exp(z) / (1 + Foundation.exp(z))
         }
     }
 
