@@ -41,6 +41,8 @@ struct Int8Quantizer {
     /// Rewrites `model` in place; returns the names of the layers made INT8.
     func apply(_ model: Model) throws -> [String] {
         let graph = model.graph
+        // Their activated values (before the residual) were never calibrated: float outputs.
+        let separated = Self.separateResidualsAfterActivations(graph)
         let weighted = graph.nodes.compactMap { weightedNode($0, graph) }
         let ends: Set<String> = policy.keepEnds ? Set([weighted.first?.node.name, weighted.last?.node.name].compactMap { $0 }) : []
         var chosen: [String: Weighted] = [:]
@@ -55,7 +57,7 @@ struct Int8Quantizer {
         for w in weighted {
             let pinned = asked(policy.layerPrecisions, w.node)
             guard pinned?.precision == .int8 || (pinned == nil && policy.int8 && !ends.contains(w.node.name)) else { continue }
-            if let reason = unquantizable(w) {
+            if let reason = unquantizable(w, uncalibratedOutput: separated.contains(w.node.outputs[0])) {
                 if pinned?.own == true { throw AnvilError.invalidArgument("--layerPrecisions: layer '\(w.node.name)' cannot run in INT8: \(reason)") }
                 continue
             }
@@ -186,19 +188,42 @@ struct Int8Quantizer {
         }
     }
 
+    /// A convolution adding its residual after the activation (`residual_after_activation`)
+    /// becomes the convolution and an Add again: the INT8 layers requantize before a residual
+    /// sum, not after the activation, so the Add stays a float layer as it was in the model.
+    static func separateResidualsAfterActivations(_ graph: Graph) -> Set<String> {
+        var nodes: [Node] = [], separated: Set<String> = []
+        for node in graph.nodes {
+            guard node.domain == anvilDomain, node.opType == "FusedConv", node.inputs.count > 3, !node.inputs[3].isEmpty,
+                  case .int(1)? = node.attributes["residual_after_activation"] else { nodes.append(node); continue }
+            let activated = graph.freshName("\(node.outputs[0])_activated")
+            separated.insert(activated)
+            var attributes = node.attributes
+            attributes["residual_after_activation"] = nil
+            var inputs = Array(node.inputs.prefix(3))
+            while inputs.last == "" { inputs.removeLast() }
+            nodes.append(Node(name: node.name, opType: node.opType, domain: node.domain, inputs: inputs, outputs: [activated],
+                              attributes: attributes, fusedFrom: Array(node.fusedFrom.dropLast())))
+            nodes.append(Node(name: graph.freshNodeName("\(node.name)_residual"), opType: "Add", inputs: [activated, node.inputs[3]], outputs: node.outputs,
+                              fusedFrom: Array(node.fusedFrom.suffix(1))))
+        }
+        graph.nodes = nodes
+        return separated
+    }
+
     static func transposed(_ w: Tensor) throws -> Tensor {
         let (rows, cols) = (w.shape[0], w.shape[1]), v = w.floats
         return try Tensor(floats: (0..<(rows * cols)).map { v[($0 % rows) * cols + $0 / rows] }, shape: [cols, rows])
     }
 
     /// Why a weighted layer cannot be made INT8 (nil: it can).
-    func unquantizable(_ w: Weighted) -> String? {
+    func unquantizable(_ w: Weighted, uncalibratedOutput: Bool = false) -> String? {
         let activation = try? AttributeReader(node: w.node).string("activation")
         if let a = activation ?? nil, ["HardSigmoid"].contains(a) { return "its fused \(a) has no INT8 form" }
         if w.isConv, !(3...5).contains(w.weights.rank) { return "a \(w.weights.rank)-D convolution" }
         let channels = w.isConv ? w.weights.shape[0] : w.weights.shape[1]
         if let b = w.bias, b.count != channels { return "a bias of \(b.count) values for \(channels) channels" }
-        for t in [w.node.inputs[0], w.node.outputs[0]] + (w.residual.map { [$0] } ?? []) where calibration.ranges[t] == nil {
+        for t in [w.node.inputs[0]] + (uncalibratedOutput ? [] : [w.node.outputs[0]]) + (w.residual.map { [$0] } ?? []) where calibration.ranges[t] == nil {
             return "calibration saw no values of '\(t)'"
         }
         return nil

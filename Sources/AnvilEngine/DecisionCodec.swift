@@ -5,7 +5,7 @@ import AnvilKernels
 /// of control-flow bodies, which the interpreter runs; 1: a decision; 2: a decision whose
 /// output precision follows as one more code after the precision), then the kernel kind, the
 /// algorithm, the layout and the precision as one-byte codes, a post-op flags byte
-/// (bit 0 bias, bit 1 residual sum, bit 2 activation), the activation's code and its
+/// (bit 0 bias, bit 1 residual sum, bit 2 activation, bit 3 the sum after the activation), the activation's code and its
 /// two parameters as 32-bit floats, and the slow-path reason (length-prefixed, empty
 /// for none).
 extension EngineCodec.Writer {
@@ -15,7 +15,7 @@ extension EngineCodec.Writer {
         for code in [d.kernel.rawValue, d.algorithm.rawValue, d.layout.rawValue, d.precision.rawValue] { u8(code) }
         if let output = d.outputPrecision { u8(output.rawValue) }
         let p = d.postOps
-        u8((p.bias ? 1 : 0) | (p.residual ? 2 : 0) | (p.activation != nil ? 4 : 0))
+        u8((p.bias ? 1 : 0) | (p.residual ? 2 : 0) | (p.activation != nil ? 4 : 0) | (p.residualAfterActivation ? 8 : 0))
         let a = p.activation?.code ?? (kind: 0, alpha: 0, beta: 0)
         u8(a.kind)
         u64(UInt64(a.alpha.bitPattern))
@@ -41,7 +41,7 @@ extension EngineCodec.Reader {
         let layout = try code("layout", Layout.self), precision = try code("precision", Precision.self)
         let output = marker == 2 ? try code("output precision", Precision.self) : nil
         let flags = try u8()
-        guard flags & ~7 == 0 else { throw fail("layer '\(layer)': unknown post-op flags \(flags)") }
+        guard flags & ~15 == 0 else { throw fail("layer '\(layer)': unknown post-op flags \(flags)") }
         let kind = try u8()
         let alpha = Float(bitPattern: UInt32(truncatingIfNeeded: try u64())), beta = Float(bitPattern: UInt32(truncatingIfNeeded: try u64()))
         var activation: Activation?
@@ -51,7 +51,7 @@ extension EngineCodec.Reader {
         }
         let reason = try string()
         return LayerDecision(kernel: kernel, algorithm: algorithm, layout: layout, precision: precision, outputPrecision: output,
-                             postOps: PostOps(bias: flags & 1 != 0, residual: flags & 2 != 0, activation: activation),
+                             postOps: PostOps(bias: flags & 1 != 0, residual: flags & 2 != 0, activation: activation, residualAfterActivation: flags & 8 != 0),
                              slowPathReason: reason.isEmpty ? nil : reason)
     }
 }

@@ -71,8 +71,15 @@ struct FunctionExport {
             case "FusedConv", "FusedGemm":
                 let base = node.opType == "FusedConv" ? "Conv" : "Gemm"
                 var attributes = a
-                for k in ["activation", "activation_alpha", "activation_beta"] { attributes[k] = nil }
+                for k in ["activation", "activation_alpha", "activation_beta", "residual_after_activation"] { attributes[k] = nil }
                 var y = op(base, Array(i.prefix(3)).reversedTrim(), attributes)
+                if i.count > 3, !i[3].isEmpty, case .int(1)? = a["residual_after_activation"] {
+                    counter += 1
+                    let activated = "t\(counter)"
+                    activation(y, node, output: activated)
+                    _ = op("Add", [activated, i[3]], output: o[0])
+                    return
+                }
                 if i.count > 3, !i[3].isEmpty { y = op("Add", [y, i[3]]) }
                 activation(y, node, output: o[0])
             case "FusedMatMul":

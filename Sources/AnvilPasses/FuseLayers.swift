@@ -149,14 +149,33 @@ public struct FuseResidualAdd: Pass {
     }
 }
 
-/// Conv / Gemm / MatMul (with fused bias and residual) + activation → one fused layer.
+/// Conv / Gemm / MatMul (with fused bias and residual) + activation → one fused layer; then
+/// a convolution with its activation fused + the Add of a same-shaped tensor (YOLO's
+/// bottleneck, x + SiLU(conv(…))) → the convolution with that residual added after the
+/// activation (`residual_after_activation`, oneDNN's sum post-op after the eltwise one).
 public struct FuseActivation: Pass {
     public let name = "fuse-activation"
-    public let summary = "a layer followed by an activation becomes one layer with the activation fused"
+    public let summary = "a layer followed by an activation becomes one layer with the activation fused; a residual Add after a convolution's activation joins it"
     public init() {}
     public func run(_ context: PassContext) throws -> Bool {
         guard !context.standardOnly else { return false }
-        return try RewriteDriver([Self.rule]).run(context)
+        let activations = try RewriteDriver([Self.rule]).run(context)
+        return try RewriteDriver([Self.residualAfter]).run(context) || activations
+    }
+
+    static let residualAfter = RewriteRule("convolution + activation + residual", roots: ["Add", "Sum"]) { node, ctx in
+        guard node.domain.isEmpty, node.inputs.count == 2, node.inputs[0] != node.inputs[1] else { return nil }
+        for side in [0, 1] {
+            guard let layer = fusableProducer(node.inputs[side], of: node, ctx), layer.domain == anvilDomain, layer.opType == "FusedConv",
+                  let (op, inputs) = asFused(layer), inputs[3].isEmpty, layer.attributes["activation"] != nil,
+                  ctx.constant(node.inputs[1 - side]) == nil, sameType(ctx.type(node.inputs[1 - side]), ctx.type(node.outputs[0])),
+                  sameType(ctx.type(layer.outputs[0]), ctx.type(node.outputs[0])) else { continue }
+            var fusedInputs = inputs
+            fusedInputs[3] = node.inputs[1 - side]
+            return Patch(statistic: "FusedConv + activation + residual Add fused", remove: [layer, node],
+                         add: [fusedNode(layer, op: op, inputs: fusedInputs, root: node, extra: ["residual_after_activation": .int(1)])])
+        }
+        return nil
     }
 
     static let activations: Set<String> = ["Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Mish", "Gelu", "SiLU", "Swish"]

@@ -1,5 +1,6 @@
 import AnvilBuilder
 import AnvilCore
+import AnvilEngine
 import AnvilIR
 import AnvilKernels
 import AnvilONNX
@@ -305,6 +306,72 @@ final class FusionTests: XCTestCase {
         try PassTesting.assertGolden(text, "conv-residual-relu")
         XCTAssertEqual(m.graph.nodes.map(\.qualifiedOpType), ["ai.anvil.FusedConv"])
         try PassTesting.assertPreservesOutputs(build, passes)
+    }
+
+    /// YOLO's bottleneck, x + SiLU(conv(x)): the residual joins the convolution after its
+    /// activation (oneDNN's sum post-op after the eltwise one); the exported body adds it after
+    /// the activation, ONNX Runtime agrees, and the engine runs it in one kernel, in FP32 and
+    /// BF16 (where the C2f split, the concatenation and the max pooling then stay BF16), and
+    /// under --int8 (the quantizer separates the Add again).
+    func testResidualAfterActivationJoinsTheConvolution() throws {
+        let build = { () -> Model in
+            var b = GraphBuilder()
+            let w = b.const((0..<(32 * 16 * 9)).map { (i: Int) -> Float in Float(i % 11) / 40 - 0.12 }, [32, 16, 3, 3])
+            let stem = b.op("Conv", ["x", w, b.const((0..<32).map { Float($0 % 5) / 10 - 0.2 }, [32])], ["pads": .ints([1, 1, 1, 1])])
+            let act = b.op("Mul", [stem, b.op("Sigmoid", [stem])])
+            let halves = ["h0", "h1"]
+            b.nodes.append(Node(name: "split", opType: "Split", inputs: [act, b.ints([16, 16])], outputs: halves, attributes: ["axis": .int(1)]))
+            let inner = b.op("Conv", ["h1", b.const((0..<(16 * 16 * 9)).map { (i: Int) -> Float in Float(i % 13) / 60 - 0.1 }, [16, 16, 3, 3])],
+                             ["pads": .ints([1, 1, 1, 1])])
+            let bottleneck = b.op("Add", ["h1", b.op("Mul", [inner, b.op("Sigmoid", [inner])])])
+            let pooled = b.op("MaxPool", [bottleneck], ["kernel_shape": .ints([3, 3]), "pads": .ints([1, 1, 1, 1]), "strides": .ints([1, 1])])
+            let joined = b.op("Concat", ["h0", "h1", bottleneck, pooled], ["axis": .int(1)])
+            let y = b.op("Conv", [joined, b.const((0..<(8 * 64)).map { (i: Int) -> Float in Float(i % 9) / 30 - 0.13 }, [8, 64, 1, 1])])
+            return b.model(input: [1, 16, 12, 12], output: y)
+        }
+        let model = build()
+        _ = try PassTesting.optimized(model, Pipelines.standard)
+        let joined = try XCTUnwrap(model.graph.nodes.first { $0.attributes["residual_after_activation"] != nil })
+        XCTAssertEqual(joined.inputs.count, 4)
+        XCTAssertFalse(model.graph.nodes.contains { $0.opType == "Add" })
+        try PassTesting.assertPreservesOutputs(build, Pipelines.standard)
+
+        var rng = SeededGenerator(seed: 17)
+        let x = try Tensor(floats: (0..<(16 * 144)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [1, 16, 12, 12])
+        let folder = try TestSupport.temporaryFolder()
+        try ExportChecks.writeWithReference(model, inputs: [["x": x]], folder: folder)
+        XCTAssertEqual(try ExportChecks.onnxRuntimeStatus(folder + "/model.onnx", reference: folder + "/reference"), 0)
+        let expected = try ReferenceExecutor(model: build()).run(["x": x])[0].value
+        var builder = EngineBuilder()
+        let fp32 = try builder.build(build(), name: "bottleneck")
+        let layer = try XCTUnwrap(fp32.graph.layers.first { $0.decision?.postOps.residualAfterActivation == true })
+        XCTAssertEqual(layer.decision?.postOps.description, "SiLU + residual sum")
+        let bytes = try fp32.file.encoded()
+        let loaded = try Engine(file: try bytes.withUnsafeBytes { try EngineFile.decode($0, file: "b.anvil") }, name: "b.anvil")
+        XCTAssertEqual(loaded.graph.layers.first { $0.name == layer.name }?.decision, layer.decision)
+        XCTAssertTrue(Comparison.compare(actual: try ExecutionContext(engine: loaded).run(["x": x])[0].value, expected: expected, atol: 1e-4, rtol: 1e-3).passed)
+        if CPUFeatures.host.contains(.avx512Bf16) {
+            builder.precision = PrecisionPolicy(bf16: true, keepEnds: false)
+            let bf16 = try builder.build(build(), name: "bottleneck")
+            let plan = try XCTUnwrap(bf16.compiled.plan)
+            for op in ["Split", "Concat", "MaxPool"] {
+                let l = try XCTUnwrap(bf16.graph.layers.first { $0.opType == op })
+                XCTAssertTrue(plan.format(of: l.outputs[0])?.contains("BF16") == true, "\(op): \(plan.format(of: l.outputs[0]) ?? "-")")
+            }
+            // Between the layers only layout changes, no conversions: every reorder inside writes BF16.
+            let conversions = plan.stepDetails.filter { step in
+                step.implementation == "reorder" && !["reorder x", "reorder y"].contains(step.layer) && step.writes.contains { plan.format(of: $0)?.contains("BF16") != true }
+            }
+            XCTAssertEqual(conversions.map { $0.layer }, [], "\(plan.stepDetails)")
+            let actual = try ExecutionContext(engine: bf16.engine).run(["x": x])[0].value
+            XCTAssertGreaterThan(OutputComparison.cosine(actual.doubles, expected.doubles), 0.999)
+        }
+        builder.precision = PrecisionPolicy(int8: true, keepEnds: false)
+        builder.calibration = [["x": x]]
+        let int8 = try builder.build(build(), name: "bottleneck")
+        XCTAssertEqual(int8.int8Layers.count, 3, "\(int8.int8Layers)")
+        XCTAssertTrue(int8.graph.layers.contains { $0.opType == "Add" })
+        XCTAssertGreaterThan(OutputComparison.cosine(try ExecutionContext(engine: int8.engine).run(["x": x])[0].value.doubles, expected.doubles), 0.99)
     }
 
     func testMatMulBiasGeluFuse() throws {

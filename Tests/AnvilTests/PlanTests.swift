@@ -143,7 +143,11 @@ final class PlanTests: XCTestCase {
     func forcedPlan(_ graph: EngineGraph, layout: Layout, x: Tensor) throws -> (plan: ExecutionPlan, outputs: [Tensor]) {
         let layers = graph.layers.map { l in
             var forced = l
-            if l.decision?.kernel == .convolution { forced.decision?.layout = layout }
+            // Direct kernels: a Winograd tactic (timed faster on a busy machine) writes its own blocked layout.
+            if l.decision?.kernel == .convolution {
+                forced.decision?.layout = layout
+                forced.decision?.algorithm = .direct
+            }
             return forced
         }
         var types: [String: (DataType, [Int])] = [:]

@@ -89,7 +89,7 @@ struct ConvolutionSpec {
     var timingKey: String {
         let g = geometry
         return "x\(inputShape)w\(weights.shape)g\(group)s\(g.strides)d\(g.dilations)p\(g.padsBegin)\(g.padsEnd)"
-            + "b\(postOps.bias ? 1 : 0)a\(postOps.activation.map { "\($0)" } ?? "-")r\(postOps.residual ? 1 : 0)"
+            + "b\(postOps.bias ? 1 : 0)a\(postOps.activation.map { "\($0)" } ?? "-")r\(postOps.residual ? (postOps.residualAfterActivation ? 2 : 1) : 0)"
             + (arithmetic == .fp32 ? "" : "p\(arithmetic)") + (floatOutput ? "oFP32" : "")
     }
 
@@ -105,7 +105,7 @@ struct ConvolutionSpec {
     func make(_ tactic: ConvolutionTactic, engine: DNNLEngine) throws -> DNNLConvolution {
         try DNNLConvolution(engine: engine, inputShape: inputShape, weights: precision == .fp16 ? weights.halved() : weights, bias: bias, geometry: geometry,
                             group: group, activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic,
-                            precision: arithmetic, floatOutput: floatOutput)
+                            precision: arithmetic, floatOutput: floatOutput, residualAfterActivation: postOps.residualAfterActivation)
     }
 }
 

@@ -31,6 +31,17 @@ enum MovementLowering {
     /// place (`ExecutionPlan.concatenateInPlace`), else oneDNN's concat, with the parts
     /// brought to one layout first where their mix leaves oneDNN only its reference one.
     static func concat(_ l: LayerLowering) throws -> LayerDecision? {
+        // Parts all stored in BF16 (BF16 layers' outputs) are placed as they are: the result is
+        // BF16 too, exactly the values an FP32 concatenation would hold, without conversions.
+        let stored = l.layer.inputs.indices.compactMap { l.storedValue($0) }
+        if let (t, shape) = try? l.outputType(), t == .float, stored.count == l.layer.inputs.count, stored.allSatisfy({ $0.dataType == .float && $0.storedType == .bfloat16 }),
+           let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: shape.count), axis == 1,
+           stored.allSatisfy({ $0.shape.count == shape.count }),
+           try l.plan.concatenateInPlace(stored.filter { $0.shape[1] > 0 }, name: l.layer.outputs[0], shape: shape, layer: l.layer.name) {
+            var decision = l.decided(.concat)
+            decision.precision = .bf16
+            return decision
+        }
         guard var (parts, axis, shape) = try concatParts(l) else { return nil }
         if axis == 1, try l.plan.concatenateInPlace(parts, name: l.layer.outputs[0], shape: shape, layer: l.layer.name) { return l.decided(.concat) }
         func make() throws -> DNNLPrimitive {
@@ -112,25 +123,27 @@ enum MovementLowering {
     /// the axis is 1 in plain layout, or a channel split at block boundaries of a
     /// batch-1 blocked tensor.
     static func split(_ l: LayerLowering) throws -> LayerDecision? {
-        guard let v = l.value(0), let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: v.shape.count),
+        // The parts of a channel-laid-out value are views of it as stored (BF16 parts of a
+        // BF16 value: no conversion); otherwise views of its plain float form.
+        guard let stored = l.storedValue(0), let axis = ShapeMath.normalizeAxis(try l.attributes.int("axis", 0), rank: stored.shape.count),
               !l.layer.outputs.contains(where: \.isEmpty) else { return nil }
         var parts: [(String, [Int])] = []
         for name in l.layer.outputs {
             let (t, shape) = try l.plan.type(of: name)
-            guard t == v.dataType, shape.count == v.shape.count else { return nil }
+            guard t == stored.dataType, shape.count == stored.shape.count else { return nil }
             parts.append((name, shape))
         }
-        guard parts.reduce(0, { $0 + $1.1[axis] }) == v.shape[axis] else { return nil }
-        if !v.isPlain, axis == 1 {
+        guard parts.reduce(0, { $0 + $1.1[axis] }) == stored.shape[axis] else { return nil }
+        if !stored.isPlain, axis == 1 {
             var start = 0
             let offsets = parts.map { p -> Int in defer { start += p.1[1] }; return start }
-            if let views = try zip(parts, offsets).map({ try l.plan.channelRange(v, from: $1, count: $0.1[1]) }) as [(Int, dnnl_memory_desc_t)?]?,
+            if let views = try zip(parts, offsets).map({ try l.plan.channelRange(stored, from: $1, count: $0.1[1]) }) as [(Int, dnnl_memory_desc_t)?]?,
                views.allSatisfy({ $0 != nil }) {
-                for ((name, shape), view) in zip(parts, views) { _ = l.plan.alias(name, of: v, type: v.dataType, shape: shape, layout: view!.1, byteOffset: view!.0) }
+                for ((name, shape), view) in zip(parts, views) { _ = l.plan.alias(name, of: stored, type: stored.dataType, shape: shape, layout: view!.1, byteOffset: view!.0) }
                 return l.decided(.view)
             }
         }
-        guard v.shape[..<axis].allSatisfy({ $0 == 1 }) else { return nil }
+        guard let v = l.value(0), v.shape[..<axis].allSatisfy({ $0 == 1 }) else { return nil }
         let x = try l.plan.plain(v)
         let inner = v.shape[(axis + 1)...].reduce(1, *) * v.dataType.byteSize
         var offset = 0
@@ -287,12 +300,14 @@ extension ExecutionPlan {
     /// byte offset and the layout of that part; nil when they are not contiguous.
     func channelRange(_ v: PlanValue, from c0: Int, count: Int) throws -> (Int, dnnl_memory_desc_t)? {
         guard v.shape.count >= 2, v.shape[0] == 1, count > 0, c0 + count <= v.shape[1] else { return nil }
-        let spatial = v.shape[2...].reduce(1, *), size = v.dataType.byteSize
+        // In the type the value is stored in (a float value a BF16 layer wrote is BF16 here).
+        let element = v.storedType, spatial = v.shape[2...].reduce(1, *), size = element.byteSize
         let partShape = [1, count] + v.shape[2...]
         let layout = Layout.of(v.layout, shape: v.shape)
-        if layout == .plain { return (c0 * spatial * size, try plainDescriptor(partShape, v.dataType)) }
-        guard let b = layout.channelBlock, c0 % b == 0, count % b == 0 || c0 + count == v.shape[1], let tag = layout.formatTag(rank: v.shape.count) else { return nil }
-        return ((c0 / b) * spatial * b * size, try memoryDescriptor(partShape, tag))
+        if layout == .plain { return (c0 * spatial * size, try plainDescriptor(partShape, element)) }
+        guard let b = layout.channelBlock, c0 % b == 0, count % b == 0 || c0 + count == v.shape[1], let tag = layout.formatTag(rank: v.shape.count),
+              let type = dnnlType(element) else { return nil }
+        return ((c0 / b) * spatial * b * size, try memoryDescriptor(partShape, tag, type))
     }
 
     /// Concatenation along channels with (almost) no copy: the parts' buffers are
@@ -305,7 +320,9 @@ extension ExecutionPlan {
     /// parts that cannot be placed are reordered into their slots. Batch 1 only (a
     /// channel range is contiguous there); false when no part could be placed.
     func concatenateInPlace(_ parts: [PlanValue], name: String, shape: [Int], layer: String) throws -> Bool {
-        guard shape[0] == 1, !parts.isEmpty else { return false }
+        // The parts' stored element type (FP32, or BF16 for BF16 layers' outputs): all the same.
+        guard shape[0] == 1, let element = parts.first?.storedType, parts.allSatisfy({ $0.storedType == element }),
+              let elementCode = dnnlType(element) else { return false }
         // The layout of the result: among the parts' plain or channel-blocked layouts, the one holding the most bytes.
         var weight: [Layout: Int] = [:]
         for p in parts where p.buffer >= 0 && p.constant == nil {
@@ -323,10 +340,10 @@ extension ExecutionPlan {
         }
         let out: dnnl_memory_desc_t
         if layout == .plain {
-            out = try plainDescriptor(shape)
+            out = try plainDescriptor(shape, element)
         } else {
             guard let tag = layout.formatTag(rank: shape.count) else { return false }
-            out = try memoryDescriptor(shape, tag)
+            out = try memoryDescriptor(shape, tag, elementCode)
         }
         let result = PlanValue(name: name, dataType: .float, shape: shape, layout: Self.isPlain(out, shape, .float) ? nil : out, buffer: -1)
         // Where each part's channels go, and where its root buffer would go for that.

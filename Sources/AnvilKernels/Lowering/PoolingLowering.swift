@@ -8,9 +8,13 @@ enum PoolingLowering {
     ]
 
     static func pooling(_ l: LayerLowering) throws -> LayerDecision? {
-        // Floats; 8-bit integers (quantized models) for max pooling, which needs no rescaling.
-        guard let input = l.value(0), input.dataType == .float || ([.uint8, .int8].contains(input.dataType) && l.op.hasSuffix("MaxPool")),
-              (3...5).contains(input.shape.count), let elementType = dnnlType(input.dataType) else { return nil }
+        // Floats; 8-bit integers (quantized models) for max pooling, which needs no rescaling;
+        // max pooling of a BF16-stored float value in BF16 (the maximum is one of the values:
+        // exact), unless NaN can reach it (the NaN guard scans FP32).
+        let stored = l.storedValue(0)
+        let inBF16 = l.op.hasSuffix("MaxPool") && stored?.dataType == .float && stored?.storedType == .bfloat16 && !l.plan.exactNonFinite(l.layer)
+        guard let input = inBF16 ? stored : l.value(0), input.dataType == .float || ([.uint8, .int8].contains(input.dataType) && l.op.hasSuffix("MaxPool")),
+              (3...5).contains(input.shape.count), dnnlType(input.storedType) != nil else { return nil }
         var x = input
         let spatial = Array(x.shape[2...])
         let (_, outShape) = try l.outputType()
@@ -41,7 +45,7 @@ enum PoolingLowering {
         }
         func make(_ x: PlanValue) throws -> (DNNLPrimitive, dnnl_memory_desc_t) {
             var src = try x.descriptor()
-            var dst = try memoryDescriptor(outShape, dnnl_format_tag_any, elementType)
+            var dst = try memoryDescriptor(outShape, dnnl_format_tag_any, dnnlType(x.storedType)!)
             var desc = dnnl_pooling_v2_desc_t()
             try check(anvil_dnnl_pool_desc(&desc, alg, &src, &dst, Int32(spatial.count), strides.map { Int64($0) }, kernel.map { Int64($0) },
                                            dilations.map { Int64($0) }, padsBegin.map { Int64($0) }, padsEnd.map { Int64($0) }), "describing the pooling")
@@ -61,6 +65,7 @@ enum PoolingLowering {
         if alg == dnnl_pooling_max, input.dataType == .float { try l.plan.guardNonFinite(l.layer, from: mark, scanning: [(x, .nan)], inputs: [x], outputs: [out]) }
         var decision = l.decided(.pooling)
         if input.dataType != .float { decision.precision = .int8 }
+        if x.storedType == .bfloat16 { decision.precision = .bf16 }
         return decision
     }
 }

@@ -243,7 +243,7 @@ final class DNNLAttributes {
     let handle: dnnl_primitive_attr_t
 
     init(sum: Bool = false, activation: Activation? = nil, exactNonFinite: Bool = true, scale: Float? = nil, add: dnnl_memory_desc_t? = nil,
-         quantization: DNNLQuantization? = nil) throws {
+         quantization: DNNLQuantization? = nil, sumAfterActivation: Bool = false) throws {
         var attr: dnnl_primitive_attr_t?
         try check(dnnl_primitive_attr_create(&attr), "creating primitive attributes")
         handle = attr!
@@ -269,13 +269,15 @@ final class DNNLAttributes {
             try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_clip, inner.low, inner.high), "appending a saturation")
             try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_linear, inner.rescale, 0), "appending a rescaling")
         }
-        if sum {
+        func appendSum() throws {
             let q = quantization ?? DNNLQuantization(outputScales: [1])
             try check(dnnl_post_ops_append_sum_v3(ops, q.sumScale, q.sumZeroPoint, q.sumType), "appending the residual sum")
         }
+        if sum && !sumAfterActivation { try appendSum() }
         for (alg, alpha, beta) in try Self.eltwise(activation, exactNonFinite: exactNonFinite) {
             try check(dnnl_post_ops_append_eltwise(ops, 1, alg, alpha, beta), "appending the activation")
         }
+        if sum && sumAfterActivation { try appendSum() }
         if let scale = quantization?.finalScale {
             try check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_linear, scale, 0), "appending the output scale")
         }

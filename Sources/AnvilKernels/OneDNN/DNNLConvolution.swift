@@ -31,7 +31,8 @@ public final class DNNLConvolution {
     public convenience init(engine: DNNLEngine, inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
                             group: Int, activation: Activation?, exactNonFinite: Bool = true, residual: Bool,
                             tactic: ConvolutionTactic = ConvolutionTactic(layout: .plain), precision: Precision = .fp32, floatOutput: Bool = false,
-                            quantization: DNNLQuantization? = nil) throws {
+                            residualAfterActivation: Bool = false, quantization: DNNLQuantization? = nil) throws {
+        let residual: (Bool, after: Bool) = (residual, residualAfterActivation)
         if let squeezed = try? DNNLConvolution(squeezingWidthOf: inputShape, engine: engine, weights: weights, bias: bias, geometry: g, group: group,
                                                activation: activation, exactNonFinite: exactNonFinite, residual: residual, tactic: tactic,
                                                precision: precision, floatOutput: floatOutput, quantization: quantization) {
@@ -54,7 +55,7 @@ public final class DNNLConvolution {
     /// the 2-D shapes; nil (or an error) when the convolution is not one wide or a
     /// layout has no 2-D equivalent.
     private convenience init?(squeezingWidthOf inputShape: [Int], engine: DNNLEngine, weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                              group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
+                              group: Int, activation: Activation?, exactNonFinite: Bool, residual: (Bool, after: Bool), tactic: ConvolutionTactic,
                               precision: Precision, floatOutput: Bool, quantization: DNNLQuantization?) throws {
         guard inputShape.count == 4, inputShape[3] == 1, weights.rank == 4, weights.shape[3] == 1, g.output.count == 2, g.output[1] == 1,
               g.padsBegin.count == 2, g.padsBegin[1] == 0, g.padsEnd.count == 2, g.padsEnd[1] == 0, tactic.algorithm == .direct else { return nil }
@@ -75,7 +76,7 @@ public final class DNNLConvolution {
     }
 
     private init(engine: DNNLEngine, shape inputShape: [Int], weights: KernelWeights, bias: Tensor?, geometry g: WindowGeometry,
-                 group: Int, activation: Activation?, exactNonFinite: Bool, residual: Bool, tactic: ConvolutionTactic,
+                 group: Int, activation: Activation?, exactNonFinite: Bool, residual: (Bool, after: Bool), tactic: ConvolutionTactic,
                  precision: Precision, floatOutput: Bool, quantization: DNNLQuantization?) throws {
         let spatial = inputShape.count - 2
         // BF16: activations and weights in BF16 (the output too, unless `floatOutput`), the bias and
@@ -118,7 +119,8 @@ public final class DNNLConvolution {
         let biasValues = bias?.floats ?? Array(repeating: 0, count: cout), count = outputShape.reduce(1, *)
         func make(separately: Bool) throws -> DNNLWeightedPrimitive {
             try DNNLWeightedPrimitive(desc, what: "convolution", engine: engine, activation: activation, exactNonFinite: exactNonFinite,
-                                      separateActivation: separately, residual: residual, reducedPrecision: precision != .fp32,
+                                      separateActivation: separately, residual: residual.0, residualAfterActivation: residual.after,
+                                      reducedPrecision: precision != .fp32,
                                       quantization: quantization, weights: weights,
                                       userWeights: userWeights, bias: biasValues, biasDescriptor: biasDesc, outputCount: count)
         }

@@ -32,7 +32,8 @@ final class DNNLWeightedPrimitive {
     /// has that layout (used in place), else `weights` (row-major, described by
     /// `userWeights`) reordered into it.
     init<Operation>(_ operation: Operation, what: String, engine: DNNLEngine, activation: Activation?, exactNonFinite: Bool = true,
-                    separateActivation: Bool = false, residual: Bool, reducedPrecision: Bool = false, quantization: DNNLQuantization? = nil,
+                    separateActivation: Bool = false, residual: Bool, residualAfterActivation: Bool = false, reducedPrecision: Bool = false,
+                    quantization: DNNLQuantization? = nil,
                     weights: KernelWeights, userWeights: dnnl_memory_desc_t, bias: [Float], biasDescriptor: dnnl_memory_desc_t, outputCount: Int) throws {
         let steps = try DNNLAttributes.eltwise(activation, exactNonFinite: exactNonFinite)
         let fused = !separateActivation && DNNLAttributes.fusable(steps)
@@ -40,7 +41,12 @@ final class DNNLWeightedPrimitive {
         if quantization != nil, !fused, activation != nil {
             throw AnvilError.invalidTensor(name: "oneDNN", reason: "the activation of an INT8 \(what) must be one fused post-op")
         }
-        let attributes = try DNNLAttributes(sum: residual, activation: fused ? activation : nil, exactNonFinite: exactNonFinite, quantization: quantization)
+        // A residual added after the activation needs the activation before it, in the kernel.
+        if residual, residualAfterActivation, !fused, activation != nil {
+            throw AnvilError.invalidTensor(name: "oneDNN", reason: "a \(what) adding its residual after the activation must fuse the activation")
+        }
+        let attributes = try DNNLAttributes(sum: residual, activation: fused ? activation : nil, exactNonFinite: exactNonFinite, quantization: quantization,
+                                            sumAfterActivation: residualAfterActivation)
         primitive = try DNNLPrimitive(operation, attributes: attributes, engine: engine, what: what, reducedPrecision: reducedPrecision)
         var out = primitive.query(dnnl_query_dst_md)
         activationSteps = fused ? [] : try steps.map { alg, alpha, beta in

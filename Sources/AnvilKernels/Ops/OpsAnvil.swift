@@ -41,11 +41,14 @@ func fusedActivation(_ ctx: EvalContext) throws -> Activation? {
 /// Adds the residual input (if any) and applies the activation (if any).
 func finishFused(_ ctx: EvalContext, _ y: Tensor, sumInput: Int) throws -> Tensor {
     var out = y
+    // The residual before the activation, or after it with residual_after_activation = 1.
+    let after = try ctx.attributes.int("residual_after_activation", 0) != 0
+    if after, let activation = try fusedActivation(ctx) { out = try activation.apply(out) }
     if let sum = ctx.optionalInput(sumInput) {
         guard sum.shape == out.shape else { throw ctx.fail("residual input \(sum.shape) does not match the output \(out.shape)") }
         out = try Elementwise.arithmetic(out, sum, op: ctx.opType, float: +, integer: &+)
     }
-    if let activation = try fusedActivation(ctx) { out = try activation.apply(out) }
+    if !after, let activation = try fusedActivation(ctx) { out = try activation.apply(out) }
     return out
 }
 

@@ -312,11 +312,14 @@ public struct PostOps: Sendable, Equatable, CustomStringConvertible {
     public var bias: Bool
     public var residual: Bool
     public var activation: Activation?
+    /// The residual is added after the activation (YOLO's x + SiLU(conv(…))), not before.
+    public var residualAfterActivation: Bool
 
-    public init(bias: Bool = false, residual: Bool = false, activation: Activation? = nil) {
+    public init(bias: Bool = false, residual: Bool = false, activation: Activation? = nil, residualAfterActivation: Bool = false) {
         self.bias = bias
         self.residual = residual
         self.activation = activation
+        self.residualAfterActivation = residualAfterActivation
     }
 
     public static let none = PostOps()
@@ -324,14 +327,16 @@ public struct PostOps: Sendable, Equatable, CustomStringConvertible {
     /// What a fused layer (FusedConv, FusedGemm, FusedMatMul …) carries: bias in input 2,
     /// the residual in input 3, the activation in its attributes.
     public init(_ layer: Layer) throws {
-        self.init(bias: layer.present(2), residual: layer.present(3), activation: try fusedActivation(layer.evalContext))
+        self.init(bias: layer.present(2), residual: layer.present(3), activation: try fusedActivation(layer.evalContext),
+                  residualAfterActivation: try layer.present(3) && layer.attributeReader.int("residual_after_activation", 0) != 0)
     }
 
     public var description: String {
         var parts: [String] = []
         if bias { parts.append("bias") }
-        if residual { parts.append("residual sum") }
+        if residual && !residualAfterActivation { parts.append("residual sum") }
         if let activation { parts.append(activation.attributes.name) }
+        if residual && residualAfterActivation { parts.append("residual sum") }
         return parts.joined(separator: " + ")
     }
 }
