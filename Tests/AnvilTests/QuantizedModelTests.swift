@@ -101,6 +101,17 @@ final class QuantizedModelTests: XCTestCase {
             return (q - 128) * scale
         }
         XCTAssertEqual(actual, expected)
+        // The reference kernel (per-channel QuantizeLinear, --reference-executor, folding the Q of
+        // constant weights) divides in float32 too: a float32 quotient on .5 that double division
+        // puts just above it (0.4307545 / 0.017581817 = 24.5 in float32) rounds to 24, as ONNX Runtime's.
+        let reference = try ReferenceExecutor(model: model).run(["x": try Tensor(floats: values, shape: [values.count])])[0].value.floats
+        XCTAssertEqual(reference, expected)
+        let tie = Graph(name: "tie", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1]))], outputs: [ValueInfo(name: "q", type: TensorType(.uint8, shape: [1]))],
+                        nodes: [Node(name: "q", opType: "QuantizeLinear", inputs: ["x", "s", "z"], outputs: ["q"])])
+        tie.setInitializer("s", try Tensor(floats: [0.017581817], shape: []))
+        tie.setInitializer("z", try Tensor(.uint8, shape: [], int64s: [0]))
+        let q = try ReferenceExecutor(model: Model(graph: tie, opsets: [OpsetImport(domain: "", version: 17)])).run(["x": try Tensor(floats: [0.4307545], shape: [1])])
+        XCTAssertEqual(q[0].value.int64s, [24])
     }
 
     func testMicrosoftQuantizedOpsDequantizeComputeAndQuantize() throws {

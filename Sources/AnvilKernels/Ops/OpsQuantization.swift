@@ -61,8 +61,12 @@ func registerQuantization(_ b: inout KernelTableBuilder) {
         let s = try quantParameter(ctx, scale, like: x, axis: axis, blockSize: block)
         let z = try zp.map { try quantParameter(ctx, $0, like: x, axis: axis, blockSize: block) } ?? Array(repeating: 0, count: x.count)
         let xs = x.doubles
+        // x / y_scale in the input's precision (float32 unless the input is double), as ONNX
+        // Runtime divides: in double a float32 quotient that lies on .5 can land either side of it.
+        let single = x.dataType != .double
         let q = (0..<x.count).map { i -> Int64 in
-            let v = (xs[i] / s[i]).rounded(.toNearestOrEven) + z[i]
+            let quotient = single ? Double(Float(xs[i]) / Float(s[i])) : xs[i] / s[i]
+            let v = quotient.rounded(.toNearestOrEven) + z[i]
             return Int64(v.isNaN ? 0 : min(max(v, lo), hi))
         }
         return try Tensor(outType, shape: x.shape, int64s: q)
