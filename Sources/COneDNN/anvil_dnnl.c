@@ -294,6 +294,40 @@ void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t chan
     }
 }
 
+/* QuantizeLinear with a scale and zero point per channel (axis 1) into a channels-last
+   [n, spatial, channels] tensor, for the positions [p0, p1): from a row-major [n, channels,
+   spatial] tensor (channels_last_input 0, in tiles of 64 positions as above) or from a
+   channels-last one (1: a vector loop along the channels). */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void anvil_quantize_linear_per_channel(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t p0, int64_t p1,
+                                       const float *scales, const float *zero_points, int channels_last_input, int is_signed, void *out) {
+    const float lo = is_signed ? -128.0f : 0.0f, hi = is_signed ? 127.0f : 255.0f;
+    for (int64_t b = 0; b < n; b++) {
+        uint8_t *base = (uint8_t *)out + b * spatial * channels;
+        if (channels_last_input) {
+            for (int64_t p = p0; p < p1; p++) {
+                const float *from = x + (b * spatial + p) * channels;
+                int32_t q[256];
+                for (int64_t c0 = 0; c0 < channels; c0 += 256) {
+                    int64_t m = channels - c0 < 256 ? channels - c0 : 256;
+                    for (int64_t i = 0; i < m; i++) q[i] = (int32_t)quantize_one(from[c0 + i], scales[c0 + i], zero_points[c0 + i], lo, hi);
+                    for (int64_t i = 0; i < m; i++) base[p * channels + c0 + i] = (uint8_t)q[i];
+                }
+            }
+            continue;
+        }
+        for (int64_t t = p0; t < p1; t += 64) {
+            int64_t end = t + 64 < p1 ? t + 64 : p1, m = end - t;
+            for (int64_t c = 0; c < channels; c++) {
+                const float *from = x + (b * channels + c) * spatial + t;
+                int32_t q[64];
+                for (int64_t i = 0; i < m; i++) q[i] = (int32_t)quantize_one(from[i], scales[c], zero_points[c], lo, hi);
+                for (int64_t i = 0; i < m; i++) base[(t + i) * channels + c] = (uint8_t)q[i];
+            }
+        }
+    }
+}
+
 /* IEEE half precision <-> single, rounding to nearest even (F16C instructions where the CPU has them). */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void anvil_f16_to_f32(const uint16_t *x, int64_t count, float *out) {

@@ -114,6 +114,37 @@ final class QuantizedModelTests: XCTestCase {
         XCTAssertEqual(q[0].value.int64s, [24])
     }
 
+    /// Per-channel activation quantization (NNCF's form before depthwise convolutions: one scale
+    /// per channel, axis 1) runs on the fast kernels, equal to the reference, after a
+    /// convolution (whatever layout it writes) and on a plain input.
+    func testPerChannelQuantizationRunsOnFastKernels() throws {
+        var rng = SeededGenerator(seed: 33)
+        let c = 24
+        for (signed, afterConv) in [(false, false), (true, true)] {
+            let type: DataType = signed ? .int8 : .uint8
+            let graph = Graph(name: "pc", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, c, 9, 7]))],
+                              outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [1, c, 9, 7]))],
+                              nodes: (afterConv ? [Node(name: "conv", opType: "Conv", inputs: ["x", "w"], outputs: ["a"], attributes: ["pads": .ints([1, 1, 1, 1])])] : [])
+                                + [Node(name: "q", opType: "QuantizeLinear", inputs: [afterConv ? "a" : "x", "s", "z"], outputs: ["q"], attributes: ["axis": .int(1)]),
+                                   Node(name: "dq", opType: "DequantizeLinear", inputs: ["q", "s", "z"], outputs: ["y"], attributes: ["axis": .int(1)])])
+            graph.setInitializer("w", try Tensor(floats: (0..<(c * c * 9)).map { _ in Float.random(in: -0.2...0.2, using: &rng) }, shape: [c, c, 3, 3]))
+            graph.setInitializer("s", try Tensor(floats: (0..<c).map { Float($0 + 1) / 97 }, shape: [c]))
+            graph.setInitializer("z", try Tensor(type, shape: [c], int64s: Array(repeating: signed ? 0 : 3, count: c)))
+            let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+            let x = try Tensor(floats: (0..<(c * 63)).map { _ in Float.random(in: -3...3, using: &rng) }, shape: [1, c, 9, 7])
+            let built = try TestSupport.unoptimized(model)
+            XCTAssertEqual(built.graph.layers.suffix(2).map { $0.decision?.kernel }, [.quantize, .dequantize])
+            let expected = try ReferenceExecutor(model: model).run(["x": x])[0].value.floats
+            let actual = try ExecutionContext(engine: built.engine).run(["x": x])[0].value.floats
+            if afterConv {
+                // The convolution's float sums may differ in the last bit, moving a value across a rounding tie.
+                XCTAssertLessThanOrEqual(zip(actual, expected).filter { $0 != $1 }.count, 2)
+            } else {
+                XCTAssertEqual(actual, expected)
+            }
+        }
+    }
+
     func testMicrosoftQuantizedOpsDequantizeComputeAndQuantize() throws {
         // Each com.microsoft QLinear op equals dequantize → the float op → quantize, computed here by hand.
         let x: [Float] = [0, 3, 17, 128, 200, 255, 90, 40], zx: Float = 100, sx: Float = 0.05, sy: Float = 0.03, zy: Float = 20

@@ -249,21 +249,30 @@ enum QuantizedLowering {
     }
 
     /// QuantizeLinear (float → u8/s8) and DequantizeLinear (u8/s8 → float) with one scale and
-    /// zero point, in the input's layout. Quantizing divides by the scale in float, as the
+    /// zero point, in the input's layout, or with one per channel (axis 1: NNCF quantizes the
+    /// inputs of depthwise convolutions so). Quantizing divides by the scale in float, as the
     /// specification and ONNX Runtime do (multiplying by 1/scale rounds inputs that lie on a
-    /// grid, as images do, differently at ties): a Swift loop. Dequantizing is exact in float
-    /// either way: a oneDNN reorder scaling by the scale with the zero point.
+    /// grid, as images do, differently at ties): a C loop. Dequantizing is exact in float
+    /// either way: a oneDNN reorder scaling by the scale (per channel: by each channel's) with
+    /// the zero point (one for all channels).
     static func quantize(_ l: LayerLowering) throws -> LayerDecision? {
         let dequantize = l.op == "DequantizeLinear"
-        guard let x = dequantize ? l.storedValue(0) : l.value(0), let scale = l.constant(1), scale.dataType == .float, scale.count == 1,
-              let s = scale.floats.first, s.isFinite, s > 0 else { return nil }
+        guard let x = dequantize ? l.storedValue(0) : l.value(0), let scale = l.constant(1), scale.dataType == .float,
+              scale.floats.allSatisfy({ $0.isFinite && $0 > 0 }) else { return nil }
         let zero = l.present(2) ? l.constant(2) : nil
-        if l.present(2) && (zero == nil || zero!.count != 1) { return nil }
+        if l.present(2) && (zero == nil || zero!.count != scale.count) { return nil }
         let (outType, shape) = try l.outputType()
         let quantizedType = dequantize ? x.dataType : outType
         guard [.uint8, .int8].contains(quantizedType), (dequantize ? outType : x.dataType) == .float, zero.map({ $0.dataType == quantizedType }) ?? true,
               shape == x.shape, (try l.attributes.int("block_size", 0)) == 0, (try l.attributes.int("saturate", 1)) == 1,
               let target = dnnlType(outType) else { return nil }
+        if scale.count > 1 {
+            // Per channel: along axis 1 of a [N, C, …] tensor, one scale per channel.
+            guard shape.count >= 2, ShapeMath.normalizeAxis(try l.attributes.int("axis", 1), rank: shape.count) == 1, scale.count == shape[1] else { return nil }
+            return try quantizePerChannel(l, x: x, scales: scale.floats, zeros: zero.map { $0.int64s.map(Float.init) } ?? Array(repeating: 0, count: scale.count),
+                                          outType: outType, target: target, dequantize: dequantize)
+        }
+        let s = scale.floats[0]
         let z = Int32(zero?.int64s.first ?? 0)
         let source = try x.descriptor()
         // A plain [N, C, spatial…] float input is quantized straight into channels-last, the
@@ -301,6 +310,47 @@ enum QuantizedLowering {
         // Quantizing writes 8-bit values (an INT8 layer); dequantizing writes floats.
         var decision = l.decided(dequantize ? .dequantize : .quantize)
         if !dequantize { decision.precision = .int8 }
+        return decision
+    }
+
+    /// Per-channel QuantizeLinear into channels-last (from a plain or channels-last input; another
+    /// layout is made plain first), and per-channel DequantizeLinear as a reorder with
+    /// per-channel scales (zero points equal across channels, as oneDNN's reorder takes one).
+    static func quantizePerChannel(_ l: LayerLowering, x stored: PlanValue, scales: [Float], zeros: [Float], outType: DataType,
+                                   target: dnnl_data_type_t, dequantize: Bool) throws -> LayerDecision? {
+        let shape = stored.shape
+        if dequantize {
+            guard Set(zeros).count == 1 else { return nil }
+            let source = try stored.descriptor()
+            let layout = try stored.layout.map { retyped($0, target) } ?? plainDescriptor(shape, outType)
+            let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
+            let primitive = try reorderPrimitive(from: source, to: layout, engine: l.plan.engine,
+                                                 quantization: DNNLQuantization(outputScales: scales, sourceZeroPoint: Int32(zeros[0])))
+            try l.emit(.dequantize, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_FROM, stored, source), (DNNL_ARG_TO, out, layout)],
+                                                implementation: "reorder"))
+            return l.decided(.dequantize)
+        }
+        let channelsLast = Layout.of(stored.layout, shape: shape) == .channelsLast
+        let x = channelsLast ? stored : try l.plan.plain(stored)
+        let (n, channels, spatial) = (shape[0], shape[1], shape[2...].reduce(1, *)), signed = outType == .int8
+        let layout = shape.count == 2 ? try plainDescriptor(shape, outType) : try memoryDescriptor(shape, Layout.channelsLast.formatTag(rank: shape.count)!, target)
+        let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
+        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
+            let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
+            scales.withUnsafeBufferPointer { s in
+                zeros.withUnsafeBufferPointer { z in
+                    let (sp, zp) = (UInt(bitPattern: s.baseAddress), UInt(bitPattern: z.baseAddress))
+                    Parallel.ranges(spatial, parts: Parallel.parts(forElements: x.count)) { range in
+                        anvil_quantize_linear_per_channel(UnsafePointer<Float>(bitPattern: from)!, Int64(n), Int64(channels), Int64(spatial),
+                                                          Int64(range.lowerBound), Int64(range.upperBound), UnsafePointer<Float>(bitPattern: sp)!,
+                                                          UnsafePointer<Float>(bitPattern: zp)!, channelsLast ? 1 : 0, signed ? 1 : 0,
+                                                          UnsafeMutableRawPointer(bitPattern: to)!)
+                    }
+                }
+            }
+        })
+        var decision = l.decided(.quantize)
+        decision.precision = .int8
         return decision
     }
 }

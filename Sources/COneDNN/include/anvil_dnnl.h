@@ -80,6 +80,12 @@ void anvil_quantize_linear(const float *x, int64_t count, float scale, float zer
 void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t p0, int64_t p1,
                                          float scale, float zero_point, int is_signed, void *out);
 
+/// QuantizeLinear with a scale and zero point per channel (axis 1), into a channels-last
+/// [n, spatial, channels] tensor, for the positions [p0, p1): from a row-major [n, channels,
+/// spatial] tensor, or from a channels-last one (channels_last_input 1).
+void anvil_quantize_linear_per_channel(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t p0, int64_t p1,
+                                       const float *scales, const float *zero_points, int channels_last_input, int is_signed, void *out);
+
 /// IEEE half-precision values widened to single precision (exact).
 void anvil_f16_to_f32(const uint16_t *x, int64_t count, float *out);
 
