@@ -85,7 +85,11 @@ public enum ONNXExporter {
     }
 
     static func graph(_ g: Graph, into w: inout ProtoWriter, functions: inout FunctionExport) throws {
-        for node in g.nodes { try w.message(1) { try self.node(node, into: &$0, functions: &functions) } }
+        for node in g.nodes {
+            // The element types of a node's constant inputs, which some bodies depend on (a float or int32 bias).
+            let types = node.inputs.map { g.initializers[$0]?.dataType }
+            try w.message(1) { try self.node(node, into: &$0, functions: &functions, constantTypes: types) }
+        }
         w.string(2, g.name)
         for name in g.initializerOrder {
             guard let t = g.initializers[name] else { continue }
@@ -99,12 +103,12 @@ public enum ONNXExporter {
         }
     }
 
-    static func node(_ n: Node, into w: inout ProtoWriter, functions: inout FunctionExport) throws {
+    static func node(_ n: Node, into w: inout ProtoWriter, functions: inout FunctionExport, constantTypes: [DataType?] = []) throws {
         for input in n.inputs { w.string(1, input) }
         for output in n.outputs { w.string(2, output) }
         w.string(3, n.name)
         // Anvil's ops call a model-local function with a standard-op body.
-        w.string(4, n.domain == anvilDomain ? try functions.function(for: n) : n.opType)
+        w.string(4, n.domain == anvilDomain ? try functions.function(for: n, constantTypes: constantTypes) : n.opType)
         if !n.domain.isEmpty { w.string(7, n.domain) }
         for key in n.attributes.keys.sorted() {
             try w.message(5) { try attribute(key, n.attributes[key]!, into: &$0, functions: &functions) }

@@ -26,14 +26,16 @@ struct FunctionExport {
     init(defaultOpset: Int) { self.defaultOpset = defaultOpset }
 
     /// The function a fused node calls, created on first use.
-    mutating func function(for node: Node) throws -> String {
-        let signature = node.opType + "|" + node.inputs.map { $0.isEmpty ? "0" : "1" }.joined() + "|" + node.outputs.count.description + "|"
+    mutating func function(for node: Node, constantTypes: [DataType?] = []) throws -> String {
+        // A FusedQLinearMatMul's bias: int32 in accumulator units, or float in real units.
+        let floatBias = node.opType == "FusedQLinearMatMul" && constantTypes.count > 8 && constantTypes[8] == .float
+        let signature = node.opType + "|" + node.inputs.map { $0.isEmpty ? "0" : "1" }.joined() + (floatBias ? "f" : "") + "|" + node.outputs.count.description + "|"
             + node.attributes.keys.sorted().map { "\($0)=\(node.attributes[$0]!)" }.joined(separator: ";")
         if let name = bySignature[signature] { return name }
         let name = "\(node.opType)_\(functions.count)"
         let formalInputs = node.inputs.enumerated().map { $0.element.isEmpty ? "" : "in\($0.offset)" }
         let formalOutputs = node.outputs.enumerated().map { "out\($0.offset)" }
-        var body = Body(opset: defaultOpset)
+        var body = Body(opset: defaultOpset, floatBias: floatBias)
         try body.build(node, inputs: formalInputs, outputs: formalOutputs)
         // Calls bind inputs by position: every position up to the last present one is declared,
         // an absent one (a FusedMatMul's missing bias before its residual) unused by the body.
@@ -47,6 +49,7 @@ struct FunctionExport {
     /// Standard-op bodies of Anvil's ops.
     struct Body {
         let opset: Int
+        var floatBias = false
         var nodes: [Node] = []
         var counter = 0
 
@@ -106,7 +109,8 @@ struct FunctionExport {
                 quantizedEnd(y, node, i, o)
             case "FusedQLinearMatMul":
                 let product = op("MatMul", [op("DequantizeLinear", [i[0], i[1], i[2]]), op("DequantizeLinear", [i[3], i[4], i[5]], ["axis": .int(1)])])
-                var y = i.count > 8 && !i[8].isEmpty ? op("Add", [product, op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])]) : product
+                let bias = i.count > 8 && !i[8].isEmpty ? (floatBias ? i[8] : op("DequantizeLinear", [i[8], op("Mul", [i[1], i[4]])], ["axis": .int(0)])) : nil
+                var y = bias.map { op("Add", [product, $0]) } ?? product
                 if i.count > 9, !i[9].isEmpty { y = op("Add", [y, i[9]]) }
                 quantizedEnd(y, node, i, o)
             case "QuantizedLookup":

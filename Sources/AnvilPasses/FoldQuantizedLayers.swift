@@ -30,7 +30,30 @@ public struct FoldQuantizedLayers: Pass {
     public let summary = "fold QuantizeLinear/DequantizeLinear pairs into INT8 convolutions (residual sum, ReLU) and max pooling"
     public init() {}
     public func run(_ context: PassContext) throws -> Bool {
-        try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.movement, Self.lookup] + Self.microsoftRules).run(context)
+        let weights = try Self.quantizeConstants(context)
+        return try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.movement, Self.lookup, Self.floatProduct] + Self.microsoftRules).run(context)
+            || weights
+    }
+
+    /// QuantizeLinear of constant float weights (PyTorch's QAT export: DQ(Q(w))) becomes the
+    /// int8 constant it computes, so the layer reads int8 weights as from other quantizers.
+    static func quantizeConstants(_ context: PassContext) throws -> Bool {
+        let graph = context.graph
+        var kept: [Node] = [], changed = false
+        for node in graph.nodes {
+            guard node.opType == "QuantizeLinear", node.domain.isEmpty, node.outputs.count == 1,
+                  node.inputs.allSatisfy({ $0.isEmpty || graph.initializers[$0] != nil }),
+                  let def = OpRegistry.lookup(domain: "", opType: node.opType, opset: context.opset("")),
+                  let value = try? def.evaluate(EvalContext(node: node, opset: context.opset(""), inputs: node.inputs.map { $0.isEmpty ? nil : graph.initializers[$0] }) { _, _ in [] }).first else {
+                kept.append(node)
+                continue
+            }
+            graph.setInitializer(node.outputs[0], value)
+            context.count("constant weights quantized")
+            changed = true
+        }
+        graph.nodes = kept
+        return changed
     }
 
     /// One quantization of a tensor: its scale and zero point names and values.
@@ -192,19 +215,62 @@ public struct FoldQuantizedLayers: Pass {
     }
 
     static let matmul = RewriteRule("quantized matmul", roots: ["QuantizeLinear"]) { q, ctx in
-        guard let (mm, act) = layerBefore(q, ctx), mm.opType == "MatMul" || mm.opType == "Gemm", mm.domain.isEmpty, mm.outputs.count == 1,
+        guard let (p, act) = layerBefore(q, ctx), let out = parameters(q, ctx, type: nil), let fusedActivation = activation(act, out, ctx) else { return nil }
+        return try product(ending: p, activation: act, fold: fusedActivation, quantize: (q, out), ctx)
+    }
+
+    /// DQ(a), DQ(w) → MatMul (→ Add of a constant bias) read as floats, no QuantizeLinear after:
+    /// FusedQLinearMatMul with a float output (what ONNX Runtime runs as MatMulIntegerToFloat;
+    /// NNCF's transformers quantize their products so).
+    static let floatProduct = RewriteRule("quantized matmul, float output", roots: ["MatMul", "Add"]) { node, ctx in
+        guard !ctx.pass.standardOnly, node.domain.isEmpty else { return nil }
+        // A product or its bias whose value goes on to a QuantizeLinear (directly or through an
+        // activation or the bias) is the Q-rooted rule's.
+        func quantizedLater(_ value: String) -> Bool {
+            guard let c = ctx.uses.soleConsumer(value), c.domain.isEmpty else { return false }
+            if c.opType == "QuantizeLinear" { return true }
+            return ["Relu", "Clip", "Add"].contains(c.opType) && c.outputs.count == 1 && ctx.uses.soleConsumer(c.outputs[0])?.opType == "QuantizeLinear"
+        }
+        if node.opType == "MatMul", let c = ctx.uses.soleConsumer(node.outputs[0]), c.opType == "Add", biasOf(c, product: node, ctx) != nil { return nil }
+        guard !quantizedLater(node.outputs[0]) else { return nil }
+        return try product(ending: node, activation: nil, fold: ActivationFold.none, quantize: nil, ctx)
+    }
+
+    /// The constant bias of Add(product, bias) (either order): one value per output column.
+    static func biasOf(_ add: Node, product: Node, _ ctx: RewriteContext) -> String? {
+        guard add.opType == "Add", add.domain.isEmpty, add.inputs.count == 2, ctx.uses.soleConsumer(product.outputs[0]) === add else { return nil }
+        for side in [0, 1] where add.inputs[side] == product.outputs[0] {
+            let other = add.inputs[1 - side]
+            guard let b = ctx.constant(other), b.dataType == .float, b.rank >= 1, b.shape.dropLast().allSatisfy({ $0 == 1 }) else { return nil }
+            return other
+        }
+        return nil
+    }
+
+    /// DQ(a) → MatMul or Gemm(DQ(w), C?) (→ Add of a constant bias) → [activation] → [Q]: the
+    /// quantized product, 8-bit out with `quantize`, float out without.
+    static func product(ending p: Node, activation act: Node?, fold fusedActivation: ActivationFold, quantize: (node: Node, out: Quantization)?,
+                        _ ctx: RewriteContext) throws -> Patch? {
+        var mm = p, biasAdd: Node?, addedBias: String?
+        if p.opType == "Add" {
+            guard let m = p.inputs.compactMap({ ctx.producer($0) }).first(where: { $0.opType == "MatMul" && $0.domain.isEmpty }),
+                  let b = biasOf(p, product: m, ctx) else { return nil }
+            (mm, biasAdd, addedBias) = (m, p, b)
+        }
+        guard mm.opType == "MatMul" || mm.opType == "Gemm", mm.domain.isEmpty, mm.outputs.count == 1,
               mm.inputs.count >= 2, let a = dequantized(mm.inputs[0], ctx), let aRank = ctx.type(a.input).rank, aRank >= 2,
-              let out = parameters(q, ctx, type: nil), let wdq = ctx.producer(mm.inputs[1]), wdq.opType == "DequantizeLinear", wdq.domain.isEmpty,
+              let wdq = ctx.producer(mm.inputs[1]), wdq.opType == "DequantizeLinear", wdq.domain.isEmpty,
               wdq.inputs.count >= 2, let w = ctx.constant(wdq.inputs[0]), w.dataType == .int8, w.rank == 2,
-              let ws = ctx.constant(wdq.inputs[1]), ws.dataType == .float, let fusedActivation = activation(act, out, ctx) else { return nil }
+              let ws = ctx.constant(wdq.inputs[1]), ws.dataType == .float else { return nil }
         let gemm = mm.opType == "Gemm", reader = AttributeReader(node: mm)
         let transposed = gemm && (try? reader.int("transB", 0)) != 0
         if gemm {
             guard aRank == 2, (try? reader.int("transA", 0)) == 0, (try? reader.float("alpha", 1)) == 1, (try? reader.float("beta", 1)) == 1 else { return nil }
+            if mm.inputs.count > 2, !mm.inputs[2].isEmpty, addedBias != nil { return nil }
         } else if mm.inputs.count > 2 {
             return nil
         }
-        let (k, n) = transposed ? (w.shape[1], w.shape[0]) : (w.shape[0], w.shape[1])
+        let (_, n) = transposed ? (w.shape[1], w.shape[0]) : (w.shape[0], w.shape[1])
         // Scales along the columns (N): axis 0 of Gemm's N×K weights, axis 1 of K×N ones.
         let axis = (try? AttributeReader(node: wdq).int("axis", 1)) ?? 1
         guard ws.count == 1 || (ws.count == n && ws.rank == 1 && (axis == (transposed ? 0 : 1) || (!transposed && axis == -1))) else { return nil }
@@ -212,25 +278,39 @@ public struct FoldQuantizedLayers: Pass {
             guard let z = ctx.constant(wdq.inputs[2]), z.dataType == .int8, z.int64s.allSatisfy({ $0 == 0 }) else { return nil }
         }
         var initializers: [(String, Tensor)] = []
-        guard let bias = try accumulatorBias(gemm && mm.inputs.count > 2 ? mm.inputs[2] : nil, channels: n, scales: ws.doubles.map { $0 * a.q.scaleValue },
-                                             ctx, &initializers, like: mm.name) else { return nil }
+        // A float bias stays float, added in real units as the model adds it (rounding it to int32
+        // would move results by up to half an accumulator unit); a dequantized int32 one stays int32.
+        let biasValue = addedBias ?? (gemm && mm.inputs.count > 2 && !mm.inputs[2].isEmpty ? mm.inputs[2] : nil)
+        let bias: String
+        if let biasValue, let b = ctx.constant(biasValue), b.dataType == .float {
+            guard b.count == n else { return nil }
+            bias = b.rank == 1 ? biasValue : ctx.graph.freshName("\(mm.name)_bias")
+            if b.rank != 1 { initializers.append((bias, try b.reshaped([n]))) }
+        } else {
+            guard let b = try accumulatorBias(biasValue, channels: n, scales: ws.doubles.map { $0 * a.q.scaleValue }, ctx, &initializers, like: mm.name) else { return nil }
+            bias = b
+        }
         if case .fused = fusedActivation, ctx.pass.standardOnly { return nil }
-        if !bias.isEmpty, ctx.pass.standardOnly { return nil }
+        if !bias.isEmpty || quantize == nil, ctx.pass.standardOnly { return nil }
         let (weights, wz) = try productWeights(wdq.inputs[0], w, transposed: transposed, scales: ws, layer: mm.name, ctx, &initializers)
-        let inputs = [a.input, a.q.scale, try zeroName(a.q, ctx, &initializers, like: a.input), weights, wdq.inputs[1], wz,
-                      out.scale, try zeroName(out, ctx, &initializers, like: q.outputs[0])]
-        let removed = [mm] + (act.map { [$0] } ?? []) + [q]
-        let fusedFrom = removed.flatMap(\.fusedFrom)
-        if case .none = fusedActivation, bias.isEmpty {
-            let node = Node(name: mm.name, opType: "QLinearMatMul", inputs: inputs, outputs: q.outputs, fusedFrom: fusedFrom)
+        var outputs = ["", ""]
+        if let quantize { outputs = [quantize.out.scale, try zeroName(quantize.out, ctx, &initializers, like: quantize.node.outputs[0])] }
+        let inputs = [a.input, a.q.scale, try zeroName(a.q, ctx, &initializers, like: a.input), weights, wdq.inputs[1], wz] + outputs
+        let removed = [mm] + (biasAdd.map { [$0] } ?? []) + (act.map { [$0] } ?? []) + (quantize.map { [$0.node] } ?? [])
+        let fusedFrom = removed.flatMap(\.fusedFrom), results = removed.last!.outputs
+        if case .none = fusedActivation, bias.isEmpty, quantize != nil {
+            let node = Node(name: mm.name, opType: "QLinearMatMul", inputs: inputs, outputs: results, fusedFrom: fusedFrom)
             return Patch(statistic: "DQ → MatMul → Q → QLinearMatMul", remove: removed, add: [node], initializers: initializers)
         }
         var attributes: [String: Attribute] = [:]
         if case .fused(let extra) = fusedActivation { attributes = extra }
         ctx.pass.useAnvilDomain()
-        let node = Node(name: mm.name, opType: "FusedQLinearMatMul", domain: anvilDomain, inputs: inputs + [bias], outputs: q.outputs,
+        var fusedInputs = inputs + [bias]
+        while fusedInputs.last == "" { fusedInputs.removeLast() }
+        let node = Node(name: mm.name, opType: "FusedQLinearMatMul", domain: anvilDomain, inputs: fusedInputs, outputs: results,
                         attributes: attributes, fusedFrom: fusedFrom)
-        return Patch(statistic: "DQ → \(mm.opType) → Q → FusedQLinearMatMul", remove: removed, add: [node], initializers: initializers)
+        return Patch(statistic: "DQ → \(mm.opType)\(biasAdd == nil ? "" : " + bias") → \(quantize == nil ? "float" : "Q") → FusedQLinearMatMul",
+                     remove: removed, add: [node], initializers: initializers)
     }
 
     static let residual = RewriteRule("quantized residual", roots: ["QuantizeLinear"]) { q, ctx in

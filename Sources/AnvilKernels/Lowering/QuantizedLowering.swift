@@ -108,8 +108,10 @@ struct QuantizedLinearParameters {
               let xs = scales(1, 1), let ws = scales(4, channels), let ys = floatOutput ? [1] : scales(6, 1),
               let xz = zeroPoint(2, input), let yz = floatOutput ? 0 : zeroPoint(7, outputType) else { return nil }
         if layer.present(8) {
-            guard let b = constant(8), b.dataType == .int32, b.count == channels else { return nil }
-            bias = try Tensor(floats: b.floats, shape: [channels])
+            // int32 in accumulator units; a float bias (real units) divided into them, not rounded.
+            guard let b = constant(8), b.dataType == .int32 || (b.dataType == .float && layer.opType == "FusedQLinearMatMul"), b.count == channels else { return nil }
+            let values = b.dataType == .int32 ? b.floats : b.floats.enumerated().map { i, v in Float(Double(v) / (xs[0] * ws[ws.count == 1 ? 0 : i])) }
+            bias = try Tensor(floats: values, shape: [channels])
         } else {
             bias = nil
         }

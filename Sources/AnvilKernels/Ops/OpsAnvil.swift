@@ -13,7 +13,8 @@ import AnvilCore
 //   y_scale and y_zero_point (without y_scale: the real result, as floats; a residual
 //   without sum_scale is then floats too).
 // - FusedQLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
-//   B?, Sum?): QLinearMatMul plus an int32 bias per column (in units of a_scale · b_scale), then
+//   B?, Sum?): QLinearMatMul plus a bias per column (int32, in units of a_scale · b_scale; or
+//   float, in real units, added as it is: NNCF's MatMul + Add of a float bias), then
 //   `activation`, quantized once (without y_scale: the real result, as floats, to which a
 //   float Sum may be added before the activation).
 // - QuantizedLookup(x, table): table[x's byte] (256 entries in byte order, so an int8 −1 reads
@@ -99,7 +100,13 @@ func registerAnvilOps(_ b: inout KernelTableBuilder) {
         return try quantizedResult(ctx, real, shape: shape)
     }
     b.add1("FusedQLinearMatMul", domain: anvilDomain) { ctx in
-        var (real, shape) = try quantizedMatMul(ctx, bias: ctx.optionalInput(8))
+        let bias = ctx.optionalInput(8), floatBias = bias?.dataType == .float
+        var (real, shape) = try quantizedMatMul(ctx, bias: floatBias ? nil : bias)
+        if let bias, floatBias {
+            let n = shape.last ?? 1, b = bias.doubles
+            guard b.count == n else { throw ctx.fail("bias has \(b.count) values for \(n) columns") }
+            for i in real.indices { real[i] += b[i % n] }
+        }
         // A float residual (the result then is float too).
         if let sum = ctx.optionalInput(9) {
             guard sum.shape == shape, ctx.optionalInput(6) == nil else { throw ctx.fail("a residual \(sum.shape) needs a float result of its shape \(shape)") }

@@ -1,0 +1,73 @@
+import AnvilBuilder
+import AnvilCore
+import AnvilIR
+import AnvilKernels
+import AnvilONNX
+import AnvilOps
+import AnvilRuntime
+import XCTest
+
+/// Q/DQ forms other quantizers write than ONNX Runtime's quantize_static: NNCF's transformer
+/// products (DQ(a) · DQ(w) → MatMul → Add of a float bias, read as floats or quantized on),
+/// PyTorch's QAT weights (DequantizeLinear(QuantizeLinear(float weights))). Each runs as one
+/// INT8 matrix product, with the float bias added in real units, as the model computes it.
+final class QuantizedToolchainTests: XCTestCase {
+    func productModel(quantizedOutput: Bool, qatWeights: Bool, seed: UInt64) throws -> (Model, [String: Tensor]) {
+        var rng = SeededGenerator(seed: seed)
+        let (k, n) = (32, 24)
+        func random(_ count: Int, _ range: ClosedRange<Float>) -> [Float] { (0..<count).map { _ in Float.random(in: range, using: &rng) } }
+        var nodes = [Node(name: "qa", opType: "QuantizeLinear", inputs: ["x", "xs", "xz"], outputs: ["xq"]),
+                     Node(name: "dqa", opType: "DequantizeLinear", inputs: ["xq", "xs", "xz"], outputs: ["xd"]),
+                     Node(name: "dqw", opType: "DequantizeLinear", inputs: ["wq", "ws", "wz"], outputs: ["wd"], attributes: ["axis": .int(1)]),
+                     Node(name: "mm", opType: "MatMul", inputs: ["xd", "wd"], outputs: ["m"]),
+                     Node(name: "bias", opType: "Add", inputs: ["b", "m"], outputs: [quantizedOutput ? "a" : "y"])]
+        if quantizedOutput {
+            nodes += [Node(name: "qy", opType: "QuantizeLinear", inputs: ["a", "ys", "yz"], outputs: ["yq"]),
+                      Node(name: "dqy", opType: "DequantizeLinear", inputs: ["yq", "ys", "yz"], outputs: ["y"])]
+        }
+        if qatWeights { nodes.insert(Node(name: "qw", opType: "QuantizeLinear", inputs: ["w", "ws", "wz"], outputs: ["wq"], attributes: ["axis": .int(1)]), at: 2) }
+        let graph = Graph(name: "product", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, 5, k]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [1, 5, n]))], nodes: nodes)
+        let scales = random(n, 0.002...0.01)
+        graph.setInitializer("xs", try Tensor(floats: [0.03], shape: []))
+        graph.setInitializer("xz", try Tensor(.int8, shape: [], int64s: [7]))
+        graph.setInitializer("ws", try Tensor(floats: scales, shape: [n]))
+        graph.setInitializer("wz", try Tensor(.int8, shape: [n], int64s: Array(repeating: 0, count: n)))
+        if qatWeights {
+            graph.setInitializer("w", try Tensor(floats: random(k * n, -0.9...0.9), shape: [k, n]))
+        } else {
+            graph.setInitializer("wq", try Tensor(.int8, shape: [k, n], int64s: (0..<(k * n)).map { _ in Int64.random(in: -127...127, using: &rng) }))
+        }
+        graph.setInitializer("b", try Tensor(floats: random(n, -0.7...0.7), shape: [1, 1, n]))
+        graph.setInitializer("ys", try Tensor(floats: [0.02], shape: []))
+        graph.setInitializer("yz", try Tensor(.uint8, shape: [], int64s: [120]))
+        let x = try Tensor(floats: random(5 * k, -3...3), shape: [1, 5, k])
+        return (Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)]), ["x": x])
+    }
+
+    func testProductsWithAFloatBiasRunAsInt8MatrixProducts() throws {
+        for (quantizedOutput, qatWeights) in [(false, false), (true, false), (false, true)] {
+            let what = "quantized output \(quantizedOutput), QAT weights \(qatWeights)"
+            let (model, feed) = try productModel(quantizedOutput: quantizedOutput, qatWeights: qatWeights, seed: quantizedOutput ? 3 : 4)
+            let built = try EngineBuilder().build(model, name: "product")
+            let products = built.graph.layers.filter { $0.decision?.kernel == .quantizedMatmul }
+            XCTAssertEqual(products.count, 1, "\(what): \(built.graph.layers.map { "\($0.opType): \(String(describing: $0.decision?.kernel))" })")
+            XCTAssertFalse(built.graph.layers.contains { $0.decision?.isSlowPath ?? true }, what)
+            XCTAssertFalse(built.graph.layers.contains { ["MatMul", "Add", "FusedMatMul"].contains($0.opType) }, what)
+            // The model's float arithmetic, computed exactly on the integers: equal to rounding error
+            // (a quantized output: within one step of its scale, ties moved by float sums).
+            let expected = try ReferenceExecutor(model: model).run(feed)[0].value.floats
+            let actual = try ExecutionContext(engine: built.engine).run(feed)[0].value.floats
+            let worst = zip(actual, expected).map { abs($0 - $1) }.max()!
+            XCTAssertLessThanOrEqual(worst, quantizedOutput ? 0.0201 : 1e-4, what)
+            // `anvil optimize` writes bodies ONNX Runtime runs with the model's results.
+            let folder = try TestSupport.temporaryFolder()
+            try ExportChecks.writeWithReference(model, inputs: [feed], folder: folder)
+            let optimized = folder + "/optimized.onnx"
+            let result = try TestSupport.run(["optimize", folder + "/model.onnx", "-o", optimized])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            XCTAssertTrue(try ONNXImporter.load(path: optimized).graph.nodes.contains { $0.opType.hasSuffix("QLinearMatMul") }, what)
+            if !quantizedOutput { XCTAssertEqual(try ExportChecks.onnxRuntimeStatus(optimized, reference: folder + "/reference"), 0, what) }
+        }
+    }
+}
