@@ -144,7 +144,8 @@ public struct FoldQuantizedLayers: Pass {
     }
 
     static let convolution = RewriteRule("quantized conv", roots: ["QuantizeLinear"]) { q, ctx in
-        guard let (conv, act) = layerBefore(q, ctx), conv.opType == "Conv", conv.domain.isEmpty, conv.outputs.count == 1, conv.inputs.count >= 2,
+        guard let (end, act) = layerBefore(q, ctx), let (conv, affine) = end.opType == "Conv" ? (end, nil) : affineAfterConvolution(end, ctx),
+              conv.opType == "Conv", conv.domain.isEmpty, conv.outputs.count == 1, conv.inputs.count >= 2,
               let x = dequantized(conv.inputs[0], ctx), let out = parameters(q, ctx, type: nil),
               let wdq = ctx.producer(conv.inputs[1]), wdq.opType == "DequantizeLinear", wdq.domain.isEmpty, wdq.inputs.count >= 2,
               let w = ctx.constant(wdq.inputs[0]), w.dataType == .int8, w.rank >= 3, let ws = ctx.constant(wdq.inputs[1]), ws.dataType == .float,
@@ -156,17 +157,30 @@ public struct FoldQuantizedLayers: Pass {
         if case .fused = fusedActivation, ctx.pass.standardOnly { return nil }
         var initializers: [(String, Tensor)] = []
         let cout = w.shape[0]
-        guard let bias = try accumulatorBias(conv.inputs.count > 2 ? conv.inputs[2] : nil, channels: cout, scales: ws.doubles.map { $0 * x.q.scaleValue },
-                                             ctx, &initializers, like: conv.name) else { return nil }
+        var weightScales = wdq.inputs[1], scales = ws.doubles.map { $0 * x.q.scaleValue }, biasValue = conv.inputs.count > 2 ? conv.inputs[2] : nil
         var wz = wdq.inputs.count > 2 && !wdq.inputs[2].isEmpty ? wdq.inputs[2] : ""
+        if let affine {
+            // y = a · conv + c per channel: the weight scales become a · w_scale, the bias a · b + c.
+            guard affine.factor.count == cout, affine.factor.allSatisfy({ $0 > 0 && $0.isFinite }),
+                  let b = realBias(biasValue, channels: cout, ctx) else { return nil }
+            let perChannel = (0..<cout).map { ws.doubles[ws.count == 1 ? 0 : $0] * affine.factor[$0] }
+            weightScales = ctx.graph.freshName("\(conv.name)_weight_scale")
+            initializers.append((weightScales, try Tensor(floats: perChannel.map { Float($0) }, shape: [cout])))
+            scales = perChannel.map { $0 * x.q.scaleValue }
+            biasValue = ctx.graph.freshName("\(conv.name)_bias")
+            initializers.append((biasValue!, try Tensor(floats: (0..<cout).map { Float(affine.factor[$0] * b[$0] + affine.shift[$0]) }, shape: [cout])))
+            wz = ""
+        }
+        guard let bias = try accumulatorBias(biasValue, channels: cout, scales: scales, ctx, &initializers, like: conv.name,
+                                             pending: initializers) else { return nil }
         if wz.isEmpty {
             wz = ctx.graph.freshName("\(conv.name)_weight_zero_point")
-            initializers.append((wz, try Tensor(.int8, shape: [], int64s: [0])))
+            initializers.append((wz, try Tensor(.int8, shape: affine == nil ? [] : [cout], int64s: Array(repeating: 0, count: affine == nil ? 1 : cout))))
         }
-        let inputs = [x.input, x.q.scale, try zeroName(x.q, ctx, &initializers, like: x.input), wdq.inputs[0], wdq.inputs[1], wz,
+        let inputs = [x.input, x.q.scale, try zeroName(x.q, ctx, &initializers, like: x.input), wdq.inputs[0], weightScales, wz,
                       out.scale, try zeroName(out, ctx, &initializers, like: q.outputs[0]), bias]
         let trimmed = bias.isEmpty ? Array(inputs.dropLast()) : inputs
-        let removed = [conv] + (act.map { [$0] } ?? []) + [q]
+        let removed = [conv] + (affine?.nodes ?? []) + (act.map { [$0] } ?? []) + [q]
         let fusedFrom = removed.flatMap(\.fusedFrom)
         let node: Node
         if case .fused(let extra) = fusedActivation {
@@ -183,8 +197,15 @@ public struct FoldQuantizedLayers: Pass {
     /// an int32 constant with exactly that scale as it is, a float constant rounded; "" when absent,
     /// nil when neither.
     static func accumulatorBias(_ value: String?, channels: Int, scales: [Double], _ ctx: RewriteContext,
-                                _ initializers: inout [(String, Tensor)], like: String) throws -> String? {
+                                _ initializers: inout [(String, Tensor)], like: String, pending: [(String, Tensor)] = []) throws -> String? {
         guard let value, !value.isEmpty else { return "" }
+        if let b = pending.first(where: { $0.0 == value })?.1 {
+            let values = b.doubles.enumerated().map { i, v in (v / scales[scales.count == 1 ? 0 : i]).rounded() }
+            guard values.allSatisfy({ abs($0) < Double(1 << 31) }) else { return nil }
+            let name = ctx.graph.freshName("\(like)_bias_int32")
+            initializers.append((name, try Tensor(.int32, shape: [channels], int64s: values.map { Int64($0) })))
+            return name
+        }
         if let bdq = ctx.producer(value), bdq.opType == "DequantizeLinear", let b = ctx.constant(bdq.inputs[0]), b.dataType == .int32,
            b.count == channels, let bs = ctx.constant(bdq.inputs[1]), bs.count == 1 || bs.count == channels,
            zip(bs.doubles, bs.count == 1 ? [scales[0]] : scales).allSatisfy({ abs($0 - $1) <= 1e-6 * $1 }),
@@ -197,6 +218,66 @@ public struct FoldQuantizedLayers: Pass {
         let name = ctx.graph.freshName("\(like)_bias_int32")
         initializers.append((name, try Tensor(.int32, shape: [channels], int64s: values.map { Int64($0) })))
         return name
+    }
+
+    /// A convolution's bias in real units: a float constant, or the DequantizeLinear of an int32
+    /// one with a constant scale; zeros when absent; nil when neither.
+    static func realBias(_ value: String?, channels: Int, _ ctx: RewriteContext) -> [Double]? {
+        guard let value, !value.isEmpty else { return Array(repeating: 0, count: channels) }
+        if let b = ctx.constant(value), b.dataType == .float, b.count == channels { return b.doubles }
+        guard let bdq = ctx.producer(value), bdq.opType == "DequantizeLinear", let b = ctx.constant(bdq.inputs[0]), b.count == channels,
+              let s = ctx.constant(bdq.inputs[1]), s.count == 1 || s.count == channels,
+              bdq.inputs.count < 3 || bdq.inputs[2].isEmpty || ctx.constant(bdq.inputs[2])?.int64s.allSatisfy({ $0 == 0 }) == true else { return nil }
+        return b.doubles.enumerated().map { i, v in v * s.doubles[s.count == 1 ? 0 : i] }
+    }
+
+    /// A per-channel affine chain after a convolution, each node read only by the next: Mul,
+    /// Div, Add or Sub by a constant (a scalar or one value per channel, [C, 1, …]) and
+    /// BatchNormalization with constant parameters (PyTorch's QAT export writes
+    /// Conv → Div → BatchNormalization). `end` is the chain's last node; the result is the
+    /// convolution, the chain's nodes and y = factor · conv + shift per channel.
+    static func affineAfterConvolution(_ end: Node, _ ctx: RewriteContext) -> (Node, (nodes: [Node], factor: [Double], shift: [Double])?)? {
+        var chain: [Node] = [], node = end
+        while node.opType != "Conv" {
+            guard node.domain.isEmpty, ["Mul", "Div", "Add", "Sub", "BatchNormalization"].contains(node.opType), node.outputs.count == 1,
+                  chain.count < 4, let data = node.opType == "BatchNormalization" ? node.inputs.first : node.inputs.first(where: { ctx.constant($0) == nil }),
+                  let p = ctx.producer(data), ctx.uses.soleConsumer(p.outputs[0]) === node else { return nil }
+            chain.insert(node, at: 0)
+            node = p
+        }
+        guard let w = ctx.producer(node.inputs[1]).flatMap({ ctx.constant($0.inputs[0]) }) ?? ctx.constant(node.inputs[1]), w.rank >= 3 else { return nil }
+        let channels = w.shape[0]
+        var factor = [Double](repeating: 1, count: channels), shift = [Double](repeating: 0, count: channels)
+        func perChannel(_ name: String) -> [Double]? {
+            guard let t = ctx.constant(name), t.dataType == .float else { return nil }
+            if t.count == 1 { return Array(repeating: t.doubles[0], count: channels) }
+            // [C], [C, 1, …] or [1, C, 1, …] (BatchNormalization's are [C]).
+            guard t.count == channels, t.shape.filter({ $0 != 1 }) == [channels] else { return nil }
+            return t.doubles
+        }
+        for n in chain {
+            if n.opType == "BatchNormalization" {
+                guard n.inputs.count >= 5, let g = perChannel(n.inputs[1]), let b = perChannel(n.inputs[2]), let mean = perChannel(n.inputs[3]),
+                      let variance = perChannel(n.inputs[4]), let eps = try? AttributeReader(node: n).float("epsilon", 1e-5) else { return nil }
+                for c in 0..<channels {
+                    let k = g[c] / (variance[c] + Double(eps)).squareRoot()
+                    (factor[c], shift[c]) = (factor[c] * k, (shift[c] - mean[c]) * k + b[c])
+                }
+                continue
+            }
+            // The constant must be the second operand of Div and Sub (x / k, x − k); either of Mul and Add.
+            guard n.inputs.count == 2, let k = perChannel(n.inputs[1]) ?? (["Mul", "Add"].contains(n.opType) ? perChannel(n.inputs[0]) : nil),
+                  ctx.constant(n.inputs[0]) == nil || ["Mul", "Add"].contains(n.opType) else { return nil }
+            for c in 0..<channels {
+                switch n.opType {
+                case "Mul": (factor[c], shift[c]) = (factor[c] * k[c], shift[c] * k[c])
+                case "Div": (factor[c], shift[c]) = (factor[c] / k[c], shift[c] / k[c])
+                case "Add": shift[c] += k[c]
+                default: shift[c] -= k[c]
+                }
+            }
+        }
+        return (node, chain.isEmpty ? nil : (chain, factor, shift))
     }
 
     /// A quantized product's int8 weights as K×N (Gemm's N×K transposed into a new constant) and

@@ -70,4 +70,45 @@ final class QuantizedToolchainTests: XCTestCase {
             if !quantizedOutput { XCTAssertEqual(try ExportChecks.onnxRuntimeStatus(optimized, reference: folder + "/reference"), 0, what) }
         }
     }
+
+    /// PyTorch's QAT export of a convolution with batch normalization: DQ(x) → Conv(DQ(Q(w)))
+    /// → Div(per-channel) → BatchNormalization → Relu → Q. The affine steps fold into the
+    /// weight scales and the bias: one INT8 convolution.
+    func testQatConvolutionWithItsAffineStepsIsOneInt8Convolution() throws {
+        var rng = SeededGenerator(seed: 12)
+        let (c, k) = (8, 6)
+        func random(_ count: Int, _ range: ClosedRange<Float>) -> [Float] { (0..<count).map { _ in Float.random(in: range, using: &rng) } }
+        let graph = Graph(name: "qat", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, c, 10, 10]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [1, k, 10, 10]))],
+                          nodes: [Node(name: "qx", opType: "QuantizeLinear", inputs: ["x", "xs", "xz"], outputs: ["xq"]),
+                                  Node(name: "dqx", opType: "DequantizeLinear", inputs: ["xq", "xs", "xz"], outputs: ["xd"]),
+                                  Node(name: "qw", opType: "QuantizeLinear", inputs: ["w", "ws", "wz"], outputs: ["wq"], attributes: ["axis": .int(0)]),
+                                  Node(name: "dqw", opType: "DequantizeLinear", inputs: ["wq", "ws", "wz"], outputs: ["wd"], attributes: ["axis": .int(0)]),
+                                  Node(name: "conv", opType: "Conv", inputs: ["xd", "wd", "b"], outputs: ["c"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                                  Node(name: "div", opType: "Div", inputs: ["c", "k"], outputs: ["d"]),
+                                  Node(name: "bn", opType: "BatchNormalization", inputs: ["d", "g", "beta", "mean", "var"], outputs: ["n"]),
+                                  Node(name: "relu", opType: "Relu", inputs: ["n"], outputs: ["r"]),
+                                  Node(name: "qy", opType: "QuantizeLinear", inputs: ["r", "ys", "yz"], outputs: ["yq"]),
+                                  Node(name: "dqy", opType: "DequantizeLinear", inputs: ["yq", "ys", "yz"], outputs: ["y"])])
+        let inits: [(String, Tensor)] = [
+            ("xs", try Tensor(floats: [0.02], shape: [])), ("xz", try Tensor(.uint8, shape: [], int64s: [128])),
+            ("w", try Tensor(floats: random(k * c * 9, -0.5...0.5), shape: [k, c, 3, 3])), ("ws", try Tensor(floats: random(k, 0.002...0.005), shape: [k])),
+            ("wz", try Tensor(.int8, shape: [k], int64s: Array(repeating: 0, count: k))), ("b", try Tensor(floats: random(k, -0.2...0.2), shape: [k])),
+            ("k", try Tensor(floats: random(k, 0.5...1.5), shape: [1, k, 1, 1])), ("g", try Tensor(floats: random(k, 0.5...1.5), shape: [k])),
+            ("beta", try Tensor(floats: random(k, -0.3...0.3), shape: [k])), ("mean", try Tensor(floats: random(k, -0.2...0.2), shape: [k])),
+            ("var", try Tensor(floats: random(k, 0.5...2), shape: [k])), ("ys", try Tensor(floats: [0.015], shape: [])), ("yz", try Tensor(.uint8, shape: [], int64s: [0])),
+        ]
+        for (name, t) in inits { graph.setInitializer(name, t) }
+        let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+        let feed = ["x": try Tensor(floats: random(c * 100, -2...2), shape: [1, c, 10, 10])]
+        let built = try EngineBuilder().build(model, name: "qat")
+        XCTAssertEqual(built.graph.layers.filter { $0.decision?.kernel == .quantizedConvolution }.count, 1)
+        XCTAssertFalse(built.graph.layers.contains { ["Conv", "FusedConv", "BatchNormalization", "Div"].contains($0.opType) },
+                       "\(built.graph.layers.map(\.opType))")
+        // Within one output step of the model's own arithmetic (the folded bias rounds to int32).
+        let expected = try ReferenceExecutor(model: model).run(feed)[0].value.floats
+        let actual = try ExecutionContext(engine: built.engine).run(feed)[0].value.floats
+        XCTAssertLessThanOrEqual(zip(actual, expected).map { abs($0 - $1) }.max()!, 0.0151)
+        XCTAssertGreaterThan(PrecisionTests.cosine(actual, expected), 0.9999)
+    }
 }
