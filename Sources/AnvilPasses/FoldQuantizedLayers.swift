@@ -31,7 +31,8 @@ public struct FoldQuantizedLayers: Pass {
     public init() {}
     public func run(_ context: PassContext) throws -> Bool {
         let weights = try Self.quantizeConstants(context)
-        return try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.movement, Self.lookup, Self.floatProduct] + Self.microsoftRules).run(context)
+        return try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.movement, Self.lookup, Self.floatProduct, Self.sinkDequantize]
+                                 + Self.microsoftRules).run(context)
             || weights
     }
 
@@ -143,14 +144,31 @@ public struct FoldQuantizedLayers: Pass {
         return (p, nil)
     }
 
+    /// x · Sigmoid(x) before a QuantizeLinear (NNCF's YOLO quantizes its SiLU outputs so): the
+    /// node producing x (read by the two alone) and the Sigmoid and Mul.
+    static func siluBefore(_ q: Node, _ ctx: RewriteContext) -> (layer: Node, activation: [Node])? {
+        guard !ctx.pass.standardOnly, let mul = ctx.producer(q.inputs[0]), mul.opType == "Mul", mul.domain.isEmpty, mul.inputs.count == 2,
+              ctx.uses.soleConsumer(mul.outputs[0]) === q else { return nil }
+        for side in [0, 1] {
+            guard let sigmoid = ctx.producer(mul.inputs[side]), sigmoid.opType == "Sigmoid", sigmoid.domain.isEmpty, sigmoid.inputs[0] == mul.inputs[1 - side],
+                  ctx.uses.soleConsumer(sigmoid.outputs[0]) === mul, let layer = ctx.producer(sigmoid.inputs[0]),
+                  !ctx.uses.graphOutputs.contains(layer.outputs[0]), let readers = ctx.uses.consumers[layer.outputs[0]], readers.count == 2,
+                  readers.contains(where: { $0 === sigmoid }), readers.contains(where: { $0 === mul }) else { continue }
+            return (layer, [sigmoid, mul])
+        }
+        return nil
+    }
+
     static let convolution = RewriteRule("quantized conv", roots: ["QuantizeLinear"]) { q, ctx in
-        guard let (end, act) = layerBefore(q, ctx), let (conv, affine) = end.opType == "Conv" ? (end, nil) : affineAfterConvolution(end, ctx),
+        let silu = siluBefore(q, ctx)
+        guard let (end, act) = silu.map({ ($0.layer, nil as Node?) }) ?? layerBefore(q, ctx),
+              let (conv, affine) = end.opType == "Conv" ? (end, nil) : affineAfterConvolution(end, ctx),
               conv.opType == "Conv", conv.domain.isEmpty, conv.outputs.count == 1, conv.inputs.count >= 2,
               let x = dequantized(conv.inputs[0], ctx), let out = parameters(q, ctx, type: nil),
               let wdq = ctx.producer(conv.inputs[1]), wdq.opType == "DequantizeLinear", wdq.domain.isEmpty, wdq.inputs.count >= 2,
               let w = ctx.constant(wdq.inputs[0]), w.dataType == .int8, w.rank >= 3, let ws = ctx.constant(wdq.inputs[1]), ws.dataType == .float,
               ws.count == 1 || (ws.count == w.shape[0] && ws.rank == 1 && (try? AttributeReader(node: wdq).int("axis", 1)) == 0),
-              let fusedActivation = activation(act, out, ctx) else { return nil }
+              let fusedActivation = silu == nil ? activation(act, out, ctx) : .fused(["activation": .string("SiLU")]) else { return nil }
         if wdq.inputs.count > 2, !wdq.inputs[2].isEmpty {
             guard let z = ctx.constant(wdq.inputs[2]), z.dataType == .int8, z.int64s.allSatisfy({ $0 == 0 }) else { return nil }
         }
@@ -180,7 +198,7 @@ public struct FoldQuantizedLayers: Pass {
         let inputs = [x.input, x.q.scale, try zeroName(x.q, ctx, &initializers, like: x.input), wdq.inputs[0], weightScales, wz,
                       out.scale, try zeroName(out, ctx, &initializers, like: q.outputs[0]), bias]
         let trimmed = bias.isEmpty ? Array(inputs.dropLast()) : inputs
-        let removed = [conv] + (affine?.nodes ?? []) + (act.map { [$0] } ?? []) + [q]
+        let removed = [conv] + (affine?.nodes ?? []) + (act.map { [$0] } ?? []) + (silu?.activation ?? []) + [q]
         let fusedFrom = removed.flatMap(\.fusedFrom)
         let node: Node
         if case .fused(let extra) = fusedActivation {
@@ -440,5 +458,31 @@ public struct FoldQuantizedLayers: Pass {
         }
         let node = Node(name: op.name, opType: op.opType, inputs: inputs, outputs: q.outputs, attributes: op.attributes, fusedFrom: op.fusedFrom + q.fusedFrom)
         return Patch(statistic: "DQ → \(op.opType) → Q → \(op.opType)", remove: [op, q], add: [node])
+    }
+
+    /// Split, Concat or MaxPool of dequantized tensors with one scale and zero point, read as
+    /// floats (no QuantizeLinear right after: NNCF leaves YOLO's split and concatenated
+    /// features and ResNet's pooled stem so): the op on the 8-bit tensors, then one
+    /// DequantizeLinear per output (exact: these ops only move or select values, and
+    /// dequantizing is increasing), so the layers reading them see DQ(x) and fold.
+    static let sinkDequantize = RewriteRule("dequantize after data movement", roots: ["Split", "Concat", "MaxPool"]) { op, ctx in
+        guard op.domain.isEmpty, ctx.pass.opset() >= 13, op.outputs.allSatisfy({ !$0.isEmpty }), !(op.opType == "MaxPool" && op.outputs.count != 1) else { return nil }
+        // A single output quantized right away is the `movement` rule's.
+        if op.outputs.count == 1, ctx.uses.soleConsumer(op.outputs[0])?.opType == "QuantizeLinear" { return nil }
+        let data = op.opType == "Concat" ? Array(op.inputs.indices) : [0]
+        var inputs = op.inputs, first: (node: Node, input: String, q: Quantization)?
+        for i in data {
+            guard i < op.inputs.count, let x = dequantized(op.inputs[i], ctx), first.map({ x.q.same(as: $0.q) }) ?? true else { return nil }
+            first = first ?? x
+            inputs[i] = x.input
+        }
+        guard let dq = first?.node else { return nil }
+        let eight = op.outputs.map { ctx.graph.freshName("\($0)_quantized") }
+        var nodes = [Node(name: op.name, opType: op.opType, inputs: inputs, outputs: eight, attributes: op.attributes, fusedFrom: op.fusedFrom)]
+        for (q, out) in zip(eight, op.outputs) {
+            nodes.append(Node(name: ctx.graph.freshNodeName("\(out)_dequantize"), opType: "DequantizeLinear", inputs: [q] + dq.inputs.dropFirst(),
+                              outputs: [out], attributes: dq.attributes))
+        }
+        return Patch(statistic: "DQ → \(op.opType) → \(op.opType) → DQ", remove: [op], add: nodes)
     }
 }

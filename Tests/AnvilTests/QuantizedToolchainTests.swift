@@ -111,4 +111,50 @@ final class QuantizedToolchainTests: XCTestCase {
         XCTAssertLessThanOrEqual(zip(actual, expected).map { abs($0 - $1) }.max()!, 0.0151)
         XCTAssertGreaterThan(PrecisionTests.cosine(actual, expected), 0.9999)
     }
+
+    /// NNCF's YOLO form: DQ → Conv → Sigmoid, Mul (SiLU) → Q, and DQ → Split → Conv with no Q
+    /// between the split and the convolutions. The SiLU folds into the convolution; the split
+    /// runs on the 8-bit tensor with a DequantizeLinear after each part, so the convolutions
+    /// behind it fold too.
+    func testSiluAndSplitOfDequantizedFeaturesFold() throws {
+        var rng = SeededGenerator(seed: 29)
+        let c = 16
+        func random(_ count: Int, _ range: ClosedRange<Float>) -> [Float] { (0..<count).map { _ in Float.random(in: range, using: &rng) } }
+        var nodes = [Node(name: "qx", opType: "QuantizeLinear", inputs: ["x", "s", "z"], outputs: ["xq"]),
+                     Node(name: "dqx", opType: "DequantizeLinear", inputs: ["xq", "s", "z"], outputs: ["xd"]),
+                     Node(name: "conv", opType: "Conv", inputs: ["xd", "w0d"], outputs: ["c"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                     Node(name: "sigmoid", opType: "Sigmoid", inputs: ["c"], outputs: ["g"]),
+                     Node(name: "silu", opType: "Mul", inputs: ["c", "g"], outputs: ["a"]),
+                     Node(name: "qa", opType: "QuantizeLinear", inputs: ["a", "s", "z"], outputs: ["aq"]),
+                     Node(name: "dqa", opType: "DequantizeLinear", inputs: ["aq", "s", "z"], outputs: ["ad"]),
+                     Node(name: "split", opType: "Split", inputs: ["ad"], outputs: ["h0", "h1"], attributes: ["axis": .int(1)]),
+                     Node(name: "concat", opType: "Concat", inputs: ["y0", "y1"], outputs: ["y"], attributes: ["axis": .int(1)])]
+        for i in 0..<3 {
+            nodes.insert(Node(name: "dqw\(i)", opType: "DequantizeLinear", inputs: ["w\(i)", "ws\(i)"], outputs: ["w\(i)d"], attributes: ["axis": .int(0)]), at: 0)
+        }
+        for i in 0..<2 {
+            nodes += [Node(name: "conv\(i)", opType: "Conv", inputs: ["h\(i)", "w\(i + 1)d"], outputs: ["k\(i)"]),
+                      Node(name: "qk\(i)", opType: "QuantizeLinear", inputs: ["k\(i)", "s", "z"], outputs: ["kq\(i)"]),
+                      Node(name: "dqk\(i)", opType: "DequantizeLinear", inputs: ["kq\(i)", "s", "z"], outputs: ["y\(i)"])]
+        }
+        nodes.append(nodes.remove(at: nodes.firstIndex { $0.name == "concat" }!))
+        let graph = Graph(name: "c2f", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, c, 8, 8]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [1, c, 8, 8]))], nodes: nodes)
+        graph.setInitializer("s", try Tensor(floats: [0.04], shape: []))
+        graph.setInitializer("z", try Tensor(.int8, shape: [], int64s: [-20]))
+        for (i, shape) in [[c, c, 3, 3], [c / 2, c / 2, 1, 1], [c / 2, c / 2, 1, 1]].enumerated() {
+            graph.setInitializer("w\(i)", try Tensor(.int8, shape: shape, int64s: (0..<shape.reduce(1, *)).map { _ in Int64.random(in: -100...100, using: &rng) }))
+            graph.setInitializer("ws\(i)", try Tensor(floats: random(shape[0], 0.001...0.003), shape: [shape[0]]))
+        }
+        let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+        let feed = ["x": try Tensor(floats: random(c * 64, -2...2), shape: [1, c, 8, 8])]
+        let built = try EngineBuilder().build(model, name: "c2f")
+        XCTAssertEqual(built.graph.layers.filter { $0.decision?.kernel == .quantizedConvolution }.count, 3, "\(built.graph.layers.map(\.opType))")
+        XCTAssertFalse(built.graph.layers.contains { ["Conv", "FusedConv", "Sigmoid", "Mul"].contains($0.opType) || ($0.decision?.isSlowPath ?? true) })
+        let expected = try ReferenceExecutor(model: model).run(feed)[0].value.floats
+        let actual = try ExecutionContext(engine: built.engine).run(feed)[0].value.floats
+        // Equal but where float sums move a value across a rounding tie (one step, 0.04).
+        XCTAssertLessThanOrEqual(zip(actual, expected).filter { abs($0 - $1) > 1e-5 }.count, 4)
+        XCTAssertLessThanOrEqual(zip(actual, expected).map { abs($0 - $1) }.max()!, 0.0401)
+    }
 }
