@@ -31,7 +31,7 @@ public struct FoldQuantizedLayers: Pass {
     public init() {}
     public func run(_ context: PassContext) throws -> Bool {
         let weights = try Self.quantizeConstants(context)
-        return try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.movement, Self.lookup, Self.floatProduct, Self.sinkDequantize]
+        return try RewriteDriver([Self.convolution, Self.matmul, Self.residual, Self.movement, Self.lookup, Self.floatProduct, Self.sinkDequantize, Self.clampIntoConvolution]
                                  + Self.microsoftRules).run(context)
             || weights
     }

@@ -86,3 +86,32 @@ extension FoldQuantizedLayers {
         return Patch(statistic: "DQ → elementwise ops → Q → QuantizedLookup", remove: removable + [q], add: [node], initializers: [(name, table)])
     }
 }
+
+extension FoldQuantizedLayers {
+    /// A lookup that only clamps the codes of a quantized convolution's output, read only by
+    /// it (PyTorch's and ONNX Runtime's symmetric exports quantize ReLU6 as its own
+    /// DQ → Clip → Q): the convolution with that Clip as its activation. Exact: clipping in
+    /// units of the output scale to whole codes and then rounding equals rounding and then
+    /// clamping the codes.
+    static let clampIntoConvolution = RewriteRule("clamping lookup into the convolution", roots: ["QuantizedLookup"]) { lookup, ctx in
+        guard lookup.domain == anvilDomain, lookup.inputs.count == 2, let table = ctx.constant(lookup.inputs[1]), table.count == 256,
+              let conv = ctx.producer(lookup.inputs[0]), conv.opType == "QLinearConv" || (conv.opType == "FusedQLinearConv" && conv.domain == anvilDomain),
+              conv.attributes["activation"] == nil, ctx.uses.soleConsumer(conv.outputs[0]) === lookup, conv.inputs.count >= 8,
+              let ys = ctx.constant(conv.inputs[6]), ys.count == 1, ys.dataType == .float, let scale = ys.doubles.first else { return nil }
+        let zero = conv.inputs[7].isEmpty ? nil : ctx.constant(conv.inputs[7])
+        let type = zero?.dataType ?? .uint8, zp = zero?.int64s.first ?? 0
+        guard table.dataType == type, zero == nil || zero!.count == 1 else { return nil }
+        // The codes in byte order, as the table is indexed; the table must be clamp(code, lo, hi).
+        let codes: [Int64] = type == .uint8 ? (0...255).map { Int64($0) } : (0...127).map { Int64($0) } + (-128...(-1)).map { Int64($0) }
+        let values = table.int64s
+        guard let lo = values.min(), let hi = values.max(), zip(codes, values).allSatisfy({ min(max($0, lo), hi) == $1 }) else { return nil }
+        ctx.pass.useAnvilDomain()
+        var attributes = conv.attributes
+        attributes["activation"] = .string("Clip")
+        attributes["activation_alpha"] = .float(Float(Double(lo - zp) * scale))
+        attributes["activation_beta"] = .float(Float(Double(hi - zp) * scale))
+        let node = Node(name: conv.name, opType: "FusedQLinearConv", domain: anvilDomain, inputs: conv.inputs, outputs: lookup.outputs,
+                        attributes: attributes, fusedFrom: conv.fusedFrom + lookup.fusedFrom)
+        return Patch(statistic: "QLinearConv + clamping lookup → FusedQLinearConv", remove: [conv, lookup], add: [node])
+    }
+}

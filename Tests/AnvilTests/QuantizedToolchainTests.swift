@@ -157,4 +157,37 @@ final class QuantizedToolchainTests: XCTestCase {
         XCTAssertLessThanOrEqual(zip(actual, expected).filter { abs($0 - $1) > 1e-5 }.count, 4)
         XCTAssertLessThanOrEqual(zip(actual, expected).map { abs($0 - $1) }.max()!, 0.0401)
     }
+
+    /// ReLU6 quantized on its own (PyTorch's FX export): Conv → Q → DQ → Clip(0, 6) → Q. The
+    /// clamp becomes the convolution's activation; results equal the chain's.
+    func testClampingAfterAQuantizedConvolutionIsItsActivation() throws {
+        var rng = SeededGenerator(seed: 31)
+        let c = 8
+        let graph = Graph(name: "relu6", inputs: [ValueInfo(name: "x", type: TensorType(.float, shape: [1, c, 6, 6]))],
+                          outputs: [ValueInfo(name: "y", type: TensorType(.float, shape: [1, c, 6, 6]))],
+                          nodes: [Node(name: "qx", opType: "QuantizeLinear", inputs: ["x", "s", "z"], outputs: ["xq"]),
+                                  Node(name: "dqx", opType: "DequantizeLinear", inputs: ["xq", "s", "z"], outputs: ["xd"]),
+                                  Node(name: "dqw", opType: "DequantizeLinear", inputs: ["w", "ws"], outputs: ["wd"], attributes: ["axis": .int(0)]),
+                                  Node(name: "conv", opType: "Conv", inputs: ["xd", "wd"], outputs: ["c"], attributes: ["pads": .ints([1, 1, 1, 1])]),
+                                  Node(name: "qc", opType: "QuantizeLinear", inputs: ["c", "s", "z"], outputs: ["cq"]),
+                                  Node(name: "dqc", opType: "DequantizeLinear", inputs: ["cq", "s", "z"], outputs: ["cd"]),
+                                  Node(name: "clip", opType: "Clip", inputs: ["cd", "lo", "hi"], outputs: ["r"]),
+                                  Node(name: "qr", opType: "QuantizeLinear", inputs: ["r", "s", "z"], outputs: ["rq"]),
+                                  Node(name: "dqr", opType: "DequantizeLinear", inputs: ["rq", "s", "z"], outputs: ["y"])])
+        graph.setInitializer("s", try Tensor(floats: [0.05], shape: []))
+        graph.setInitializer("z", try Tensor(.uint8, shape: [], int64s: [100]))
+        graph.setInitializer("w", try Tensor(.int8, shape: [c, c, 3, 3], int64s: (0..<(c * c * 9)).map { _ in Int64.random(in: -120...120, using: &rng) }))
+        graph.setInitializer("ws", try Tensor(floats: (0..<c).map { _ in Float.random(in: 0.002...0.004, using: &rng) }, shape: [c]))
+        graph.setInitializer("lo", try Tensor(floats: [0], shape: []))
+        graph.setInitializer("hi", try Tensor(floats: [6], shape: []))
+        let model = Model(graph: graph, opsets: [OpsetImport(domain: "", version: 17)])
+        let feed = ["x": try Tensor(floats: (0..<(c * 36)).map { _ in Float.random(in: -4...4, using: &rng) }, shape: [1, c, 6, 6])]
+        let built = try EngineBuilder().build(model, name: "relu6")
+        XCTAssertEqual(built.graph.layers.filter { $0.decision?.kernel == .quantizedConvolution }.count, 1)
+        XCTAssertFalse(built.graph.layers.contains { $0.opType == "QuantizedLookup" || $0.opType == "Clip" }, "\(built.graph.layers.map(\.opType))")
+        let expected = try ReferenceExecutor(model: model).run(feed)[0].value.floats
+        let actual = try ExecutionContext(engine: built.engine).run(feed)[0].value.floats
+        XCTAssertLessThanOrEqual(zip(actual, expected).filter { abs($0 - $1) > 1e-6 }.count, 2)
+        XCTAssertTrue(actual.allSatisfy { $0 >= -1e-6 && $0 <= 6.0001 })
+    }
 }
