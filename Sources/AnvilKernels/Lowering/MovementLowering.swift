@@ -143,12 +143,14 @@ enum MovementLowering {
                 return l.decided(.view)
             }
         }
-        guard let v = l.value(0), v.shape[..<axis].allSatisfy({ $0 == 1 }) else { return nil }
-        let x = try l.plan.plain(v)
-        let inner = v.shape[(axis + 1)...].reduce(1, *) * v.dataType.byteSize
+        guard stored.shape[..<axis].allSatisfy({ $0 == 1 }) else { return nil }
+        // Row-major in the stored type (a BF16 value stays BF16: a layout change, no conversion).
+        let x = try l.plan.plainStored(stored), element = x.storedType
+        let inner = stored.shape[(axis + 1)...].reduce(1, *) * element.byteSize
         var offset = 0
         for (name, shape) in parts {
-            _ = l.plan.alias(name, of: x, type: v.dataType, shape: shape, byteOffset: offset)
+            _ = l.plan.alias(name, of: x, type: stored.dataType, shape: shape, layout: element == stored.dataType ? nil : try plainDescriptor(shape, element),
+                             byteOffset: offset)
             offset += shape[axis] * inner
         }
         return l.decided(.view)

@@ -350,6 +350,12 @@ public final class ExecutionPlan {
         return p
     }
 
+    /// `v` row-major in the type it is stored in: a BF16-stored float value stays BF16.
+    func plainStored(_ v: PlanValue) throws -> PlanValue {
+        guard v.isReduced else { return try plain(v) }
+        return try inLayout(v, plainDescriptor(v.shape, v.storedType))
+    }
+
     /// `v` in layout `d`: itself or a reordered copy.
     func inLayout(_ v: PlanValue, _ d: dnnl_memory_desc_t) throws -> PlanValue {
         if try v.stored(as: d) { return v }
