@@ -44,7 +44,11 @@ struct Int8Quantizer {
         // Their activated values (before the residual) were never calibrated: float outputs.
         let separated = Self.separateResidualsAfterActivations(graph)
         let weighted = graph.nodes.compactMap { weightedNode($0, graph) }
-        let ends: Set<String> = policy.keepEnds ? Set([weighted.first?.node.name, weighted.last?.node.name].compactMap { $0 }) : []
+        // The first and last weighted layers of the graph, transposed convolutions (which stay
+        // FP32) included: PP-OCR's detector ends in ConvTranspose, so the 3×3 convolution before
+        // it (a fifth of its work) is not an end.
+        let endCandidates = graph.nodes.filter { weightedNode($0, graph) != nil || ($0.domain.isEmpty && $0.opType == "ConvTranspose") }.map(\.name)
+        let ends: Set<String> = policy.keepEnds ? Set([endCandidates.first, endCandidates.last].compactMap { $0 }) : []
         var chosen: [String: Weighted] = [:]
         // Ranges of none of the graph's tensors: a cache made for another model.
         if !weighted.isEmpty, !graph.nodes.contains(where: { $0.outputs.contains { calibration.ranges[$0] != nil } }) {

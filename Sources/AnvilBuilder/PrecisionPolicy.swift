@@ -84,7 +84,11 @@ public struct PrecisionPolicy: Sendable, Equatable {
     func apply(to graph: EngineGraph, host: CPUFeatures = .host) throws {
         if isFP32 && layerOutputTypes.isEmpty { return }
         let weighted = graph.layers.indices.filter { Self.kernel(of: graph.layers[$0], graph.constants) != nil }
-        let ends: Set<Int> = keepEnds ? Set([weighted.first, weighted.last].compactMap { $0 }) : []
+        // Transposed convolutions (FP32 here) count as ends too: a model ending in one keeps it,
+        // not the convolution before it, in FP32.
+        let weightedIndices = Set(weighted)
+        let endCandidates = graph.layers.indices.filter { weightedIndices.contains($0) || graph.layers[$0].opKey == "ConvTranspose" }
+        let ends: Set<Int> = keepEnds ? Set([endCandidates.first, endCandidates.last].compactMap { $0 }) : []
         var matched: Set<String> = ["*"]
         var reduced = false
         for i in weighted {

@@ -297,6 +297,22 @@ final class PrecisionTests: XCTestCase {
         }
     }
 
+    /// A model ending in a transposed convolution (PP-OCR's detector head) keeps that one as
+    /// its last layer, not the convolution before it: the convolution takes BF16.
+    func testATransposedConvolutionCountsAsTheLastLayer() throws {
+        try XCTSkipUnless(CPUFeatures.host.contains(.avx512Bf16), "this CPU has no AVX-512 BF16")
+        var b = GraphBuilder()
+        let w = { (n: Int) in (0..<n).map { Float($0 % 7) / 20 - 0.15 } }
+        let c1 = b.op("Relu", [b.op("Conv", ["x", b.const(w(16 * 8 * 9), [16, 8, 3, 3])], ["pads": .ints([1, 1, 1, 1])])])
+        let c2 = b.op("Relu", [b.op("Conv", [c1, b.const(w(16 * 16 * 9), [16, 16, 3, 3])], ["pads": .ints([1, 1, 1, 1])])])
+        let y = b.op("ConvTranspose", [c2, b.const(w(16 * 4 * 4), [16, 4, 2, 2])], ["strides": .ints([2, 2])])
+        var builder = EngineBuilder()
+        builder.precision = PrecisionPolicy(bf16: true)
+        let result = try builder.build(b.model(input: [1, 8, 12, 12], output: y), name: "head")
+        let convs = result.graph.layers.filter { $0.decision?.kernel == .convolution }
+        XCTAssertEqual(convs.map { $0.decision?.precision }, [.fp32, .bf16], "\(result.graph.layers.map { "\($0.name): \(String(describing: $0.decision))" })")
+    }
+
     func testFP16StoresWeightsInHalfPrecisionAndComputesInFP32() throws {
         // --fp16 on a CPU without FP16 arithmetic: the weighted layers keep their weights in FP16
         // (stored once, in half the bytes) and compute in FP32; nothing beyond AVX-512 is required.
