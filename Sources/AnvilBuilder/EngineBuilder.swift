@@ -95,6 +95,13 @@ public struct EngineBuilder {
         try QuantizationCheck.check(source, file: name)
         try profile.check(against: source.graph.runtimeInputs.map { ($0.name, $0.type) })
         let model = source.copy()
+        // --int8 on a model that already quantizes itself calibrates its float layers on top of that.
+        let ownQuantization = ["QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"]
+        let quantizing = source.graph.nodes.filter { ownQuantization.contains($0.opType) || $0.opType.hasPrefix("DynamicQuantize") }
+        if precision.needsInt8, let first = quantizing.first {
+            model.warnings.append("the model quantizes itself (\(quantizing.count) nodes such as '\(first.name)' (\(first.opType))): --int8 quantizes its remaining "
+                                  + "float convolutions and matrix products on top of that; without --int8 its own quantization runs as given")
+        }
         // Fixed shapes become part of the graph, so the optimizer folds what depends on them.
         for (i, input) in model.graph.inputs.enumerated() where profile.isFixed(input.name) {
             guard let e = input.type.elementType else { continue }

@@ -190,4 +190,15 @@ final class QuantizedToolchainTests: XCTestCase {
         XCTAssertLessThanOrEqual(zip(actual, expected).filter { abs($0 - $1) > 1e-6 }.count, 2)
         XCTAssertTrue(actual.allSatisfy { $0 >= -1e-6 && $0 <= 6.0001 })
     }
+
+    /// --int8 on a model that quantizes itself says so: it quantizes the float layers left on top.
+    func testInt8OnAQuantizedModelWarns() throws {
+        let (model, feed) = try productModel(quantizedOutput: false, qatWeights: false, seed: 5)
+        var builder = EngineBuilder()
+        builder.precision.int8 = true
+        builder.calibration = [feed]
+        let result = try builder.build(model, name: "product")
+        XCTAssertTrue(result.warnings.contains { $0.contains("quantizes itself") && $0.contains("QuantizeLinear") }, "\(result.warnings)")
+        XCTAssertFalse(try EngineBuilder().build(model, name: "product").warnings.contains { $0.contains("quantizes itself") })
+    }
 }
