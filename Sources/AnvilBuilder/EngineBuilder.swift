@@ -124,6 +124,12 @@ public struct EngineBuilder {
         model.graph.inputs = declared
         let graph = try Self.convert(model.graph, model: model)
         try precision.apply(to: graph, host: host)
+        // Reduced precision reaches the top-level layers only: weighted layers inside If / Loop /
+        // Scan bodies (Silero VAD's whole network) stay FP32, which the user is told.
+        if !precision.isFP32, case let nested = Self.nestedWeightedLayers(graph), nested > 0 {
+            model.warnings.append("\(nested) convolutions and matrix products inside control-flow bodies (If, Loop, Scan) compute in FP32: "
+                                  + "--bf16, --fp16, --int8 and --layerPrecisions apply to top-level layers only")
+        }
         // Every value's concrete type for the shapes the engine is compiled for: the profile's
         // optimal ones, else dynamic sizes of 64 (larger where a model needs more, e.g. audio).
         var samples = sampleShapes(model.graph, size: ShapeProfile.sampleSize)
@@ -245,6 +251,24 @@ public struct EngineBuilder {
         guard let load else { return nil }
         return "other processes were using \(Int((load * 100).rounded()))% of the CPU when tactics were timed: timed on one thread, "
             + "which a busy machine disturbs less; build on a quiet machine for the best choices"
+    }
+
+    /// Convolutions and matrix products inside the subgraphs of `graph`'s layers, at any depth.
+    static func nestedWeightedLayers(_ graph: EngineGraph) -> Int {
+        graph.layers.reduce(0) { total, layer in
+            total + layer.attributes.values.reduce(0) { sum, attribute in
+                let bodies: [EngineGraph]
+                switch attribute {
+                case .graph(let g as EngineGraph): bodies = [g]
+                case .graphs(let gs): bodies = gs.compactMap { $0 as? EngineGraph }
+                default: bodies = []
+                }
+                return sum + bodies.reduce(0) { n, body in
+                    n + body.layers.filter { ["Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm"].contains($0.opType) }.count
+                        + nestedWeightedLayers(body)
+                }
+            }
+        }
     }
 
     /// IR graph → engine graph, recursively for subgraphs.

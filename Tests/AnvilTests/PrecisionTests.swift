@@ -313,6 +313,16 @@ final class PrecisionTests: XCTestCase {
         XCTAssertEqual(convs.map { $0.decision?.precision }, [.fp32, .bf16], "\(result.graph.layers.map { "\($0.name): \(String(describing: $0.decision))" })")
     }
 
+    /// Weighted layers inside control flow stay FP32, and the build says so.
+    func testLayersInsideControlFlowStayFP32AndTheBuildSaysSo() throws {
+        var builder = EngineBuilder()
+        builder.precision = PrecisionPolicy(fp16: true)
+        let model = try ONNXImporter.load(path: TestSupport.fixture("if_branch/model.onnx"))
+        let result = try builder.build(model, name: "if")
+        XCTAssertTrue(result.warnings.contains { $0.contains("2 convolutions and matrix products inside control-flow bodies") }, "\(result.warnings)")
+        XCTAssertFalse(try EngineBuilder().build(model, name: "if").warnings.contains { $0.contains("control-flow") })
+    }
+
     func testFP16StoresWeightsInHalfPrecisionAndComputesInFP32() throws {
         // --fp16 on a CPU without FP16 arithmetic: the weighted layers keep their weights in FP16
         // (stored once, in half the bytes) and compute in FP32; nothing beyond AVX-512 is required.
