@@ -47,7 +47,8 @@ struct Int8Quantizer {
         // The first and last weighted layers of the graph, transposed convolutions (which stay
         // FP32) included: PP-OCR's detector ends in ConvTranspose, so the 3×3 convolution before
         // it (a fifth of its work) is not an end.
-        let endCandidates = graph.nodes.filter { weightedNode($0, graph) != nil || ($0.domain.isEmpty && $0.opType == "ConvTranspose") }.map(\.name)
+        let weightedNames = Set(weighted.map(\.node.name))
+        let endCandidates = graph.nodes.filter { weightedNames.contains($0.name) || ($0.domain.isEmpty && $0.opType == "ConvTranspose") }.map(\.name)
         let ends: Set<String> = policy.keepEnds ? Set([endCandidates.first, endCandidates.last].compactMap { $0 }) : []
         var chosen: [String: Weighted] = [:]
         // Ranges of none of the graph's tensors: a cache made for another model.
@@ -56,7 +57,7 @@ struct Int8Quantizer {
         }
         /// What a table asks of a node: under its name or a fused node's, else under "*" (`own` false).
         func asked(_ table: [String: Precision], _ node: Node) -> (precision: Precision, own: Bool)? {
-            ([node.name] + node.fusedFrom).compactMap { table[$0] }.last.map { ($0, true) } ?? table["*"].map { ($0, false) }
+            PrecisionPolicy.asked(table, names: [node.name] + node.fusedFrom).map { ($0.0, $0.name != "*") }
         }
         for w in weighted {
             let pinned = asked(policy.layerPrecisions, w.node)

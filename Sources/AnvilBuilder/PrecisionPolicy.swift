@@ -68,13 +68,13 @@ public struct PrecisionPolicy: Sendable, Equatable {
     /// What `table` asks of a layer: under its own name or a fused node's (the last given), else
     /// under "*"; with the name that asked (added to `matched`).
     static func asked(_ table: [String: Precision], _ layer: Layer, matched: inout Set<String>) -> (Precision, name: String)? {
-        var found: (Precision, name: String)?
-        for name in [layer.name] + layer.fusedFrom {
-            guard let p = table[name] else { continue }
-            matched.insert(name)
-            found = (p, name)
-        }
-        return found ?? table["*"].map { ($0, "*") }
+        matched.formUnion(([layer.name] + layer.fusedFrom).filter { table[$0] != nil })
+        return asked(table, names: [layer.name] + layer.fusedFrom)
+    }
+
+    /// What `table` asks under the last of `names` it has, else under "*".
+    static func asked(_ table: [String: Precision], names: [String]) -> (Precision, name: String)? {
+        names.last(where: { table[$0] != nil }).map { (table[$0]!, $0) } ?? table["*"].map { ($0, "*") }
     }
 
     /// Decides each layer's precision and records it in its decision (a convolution taking

@@ -175,22 +175,23 @@ public struct FoldQuantizedLayers: Pass {
         if case .fused = fusedActivation, ctx.pass.standardOnly { return nil }
         var initializers: [(String, Tensor)] = []
         let cout = w.shape[0]
-        var weightScales = wdq.inputs[1], scales = ws.doubles.map { $0 * x.q.scaleValue }, biasValue = conv.inputs.count > 2 ? conv.inputs[2] : nil
-        var wz = wdq.inputs.count > 2 && !wdq.inputs[2].isEmpty ? wdq.inputs[2] : ""
+        var weightScales = wdq.inputs[1], wz = wdq.inputs.count > 2 && !wdq.inputs[2].isEmpty ? wdq.inputs[2] : ""
+        let bias: String
         if let affine {
             // y = a · conv + c per channel: the weight scales become a · w_scale, the bias a · b + c.
             guard affine.factor.count == cout, affine.factor.allSatisfy({ $0 > 0 && $0.isFinite }),
-                  let b = realBias(biasValue, channels: cout, ctx) else { return nil }
+                  let b = realBias(conv.inputs.count > 2 ? conv.inputs[2] : nil, channels: cout, ctx) else { return nil }
             let perChannel = (0..<cout).map { ws.doubles[ws.count == 1 ? 0 : $0] * affine.factor[$0] }
             weightScales = ctx.graph.freshName("\(conv.name)_weight_scale")
             initializers.append((weightScales, try Tensor(floats: perChannel.map { Float($0) }, shape: [cout])))
-            scales = perChannel.map { $0 * x.q.scaleValue }
-            biasValue = ctx.graph.freshName("\(conv.name)_bias")
-            initializers.append((biasValue!, try Tensor(floats: (0..<cout).map { Float(affine.factor[$0] * b[$0] + affine.shift[$0]) }, shape: [cout])))
-            wz = ""
+            guard let b = try int32Bias((0..<cout).map { affine.factor[$0] * b[$0] + affine.shift[$0] }, scales: perChannel.map { $0 * x.q.scaleValue },
+                                        ctx, &initializers, like: conv.name) else { return nil }
+            (bias, wz) = (b, "")
+        } else {
+            guard let b = try accumulatorBias(conv.inputs.count > 2 ? conv.inputs[2] : nil, channels: cout, scales: ws.doubles.map { $0 * x.q.scaleValue },
+                                              ctx, &initializers, like: conv.name) else { return nil }
+            bias = b
         }
-        guard let bias = try accumulatorBias(biasValue, channels: cout, scales: scales, ctx, &initializers, like: conv.name,
-                                             pending: initializers) else { return nil }
         if wz.isEmpty {
             wz = ctx.graph.freshName("\(conv.name)_weight_zero_point")
             initializers.append((wz, try Tensor(.int8, shape: affine == nil ? [] : [cout], int64s: Array(repeating: 0, count: affine == nil ? 1 : cout))))
@@ -215,15 +216,8 @@ public struct FoldQuantizedLayers: Pass {
     /// an int32 constant with exactly that scale as it is, a float constant rounded; "" when absent,
     /// nil when neither.
     static func accumulatorBias(_ value: String?, channels: Int, scales: [Double], _ ctx: RewriteContext,
-                                _ initializers: inout [(String, Tensor)], like: String, pending: [(String, Tensor)] = []) throws -> String? {
+                                _ initializers: inout [(String, Tensor)], like: String) throws -> String? {
         guard let value, !value.isEmpty else { return "" }
-        if let b = pending.first(where: { $0.0 == value })?.1 {
-            let values = b.doubles.enumerated().map { i, v in (v / scales[scales.count == 1 ? 0 : i]).rounded() }
-            guard values.allSatisfy({ abs($0) < Double(1 << 31) }) else { return nil }
-            let name = ctx.graph.freshName("\(like)_bias_int32")
-            initializers.append((name, try Tensor(.int32, shape: [channels], int64s: values.map { Int64($0) })))
-            return name
-        }
         if let bdq = ctx.producer(value), bdq.opType == "DequantizeLinear", let b = ctx.constant(bdq.inputs[0]), b.dataType == .int32,
            b.count == channels, let bs = ctx.constant(bdq.inputs[1]), bs.count == 1 || bs.count == channels,
            zip(bs.doubles, bs.count == 1 ? [scales[0]] : scales).allSatisfy({ abs($0 - $1) <= 1e-6 * $1 }),
@@ -231,10 +225,16 @@ public struct FoldQuantizedLayers: Pass {
             return bdq.inputs[0]
         }
         guard let b = ctx.constant(value), b.dataType == .float, b.count == channels else { return nil }
-        let values = b.doubles.enumerated().map { i, v in (v / scales[scales.count == 1 ? 0 : i]).rounded() }
+        return try int32Bias(b.doubles, scales: scales, ctx, &initializers, like: like)
+    }
+
+    /// A new int32 bias constant: real bias values rounded in accumulator units (`scales`, one or
+    /// one per channel); nil when one does not fit in 31 bits.
+    static func int32Bias(_ real: [Double], scales: [Double], _ ctx: RewriteContext, _ initializers: inout [(String, Tensor)], like: String) throws -> String? {
+        let values = real.enumerated().map { i, v in (v / scales[scales.count == 1 ? 0 : i]).rounded() }
         guard values.allSatisfy({ abs($0) < Double(1 << 31) }) else { return nil }
         let name = ctx.graph.freshName("\(like)_bias_int32")
-        initializers.append((name, try Tensor(.int32, shape: [channels], int64s: values.map { Int64($0) })))
+        initializers.append((name, try Tensor(.int32, shape: [real.count], int64s: values.map { Int64($0) })))
         return name
     }
 

@@ -132,18 +132,23 @@ public struct FuseResidualAdd: Pass {
         return try RewriteDriver([Self.rule]).run(context)
     }
 
+    /// The residual joins a layer without an activation (summed before the one fused later), or
+    /// a convolution whose activation is already fused (summed after it: YOLO's x + SiLU(conv(x)),
+    /// `residual_after_activation`, which `FuseActivation` applies once activations are fused).
     static let rule = RewriteRule("layer + residual", roots: ["Add", "Sum"]) { node, ctx in
         guard node.domain.isEmpty, node.inputs.count == 2, node.inputs[0] != node.inputs[1] else { return nil }
         for side in [0, 1] {
             guard let layer = fusableProducer(node.inputs[side], of: node, ctx), let (op, inputs) = asFused(layer),
-                  inputs[3].isEmpty, layer.attributes["activation"] == nil, ctx.constant(node.inputs[1 - side]) == nil,
+                  inputs[3].isEmpty, ctx.constant(node.inputs[1 - side]) == nil,
                   sameType(ctx.type(node.inputs[1 - side]), ctx.type(node.outputs[0])),
                   sameType(ctx.type(layer.outputs[0]), ctx.type(node.outputs[0])) else { continue }
+            let after = layer.attributes["activation"] != nil
+            guard !after || op == "FusedConv" else { continue }
             ctx.pass.useAnvilDomain()
             var fusedInputs = inputs
             fusedInputs[3] = node.inputs[1 - side]
-            return Patch(statistic: "\(layer.opType) + residual Add fused", remove: [layer, node],
-                         add: [fusedNode(layer, op: op, inputs: fusedInputs, root: node)])
+            return Patch(statistic: after ? "FusedConv + activation + residual Add fused" : "\(layer.opType) + residual Add fused", remove: [layer, node],
+                         add: [fusedNode(layer, op: op, inputs: fusedInputs, root: node, extra: after ? ["residual_after_activation": .int(1)] : [:])])
         }
         return nil
     }
@@ -160,22 +165,7 @@ public struct FuseActivation: Pass {
     public func run(_ context: PassContext) throws -> Bool {
         guard !context.standardOnly else { return false }
         let activations = try RewriteDriver([Self.rule]).run(context)
-        return try RewriteDriver([Self.residualAfter]).run(context) || activations
-    }
-
-    static let residualAfter = RewriteRule("convolution + activation + residual", roots: ["Add", "Sum"]) { node, ctx in
-        guard node.domain.isEmpty, node.inputs.count == 2, node.inputs[0] != node.inputs[1] else { return nil }
-        for side in [0, 1] {
-            guard let layer = fusableProducer(node.inputs[side], of: node, ctx), layer.domain == anvilDomain, layer.opType == "FusedConv",
-                  let (op, inputs) = asFused(layer), inputs[3].isEmpty, layer.attributes["activation"] != nil,
-                  ctx.constant(node.inputs[1 - side]) == nil, sameType(ctx.type(node.inputs[1 - side]), ctx.type(node.outputs[0])),
-                  sameType(ctx.type(layer.outputs[0]), ctx.type(node.outputs[0])) else { continue }
-            var fusedInputs = inputs
-            fusedInputs[3] = node.inputs[1 - side]
-            return Patch(statistic: "FusedConv + activation + residual Add fused", remove: [layer, node],
-                         add: [fusedNode(layer, op: op, inputs: fusedInputs, root: node, extra: ["residual_after_activation": .int(1)])])
-        }
-        return nil
+        return try RewriteDriver([FuseResidualAdd.rule]).run(context) || activations
     }
 
     static let activations: Set<String> = ["Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Mish", "Gelu", "SiLU", "Swish"]

@@ -269,35 +269,13 @@ void anvil_quantize_linear(const float *x, int64_t count, float scale, float zer
     }
 }
 
-/* The same on an [n, channels, spatial] float tensor (row-major) into a channels-last one
-   ([n, spatial, channels]), for the positions [p0, p1) of every channel. Positions go in
-   tiles of 64: a tile's output bytes are one contiguous block that stays in L1 while each
-   channel's 64 inputs are read in a row (parts split positions, never channels, so no two
-   threads write the same cache line). */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t p0, int64_t p1,
-                                         float scale, float zero_point, int is_signed, void *out) {
-    const float lo = is_signed ? -128.0f : 0.0f, hi = is_signed ? 127.0f : 255.0f;
-    for (int64_t b = 0; b < n; b++) {
-        for (int64_t t = p0; t < p1; t += 64) {
-            int64_t end = t + 64 < p1 ? t + 64 : p1;
-            for (int64_t c = 0; c < channels; c++) {
-                /* The row's values quantized in a vector loop, then placed a channel apart. */
-                const float *from = x + (b * channels + c) * spatial + t;
-                int32_t q[64];
-                int64_t m = end - t;
-                for (int64_t i = 0; i < m; i++) q[i] = (int32_t)quantize_one(from[i], scale, zero_point, lo, hi);
-                uint8_t *to = (uint8_t *)out + (b * spatial + t) * channels + c;
-                for (int64_t i = 0; i < m; i++) to[i * channels] = (uint8_t)q[i];
-            }
-        }
-    }
-}
-
-/* QuantizeLinear with a scale and zero point per channel (axis 1) into a channels-last
-   [n, spatial, channels] tensor, for the positions [p0, p1): from a row-major [n, channels,
-   spatial] tensor (channels_last_input 0, in tiles of 64 positions as above) or from a
-   channels-last one (1: a vector loop along the channels). */
+/* QuantizeLinear with a scale and zero point per channel (axis 1; one QuantizeLinear scale
+   repeated for a per-tensor one) into a channels-last [n, spatial, channels] tensor, for the
+   positions [p0, p1): from a channels-last one (channels_last_input 1: a vector loop along
+   the channels) or from a row-major [n, channels, spatial] tensor, positions in tiles of 64:
+   a tile's output bytes are one contiguous block that stays in L1 while each channel's 64
+   inputs are quantized in a vector loop and placed a channel apart (parts split positions,
+   never channels, so no two threads write the same cache line). */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void anvil_quantize_linear_per_channel(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t p0, int64_t p1,
                                        const float *scales, const float *zero_points, int channels_last_input, int is_signed, void *out) {
@@ -320,8 +298,9 @@ void anvil_quantize_linear_per_channel(const float *x, int64_t n, int64_t channe
             int64_t end = t + 64 < p1 ? t + 64 : p1, m = end - t;
             for (int64_t c = 0; c < channels; c++) {
                 const float *from = x + (b * channels + c) * spatial + t;
+                const float scale = scales[c], zero_point = zero_points[c];
                 int32_t q[64];
-                for (int64_t i = 0; i < m; i++) q[i] = (int32_t)quantize_one(from[i], scales[c], zero_points[c], lo, hi);
+                for (int64_t i = 0; i < m; i++) q[i] = (int32_t)quantize_one(from[i], scale, zero_point, lo, hi);
                 for (int64_t i = 0; i < m; i++) base[(t + i) * channels + c] = (uint8_t)q[i];
             }
         }

@@ -51,10 +51,8 @@ struct ConvolutionSpec {
     /// clears it where no NaN can reach the layer.
     var exactNonFinite = true
     /// FP32; BF16 (activations and weights; bias and accumulation FP32) or FP16 (weights stored
-    /// in FP16, arithmetic in FP32: `arithmetic`) when the decision asks for it.
+    /// in FP16, arithmetic in FP32: `Precision.arithmetic`) when the decision asks for it.
     var precision: Precision = .fp32
-    /// The precision the kernel computes in: FP16 layers compute in FP32 (no FP16 kernels here).
-    var arithmetic: Precision { precision == .fp16 ? .fp32 : precision }
     /// The output type --layerOutputTypes set (a BF16 convolution writing FP32); nil: the precision's.
     var outputPrecision: Precision?
     /// Whether a BF16 convolution writes FP32.
@@ -90,7 +88,7 @@ struct ConvolutionSpec {
         let g = geometry
         return "x\(inputShape)w\(weights.shape)g\(group)s\(g.strides)d\(g.dilations)p\(g.padsBegin)\(g.padsEnd)"
             + "b\(postOps.bias ? 1 : 0)a\(postOps.activation.map { "\($0)" } ?? "-")r\(postOps.residual ? (postOps.residualAfterActivation ? 2 : 1) : 0)"
-            + (arithmetic == .fp32 ? "" : "p\(arithmetic)") + (floatOutput ? "oFP32" : "")
+            + (precision.arithmetic == .fp32 ? "" : "p\(precision.arithmetic)") + (floatOutput ? "oFP32" : "")
     }
 
     /// The key under which contexts share the kernel of a tactic.
@@ -105,7 +103,7 @@ struct ConvolutionSpec {
     func make(_ tactic: ConvolutionTactic, engine: DNNLEngine) throws -> DNNLConvolution {
         try DNNLConvolution(engine: engine, inputShape: inputShape, weights: precision == .fp16 ? weights.halved() : weights, bias: bias, geometry: geometry,
                             group: group, activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, tactic: tactic,
-                            precision: arithmetic, floatOutput: floatOutput, residualAfterActivation: postOps.residualAfterActivation)
+                            precision: precision.arithmetic, floatOutput: floatOutput, residualAfterActivation: postOps.residualAfterActivation)
     }
 }
 

@@ -60,7 +60,7 @@ struct MatMulSpec {
 
     func make(engine: DNNLEngine) throws -> DNNLMatMul {
         try DNNLMatMul(engine: engine, m: m, weights: precision == .fp16 ? weights.halved() : weights, transposedWeights: transposed, alpha: alpha, bias: bias,
-                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, precision: precision == .fp16 ? .fp32 : precision,
+                       activation: postOps.activation, exactNonFinite: exactActivation, residual: postOps.residual, precision: precision.arithmetic,
                        bf16Output: bf16Output)
     }
 }

@@ -238,12 +238,12 @@ enum QuantizedLowering {
         var copies: [(from: PlanValue, to: PlanValue)] = []
         // The sum post-op reads the residual from the destination, in its own type (s8 bytes in a
         // u8 destination): its storage becomes the output's when nothing reads it later.
-        if let r = residualValue, case let residual = try l.plan.inLayout(r, retyped(dstLayout, dnnlType(r.dataType) ?? dstLayout.data_type)),
-           l.plan.dies(residual), residual.buffer != src.buffer, residual.constant == nil {
+        let residual = try residualValue.map { try l.plan.inLayout($0, retyped(dstLayout, dnnlType($0.dataType) ?? dstLayout.data_type)) }
+        if let residual, l.plan.dies(residual), residual.buffer != src.buffer, residual.constant == nil {
             out = l.plan.alias(l.layer.outputs[0], of: residual, type: spec.outputType, shape: conv.outputShape, layout: dstLayout)
         } else {
             out = l.plan.newValue(l.layer.outputs[0], spec.outputType, conv.outputShape, layout: dstLayout)
-            if let r = residualValue { copies = [(try l.plan.inLayout(r, retyped(dstLayout, dnnlType(r.dataType) ?? dstLayout.data_type)), out)] }
+            if let residual { copies = [(residual, out)] }
         }
         for step in try conv.kernel.planSteps(layer: l.layer.name, source: src, destination: out, copies: copies) { try l.emit(.quantizedConvolution, step) }
         return LayerDecision(kernel: .quantizedConvolution, layout: .channelsLast, precision: .int8,
@@ -251,8 +251,8 @@ enum QuantizedLowering {
     }
 
     /// QuantizeLinear (float → u8/s8) and DequantizeLinear (u8/s8 → float) with one scale and
-    /// zero point, in the input's layout, or with one per channel (axis 1: NNCF quantizes the
-    /// inputs of depthwise convolutions so). Quantizing divides by the scale in float, as the
+    /// zero point or one per channel (axis 1: NNCF quantizes the inputs of depthwise
+    /// convolutions so). Quantizing divides by the scale in float, as the
     /// specification and ONNX Runtime do (multiplying by 1/scale rounds inputs that lie on a
     /// grid, as images do, differently at ties): a C loop. Dequantizing is exact in float
     /// either way: a oneDNN reorder scaling by the scale (per channel: by each channel's) with
@@ -268,89 +268,63 @@ enum QuantizedLowering {
         guard [.uint8, .int8].contains(quantizedType), (dequantize ? outType : x.dataType) == .float, zero.map({ $0.dataType == quantizedType }) ?? true,
               shape == x.shape, (try l.attributes.int("block_size", 0)) == 0, (try l.attributes.int("saturate", 1)) == 1,
               let target = dnnlType(outType) else { return nil }
-        if scale.count > 1 {
-            // Per channel: along axis 1 of a [N, C, …] tensor, one scale per channel.
-            guard shape.count >= 2, ShapeMath.normalizeAxis(try l.attributes.int("axis", 1), rank: shape.count) == 1, scale.count == shape[1] else { return nil }
-            return try quantizePerChannel(l, x: x, scales: scale.floats, zeros: zero.map { $0.int64s.map(Float.init) } ?? Array(repeating: 0, count: scale.count),
-                                          outType: outType, target: target, dequantize: dequantize)
+        // One scale, or one per channel along axis 1 of a [N, C, …] tensor.
+        let perChannel = scale.count > 1
+        if perChannel {
+            guard (2...5).contains(shape.count), ShapeMath.normalizeAxis(try l.attributes.int("axis", 1), rank: shape.count) == 1, scale.count == shape[1] else { return nil }
         }
-        let s = scale.floats[0]
-        let z = Int32(zero?.int64s.first ?? 0)
-        let source = try x.descriptor()
-        // A plain [N, C, spatial…] float input is quantized straight into channels-last, the
-        // layout the INT8 kernels read; otherwise the output keeps the input's layout.
-        let transposing = !dequantize && x.isPlain && (3...5).contains(shape.count)
-        let layout = try transposing ? memoryDescriptor(shape, Layout.channelsLast.formatTag(rank: shape.count)!, target)
-            : x.layout.map { retyped($0, target) } ?? plainDescriptor(shape, outType)
-        let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
+        let scales = scale.floats, zeros = zero.map { $0.int64s.map(Float.init) } ?? Array(repeating: 0, count: scales.count)
         if dequantize {
+            // oneDNN's reorder takes per-channel scales but one zero point.
+            guard Set(zeros).count == 1 else { return nil }
+            let source = try x.descriptor()
+            let layout = try x.layout.map { retyped($0, target) } ?? plainDescriptor(shape, outType)
+            let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
             let primitive = try reorderPrimitive(from: source, to: layout, engine: l.plan.engine,
-                                                 quantization: DNNLQuantization(outputScales: [s], sourceZeroPoint: z))
+                                                 quantization: DNNLQuantization(outputScales: scales, sourceZeroPoint: Int32(zeros[0])))
             try l.emit(.dequantize, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_FROM, x, source), (DNNL_ARG_TO, out, layout)],
                                                 implementation: "reorder"))
-        } else if transposing {
-            let (n, channels, spatial) = (shape[0], shape[1], shape[2...].reduce(1, *)), signed = outType == .int8
-            l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
-                let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
-                Parallel.ranges(spatial, parts: Parallel.parts(forElements: x.count)) { range in
-                    anvil_quantize_linear_channels_last(UnsafePointer<Float>(bitPattern: from)!, Int64(n), Int64(channels), Int64(spatial),
-                                                        Int64(range.lowerBound), Int64(range.upperBound), s, Float(z), signed ? 1 : 0,
-                                                        UnsafeMutableRawPointer(bitPattern: to)!)
+            return l.decided(.dequantize)
+        }
+        let signed = outType == .int8
+        // Into channels-last, the layout the INT8 kernels read: a plain [N, C, spatial…] input, a
+        // channels-last one, and any input quantized per channel (another layout made plain first).
+        // One scale on another layout keeps it (every stored element, blocked padding included).
+        let channelsLast = Layout.of(x.layout, shape: shape) == .channelsLast
+        if perChannel || ((x.isPlain || channelsLast) && (3...5).contains(shape.count)) {
+            let source = x.isPlain || channelsLast ? x : try l.plan.plain(x)
+            let (n, channels, spatial) = (shape[0], shape[1], shape[2...].reduce(1, *))
+            let allScales = perChannel ? scales : Array(repeating: scales[0], count: channels)
+            let allZeros = perChannel ? zeros : Array(repeating: zeros[0], count: channels)
+            let layout = shape.count == 2 ? try plainDescriptor(shape, outType) : try memoryDescriptor(shape, Layout.channelsLast.formatTag(rank: shape.count)!, target)
+            let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
+            l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [source], writes: [out]) { p in
+                let from = UInt(bitPattern: p.address(source)), to = UInt(bitPattern: p.address(out))
+                allScales.withUnsafeBufferPointer { s in
+                    allZeros.withUnsafeBufferPointer { z in
+                        let (sp, zp) = (UInt(bitPattern: s.baseAddress), UInt(bitPattern: z.baseAddress))
+                        Parallel.ranges(spatial, parts: Parallel.parts(forElements: source.count)) { range in
+                            anvil_quantize_linear_per_channel(UnsafePointer<Float>(bitPattern: from)!, Int64(n), Int64(channels), Int64(spatial),
+                                                              Int64(range.lowerBound), Int64(range.upperBound), UnsafePointer<Float>(bitPattern: sp)!,
+                                                              UnsafePointer<Float>(bitPattern: zp)!, channelsLast ? 1 : 0, signed ? 1 : 0,
+                                                              UnsafeMutableRawPointer(bitPattern: to)!)
+                        }
+                    }
                 }
             })
         } else {
-            // Every stored element, padding of a blocked layout included (the same layout, one byte each).
-            let count = x.byteCount / 4, signed = outType == .int8
+            let layout = try x.layout.map { retyped($0, target) } ?? plainDescriptor(shape, outType)
+            let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
+            let count = x.byteCount / 4, (s, z) = (scales[0], zeros[0])
             l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
                 let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
                 Parallel.ranges(count, parts: Parallel.parts(forElements: count)) { range in
-                    anvil_quantize_linear(UnsafePointer<Float>(bitPattern: from)! + range.lowerBound, Int64(range.count), s, Float(z), signed ? 1 : 0,
+                    anvil_quantize_linear(UnsafePointer<Float>(bitPattern: from)! + range.lowerBound, Int64(range.count), s, z, signed ? 1 : 0,
                                           UnsafeMutableRawPointer(bitPattern: to)! + range.lowerBound)
                 }
             })
         }
-        // Quantizing writes 8-bit values (an INT8 layer); dequantizing writes floats.
-        var decision = l.decided(dequantize ? .dequantize : .quantize)
-        if !dequantize { decision.precision = .int8 }
-        return decision
-    }
-
-    /// Per-channel QuantizeLinear into channels-last (from a plain or channels-last input; another
-    /// layout is made plain first), and per-channel DequantizeLinear as a reorder with
-    /// per-channel scales (zero points equal across channels, as oneDNN's reorder takes one).
-    static func quantizePerChannel(_ l: LayerLowering, x stored: PlanValue, scales: [Float], zeros: [Float], outType: DataType,
-                                   target: dnnl_data_type_t, dequantize: Bool) throws -> LayerDecision? {
-        let shape = stored.shape
-        if dequantize {
-            guard Set(zeros).count == 1 else { return nil }
-            let source = try stored.descriptor()
-            let layout = try stored.layout.map { retyped($0, target) } ?? plainDescriptor(shape, outType)
-            let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
-            let primitive = try reorderPrimitive(from: source, to: layout, engine: l.plan.engine,
-                                                 quantization: DNNLQuantization(outputScales: scales, sourceZeroPoint: Int32(zeros[0])))
-            try l.emit(.dequantize, PrimitiveStep(layer: l.layer.name, primitive: primitive, arguments: [(DNNL_ARG_FROM, stored, source), (DNNL_ARG_TO, out, layout)],
-                                                implementation: "reorder"))
-            return l.decided(.dequantize)
-        }
-        let channelsLast = Layout.of(stored.layout, shape: shape) == .channelsLast
-        let x = channelsLast ? stored : try l.plan.plain(stored)
-        let (n, channels, spatial) = (shape[0], shape[1], shape[2...].reduce(1, *)), signed = outType == .int8
-        let layout = shape.count == 2 ? try plainDescriptor(shape, outType) : try memoryDescriptor(shape, Layout.channelsLast.formatTag(rank: shape.count)!, target)
-        let out = l.plan.newValue(l.layer.outputs[0], outType, shape, layout: layout)
-        l.plan.steps.append(SwiftStep(layer: l.layer.name, reads: [x], writes: [out]) { p in
-            let from = UInt(bitPattern: p.address(x)), to = UInt(bitPattern: p.address(out))
-            scales.withUnsafeBufferPointer { s in
-                zeros.withUnsafeBufferPointer { z in
-                    let (sp, zp) = (UInt(bitPattern: s.baseAddress), UInt(bitPattern: z.baseAddress))
-                    Parallel.ranges(spatial, parts: Parallel.parts(forElements: x.count)) { range in
-                        anvil_quantize_linear_per_channel(UnsafePointer<Float>(bitPattern: from)!, Int64(n), Int64(channels), Int64(spatial),
-                                                          Int64(range.lowerBound), Int64(range.upperBound), UnsafePointer<Float>(bitPattern: sp)!,
-                                                          UnsafePointer<Float>(bitPattern: zp)!, channelsLast ? 1 : 0, signed ? 1 : 0,
-                                                          UnsafeMutableRawPointer(bitPattern: to)!)
-                    }
-                }
-            }
-        })
+        // Quantizing writes 8-bit values (an INT8 layer).
         var decision = l.decided(.quantize)
         decision.precision = .int8
         return decision

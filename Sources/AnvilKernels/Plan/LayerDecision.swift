@@ -114,6 +114,10 @@ public enum Precision: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .int8: "INT8"
         }
     }
+
+    /// The precision a weighted kernel computes in: FP16 layers store their weights in FP16 and
+    /// compute in FP32 (no FP16 kernels on these CPUs); the others compute in their own.
+    var arithmetic: Precision { self == .fp16 ? .fp32 : self }
 }
 
 /// The algorithm of a kernel where the library offers a choice.

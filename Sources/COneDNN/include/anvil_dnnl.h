@@ -75,11 +75,6 @@ int anvil_parallel_threads(void);
 /// point, saturated to int8 (is_signed) or uint8; NaN gives 0.
 void anvil_quantize_linear(const float *x, int64_t count, float scale, float zero_point, int is_signed, void *out);
 
-/// The same from a row-major [n, channels, spatial] tensor into a channels-last [n, spatial, channels]
-/// one, for the positions [p0, p1) of every channel.
-void anvil_quantize_linear_channels_last(const float *x, int64_t n, int64_t channels, int64_t spatial, int64_t p0, int64_t p1,
-                                         float scale, float zero_point, int is_signed, void *out);
-
 /// QuantizeLinear with a scale and zero point per channel (axis 1), into a channels-last
 /// [n, spatial, channels] tensor, for the positions [p0, p1): from a row-major [n, channels,
 /// spatial] tensor, or from a channels-last one (channels_last_input 1).
